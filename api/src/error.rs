@@ -1,0 +1,182 @@
+//! `ApiError` is the only error that becomes a response. It renders the seed's shape
+//! `{"success": false, "error", "message", "correlation_id"}`; the correlation id is filled in by the request
+//! middleware (see `middleware::finish_errors`), which also puts every other error response (a 405 from the router,
+//! a rejection from an extractor) into the same shape.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use imagegen_shared::db::DbError;
+use imagegen_shared::domain::{FieldError, JobId, ValidationErrors};
+use imagegen_shared::queue::QueueError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Seconds a client should wait before retrying when a dependency is down.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(ValidationErrors),
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("Request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("Request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("The prompt was blocked by content moderation")]
+    ContentBlocked { job_id: JobId },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Unavailable(String),
+    /// A job ended without images; carries its id so the client can look it up.
+    #[error("{message}")]
+    JobUnsuccessful {
+        status: StatusCode,
+        code: String,
+        message: String,
+        job_id: JobId,
+    },
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The error body (and its OpenAPI schema).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"success": false, "error": "validation_failed", "message": "Prompt cannot be empty",
+    "correlation_id": "abc123-def456-ghi789", "details": [{"field": "prompt", "message": "Prompt cannot be empty"}]}))]
+pub struct ErrorBody {
+    pub success: bool,
+    pub error: String,
+    pub message: String,
+    pub correlation_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub job_id: Option<JobId>,
+}
+
+/// An error on its way out; the middleware turns it into an `ErrorBody` once it knows the correlation id.
+#[derive(Debug, Clone)]
+pub struct PendingError {
+    pub code: String,
+    pub message: String,
+    pub details: Vec<FieldError>,
+    pub job_id: Option<JobId>,
+}
+
+impl PendingError {
+    pub fn render(self, status: StatusCode, correlation_id: &str) -> Response {
+        let body = ErrorBody {
+            success: false,
+            error: self.code,
+            message: self.message,
+            correlation_id: correlation_id.to_owned(),
+            details: self.details,
+            job_id: self.job_id,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The code a bare status gets when something other than `ApiError` produced it.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "validation_failed",
+        429 => "rate_limited",
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        s if s >= 500 => "internal_error",
+        _ => "error",
+    }
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &str) {
+        match self {
+            ApiError::Validation(_) | ApiError::InvalidBody(_) => {
+                (StatusCode::BAD_REQUEST, "validation_failed")
+            }
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::ContentBlocked { .. } => (StatusCode::BAD_REQUEST, "content_blocked"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            ApiError::JobUnsuccessful { status, code, .. } => (*status, code.as_str()),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable("The database is unavailable; try again shortly".into())
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        tracing::warn!(error = %e, "queue unavailable");
+        ApiError::Unavailable("The job queue is unavailable; try again shortly".into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let code = code.to_owned();
+        let message = match &self {
+            // Never show internals to clients; the cause chain goes to the log with the correlation id.
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "An internal error occurred".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let details = match &self {
+            ApiError::Validation(errors) => errors.0.clone(),
+            _ => Vec::new(),
+        };
+        let job_id = match &self {
+            ApiError::ContentBlocked { job_id } | ApiError::JobUnsuccessful { job_id, .. } => {
+                Some(*job_id)
+            }
+            _ => None,
+        };
+        let mut response = status.into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+            );
+        }
+        response.extensions_mut().insert(PendingError {
+            code,
+            message,
+            details,
+            job_id,
+        });
+        response
+    }
+}

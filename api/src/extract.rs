@@ -1,0 +1,147 @@
+//! Extractors: JSON bodies whose rejections speak our error shape, the correlation id, the caller (owner), and the
+//! `Prefer` header of wait mode.
+
+use crate::error::ApiError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use imagegen_shared::ANONYMOUS_OWNER;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// `axum::Json`, but a bad body is a `validation_failed` (400), an oversized one a 413, in our shape.
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+                JsonRejection::JsonDataError(e) => {
+                    ApiError::InvalidBody(format!("Invalid request body: {}", e.body_text()))
+                }
+                JsonRejection::JsonSyntaxError(e) => {
+                    ApiError::InvalidBody(format!("Malformed JSON: {}", e.body_text()))
+                }
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::PayloadTooLarge(crate::MAX_BODY_BYTES)
+                }
+                other => ApiError::InvalidBody(other.body_text()),
+            }),
+        }
+    }
+}
+
+/// The request's correlation id, set by the middleware before any handler runs.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<CorrelationId>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("correlation id middleware missing")))
+    }
+}
+
+/// Who is calling. Every read and write is scoped to it, so adding authentication changes no query.
+#[derive(Debug, Clone)]
+pub struct Owner(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Authentication is off: every caller is the anonymous principal.
+        Ok(Owner(ANONYMOUS_OWNER.to_owned()))
+    }
+}
+
+/// What a client asked for in `Prefer` (RFC 7240): `respond-async`, or `wait=N` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitPreference {
+    RespondAsync,
+    Wait(Option<u64>),
+}
+
+impl WaitPreference {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let mut wait = None;
+        for value in headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            for token in value.split(',').map(str::trim) {
+                let lower = token.to_ascii_lowercase();
+                if lower == "respond-async" {
+                    return WaitPreference::RespondAsync;
+                }
+                if let Some(n) = lower
+                    .strip_prefix("wait=")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                {
+                    wait = Some(n);
+                }
+            }
+        }
+        WaitPreference::Wait(wait)
+    }
+
+    /// How long to hold the request: the client's wish, else the default, never above the cap.
+    pub fn duration(self, default: Duration, cap: Duration) -> Option<Duration> {
+        match self {
+            WaitPreference::RespondAsync => None,
+            WaitPreference::Wait(secs) => {
+                Some(secs.map(Duration::from_secs).unwrap_or(default).min(cap))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn prefer(v: &str) -> WaitPreference {
+        let mut h = HeaderMap::new();
+        h.insert("prefer", HeaderValue::from_str(v).expect("header"));
+        WaitPreference::from_headers(&h)
+    }
+
+    #[test]
+    fn parses_prefer() {
+        let d = Duration::from_secs(60);
+        let cap = Duration::from_secs(300);
+        assert_eq!(
+            WaitPreference::from_headers(&HeaderMap::new()).duration(d, cap),
+            Some(d)
+        );
+        assert_eq!(
+            prefer("wait=5").duration(d, cap),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            prefer("handling=lenient, wait=1000").duration(d, cap),
+            Some(cap)
+        );
+        assert_eq!(
+            prefer("respond-async, wait=10"),
+            WaitPreference::RespondAsync
+        );
+        assert_eq!(prefer("wait=abc").duration(d, cap), Some(d));
+    }
+}

@@ -1,0 +1,123 @@
+//! The HTTP API: validates and moderates each request, records the job in Postgres, queues it in Redis, and either
+//! answers at once or holds the request until the job ends (wait mode).
+//! `run` serves it on a listener; `router` builds the app (tests and the future standalone mode use it directly).
+
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+pub mod submit;
+pub mod views;
+pub mod wait;
+pub mod waiters;
+
+use anyhow::Context;
+use clap::Args;
+use imagegen_shared::config::{CoreArgs, DatabaseArgs, ProviderArgs, RedisArgs, StorageArgs};
+use std::future::Future;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use routes::router;
+pub use state::AppState;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub core: CoreArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "API_HOST",
+        value_name = "API_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub api_host: String,
+    /// Port to listen on.
+    #[arg(
+        long,
+        env = "API_PORT",
+        value_name = "API_PORT",
+        default_value_t = 8003
+    )]
+    pub api_port: u16,
+    /// Most images one request may ask for (a provider's own maximum still applies).
+    #[arg(long, env = "MAX_IMAGES_PER_REQUEST", value_name = "MAX_IMAGES_PER_REQUEST", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub max_images_per_request: u8,
+    /// Check prompts against BLOCKED_WORDS.
+    #[arg(long, env = "ENABLE_CONTENT_MODERATION", value_name = "ENABLE_CONTENT_MODERATION", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub enable_content_moderation: bool,
+    /// Comma-separated words or phrases that block a prompt.
+    #[arg(
+        long,
+        env = "BLOCKED_WORDS",
+        value_name = "BLOCKED_WORDS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub blocked_words: String,
+    /// Most requests in one batch.
+    #[arg(long, env = "BATCH_MAX_REQUESTS", value_name = "BATCH_MAX_REQUESTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub batch_max_requests: u16,
+    /// How long wait mode holds a request when the client does not say (`Prefer: wait=N`).
+    #[arg(
+        long,
+        env = "WAIT_DEFAULT_SECS",
+        value_name = "WAIT_DEFAULT_SECS",
+        default_value_t = 60
+    )]
+    pub wait_default_secs: u64,
+    /// The longest any request is held.
+    #[arg(long, env = "WAIT_MAX_SECS", value_name = "WAIT_MAX_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub wait_max_secs: u64,
+    /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
+    #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<url::Url>,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; waiting requests are answered (202) at shutdown.
+pub async fn run(
+    args: ApiArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let state = AppState::from_args(&args, stop.clone())?;
+    let listen = tokio::spawn(state.waiters.clone().listen(
+        state.redis_client.clone(),
+        args.redis.queue_name.clone(),
+        stop.clone(),
+    ));
+    let addr = listener.local_addr().context("listener address")?;
+    tracing::info!(%addr, environment = %args.core.environment, "api listening");
+    let app = router(state);
+    let stop_serving = stop.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: answering waiting requests and draining connections");
+            stop_serving.cancel();
+        })
+        .await
+        .context("serving HTTP")?;
+    stop.cancel();
+    let _ = listen.await;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Per-request plumbing: the correlation id (taken from `X-Correlation-ID` when sane, else new) on the request, the
+//! response header, every log line (a span) and every error body; HTTP metrics by matched route.
+
+use crate::error::{PendingError, code_for_status};
+use crate::extract::CorrelationId;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+const MAX_CORRELATION_LEN: usize = 128;
+
+/// A client-sent id is kept only if it is short and made of safe characters (it ends up in logs and headers).
+fn sane_correlation_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_CORRELATION_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+pub async fn correlation(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| sane_correlation_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(CorrelationId(id.clone()));
+    let span = tracing::info_span!("request", correlation_id = %id, method = %req.method(), path = %req.uri().path());
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    response = finish_errors(response, &id);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(CORRELATION_HEADER, value);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
+    response
+}
+
+/// Gives every error response the seed's shape with the correlation id, whoever produced it.
+fn finish_errors(response: Response, correlation_id: &str) -> Response {
+    let status = response.status();
+    if let Some(pending) = response.extensions().get::<PendingError>().cloned() {
+        let (parts, _) = response.into_parts();
+        let mut rendered = pending.render(status, correlation_id);
+        for (name, value) in parts.headers.iter() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                rendered.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        return rendered;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let (parts, _body) = response.into_parts();
+        let message = status.canonical_reason().unwrap_or("Error").to_owned();
+        let pending = PendingError {
+            code: code_for_status(status).to_owned(),
+            message,
+            details: Vec::new(),
+            job_id: None,
+        };
+        let mut rendered = pending.render(status, correlation_id);
+        for (name, value) in parts.headers.iter() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                rendered.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        return rendered;
+    }
+    response
+}
+
+/// HTTP metrics; installed as a route layer so the matched path (not the raw URL) is the label.
+pub async fn http_metrics(req: Request<Body>, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("imagegen_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("imagegen_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids_must_be_sane() {
+        assert!(sane_correlation_id("abc123-def456-ghi789"));
+        assert!(sane_correlation_id("req_01:a.b"));
+        assert!(!sane_correlation_id(""));
+        assert!(!sane_correlation_id("has space"));
+        assert!(!sane_correlation_id("new\nline"));
+        assert!(!sane_correlation_id(&"a".repeat(129)));
+    }
+}

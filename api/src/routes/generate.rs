@@ -1,0 +1,127 @@
+//! `POST /api/v1/generate` (wait mode) and `POST /api/v1/generate/batch`.
+
+use super::{accepted, base_url, finished_job_response, load_job_view};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{AppJson, CorrelationId, Owner, WaitPreference};
+use crate::state::AppState;
+use crate::submit::{submit_batch, submit_job};
+use crate::views::{BatchView, JobView, batch_view};
+use crate::wait::{wait_for_batch, wait_for_job};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use imagegen_shared::db;
+use imagegen_shared::domain::{GenerateBody, GenerationRequest, JobId, ValidationErrors};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/generate", post(generate))
+        .route("/api/v1/generate/batch", post(generate_batch))
+}
+
+/// Generate images and wait for them.
+///
+/// Holds the request until the job ends (`Prefer: wait=N`, default 60 s, at most 300 s). If it is still running
+/// then, answers 202 with the job, `Location` and `Retry-After`; the job runs on. `Prefer: respond-async` answers 202
+/// at once.
+#[utoipa::path(post, path = "/api/v1/generate", tag = "generation", request_body = GenerateBody,
+    params(("Prefer" = Option<String>, Header, description = "`wait=N` (seconds) or `respond-async`"),
+           ("X-Correlation-ID" = Option<String>, Header, description = "Your id for tracing; echoed back")),
+    responses(
+        (status = 200, description = "The job succeeded; its stored images", body = JobView),
+        (status = 202, description = "Still running; poll `Location`", body = JobView),
+        (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "The provider's safety system refused (`content_policy_violation`)", body = ErrorBody),
+        (status = 502, description = "The provider failed (`provider_error`, `provider_unavailable`)", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable (`service_unavailable`)", body = ErrorBody),
+    ))]
+pub async fn generate(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    CorrelationId(correlation_id): CorrelationId,
+    headers: HeaderMap,
+    AppJson(body): AppJson<GenerateBody>,
+) -> Result<Response, ApiError> {
+    let request = GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
+    let job = submit_job(&state, &owner, &correlation_id, request).await?;
+    let base = base_url(&state, &headers);
+    let Some(wait) =
+        WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max)
+    else {
+        return Ok(accepted(load_job_view(&state, &base, &job).await?));
+    };
+    let job = wait_for_job(&state, &owner, job.id, wait)
+        .await?
+        .ok_or(ApiError::NotFound("Job"))?;
+    finished_job_response(&state, &base, &job).await
+}
+
+/// Generate several sets of images.
+///
+/// A JSON array of 1 to BATCH_MAX_REQUESTS generation requests. Any invalid item rejects the whole batch (400, each
+/// problem named by its index). Otherwise every item becomes a job; wait mode answers 200 once all have ended (each
+/// with its own status; partial success is a success) or 202 with the batch so far.
+#[utoipa::path(post, path = "/api/v1/generate/batch", tag = "generation", request_body = Vec<GenerateBody>,
+    params(("Prefer" = Option<String>, Header, description = "`wait=N` (seconds) or `respond-async`")),
+    responses(
+        (status = 200, description = "Every item ended", body = BatchView),
+        (status = 202, description = "Some items still running; poll `Location`", body = BatchView),
+        (status = 400, description = "An item is invalid, or the batch is empty or too large", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable", body = ErrorBody),
+    ))]
+pub async fn generate_batch(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    CorrelationId(correlation_id): CorrelationId,
+    headers: HeaderMap,
+    AppJson(items): AppJson<Vec<GenerateBody>>,
+) -> Result<Response, ApiError> {
+    if items.is_empty() || items.len() > state.batch_max_requests {
+        return Err(ApiError::InvalidBody(format!(
+            "A batch holds 1 to {} requests, got {}",
+            state.batch_max_requests,
+            items.len()
+        )));
+    }
+    let mut requests = Vec::with_capacity(items.len());
+    let mut errors = ValidationErrors::default();
+    for (index, item) in items.into_iter().enumerate() {
+        match GenerationRequest::parse(item, &state.limits) {
+            Ok(r) => requests.push(r),
+            Err(e) => errors.0.extend(e.in_item(index).0),
+        }
+    }
+    if !errors.0.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let (batch, jobs) = submit_batch(&state, &owner, &correlation_id, requests).await?;
+    let base = base_url(&state, &headers);
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let jobs =
+        match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
+            Some(wait) => wait_for_batch(&state, &owner, batch.id, &ids, wait).await?,
+            None => jobs,
+        };
+    let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;
+    let view = batch_view(&base, &batch, &jobs, &images);
+    Ok(batch_response(view))
+}
+
+pub fn batch_response(view: BatchView) -> Response {
+    if view.pending == 0 {
+        return axum::Json(view).into_response();
+    }
+    let location = format!("/api/v1/batches/{}", view.batch_id);
+    let mut response = (StatusCode::ACCEPTED, axum::Json(view)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(super::POLL_RETRY_AFTER_SECS),
+    );
+    response
+}

@@ -1,0 +1,200 @@
+//! `POST /api/v1/jobs` (submit, then poll), `GET /api/v1/jobs/{id}` (with `?wait=N` long-polls and ETags) and
+//! `GET /api/v1/jobs` (the caller's jobs, newest first, cursor-paginated).
+
+use super::{accepted, base_url, load_job_view};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{AppJson, CorrelationId, Owner};
+use crate::state::AppState;
+use crate::submit::submit_job;
+use crate::views::{JobListView, JobView, job_view};
+use crate::wait::wait_for_job;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use imagegen_shared::db::{self, JobRecord};
+use imagegen_shared::domain::{GenerateBody, GenerationRequest, JobId};
+use serde::Deserialize;
+use std::time::Duration;
+use utoipa::IntoParams;
+
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs", post(create_job).get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+}
+
+pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound(what))
+}
+
+/// Submit a generation job; answers 202 at once.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = GenerateBody,
+    responses(
+        (status = 202, description = "Accepted; poll `Location`", body = JobView,
+            headers(("Location" = String, description = "The job's URL"), ("Retry-After" = u64))),
+        (status = 400, description = "Invalid request or blocked prompt", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable", body = ErrorBody),
+    ))]
+pub async fn create_job(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    CorrelationId(correlation_id): CorrelationId,
+    headers: HeaderMap,
+    AppJson(body): AppJson<GenerateBody>,
+) -> Result<Response, ApiError> {
+    let request = GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
+    let job = submit_job(&state, &owner, &correlation_id, request).await?;
+    Ok(accepted(
+        load_job_view(&state, &base_url(&state, &headers), &job).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// Hold the request up to N seconds (at most WAIT_MAX_SECS) until the job ends.
+    pub wait: Option<u64>,
+}
+
+/// A weak validator that changes whenever the job does.
+fn etag(job: &JobRecord) -> String {
+    format!(
+        "W/\"{}-{}-{}\"",
+        job.id.0.simple(),
+        job.status,
+        job.updated_at.timestamp_micros()
+    )
+}
+
+/// Get a job and its images.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), WaitQuery,
+           ("If-None-Match" = Option<String>, Header, description = "ETag of a previous answer")),
+    responses(
+        (status = 200, description = "The job", body = JobView, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the ETag given"),
+        (status = 404, description = "No such job (for this caller)", body = ErrorBody),
+    ))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id: JobId = parse_id(&id, "Job")?;
+    let job = match query.wait.filter(|w| *w > 0) {
+        Some(secs) => {
+            wait_for_job(
+                &state,
+                &owner,
+                id,
+                Duration::from_secs(secs).min(state.wait_max),
+            )
+            .await?
+        }
+        None => db::jobs::get_job(&state.pool, &owner, id).await?,
+    }
+    .ok_or(ApiError::NotFound("Job"))?;
+    let tag = etag(&job);
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    let mut response = if unchanged {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        axum::Json(load_job_view(&state, &base_url(&state, &headers), &job).await?).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    if !job.status.is_terminal() {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(super::POLL_RETRY_AFTER_SECS),
+        );
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn encode_cursor(job: &JobRecord) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", job.created_at.timestamp_micros(), job.id))
+}
+
+fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, JobId), ApiError> {
+    let bad = || ApiError::InvalidBody("cursor is not one this API handed out".into());
+    let text =
+        String::from_utf8(URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let ts = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((ts, id.parse().map_err(|_| bad())?))
+}
+
+/// List the caller's jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobListView),
+        (status = 400, description = "Bad limit or cursor", body = ErrorBody),
+    ))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<axum::Json<JobListView>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidBody(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    // One extra row tells whether another page exists.
+    let mut jobs = db::jobs::list_jobs(&state.pool, &owner, after, limit + 1).await?;
+    let more = jobs.len() as i64 > limit;
+    jobs.truncate(usize::try_from(limit).unwrap_or(0));
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;
+    let base = base_url(&state, &headers);
+    let next_cursor = if more {
+        jobs.last().map(encode_cursor)
+    } else {
+        None
+    };
+    Ok(axum::Json(JobListView {
+        success: true,
+        jobs: jobs.iter().map(|j| job_view(&base, j, &images)).collect(),
+        next_cursor,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_reject_garbage() {
+        assert!(decode_cursor("not base64!").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("12|not-a-uuid")).is_err());
+        let id = JobId::new();
+        let (ts, back) = decode_cursor(&URL_SAFE_NO_PAD.encode(format!("1700000000000000|{id}")))
+            .expect("valid");
+        assert_eq!((ts.timestamp(), back), (1_700_000_000, id));
+    }
+}

@@ -1,0 +1,139 @@
+//! The router: one module per resource, each with its handlers; shared helpers for building answers.
+
+pub mod batches;
+pub mod docs;
+pub mod generate;
+pub mod health;
+pub mod images;
+pub mod jobs;
+pub mod metrics;
+pub mod providers;
+
+use crate::error::ApiError;
+use crate::middleware;
+use crate::state::AppState;
+use crate::views::{JobView, job_view};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use imagegen_shared::db::{self, JobRecord};
+use imagegen_shared::domain::JobStatus;
+
+/// What a client should wait before polling a job that is still running.
+pub const POLL_RETRY_AFTER_SECS: u64 = 2;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(generate::router())
+        .merge(jobs::router())
+        .merge(batches::router())
+        .merge(images::router())
+        .merge(providers::router())
+        .merge(health::router())
+        .merge(metrics::router())
+        .route_layer(axum::middleware::from_fn(middleware::http_metrics))
+        .merge(docs::router());
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(middleware::correlation))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ::metrics::counter!("imagegen_http_requests_total", "method" => "any", "route" => "unmatched", "status" => "404")
+        .increment(1);
+    ApiError::NotFound("Route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Where our download links point: PUBLIC_BASE_URL, else the Host the client used.
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(base) = &state.public_base_url {
+        return base.clone();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// A job with its images, as its owner sees it.
+pub async fn load_job_view(
+    state: &AppState,
+    base: &str,
+    job: &JobRecord,
+) -> Result<JobView, ApiError> {
+    let images = if job.status == JobStatus::Succeeded {
+        db::images::images_for_jobs(&state.pool, &job.owner, &[job.id]).await?
+    } else {
+        Vec::new()
+    };
+    Ok(job_view(base, job, &images))
+}
+
+/// 202 with the job, where to poll it, and when.
+pub fn accepted(view: JobView) -> Response {
+    let location = format!("/api/v1/jobs/{}", view.job_id);
+    let mut response = (StatusCode::ACCEPTED, axum::Json(view)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(POLL_RETRY_AFTER_SECS),
+    );
+    response
+}
+
+/// The answer of wait mode for one job: 200 with images, an error in the seed shape (carrying the job id), or 202
+/// when it is still running.
+pub async fn finished_job_response(
+    state: &AppState,
+    base: &str,
+    job: &JobRecord,
+) -> Result<Response, ApiError> {
+    let failure = |status: StatusCode, default_code: &str| ApiError::JobUnsuccessful {
+        status,
+        code: job
+            .error_code
+            .clone()
+            .unwrap_or_else(|| default_code.to_owned()),
+        message: job
+            .error_message
+            .clone()
+            .unwrap_or_else(|| "The job did not succeed".to_owned()),
+        job_id: job.id,
+    };
+    match job.status {
+        JobStatus::Succeeded => {
+            Ok(axum::Json(load_job_view(state, base, job).await?).into_response())
+        }
+        JobStatus::Queued | JobStatus::Running => {
+            Ok(accepted(load_job_view(state, base, job).await?))
+        }
+        JobStatus::Moderated => Err(failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "content_policy_violation",
+        )),
+        JobStatus::Canceled => Err(failure(StatusCode::CONFLICT, "job_canceled")),
+        JobStatus::Failed => {
+            let status = match job.error_code.as_deref() {
+                Some("storage_error") => StatusCode::INTERNAL_SERVER_ERROR,
+                Some("provider_not_configured") => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            Err(failure(status, "provider_error"))
+        }
+    }
+}

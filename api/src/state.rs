@@ -1,0 +1,108 @@
+//! Shared state of one API process.
+
+use crate::ApiArgs;
+use crate::waiters::Waiters;
+use anyhow::Context;
+use imagegen_shared::config::ProviderSettings;
+use imagegen_shared::db;
+use imagegen_shared::domain::GenerationLimits;
+use imagegen_shared::moderation::KeywordFilter;
+use imagegen_shared::queue::{JobQueue, redis_connection};
+use imagegen_shared::storage::ImageStorage;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub pool: PgPool,
+    pub queue: JobQueue,
+    pub redis_client: redis::Client,
+    pub storage: ImageStorage,
+    pub providers: ProviderSettings,
+    pub limits: GenerationLimits,
+    /// `None` when ENABLE_CONTENT_MODERATION is off.
+    pub keyword_filter: Option<KeywordFilter>,
+    pub batch_max_requests: usize,
+    pub wait_default: Duration,
+    pub wait_max: Duration,
+    pub public_base_url: Option<String>,
+    pub environment: String,
+    pub waiters: Arc<Waiters>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled at shutdown: waiting requests answer 202 at once.
+    pub stopping: CancellationToken,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The process-wide Prometheus recorder (a second install would fail; tests build several states).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        120.0, 300.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Someone else installed a recorder: render our own (empty) one rather than fail.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+impl AppState {
+    pub fn from_args(args: &ApiArgs, stopping: CancellationToken) -> anyhow::Result<Self> {
+        let providers = args.providers.settings()?;
+        let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pool = db::connect_lazy(
+            &args.database.database_url,
+            args.database.database_max_connections,
+        )
+        .context("DATABASE_URL: invalid")?;
+        let (redis_client, conn) =
+            redis_connection(&args.redis.redis_url).context("REDIS_URL: invalid")?;
+        let keyword_filter = args
+            .enable_content_moderation
+            .then(|| KeywordFilter::from_csv(&args.blocked_words));
+        let limits = providers.limits(args.max_images_per_request);
+        Ok(Self(Arc::new(Inner {
+            pool,
+            queue: JobQueue::new(conn, &args.redis.queue_name),
+            redis_client,
+            storage,
+            limits,
+            providers,
+            keyword_filter,
+            batch_max_requests: usize::from(args.batch_max_requests),
+            wait_default: Duration::from_secs(args.wait_default_secs),
+            wait_max: Duration::from_secs(args.wait_max_secs),
+            public_base_url: args
+                .public_base_url
+                .as_ref()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+            environment: args.core.environment.clone(),
+            waiters: Arc::new(Waiters::default()),
+            metrics: metrics_handle(),
+            stopping,
+        })))
+    }
+}

@@ -1,0 +1,189 @@
+//! What clients see (`*View`): built from the job store's records, with our download URLs only.
+
+use chrono::{DateTime, Utc};
+use imagegen_shared::db::{BatchRecord, ImageRecord, JobRecord};
+use imagegen_shared::domain::{BatchId, ImageId, JobId, JobStatus, Moderation, ProviderId};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ImageView {
+    pub id: ImageId,
+    pub job_id: JobId,
+    /// Our download URL; provider URLs are never handed out.
+    pub url: String,
+    pub width: i32,
+    pub height: i32,
+    pub content_type: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub revised_prompt: Option<String>,
+    pub seed: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobErrorView {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"success": true, "job_id": "0193a5b0-7c1e-7f00-9a3e-5d1c2b3a4f50", "status": "succeeded",
+    "provider": "dalle3", "prompt": "A futuristic city skyline at sunset", "size": "1024x1024", "num_images": 1,
+    "quality": "hd", "style": "vivid", "images": [{"id": "0193a5b0-8a2d-7c11-8f00-1b2c3d4e5f60",
+    "job_id": "0193a5b0-7c1e-7f00-9a3e-5d1c2b3a4f50",
+    "url": "http://localhost:8003/api/v1/images/0193a5b0-8a2d-7c11-8f00-1b2c3d4e5f60/download", "width": 1024,
+    "height": 1024, "content_type": "image/png", "size_bytes": 1234567, "sha256": "9f86d0...",
+    "revised_prompt": "A futuristic city skyline at sunset, detailed", "seed": null,
+    "created_at": "2026-11-24T12:00:10Z"}], "attempts": 1, "generation_time_ms": 8123,
+    "created_at": "2026-11-24T12:00:00Z", "correlation_id": "abc123-def456-ghi789"}))]
+pub struct JobView {
+    pub success: bool,
+    pub job_id: JobId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<BatchId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<i32>,
+    pub status: JobStatus,
+    pub provider: ProviderId,
+    pub prompt: String,
+    /// WIDTHxHEIGHT
+    pub size: String,
+    pub num_images: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u32>,
+    pub images: Vec<ImageView>,
+    /// Provider calls made so far.
+    pub attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobErrorView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<Moderation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_time_ms: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub correlation_id: String,
+}
+
+pub fn download_url(base: &str, id: ImageId) -> String {
+    format!("{base}/api/v1/images/{id}/download")
+}
+
+pub fn image_view(base: &str, image: &ImageRecord) -> ImageView {
+    ImageView {
+        id: image.id,
+        job_id: image.job_id,
+        url: download_url(base, image.id),
+        width: image.width,
+        height: image.height,
+        content_type: image.content_type.clone(),
+        size_bytes: image.size_bytes,
+        sha256: image.sha256.clone(),
+        revised_prompt: image.revised_prompt.clone(),
+        seed: image.seed,
+        created_at: image.created_at,
+    }
+}
+
+/// `images` may hold other jobs' images too (a page fetched at once); only this job's are taken.
+pub fn job_view(base: &str, job: &JobRecord, images: &[ImageRecord]) -> JobView {
+    let req = &job.request.0;
+    let error = match (&job.error_code, &job.error_message) {
+        (Some(code), message) => Some(JobErrorView {
+            code: code.clone(),
+            message: message.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    JobView {
+        success: !matches!(
+            job.status,
+            JobStatus::Failed | JobStatus::Moderated | JobStatus::Canceled
+        ),
+        job_id: job.id,
+        batch_id: job.batch_id,
+        batch_index: job.batch_index,
+        status: job.status,
+        provider: req.provider,
+        prompt: req.prompt.as_str().to_owned(),
+        size: req.size.to_string(),
+        num_images: req.num_images,
+        quality: req.quality.map(|q| q.as_str().to_owned()),
+        style: req.style.map(|s| s.as_str().to_owned()),
+        seed: req.seed,
+        images: images
+            .iter()
+            .filter(|i| i.job_id == job.id)
+            .map(|i| image_view(base, i))
+            .collect(),
+        attempts: job.attempts,
+        error,
+        moderation: job.moderation.as_ref().map(|m| m.0.clone()),
+        generation_time_ms: job.generation_time_ms,
+        created_at: job.created_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        correlation_id: job.correlation_id.clone(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchView {
+    /// True when at least one item succeeded (partial success is a success for the batch).
+    pub success: bool,
+    pub batch_id: BatchId,
+    /// `completed` once every item is terminal, else `running`.
+    pub status: String,
+    pub total: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub items: Vec<JobView>,
+    pub created_at: DateTime<Utc>,
+    pub correlation_id: String,
+}
+
+pub fn batch_view(
+    base: &str,
+    batch: &BatchRecord,
+    jobs: &[JobRecord],
+    images: &[ImageRecord],
+) -> BatchView {
+    let items: Vec<JobView> = jobs.iter().map(|j| job_view(base, j, images)).collect();
+    let succeeded = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Succeeded)
+        .count();
+    let pending = jobs.iter().filter(|j| !j.status.is_terminal()).count();
+    let failed = jobs.len() - succeeded - pending;
+    BatchView {
+        success: succeeded > 0 || (pending > 0 && failed == 0),
+        batch_id: batch.id,
+        status: if pending == 0 { "completed" } else { "running" }.to_owned(),
+        total: jobs.len(),
+        succeeded,
+        failed,
+        pending,
+        items,
+        created_at: batch.created_at,
+        correlation_id: batch.correlation_id.clone(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobListView {
+    pub success: bool,
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,56 @@
+//! Holding a request until its jobs end: register with the waiters, read Postgres, and read again only when an
+//! event (or a resubscription) says something changed, or when the wait is over.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use imagegen_shared::db::{self, JobRecord};
+use imagegen_shared::domain::{BatchId, JobId};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The job once it is terminal, or as it stands when `wait` runs out (or the server is stopping).
+pub async fn wait_for_job(
+    state: &AppState,
+    owner: &str,
+    id: JobId,
+    wait: Duration,
+) -> Result<Option<JobRecord>, ApiError> {
+    let deadline = Instant::now() + wait;
+    // Registered before the first read, so an event that lands during the read is not lost.
+    let guard = state.waiters.register(&[id]);
+    loop {
+        let job = db::jobs::get_job(&state.pool, owner, id).await?;
+        match &job {
+            Some(j) if !j.status.is_terminal() && Instant::now() < deadline => {}
+            _ => return Ok(job),
+        }
+        tokio::select! {
+            _ = guard.notify.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.stopping.cancelled() => return Ok(job),
+        }
+    }
+}
+
+/// Every job of a batch, once all are terminal or the wait runs out.
+pub async fn wait_for_batch(
+    state: &AppState,
+    owner: &str,
+    batch: BatchId,
+    jobs: &[JobId],
+    wait: Duration,
+) -> Result<Vec<JobRecord>, ApiError> {
+    let deadline = Instant::now() + wait;
+    let guard = state.waiters.register(jobs);
+    loop {
+        let records = db::jobs::jobs_in_batch(&state.pool, owner, batch).await?;
+        if records.iter().all(|j| j.status.is_terminal()) || Instant::now() >= deadline {
+            return Ok(records);
+        }
+        tokio::select! {
+            _ = guard.notify.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.stopping.cancelled() => return Ok(records),
+        }
+    }
+}

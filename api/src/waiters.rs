@@ -1,0 +1,176 @@
+//! Waiting without polling. One Redis subscription per API process receives job events and wakes the requests
+//! waiting on those jobs (wait mode, long-polls). After every (re)subscription all waiters are woken once so they
+//! re-read Postgres: an event missed while disconnected costs one read, never a hang.
+
+use futures::StreamExt;
+use imagegen_shared::domain::JobId;
+use imagegen_shared::events::{JobEvent, channel};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// The waiters of one job: (waiter id, its notifier).
+type JobWaiters = Vec<(u64, Arc<Notify>)>;
+
+#[derive(Default)]
+pub struct Waiters {
+    /// A waiter on a batch appears under each of its jobs.
+    map: Mutex<HashMap<JobId, JobWaiters>>,
+    next_id: AtomicU64,
+    subscribed: AtomicBool,
+}
+
+/// A registration; dropping it removes the waiter.
+pub struct WaitGuard {
+    waiters: Arc<Waiters>,
+    id: u64,
+    jobs: Vec<JobId>,
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let mut map = self.waiters.map.lock().unwrap_or_else(|e| e.into_inner());
+        for job in &self.jobs {
+            if let Some(list) = map.get_mut(job) {
+                list.retain(|(id, _)| *id != self.id);
+                if list.is_empty() {
+                    map.remove(job);
+                }
+            }
+        }
+    }
+}
+
+impl Waiters {
+    pub fn register(self: &Arc<Self>, jobs: &[JobId]) -> WaitGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for job in jobs {
+            map.entry(*job).or_default().push((id, notify.clone()));
+        }
+        WaitGuard {
+            waiters: self.clone(),
+            id,
+            jobs: jobs.to_vec(),
+            notify,
+        }
+    }
+
+    pub fn wake(&self, job: JobId) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = map.get(&job) {
+            for (_, n) in list {
+                n.notify_one();
+            }
+        }
+    }
+
+    pub fn wake_all(&self) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, n) in map.values().flatten() {
+            n.notify_one();
+        }
+    }
+
+    /// Requests currently waiting (for metrics).
+    pub fn len(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Runs the subscription until `stop`, reconnecting with backoff whenever Redis goes away.
+    pub async fn listen(
+        self: Arc<Self>,
+        client: redis::Client,
+        queue_name: String,
+        stop: CancellationToken,
+    ) {
+        let channel = channel(&queue_name);
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let connected = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            match connected {
+                Ok(Ok(pubsub)) => {
+                    delay = Duration::from_millis(200);
+                    self.subscribed.store(true, Ordering::Relaxed);
+                    tracing::info!(%channel, "subscribed to job events");
+                    // Anything published while we were away is lost: have every waiter look again.
+                    self.wake_all();
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            msg = messages.next() => match msg {
+                                Some(msg) => match serde_json::from_slice::<JobEvent>(msg.get_payload_bytes()) {
+                                    Ok(event) => self.wake(event.job_id),
+                                    Err(e) => tracing::warn!(error = %e, "ignoring malformed job event"),
+                                },
+                                None => break,
+                            },
+                        }
+                    }
+                    self.subscribed.store(false, Ordering::Relaxed);
+                    tracing::warn!("job event subscription lost; reconnecting");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to job events"),
+                Err(_) => tracing::warn!("timed out subscribing to job events"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wakes_only_the_jobs_waiters_and_cleans_up() {
+        let w = Arc::new(Waiters::default());
+        let (a, b) = (JobId::new(), JobId::new());
+        let ga = w.register(&[a]);
+        let gab = w.register(&[a, b]);
+        assert_eq!(w.len(), 3);
+        w.wake(b);
+        tokio::time::timeout(Duration::from_millis(100), gab.notify.notified())
+            .await
+            .expect("batch waiter woken");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), ga.notify.notified())
+                .await
+                .is_err()
+        );
+        drop(ga);
+        drop(gab);
+        assert!(w.is_empty());
+    }
+}

@@ -1,0 +1,67 @@
+//! `imagegen emulator` flags; each also reads an `EMULATOR_*` variable. They set the knobs' starting values, which
+//! `POST /emulator/reset` returns to.
+
+use crate::knobs::Knobs;
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct EmulatorArgs {
+    /// Address to listen on (keep it on loopback).
+    #[arg(
+        long,
+        env = "EMULATOR_HOST",
+        value_name = "EMULATOR_HOST",
+        default_value = "127.0.0.1"
+    )]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the chosen address is logged).
+    #[arg(
+        long,
+        env = "EMULATOR_PORT",
+        value_name = "EMULATOR_PORT",
+        default_value_t = 8090
+    )]
+    pub port: u16,
+    /// An accepted API key (repeatable). With none, any non-empty key passes.
+    #[arg(
+        long = "api-key",
+        env = "EMULATOR_API_KEYS",
+        value_name = "EMULATOR_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    #[arg(long, env = "EMULATOR_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    #[arg(long, env = "EMULATOR_ERROR_RATE", default_value_t = 0.0)]
+    pub error_rate: f64,
+    #[arg(long, env = "EMULATOR_ERROR_STATUS", default_value_t = 500)]
+    pub error_status: u16,
+    #[arg(long, env = "EMULATOR_RATE_LIMIT_RATE", default_value_t = 0.0)]
+    pub rate_limit_rate: f64,
+    #[arg(long, env = "EMULATOR_RETRY_AFTER_S", default_value_t = 1)]
+    pub retry_after_s: u64,
+    #[arg(long, env = "EMULATOR_HANG_RATE", default_value_t = 0.0)]
+    pub hang_rate: f64,
+    #[arg(long, env = "EMULATOR_MODERATION_RATE", default_value_t = 0.0)]
+    pub moderation_rate: f64,
+    /// Lifetime of result URLs (OpenAI's are 60 minutes).
+    #[arg(long, env = "EMULATOR_URL_TTL_S", default_value_t = 3600)]
+    pub url_ttl_s: u64,
+}
+
+impl EmulatorArgs {
+    pub fn knobs(&self) -> Knobs {
+        Knobs {
+            latency_ms: self.latency_ms,
+            error_rate: self.error_rate,
+            error_status: self.error_status,
+            rate_limit_rate: self.rate_limit_rate,
+            retry_after_s: self.retry_after_s,
+            hang_rate: self.hang_rate,
+            moderation_rate: self.moderation_rate,
+            url_ttl_s: self.url_ttl_s,
+            ..Knobs::default()
+        }
+    }
+}

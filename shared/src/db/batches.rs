@@ -1,0 +1,69 @@
+//! `batches` table: a batch and all its jobs are written in one transaction, so a batch is never half-recorded.
+
+use super::DbError;
+use super::jobs::{JobRecord, NewJob, insert_job};
+use crate::domain::BatchId;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchRecord {
+    pub id: BatchId,
+    pub owner: String,
+    pub correlation_id: String,
+    pub item_count: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a batch with its jobs, or nothing at all.
+pub async fn insert_batch(
+    pool: &PgPool,
+    id: BatchId,
+    owner: &str,
+    correlation_id: &str,
+    jobs: &[NewJob],
+) -> Result<(BatchRecord, Vec<JobRecord>), DbError> {
+    let item_count =
+        i32::try_from(jobs.len()).map_err(|_| DbError::Corrupt("batch too large".into()))?;
+    let mut tx = pool.begin().await?;
+    let batch = sqlx::query_as::<_, BatchRecord>(
+        "INSERT INTO batches (id, owner, correlation_id, item_count) VALUES ($1, $2, $3, $4) \
+         RETURNING id, owner, correlation_id, item_count, created_at",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(correlation_id)
+    .bind(item_count)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut rows = Vec::with_capacity(jobs.len());
+    for (index, job) in (0i32..).zip(jobs) {
+        rows.push(insert_job(&mut tx, job, Some((id, index))).await?);
+    }
+    tx.commit().await?;
+    Ok((batch, rows))
+}
+
+pub async fn get_batch(
+    pool: &PgPool,
+    owner: &str,
+    id: BatchId,
+) -> Result<Option<BatchRecord>, DbError> {
+    let row = sqlx::query_as::<_, BatchRecord>(
+        "SELECT id, owner, correlation_id, item_count, created_at FROM batches WHERE id = $1 AND owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
+/// Undoes a batch that could not be fully queued; its jobs go with it.
+pub async fn delete_batch(pool: &PgPool, id: BatchId) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM batches WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

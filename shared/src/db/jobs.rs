@@ -1,0 +1,304 @@
+//! `jobs` table: insert, read (always scoped to the owner), and the worker's conditional transitions.
+
+use super::DbError;
+use super::images::{ImageRecord, NewImage};
+use crate::domain::{BatchId, GenerationRequest, JobId, JobStatus, Moderation};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::time::Duration;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub owner: String,
+    pub batch_id: Option<BatchId>,
+    pub batch_index: Option<i32>,
+    pub correlation_id: String,
+    pub status: JobStatus,
+    pub provider: String,
+    pub request: Json<GenerationRequest>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub worker_id: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub moderation: Option<Json<Moderation>>,
+    pub provider_meta: Option<Json<serde_json::Value>>,
+    pub generation_time_ms: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job about to be recorded. `status` is `queued`, or `moderated` when the API's keyword filter blocked it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub owner: String,
+    pub correlation_id: String,
+    pub request: GenerationRequest,
+    pub max_attempts: i32,
+    pub status: JobStatus,
+    pub moderation: Option<Moderation>,
+    pub error: Option<(String, String)>,
+}
+
+/// How a job ended when it did not succeed.
+#[derive(Debug, Clone)]
+pub struct JobFailure {
+    pub status: JobStatus,
+    pub code: String,
+    pub message: String,
+    pub moderation: Option<Moderation>,
+}
+
+const JOB_COLUMNS: &str = "id, owner, batch_id, batch_index, correlation_id, status, provider, request, attempts, \
+    max_attempts, worker_id, lease_until, error_code, error_message, moderation, provider_meta, generation_time_ms, \
+    created_at, updated_at, started_at, finished_at";
+
+fn lease_secs(lease: Duration) -> f64 {
+    lease.as_secs_f64()
+}
+
+pub async fn insert_job<'c>(
+    tx: &mut Transaction<'c, Postgres>,
+    job: &NewJob,
+    batch: Option<(BatchId, i32)>,
+) -> Result<JobRecord, DbError> {
+    let terminal = job.status.is_terminal();
+    let (code, message) = job.error.clone().unzip();
+    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO jobs (id, owner, batch_id, batch_index, correlation_id, status, provider, request, max_attempts, \
+            moderation, error_code, error_message, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, CASE WHEN $13 THEN now() END) \
+         RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(job.id)
+    .bind(&job.owner)
+    .bind(batch.map(|b| b.0))
+    .bind(batch.map(|b| b.1))
+    .bind(&job.correlation_id)
+    .bind(job.status)
+    .bind(job.request.provider.as_str())
+    .bind(Json(&job.request))
+    .bind(job.max_attempts)
+    .bind(job.moderation.as_ref().map(Json))
+    .bind(code)
+    .bind(message)
+    .bind(terminal)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row)
+}
+
+/// A job as its owner may see it; another owner's id looks exactly like one that does not exist.
+pub async fn get_job(pool: &PgPool, owner: &str, id: JobId) -> Result<Option<JobRecord>, DbError> {
+    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND owner = $2"
+    )))
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
+/// A job read by the worker fleet, which acts for every owner.
+pub async fn get_job_unscoped(pool: &PgPool, id: JobId) -> Result<Option<JobRecord>, DbError> {
+    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
+/// The owner's jobs, newest first, starting after the cursor `(created_at, id)`.
+pub async fn list_jobs(
+    pool: &PgPool,
+    owner: &str,
+    after: Option<(DateTime<Utc>, JobId)>,
+    limit: i64,
+) -> Result<Vec<JobRecord>, DbError> {
+    let (ts, id) = after.unzip();
+    let rows = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = $1 \
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    )))
+    .bind(owner)
+    .bind(ts)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+pub async fn jobs_in_batch(
+    pool: &PgPool,
+    owner: &str,
+    batch: BatchId,
+) -> Result<Vec<JobRecord>, DbError> {
+    let rows = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 AND owner = $2 ORDER BY batch_index"
+    )))
+    .bind(batch)
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// Takes a job for this worker: a queued job, or a running one whose lease ran out (its worker died).
+/// `None` means it is finished or another live worker holds it.
+pub async fn claim_job(
+    pool: &PgPool,
+    id: JobId,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Option<JobRecord>, DbError> {
+    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET status = 'running', worker_id = $2, lease_until = now() + make_interval(secs => $3), \
+            started_at = COALESCE(started_at, now()), updated_at = now() \
+         WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND lease_until < now())) \
+         RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(worker_id)
+    .bind(lease_secs(lease))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
+/// Keeps a lease alive; `false` means this worker no longer holds the job and must stop working on it.
+pub async fn extend_lease(
+    pool: &PgPool,
+    id: JobId,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET lease_until = now() + make_interval(secs => $3) \
+         WHERE id = $1 AND worker_id = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(worker_id)
+    .bind(lease_secs(lease))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Counts one provider call before it is made, so a crash mid-call still uses up an attempt.
+/// Returns the new count, or `None` when the job is no longer this worker's.
+pub async fn record_attempt(
+    pool: &PgPool,
+    id: JobId,
+    worker_id: &str,
+) -> Result<Option<i32>, DbError> {
+    let attempts: Option<i32> = sqlx::query_scalar(
+        "UPDATE jobs SET attempts = attempts + 1, updated_at = now() \
+         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING attempts",
+    )
+    .bind(id)
+    .bind(worker_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(attempts)
+}
+
+/// Marks the job succeeded and records its images in one transaction; `false` (and nothing written) when the
+/// job was no longer this worker's, so the caller must delete the objects it stored.
+pub async fn complete_succeeded(
+    pool: &PgPool,
+    id: JobId,
+    worker_id: &str,
+    images: &[NewImage],
+    provider_meta: &serde_json::Value,
+    generation_time_ms: i64,
+) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
+    let mut tx = pool.begin().await?;
+    let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, lease_until = NULL, \
+            finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(worker_id)
+    .bind(Json(provider_meta))
+    .bind(generation_time_ms)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = job else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let mut stored = Vec::with_capacity(images.len());
+    for image in images {
+        stored.push(super::images::insert_image(&mut tx, &job.owner, id, image).await?);
+    }
+    tx.commit().await?;
+    Ok(Some((job, stored)))
+}
+
+/// Ends a running job without images (failed or moderated). `None` when it was no longer this worker's.
+pub async fn complete_unsuccessful(
+    pool: &PgPool,
+    id: JobId,
+    worker_id: &str,
+    failure: &JobFailure,
+    provider_meta: &serde_json::Value,
+) -> Result<Option<JobRecord>, DbError> {
+    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET status = $3, error_code = $4, error_message = $5, moderation = $6, provider_meta = $7, \
+            lease_until = NULL, finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(worker_id)
+    .bind(failure.status)
+    .bind(&failure.code)
+    .bind(&failure.message)
+    .bind(failure.moderation.as_ref().map(Json))
+    .bind(Json(provider_meta))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
+/// Gives a running job back to the queue (a worker stopping before it could finish); its attempts stay counted.
+pub async fn release_job(pool: &PgPool, id: JobId, worker_id: &str) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = now() \
+         WHERE id = $1 AND worker_id = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(worker_id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Undoes an accepted job that could not be queued (Redis down), as long as no worker has started it.
+pub async fn delete_unstarted(pool: &PgPool, id: JobId) -> Result<bool, DbError> {
+    let done =
+        sqlx::query("DELETE FROM jobs WHERE id = $1 AND status = 'queued' AND batch_id IS NULL")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records one job outside a batch.
+pub async fn insert(pool: &PgPool, job: &NewJob) -> Result<JobRecord, DbError> {
+    let mut tx = pool.begin().await?;
+    let row = insert_job(&mut tx, job, None).await?;
+    tx.commit().await?;
+    Ok(row)
+}

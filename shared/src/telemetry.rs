@@ -1,0 +1,53 @@
+//! Logging: JSON lines on stdout, one per event, carrying the fields of the enclosing spans (the API's request span
+//! holds the correlation id, the worker's job span holds job id and correlation id), so every line is traceable.
+
+use crate::config::ConfigError;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+/// Turns LOG_LEVEL (the seed writes `INFO`) into a filter; noisy dependencies stay at warn unless named.
+pub fn filter_from_level(level: &str) -> Result<EnvFilter, ConfigError> {
+    let level = level.trim().to_ascii_lowercase();
+    let directives = if level.contains('=') || level.contains(',') {
+        level
+    } else {
+        format!(
+            "{level},sqlx=warn,hyper=warn,h2=warn,rustls=warn,apalis=warn,apalis_core=warn,apalis_redis=warn"
+        )
+    };
+    EnvFilter::try_new(&directives)
+        .map_err(|e| ConfigError::new("LOG_LEVEL", format!("'{directives}': {e}")))
+}
+
+/// Installs the global subscriber once; later calls (tests) are ignored.
+pub fn init(level: &str) -> Result<(), ConfigError> {
+    let filter = filter_from_level(level)?;
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_span_list(true)
+        .flatten_event(true)
+        .with_span_events(FmtSpan::NONE)
+        .with_target(true)
+        .try_init();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_seed_style_levels() {
+        for l in ["INFO", "debug", "Warn", "info,imagegen=debug"] {
+            assert!(filter_from_level(l).is_ok(), "{l}");
+        }
+        assert_eq!(
+            filter_from_level("info,[{")
+                .map(|_| ())
+                .map_err(|e| e.variable),
+            Err("LOG_LEVEL")
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The job store against a real Postgres (one fresh database per test): the conditional transitions that make a
+//! job finish exactly once.
+
+use imagegen_shared::db::{self, JobFailure, NewImage, NewJob};
+use imagegen_shared::domain::{
+    GenerateBody, GenerationLimits, GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
+};
+use sqlx::PgPool;
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn request(prompt: &str) -> GenerationRequest {
+    let limits = GenerationLimits {
+        enabled: vec![ProviderId::Dalle3],
+        configured: vec![ProviderId::Dalle3],
+        default_provider: ProviderId::Dalle3,
+        max_images_per_request: 4,
+    };
+    let body = GenerateBody {
+        prompt: prompt.into(),
+        provider: None,
+        size: None,
+        quality: None,
+        style: None,
+        num_images: None,
+        seed: None,
+    };
+    GenerationRequest::parse(body, &limits).expect("valid request")
+}
+
+fn new_job(owner: &str) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        owner: owner.into(),
+        correlation_id: "corr-1".into(),
+        request: request("a lighthouse"),
+        max_attempts: 3,
+        status: JobStatus::Queued,
+        moderation: None,
+        error: None,
+    }
+}
+
+fn image(position: i32) -> NewImage {
+    NewImage {
+        id: ImageId::new(),
+        position,
+        storage_key: format!("2026/11/24/{position}.png"),
+        content_type: "image/png".into(),
+        size_bytes: 10,
+        sha256: "ab".into(),
+        width: 1024,
+        height: 1024,
+        revised_prompt: Some("revised".into()),
+        seed: None,
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_job_is_claimed_once_and_completed_once(pool: PgPool) {
+    let job = db::jobs::insert(&pool, &new_job("alice"))
+        .await
+        .expect("insert");
+    assert_eq!(job.status, JobStatus::Queued);
+
+    let claimed = db::jobs::claim_job(&pool, job.id, "w1", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert_eq!(
+        (claimed.status, claimed.worker_id.as_deref()),
+        (JobStatus::Running, Some("w1"))
+    );
+    // A duplicate delivery finds it held by a live lease.
+    assert!(
+        db::jobs::claim_job(&pool, job.id, "w2", LEASE)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    assert!(
+        db::jobs::record_attempt(&pool, job.id, "w2")
+            .await
+            .expect("attempt")
+            .is_none()
+    );
+    assert_eq!(
+        db::jobs::record_attempt(&pool, job.id, "w1")
+            .await
+            .expect("attempt"),
+        Some(1)
+    );
+
+    let meta = serde_json::json!({"request_id": "req_1"});
+    let done = db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1200)
+        .await
+        .expect("complete");
+    let (job_row, images) = done.expect("first completion wins");
+    assert_eq!(job_row.status, JobStatus::Succeeded);
+    assert_eq!(images.len(), 1);
+    // A second completion (late duplicate) changes nothing and writes no images.
+    let again = db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(1)], &meta, 1)
+        .await
+        .expect("complete");
+    assert!(again.is_none());
+    let failure = JobFailure {
+        status: JobStatus::Failed,
+        code: "x".into(),
+        message: "y".into(),
+        moderation: None,
+    };
+    assert!(
+        db::jobs::complete_unsuccessful(&pool, job.id, "w1", &failure, &meta)
+            .await
+            .expect("fail")
+            .is_none()
+    );
+    let images = db::images::images_for_jobs(&pool, "alice", &[job.id])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses(pool: PgPool) {
+    let job = db::jobs::insert(&pool, &new_job("alice"))
+        .await
+        .expect("insert");
+    db::jobs::claim_job(&pool, job.id, "w1", Duration::from_millis(1))
+        .await
+        .expect("claim")
+        .expect("claimed");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taken = db::jobs::claim_job(&pool, job.id, "w2", LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(
+        taken.expect("lease expired").worker_id.as_deref(),
+        Some("w2")
+    );
+    assert!(
+        !db::jobs::extend_lease(&pool, job.id, "w1", LEASE)
+            .await
+            .expect("extend")
+    );
+    let meta = serde_json::json!({});
+    assert!(
+        db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1)
+            .await
+            .expect("late")
+            .is_none()
+    );
+    assert!(
+        db::jobs::complete_succeeded(&pool, job.id, "w2", &[image(0)], &meta, 1)
+            .await
+            .expect("owner")
+            .is_some()
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn reads_are_scoped_to_the_owner(pool: PgPool) {
+    let job = db::jobs::insert(&pool, &new_job("alice"))
+        .await
+        .expect("insert");
+    assert!(
+        db::jobs::get_job(&pool, "alice", job.id)
+            .await
+            .expect("read")
+            .is_some()
+    );
+    assert!(
+        db::jobs::get_job(&pool, "mallory", job.id)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        db::jobs::list_jobs(&pool, "mallory", None, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn listing_pages_newest_first(pool: PgPool) {
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            db::jobs::insert(&pool, &new_job("alice"))
+                .await
+                .expect("insert")
+                .id,
+        );
+    }
+    let first = db::jobs::list_jobs(&pool, "alice", None, 2)
+        .await
+        .expect("page 1");
+    assert_eq!(
+        first.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[4], ids[3]]
+    );
+    let last = first.last().expect("row");
+    let second = db::jobs::list_jobs(&pool, "alice", Some((last.created_at, last.id)), 10)
+        .await
+        .expect("page 2");
+    assert_eq!(
+        second.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[2], ids[1], ids[0]]
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_released_job_can_be_claimed_again_with_attempts_kept(pool: PgPool) {
+    let job = db::jobs::insert(&pool, &new_job("alice"))
+        .await
+        .expect("insert");
+    db::jobs::claim_job(&pool, job.id, "w1", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    db::jobs::record_attempt(&pool, job.id, "w1")
+        .await
+        .expect("attempt");
+    assert!(
+        db::jobs::release_job(&pool, job.id, "w1")
+            .await
+            .expect("release")
+    );
+    let again = db::jobs::claim_job(&pool, job.id, "w2", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimable again");
+    assert_eq!(again.attempts, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_is_recorded_whole(pool: PgPool) {
+    let jobs = vec![new_job("alice"), new_job("alice")];
+    let batch_id = imagegen_shared::domain::BatchId::new();
+    let (batch, rows) = db::batches::insert_batch(&pool, batch_id, "alice", "corr", &jobs)
+        .await
+        .expect("batch");
+    assert_eq!((batch.item_count, rows.len()), (2, 2));
+    assert_eq!(
+        rows.iter().map(|r| r.batch_index).collect::<Vec<_>>(),
+        [Some(0), Some(1)]
+    );
+    let listed = db::jobs::jobs_in_batch(&pool, "alice", batch_id)
+        .await
+        .expect("items");
+    assert_eq!(listed.len(), 2);
+    db::batches::delete_batch(&pool, batch_id)
+        .await
+        .expect("delete");
+    assert!(
+        db::jobs::jobs_in_batch(&pool, "alice", batch_id)
+            .await
+            .expect("items")
+            .is_empty()
+    );
+}

@@ -1,0 +1,148 @@
+//! `imagegen`: one binary, several roles. `api` and `worker` are deployed and scaled separately; `migrate` applies
+//! the database schema; `emulator` serves faithful local copies of the providers' APIs for tests and sandboxes.
+
+use clap::{Args, Parser, Subcommand};
+use imagegen_api::ApiArgs;
+use imagegen_emulator::EmulatorArgs;
+use imagegen_shared::config::{CoreArgs, DatabaseArgs};
+use imagegen_shared::{db, telemetry};
+use imagegen_worker::WorkerArgs;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imagegen",
+    version,
+    about = "Image generation service: API, workers and provider emulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the HTTP API.
+    Api(Box<ApiArgs>),
+    /// Run a queue worker that calls the providers and stores images.
+    Worker(Box<WorkerArgs>),
+    /// Apply database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Serve the provider emulator (OpenAI Images API) on loopback.
+    Emulator(EmulatorArgs),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    #[command(flatten)]
+    core: CoreArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// clap's errors span several lines; configuration errors must be one line naming the variable.
+fn one_line(err: &clap::Error) -> String {
+    err.render()
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("imagegen: {}", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imagegen: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("imagegen: error: {}", chain.join(": "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Api(args) => {
+            telemetry::init(&args.core.log_level)?;
+            let addr = format!("{}:{}", args.api_host, args.api_port);
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("API_PORT: cannot listen on {addr}: {e}"))?;
+            imagegen_api::run(*args, listener, shutdown_signal()).await
+        }
+        Command::Worker(args) => {
+            telemetry::init(&args.core.log_level)?;
+            imagegen_worker::run(*args, shutdown_signal()).await
+        }
+        Command::Migrate(args) => {
+            telemetry::init(&args.core.log_level)?;
+            let pool = db::connect_lazy(&args.database.database_url, 1)
+                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+            db::migrate(&pool)
+                .await
+                .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+            tracing::info!("database schema is up to date");
+            Ok(())
+        }
+        Command::Emulator(args) => {
+            telemetry::init("info")?;
+            imagegen_emulator::run(args, shutdown_signal())
+                .await
+                .map_err(Into::into)
+        }
+    }
+}

@@ -1,0 +1,980 @@
+//! End to end: the real binaries (emulator, api, worker) against real Postgres and Redis, driven over HTTP.
+
+mod support;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::time::Duration;
+use support::{Options, Stack, generate_body, kv, png_size, start};
+
+async fn download(stack: &Stack, url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let r = stack.http.get(url).send().await.expect("download");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.expect("bytes").to_vec())
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn wait_mode_returns_stored_images(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("A futuristic city skyline at sunset"),
+            &[("X-Correlation-ID", "e2e-wait-1")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-correlation-id"), Some("e2e-wait-1"));
+    let b = &r.body;
+    assert_eq!(
+        (
+            b["success"].as_bool(),
+            b["status"].as_str(),
+            b["provider"].as_str()
+        ),
+        (Some(true), Some("succeeded"), Some("dalle3"))
+    );
+    assert_eq!(b["correlation_id"], "e2e-wait-1");
+    assert!(b["generation_time_ms"].as_i64().is_some());
+    let images = b["images"].as_array().expect("images");
+    assert_eq!(images.len(), 1);
+    let img = &images[0];
+    assert_eq!(
+        (img["width"].as_i64(), img["height"].as_i64()),
+        (Some(1024), Some(1024))
+    );
+    assert_eq!(img["content_type"], "image/png");
+    assert!(
+        img["revised_prompt"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty())
+    );
+    let url = img["url"].as_str().expect("url");
+    assert!(
+        url.starts_with(&stack.api),
+        "our own download URL, not the provider's: {url}"
+    );
+
+    let (status, headers, bytes) = download(&stack, url).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("image/png")
+    );
+    assert_eq!(
+        headers.get("content-length").and_then(|v| v.to_str().ok()),
+        Some(bytes.len().to_string().as_str())
+    );
+    assert_eq!(png_size(&bytes), (1024, 1024));
+    assert_eq!(img["size_bytes"].as_u64(), Some(bytes.len() as u64));
+    assert_eq!(
+        img["sha256"].as_str(),
+        Some(hex::encode(Sha256::digest(&bytes)).as_str())
+    );
+
+    // The seed's layout on disk: YYYY/MM/DD/{id}.png plus {id}.json.
+    let id = img["id"].as_str().expect("id");
+    let day = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    let png_path = stack.storage_dir.join(&day).join(format!("{id}.png"));
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(png_path.with_extension("json")).expect("sidecar"))
+            .expect("json");
+    assert_eq!(sidecar["job_id"], b["job_id"]);
+    assert_eq!(std::fs::read(&png_path).expect("stored file"), bytes);
+
+    // Metadata endpoint and the job itself agree.
+    let meta = stack.get(&format!("/api/v1/images/{id}")).await;
+    assert_eq!(
+        (meta.status, meta.body["sha256"].clone()),
+        (200, img["sha256"].clone())
+    );
+    let job = stack
+        .get(&format!(
+            "/api/v1/jobs/{}",
+            b["job_id"].as_str().expect("job id")
+        ))
+        .await;
+    assert_eq!(
+        (job.body["status"].as_str(), job.body["attempts"].as_i64()),
+        (Some("succeeded"), Some(1))
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn wait_mode_times_out_into_202_and_the_job_completes(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    stack.emulator_config(json!({"latency_ms": 2500})).await;
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("slow lighthouse"),
+            &[("Prefer", "wait=1")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job_id = r.body["job_id"].as_str().expect("job id").to_owned();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/v1/jobs/{job_id}").as_str())
+    );
+    assert!(r.header("retry-after").is_some());
+    assert!(["queued", "running"].contains(&r.body["status"].as_str().unwrap_or_default()));
+    let done = stack.wait_terminal(&job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["images"].as_array().map(Vec::len), Some(1));
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn respond_async_answers_at_once(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    stack.emulator_config(json!({"latency_ms": 1000})).await;
+    let started = std::time::Instant::now();
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("quick answer"),
+            &[("Prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "respond-async must not wait for the provider"
+    );
+    let done = stack
+        .wait_terminal(r.body["job_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(done["status"], "succeeded");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn submit_poll_and_download_over_provider_urls(pool: PgPool) {
+    // The worker asks for URLs this time, so the download-from-provider path is exercised.
+    let options = Options {
+        worker_env: vec![kv("OPENAI_RESPONSE_FORMAT", "url")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    let body = json!({"prompt": "Mountain landscape", "provider": "dalle3", "size": "1792x1024"});
+    let r = stack.post("/api/v1/jobs", body, &[]).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job_id = r.body["job_id"].as_str().expect("job id").to_owned();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/v1/jobs/{job_id}").as_str())
+    );
+    assert_eq!(r.body["size"], "1792x1024");
+    assert_eq!(
+        (r.body["quality"].as_str(), r.body["style"].as_str()),
+        (Some("standard"), Some("vivid"))
+    );
+
+    let done = stack.wait_terminal(&job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let url = done["images"][0]["url"].as_str().expect("url").to_owned();
+    let (status, headers, bytes) = download(&stack, &url).await;
+    assert_eq!(status, 200);
+    assert_eq!(png_size(&bytes), (1792, 1024));
+
+    // A repeated poll with the ETag is answered 304; so is a download with the image's ETag.
+    let first = stack
+        .http
+        .get(stack.url(&format!("/api/v1/jobs/{job_id}")))
+        .send()
+        .await
+        .expect("poll");
+    let etag = first.headers().get("etag").expect("job etag").clone();
+    let again = stack
+        .http
+        .get(stack.url(&format!("/api/v1/jobs/{job_id}")))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(again.status().as_u16(), 304);
+    let image_etag = headers.get("etag").expect("image etag").clone();
+    let cached = stack
+        .http
+        .get(&url)
+        .header("if-none-match", image_etag)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(cached.status().as_u16(), 304);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn batch_reports_each_item_and_partial_success(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let items = json!([
+        {"prompt": "Mountain landscape", "provider": "dalle3", "size": "1792x1024"},
+        {"prompt": "emulator-moderate ocean waves", "provider": "dalle3"},
+    ]);
+    let r = stack
+        .post("/api/v1/generate/batch", items, &[("Prefer", "wait=30")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["success"].as_bool(), r.body["status"].as_str()),
+        (Some(true), Some("completed"))
+    );
+    assert_eq!(
+        (r.body["succeeded"].as_u64(), r.body["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let items = r.body["items"].as_array().expect("items");
+    assert_eq!(items[0]["status"], "succeeded");
+    assert_eq!(items[0]["images"][0]["width"], 1792);
+    assert_eq!(items[1]["status"], "moderated");
+    assert_eq!(items[1]["error"]["code"], "content_policy_violation");
+    assert_eq!(items[1]["moderation"]["source"], "provider");
+
+    let batch_id = r.body["batch_id"].as_str().expect("batch id");
+    let again = stack.get(&format!("/api/v1/batches/{batch_id}")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["items"][1]["status"], "moderated");
+    assert_eq!(
+        stack
+            .get(&format!("/api/v1/batches/{}", uuid::Uuid::now_v7()))
+            .await
+            .status,
+        404
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn an_invalid_batch_item_rejects_the_whole_batch(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let items = json!([{"prompt": "fine"}, {"prompt": "fine too"}, {"prompt": "bad size", "size": "10x10"}]);
+    let r = stack.post("/api/v1/generate/batch", items, &[]).await;
+    r.assert_error(400, "validation_failed");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .expect("message")
+            .contains("item 2"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["details"][0]["field"], "[2].size");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "nothing of a rejected batch is recorded");
+
+    stack
+        .post("/api/v1/generate/batch", json!([]), &[])
+        .await
+        .assert_error(400, "validation_failed");
+    let eleven: Vec<_> = (0..11)
+        .map(|i| json!({"prompt": format!("p{i}")}))
+        .collect();
+    stack
+        .post("/api/v1/generate/batch", json!(eleven), &[])
+        .await
+        .assert_error(400, "validation_failed");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_blocked_prompt_is_moderated_and_never_reaches_the_provider(pool: PgPool) {
+    let options = Options {
+        api_env: vec![kv("BLOCKED_WORDS", "forbidden,bad thing")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    for prompt in [
+        "a FORBIDDEN castle",
+        "a f.o.r.b.i.d.d.e.n castle",
+        "some bad   thing here",
+    ] {
+        let r = stack
+            .post("/api/v1/generate", json!({"prompt": prompt}), &[])
+            .await;
+        r.assert_error(400, "content_blocked");
+        assert!(
+            !r.body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("forbidden"),
+            "never echo the list"
+        );
+        let job_id = r.body["job_id"]
+            .as_str()
+            .expect("job id on a blocked prompt");
+        let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+        assert_eq!(job.body["status"], "moderated");
+        assert_eq!(job.body["moderation"]["stage"], "input");
+        assert_eq!(job.body["moderation"]["source"], "keyword");
+    }
+    // Words that merely contain the term pass.
+    let ok = stack
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": "forbiddenly good food"}),
+            &[],
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        stack.emulator_requests().await,
+        1,
+        "blocked prompts never reach the provider"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn every_validation_error_has_the_seed_shape(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (json!({"prompt": "   "}), "prompt"),
+        (json!({"prompt": "x".repeat(4001)}), "prompt"),
+        (json!({"prompt": "x", "provider": "midjourney"}), "provider"),
+        (
+            json!({"prompt": "x", "provider": "flux_schnell"}),
+            "provider",
+        ),
+        (json!({"prompt": "x", "size": "512x512"}), "size"),
+        (json!({"prompt": "x", "num_images": 2}), "num_images"),
+        (json!({"prompt": "x", "num_images": 0}), "num_images"),
+        (json!({"prompt": "x", "quality": "ultra"}), "quality"),
+        (json!({"prompt": "x", "style": "noir"}), "style"),
+        (json!({"prompt": "x", "seed": 42}), "seed"),
+    ];
+    for (body, field) in cases {
+        let r = stack.post("/api/v1/generate", body.clone(), &[]).await;
+        r.assert_error(400, "validation_failed");
+        assert_eq!(r.body["details"][0]["field"], field, "{body} -> {}", r.body);
+    }
+    let unknown = stack
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": "x", "colour": "red"}),
+            &[],
+        )
+        .await;
+    unknown.assert_error(400, "validation_failed");
+    assert!(
+        unknown.body["message"]
+            .as_str()
+            .expect("message")
+            .contains("colour")
+    );
+    stack
+        .post("/api/v1/generate", json!({"size": "1024x1024"}), &[])
+        .await
+        .assert_error(400, "validation_failed");
+    stack
+        .post("/api/v1/generate", json!({"prompt": 5}), &[])
+        .await
+        .assert_error(400, "validation_failed");
+
+    let raw = |body: &'static str, ctype: &'static str| {
+        stack
+            .http
+            .post(stack.url("/api/v1/generate"))
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    support::Reply::from(raw("{not json", "application/json").await.expect("send"))
+        .await
+        .assert_error(400, "validation_failed");
+    support::Reply::from(raw("prompt=x", "text/plain").await.expect("send"))
+        .await
+        .assert_error(415, "unsupported_media_type");
+    let big = json!({"prompt": "x".repeat(70 * 1024)});
+    stack
+        .post("/api/v1/generate", big, &[])
+        .await
+        .assert_error(413, "payload_too_large");
+    stack
+        .get("/api/v1/nope")
+        .await
+        .assert_error(404, "not_found");
+    stack
+        .get("/api/v1/generate")
+        .await
+        .assert_error(405, "method_not_allowed");
+    stack
+        .get("/api/v1/jobs/not-a-uuid")
+        .await
+        .assert_error(404, "not_found");
+    stack
+        .get(&format!("/api/v1/jobs/{}", uuid::Uuid::now_v7()))
+        .await
+        .assert_error(404, "not_found");
+    stack
+        .get("/api/v1/jobs?limit=0")
+        .await
+        .assert_error(400, "validation_failed");
+    stack
+        .get("/api/v1/jobs?cursor=garbage")
+        .await
+        .assert_error(400, "validation_failed");
+
+    // A client's sane correlation id is echoed; an unsafe one is replaced.
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": ""}),
+            &[("X-Correlation-ID", "abc123-def456-ghi789")],
+        )
+        .await;
+    assert_eq!(r.body["correlation_id"], "abc123-def456-ghi789");
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": ""}),
+            &[("X-Correlation-ID", "bad id with spaces")],
+        )
+        .await;
+    assert_ne!(r.body["correlation_id"], "bad id with spaces");
+    r.assert_error(400, "validation_failed");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "invalid requests record nothing");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_provider_500_is_retried_and_then_succeeds(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    stack
+        .emulator_config(json!({"fail_next": 1, "error_status": 500}))
+        .await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("retry me"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["attempts"], 2);
+    assert_eq!(stack.emulator_requests().await, 2);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_rate_limit_honours_retry_after_and_then_succeeds(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    stack
+        .emulator_config(json!({"rate_limit_next": 1, "retry_after_s": 1}))
+        .await;
+    let started = std::time::Instant::now();
+    let r = stack
+        .post("/api/v1/generate", generate_body("patience"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["attempts"], 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited as Retry-After said"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn retries_are_bounded_by_provider_max_attempts(pool: PgPool) {
+    // The API records the limit on each job when it is accepted; workers honour what the job says.
+    let options = Options {
+        api_env: vec![kv("PROVIDER_MAX_ATTEMPTS", "2")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    stack
+        .emulator_config(json!({"error_rate": 1.0, "error_status": 503}))
+        .await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("never works"), &[])
+        .await;
+    r.assert_error(502, "provider_unavailable");
+    let job_id = r.body["job_id"].as_str().expect("job id");
+    let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(
+        (job.body["status"].as_str(), job.body["attempts"].as_i64()),
+        (Some("failed"), Some(2))
+    );
+    assert_eq!(stack.emulator_requests().await, 2);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_content_policy_rejection_is_final_and_not_retried(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("emulator-moderate a scene"),
+            &[],
+        )
+        .await;
+    r.assert_error(422, "content_policy_violation");
+    let job_id = r.body["job_id"].as_str().expect("job id");
+    let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(job.body["status"], "moderated");
+    assert_eq!(
+        (
+            job.body["moderation"]["stage"].as_str(),
+            job.body["moderation"]["source"].as_str()
+        ),
+        (Some("input"), Some("provider"))
+    );
+    assert_eq!(job.body["attempts"], 1);
+    assert_eq!(stack.emulator_requests().await, 1);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn bad_provider_credentials_fail_the_job_without_retries(pool: PgPool) {
+    let options = Options {
+        worker_env: vec![kv("OPENAI_API_KEY", "sk-wrong-key-1234")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("who am i"), &[])
+        .await;
+    r.assert_error(502, "provider_error");
+    assert!(
+        !r.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1234"),
+        "no key fragments: {}",
+        r.body
+    );
+    assert_eq!(stack.emulator_requests().await, 1);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn delete_removes_object_metadata_and_row(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("short-lived"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.body["images"][0]["id"]
+        .as_str()
+        .expect("image id")
+        .to_owned();
+    let day = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    let file = stack.storage_dir.join(&day).join(format!("{id}.png"));
+    assert!(file.exists());
+    let del = Reply::from(
+        stack
+            .http
+            .delete(stack.url(&format!("/api/v1/images/{id}")))
+            .send()
+            .await
+            .expect("delete"),
+    )
+    .await;
+    assert_eq!(del.status, 200, "{}", del.body);
+    assert!(!file.exists() && !file.with_extension("json").exists());
+    stack
+        .get(&format!("/api/v1/images/{id}"))
+        .await
+        .assert_error(404, "not_found");
+    stack
+        .get(&format!("/api/v1/images/{id}/download"))
+        .await
+        .assert_error(404, "not_found");
+    let again = Reply::from(
+        stack
+            .http
+            .delete(stack.url(&format!("/api/v1/images/{id}")))
+            .send()
+            .await
+            .expect("delete"),
+    )
+    .await;
+    again.assert_error(404, "not_found");
+}
+
+use support::Reply;
+
+#[sqlx::test(migrations = "./migrations")]
+async fn jobs_are_listed_newest_first_with_a_cursor(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = stack
+            .post("/api/v1/jobs", json!({"prompt": format!("job {i}")}), &[])
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(r.body["job_id"].as_str().expect("id").to_owned());
+    }
+    let page = stack.get("/api/v1/jobs?limit=2").await;
+    assert_eq!(page.status, 200);
+    let got: Vec<&str> = page.body["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
+    assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
+    let cursor = page.body["next_cursor"].as_str().expect("a next page");
+    let next = stack
+        .get(&format!("/api/v1/jobs?limit=2&cursor={cursor}"))
+        .await;
+    let got: Vec<&str> = next.body["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
+    assert_eq!(got, [ids[0].as_str()]);
+    assert!(next.body.get("next_cursor").is_none());
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn providers_docs_health_and_metrics(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let p = stack.get("/api/v1/providers").await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.body["default_provider"], "dalle3");
+    let providers = p.body["providers"].as_array().expect("providers");
+    assert_eq!(providers[0]["id"], "dalle3");
+    assert_eq!(
+        providers[0]["supported_sizes"],
+        json!(["1024x1024", "1792x1024", "1024x1792"])
+    );
+    assert_eq!(
+        (
+            providers[0]["max_images"].as_u64(),
+            providers[0]["configured"].as_bool()
+        ),
+        (Some(1), Some(true))
+    );
+    assert_eq!(providers[1]["id"], "flux_schnell");
+    assert_eq!(providers[1]["max_images"], 4);
+    assert_eq!(providers[1]["configured"], false);
+
+    let spec = stack.get("/openapi.json").await;
+    assert_eq!(spec.status, 200);
+    assert!(
+        spec.body["openapi"]
+            .as_str()
+            .expect("version")
+            .starts_with("3.1")
+    );
+    for path in [
+        "/api/v1/generate",
+        "/api/v1/generate/batch",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/batches/{id}",
+        "/api/v1/images/{id}",
+        "/api/v1/images/{id}/download",
+        "/api/v1/providers",
+        "/health/",
+        "/health/ready",
+        "/health/live",
+        "/metrics",
+    ] {
+        assert!(
+            spec.body["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(
+        spec.body["components"]["schemas"]
+            .get("ErrorBody")
+            .is_some()
+    );
+    let docs = stack
+        .http
+        .get(stack.url("/docs/"))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(docs.status().as_u16(), 200);
+    let html = docs.text().await.expect("html");
+    assert!(html.contains("swagger-ui"), "Swagger UI page");
+    let asset = stack
+        .http
+        .get(stack.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .expect("asset");
+    assert_eq!(
+        asset.status().as_u16(),
+        200,
+        "Swagger UI assets are built in"
+    );
+
+    let health = stack.get("/health/").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    for c in ["database", "redis", "storage"] {
+        assert_eq!(
+            health.body["components"][c]["status"], "healthy",
+            "{}",
+            health.body
+        );
+    }
+    assert_eq!(
+        health.body["components"]["provider:dalle3"]["status"],
+        "configured"
+    );
+    assert_eq!(stack.get("/health/ready").await.status, 200);
+    assert_eq!(stack.get("/health/live").await.status, 200);
+
+    let _ = stack
+        .post("/api/v1/jobs", json!({"prompt": "count me"}), &[])
+        .await;
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "imagegen_http_requests_total",
+        "imagegen_http_request_duration_seconds_bucket",
+        "imagegen_queue_depth",
+        "imagegen_jobs_submitted_total",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("route=\"/api/v1/jobs\""),
+        "routes are labelled by their pattern"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: PgPool) {
+    // A private Redis we can stop and start again.
+    let port = support::free_port();
+    let dir = std::env::temp_dir().join(format!("imagegen-redis-{port}"));
+    std::fs::create_dir_all(&dir).expect("redis dir");
+    let start_redis = || {
+        let status = std::process::Command::new("redis-server")
+            .args([
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.to_string_lossy(),
+                "--pidfile",
+                &dir.join("redis.pid").to_string_lossy(),
+            ])
+            .status()
+            .expect("redis-server");
+        assert!(status.success());
+    };
+    let stop_redis = || {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "shutdown", "nosave"])
+            .status();
+    };
+    start_redis();
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let options = Options {
+        redis_url,
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    let ready = |s: &Stack| {
+        let url = s.url("/health/ready");
+        let http = s.http.clone();
+        async move { http.get(url).send().await.expect("ready").status().as_u16() }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ready(&stack).await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    stop_redis();
+    let r = support::Reply::from(
+        stack
+            .http
+            .get(stack.url("/health/ready"))
+            .send()
+            .await
+            .expect("ready"),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["components"]["redis"]["status"], "unhealthy");
+    assert_eq!(
+        stack.get("/health/live").await.status,
+        200,
+        "liveness does not depend on Redis"
+    );
+    let submit = stack
+        .post(
+            "/api/v1/jobs",
+            json!({"prompt": "while redis is down"}),
+            &[],
+        )
+        .await;
+    submit.assert_error(503, "service_unavailable");
+    assert!(submit.header("retry-after").is_some());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        count, 0,
+        "a job that could not be queued is not left behind"
+    );
+
+    start_redis();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ready(&stack).await != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "did not recover after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("after the outage"),
+            &[("Prefer", "wait=30")],
+        )
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "the worker reconnected by itself: {}",
+        r.body
+    );
+    stop_redis();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn sigterm_lets_a_running_job_finish(pool: PgPool) {
+    let mut stack = start(&pool, Options::default()).await;
+    stack.emulator_config(json!({"latency_ms": 1500})).await;
+    let r = stack
+        .post("/api/v1/jobs", generate_body("finish me"), &[])
+        .await;
+    let job_id = r.body["job_id"].as_str().expect("job id").to_owned();
+    // Wait until the worker has it, then ask it to stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+        if job.body["status"] == "running" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never started: {}",
+            job.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let worker = stack.worker_proc.as_mut().expect("worker");
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "worker exits cleanly: {status:?}");
+    let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(
+        job.body["status"], "succeeded",
+        "the running job finished before exit: {}",
+        job.body
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn bad_configuration_stops_start_up_with_one_line(pool: PgPool) {
+    let db = support::database_url(&pool);
+    let run = |env: Vec<(&str, String)>| {
+        let mut cmd = std::process::Command::new(support::BIN);
+        cmd.arg("api")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run imagegen")
+    };
+    let base = || {
+        vec![
+            ("DATABASE_URL", db.clone()),
+            ("REDIS_URL", support::redis_url()),
+            ("OPENAI_API_KEY", "k".to_owned()),
+        ]
+    };
+    for (var, value) in [
+        ("API_PORT", "not-a-port"),
+        ("STORAGE_BACKEND", "floppy"),
+        ("DEFAULT_PROVIDER", "midjourney"),
+        ("ENABLE_IMAGE_STORAGE", "maybe"),
+        ("WAIT_MAX_SECS", "-1"),
+    ] {
+        let mut env = base();
+        env.push((var, value.to_owned()));
+        let out = run(env);
+        assert!(!out.status.success(), "{var}={value} must stop start-up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var), "{var} named in: {stderr}");
+    }
+    let out = run(vec![
+        ("REDIS_URL", support::redis_url()),
+        ("OPENAI_API_KEY", "k".to_owned()),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
+    let out = run(vec![
+        ("DATABASE_URL", db.clone()),
+        ("REDIS_URL", support::redis_url()),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY"));
+
+    // `imagegen migrate` on an up-to-date database is a no-op that succeeds.
+    let out = std::process::Command::new(support::BIN)
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &db)
+        .output()
+        .expect("migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

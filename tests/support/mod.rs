@@ -1,0 +1,378 @@
+//! End-to-end harness: starts the real `imagegen` binary as `emulator`, `api` and `worker` processes on free
+//! loopback ports, against a fresh Postgres database (sqlx::test) and a unique Redis queue name, and drives them
+//! over HTTP like a client. Set TEST_LOG=1 to see the processes' logs.
+
+#![allow(dead_code)]
+
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_imagegen");
+pub const API_KEY: &str = "sk-test-emulator-key";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The URL of the per-test database that sqlx::test created.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by scripts/test.sh");
+    let base = base.split('?').next().unwrap_or(&base).to_owned();
+    let server = base
+        .rsplit_once('/')
+        .map(|(s, _)| s.to_owned())
+        .unwrap_or(base);
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("test database name")
+        .to_owned();
+    format!("{server}/{db}")
+}
+
+/// A child process whose stdout/stderr lines are kept (and echoed with TEST_LOG).
+pub struct Proc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    addr: watch::Receiver<Option<String>>,
+    name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn imagegen");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        let echo = std::env::var("TEST_LOG").is_ok();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            let tx = tx.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if echo {
+                        eprintln!("[{name}] {line}");
+                    }
+                    if tx.borrow().is_none()
+                        && line.contains("listening")
+                        && let Some(addr) = find_addr(&line)
+                    {
+                        let _ = tx.send(Some(addr));
+                    }
+                    lines.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            addr: rx,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The `127.0.0.1:PORT` the process said it listens on.
+    pub async fn listening_addr(&mut self) -> String {
+        let found = {
+            let wait = self.addr.wait_for(Option::is_some);
+            match tokio::time::timeout(START_TIMEOUT, wait).await {
+                Ok(Ok(addr)) => addr.clone(),
+                _ => None,
+            }
+        };
+        found.unwrap_or_else(|| {
+            panic!(
+                "{} did not report a listening address; output:\n{}",
+                self.name,
+                self.output()
+            )
+        })
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().expect("log lock").join("\n")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running child").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not exit within {within:?}; output:\n{}",
+                    self.name,
+                    self.output()
+                )
+            })
+            .expect("wait")
+    }
+}
+
+fn find_addr(line: &str) -> Option<String> {
+    let start = line.find("127.0.0.1:")?;
+    let rest = &line[start + "127.0.0.1:".len()..];
+    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    (!port.is_empty()).then(|| format!("127.0.0.1:{port}"))
+}
+
+/// A port nobody listens on (for a dependency that is down).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+pub struct Options {
+    pub emulator_args: Vec<String>,
+    pub api_env: Vec<(String, String)>,
+    pub worker_env: Vec<(String, String)>,
+    pub start_worker: bool,
+    pub redis_url: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            emulator_args: vec!["--api-key".into(), API_KEY.into()],
+            api_env: Vec::new(),
+            worker_env: Vec::new(),
+            start_worker: true,
+            redis_url: redis_url(),
+        }
+    }
+}
+
+pub struct Stack {
+    pub api: String,
+    pub emulator: String,
+    pub http: reqwest::Client,
+    pub storage_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub api_proc: Proc,
+    pub worker_proc: Option<Proc>,
+    pub emulator_proc: Proc,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.storage_dir);
+    }
+}
+
+pub fn kv(k: &str, v: impl Into<String>) -> (String, String) {
+    (k.to_owned(), v.into())
+}
+
+pub async fn start(pool: &PgPool, options: Options) -> Stack {
+    let mut emu_args: Vec<&str> = vec!["emulator", "--host", "127.0.0.1", "--port", "0"];
+    emu_args.extend(options.emulator_args.iter().map(String::as_str));
+    let mut emulator_proc = Proc::spawn("emulator", &emu_args, &[]);
+    let emulator = format!("http://{}", emulator_proc.listening_addr().await);
+
+    let storage_dir = std::env::temp_dir().join(format!("imagegen-e2e-{}", uuid::Uuid::new_v4()));
+    let queue = format!("imagegen-test-{}", uuid::Uuid::new_v4().simple());
+    let env = vec![
+        kv("DATABASE_URL", database_url(pool)),
+        kv("REDIS_URL", options.redis_url.clone()),
+        kv("QUEUE_NAME", queue),
+        kv("OPENAI_API_KEY", API_KEY),
+        kv("OPENAI_BASE_URL", format!("{emulator}/v1")),
+        kv(
+            "LOCAL_STORAGE_PATH",
+            storage_dir.to_string_lossy().to_string(),
+        ),
+        kv("LOG_LEVEL", "info"),
+        kv("ENVIRONMENT", "test"),
+    ];
+
+    let mut api_env = env.clone();
+    api_env.extend([kv("API_HOST", "127.0.0.1"), kv("API_PORT", "0")]);
+    api_env.extend(options.api_env.iter().cloned());
+    let mut api_proc = Proc::spawn("api", &["api"], &api_env);
+    let api = format!("http://{}", api_proc.listening_addr().await);
+
+    let worker_proc = options.start_worker.then(|| {
+        let mut worker_env = env.clone();
+        worker_env.extend([kv("WORKER_CONCURRENCY", "4"), kv("JOB_LEASE_SECS", "10")]);
+        worker_env.extend(options.worker_env.iter().cloned());
+        Proc::spawn("worker", &["worker"], &worker_env)
+    });
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    Stack {
+        api,
+        emulator,
+        http,
+        storage_dir,
+        env,
+        api_proc,
+        worker_proc,
+        emulator_proc,
+    }
+}
+
+impl Stack {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    pub async fn emulator_config(&self, openai: serde_json::Value) {
+        let r = self
+            .http
+            .put(format!("{}/emulator/config", self.emulator))
+            .json(&serde_json::json!({ "openai": openai }))
+            .send()
+            .await
+            .expect("emulator config");
+        assert!(r.status().is_success(), "emulator config: {}", r.status());
+    }
+
+    pub async fn emulator_stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/emulator/stats", self.emulator))
+            .send()
+            .await
+            .expect("emulator stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    pub async fn emulator_requests(&self) -> u64 {
+        self.emulator_stats().await["openai"]["requests"]
+            .as_u64()
+            .expect("requests count")
+    }
+
+    /// POST JSON with optional extra headers; returns status, headers and JSON body (Null if not JSON).
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Reply::from(req.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::from(self.http.get(self.url(path)).send().await.expect("request")).await
+    }
+
+    /// Polls a job (with long-polls, not sleeps) until it is terminal.
+    pub async fn wait_terminal(&self, job_id: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.get(&format!("/api/v1/jobs/{job_id}?wait=10")).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let status = r.body["status"].as_str().unwrap_or_default().to_owned();
+            if !["queued", "running"].contains(&status.as_str()) {
+                return r.body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job_id} never finished: {}",
+                r.body
+            );
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    pub async fn from(r: reqwest::Response) -> Reply {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the seed's error shape, and that the body's correlation id is the one in the header.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status, status,
+            "unexpected status, body: {}",
+            self.body
+        );
+        assert_eq!(self.body["success"], false, "{}", self.body);
+        assert_eq!(self.body["error"], code, "{}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
+        let corr = self.body["correlation_id"]
+            .as_str()
+            .expect("correlation_id in error body");
+        assert_eq!(Some(corr), self.header("x-correlation-id"), "{}", self.body);
+    }
+}
+
+/// Decodes a PNG and returns its dimensions.
+pub fn png_size(bytes: &[u8]) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().expect("a valid PNG");
+    let info = reader.info();
+    (info.width, info.height)
+}
+
+pub fn generate_body(prompt: &str) -> serde_json::Value {
+    serde_json::json!({ "prompt": prompt, "provider": "dalle3", "size": "1024x1024", "quality": "hd", "style": "vivid" })
+}

@@ -1,0 +1,245 @@
+//! Wires the job handler to the apalis-redis queue and owns the process lifecycle (restart on Redis trouble,
+//! graceful shutdown).
+
+use crate::WorkerArgs;
+use crate::download::Downloader;
+use crate::process::{self, JobContext, ProcessError};
+use crate::providers::Providers;
+use crate::providers::openai::OpenAiClient;
+use crate::retry::Backoff;
+use anyhow::Context;
+use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{Event, WorkerContext};
+use apalis_core::worker::ext::event_listener::EventListenerExt;
+use apalis_core::worker::ext::parallelize::ParallelizeExt;
+use apalis_redis::RedisStorage;
+use futures::StreamExt;
+use imagegen_shared::db;
+use imagegen_shared::queue::wake_channel;
+use imagegen_shared::queue::{JobMessage, apalis_config, redis_connection};
+use imagegen_shared::storage::ImageStorage;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Pause before the queue consumer is rebuilt after Redis went away.
+const RESTART_DELAY: Duration = Duration::from_secs(2);
+const VACUUM_EVERY: Duration = Duration::from_secs(600);
+const VACUUM_AFTER: Duration = Duration::from_secs(3600);
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+async fn handle_message(
+    message: JobMessage,
+    ctx: Data<Arc<JobContext>>,
+) -> Result<(), BoxDynError> {
+    match process::handle(ctx.0.clone(), message).await {
+        Ok(_) => Ok(()),
+        // Returned to apalis so the message comes back later (it reschedules failed tasks with a growing delay).
+        Err(e @ (ProcessError::Busy(_) | ProcessError::Db(_) | ProcessError::Released(_))) => {
+            tracing::warn!(error = %e, "job not finished; the queue will deliver it again");
+            Err(e.into())
+        }
+    }
+}
+
+/// Builds everything from configuration, then consumes the queue until `shutdown` resolves.
+pub async fn run(
+    args: WorkerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let provider_settings = args.providers.settings()?;
+    let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = db::connect_lazy(
+        &args.database.database_url,
+        args.database.database_max_connections,
+    )
+    .context("DATABASE_URL: invalid")?;
+    let (client, redis) = redis_connection(&args.redis.redis_url).context("REDIS_URL: invalid")?;
+
+    let timeout = provider_settings.timeout;
+    let mut providers = Providers::default();
+    if let Some(openai) = provider_settings.openai.clone() {
+        providers.insert(Arc::new(OpenAiClient::new(
+            openai,
+            timeout,
+            args.openai_response_format,
+        )?));
+    }
+    let mut allowed: Vec<String> = args
+        .download_allowed_hosts
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    allowed.extend(providers.download_hosts());
+    let downloader = Downloader::new(allowed, args.download_max_bytes, timeout)?;
+
+    if let Some(port) = args.worker_metrics_port {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(SocketAddr::from(([0, 0, 0, 0], port)))
+            .install()
+            .context("WORKER_METRICS_PORT: could not serve metrics")?;
+    }
+
+    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let concurrency = usize::try_from(args.worker_concurrency).unwrap_or(1);
+    let abandon = CancellationToken::new();
+    let ctx = Arc::new(JobContext {
+        pool,
+        storage,
+        providers,
+        downloader,
+        redis: redis.clone(),
+        queue_name: args.redis.queue_name.clone(),
+        worker_id: worker_id.clone(),
+        lease: Duration::from_secs(args.job_lease_secs),
+        backoff: Backoff::default(),
+        abandon: abandon.clone(),
+    });
+
+    let stopping = CancellationToken::new();
+    {
+        let stopping = stopping.clone();
+        let abandon = abandon.clone();
+        let grace = Duration::from_secs(args.shutdown_grace_secs);
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new jobs; running jobs may finish"
+            );
+            stopping.cancel();
+            tokio::time::sleep(grace).await;
+            abandon.cancel();
+        });
+    }
+
+    let running: Arc<Mutex<Option<WorkerContext>>> = Arc::default();
+    tokio::spawn(listen_for_work(
+        client,
+        wake_channel(&args.redis.queue_name),
+        running.clone(),
+        stopping.clone(),
+    ));
+
+    tokio::spawn(vacuum_queue(
+        RedisStorage::<JobMessage>::new(redis.clone())
+            .with_config(apalis_config(&args.redis.queue_name, 1)),
+        stopping.clone(),
+    ));
+
+    tracing::info!(%worker_id, concurrency, queue = %args.redis.queue_name, "worker started");
+    loop {
+        let backend = RedisStorage::<JobMessage>::new(redis.clone())
+            .with_config(apalis_config(&args.redis.queue_name, concurrency));
+        let worker = WorkerBuilder::new(worker_id.as_str())
+            .backend(backend)
+            .data(ctx.clone())
+            .concurrency(concurrency)
+            .parallelize(tokio::spawn)
+            .on_event({
+                let running = running.clone();
+                move |ctx, event| {
+                    if matches!(event, Event::Start) {
+                        *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
+                    }
+                }
+            })
+            .build(handle_message);
+        let stop = stopping.clone();
+        let result = worker
+            .run_until(async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        if stopping.is_cancelled() {
+            break;
+        }
+        match result {
+            Ok(()) => tracing::warn!("queue consumer ended; restarting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "queue consumer failed (is Redis up?); restarting")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RESTART_DELAY) => {}
+            _ = stopping.cancelled() => break,
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Wakes the idle queue consumer when the API says it queued work, so a job starts within milliseconds instead of
+/// at the consumer's next heartbeat. Reconnects by itself; without it, jobs still start (on the heartbeat).
+async fn listen_for_work(
+    client: redis::Client,
+    channel: String,
+    running: Arc<Mutex<Option<WorkerContext>>>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let subscribed = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        if let Ok(Ok(pubsub)) = subscribed {
+            delay = Duration::from_millis(200);
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    msg = messages.next() => match msg {
+                        Some(_) => {
+                            let ctx = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                            // apalis offers no public "poll now"; a pause/resume pair wakes the consumer.
+                            if let Some(ctx) = ctx.filter(|c| c.is_running()) {
+                                let _ = ctx.pause();
+                                let _ = ctx.resume();
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// apalis-redis keeps each finished message's payload and metadata until vacuumed; without this Redis grows with
+/// every job ever run. Postgres keeps the real record, so an hour of queue history is plenty.
+async fn vacuum_queue(mut storage: RedisStorage<JobMessage>, stop: CancellationToken) {
+    use apalis_core::backend::Vacuum;
+    let mut tick = tokio::time::interval(VACUUM_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match storage.vacuum_before(VACUUM_AFTER).await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "vacuumed finished queue messages"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "queue vacuum failed; will retry"),
+        }
+    }
+}

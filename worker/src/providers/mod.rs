@@ -1,0 +1,119 @@
+//! Provider clients behind one trait. A client turns a `GenerationRequest` into pictures (inline bytes or a
+//! short-lived URL) and classifies every failure as retryable, final, or a content-policy decision.
+
+pub mod openai;
+
+use async_trait::async_trait;
+use imagegen_shared::domain::{GenerationRequest, ModerationStage, ProviderId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a generated picture can be fetched from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// Base64 bytes inline in the provider's answer.
+    Base64(String),
+    /// An expiring URL on the provider's hosts; it must be downloaded at once.
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    pub source: ImageSource,
+    pub revised_prompt: Option<String>,
+    pub seed: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderOutput {
+    pub images: Vec<GeneratedImage>,
+    /// What the provider told us (request id, processing time, model); kept on the job.
+    pub meta: serde_json::Value,
+}
+
+/// A provider failure, classified once where the wire protocol is known.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth another attempt: timeouts, connection errors, 408/409/429/5xx. `retry_after` is the provider's hint.
+    #[error("{message}")]
+    Retryable {
+        status: Option<u16>,
+        code: Option<String>,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will fail the same way again: bad request, bad credentials, no quota.
+    #[error("{message}")]
+    Final {
+        status: Option<u16>,
+        code: Option<String>,
+        message: String,
+    },
+    /// The provider's safety system refused; final, never retried and never failed over.
+    #[error("{message}")]
+    ContentPolicy {
+        stage: ModerationStage,
+        message: String,
+        categories: Option<serde_json::Value>,
+    },
+}
+
+impl ProviderError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProviderError::Retryable { status, .. } | ProviderError::Final { status, .. } => {
+                *status
+            }
+            ProviderError::ContentPolicy { .. } => Some(400),
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ProviderError::Retryable { code, .. } | ProviderError::Final { code, .. } => {
+                code.as_deref()
+            }
+            ProviderError::ContentPolicy { .. } => Some("content_policy_violation"),
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::Retryable { .. } => "retryable",
+            ProviderError::Final { .. } => "final",
+            ProviderError::ContentPolicy { .. } => "content_policy",
+        }
+    }
+}
+
+#[async_trait]
+pub trait ImageProvider: Send + Sync {
+    fn id(&self) -> ProviderId;
+    /// The host names this provider's result URLs may live on (besides the configured allow-list).
+    fn download_hosts(&self) -> Vec<String>;
+    async fn generate(
+        &self,
+        request: &GenerationRequest,
+        correlation_id: &str,
+    ) -> Result<ProviderOutput, ProviderError>;
+}
+
+/// The clients this worker can run, by provider.
+#[derive(Clone, Default)]
+pub struct Providers(HashMap<ProviderId, Arc<dyn ImageProvider>>);
+
+impl Providers {
+    pub fn insert(&mut self, provider: Arc<dyn ImageProvider>) {
+        self.0.insert(provider.id(), provider);
+    }
+
+    pub fn get(&self, id: ProviderId) -> Option<&Arc<dyn ImageProvider>> {
+        self.0.get(&id)
+    }
+
+    pub fn download_hosts(&self) -> Vec<String> {
+        self.0.values().flat_map(|p| p.download_hosts()).collect()
+    }
+}
