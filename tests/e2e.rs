@@ -17,7 +17,12 @@ async fn download(stack: &Stack, url: &str) -> (u16, reqwest::header::HeaderMap,
 
 #[sqlx::test(migrations = "./migrations")]
 async fn wait_mode_returns_stored_images(pool: PgPool) {
-    let stack = start(&pool, Options::default()).await;
+    let metrics_port = support::free_port();
+    let options = Options {
+        worker_env: vec![kv("WORKER_METRICS_PORT", metrics_port.to_string())],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
     let r = stack
         .post(
             "/api/v1/generate",
@@ -976,5 +981,42 @@ async fn bad_configuration_stops_start_up_with_one_line(pool: PgPool) {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_killed_workers_job_is_finished_by_another_worker(pool: PgPool) {
+    let mut stack = start(&pool, Options::default()).await;
+    stack.emulator_config(json!({"hang_next": 1})).await;
+    let r = stack
+        .post("/api/v1/jobs", generate_body("survive a crash"), &[])
+        .await;
+    let job_id = r.body["job_id"].as_str().expect("job id").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the provider call never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Killed mid-call: no graceful stop, no release; only the lease and the queue's heartbeats can save the job.
+    let worker = stack.worker_proc.as_mut().expect("worker");
+    worker.signal("KILL");
+    worker.wait_exit(Duration::from_secs(10)).await;
+    let mut env = stack.env.clone();
+    env.extend([kv("JOB_LEASE_SECS", "10")]);
+    let _second = support::Proc::spawn("worker-2", &["worker"], &env);
+    let started = std::time::Instant::now();
+    let done = stack.wait_terminal(&job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["attempts"], 2,
+        "the dead worker's call counts as an attempt"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "recovered in {:?}",
+        started.elapsed()
     );
 }

@@ -24,8 +24,7 @@ fn new_job(
     if let Some(hit) = &blocked {
         // The term goes to the log for operators, never to the client.
         tracing::info!(term = %hit.term, "prompt blocked by keyword moderation");
-        metrics::counter!("imagegen_jobs_finished_total", "status" => "moderated", "provider" => request.provider.as_str())
-            .increment(1);
+        metrics::counter!("imagegen_jobs_finished_total", "status" => "moderated").increment(1);
     }
     NewJob {
         id: JobId::new(),

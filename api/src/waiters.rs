@@ -127,7 +127,12 @@ impl Waiters {
                             _ = stop.cancelled() => return,
                             msg = messages.next() => match msg {
                                 Some(msg) => match serde_json::from_slice::<JobEvent>(msg.get_payload_bytes()) {
-                                    Ok(event) => self.wake(event.job_id),
+                                    Ok(event) => {
+                                        // Every API replica sees every event: aggregate with max(), not sum().
+                                        metrics::counter!("imagegen_jobs_finished_total", "status" => event.status.as_str())
+                                            .increment(1);
+                                        self.wake(event.job_id);
+                                    }
                                     Err(e) => tracing::warn!(error = %e, "ignoring malformed job event"),
                                 },
                                 None => break,
