@@ -53,14 +53,7 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
 fn finish_errors(response: Response, correlation_id: &str) -> Response {
     let status = response.status();
     if let Some(pending) = response.extensions().get::<PendingError>().cloned() {
-        let (parts, _) = response.into_parts();
-        let mut rendered = pending.render(status, correlation_id);
-        for (name, value) in parts.headers.iter() {
-            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-                rendered.headers_mut().insert(name.clone(), value.clone());
-            }
-        }
-        return rendered;
+        return rerender(response, pending, correlation_id);
     }
     let is_json = response
         .headers()
@@ -68,23 +61,27 @@ fn finish_errors(response: Response, correlation_id: &str) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if (status.is_client_error() || status.is_server_error()) && !is_json {
-        let (parts, _body) = response.into_parts();
-        let message = status.canonical_reason().unwrap_or("Error").to_owned();
         let pending = PendingError {
             code: code_for_status(status).to_owned(),
-            message,
+            message: status.canonical_reason().unwrap_or("Error").to_owned(),
             details: Vec::new(),
             job_id: None,
         };
-        let mut rendered = pending.render(status, correlation_id);
-        for (name, value) in parts.headers.iter() {
-            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-                rendered.headers_mut().insert(name.clone(), value.clone());
-            }
-        }
-        return rendered;
+        return rerender(response, pending, correlation_id);
     }
     response
+}
+
+/// Replaces an error response's body with ours, keeping its status and headers (Retry-After, Allow, ...).
+fn rerender(response: Response, pending: PendingError, correlation_id: &str) -> Response {
+    let (parts, _body) = response.into_parts();
+    let mut rendered = pending.render(parts.status, correlation_id);
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rendered.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rendered
 }
 
 /// HTTP metrics; installed as a route layer so the matched path (not the raw URL) is the label.
