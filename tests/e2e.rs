@@ -1020,3 +1020,274 @@ async fn a_killed_workers_job_is_finished_by_another_worker(pool: PgPool) {
         started.elapsed()
     );
 }
+
+fn azure_options() -> Options {
+    let env = vec![
+        kv("OPENAI_API_KEY", ""),
+        kv("AZURE_OPENAI_API_KEY", support::API_KEY),
+        kv("AZURE_OPENAI_DEPLOYMENT_NAME", "dalle3-prod"),
+    ];
+    Options {
+        emulator_args: vec![
+            "--api-key".into(),
+            support::API_KEY.into(),
+            "--azure-deployment".into(),
+            "dalle3-prod".into(),
+        ],
+        api_env: env.clone(),
+        worker_env: env,
+        azure_endpoint: true,
+        ..Options::default()
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn dalle3_over_azure_openai(pool: PgPool) {
+    let stack = start(&pool, azure_options()).await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("A harbour at dawn"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["images"][0]["width"], 1024);
+    let stats = stack.emulator_stats().await;
+    assert_eq!(
+        (
+            stats["azure"]["requests"].as_u64(),
+            stats["openai"]["requests"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{stats}"
+    );
+
+    // Azure's 429 carries retry-after-ms; the worker waits and succeeds on the next attempt.
+    stack
+        .emulator_config_for("azure", json!({"rate_limit_next": 1, "retry_after_s": 1}))
+        .await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("patient harbour"), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.body["attempts"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        r.body
+    );
+
+    // The content filter on the generated image: moderated at the output stage, with the filter's categories.
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("emulator-moderate-output harbour"),
+            &[],
+        )
+        .await;
+    r.assert_error(422, "content_policy_violation");
+    let job = stack
+        .get(&format!(
+            "/api/v1/jobs/{}",
+            r.body["job_id"].as_str().expect("job id")
+        ))
+        .await;
+    assert_eq!(job.body["moderation"]["stage"], "output", "{}", job.body);
+    assert_eq!(
+        job.body["moderation"]["categories"]["violence"]["filtered"], true,
+        "{}",
+        job.body
+    );
+    assert_eq!(job.body["attempts"], 1, "content filters are never retried");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_wrong_azure_deployment_fails_without_retries(pool: PgPool) {
+    let mut options = azure_options();
+    options
+        .worker_env
+        .push(kv("AZURE_OPENAI_DEPLOYMENT_NAME", "no-such-deployment"));
+    let stack = start(&pool, options).await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("lost"), &[])
+        .await;
+    r.assert_error(502, "provider_error");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .expect("message")
+            .contains("AZURE_OPENAI_DEPLOYMENT_NAME"),
+        "{}",
+        r.body
+    );
+    assert_eq!(stack.emulator_stats().await["azure"]["requests"], 1);
+}
+
+fn flux_options() -> Options {
+    let env = vec![kv("FLUX_API_KEY", support::API_KEY)];
+    Options {
+        api_env: env.clone(),
+        worker_env: env,
+        flux_endpoint: true,
+        ..Options::default()
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn flux_schnell_makes_several_seeded_images_in_one_call(pool: PgPool) {
+    let stack = start(&pool, flux_options()).await;
+    let providers = stack.get("/api/v1/providers").await;
+    assert_eq!(
+        providers.body["providers"][1]["configured"], true,
+        "{}",
+        providers.body
+    );
+
+    let body = json!({"prompt": "Abstract geometric patterns in blue and gold", "provider": "flux_schnell",
+        "size": "1536x1024", "num_images": 3, "seed": 42});
+    let r = stack.post("/api/v1/generate", body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["provider"], "flux_schnell");
+    let images = r.body["images"].as_array().expect("images");
+    assert_eq!(images.len(), 3);
+    assert_eq!(
+        images
+            .iter()
+            .map(|i| i["seed"].as_i64())
+            .collect::<Vec<_>>(),
+        [Some(42), Some(43), Some(44)]
+    );
+    let (status, _, bytes) = download(&stack, images[0]["url"].as_str().expect("url")).await;
+    assert_eq!(status, 200);
+    assert_eq!(png_size(&bytes), (1536, 1024));
+    // The seed reached the provider: the emulator's picture for (prompt, 42) is exactly what we stored.
+    let expected = imagegen_emulator::render_png(
+        "Abstract geometric patterns in blue and gold",
+        42,
+        1536,
+        1024,
+    );
+    assert_eq!(bytes, expected);
+    let stats = stack.emulator_stats().await;
+    assert_eq!(
+        stats["flux"]["requests"], 1,
+        "n images in one call: {stats}"
+    );
+
+    // Without a seed, one is drawn and recorded, so the picture can be made again.
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": "waves", "provider": "flux_schnell", "size": "512x512"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["images"][0]["seed"].as_i64().is_some(), "{}", r.body);
+
+    // The safety checker's refusal is moderation of the output.
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": "emulator-moderate waves", "provider": "flux_schnell"}),
+            &[],
+        )
+        .await;
+    r.assert_error(422, "content_policy_violation");
+    let job = stack
+        .get(&format!(
+            "/api/v1/jobs/{}",
+            r.body["job_id"].as_str().expect("job id")
+        ))
+        .await;
+    assert_eq!(job.body["moderation"]["stage"], "output", "{}", job.body);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn flux_results_can_be_downloaded_from_urls(pool: PgPool) {
+    let mut options = flux_options();
+    options.worker_env.push(kv("OPENAI_RESPONSE_FORMAT", "url"));
+    let stack = start(&pool, options).await;
+    stack
+        .emulator_config_for("flux", json!({"fail_next": 1, "error_status": 503}))
+        .await;
+    let body = json!({"prompt": "a quiet lake", "provider": "flux_schnell", "size": "768x768", "num_images": 2});
+    let r = stack.post("/api/v1/generate", body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (
+            r.body["attempts"].as_i64(),
+            r.body["images"].as_array().map(Vec::len)
+        ),
+        (Some(2), Some(2))
+    );
+    let (_, headers, bytes) =
+        download(&stack, r.body["images"][1]["url"].as_str().expect("url")).await;
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("image/png")
+    );
+    assert_eq!(png_size(&bytes), (768, 768));
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn flux_over_black_forest_labs_submits_polls_and_maps_sizes(pool: PgPool) {
+    let options = Options {
+        flux_bfl: true,
+        ..flux_options()
+    };
+    let stack = start(&pool, options).await;
+    stack
+        .emulator_config_for("bfl", json!({"latency_ms": 1200}))
+        .await;
+
+    let body = json!({"prompt": "Ocean waves", "provider": "flux_schnell", "size": "1536x1024", "num_images": 2, "seed": 7});
+    let r = stack.post("/api/v1/generate", body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let images = r.body["images"].as_array().expect("images");
+    assert_eq!(images.len(), 2);
+    // BFL caps sides at 1440: the stored pictures say what was really made, and the job says why.
+    assert_eq!(
+        (images[0]["width"].as_i64(), images[0]["height"].as_i64()),
+        (Some(1440), Some(960))
+    );
+    assert_eq!(
+        images
+            .iter()
+            .map(|i| i["seed"].as_i64())
+            .collect::<Vec<_>>(),
+        [Some(7), Some(8)]
+    );
+    assert_eq!(
+        r.body["provider_details"]["size_sent"], "1440x960",
+        "{}",
+        r.body
+    );
+    let (_, _, bytes) = download(&stack, images[1]["url"].as_str().expect("url")).await;
+    assert_eq!(
+        bytes,
+        imagegen_emulator::render_png("Ocean waves", 8, 1440, 960)
+    );
+    assert_eq!(
+        stack.emulator_stats().await["bfl"]["requests"],
+        2,
+        "one task per image"
+    );
+
+    for (prompt, stage) in [
+        ("emulator-moderate waves", "input"),
+        ("emulator-moderate-output waves", "output"),
+    ] {
+        let r = stack
+            .post(
+                "/api/v1/generate",
+                json!({"prompt": prompt, "provider": "flux_schnell"}),
+                &[],
+            )
+            .await;
+        r.assert_error(422, "content_policy_violation");
+        let job = stack
+            .get(&format!(
+                "/api/v1/jobs/{}",
+                r.body["job_id"].as_str().expect("job id")
+            ))
+            .await;
+        assert_eq!(job.body["moderation"]["stage"], stage, "{}", job.body);
+    }
+}

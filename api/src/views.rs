@@ -66,6 +66,10 @@ pub struct JobView {
     pub moderation: Option<Moderation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation_time_ms: Option<i64>,
+    /// What the provider told us and what we changed to suit it (request ids, model, sizes sent, retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub provider_details: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
@@ -129,6 +133,7 @@ pub fn job_view(base: &str, job: &JobRecord, images: &[ImageRecord]) -> JobView 
         error,
         moderation: job.moderation.as_ref().map(|m| m.0.clone()),
         generation_time_ms: job.generation_time_ms,
+        provider_details: job.provider_meta.as_ref().map(|m| m.0.clone()),
         created_at: job.created_at,
         started_at: job.started_at,
         finished_at: job.finished_at,

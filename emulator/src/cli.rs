@@ -31,6 +31,14 @@ pub struct EmulatorArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// An Azure deployment name it serves (repeatable); with none, any name is served.
+    #[arg(
+        long = "azure-deployment",
+        env = "EMULATOR_AZURE_DEPLOYMENTS",
+        value_delimiter = ','
+    )]
+    pub azure_deployments: Vec<String>,
+    /// The knobs below are the starting values of every protocol.
     #[arg(long, env = "EMULATOR_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
     #[arg(long, env = "EMULATOR_ERROR_RATE", default_value_t = 0.0)]

@@ -51,7 +51,11 @@ fn signature(name: &str, expires_at: u64) -> String {
 impl Files {
     /// Keeps a picture and returns the path and query of its URL.
     pub fn put(&self, bytes: Bytes, ttl_secs: u64) -> String {
-        let name = format!("{}.png", uuid::Uuid::new_v4());
+        self.put_with_ext(bytes, ttl_secs, "png")
+    }
+
+    pub fn put_with_ext(&self, bytes: Bytes, ttl_secs: u64, ext: &str) -> String {
+        let name = format!("{}.{ext}", uuid::Uuid::new_v4());
         let expires_at = now_secs() + ttl_secs;
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.total += bytes.len();

@@ -5,8 +5,11 @@
 //! Control plane: `PUT /emulator/config` `{"openai": {partial knobs}}`, `GET /emulator/config`,
 //! `GET /emulator/stats`, `POST /emulator/reset`.
 
+pub mod azure;
+pub mod bfl;
 pub mod cli;
 pub mod files;
+pub mod flux;
 pub mod knobs;
 pub mod openai;
 pub mod picture;
@@ -26,17 +29,26 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 /// The protocols the emulator speaks (keys of the config and stats objects).
-pub const PROTOCOLS: [&str; 1] = [openai::PROTOCOL];
+pub const PROTOCOLS: [&str; 4] = [
+    openai::PROTOCOL,
+    azure::PROTOCOL,
+    flux::PROTOCOL,
+    bfl::PROTOCOL,
+];
 
 #[derive(Clone)]
 pub struct Emulator(Arc<Inner>);
 
 pub struct Inner {
     api_keys: Vec<String>,
+    /// Azure deployment names served; empty serves any.
+    deployments: Vec<String>,
     start: BTreeMap<String, Knobs>,
     knobs: Mutex<BTreeMap<String, Knobs>>,
     stats: Mutex<BTreeMap<String, Stats>>,
     pub files: Arc<files::Files>,
+    /// BFL's asynchronous tasks, by id.
+    pub bfl_tasks: Mutex<std::collections::HashMap<String, bfl::Task>>,
 }
 
 impl std::ops::Deref for Emulator {
@@ -67,27 +79,54 @@ impl Drop for InFlight {
 
 impl Emulator {
     pub fn new(api_keys: Vec<String>, openai: Knobs) -> Self {
+        Self::with_protocols(api_keys, Vec::new(), &[(openai::PROTOCOL, openai)])
+    }
+
+    /// An emulator with starting knobs per protocol (protocols not named start from the defaults).
+    pub fn with_protocols(
+        api_keys: Vec<String>,
+        deployments: Vec<String>,
+        start: &[(&str, Knobs)],
+    ) -> Self {
         let api_keys = api_keys
             .into_iter()
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty())
             .collect();
-        let start: BTreeMap<String, Knobs> = [(openai::PROTOCOL.to_owned(), openai)].into();
+        let mut knobs: BTreeMap<String, Knobs> = PROTOCOLS
+            .iter()
+            .map(|p| ((*p).to_owned(), Knobs::default()))
+            .collect();
+        for (protocol, k) in start {
+            knobs.insert((*protocol).to_owned(), k.clone());
+        }
+        let start = knobs;
+        let deployments = deployments
+            .into_iter()
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .collect();
         let stats = PROTOCOLS
             .iter()
             .map(|p| ((*p).to_owned(), Stats::default()))
             .collect();
         Self(Arc::new(Inner {
             api_keys,
+            deployments,
             knobs: Mutex::new(start.clone()),
             start,
             stats: Mutex::new(stats),
             files: Arc::new(files::Files::default()),
+            bfl_tasks: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
     pub fn accepts_key(&self, key: &str) -> bool {
         self.api_keys.is_empty() || self.api_keys.iter().any(|k| k == key)
+    }
+
+    pub fn accepts_deployment(&self, name: &str) -> bool {
+        self.deployments.is_empty() || self.deployments.iter().any(|d| d == name)
     }
 
     pub fn begin(&self, protocol: &'static str) -> InFlight {
@@ -100,6 +139,29 @@ impl Emulator {
             emulator: self.clone(),
             protocol,
         }
+    }
+
+    /// For protocols whose work outlives a request (BFL tasks): counts submissions and the unfinished tasks.
+    pub fn note_active(&self, protocol: &str, active: usize) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let s = stats.entry(protocol.to_owned()).or_default();
+        s.in_flight = active as u64;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+    }
+
+    /// Counts a request whose in-flight figure is kept some other way (see `note_active`).
+    pub fn count_request(&self, protocol: &str) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.entry(protocol.to_owned()).or_default().requests += 1;
+    }
+
+    pub fn knobs_of(&self, protocol: &str) -> Knobs {
+        self.knobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(protocol)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn record_status(&self, protocol: &str, status: u16) {
@@ -131,6 +193,12 @@ impl Emulator {
             .with_state(self.files.clone());
         Router::new()
             .route("/v1/images/generations", post(openai::generations))
+            .route(
+                "/openai/deployments/{deployment}/images/generations",
+                post(azure::generations),
+            )
+            .route("/bfl/v1/get_result", get(bfl::get_result))
+            .route("/bfl/v1/{model}", post(bfl::submit))
             .route("/emulator/config", get(get_config).put(put_config))
             .route("/emulator/stats", get(get_stats))
             .route("/emulator/reset", post(reset))
@@ -205,6 +273,10 @@ async fn get_stats(State(emu): State<Emulator>) -> axum::Json<Value> {
 
 async fn reset(State(emu): State<Emulator>) -> StatusCode {
     *emu.knobs.lock().unwrap_or_else(|e| e.into_inner()) = emu.start.clone();
+    emu.bfl_tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     let mut stats = emu.stats.lock().unwrap_or_else(|e| e.into_inner());
     for s in stats.values_mut() {
         // In-flight requests are still running; they keep being counted until they end.
@@ -234,7 +306,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     let addr = listener.local_addr()?;
-    let emulator = Emulator::new(args.api_keys.clone(), args.knobs());
+    let knobs = args.knobs();
+    let start: Vec<(&str, Knobs)> = PROTOCOLS.iter().map(|p| (*p, knobs.clone())).collect();
+    let emulator = Emulator::with_protocols(
+        args.api_keys.clone(),
+        args.azure_deployments.clone(),
+        &start,
+    );
     tracing::info!(%addr, protocols = ?PROTOCOLS, "emulator listening");
     serve(listener, emulator, shutdown).await
 }

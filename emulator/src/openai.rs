@@ -97,13 +97,14 @@ fn check_auth(emu: &Emulator, headers: &HeaderMap) -> Result<(), Box<Response>> 
 }
 
 /// The parts of a valid request the answer depends on.
-struct Valid {
-    prompt: String,
-    size: (u32, u32),
-    b64: bool,
+pub(crate) struct Valid {
+    pub prompt: String,
+    pub size: (u32, u32),
+    pub b64: bool,
 }
 
-fn validate(body: &[u8]) -> Result<Valid, Box<Response>> {
+/// Checks a dall-e-3 body. Azure's deployments choose the model themselves, so there `model` is optional.
+pub(crate) fn validate(body: &[u8], model_required: bool) -> Result<Valid, Box<Response>> {
     let value: Value = serde_json::from_slice(body).map_err(|_| {
         bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.", None, None)
     })?;
@@ -120,6 +121,7 @@ fn validate(body: &[u8]) -> Result<Valid, Box<Response>> {
     let str_field = |name: &str| obj.get(name).and_then(Value::as_str);
     match obj.get("model") {
         Some(Value::String(m)) if m == "dall-e-3" => {}
+        None if !model_required => {}
         _ => {
             return Err(bad(
                 "The emulator serves dall-e-3 only: set \"model\": \"dall-e-3\" (the API's default is dall-e-2).",
@@ -226,6 +228,18 @@ fn with_openai_headers(mut response: Response, request_id: &str, started: Instan
 }
 
 pub async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: Bytes) -> Response {
+    // Flux hosts share this path; their model names tell them apart.
+    if serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("model")
+                .and_then(Value::as_str)
+                .map(|m| m.starts_with(crate::flux::MODEL_PREFIX))
+        })
+        .unwrap_or(false)
+    {
+        return crate::flux::generations(&emu, &headers, &body).await;
+    }
     let started = Instant::now();
     let _flight = emu.begin(PROTOCOL);
     let id = request_id();
@@ -239,7 +253,7 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
     if let Err(r) = check_auth(emu, headers) {
         return *r;
     }
-    let valid = match validate(body) {
+    let valid = match validate(body, true) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -311,6 +325,21 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
 }
 
 async fn succeed(emu: &Emulator, valid: Valid, url_ttl_s: u64, headers: &HeaderMap) -> Response {
+    match render_item(emu, &valid, url_ttl_s, headers).await {
+        Ok(item) => {
+            axum::Json(json!({"created": crate::files::now_secs(), "data": [item]})).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
+/// One `data` item: the picture as base64 or as a URL this emulator serves, with a revised prompt.
+pub(crate) async fn render_item(
+    emu: &Emulator,
+    valid: &Valid,
+    url_ttl_s: u64,
+    headers: &HeaderMap,
+) -> Result<Value, Box<Response>> {
     let (w, h) = valid.size;
     let prompt = valid.prompt.clone();
     let png =
@@ -319,13 +348,13 @@ async fn succeed(emu: &Emulator, valid: Valid, url_ttl_s: u64, headers: &HeaderM
         {
             Ok(png) => Bytes::from(png),
             Err(_) => {
-                return error(
+                return Err(Box::new(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "rendering failed",
                     "server_error",
                     None,
                     None,
-                );
+                )));
             }
         };
     let revised = format!(
@@ -342,8 +371,7 @@ async fn succeed(emu: &Emulator, valid: Valid, url_ttl_s: u64, headers: &HeaderM
         let path = emu.files.put(png, url_ttl_s);
         json!({"url": format!("http://{host}{path}"), "revised_prompt": revised})
     };
-    let created = crate::files::now_secs();
-    axum::Json(json!({"created": created, "data": [item]})).into_response()
+    Ok(item)
 }
 
 #[cfg(test)]
@@ -359,7 +387,7 @@ mod tests {
     #[test]
     fn validation_names_the_param() {
         let param = |body: &str| -> (u16, Option<String>) {
-            match validate(body.as_bytes()) {
+            match validate(body.as_bytes(), true) {
                 Ok(_) => (200, None),
                 Err(r) => (r.status().as_u16(), Some(format!("{:?}", r.status()))),
             }

@@ -113,6 +113,80 @@ pub struct ProviderArgs {
     /// Optional OpenAI-Project header.
     #[arg(long, env = "OPENAI_PROJECT", value_name = "OPENAI_PROJECT")]
     pub openai_project: Option<String>,
+    /// Azure OpenAI key for DALL-E 3 (sent as `api-key`).
+    #[arg(
+        long,
+        env = "AZURE_OPENAI_API_KEY",
+        value_name = "AZURE_OPENAI_API_KEY",
+        hide_env_values = true
+    )]
+    pub azure_openai_api_key: Option<String>,
+    /// A Microsoft Entra ID access token for Azure OpenAI (scope https://cognitiveservices.azure.com/.default),
+    /// used instead of the key.
+    #[arg(
+        long,
+        env = "AZURE_OPENAI_AD_TOKEN",
+        value_name = "AZURE_OPENAI_AD_TOKEN",
+        hide_env_values = true
+    )]
+    pub azure_openai_ad_token: Option<String>,
+    /// https://{resource}.openai.azure.com
+    #[arg(
+        long,
+        env = "AZURE_OPENAI_ENDPOINT",
+        value_name = "AZURE_OPENAI_ENDPOINT"
+    )]
+    pub azure_openai_endpoint: Option<Url>,
+    /// The DALL-E 3 deployment's name.
+    #[arg(
+        long,
+        env = "AZURE_OPENAI_DEPLOYMENT_NAME",
+        value_name = "AZURE_OPENAI_DEPLOYMENT_NAME"
+    )]
+    pub azure_openai_deployment_name: Option<String>,
+    /// Azure OpenAI REST API version (GA versions with image generation: 2024-02-01, 2024-06-01, 2024-10-21).
+    #[arg(
+        long,
+        env = "AZURE_OPENAI_API_VERSION",
+        value_name = "AZURE_OPENAI_API_VERSION",
+        default_value = "2024-10-21"
+    )]
+    pub azure_openai_api_version: String,
+    /// Which backend serves DALL-E 3 when both are configured: azure or openai (default: azure if configured).
+    #[arg(
+        long,
+        env = "DALLE3_BACKEND",
+        value_name = "DALLE3_BACKEND",
+        ignore_case = true
+    )]
+    pub dalle3_backend: Option<Dalle3Backend>,
+    /// Key for the FLUX.1 [schnell] host (Together AI by default; BFL's x-key with FLUX_PROTOCOL=bfl).
+    #[arg(
+        long,
+        env = "FLUX_API_KEY",
+        value_name = "FLUX_API_KEY",
+        hide_env_values = true
+    )]
+    pub flux_api_key: Option<String>,
+    /// The Flux API root including its version prefix.
+    #[arg(
+        long,
+        env = "FLUX_BASE_URL",
+        value_name = "FLUX_BASE_URL",
+        default_value = "https://api.together.xyz/v1"
+    )]
+    pub flux_base_url: Url,
+    /// Model to ask for (default: black-forest-labs/FLUX.1-schnell; flux-dev with the BFL protocol).
+    #[arg(long, env = "FLUX_MODEL", value_name = "FLUX_MODEL")]
+    pub flux_model: Option<String>,
+    /// openai-compatible or bfl (default: bfl for hosts ending in bfl.ai or bfl.ml, else openai-compatible).
+    #[arg(
+        long,
+        env = "FLUX_PROTOCOL",
+        value_name = "FLUX_PROTOCOL",
+        ignore_case = true
+    )]
+    pub flux_protocol: Option<FluxProtocol>,
     /// Provider calls per job before it fails (counted in Postgres, across workers).
     #[arg(long, env = "PROVIDER_MAX_ATTEMPTS", value_name = "PROVIDER_MAX_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=20))]
@@ -129,8 +203,51 @@ pub struct ProviderSettings {
     pub enabled: Vec<ProviderId>,
     pub default_provider: ProviderId,
     pub openai: Option<OpenAiSettings>,
+    pub azure: Option<AzureSettings>,
+    /// Which backend serves DALL-E 3 (`None` when neither is configured).
+    pub dalle3_backend: Option<Dalle3Backend>,
+    pub flux: Option<FluxSettings>,
     pub max_attempts: u32,
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dalle3Backend {
+    Azure,
+    #[value(name = "openai")]
+    OpenAi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FluxProtocol {
+    /// POST {base}/images/generations (Together AI and other OpenAI-compatible hosts).
+    #[value(name = "openai-compatible")]
+    OpenAiCompatible,
+    /// Black Forest Labs: submit to {base}/{model}, then poll.
+    Bfl,
+}
+
+#[derive(Debug, Clone)]
+pub enum AzureAuth {
+    ApiKey(SecretString),
+    BearerToken(SecretString),
+}
+
+#[derive(Debug, Clone)]
+pub struct AzureSettings {
+    pub auth: AzureAuth,
+    /// Without a trailing slash.
+    pub endpoint: Url,
+    pub deployment: String,
+    pub api_version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FluxSettings {
+    pub api_key: SecretString,
+    pub base_url: Url,
+    pub model: String,
+    pub protocol: FluxProtocol,
 }
 
 #[derive(Debug, Clone)]
@@ -144,9 +261,8 @@ pub struct OpenAiSettings {
 impl ProviderSettings {
     pub fn is_configured(&self, provider: ProviderId) -> bool {
         match provider {
-            ProviderId::Dalle3 => self.openai.is_some(),
-            // Its client arrives with the next provider issue; until then it is listed but cannot run.
-            ProviderId::FluxSchnell => false,
+            ProviderId::Dalle3 => self.dalle3_backend.is_some(),
+            ProviderId::FluxSchnell => self.flux.is_some(),
         }
     }
 
@@ -177,6 +293,95 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 }
 
 impl ProviderArgs {
+    /// Azure OpenAI is configured when a key or token is given; then endpoint and deployment are required.
+    fn azure_settings(&self) -> Result<Option<AzureSettings>, ConfigError> {
+        let auth = match (
+            non_empty(&self.azure_openai_api_key),
+            non_empty(&self.azure_openai_ad_token),
+        ) {
+            (Some(key), _) => AzureAuth::ApiKey(SecretString::from(key)),
+            (None, Some(token)) => AzureAuth::BearerToken(SecretString::from(token)),
+            (None, None) => return Ok(None),
+        };
+        let mut endpoint = self.azure_openai_endpoint.clone().ok_or_else(|| {
+            ConfigError::new(
+                "AZURE_OPENAI_ENDPOINT",
+                "required when AZURE_OPENAI_API_KEY is set",
+            )
+        })?;
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(ConfigError::new(
+                "AZURE_OPENAI_ENDPOINT",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        let trimmed = endpoint.path().trim_end_matches('/').to_owned();
+        endpoint.set_path(&trimmed);
+        let deployment = non_empty(&self.azure_openai_deployment_name).ok_or_else(|| {
+            ConfigError::new(
+                "AZURE_OPENAI_DEPLOYMENT_NAME",
+                "required when AZURE_OPENAI_API_KEY is set",
+            )
+        })?;
+        if !deployment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::new(
+                "AZURE_OPENAI_DEPLOYMENT_NAME",
+                "letters, digits, '-', '_' and '.' only",
+            ));
+        }
+        let api_version = self.azure_openai_api_version.trim().to_owned();
+        if api_version.is_empty() {
+            return Err(ConfigError::new(
+                "AZURE_OPENAI_API_VERSION",
+                "must not be empty",
+            ));
+        }
+        Ok(Some(AzureSettings {
+            auth,
+            endpoint,
+            deployment,
+            api_version,
+        }))
+    }
+
+    fn flux_settings(&self) -> Result<Option<FluxSettings>, ConfigError> {
+        let Some(key) = non_empty(&self.flux_api_key) else {
+            return Ok(None);
+        };
+        if !matches!(self.flux_base_url.scheme(), "http" | "https") {
+            return Err(ConfigError::new(
+                "FLUX_BASE_URL",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        let host = self
+            .flux_base_url
+            .host_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let protocol =
+            self.flux_protocol
+                .unwrap_or(if host.ends_with("bfl.ai") || host.ends_with("bfl.ml") {
+                    FluxProtocol::Bfl
+                } else {
+                    FluxProtocol::OpenAiCompatible
+                });
+        let model = non_empty(&self.flux_model).unwrap_or_else(|| match protocol {
+            FluxProtocol::OpenAiCompatible => "black-forest-labs/FLUX.1-schnell".to_owned(),
+            // BFL's own API does not serve schnell; flux-dev is the nearest model it does.
+            FluxProtocol::Bfl => "flux-dev".to_owned(),
+        });
+        Ok(Some(FluxSettings {
+            api_key: SecretString::from(key),
+            base_url: self.flux_base_url.clone(),
+            model,
+            protocol,
+        }))
+    }
+
     pub fn settings(&self) -> Result<ProviderSettings, ConfigError> {
         let mut enabled = Vec::new();
         for raw in self
@@ -223,25 +428,46 @@ impl ProviderArgs {
             organization: non_empty(&self.openai_organization),
             project: non_empty(&self.openai_project),
         });
+        let azure = self.azure_settings()?;
+        let dalle3_backend = match (self.dalle3_backend, azure.is_some(), openai.is_some()) {
+            (Some(Dalle3Backend::Azure), false, _) => {
+                return Err(ConfigError::new(
+                    "DALLE3_BACKEND",
+                    "azure chosen but AZURE_OPENAI_* is not configured",
+                ));
+            }
+            (Some(Dalle3Backend::OpenAi), _, false) => {
+                return Err(ConfigError::new(
+                    "DALLE3_BACKEND",
+                    "openai chosen but OPENAI_API_KEY is not set",
+                ));
+            }
+            (Some(choice), _, _) => Some(choice),
+            (None, true, _) => Some(Dalle3Backend::Azure),
+            (None, false, true) => Some(Dalle3Backend::OpenAi),
+            (None, false, false) => None,
+        };
+        let flux = self.flux_settings()?;
         let settings = ProviderSettings {
             enabled,
             default_provider,
             openai,
+            azure,
+            dalle3_backend,
+            flux,
             max_attempts: self.provider_max_attempts,
             timeout: Duration::from_secs(self.provider_timeout_secs),
         };
         if !settings.is_configured(default_provider) {
-            let variable = match default_provider {
-                ProviderId::Dalle3 => "OPENAI_API_KEY",
-                ProviderId::FluxSchnell => "DEFAULT_PROVIDER",
-            };
-            let message = match default_provider {
-                ProviderId::Dalle3 => {
-                    "not set, so the default provider dalle3 cannot run".to_owned()
-                }
-                ProviderId::FluxSchnell => {
-                    "flux_schnell has no client in this build yet; use dalle3".to_owned()
-                }
+            let (variable, message) = match default_provider {
+                ProviderId::Dalle3 => (
+                    "OPENAI_API_KEY",
+                    "not set (nor AZURE_OPENAI_*), so the default provider dalle3 cannot run",
+                ),
+                ProviderId::FluxSchnell => (
+                    "FLUX_API_KEY",
+                    "not set, so the default provider flux_schnell cannot run",
+                ),
             };
             return Err(ConfigError::new(variable, message));
         }
@@ -371,5 +597,99 @@ mod tests {
             .validate()
             .expect_err("not yet");
         assert_eq!(err.variable, "STORAGE_BACKEND");
+    }
+
+    #[test]
+    fn azure_needs_endpoint_and_deployment_and_wins_by_default() {
+        let cli = parse(&["--azure-openai-api-key", "k"]);
+        assert_eq!(
+            cli.providers.settings().expect_err("no endpoint").variable,
+            "AZURE_OPENAI_ENDPOINT"
+        );
+        let cli = parse(&[
+            "--azure-openai-api-key",
+            "k",
+            "--azure-openai-endpoint",
+            "https://r.openai.azure.com/",
+        ]);
+        assert_eq!(
+            cli.providers
+                .settings()
+                .expect_err("no deployment")
+                .variable,
+            "AZURE_OPENAI_DEPLOYMENT_NAME"
+        );
+        let full = [
+            "--azure-openai-api-key",
+            "k",
+            "--azure-openai-endpoint",
+            "https://r.openai.azure.com/",
+            "--azure-openai-deployment-name",
+            "dalle3",
+            "--openai-api-key",
+            "sk",
+        ];
+        let s = parse(&full).providers.settings().expect("configured");
+        assert_eq!(s.dalle3_backend, Some(Dalle3Backend::Azure));
+        assert_eq!(
+            s.azure.expect("azure").endpoint.as_str(),
+            "https://r.openai.azure.com/"
+        );
+        let mut args = full.to_vec();
+        args.extend(["--dalle3-backend", "openai"]);
+        assert_eq!(
+            parse(&args)
+                .providers
+                .settings()
+                .expect("configured")
+                .dalle3_backend,
+            Some(Dalle3Backend::OpenAi)
+        );
+        let cli = parse(&["--openai-api-key", "sk", "--dalle3-backend", "azure"]);
+        assert_eq!(
+            cli.providers
+                .settings()
+                .expect_err("azure not configured")
+                .variable,
+            "DALLE3_BACKEND"
+        );
+    }
+
+    #[test]
+    fn flux_protocol_follows_the_host_unless_told() {
+        let s = parse(&["--openai-api-key", "sk", "--flux-api-key", "f"])
+            .providers
+            .settings()
+            .expect("ok");
+        let flux = s.flux.clone().expect("flux");
+        assert_eq!(
+            (flux.protocol, flux.model.as_str()),
+            (
+                FluxProtocol::OpenAiCompatible,
+                "black-forest-labs/FLUX.1-schnell"
+            )
+        );
+        assert!(s.is_configured(ProviderId::FluxSchnell));
+        let s = parse(&[
+            "--openai-api-key",
+            "sk",
+            "--flux-api-key",
+            "f",
+            "--flux-base-url",
+            "https://api.bfl.ai/v1",
+        ])
+        .providers
+        .settings()
+        .expect("ok");
+        let flux = s.flux.clone().expect("flux");
+        assert_eq!(
+            (flux.protocol, flux.model.as_str()),
+            (FluxProtocol::Bfl, "flux-dev")
+        );
+        let s = parse(&["--flux-api-key", "f", "--default-provider", "flux_schnell"])
+            .providers
+            .settings()
+            .expect("ok");
+        assert_eq!(s.configured(), [ProviderId::FluxSchnell]);
     }
 }

@@ -165,6 +165,12 @@ pub struct Options {
     pub worker_env: Vec<(String, String)>,
     pub start_worker: bool,
     pub redis_url: String,
+    /// Point AZURE_OPENAI_ENDPOINT at the emulator (api and worker).
+    pub azure_endpoint: bool,
+    /// Point FLUX_BASE_URL at the emulator (api and worker).
+    pub flux_endpoint: bool,
+    /// ... at its Black Forest Labs API instead (FLUX_PROTOCOL=bfl).
+    pub flux_bfl: bool,
 }
 
 impl Default for Options {
@@ -175,6 +181,9 @@ impl Default for Options {
             worker_env: Vec::new(),
             start_worker: true,
             redis_url: redis_url(),
+            azure_endpoint: false,
+            flux_endpoint: false,
+            flux_bfl: false,
         }
     }
 }
@@ -208,7 +217,7 @@ pub async fn start(pool: &PgPool, options: Options) -> Stack {
 
     let storage_dir = std::env::temp_dir().join(format!("imagegen-e2e-{}", uuid::Uuid::new_v4()));
     let queue = format!("imagegen-test-{}", uuid::Uuid::new_v4().simple());
-    let env = vec![
+    let mut env = vec![
         kv("DATABASE_URL", database_url(pool)),
         kv("REDIS_URL", options.redis_url.clone()),
         kv("QUEUE_NAME", queue),
@@ -221,6 +230,17 @@ pub async fn start(pool: &PgPool, options: Options) -> Stack {
         kv("LOG_LEVEL", "info"),
         kv("ENVIRONMENT", "test"),
     ];
+    if options.azure_endpoint {
+        env.push(kv("AZURE_OPENAI_ENDPOINT", emulator.clone()));
+    }
+    if options.flux_bfl {
+        env.extend([
+            kv("FLUX_BASE_URL", format!("{emulator}/bfl/v1")),
+            kv("FLUX_PROTOCOL", "bfl"),
+        ]);
+    } else if options.flux_endpoint {
+        env.push(kv("FLUX_BASE_URL", format!("{emulator}/v1")));
+    }
 
     let mut api_env = env.clone();
     api_env.extend([kv("API_HOST", "127.0.0.1"), kv("API_PORT", "0")]);
@@ -257,10 +277,14 @@ impl Stack {
     }
 
     pub async fn emulator_config(&self, openai: serde_json::Value) {
+        self.emulator_config_for("openai", openai).await;
+    }
+
+    pub async fn emulator_config_for(&self, protocol: &str, knobs: serde_json::Value) {
         let r = self
             .http
             .put(format!("{}/emulator/config", self.emulator))
-            .json(&serde_json::json!({ "openai": openai }))
+            .json(&serde_json::json!({ protocol: knobs }))
             .send()
             .await
             .expect("emulator config");

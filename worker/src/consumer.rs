@@ -5,7 +5,11 @@ use crate::WorkerArgs;
 use crate::download::Downloader;
 use crate::process::{self, JobContext, ProcessError};
 use crate::providers::Providers;
+use crate::providers::azure::AzureClient;
+use crate::providers::bfl::BflClient;
+use crate::providers::flux::FluxClient;
 use crate::providers::openai::OpenAiClient;
+use crate::providers::openai::ResponseFormat;
 use crate::retry::Backoff;
 use anyhow::Context;
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
@@ -14,6 +18,8 @@ use apalis_core::worker::ext::event_listener::EventListenerExt;
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use apalis_redis::RedisStorage;
 use futures::StreamExt;
+use imagegen_shared::config::Dalle3Backend;
+use imagegen_shared::config::FluxProtocol;
 use imagegen_shared::db;
 use imagegen_shared::queue::wake_channel;
 use imagegen_shared::queue::{JobMessage, apalis_config, redis_connection};
@@ -70,12 +76,36 @@ pub async fn run(
 
     let timeout = provider_settings.timeout;
     let mut providers = Providers::default();
-    if let Some(openai) = provider_settings.openai.clone() {
-        providers.insert(Arc::new(OpenAiClient::new(
-            openai,
-            timeout,
-            args.openai_response_format,
-        )?));
+    // DALL-E 3 is served by one backend (DALLE3_BACKEND); the other becomes a failover target later.
+    match (
+        provider_settings.dalle3_backend,
+        &provider_settings.azure,
+        &provider_settings.openai,
+    ) {
+        (Some(Dalle3Backend::Azure), Some(azure), _) => {
+            providers.insert(Arc::new(AzureClient::new(
+                azure.clone(),
+                timeout,
+                args.openai_response_format,
+            )?));
+        }
+        (Some(Dalle3Backend::OpenAi), _, Some(openai)) => {
+            providers.insert(Arc::new(OpenAiClient::new(
+                openai.clone(),
+                timeout,
+                args.openai_response_format,
+            )?));
+        }
+        _ => {}
+    }
+    if let Some(flux) = provider_settings.flux.clone() {
+        match flux.protocol {
+            FluxProtocol::Bfl => providers.insert(Arc::new(BflClient::new(flux, timeout)?)),
+            FluxProtocol::OpenAiCompatible => {
+                let inline = args.openai_response_format == ResponseFormat::B64Json;
+                providers.insert(Arc::new(FluxClient::new(flux, timeout, inline)?));
+            }
+        }
     }
     let mut allowed: Vec<String> = args
         .download_allowed_hosts

@@ -1,6 +1,9 @@
 //! Provider clients behind one trait. A client turns a `GenerationRequest` into pictures (inline bytes or a
 //! short-lived URL) and classifies every failure as retryable, final, or a content-policy decision.
 
+pub mod azure;
+pub mod bfl;
+pub mod flux;
 pub mod openai;
 
 use async_trait::async_trait;

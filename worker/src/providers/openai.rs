@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 const MODEL: &str = "dall-e-3";
+const LABEL: &str = "DALL-E 3";
 /// The prefix older (code-less) safety rejections start with.
-const SAFETY_PREFIX: &str = "Your request was rejected as a result of our safety system";
+pub(crate) const SAFETY_PREFIX: &str = "Your request was rejected as a result of our safety system";
 /// Cap on an error body we read, so a misbehaving server cannot make us buffer megabytes of HTML.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ResponseFormat {
@@ -34,9 +35,11 @@ pub struct OpenAiClient {
     response_format: ResponseFormat,
 }
 
+/// The Images API body (Azure's deployments take the same fields without `model`).
 #[derive(Serialize)]
-struct CreateImageRequest<'a> {
-    model: &'static str,
+pub(crate) struct CreateImageRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'static str>,
     prompt: &'a str,
     n: u8,
     size: String,
@@ -48,15 +51,92 @@ struct CreateImageRequest<'a> {
 }
 
 #[derive(Deserialize)]
-struct ImagesResponse {
-    data: Vec<ImageItem>,
+pub(crate) struct ImagesResponse {
+    pub data: Vec<ImageItem>,
 }
 
 #[derive(Deserialize)]
-struct ImageItem {
-    url: Option<String>,
-    b64_json: Option<String>,
-    revised_prompt: Option<String>,
+pub(crate) struct ImageItem {
+    pub url: Option<String>,
+    pub b64_json: Option<String>,
+    pub revised_prompt: Option<String>,
+    /// Azure's per-item filter annotations.
+    #[serde(default)]
+    pub prompt_filter_results: Option<serde_json::Value>,
+    #[serde(default)]
+    pub content_filter_results: Option<serde_json::Value>,
+}
+
+/// Per-item annotations some hosts add (Azure's content filters).
+pub(crate) struct ImageItemMeta {
+    pub prompt_filter_results: Option<serde_json::Value>,
+    pub content_filter_results: Option<serde_json::Value>,
+}
+
+pub(crate) fn request_body<'a>(
+    req: &'a GenerationRequest,
+    model: Option<&'static str>,
+    format: ResponseFormat,
+) -> CreateImageRequest<'a> {
+    CreateImageRequest {
+        model,
+        prompt: req.prompt.as_str(),
+        n: 1,
+        size: req.size.to_string(),
+        quality: req.quality.map(|q| q.as_str()),
+        style: req.style.map(|s| s.as_str()),
+        response_format: match format {
+            ResponseFormat::B64Json => "b64_json",
+            ResponseFormat::Url => "url",
+        },
+    }
+}
+
+/// The pictures of a 200 answer; an answer without any is worth another attempt.
+pub(crate) fn parse_images(
+    label: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<Vec<(GeneratedImage, ImageItemMeta)>, ProviderError> {
+    let parsed: ImagesResponse =
+        serde_json::from_slice(body).map_err(|e| ProviderError::Retryable {
+            status: Some(status),
+            code: Some("invalid_response".into()),
+            message: format!("{label} answered with an unreadable body: {e}"),
+            retry_after: None,
+        })?;
+    let images: Vec<_> = parsed
+        .data
+        .into_iter()
+        .filter_map(|item| {
+            let source = match (item.b64_json, item.url) {
+                (Some(b64), _) => ImageSource::Base64(b64),
+                (None, Some(url)) => ImageSource::Url(url),
+                (None, None) => return None,
+            };
+            let meta = ImageItemMeta {
+                prompt_filter_results: item.prompt_filter_results,
+                content_filter_results: item.content_filter_results,
+            };
+            Some((
+                GeneratedImage {
+                    source,
+                    revised_prompt: item.revised_prompt,
+                    seed: None,
+                },
+                meta,
+            ))
+        })
+        .collect();
+    if images.is_empty() {
+        return Err(ProviderError::Retryable {
+            status: Some(status),
+            code: Some("invalid_response".into()),
+            message: format!("{label} answered without an image"),
+            retry_after: None,
+        });
+    }
+    Ok(images)
 }
 
 #[derive(Deserialize, Default)]
@@ -98,24 +178,9 @@ impl OpenAiClient {
             response_format,
         })
     }
-
-    fn body<'a>(&self, req: &'a GenerationRequest) -> CreateImageRequest<'a> {
-        CreateImageRequest {
-            model: MODEL,
-            prompt: req.prompt.as_str(),
-            n: 1,
-            size: req.size.to_string(),
-            quality: req.quality.map(|q| q.as_str()),
-            style: req.style.map(|s| s.as_str()),
-            response_format: match self.response_format {
-                ResponseFormat::B64Json => "b64_json",
-                ResponseFormat::Url => "url",
-            },
-        }
-    }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -179,13 +244,13 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
     }
 }
 
-fn transport_error(e: &reqwest::Error) -> ProviderError {
+pub(crate) fn transport_error(label: &str, e: &reqwest::Error) -> ProviderError {
     let message = if e.is_timeout() {
-        "DALL-E 3 did not answer in time".to_owned()
+        format!("{label} did not answer in time")
     } else if e.is_connect() {
-        "could not connect to DALL-E 3".to_owned()
+        format!("could not connect to {label}")
     } else {
-        format!("DALL-E 3 request failed: {e}")
+        format!("{label} request failed: {e}")
     };
     ProviderError::Retryable {
         status: None,
@@ -221,17 +286,20 @@ impl ImageProvider for OpenAiClient {
             .post(self.endpoint.clone())
             .bearer_auth(self.settings.api_key.expose_secret())
             .header("X-Correlation-ID", correlation_id)
-            .json(&self.body(req));
+            .json(&request_body(req, Some(MODEL), self.response_format));
         if let Some(org) = &self.settings.organization {
             call = call.header("OpenAI-Organization", org);
         }
         if let Some(project) = &self.settings.project {
             call = call.header("OpenAI-Project", project);
         }
-        let response = call.send().await.map_err(|e| transport_error(&e))?;
+        let response = call.send().await.map_err(|e| transport_error(LABEL, &e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(LABEL, &e))?;
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
         if status != 200 {
             let error = classify(status, &headers, &body[..body.len().min(MAX_ERROR_BODY)]);
@@ -244,37 +312,10 @@ impl ImageProvider for OpenAiClient {
             );
             return Err(error);
         }
-        let parsed: ImagesResponse =
-            serde_json::from_slice(&body).map_err(|e| ProviderError::Retryable {
-                status: Some(status),
-                code: Some("invalid_response".into()),
-                message: format!("DALL-E 3 answered with an unreadable body: {e}"),
-                retry_after: None,
-            })?;
-        let images: Vec<GeneratedImage> = parsed
-            .data
+        let images = parse_images(LABEL, status, &body)?
             .into_iter()
-            .filter_map(|item| {
-                let source = match (item.b64_json, item.url) {
-                    (Some(b64), _) => ImageSource::Base64(b64),
-                    (None, Some(url)) => ImageSource::Url(url),
-                    (None, None) => return None,
-                };
-                Some(GeneratedImage {
-                    source,
-                    revised_prompt: item.revised_prompt,
-                    seed: None,
-                })
-            })
+            .map(|(image, _)| image)
             .collect();
-        if images.is_empty() {
-            return Err(ProviderError::Retryable {
-                status: Some(status),
-                code: Some("invalid_response".into()),
-                message: "DALL-E 3 answered without an image".into(),
-                retry_after: None,
-            });
-        }
         let meta = serde_json::json!({
             "provider": "dalle3",
             "protocol": "openai",

@@ -1,0 +1,313 @@
+//! FLUX.1 [schnell] over an OpenAI-compatible host (Together AI by default):
+//! `POST {FLUX_BASE_URL}/images/generations` with `width`/`height`, `steps` (schnell's 4), `n` (1-4 in one call),
+//! `seed`, `response_format: base64|url` and `output_format: png`. Safety-checker refusals become `moderated`
+//! (stage output); the seed we send (the client's, or one we draw) is recorded so a picture can be reproduced.
+
+use super::openai::{MAX_ERROR_BODY, header_str, transport_error};
+use super::{GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
+use crate::retry::parse_retry_after;
+use async_trait::async_trait;
+use imagegen_shared::config::FluxSettings;
+use imagegen_shared::domain::{GenerationRequest, ModerationStage, ProviderId};
+use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use url::Url;
+
+const LABEL: &str = "Flux Schnell";
+/// Schnell is distilled for 1-4 steps; 4 is the hosts' default.
+const STEPS: u8 = 4;
+
+pub struct FluxClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    settings: FluxSettings,
+    inline: bool,
+}
+
+#[derive(Serialize)]
+struct FluxRequest<'a> {
+    model: &'a str,
+    prompt: &'a str,
+    width: u32,
+    height: u32,
+    steps: u8,
+    n: u8,
+    seed: u32,
+    response_format: &'static str,
+    output_format: &'static str,
+}
+
+#[derive(Deserialize)]
+struct FluxResponse {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    data: Vec<FluxItem>,
+}
+
+#[derive(Deserialize)]
+struct FluxItem {
+    #[serde(default)]
+    b64_json: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+impl FluxClient {
+    /// `inline` asks for base64 (one round trip); otherwise URLs are downloaded at once.
+    pub fn new(
+        settings: FluxSettings,
+        timeout: Duration,
+        inline: bool,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("imagegen/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut base = settings.base_url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let endpoint = base.join("images/generations").unwrap_or(base);
+        Ok(Self {
+            http,
+            endpoint,
+            settings,
+            inline,
+        })
+    }
+}
+
+pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let envelope: ErrorEnvelope = serde_json::from_slice(body).unwrap_or_default();
+    let error = envelope.error.unwrap_or_default();
+    let provider_message = error
+        .message
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+    let code = error
+        .code
+        .as_ref()
+        .and_then(|c| c.as_str().map(str::to_owned))
+        .or(error.kind);
+    if (400..500).contains(&status) && provider_message.to_lowercase().contains("nsfw") {
+        return ProviderError::ContentPolicy {
+            stage: ModerationStage::Output,
+            message: provider_message,
+            categories: None,
+        };
+    }
+    let message = match status {
+        401 | 403 => format!("{LABEL} rejected the service's credentials (HTTP {status})"),
+        402 => format!("{LABEL}: the account has no credits left"),
+        404 => format!("{LABEL}: model or endpoint not found (check FLUX_MODEL and FLUX_BASE_URL)"),
+        429 => format!("{LABEL} rate limit reached"),
+        s if s >= 500 => format!("{LABEL} is unavailable (HTTP {s})"),
+        _ if !provider_message.is_empty() => {
+            format!("{LABEL} rejected the request: {provider_message}")
+        }
+        s => format!("{LABEL} rejected the request (HTTP {s})"),
+    };
+    if matches!(status, 408 | 429) || status >= 500 {
+        ProviderError::Retryable {
+            status: Some(status),
+            code,
+            message,
+            retry_after: parse_retry_after(headers),
+        }
+    } else {
+        ProviderError::Final {
+            status: Some(status),
+            code,
+            message,
+        }
+    }
+}
+
+#[async_trait]
+impl ImageProvider for FluxClient {
+    fn id(&self) -> ProviderId {
+        ProviderId::FluxSchnell
+    }
+
+    fn download_hosts(&self) -> Vec<String> {
+        self.settings
+            .base_url
+            .host_str()
+            .map(str::to_owned)
+            .into_iter()
+            .collect()
+    }
+
+    async fn generate(
+        &self,
+        req: &GenerationRequest,
+        correlation_id: &str,
+    ) -> Result<ProviderOutput, ProviderError> {
+        let started = Instant::now();
+        // Without a seed the picture could never be made again; draw one and record it.
+        let seed = req.seed.unwrap_or_else(rand::random);
+        let body = FluxRequest {
+            model: &self.settings.model,
+            prompt: req.prompt.as_str(),
+            width: req.size.width,
+            height: req.size.height,
+            steps: STEPS,
+            n: req.num_images,
+            seed,
+            response_format: if self.inline { "base64" } else { "url" },
+            output_format: "png",
+        };
+        let response = self
+            .http
+            .post(self.endpoint.clone())
+            .bearer_auth(self.settings.api_key.expose_secret())
+            .header("X-Correlation-ID", correlation_id)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_error(LABEL, &e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(LABEL, &e))?;
+        if status != 200 {
+            let error = classify(status, &headers, &bytes[..bytes.len().min(MAX_ERROR_BODY)]);
+            tracing::warn!(
+                status,
+                kind = error.kind(),
+                code = error.code(),
+                "flux call failed"
+            );
+            return Err(error);
+        }
+        let parsed: FluxResponse =
+            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
+                status: Some(status),
+                code: Some("invalid_response".into()),
+                message: format!("{LABEL} answered with an unreadable body: {e}"),
+                retry_after: None,
+            })?;
+        let images: Vec<GeneratedImage> = parsed
+            .data
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let source = match (item.b64_json, item.url) {
+                    (Some(b64), _) => ImageSource::Base64(b64),
+                    (None, Some(url)) => ImageSource::Url(url),
+                    (None, None) => return None,
+                };
+                // Hosts derive the i-th image of a call from seed + i.
+                let seed = i64::from(seed) + i64::try_from(i).unwrap_or(0);
+                Some(GeneratedImage {
+                    source,
+                    revised_prompt: None,
+                    seed: Some(seed),
+                })
+            })
+            .collect();
+        if images.len() != usize::from(req.num_images) {
+            return Err(ProviderError::Retryable {
+                status: Some(status),
+                code: Some("invalid_response".into()),
+                message: format!(
+                    "{LABEL} returned {} of {} images",
+                    images.len(),
+                    req.num_images
+                ),
+                retry_after: None,
+            });
+        }
+        let meta = serde_json::json!({
+            "provider": "flux_schnell",
+            "protocol": "openai-compatible",
+            "model": parsed.model.unwrap_or_else(|| self.settings.model.clone()),
+            "request_id": parsed.id.or_else(|| header_str(&headers, "x-request-id").map(str::to_owned)),
+            "seed": seed,
+            "steps": STEPS,
+            "elapsed_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        Ok(ProviderOutput { images, meta })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+    use serde_json::json;
+
+    fn classify_json(status: u16, headers: &HeaderMap, body: serde_json::Value) -> ProviderError {
+        classify(status, headers, &serde_json::to_vec(&body).expect("json"))
+    }
+
+    #[test]
+    fn together_classes() {
+        let h = HeaderMap::new();
+        for status in [400, 401, 402, 404] {
+            assert!(
+                matches!(
+                    classify_json(status, &h, json!({"error": {"message": "no"}})),
+                    ProviderError::Final { .. }
+                ),
+                "{status}"
+            );
+        }
+        for status in [429, 500, 503] {
+            assert!(
+                matches!(
+                    classify_json(status, &h, json!({})),
+                    ProviderError::Retryable { .. }
+                ),
+                "{status}"
+            );
+        }
+        let nsfw = classify_json(
+            400,
+            &h,
+            json!({"error": {"message": "Image generation failed: NSFW content detected"}}),
+        );
+        assert!(matches!(
+            nsfw,
+            ProviderError::ContentPolicy {
+                stage: ModerationStage::Output,
+                ..
+            }
+        ));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        match classify_json(429, &h, json!({})) {
+            ProviderError::Retryable { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(3)))
+            }
+            other => panic!("expected retryable, got {other:?}"),
+        }
+        assert!(
+            classify(500, &HeaderMap::new(), b"<html>bad gateway</html>")
+                .to_string()
+                .contains("unavailable")
+        );
+    }
+}
