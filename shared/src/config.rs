@@ -266,6 +266,33 @@ impl ProviderSettings {
         }
     }
 
+    /// Every configured way to reach a provider, primary first: (`provider`, route name).
+    pub fn routes(&self) -> Vec<(ProviderId, &'static str)> {
+        let mut routes = Vec::new();
+        let dalle3 = match self.dalle3_backend {
+            Some(Dalle3Backend::Azure) => [
+                Some("dalle3:azure"),
+                self.openai.as_ref().map(|_| "dalle3:openai"),
+            ],
+            Some(Dalle3Backend::OpenAi) => [
+                Some("dalle3:openai"),
+                self.azure.as_ref().map(|_| "dalle3:azure"),
+            ],
+            None => [None, None],
+        };
+        routes.extend(
+            dalle3
+                .into_iter()
+                .flatten()
+                .map(|r| (ProviderId::Dalle3, r)),
+        );
+        if self.flux.is_some() {
+            routes.push((ProviderId::FluxSchnell, "flux_schnell"));
+        }
+        routes.retain(|(p, _)| self.enabled.contains(p));
+        routes
+    }
+
     pub fn configured(&self) -> Vec<ProviderId> {
         self.enabled
             .iter()

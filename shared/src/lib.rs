@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod events;
+pub mod limits;
 pub mod moderation;
 pub mod queue;
 pub mod storage;

@@ -12,10 +12,10 @@ use std::time::Duration;
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How often a worker tells Redis it is alive, and how many beats it may miss before its in-flight jobs go back
-/// to the queue: 5 s x 5 = a dead worker's jobs return within about 25-30 s.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-pub const MISSED_HEARTBEATS: usize = 5;
+/// How often a worker tells Redis it is alive (an idle worker also looks for due and delayed messages then), and
+/// how many beats it may miss before its in-flight jobs go back to the queue: 1 s x 25 = within about 25-30 s.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub const MISSED_HEARTBEATS: usize = 25;
 
 /// The pub/sub channel on which the API nudges idle workers after queueing work.
 pub fn wake_channel(queue_name: &str) -> String {
@@ -98,6 +98,22 @@ impl JobQueue {
             .map_err(|e| QueueError::Push(e.to_string()))?;
         self.wake_workers().await;
         Ok(())
+    }
+
+    /// Queues a message to be taken no earlier than `delay` from now (a job waiting for a busy or paused provider).
+    pub async fn push_delayed(
+        &self,
+        message: JobMessage,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let mut storage = self.storage.clone();
+        let task = apalis::prelude::TaskBuilder::new(message)
+            .run_after(delay)
+            .build();
+        storage
+            .push_task(task)
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))
     }
 
     /// Idle apalis workers only look at the queue again on their next heartbeat; this nudge makes them look now.

@@ -25,6 +25,7 @@ fn request(prompt: &str) -> GenerationRequest {
         style: None,
         num_images: None,
         seed: None,
+        allow_failover: None,
     };
     GenerationRequest::parse(body, &limits).expect("valid request")
 }
@@ -80,27 +81,34 @@ async fn a_job_is_claimed_once_and_completed_once(pool: PgPool) {
             .is_none()
     );
     assert!(
-        db::jobs::record_attempt(&pool, job.id, "w2")
+        db::jobs::record_attempt(&pool, job.id, "w2", "dalle3:openai")
             .await
             .expect("attempt")
             .is_none()
     );
+    let attempt = db::jobs::record_attempt(&pool, job.id, "w1", "dalle3:openai")
+        .await
+        .expect("attempt");
+    assert_eq!(attempt.map(|a| (a.total, a.on_route)), Some((1, 1)));
+    let other = db::jobs::record_attempt(&pool, job.id, "w1", "flux_schnell")
+        .await
+        .expect("attempt");
     assert_eq!(
-        db::jobs::record_attempt(&pool, job.id, "w1")
-            .await
-            .expect("attempt"),
-        Some(1)
+        other.map(|a| (a.total, a.on_route)),
+        Some((2, 1)),
+        "counted per route and in total"
     );
 
     let meta = serde_json::json!({"request_id": "req_1"});
-    let done = db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1200)
-        .await
-        .expect("complete");
+    let done =
+        db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1200, &served())
+            .await
+            .expect("complete");
     let (job_row, images) = done.expect("first completion wins");
     assert_eq!(job_row.status, JobStatus::Succeeded);
     assert_eq!(images.len(), 1);
     // A second completion (late duplicate) changes nothing and writes no images.
-    let again = db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(1)], &meta, 1)
+    let again = db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(1)], &meta, 1, &served())
         .await
         .expect("complete");
     assert!(again.is_none());
@@ -146,13 +154,13 @@ async fn an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses(p
     );
     let meta = serde_json::json!({});
     assert!(
-        db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1)
+        db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1, &served())
             .await
             .expect("late")
             .is_none()
     );
     assert!(
-        db::jobs::complete_succeeded(&pool, job.id, "w2", &[image(0)], &meta, 1)
+        db::jobs::complete_succeeded(&pool, job.id, "w2", &[image(0)], &meta, 1, &served())
             .await
             .expect("owner")
             .is_some()
@@ -221,7 +229,7 @@ async fn a_released_job_can_be_claimed_again_with_attempts_kept(pool: PgPool) {
         .await
         .expect("claim")
         .expect("claimed");
-    db::jobs::record_attempt(&pool, job.id, "w1")
+    db::jobs::record_attempt(&pool, job.id, "w1", "dalle3:openai")
         .await
         .expect("attempt");
     assert!(
@@ -261,4 +269,11 @@ async fn a_batch_is_recorded_whole(pool: PgPool) {
             .expect("items")
             .is_empty()
     );
+}
+
+fn served() -> db::Served {
+    db::Served {
+        route: "dalle3:openai".into(),
+        translations: Vec::new(),
+    }
 }

@@ -4,13 +4,14 @@
 use crate::WorkerArgs;
 use crate::download::Downloader;
 use crate::process::{self, JobContext, ProcessError};
-use crate::providers::Providers;
+use crate::providers::ImageProvider;
 use crate::providers::azure::AzureClient;
 use crate::providers::bfl::BflClient;
 use crate::providers::flux::FluxClient;
 use crate::providers::openai::OpenAiClient;
 use crate::providers::openai::ResponseFormat;
 use crate::retry::Backoff;
+use crate::routing::{Route, Routes};
 use anyhow::Context;
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis::prelude::{Event, WorkerContext};
@@ -18,9 +19,12 @@ use apalis_core::worker::ext::event_listener::EventListenerExt;
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use apalis_redis::RedisStorage;
 use futures::StreamExt;
-use imagegen_shared::config::Dalle3Backend;
 use imagegen_shared::config::FluxProtocol;
+use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::db;
+use imagegen_shared::domain::ProviderId;
+use imagegen_shared::limits::{FleetLimits, LimitSettings};
+use imagegen_shared::queue::JobQueue;
 use imagegen_shared::queue::wake_channel;
 use imagegen_shared::queue::{JobMessage, apalis_config, redis_connection};
 use imagegen_shared::storage::ImageStorage;
@@ -33,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Pause before the queue consumer is rebuilt after Redis went away.
 const RESTART_DELAY: Duration = Duration::from_secs(2);
+/// A fleet permit not renewed for this long is free again (a worker renews every third of it).
+const PERMIT_TTL: Duration = Duration::from_secs(30);
 const VACUUM_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_AFTER: Duration = Duration::from_secs(3600);
 
@@ -75,44 +81,26 @@ pub async fn run(
     let (client, redis) = redis_connection(&args.redis.redis_url).context("REDIS_URL: invalid")?;
 
     let timeout = provider_settings.timeout;
-    let mut providers = Providers::default();
-    // DALL-E 3 is served by one backend (DALLE3_BACKEND); the other becomes a failover target later.
-    match (
-        provider_settings.dalle3_backend,
-        &provider_settings.azure,
-        &provider_settings.openai,
-    ) {
-        (Some(Dalle3Backend::Azure), Some(azure), _) => {
-            providers.insert(Arc::new(AzureClient::new(
-                azure.clone(),
-                timeout,
-                args.openai_response_format,
-            )?));
-        }
-        (Some(Dalle3Backend::OpenAi), _, Some(openai)) => {
-            providers.insert(Arc::new(OpenAiClient::new(
-                openai.clone(),
-                timeout,
-                args.openai_response_format,
-            )?));
-        }
-        _ => {}
-    }
-    if let Some(flux) = provider_settings.flux.clone() {
-        match flux.protocol {
-            FluxProtocol::Bfl => providers.insert(Arc::new(BflClient::new(flux, timeout)?)),
-            FluxProtocol::OpenAiCompatible => {
-                let inline = args.openai_response_format == ResponseFormat::B64Json;
-                providers.insert(Arc::new(FluxClient::new(flux, timeout, inline)?));
-            }
-        }
-    }
+    let routes = build_routes(&args, &provider_settings)?;
+    let concurrency_limits = args.fleet.concurrency()?;
+    let limit_settings = ProviderId::ALL
+        .iter()
+        .map(|p| {
+            let settings = LimitSettings {
+                concurrency: concurrency_limits.get(p).copied().unwrap_or(0),
+                breaker_failures: args.fleet.breaker_failures,
+                breaker_cooldown: Duration::from_secs(args.fleet.breaker_cooldown_secs),
+                permit_ttl: PERMIT_TTL,
+            };
+            (*p, settings)
+        })
+        .collect();
     let mut allowed: Vec<String> = args
         .download_allowed_hosts
         .split(',')
         .map(str::to_owned)
         .collect();
-    allowed.extend(providers.download_hosts());
+    allowed.extend(routes.download_hosts());
     let downloader = Downloader::new(allowed, args.download_max_bytes, timeout)?;
 
     if let Some(port) = args.worker_metrics_port {
@@ -128,9 +116,12 @@ pub async fn run(
     let ctx = Arc::new(JobContext {
         pool,
         storage,
-        providers,
+        routes,
         downloader,
         redis: redis.clone(),
+        queue: JobQueue::new(redis.clone(), &args.redis.queue_name),
+        limits: FleetLimits::new(redis.clone(), &args.redis.queue_name),
+        limit_settings,
         queue_name: args.redis.queue_name.clone(),
         worker_id: worker_id.clone(),
         lease: Duration::from_secs(args.job_lease_secs),
@@ -272,4 +263,42 @@ async fn vacuum_queue(mut storage: RedisStorage<JobMessage>, stop: CancellationT
             Err(e) => tracing::debug!(error = %e, "queue vacuum failed; will retry"),
         }
     }
+}
+
+/// One client per configured route, in preference order (DALLE3_BACKEND first), and the failover order.
+fn build_routes(args: &WorkerArgs, settings: &ProviderSettings) -> anyhow::Result<Routes> {
+    let timeout = settings.timeout;
+    let mut routes = Vec::new();
+    for (_, name) in settings.routes() {
+        let client: Arc<dyn ImageProvider> = match name {
+            "dalle3:azure" => match &settings.azure {
+                Some(azure) => Arc::new(AzureClient::new(
+                    azure.clone(),
+                    timeout,
+                    args.openai_response_format,
+                )?),
+                None => continue,
+            },
+            "dalle3:openai" => match &settings.openai {
+                Some(openai) => Arc::new(OpenAiClient::new(
+                    openai.clone(),
+                    timeout,
+                    args.openai_response_format,
+                )?),
+                None => continue,
+            },
+            _ => match settings.flux.clone() {
+                Some(flux) if flux.protocol == FluxProtocol::Bfl => {
+                    Arc::new(BflClient::new(flux, timeout)?)
+                }
+                Some(flux) => {
+                    let inline = args.openai_response_format == ResponseFormat::B64Json;
+                    Arc::new(FluxClient::new(flux, timeout, inline)?)
+                }
+                None => continue,
+            },
+        };
+        routes.push(Route { client });
+    }
+    Ok(Routes::new(routes, args.fleet.failover_order()?))
 }

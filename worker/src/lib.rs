@@ -7,9 +7,14 @@ pub mod download;
 pub mod process;
 pub mod providers;
 pub mod retry;
+pub mod routing;
+pub mod store;
 
 use clap::Args;
-use imagegen_shared::config::{CoreArgs, DatabaseArgs, ProviderArgs, RedisArgs, StorageArgs};
+use imagegen_shared::config::{
+    ConfigError, CoreArgs, DatabaseArgs, ProviderArgs, RedisArgs, StorageArgs,
+};
+use imagegen_shared::domain::ProviderId;
 use providers::openai::ResponseFormat;
 
 #[derive(Args, Debug, Clone)]
@@ -24,6 +29,8 @@ pub struct WorkerArgs {
     pub providers: ProviderArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Jobs this process runs at once.
     #[arg(long, env = "WORKER_CONCURRENCY", value_name = "WORKER_CONCURRENCY", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -62,6 +69,79 @@ pub struct WorkerArgs {
     #[arg(long, env = "DOWNLOAD_MAX_BYTES", value_name = "DOWNLOAD_MAX_BYTES", default_value_t = 32 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub download_max_bytes: u64,
+}
+
+/// Fleet-wide limit and failover settings.
+#[derive(Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Most calls in flight per provider across all workers, e.g. `dalle3=5,flux_schnell=10` (unset: unlimited).
+    /// Each DALL-E 3 backend (OpenAI, Azure) gets the dalle3 figure on its own.
+    #[arg(
+        long,
+        env = "PROVIDER_CONCURRENCY",
+        value_name = "PROVIDER_CONCURRENCY",
+        default_value = ""
+    )]
+    pub provider_concurrency: String,
+    /// Providers to fail over to, in order (default: the configured ones, in catalogue order).
+    #[arg(long, env = "FAILOVER_ORDER", value_name = "FAILOVER_ORDER")]
+    pub failover_order: Option<String>,
+    /// Consecutive retryable failures that open a provider's circuit.
+    #[arg(long, env = "BREAKER_FAILURES", value_name = "BREAKER_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe call is let through.
+    #[arg(long, env = "BREAKER_COOLDOWN_SECS", value_name = "BREAKER_COOLDOWN_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub breaker_cooldown_secs: u64,
+}
+
+impl FleetArgs {
+    pub fn concurrency(&self) -> Result<std::collections::HashMap<ProviderId, u32>, ConfigError> {
+        let mut out = std::collections::HashMap::new();
+        for pair in self
+            .provider_concurrency
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (name, n) = pair.split_once('=').ok_or_else(|| {
+                ConfigError::new(
+                    "PROVIDER_CONCURRENCY",
+                    format!("'{pair}' is not provider=N"),
+                )
+            })?;
+            let id = name
+                .parse::<ProviderId>()
+                .map_err(|e| ConfigError::new("PROVIDER_CONCURRENCY", e.to_string()))?;
+            let n = n.trim().parse::<u32>().map_err(|_| {
+                ConfigError::new(
+                    "PROVIDER_CONCURRENCY",
+                    format!("'{pair}': N must be a whole number"),
+                )
+            })?;
+            out.insert(id, n);
+        }
+        Ok(out)
+    }
+
+    pub fn failover_order(&self) -> Result<Vec<ProviderId>, ConfigError> {
+        match self
+            .failover_order
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => Ok(ProviderId::ALL.to_vec()),
+            Some(list) => list
+                .split(',')
+                .map(|p| {
+                    p.parse::<ProviderId>()
+                        .map_err(|e| ConfigError::new("FAILOVER_ORDER", e.to_string()))
+                })
+                .collect(),
+        }
+    }
 }
 
 pub use consumer::run;

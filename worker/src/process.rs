@@ -1,21 +1,26 @@
-//! One job, start to finish: claim it in Postgres with a lease, call the provider (retrying what is worth retrying,
-//! every attempt counted in Postgres), copy the pictures into our storage, and only then mark the job succeeded,
-//! conditionally, so a job delivered twice is completed once. Then publish the event that wakes waiters.
+//! One job, start to finish: claim it in Postgres with a lease; walk its routes (its provider first, then failover
+//! targets) asking the fleet-wide limits for admission; call, retrying what is worth retrying (every attempt counted
+//! in Postgres, per route); copy the pictures into our storage; only then mark the job succeeded, conditionally, so
+//! a job delivered twice is completed once; publish the event that wakes waiters.
+//!
+//! A job whose route is saturated or paused does not hold a worker slot: it goes back to the queue with a delay.
 
-use crate::download::{DownloadError, Downloader};
-use crate::providers::{GeneratedImage, ImageSource, ProviderError, ProviderOutput, Providers};
+use crate::download::Downloader;
+use crate::providers::ProviderError;
 use crate::retry::Backoff;
-use base64::Engine;
-use bytes::Bytes;
-use chrono::Utc;
-use imagegen_shared::db::{self, DbError, JobFailure, JobRecord, NewImage};
-use imagegen_shared::domain::{ImageId, JobId, JobStatus, Moderation, ModerationSource};
+use crate::routing::{Route, Routes, translate};
+use crate::store::{StoreError, remove_objects, store_all};
+use imagegen_shared::db::{self, DbError, JobFailure, JobRecord, NewImage, Served};
+use imagegen_shared::domain::{
+    GenerationRequest, JobId, JobStatus, Moderation, ModerationSource, ProviderId,
+};
 use imagegen_shared::events::{self, JobEvent};
-use imagegen_shared::queue::JobMessage;
-use imagegen_shared::storage::{ImageMetadata, ImageStorage, StorageError, sniff_image};
+use imagegen_shared::limits::{Admission, FleetLimits, LimitSettings};
+use imagegen_shared::queue::{JobMessage, JobQueue};
+use imagegen_shared::storage::ImageStorage;
 use redis::aio::ConnectionManager;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -25,9 +30,12 @@ use tracing::Instrument;
 pub struct JobContext {
     pub pool: PgPool,
     pub storage: ImageStorage,
-    pub providers: Providers,
+    pub routes: Routes,
     pub downloader: Downloader,
     pub redis: ConnectionManager,
+    pub queue: JobQueue,
+    pub limits: FleetLimits,
+    pub limit_settings: HashMap<ProviderId, LimitSettings>,
     pub queue_name: String,
     pub worker_id: String,
     pub lease: Duration,
@@ -43,6 +51,8 @@ pub enum Outcome {
     Finished(JobStatus),
     /// Nothing to do: the job is already finished, gone, or was taken over by another worker.
     NotOurs,
+    /// Its route was saturated or paused: the job went back to the queue, due again after a delay.
+    Deferred,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,34 +71,32 @@ pub enum ProcessError {
 /// Why one attempt did not produce stored images.
 enum AttemptError {
     Provider(ProviderError),
-    Download(DownloadError),
-    Storage(StorageError),
-    BadImage(String),
+    Store(StoreError),
 }
 
 impl AttemptError {
     fn retryable(&self) -> bool {
         match self {
             AttemptError::Provider(e) => matches!(e, ProviderError::Retryable { .. }),
-            AttemptError::Download(e) => e.is_retryable(),
-            AttemptError::Storage(_) => true,
-            AttemptError::BadImage(_) => false,
+            AttemptError::Store(e) => e.retryable(),
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            AttemptError::Provider(ProviderError::Retryable { retry_after, .. }) => *retry_after,
-            _ => None,
-        }
+    /// A provider's own verdict on our configuration (credentials, credits, deployment): another route may work.
+    fn route_broken(&self) -> bool {
+        matches!(
+            self,
+            AttemptError::Provider(ProviderError::Final {
+                status: Some(401 | 402 | 403 | 404),
+                ..
+            })
+        )
     }
 
     fn describe(&self) -> String {
         match self {
             AttemptError::Provider(e) => e.to_string(),
-            AttemptError::Download(e) => e.to_string(),
-            AttemptError::Storage(e) => e.to_string(),
-            AttemptError::BadImage(m) => m.clone(),
+            AttemptError::Store(e) => e.to_string(),
         }
     }
 
@@ -108,7 +116,7 @@ impl AttemptError {
                     categories: categories.clone(),
                 }),
             ),
-            AttemptError::Storage(e) => (
+            AttemptError::Store(StoreError::Storage(e)) => (
                 JobStatus::Failed,
                 "storage_error",
                 format!("Could not store the image: {e}"),
@@ -162,10 +170,11 @@ fn spawn_lease_keeper(
 pub async fn handle(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, ProcessError> {
     let span = tracing::info_span!("job", job_id = %message.job_id, correlation_id = %message.correlation_id,
         worker_id = %ctx.worker_id);
-    run(ctx, message.job_id).instrument(span).await
+    run(ctx, message).instrument(span).await
 }
 
-async fn run(ctx: Arc<JobContext>, id: JobId) -> Result<Outcome, ProcessError> {
+async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, ProcessError> {
+    let id = message.job_id;
     let Some(job) = db::jobs::claim_job(&ctx.pool, id, &ctx.worker_id, ctx.lease).await? else {
         return match db::jobs::get_job_unscoped(&ctx.pool, id).await? {
             Some(job) if job.status == JobStatus::Running => Err(ProcessError::Busy(id)),
@@ -182,12 +191,11 @@ async fn run(ctx: Arc<JobContext>, id: JobId) -> Result<Outcome, ProcessError> {
     tracing::info!(provider = %job.provider, attempts = job.attempts, "job claimed");
     let lost = CancellationToken::new();
     let keeper = spawn_lease_keeper(ctx.clone(), id, lost.clone());
-    let result = generate(&ctx, &job, &lost).await;
+    let result = generate(&ctx, &job, &message, &lost).await;
     keeper.abort();
     let outcome = result?;
     if let Outcome::Finished(status) = outcome {
-        metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str(), "provider" => job.provider.clone())
-            .increment(1);
+        metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
         let event = JobEvent { job_id: id, status };
         if let Err(e) = events::publish(&ctx.redis, &ctx.queue_name, &event).await {
             // Waiters re-read Postgres when their wait ends or their subscription reconnects.
@@ -197,14 +205,24 @@ async fn run(ctx: Arc<JobContext>, id: JobId) -> Result<Outcome, ProcessError> {
     Ok(outcome)
 }
 
+/// What happened on one route.
+enum RouteResult {
+    /// The job reached an outcome; stop.
+    Done(Outcome),
+    /// Try the next route (attempts used up, circuit open, or the route is misconfigured).
+    Next(Option<AttemptError>),
+}
+
 async fn generate(
     ctx: &JobContext,
     job: &JobRecord,
+    message: &JobMessage,
     lost: &CancellationToken,
 ) -> Result<Outcome, ProcessError> {
     let request = &job.request.0;
     let started = Instant::now();
-    let Some(provider) = ctx.providers.get(request.provider) else {
+    let chain = ctx.routes.chain(request.provider, request.allow_failover);
+    if chain.is_empty() {
         let failure = JobFailure {
             status: JobStatus::Failed,
             code: "provider_not_configured".into(),
@@ -212,189 +230,270 @@ async fn generate(
             moderation: None,
         };
         return finish_unsuccessful(ctx, job, &failure, &serde_json::json!({})).await;
-    };
-    let mut retries = Vec::new();
-    loop {
-        let Some(attempt) = db::jobs::record_attempt(&ctx.pool, job.id, &ctx.worker_id).await?
-        else {
-            return Ok(Outcome::NotOurs);
-        };
-        // A job may come back with its attempts already used up (its worker died mid-call).
-        if attempt > job.max_attempts {
-            let failure = JobFailure {
-                status: JobStatus::Failed,
-                code: "provider_unavailable".into(),
-                message: format!("No attempts left ({} used)", job.max_attempts),
-                moderation: None,
-            };
-            return finish_unsuccessful(
-                ctx,
-                job,
-                &failure,
-                &serde_json::json!({ "retries": retries }),
-            )
-            .await;
+    }
+    let mut history: Vec<serde_json::Value> = Vec::new();
+    let mut last: Option<AttemptError> = None;
+    for route in &chain {
+        match try_route(ctx, job, message, route, lost, started, &mut history).await? {
+            RouteResult::Done(outcome) => return Ok(outcome),
+            RouteResult::Next(err) => {
+                if err.is_some() {
+                    last = err;
+                }
+            }
         }
-        let call_started = Instant::now();
-        let provider_label = request.provider.as_str();
-        let result = tokio::select! {
-            r = provider.generate(request, &job.correlation_id) => r,
-            _ = lost.cancelled() => return Ok(Outcome::NotOurs),
-            _ = ctx.abandon.cancelled() => return release(ctx, job.id).await,
+    }
+    let meta = serde_json::json!({ "retries": history });
+    let failure = match &last {
+        Some(e) => e.failure(e.retryable()),
+        None => JobFailure {
+            status: JobStatus::Failed,
+            code: "provider_unavailable".into(),
+            message: "Every provider that could serve this job is unavailable (circuit open)"
+                .into(),
+            moderation: None,
+        },
+    };
+    finish_unsuccessful(ctx, job, &failure, &meta).await
+}
+
+async fn try_route(
+    ctx: &JobContext,
+    job: &JobRecord,
+    message: &JobMessage,
+    route: &Route,
+    lost: &CancellationToken,
+    started: Instant,
+    history: &mut Vec<serde_json::Value>,
+) -> Result<RouteResult, ProcessError> {
+    let (request, translations) = translate(&job.request.0, route.provider());
+    let settings = ctx
+        .limit_settings
+        .get(&route.provider())
+        .cloned()
+        .unwrap_or_else(default_limits);
+    let key = route.key();
+    let mut used = job.provider_attempts.0.get(key).copied().unwrap_or(0);
+    loop {
+        if used >= job.max_attempts {
+            return Ok(RouteResult::Next(None));
+        }
+        let permit = uuid::Uuid::new_v4().to_string();
+        let admission = match ctx.limits.admit(key, &permit, &settings).await {
+            Ok(a) => a,
+            // Without Redis there are no fleet limits to consult (and no queue either); go on rather than stall.
+            Err(e) => {
+                tracing::warn!(error = %e, route = key, "fleet limits unavailable; calling without a permit");
+                Admission::Granted
+            }
         };
-        metrics::histogram!("imagegen_provider_call_seconds", "provider" => provider_label)
-            .record(call_started.elapsed().as_secs_f64());
-        let attempt_result = match result {
-            Ok(output) => {
-                metrics::counter!("imagegen_provider_calls_total", "provider" => provider_label, "outcome" => "ok")
-                    .increment(1);
-                store_all(ctx, job, &output)
-                    .await
-                    .map(|images| (images, output.meta))
+        match admission {
+            Admission::Open => {
+                tracing::info!(route = key, "circuit open; trying the next route");
+                history.push(serde_json::json!({"route": key, "skipped": "circuit open"}));
+                return Ok(RouteResult::Next(None));
+            }
+            Admission::Saturated => {
+                return defer(ctx, job, message, jitter(Duration::from_millis(250))).await;
+            }
+            Admission::Paused(wait) => {
+                return defer(ctx, job, message, wait + jitter(Duration::from_millis(100))).await;
+            }
+            Admission::Granted | Admission::Probe => {}
+        }
+        let attempt = db::jobs::record_attempt(&ctx.pool, job.id, &ctx.worker_id, key).await;
+        let attempt = match attempt {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                let _ = ctx.limits.release(key, &permit).await;
+                return Ok(RouteResult::Done(Outcome::NotOurs));
             }
             Err(e) => {
-                metrics::counter!("imagegen_provider_calls_total", "provider" => provider_label, "outcome" => e.kind())
-                    .increment(1);
+                let _ = ctx.limits.release(key, &permit).await;
+                return Err(e.into());
+            }
+        };
+        used = attempt.on_route;
+        let result = call_with_permit(ctx, route, &request, job, &permit, &settings, lost).await;
+        let _ = ctx.limits.release(key, &permit).await;
+        let output = match result {
+            CallResult::Lost => return Ok(RouteResult::Done(Outcome::NotOurs)),
+            CallResult::Abandoned => return release(ctx, job.id).await.map(RouteResult::Done),
+            CallResult::Done(r) => r,
+        };
+        let attempt_result = match output {
+            Ok(output) => {
+                let _ = ctx.limits.record_success(key).await;
+                store_all(ctx, job, &request, key, &output)
+                    .await
+                    .map(|images| (images, output.meta))
+                    .map_err(AttemptError::Store)
+            }
+            Err(e) => {
+                if matches!(e, ProviderError::Retryable { .. }) {
+                    match ctx.limits.record_failure(key, &settings).await {
+                        Ok(true) => {
+                            tracing::warn!(route = key, "circuit opened after repeated failures")
+                        }
+                        Ok(false) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not record a breaker failure")
+                        }
+                    }
+                }
                 Err(AttemptError::Provider(e))
             }
         };
         match attempt_result {
             Ok((images, mut meta)) => {
                 if let Some(obj) = meta.as_object_mut() {
-                    obj.insert("retries".into(), serde_json::json!(retries));
-                    obj.insert("attempts".into(), serde_json::json!(attempt));
+                    obj.insert("retries".into(), serde_json::json!(history));
+                    obj.insert("attempts".into(), serde_json::json!(attempt.total));
                 }
                 let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-                return finish_succeeded(ctx, job, images, &meta, elapsed).await;
+                let served = Served {
+                    route: key.to_owned(),
+                    translations,
+                };
+                return finish_succeeded(ctx, job, images, &meta, elapsed, &served)
+                    .await
+                    .map(RouteResult::Done);
             }
             Err(e) => {
-                let retry = e.retryable() && attempt < job.max_attempts;
-                tracing::warn!(attempt, max_attempts = job.max_attempts, retry, error = %e.describe(), "attempt failed");
-                retries.push(serde_json::json!({
-                    "attempt": attempt,
+                tracing::warn!(route = key, attempt = used, max_attempts = job.max_attempts, error = %e.describe(),
+                    "attempt failed");
+                history.push(serde_json::json!({
+                    "route": key,
+                    "attempt": attempt.total,
                     "error": e.describe(),
                     "status": if let AttemptError::Provider(p) = &e { p.status() } else { None },
                     "code": if let AttemptError::Provider(p) = &e { p.code().map(str::to_owned) } else { None },
                 }));
-                if !retry {
-                    let failure = e.failure(e.retryable());
-                    return finish_unsuccessful(
-                        ctx,
-                        job,
-                        &failure,
-                        &serde_json::json!({ "retries": retries }),
-                    )
-                    .await;
+                if e.route_broken() {
+                    return Ok(RouteResult::Next(Some(e)));
                 }
-                let delay = ctx
-                    .backoff
-                    .delay(u32::try_from(attempt).unwrap_or(1), e.retry_after());
+                if !e.retryable() {
+                    // Content policy and the provider's own validation errors are final: no retry, no failover.
+                    let failure = e.failure(false);
+                    let meta = serde_json::json!({ "retries": history });
+                    return finish_unsuccessful(ctx, job, &failure, &meta)
+                        .await
+                        .map(RouteResult::Done);
+                }
+                if used >= job.max_attempts {
+                    return Ok(RouteResult::Next(Some(e)));
+                }
+                // A provider that says when to come back pauses the whole fleet; this job waits off the worker.
+                if let AttemptError::Provider(ProviderError::Retryable {
+                    retry_after: Some(wait),
+                    ..
+                }) = &e
+                {
+                    if *wait <= crate::retry::MAX_RETRY_AFTER {
+                        if let Err(err) = ctx.limits.pause(key, *wait).await {
+                            tracing::warn!(error = %err, "could not pause the route for the fleet");
+                        }
+                        return defer(ctx, job, message, *wait).await;
+                    }
+                }
+                let delay = ctx.backoff.delay(u32::try_from(used).unwrap_or(1), None);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = lost.cancelled() => return Ok(Outcome::NotOurs),
-                    _ = ctx.abandon.cancelled() => return release(ctx, job.id).await,
+                    _ = lost.cancelled() => return Ok(RouteResult::Done(Outcome::NotOurs)),
+                    _ = ctx.abandon.cancelled() => return release(ctx, job.id).await.map(RouteResult::Done),
                 }
             }
         }
     }
+}
+
+fn default_limits() -> LimitSettings {
+    LimitSettings {
+        concurrency: 0,
+        breaker_failures: 5,
+        breaker_cooldown: Duration::from_secs(30),
+        permit_ttl: Duration::from_secs(30),
+    }
+}
+
+fn jitter(around: Duration) -> Duration {
+    let ms = u64::try_from(around.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(ms / 2 + rand::random_range(0..=ms))
+}
+
+enum CallResult {
+    Done(Result<crate::providers::ProviderOutput, ProviderError>),
+    Lost,
+    Abandoned,
+}
+
+/// Calls the route while renewing its fleet permit, so a long call keeps its place and a dead worker's does not.
+async fn call_with_permit(
+    ctx: &JobContext,
+    route: &Route,
+    request: &GenerationRequest,
+    job: &JobRecord,
+    permit: &str,
+    settings: &LimitSettings,
+    lost: &CancellationToken,
+) -> CallResult {
+    let started = Instant::now();
+    let label = route.key().to_owned();
+    let call = route.client.generate(request, &job.correlation_id);
+    tokio::pin!(call);
+    let mut renew = tokio::time::interval(settings.permit_ttl / 3);
+    renew.tick().await;
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break CallResult::Done(r),
+            _ = renew.tick() => {
+                if let Err(e) = ctx.limits.renew(route.key(), permit, settings.permit_ttl).await {
+                    tracing::warn!(error = %e, "could not renew the fleet permit");
+                }
+            }
+            _ = lost.cancelled() => break CallResult::Lost,
+            _ = ctx.abandon.cancelled() => break CallResult::Abandoned,
+        }
+    };
+    metrics::histogram!("imagegen_provider_call_seconds", "route" => label.clone())
+        .record(started.elapsed().as_secs_f64());
+    if let CallResult::Done(r) = &result {
+        let outcome = match r {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        metrics::counter!("imagegen_provider_calls_total", "route" => label, "outcome" => outcome)
+            .increment(1);
+    }
+    result
+}
+
+/// Gives the job back to the queue, due again after `delay`, without holding this worker's slot meanwhile.
+async fn defer(
+    ctx: &JobContext,
+    job: &JobRecord,
+    message: &JobMessage,
+    delay: Duration,
+) -> Result<RouteResult, ProcessError> {
+    if !db::jobs::release_job(&ctx.pool, job.id, &ctx.worker_id).await? {
+        return Ok(RouteResult::Done(Outcome::NotOurs));
+    }
+    if let Err(e) = ctx.queue.push_delayed(message.clone(), delay).await {
+        // The row is queued in Postgres; the reconciler re-enqueues queued jobs nobody picked up.
+        tracing::error!(error = %e, "could not re-queue a deferred job");
+    }
+    metrics::counter!("imagegen_jobs_deferred_total").increment(1);
+    tracing::debug!(
+        delay_ms = delay.as_millis() as u64,
+        "route busy or paused; job deferred"
+    );
+    Ok(RouteResult::Done(Outcome::Deferred))
 }
 
 async fn release(ctx: &JobContext, id: JobId) -> Result<Outcome, ProcessError> {
     db::jobs::release_job(&ctx.pool, id, &ctx.worker_id).await?;
     tracing::info!("shutdown grace period over; job released to the queue");
     Err(ProcessError::Released(id))
-}
-
-/// Copies every picture of one provider answer into storage; on any failure removes what it stored.
-async fn store_all(
-    ctx: &JobContext,
-    job: &JobRecord,
-    output: &ProviderOutput,
-) -> Result<Vec<NewImage>, AttemptError> {
-    let mut stored = Vec::with_capacity(output.images.len());
-    for (position, image) in (0i32..).zip(&output.images) {
-        match store_one(ctx, job, position, image).await {
-            Ok(img) => stored.push(img),
-            Err(e) => {
-                remove_objects(ctx, &stored).await;
-                return Err(e);
-            }
-        }
-    }
-    Ok(stored)
-}
-
-async fn store_one(
-    ctx: &JobContext,
-    job: &JobRecord,
-    position: i32,
-    image: &GeneratedImage,
-) -> Result<NewImage, AttemptError> {
-    let bytes: Bytes = match &image.source {
-        ImageSource::Base64(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64.as_bytes())
-            .map(Bytes::from)
-            .map_err(|e| AttemptError::BadImage(format!("provider sent invalid base64: {e}")))?,
-        ImageSource::Url(url) => ctx
-            .downloader
-            .fetch(url)
-            .await
-            .map_err(AttemptError::Download)?,
-    };
-    let (ext, content_type) = sniff_image(&bytes).ok_or_else(|| {
-        AttemptError::BadImage("provider sent something that is not an image".into())
-    })?;
-    let dims = imagesize::blob_size(&bytes)
-        .map_err(|e| AttemptError::BadImage(format!("unreadable image: {e}")))?;
-    let (width, height) = (
-        u32::try_from(dims.width).map_err(|_| AttemptError::BadImage("image too wide".into()))?,
-        u32::try_from(dims.height).map_err(|_| AttemptError::BadImage("image too tall".into()))?,
-    );
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    let id = ImageId::new();
-    let created_at = Utc::now();
-    let key = ImageStorage::key_for(id, created_at, ext);
-    let seed = image.seed.or(job.request.0.seed.map(i64::from));
-    let size_bytes = bytes.len() as u64;
-    let metadata = ImageMetadata {
-        image_id: id,
-        job_id: job.id,
-        owner: job.owner.clone(),
-        prompt: job.request.0.prompt.as_str().to_owned(),
-        revised_prompt: image.revised_prompt.clone(),
-        provider: job.provider.clone(),
-        width,
-        height,
-        seed,
-        sha256: sha256.clone(),
-        content_type: content_type.to_owned(),
-        size_bytes,
-        created_at,
-    };
-    ctx.storage
-        .put_image(&key, bytes, &metadata)
-        .await
-        .map_err(AttemptError::Storage)?;
-    Ok(NewImage {
-        id,
-        position,
-        storage_key: key,
-        content_type: content_type.to_owned(),
-        size_bytes: i64::try_from(size_bytes).unwrap_or(i64::MAX),
-        sha256,
-        width: i32::try_from(width).unwrap_or(i32::MAX),
-        height: i32::try_from(height).unwrap_or(i32::MAX),
-        revised_prompt: image.revised_prompt.clone(),
-        seed,
-    })
-}
-
-async fn remove_objects(ctx: &JobContext, images: &[NewImage]) {
-    for image in images {
-        if let Err(e) = ctx.storage.delete_image(&image.storage_key).await {
-            tracing::error!(key = %image.storage_key, error = %e, "could not remove a stored object; it is orphaned");
-        }
-    }
 }
 
 /// Writes the final state; Postgres errors here are retried a few times, since the provider call (which costs
@@ -405,6 +504,7 @@ async fn finish_succeeded(
     images: Vec<NewImage>,
     meta: &serde_json::Value,
     elapsed_ms: i64,
+    served: &Served,
 ) -> Result<Outcome, ProcessError> {
     let mut last_error = None;
     for pause in [0u64, 200, 1000, 3000] {
@@ -416,15 +516,12 @@ async fn finish_succeeded(
             &images,
             meta,
             elapsed_ms,
+            served,
         )
         .await
         {
             Ok(Some(_)) => {
-                tracing::info!(
-                    images = images.len(),
-                    generation_time_ms = elapsed_ms,
-                    "job succeeded"
-                );
+                tracing::info!(images = images.len(), generation_time_ms = elapsed_ms, served_by = %served.route, "job succeeded");
                 return Ok(Outcome::Finished(JobStatus::Succeeded));
             }
             Ok(None) => {

@@ -27,6 +27,12 @@ pub struct JobRecord {
     pub moderation: Option<Json<Moderation>>,
     pub provider_meta: Option<Json<serde_json::Value>>,
     pub generation_time_ms: Option<i64>,
+    /// The route that produced the images (`dalle3:azure`, `flux_schnell`, ...).
+    pub served_by: Option<String>,
+    /// What was changed to suit a failover target (size, options dropped, ...).
+    pub translations: Option<Json<Vec<String>>>,
+    /// Provider calls per route.
+    pub provider_attempts: Json<std::collections::BTreeMap<String, i32>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -46,6 +52,13 @@ pub struct NewJob {
     pub error: Option<(String, String)>,
 }
 
+/// Which route served a job and what was changed to suit it.
+#[derive(Debug, Clone, Default)]
+pub struct Served {
+    pub route: String,
+    pub translations: Vec<String>,
+}
+
 /// How a job ended when it did not succeed.
 #[derive(Debug, Clone)]
 pub struct JobFailure {
@@ -57,7 +70,7 @@ pub struct JobFailure {
 
 const JOB_COLUMNS: &str = "id, owner, batch_id, batch_index, correlation_id, status, provider, request, attempts, \
     max_attempts, worker_id, lease_until, error_code, error_message, moderation, provider_meta, generation_time_ms, \
-    created_at, updated_at, started_at, finished_at";
+    served_by, translations, provider_attempts, created_at, updated_at, started_at, finished_at";
 
 fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
@@ -195,22 +208,35 @@ pub async fn extend_lease(
     Ok(done.rows_affected() == 1)
 }
 
-/// Counts one provider call before it is made, so a crash mid-call still uses up an attempt.
-/// Returns the new count, or `None` when the job is no longer this worker's.
+/// Counts one provider call (in total and per route) before it is made, so a crash mid-call still uses up an
+/// attempt. `None` when the job is no longer this worker's.
 pub async fn record_attempt(
     pool: &PgPool,
     id: JobId,
     worker_id: &str,
-) -> Result<Option<i32>, DbError> {
-    let attempts: Option<i32> = sqlx::query_scalar(
-        "UPDATE jobs SET attempts = attempts + 1, updated_at = now() \
-         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING attempts",
+    route: &str,
+) -> Result<Option<RouteAttempt>, DbError> {
+    let row: Option<(i32, i32)> = sqlx::query_as(
+        "UPDATE jobs SET attempts = attempts + 1, \
+            provider_attempts = jsonb_set(provider_attempts, ARRAY[$3::text], \
+                to_jsonb(COALESCE((provider_attempts ->> $3)::int, 0) + 1)), \
+            updated_at = now() \
+         WHERE id = $1 AND worker_id = $2 AND status = 'running' \
+         RETURNING attempts, (provider_attempts ->> $3)::int",
     )
     .bind(id)
     .bind(worker_id)
+    .bind(route)
     .fetch_optional(pool)
     .await?;
-    Ok(attempts)
+    Ok(row.map(|(total, on_route)| RouteAttempt { total, on_route }))
+}
+
+/// Attempt counts after one more call: on the job, and on the route being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteAttempt {
+    pub total: i32,
+    pub on_route: i32,
 }
 
 /// Marks the job succeeded and records its images in one transaction; `false` (and nothing written) when the
@@ -222,10 +248,12 @@ pub async fn complete_succeeded(
     images: &[NewImage],
     provider_meta: &serde_json::Value,
     generation_time_ms: i64,
+    served: &Served,
 ) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
     let mut tx = pool.begin().await?;
     let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, lease_until = NULL, \
+        "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
+            translations = $6, lease_until = NULL, \
             finished_at = now(), updated_at = now() \
          WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}"
     )))
@@ -233,6 +261,8 @@ pub async fn complete_succeeded(
     .bind(worker_id)
     .bind(Json(provider_meta))
     .bind(generation_time_ms)
+    .bind(&served.route)
+    .bind(Json(&served.translations))
     .fetch_optional(&mut *tx)
     .await?;
     let Some(job) = job else {

@@ -7,7 +7,7 @@ pub mod jobs;
 
 pub use batches::BatchRecord;
 pub use images::{ImageRecord, NewImage};
-pub use jobs::{JobFailure, JobRecord, NewJob};
+pub use jobs::{JobFailure, JobRecord, NewJob, RouteAttempt, Served};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -32,6 +32,10 @@ pub struct GenerateBody {
     /// Seed for reproducible output (Flux Schnell only), 0 to 4294967295.
     #[serde(default)]
     pub seed: Option<i64>,
+    /// May another provider serve the request when this one is down (default true)? Translations (size, dropped
+    /// options) are recorded on the job.
+    #[serde(default)]
+    pub allow_failover: Option<bool>,
 }
 
 /// A request every part of which has been checked: this is what is stored on the job and run by a worker.
@@ -47,6 +51,12 @@ pub struct GenerationRequest {
     pub style: Option<Style>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
+    #[serde(default = "default_true")]
+    pub allow_failover: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What the service allows, from its configuration.
@@ -236,6 +246,7 @@ impl GenerationRequest {
 
         match (prompt, size, num_images) {
             (Some(prompt), Some(size), Some(num_images)) if errors.0.is_empty() => Ok(Self {
+                allow_failover: body.allow_failover.unwrap_or(true),
                 prompt,
                 provider,
                 size,
@@ -271,6 +282,7 @@ mod tests {
             style: None,
             num_images: None,
             seed: None,
+            allow_failover: None,
         }
     }
 

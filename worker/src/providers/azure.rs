@@ -169,6 +169,10 @@ impl ImageProvider for AzureClient {
         ProviderId::Dalle3
     }
 
+    fn route(&self) -> &'static str {
+        "dalle3:azure"
+    }
+
     fn download_hosts(&self) -> Vec<String> {
         self.settings
             .endpoint
@@ -179,6 +183,17 @@ impl ImageProvider for AzureClient {
     }
 
     async fn generate(
+        &self,
+        req: &GenerationRequest,
+        correlation_id: &str,
+    ) -> Result<ProviderOutput, ProviderError> {
+        // DALL-E 3 takes n=1 only; more pictures (after a failover) are several calls.
+        super::split_calls(req.num_images, || self.call_once(req, correlation_id)).await
+    }
+}
+
+impl AzureClient {
+    async fn call_once(
         &self,
         req: &GenerationRequest,
         correlation_id: &str,

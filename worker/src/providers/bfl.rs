@@ -313,6 +313,10 @@ impl ImageProvider for BflClient {
         ProviderId::FluxSchnell
     }
 
+    fn route(&self) -> &'static str {
+        "flux_schnell"
+    }
+
     fn download_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self
             .settings

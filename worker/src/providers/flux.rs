@@ -149,6 +149,10 @@ impl ImageProvider for FluxClient {
         ProviderId::FluxSchnell
     }
 
+    fn route(&self) -> &'static str {
+        "flux_schnell"
+    }
+
     fn download_hosts(&self) -> Vec<String> {
         self.settings
             .base_url

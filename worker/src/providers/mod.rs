@@ -8,8 +8,6 @@ pub mod openai;
 
 use async_trait::async_trait;
 use imagegen_shared::domain::{GenerationRequest, ModerationStage, ProviderId};
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a generated picture can be fetched from.
@@ -94,6 +92,8 @@ impl ProviderError {
 #[async_trait]
 pub trait ImageProvider: Send + Sync {
     fn id(&self) -> ProviderId;
+    /// The route's name in limits, attempts and `served_by`: `dalle3:openai`, `dalle3:azure`, `flux_schnell`.
+    fn route(&self) -> &'static str;
     /// The host names this provider's result URLs may live on (besides the configured allow-list).
     fn download_hosts(&self) -> Vec<String>;
     async fn generate(
@@ -103,20 +103,24 @@ pub trait ImageProvider: Send + Sync {
     ) -> Result<ProviderOutput, ProviderError>;
 }
 
-/// The clients this worker can run, by provider.
-#[derive(Clone, Default)]
-pub struct Providers(HashMap<ProviderId, Arc<dyn ImageProvider>>);
-
-impl Providers {
-    pub fn insert(&mut self, provider: Arc<dyn ImageProvider>) {
-        self.0.insert(provider.id(), provider);
+/// Runs `n` one-image calls side by side for hosts that take `n=1` only (DALL-E 3), merging their pictures;
+/// the attempt fails if any call fails, so a job never ends with part of what it asked for.
+pub async fn split_calls<F, Fut>(n: u8, call: F) -> Result<ProviderOutput, ProviderError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<ProviderOutput, ProviderError>>,
+{
+    if n <= 1 {
+        return call().await;
     }
-
-    pub fn get(&self, id: ProviderId) -> Option<&Arc<dyn ImageProvider>> {
-        self.0.get(&id)
+    let outputs = futures::future::try_join_all((0..n).map(|_| call())).await?;
+    let mut meta = outputs.first().map(|o| o.meta.clone()).unwrap_or_default();
+    let calls: Vec<serde_json::Value> = outputs.iter().map(|o| o.meta.clone()).collect();
+    if let Some(obj) = meta.as_object_mut() {
+        obj.insert("calls".into(), serde_json::Value::Array(calls));
     }
-
-    pub fn download_hosts(&self) -> Vec<String> {
-        self.0.values().flat_map(|p| p.download_hosts()).collect()
-    }
+    Ok(ProviderOutput {
+        images: outputs.into_iter().flat_map(|o| o.images).collect(),
+        meta,
+    })
 }

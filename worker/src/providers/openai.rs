@@ -266,6 +266,10 @@ impl ImageProvider for OpenAiClient {
         ProviderId::Dalle3
     }
 
+    fn route(&self) -> &'static str {
+        "dalle3:openai"
+    }
+
     fn download_hosts(&self) -> Vec<String> {
         self.settings
             .base_url
@@ -276,6 +280,17 @@ impl ImageProvider for OpenAiClient {
     }
 
     async fn generate(
+        &self,
+        req: &GenerationRequest,
+        correlation_id: &str,
+    ) -> Result<ProviderOutput, ProviderError> {
+        // DALL-E 3 takes n=1 only; more pictures (after a failover) are several calls.
+        super::split_calls(req.num_images, || self.call_once(req, correlation_id)).await
+    }
+}
+
+impl OpenAiClient {
+    async fn call_once(
         &self,
         req: &GenerationRequest,
         correlation_id: &str,

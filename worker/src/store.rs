@@ -1,0 +1,130 @@
+//! Copying a provider's pictures into our storage: decode or download (allow-listed hosts only), check the bytes
+//! are an image, read its real dimensions, hash it, store it with its metadata. All or nothing per answer.
+
+use crate::download::DownloadError;
+use crate::process::JobContext;
+use crate::providers::{GeneratedImage, ImageSource, ProviderOutput};
+use base64::Engine;
+use bytes::Bytes;
+use chrono::Utc;
+use imagegen_shared::db::{JobRecord, NewImage};
+use imagegen_shared::domain::{GenerationRequest, ImageId};
+use imagegen_shared::storage::{ImageMetadata, ImageStorage, StorageError, sniff_image};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    BadImage(String),
+}
+
+impl StoreError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            StoreError::Download(e) => e.is_retryable(),
+            StoreError::Storage(_) => true,
+            StoreError::BadImage(_) => false,
+        }
+    }
+}
+
+/// Copies every picture of one provider answer into storage; on any failure removes what it stored.
+/// `request` is what the serving route was asked (after any translation); `route` names it in the metadata.
+pub async fn store_all(
+    ctx: &JobContext,
+    job: &JobRecord,
+    request: &GenerationRequest,
+    route: &str,
+    output: &ProviderOutput,
+) -> Result<Vec<NewImage>, StoreError> {
+    let mut stored = Vec::with_capacity(output.images.len());
+    for (position, image) in (0i32..).zip(&output.images) {
+        match store_one(ctx, job, request, route, position, image).await {
+            Ok(img) => stored.push(img),
+            Err(e) => {
+                remove_objects(ctx, &stored).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(stored)
+}
+
+async fn store_one(
+    ctx: &JobContext,
+    job: &JobRecord,
+    request: &GenerationRequest,
+    route: &str,
+    position: i32,
+    image: &GeneratedImage,
+) -> Result<NewImage, StoreError> {
+    let bytes: Bytes = match &image.source {
+        ImageSource::Base64(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| StoreError::BadImage(format!("provider sent invalid base64: {e}")))?,
+        ImageSource::Url(url) => ctx
+            .downloader
+            .fetch(url)
+            .await
+            .map_err(StoreError::Download)?,
+    };
+    let (ext, content_type) = sniff_image(&bytes).ok_or_else(|| {
+        StoreError::BadImage("provider sent something that is not an image".into())
+    })?;
+    let dims = imagesize::blob_size(&bytes)
+        .map_err(|e| StoreError::BadImage(format!("unreadable image: {e}")))?;
+    let (width, height) = (
+        u32::try_from(dims.width).map_err(|_| StoreError::BadImage("image too wide".into()))?,
+        u32::try_from(dims.height).map_err(|_| StoreError::BadImage("image too tall".into()))?,
+    );
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let id = ImageId::new();
+    let created_at = Utc::now();
+    let key = ImageStorage::key_for(id, created_at, ext);
+    let seed = image.seed.or(request.seed.map(i64::from));
+    let size_bytes = bytes.len() as u64;
+    let metadata = ImageMetadata {
+        image_id: id,
+        job_id: job.id,
+        owner: job.owner.clone(),
+        prompt: request.prompt.as_str().to_owned(),
+        revised_prompt: image.revised_prompt.clone(),
+        provider: route.to_owned(),
+        width,
+        height,
+        seed,
+        sha256: sha256.clone(),
+        content_type: content_type.to_owned(),
+        size_bytes,
+        created_at,
+    };
+    ctx.storage
+        .put_image(&key, bytes, &metadata)
+        .await
+        .map_err(StoreError::Storage)?;
+    Ok(NewImage {
+        id,
+        position,
+        storage_key: key,
+        content_type: content_type.to_owned(),
+        size_bytes: i64::try_from(size_bytes).unwrap_or(i64::MAX),
+        sha256,
+        width: i32::try_from(width).unwrap_or(i32::MAX),
+        height: i32::try_from(height).unwrap_or(i32::MAX),
+        revised_prompt: image.revised_prompt.clone(),
+        seed,
+    })
+}
+
+pub async fn remove_objects(ctx: &JobContext, images: &[NewImage]) {
+    for image in images {
+        if let Err(e) = ctx.storage.delete_image(&image.storage_key).await {
+            tracing::error!(key = %image.storage_key, error = %e, "could not remove a stored object; it is orphaned");
+        }
+    }
+}
