@@ -505,7 +505,15 @@ async fn retries_are_bounded_by_provider_max_attempts(pool: PgPool) {
     let r = stack
         .post("/api/v1/generate", generate_body("never works"), &[])
         .await;
-    r.assert_error(502, "provider_unavailable");
+    r.assert_error(502, "provider_error");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .expect("message")
+            .contains("kept failing"),
+        "{}",
+        r.body
+    );
     let job_id = r.body["job_id"].as_str().expect("job id");
     let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
     assert_eq!(
@@ -1290,4 +1298,255 @@ async fn flux_over_black_forest_labs_submits_polls_and_maps_sizes(pool: PgPool) 
             .await;
         assert_eq!(job.body["moderation"]["stage"], stage, "{}", job.body);
     }
+}
+
+fn dalle3_and_flux() -> Options {
+    let env = vec![kv("FLUX_API_KEY", support::API_KEY)];
+    Options {
+        api_env: env.clone(),
+        worker_env: env,
+        flux_endpoint: true,
+        ..Options::default()
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_dalle3_outage_fails_over_to_flux_with_the_request_translated(pool: PgPool) {
+    let mut options = dalle3_and_flux();
+    options.worker_env.push(kv("PROVIDER_MAX_ATTEMPTS", "2"));
+    let stack = start(&pool, options).await;
+    stack
+        .emulator_config(json!({"error_rate": 1.0, "error_status": 500}))
+        .await;
+
+    let body = json!({"prompt": "Mountain landscape", "provider": "dalle3", "size": "1792x1024", "quality": "hd"});
+    let r = stack.post("/api/v1/generate", body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["provider"].as_str(), r.body["served_by"].as_str()),
+        (Some("dalle3"), Some("flux_schnell"))
+    );
+    let translations: Vec<&str> = r.body["translations"]
+        .as_array()
+        .expect("translations")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert!(
+        translations
+            .iter()
+            .any(|t| t.contains("1792x1024 -> 1536x1024")),
+        "{translations:?}"
+    );
+    assert!(
+        translations.iter().any(|t| t.contains("quality dropped")),
+        "{translations:?}"
+    );
+    assert_eq!(
+        (
+            r.body["images"][0]["width"].as_i64(),
+            r.body["images"][0]["height"].as_i64()
+        ),
+        (Some(1536), Some(1024))
+    );
+    let stats = stack.emulator_stats().await;
+    assert_eq!(
+        (
+            stats["openai"]["requests"].as_u64(),
+            stats["flux"]["requests"].as_u64()
+        ),
+        (Some(3), Some(1)),
+        "{stats}"
+    );
+
+    // The client can forbid it.
+    let body =
+        json!({"prompt": "Mountain landscape", "provider": "dalle3", "allow_failover": false});
+    let r = stack.post("/api/v1/generate", body, &[]).await;
+    r.assert_error(502, "provider_error");
+
+    // Moderation is never failed over.
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": "emulator-moderate x", "provider": "flux_schnell"}),
+            &[],
+        )
+        .await;
+    r.assert_error(422, "content_policy_violation");
+    assert_eq!(
+        stack.emulator_stats().await["openai"]["requests"],
+        5,
+        "no dalle3 call for a moderated flux job"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn an_open_circuit_fails_over_at_once_and_closes_after_recovery(pool: PgPool) {
+    let mut options = dalle3_and_flux();
+    options.worker_env.extend([
+        kv("BREAKER_FAILURES", "2"),
+        kv("BREAKER_COOLDOWN_SECS", "2"),
+        kv("PROVIDER_MAX_ATTEMPTS", "2"),
+    ]);
+    let stack = start(&pool, options).await;
+    stack
+        .emulator_config(json!({"error_rate": 1.0, "error_status": 503}))
+        .await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("first"), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.body["served_by"].as_str()),
+        (200, Some("flux_schnell")),
+        "{}",
+        r.body
+    );
+    let providers = stack.get("/api/v1/providers").await;
+    assert_eq!(
+        providers.body["providers"][0]["routes"][0]["circuit"], "open",
+        "{}",
+        providers.body
+    );
+    let health = stack.get("/health/").await;
+    assert_eq!(
+        health.body["components"]["route:dalle3:openai"]["status"], "circuit_open",
+        "{}",
+        health.body
+    );
+
+    let before = stack.emulator_requests().await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("second"), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.body["served_by"].as_str()),
+        (200, Some("flux_schnell")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        stack.emulator_requests().await,
+        before,
+        "an open circuit is skipped without calling dalle3"
+    );
+
+    // DALL-E 3 recovers; after the cool-down one probe closes the circuit again.
+    stack.emulator_config(json!({"error_rate": 0.0})).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("third"), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.body["served_by"].as_str()),
+        (200, Some("dalle3:openai")),
+        "{}",
+        r.body
+    );
+    let providers = stack.get("/api/v1/providers").await;
+    assert_eq!(
+        providers.body["providers"][0]["routes"][0]["circuit"], "closed",
+        "{}",
+        providers.body
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn three_workers_never_exceed_the_fleet_limit(pool: PgPool) {
+    let options = Options {
+        worker_env: vec![kv("PROVIDER_CONCURRENCY", "dalle3=4")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    let mut env = stack.env.clone();
+    env.extend([
+        kv("PROVIDER_CONCURRENCY", "dalle3=4"),
+        kv("WORKER_CONCURRENCY", "4"),
+    ]);
+    let _w2 = support::Proc::spawn("worker-2", &["worker"], &env);
+    let _w3 = support::Proc::spawn("worker-3", &["worker"], &env);
+    stack.emulator_config(json!({"latency_ms": 300})).await;
+
+    let submits = (0..60).map(|i| {
+        stack.post(
+            "/api/v1/jobs",
+            json!({"prompt": format!("job {i}")}),
+            &[("Prefer", "respond-async")],
+        )
+    });
+    let ids: Vec<String> = futures::future::join_all(submits)
+        .await
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.status, 202, "{}", r.body);
+            r.body["job_id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    for id in &ids {
+        let done = stack.wait_terminal(id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let stats = stack.emulator_stats().await;
+    let max = stats["openai"]["max_in_flight"]
+        .as_u64()
+        .expect("max_in_flight");
+    assert!(
+        max <= 4,
+        "the fleet made {max} calls at once with a limit of 4: {stats}"
+    );
+    assert!(max >= 3, "the limit was used, not idled: {stats}");
+    assert_eq!(stats["openai"]["requests"], 60);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_hung_provider_call_times_out_and_is_retried(pool: PgPool) {
+    let options = Options {
+        worker_env: vec![kv("PROVIDER_TIMEOUT_SECS", "1")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    stack.emulator_config(json!({"hang_next": 1})).await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("wake up"), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.body["attempts"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        r.body
+    );
+    let retries = &r.body["provider_details"]["retries"];
+    assert!(
+        retries[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("did not answer in time"),
+        "{retries}"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn an_expired_result_url_fails_the_job_clearly(pool: PgPool) {
+    let options = Options {
+        worker_env: vec![kv("OPENAI_RESPONSE_FORMAT", "url")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    stack.emulator_config(json!({"url_ttl_s": 0})).await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("too late"), &[])
+        .await;
+    r.assert_error(502, "provider_error");
+    assert!(
+        r.body["message"].as_str().expect("message").contains("403"),
+        "{}",
+        r.body
+    );
+    let job = stack
+        .get(&format!(
+            "/api/v1/jobs/{}",
+            r.body["job_id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(job.body["images"], json!([]), "nothing half-stored");
 }

@@ -6,6 +6,7 @@ use anyhow::Context;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::db;
 use imagegen_shared::domain::GenerationLimits;
+use imagegen_shared::limits::FleetLimits;
 use imagegen_shared::moderation::KeywordFilter;
 use imagegen_shared::queue::{JobQueue, redis_connection};
 use imagegen_shared::storage::ImageStorage;
@@ -22,6 +23,7 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub pool: PgPool,
     pub queue: JobQueue,
+    pub fleet: FleetLimits,
     pub redis_client: redis::Client,
     pub storage: ImageStorage,
     pub providers: ProviderSettings,
@@ -86,7 +88,8 @@ impl AppState {
         let limits = providers.limits(args.max_images_per_request);
         Ok(Self(Arc::new(Inner {
             pool,
-            queue: JobQueue::new(conn, &args.redis.queue_name),
+            queue: JobQueue::new(conn.clone(), &args.redis.queue_name),
+            fleet: FleetLimits::new(conn, &args.redis.queue_name),
             redis_client,
             storage,
             limits,

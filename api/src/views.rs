@@ -57,6 +57,7 @@ pub struct JobView {
     pub style: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
+    pub allow_failover: bool,
     pub images: Vec<ImageView>,
     /// Provider calls made so far.
     pub attempts: i32,
@@ -66,6 +67,13 @@ pub struct JobView {
     pub moderation: Option<Moderation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation_time_ms: Option<i64>,
+    /// The route that produced the images (`dalle3:openai`, `dalle3:azure`, `flux_schnell`); differs from
+    /// `provider` after a failover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
+    /// Every change made to suit the route that served the job (size, dropped options, split calls).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub translations: Vec<String>,
     /// What the provider told us and what we changed to suit it (request ids, model, sizes sent, retries).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -124,6 +132,7 @@ pub fn job_view(base: &str, job: &JobRecord, images: &[ImageRecord]) -> JobView 
         quality: req.quality.map(|q| q.as_str().to_owned()),
         style: req.style.map(|s| s.as_str().to_owned()),
         seed: req.seed,
+        allow_failover: req.allow_failover,
         images: images
             .iter()
             .filter(|i| i.job_id == job.id)
@@ -134,6 +143,12 @@ pub fn job_view(base: &str, job: &JobRecord, images: &[ImageRecord]) -> JobView 
         moderation: job.moderation.as_ref().map(|m| m.0.clone()),
         generation_time_ms: job.generation_time_ms,
         provider_details: job.provider_meta.as_ref().map(|m| m.0.clone()),
+        served_by: job.served_by.clone(),
+        translations: job
+            .translations
+            .as_ref()
+            .map(|t| t.0.clone())
+            .unwrap_or_default(),
         created_at: job.created_at,
         started_at: job.started_at,
         finished_at: job.finished_at,

@@ -101,7 +101,10 @@ pub async fn run(
         .map(str::to_owned)
         .collect();
     allowed.extend(routes.download_hosts());
-    let downloader = Downloader::new(allowed, args.download_max_bytes, timeout)?;
+    // Production downloads must be encrypted; plain http is for emulators and tests.
+    let require_https = args.core.environment.eq_ignore_ascii_case("production");
+    let downloader =
+        Downloader::new(allowed, args.max_image_bytes, timeout)?.require_https(require_https);
 
     if let Some(port) = args.worker_metrics_port {
         metrics_exporter_prometheus::PrometheusBuilder::new()

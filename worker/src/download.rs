@@ -34,6 +34,7 @@ pub struct Downloader {
     http: reqwest::Client,
     allowed: Vec<String>,
     max_bytes: u64,
+    require_https: bool,
 }
 
 /// `*.example.com` matches sub-domains (not the bare domain); anything else must match exactly.
@@ -67,11 +68,23 @@ impl Downloader {
             http,
             allowed,
             max_bytes,
+            require_https: false,
         })
     }
 
+    /// Refuses plain-http result URLs (production).
+    pub fn require_https(mut self, yes: bool) -> Self {
+        self.require_https = yes;
+        self
+    }
+
     pub fn is_allowed(&self, url: &Url) -> bool {
-        matches!(url.scheme(), "http" | "https")
+        let scheme_ok = match url.scheme() {
+            "https" => true,
+            "http" => !self.require_https,
+            _ => false,
+        };
+        scheme_ok
             && url
                 .host_str()
                 .is_some_and(|host| self.allowed.iter().any(|p| host_matches(p, host)))
@@ -131,5 +144,10 @@ mod tests {
         assert!(!ok("https://blob.core.windows.net/x.png"));
         assert!(!ok("file:///etc/passwd"));
         assert!(!ok("http://169.254.169.254/latest/meta-data"));
+        let strict = d.clone().require_https(true);
+        assert!(!strict.is_allowed(&Url::parse("http://127.0.0.1:8090/files/a.png").expect("url")));
+        assert!(
+            strict.is_allowed(&Url::parse("https://x.blob.core.windows.net/a.png").expect("url"))
+        );
     }
 }

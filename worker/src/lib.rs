@@ -66,9 +66,9 @@ pub struct WorkerArgs {
     )]
     pub download_allowed_hosts: String,
     /// Largest picture accepted from a provider, in bytes.
-    #[arg(long, env = "DOWNLOAD_MAX_BYTES", value_name = "DOWNLOAD_MAX_BYTES", default_value_t = 32 * 1024 * 1024,
+    #[arg(long, env = "MAX_IMAGE_BYTES", value_name = "MAX_IMAGE_BYTES", default_value_t = 32 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..))]
-    pub download_max_bytes: u64,
+    pub max_image_bytes: u64,
 }
 
 /// Fleet-wide limit and failover settings.

@@ -87,7 +87,7 @@ impl AttemptError {
         matches!(
             self,
             AttemptError::Provider(ProviderError::Final {
-                status: Some(401 | 402 | 403 | 404),
+                status: Some(401..=404),
                 ..
             })
         )
@@ -124,7 +124,7 @@ impl AttemptError {
             ),
             other if exhausted => (
                 JobStatus::Failed,
-                "provider_unavailable",
+                "provider_error",
                 format!(
                     "The provider kept failing; giving up after the last attempt: {}",
                     other.describe()
@@ -248,7 +248,7 @@ async fn generate(
         Some(e) => e.failure(e.retryable()),
         None => JobFailure {
             status: JobStatus::Failed,
-            code: "provider_unavailable".into(),
+            code: "provider_error".into(),
             message: "Every provider that could serve this job is unavailable (circuit open)"
                 .into(),
             moderation: None,
@@ -346,6 +346,23 @@ async fn try_route(
         };
         match attempt_result {
             Ok((images, mut meta)) => {
+                // What was made is recorded as it is; a size other than the one asked for is said, not hidden.
+                let mismatched: Vec<String> = images
+                    .iter()
+                    .filter(|i| {
+                        (i.width, i.height)
+                            != (request.size.width as i32, request.size.height as i32)
+                    })
+                    .map(|i| {
+                        format!(
+                            "image {} is {}x{}, asked {}",
+                            i.position, i.width, i.height, request.size
+                        )
+                    })
+                    .collect();
+                if let (Some(obj), false) = (meta.as_object_mut(), mismatched.is_empty()) {
+                    obj.insert("size_mismatch".into(), serde_json::json!(mismatched));
+                }
                 if let Some(obj) = meta.as_object_mut() {
                     obj.insert("retries".into(), serde_json::json!(history));
                     obj.insert("attempts".into(), serde_json::json!(attempt.total));
@@ -388,13 +405,12 @@ async fn try_route(
                     retry_after: Some(wait),
                     ..
                 }) = &e
+                    && *wait <= crate::retry::MAX_RETRY_AFTER
                 {
-                    if *wait <= crate::retry::MAX_RETRY_AFTER {
-                        if let Err(err) = ctx.limits.pause(key, *wait).await {
-                            tracing::warn!(error = %err, "could not pause the route for the fleet");
-                        }
-                        return defer(ctx, job, message, *wait).await;
+                    if let Err(err) = ctx.limits.pause(key, *wait).await {
+                        tracing::warn!(error = %err, "could not pause the route for the fleet");
                     }
+                    return defer(ctx, job, message, *wait).await;
                 }
                 let delay = ctx.backoff.delay(u32::try_from(used).unwrap_or(1), None);
                 tokio::select! {

@@ -35,7 +35,7 @@ pub fn router() -> Router<AppState> {
         (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "The provider's safety system refused (`content_policy_violation`)", body = ErrorBody),
-        (status = 502, description = "The provider failed (`provider_error`, `provider_unavailable`)", body = ErrorBody),
+        (status = 502, description = "The provider failed (`provider_error`)", body = ErrorBody),
         (status = 503, description = "Database or queue unavailable (`service_unavailable`)", body = ErrorBody),
     ))]
 pub async fn generate(

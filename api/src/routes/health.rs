@@ -103,6 +103,17 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 error: None,
             },
         );
+        // A provider's open circuit is reported, but does not make the service unhealthy: jobs fail over.
+        for route in super::providers::route_views(&state, *id).await {
+            components.insert(
+                format!("route:{}", route.route),
+                ComponentHealth {
+                    status: format!("circuit_{}", route.circuit),
+                    latency_ms: None,
+                    error: None,
+                },
+            );
+        }
     }
     components.insert(
         "job_events".to_owned(),

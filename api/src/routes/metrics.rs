@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use imagegen_shared::limits::BreakerState;
 use std::time::Duration;
 
 pub fn router() -> Router<AppState> {
@@ -20,6 +21,25 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("imagegen_queue_depth").set(depth as f64);
     }
     metrics::gauge!("imagegen_waiting_requests").set(state.waiters.len() as f64);
+    for (_, route) in state.providers.routes() {
+        let read =
+            tokio::time::timeout(Duration::from_millis(500), state.fleet.breaker_state(route))
+                .await;
+        if let Ok(Ok(circuit)) = read {
+            // 0 closed, 0.5 half-open (probing), 1 open.
+            let value = match circuit {
+                BreakerState::Closed => 0.0,
+                BreakerState::HalfOpen => 0.5,
+                BreakerState::Open => 1.0,
+            };
+            metrics::gauge!("imagegen_provider_circuit_state", "route" => route).set(value);
+        }
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), state.fleet.in_flight(route)).await
+        {
+            metrics::gauge!("imagegen_provider_in_flight", "route" => route).set(n as f64);
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

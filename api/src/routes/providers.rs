@@ -25,7 +25,52 @@ pub struct ProviderView {
     pub typical_generation_time: &'static str,
     /// Whether this service has credentials for it (requests to an unconfigured provider are refused).
     pub configured: bool,
+    /// The ways this service reaches it, primary first, with their fleet-wide state.
+    pub routes: Vec<RouteView>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteView {
+    /// `dalle3:openai`, `dalle3:azure` or `flux_schnell`.
+    pub route: &'static str,
+    /// `closed` (healthy), `open` (failing; requests fail over) or `half_open` (one probe call decides);
+    /// `unknown` while Redis cannot be read.
+    pub circuit: String,
+    /// Calls in flight on this route across the worker fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u64>,
+}
+
+/// Each configured route's circuit and fleet-wide calls in flight (Redis trouble shows as `unknown`).
+pub async fn route_views(state: &AppState, provider: ProviderId) -> Vec<RouteView> {
+    let mut out = Vec::new();
+    for (_, route) in state
+        .providers
+        .routes()
+        .into_iter()
+        .filter(|(p, _)| *p == provider)
+    {
+        let circuit =
+            match tokio::time::timeout(STATE_TIMEOUT, state.fleet.breaker_state(route)).await {
+                Ok(Ok(s)) => serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned)),
+                _ => None,
+            };
+        let in_flight = tokio::time::timeout(STATE_TIMEOUT, state.fleet.in_flight(route))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        out.push(RouteView {
+            route,
+            circuit: circuit.unwrap_or_else(|| "unknown".into()),
+            in_flight,
+        });
+    }
+    out
+}
+
+const STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProvidersView {
@@ -36,30 +81,27 @@ pub struct ProvidersView {
 /// The providers this service offers.
 #[utoipa::path(get, path = "/api/v1/providers", tag = "generation", responses((status = 200, body = ProvidersView)))]
 pub async fn list_providers(State(state): State<AppState>) -> axum::Json<ProvidersView> {
-    let providers = state
-        .providers
-        .enabled
-        .iter()
-        .map(|id| {
-            let spec = id.spec();
-            ProviderView {
-                id: *id,
-                name: spec.name,
-                description: spec.description,
-                supported_sizes: spec
-                    .supported_sizes
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                max_images: spec.max_images.min(state.limits.max_images_per_request),
-                supports_quality: spec.supports_quality,
-                supports_style: spec.supports_style,
-                supports_seed: spec.supports_seed,
-                typical_generation_time: spec.typical_generation_time,
-                configured: state.providers.is_configured(*id),
-            }
-        })
-        .collect();
+    let mut providers = Vec::new();
+    for id in &state.providers.enabled {
+        let spec = id.spec();
+        providers.push(ProviderView {
+            id: *id,
+            name: spec.name,
+            description: spec.description,
+            supported_sizes: spec
+                .supported_sizes
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            max_images: spec.max_images.min(state.limits.max_images_per_request),
+            supports_quality: spec.supports_quality,
+            supports_style: spec.supports_style,
+            supports_seed: spec.supports_seed,
+            typical_generation_time: spec.typical_generation_time,
+            configured: state.providers.is_configured(*id),
+            routes: route_views(&state, *id).await,
+        });
+    }
     axum::Json(ProvidersView {
         providers,
         default_provider: state.providers.default_provider,
