@@ -21,11 +21,17 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-if [ -z "${OPENAI_API_KEY:-}" ]; then
-  EMULATOR_PORT="${EMULATOR_PORT:-8090}"
+EMULATOR_PORT="${EMULATOR_PORT:-8090}"
+if [ -z "${OPENAI_API_KEY:-}${AZURE_OPENAI_API_KEY:-}" ] || [ -z "${FLUX_API_KEY:-}" ]; then
   $BIN emulator --port "$EMULATOR_PORT" & pids+=($!)
+fi
+if [ -z "${OPENAI_API_KEY:-}${AZURE_OPENAI_API_KEY:-}" ]; then
   export OPENAI_API_KEY=sk-local-emulator OPENAI_BASE_URL="http://127.0.0.1:$EMULATOR_PORT/v1"
   echo "dev: no OPENAI_API_KEY: DALL-E 3 is served by the emulator on port $EMULATOR_PORT" >&2
+fi
+if [ -z "${FLUX_API_KEY:-}" ]; then
+  export FLUX_API_KEY=local-emulator FLUX_BASE_URL="http://127.0.0.1:$EMULATOR_PORT/v1"
+  echo "dev: no FLUX_API_KEY: Flux Schnell is served by the emulator on port $EMULATOR_PORT" >&2
 fi
 $BIN worker & pids+=($!)
 $BIN api & pids+=($!)

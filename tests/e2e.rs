@@ -1550,3 +1550,49 @@ async fn an_expired_result_url_fails_the_job_clearly(pool: PgPool) {
         .await;
     assert_eq!(job.body["images"], json!([]), "nothing half-stored");
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_killed_workers_fleet_permit_comes_back(pool: PgPool) {
+    let fleet = [
+        kv("PROVIDER_CONCURRENCY", "dalle3=1"),
+        kv("PROVIDER_PERMIT_TTL_SECS", "3"),
+    ];
+    let options = Options {
+        worker_env: fleet.to_vec(),
+        ..Options::default()
+    };
+    let mut stack = start(&pool, options).await;
+    stack.emulator_config(json!({"hang_next": 1})).await;
+    let _stuck = stack
+        .post("/api/v1/jobs", generate_body("hangs forever"), &[])
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The only permit is held by a call whose worker now dies without releasing it.
+    let worker = stack.worker_proc.as_mut().expect("worker");
+    worker.signal("KILL");
+    worker.wait_exit(Duration::from_secs(10)).await;
+    let mut env = stack.env.clone();
+    env.extend(fleet);
+    let _second = support::Proc::spawn("worker-2", &["worker"], &env);
+    let started = std::time::Instant::now();
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("next in line"),
+            &[("Prefer", "wait=20")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the permit came back after its TTL: {:?}",
+        started.elapsed()
+    );
+}

@@ -37,8 +37,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Pause before the queue consumer is rebuilt after Redis went away.
 const RESTART_DELAY: Duration = Duration::from_secs(2);
-/// A fleet permit not renewed for this long is free again (a worker renews every third of it).
-const PERMIT_TTL: Duration = Duration::from_secs(30);
 const VACUUM_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_AFTER: Duration = Duration::from_secs(3600);
 
@@ -90,7 +88,7 @@ pub async fn run(
                 concurrency: concurrency_limits.get(p).copied().unwrap_or(0),
                 breaker_failures: args.fleet.breaker_failures,
                 breaker_cooldown: Duration::from_secs(args.fleet.breaker_cooldown_secs),
-                permit_ttl: PERMIT_TTL,
+                permit_ttl: args.fleet.permit_ttl(),
             };
             (*p, settings)
         })

@@ -94,9 +94,18 @@ pub struct FleetArgs {
     #[arg(long, env = "BREAKER_COOLDOWN_SECS", value_name = "BREAKER_COOLDOWN_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub breaker_cooldown_secs: u64,
+    /// A fleet permit not renewed for this long is free again (a dead worker's calls stop counting); renewed every
+    /// third of it while a call runs.
+    #[arg(long, env = "PROVIDER_PERMIT_TTL_SECS", value_name = "PROVIDER_PERMIT_TTL_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub provider_permit_ttl_secs: u64,
 }
 
 impl FleetArgs {
+    pub fn permit_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.provider_permit_ttl_secs)
+    }
+
     pub fn concurrency(&self) -> Result<std::collections::HashMap<ProviderId, u32>, ConfigError> {
         let mut out = std::collections::HashMap::new();
         for pair in self
