@@ -5,7 +5,6 @@
 
 use super::openai::{
     MAX_ERROR_BODY, ResponseFormat, SAFETY_PREFIX, header_str, parse_images, request_body,
-    transport_error,
 };
 use super::{ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
@@ -70,11 +69,7 @@ impl AzureClient {
         timeout: Duration,
         response_format: ResponseFormat,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("imagegen/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = super::http_client(timeout)?;
         let mut endpoint = settings.endpoint.clone();
         endpoint.set_path(&format!(
             "{}/openai/deployments/{}/images/generations",
@@ -147,20 +142,7 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
         }
         s => format!("{LABEL} rejected the request (HTTP {s})"),
     };
-    if matches!(status, 408 | 429) || status >= 500 {
-        ProviderError::Retryable {
-            status: Some(status),
-            code,
-            message,
-            retry_after,
-        }
-    } else {
-        ProviderError::Final {
-            status: Some(status),
-            code,
-            message,
-        }
-    }
+    super::classified(status, code, message, retry_after)
 }
 
 #[async_trait]
@@ -208,13 +190,7 @@ impl AzureClient {
             AzureAuth::ApiKey(key) => call.header("api-key", key.expose_secret()),
             AzureAuth::BearerToken(token) => call.bearer_auth(token.expose_secret()),
         };
-        let response = call.send().await.map_err(|e| transport_error(LABEL, &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(LABEL, &e))?;
+        let (status, headers, body) = super::send(LABEL, call).await?;
         let request_id = header_str(&headers, "apim-request-id").map(str::to_owned);
         if status != 200 {
             let error = classify(status, &headers, &body[..body.len().min(MAX_ERROR_BODY)]);

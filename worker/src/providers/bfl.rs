@@ -4,7 +4,7 @@
 //! of 32): 1536x1024 becomes 1440x960, and the job records the substitution. A failed poll retries the poll, never the
 //! submission (which would be paid twice).
 
-use super::openai::{MAX_ERROR_BODY, transport_error};
+use super::openai::MAX_ERROR_BODY;
 use super::{GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -24,6 +24,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Consecutive failed polls tolerated before the task is given up (the submission is never repeated).
 const MAX_POLL_FAILURES: u32 = 5;
 const MAX_SIDE: u32 = 1440;
+/// One submission or poll; the task as a whole is bounded by PROVIDER_TIMEOUT_SECS.
+const POLL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct BflClient {
     http: reqwest::Client,
@@ -87,29 +89,12 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
         s if s >= 500 => format!("{LABEL} is unavailable (HTTP {s})"),
         s => format!("{LABEL} rejected the request (HTTP {s}): {detail}"),
     };
-    if matches!(status, 408 | 429) || status >= 500 {
-        ProviderError::Retryable {
-            status: Some(status),
-            code: None,
-            message,
-            retry_after: parse_retry_after(headers),
-        }
-    } else {
-        ProviderError::Final {
-            status: Some(status),
-            code: None,
-            message,
-        }
-    }
+    super::classified(status, None, message, parse_retry_after(headers))
 }
 
 impl BflClient {
     pub fn new(settings: FluxSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("imagegen/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = super::http_client(POLL_CALL_TIMEOUT)?;
         let mut base = settings.base_url.clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -171,21 +156,13 @@ impl BflClient {
             seed,
             output_format: "png",
         };
-        let response = self
+        let call = self
             .http
             .post(self.submit_url.clone())
             .header("x-key", self.settings.api_key.expose_secret())
             .header("X-Correlation-ID", correlation_id)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(LABEL, &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(LABEL, &e))?;
+            .json(&body);
+        let (status, headers, bytes) = super::send(LABEL, call).await?;
         if status != 200 {
             return Err(classify(
                 status,

@@ -3,7 +3,7 @@
 //! `seed`, `response_format: base64|url` and `output_format: png`. Safety-checker refusals become `moderated`
 //! (stage output); the seed we send (the client's, or one we draw) is recorded so a picture can be reproduced.
 
-use super::openai::{MAX_ERROR_BODY, header_str, transport_error};
+use super::openai::{MAX_ERROR_BODY, header_str};
 use super::{GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -79,11 +79,7 @@ impl FluxClient {
         timeout: Duration,
         inline: bool,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("imagegen/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = super::http_client(timeout)?;
         let mut base = settings.base_url.clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -127,20 +123,7 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
         }
         s => format!("{LABEL} rejected the request (HTTP {s})"),
     };
-    if matches!(status, 408 | 429) || status >= 500 {
-        ProviderError::Retryable {
-            status: Some(status),
-            code,
-            message,
-            retry_after: parse_retry_after(headers),
-        }
-    } else {
-        ProviderError::Final {
-            status: Some(status),
-            code,
-            message,
-        }
-    }
+    super::classified(status, code, message, parse_retry_after(headers))
 }
 
 #[async_trait]
@@ -181,21 +164,13 @@ impl ImageProvider for FluxClient {
             response_format: if self.inline { "base64" } else { "url" },
             output_format: "png",
         };
-        let response = self
+        let call = self
             .http
             .post(self.endpoint.clone())
             .bearer_auth(self.settings.api_key.expose_secret())
             .header("X-Correlation-ID", correlation_id)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(LABEL, &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(LABEL, &e))?;
+            .json(&body);
+        let (status, headers, bytes) = super::send(LABEL, call).await?;
         if status != 200 {
             let error = classify(status, &headers, &bytes[..bytes.len().min(MAX_ERROR_BODY)]);
             tracing::warn!(

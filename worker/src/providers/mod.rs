@@ -124,3 +124,54 @@ where
         meta,
     })
 }
+
+/// The HTTP client every provider uses: a timeout on the whole call, a shorter one on connecting, and a
+/// `User-Agent` (some CDNs refuse a blank one).
+pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .user_agent(concat!("imagegen/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Sends a provider call and reads the whole answer; transport failures are classified retryable.
+pub async fn send(
+    label: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, reqwest::header::HeaderMap, bytes::Bytes), ProviderError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| openai::transport_error(label, &e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| openai::transport_error(label, &e))?;
+    Ok((status, headers, body))
+}
+
+/// The common rule for hosts without their own retry header: 408, 429 and 5xx are worth another attempt.
+pub fn classified(
+    status: u16,
+    code: Option<String>,
+    message: String,
+    retry_after: Option<std::time::Duration>,
+) -> ProviderError {
+    if matches!(status, 408 | 429) || status >= 500 {
+        ProviderError::Retryable {
+            status: Some(status),
+            code,
+            message,
+            retry_after,
+        }
+    } else {
+        ProviderError::Final {
+            status: Some(status),
+            code,
+            message,
+        }
+    }
+}

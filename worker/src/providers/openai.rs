@@ -160,11 +160,7 @@ impl OpenAiClient {
         timeout: Duration,
         response_format: ResponseFormat,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("imagegen/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = super::http_client(timeout)?;
         // Joining onto "v1" would replace it; make sure the base ends with a slash first.
         let mut base = settings.base_url.clone();
         if !base.path().ends_with('/') {
@@ -308,13 +304,7 @@ impl OpenAiClient {
         if let Some(project) = &self.settings.project {
             call = call.header("OpenAI-Project", project);
         }
-        let response = call.send().await.map_err(|e| transport_error(LABEL, &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(LABEL, &e))?;
+        let (status, headers, body) = super::send(LABEL, call).await?;
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
         if status != 200 {
             let error = classify(status, &headers, &body[..body.len().min(MAX_ERROR_BODY)]);
