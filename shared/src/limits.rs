@@ -17,26 +17,30 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// ZSET of permit ids scored by expiry: drop expired ones, then take one if there is room.
-const ACQUIRE: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if tonumber(ARGV[4]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-";
-
-/// May this call go ahead? Closed: yes. Open: only after the cool-down, and then as the single half-open probe.
-const BREAKER_ALLOW: &str = r"
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'closed' then return 1 end
+/// Admission in one round trip. KEYS: pause, breaker, permits. ARGV: now_ms, probe window ms, permit id, permit
+/// expiry ms, concurrency (0 = unlimited), permits key lifetime ms.
+/// Returns {code, pause_ms}: 0 granted, 1 probe, 2 saturated, 3 paused, 4 open.
+const ADMIT: &str = r"
+local paused = redis.call('PTTL', KEYS[1])
+if paused > 0 then return {3, paused} end
 local now = tonumber(ARGV[1])
-local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
-if now < until_ms then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'half_open', 'until', now + tonumber(ARGV[2]))
-return 2
+local probe = 0
+local state = redis.call('HGET', KEYS[2], 'state')
+if state and state ~= 'closed' then
+  local until_ms = tonumber(redis.call('HGET', KEYS[2], 'until') or '0')
+  if now < until_ms then return {4, 0} end
+  probe = 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if tonumber(ARGV[5]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then
+  return {2, 0}
+end
+if probe == 1 then
+  redis.call('HSET', KEYS[2], 'state', 'half_open', 'until', now + tonumber(ARGV[2]))
+end
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return {probe, 0}
 ";
 
 /// A failure: count it; open the circuit at the threshold (or at once when the probe failed).
@@ -107,7 +111,8 @@ impl FleetLimits {
         format!("{}:breaker:{route}", self.prefix)
     }
 
-    /// Checks pause and breaker, then takes a permit. `permit_id` identifies this call (renew/release use it).
+    /// Checks pause and breaker, then takes a permit, in one round trip. `permit_id` identifies this call
+    /// (renew/release use it).
     pub async fn admit(
         &self,
         route: &str,
@@ -115,36 +120,25 @@ impl FleetLimits {
         s: &LimitSettings,
     ) -> Result<Admission, redis::RedisError> {
         let mut conn = self.conn.clone();
-        let paused_ms: i64 = redis::cmd("PTTL")
-            .arg(self.pause_key(route))
-            .query_async(&mut conn)
-            .await?;
-        if paused_ms > 0 {
-            return Ok(Admission::Paused(Duration::from_millis(paused_ms as u64)));
-        }
-        let now = now_ms();
-        let allowed: i64 = redis::Script::new(BREAKER_ALLOW)
+        let ttl_ms = s.permit_ttl.as_millis() as u64;
+        let (code, pause_ms): (i64, i64) = redis::Script::new(ADMIT)
+            .key(self.pause_key(route))
             .key(self.breaker_key(route))
-            .arg(now)
-            .arg(s.permit_ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        if allowed == 0 {
-            return Ok(Admission::Open);
-        }
-        let got: i64 = redis::Script::new(ACQUIRE)
             .key(self.permits_key(route))
-            .arg(now)
-            .arg(now + s.permit_ttl.as_millis() as u64)
+            .arg(now_ms())
+            .arg(ttl_ms)
             .arg(permit_id)
+            .arg(ttl_ms)
             .arg(s.concurrency)
-            .arg(s.permit_ttl.as_millis() as u64 * 4)
+            .arg(ttl_ms * 4)
             .invoke_async(&mut conn)
             .await?;
-        Ok(match (got, allowed) {
-            (0, _) => Admission::Saturated,
-            (_, 2) => Admission::Probe,
-            _ => Admission::Granted,
+        Ok(match code {
+            0 => Admission::Granted,
+            1 => Admission::Probe,
+            2 => Admission::Saturated,
+            3 => Admission::Paused(Duration::from_millis(pause_ms.max(1) as u64)),
+            _ => Admission::Open,
         })
     }
 
