@@ -789,40 +789,9 @@ async fn providers_docs_health_and_metrics(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: PgPool) {
     // A private Redis we can stop and start again.
-    let port = support::free_port();
-    let dir = std::env::temp_dir().join(format!("imagegen-redis-{port}"));
-    std::fs::create_dir_all(&dir).expect("redis dir");
-    let start_redis = || {
-        let status = std::process::Command::new("redis-server")
-            .args([
-                "--daemonize",
-                "yes",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir.to_string_lossy(),
-                "--pidfile",
-                &dir.join("redis.pid").to_string_lossy(),
-            ])
-            .status()
-            .expect("redis-server");
-        assert!(status.success());
-    };
-    let stop_redis = || {
-        let _ = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "shutdown", "nosave"])
-            .status();
-    };
-    start_redis();
-    let redis_url = format!("redis://127.0.0.1:{port}");
+    let redis = support::PrivateRedis::start();
     let options = Options {
-        redis_url,
+        redis_url: redis.url(),
         ..Options::default()
     };
     let stack = start(&pool, options).await;
@@ -837,7 +806,7 @@ async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    stop_redis();
+    redis.down();
     let r = support::Reply::from(
         stack
             .http
@@ -872,7 +841,7 @@ async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: 
         "a job that could not be queued is not left behind"
     );
 
-    start_redis();
+    redis.up();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while ready(&stack).await != 200 {
         assert!(
@@ -893,8 +862,6 @@ async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: 
         "the worker reconnected by itself: {}",
         r.body
     );
-    stop_redis();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -1595,4 +1562,50 @@ async fn a_killed_workers_fleet_permit_comes_back(pool: PgPool) {
         "the permit came back after its TTL: {:?}",
         started.elapsed()
     );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn jobs_survive_a_redis_flush_through_the_reconciler(pool: PgPool) {
+    let redis = support::PrivateRedis::start();
+    let options = Options {
+        redis_url: redis.url(),
+        start_worker: false,
+        ..Options::default()
+    };
+    let mut stack = start(&pool, options).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = stack
+            .post(
+                "/api/v1/jobs",
+                json!({"prompt": format!("survivor {i}")}),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(r.body["job_id"].as_str().expect("id").to_owned());
+    }
+    // Every message is gone; only Postgres remembers the jobs.
+    redis.flush();
+    let mut env = stack.env.clone();
+    env.extend([
+        kv("RECONCILE_QUEUED_AFTER", "1"),
+        kv("RECONCILE_INTERVAL_SECS", "1"),
+    ]);
+    stack.worker_proc = Some(support::Proc::spawn("worker", &["worker"], &env));
+    for id in &ids {
+        let done = stack.wait_terminal(id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["images"].as_array().map(Vec::len), Some(1));
+    }
+    assert_eq!(
+        stack.emulator_requests().await,
+        5,
+        "each job called the provider once"
+    );
+    let images: i64 = sqlx::query_scalar("SELECT count(*) FROM images")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(images, 5, "no job completed twice");
 }

@@ -400,3 +400,79 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
 pub fn generate_body(prompt: &str) -> serde_json::Value {
     serde_json::json!({ "prompt": prompt, "provider": "dalle3", "size": "1024x1024", "quality": "hd", "style": "vivid" })
 }
+
+/// A Redis of our own on a free port, which a test may flush, stop and start again.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "imagegen-redis-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let redis = PrivateRedis { port, dir };
+        redis.up();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn up(&self) {
+        let status = std::process::Command::new("redis-server")
+            .args([
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &self.dir.to_string_lossy(),
+            ])
+            .status()
+            .expect("redis-server");
+        assert!(status.success(), "redis-server did not start");
+        for _ in 0..100 {
+            if self.cli(&["ping"]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("private redis did not come up");
+    }
+
+    pub fn down(&self) {
+        let _ = self.cli(&["shutdown", "nosave"]);
+    }
+
+    pub fn flush(&self) {
+        assert!(self.cli(&["flushall"]), "flushall");
+    }
+
+    fn cli(&self, args: &[&str]) -> bool {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("ERR"))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -161,6 +161,19 @@ pub async fn run(
         stopping.clone(),
     ));
 
+    if args.reconcile_enabled {
+        let settings = crate::reconciler::ReconcilerSettings {
+            every: Duration::from_secs(args.reconcile_interval_secs),
+            queued_after: Duration::from_secs(args.reconcile_queued_after),
+        };
+        tokio::spawn(crate::reconciler::run(
+            ctx.pool.clone(),
+            ctx.queue.clone(),
+            settings,
+            stopping.clone(),
+        ));
+    }
+
     tracing::info!(%worker_id, concurrency, queue = %args.redis.queue_name, "worker started");
     loop {
         let backend = RedisStorage::<JobMessage>::new(redis.clone())

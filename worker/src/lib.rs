@@ -6,6 +6,7 @@ pub mod consumer;
 pub mod download;
 pub mod process;
 pub mod providers;
+pub mod reconciler;
 pub mod retry;
 pub mod routing;
 pub mod store;
@@ -31,6 +32,18 @@ pub struct WorkerArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    /// Run the reconciler in this worker (one pass at a time across the fleet, by advisory lock).
+    #[arg(long, env = "RECONCILE_ENABLED", value_name = "RECONCILE_ENABLED", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub reconcile_enabled: bool,
+    /// Queued jobs untouched this long are pushed onto the queue again (Redis lost them).
+    #[arg(long, env = "RECONCILE_QUEUED_AFTER", value_name = "RECONCILE_QUEUED_AFTER", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub reconcile_queued_after: u64,
+    /// Seconds between reconciler passes.
+    #[arg(long, env = "RECONCILE_INTERVAL_SECS", value_name = "RECONCILE_INTERVAL_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconcile_interval_secs: u64,
     /// Jobs this process runs at once.
     #[arg(long, env = "WORKER_CONCURRENCY", value_name = "WORKER_CONCURRENCY", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1024))]

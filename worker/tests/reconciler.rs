@@ -1,0 +1,133 @@
+//! The reconciler against real Postgres and Redis: lost work is found in Postgres and queued again; work whose
+//! attempts are used up fails; a healthy backlog is not flooded with duplicates.
+
+use imagegen_shared::db::{self, NewJob};
+use imagegen_shared::domain::{
+    GenerateBody, GenerationLimits, GenerationRequest, JobId, JobStatus, ProviderId,
+};
+use imagegen_shared::queue::{JobMessage, JobQueue, redis_connection};
+use imagegen_worker::reconciler::{ReconcilerSettings, reconcile_once};
+use sqlx::PgPool;
+use std::time::Duration;
+
+fn new_job(max_attempts: i32) -> NewJob {
+    let limits = GenerationLimits {
+        enabled: vec![ProviderId::Dalle3],
+        configured: vec![ProviderId::Dalle3],
+        default_provider: ProviderId::Dalle3,
+        max_images_per_request: 1,
+    };
+    let body = GenerateBody {
+        prompt: "a fox".into(),
+        provider: None,
+        size: None,
+        quality: None,
+        style: None,
+        num_images: None,
+        seed: None,
+        allow_failover: None,
+    };
+    NewJob {
+        id: JobId::new(),
+        owner: "anonymous".into(),
+        correlation_id: "corr".into(),
+        request: GenerationRequest::parse(body, &limits).expect("valid"),
+        max_attempts,
+        status: JobStatus::Queued,
+        moderation: None,
+        error: None,
+    }
+}
+
+fn queue() -> JobQueue {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let (_, conn) = redis_connection(&url).expect("redis");
+    JobQueue::new(
+        conn,
+        &format!("reconciler-test-{}", uuid::Uuid::new_v4().simple()),
+    )
+}
+
+const SETTINGS: ReconcilerSettings = ReconcilerSettings {
+    every: Duration::from_secs(1),
+    queued_after: Duration::from_millis(100),
+};
+
+async fn age(pool: &PgPool) {
+    sqlx::query("UPDATE jobs SET updated_at = now() - interval '1 hour'")
+        .execute(pool)
+        .await
+        .expect("age rows");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn lost_messages_are_queued_again_and_only_as_many_as_are_missing(pool: PgPool) {
+    let queue = queue();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            db::jobs::insert(&pool, &new_job(3))
+                .await
+                .expect("insert")
+                .id,
+        );
+    }
+    // One of the three still has its message; two were lost.
+    queue
+        .push(JobMessage {
+            job_id: ids[0],
+            correlation_id: "corr".into(),
+        })
+        .await
+        .expect("push");
+    age(&pool).await;
+    let (stale, expired, failed) = reconcile_once(&pool, &queue, &SETTINGS)
+        .await
+        .expect("pass")
+        .expect("lock");
+    assert_eq!((stale, expired, failed), (2, 0, 0));
+    assert_eq!(queue.depth().await.expect("depth"), 3);
+    // Nothing is missing now: a second pass queues nothing.
+    age(&pool).await;
+    let again = reconcile_once(&pool, &queue, &SETTINGS)
+        .await
+        .expect("pass")
+        .expect("lock");
+    assert_eq!(again, (0, 0, 0));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn expired_leases_are_requeued_or_failed_when_out_of_attempts(pool: PgPool) {
+    let queue = queue();
+    let retry = db::jobs::insert(&pool, &new_job(3)).await.expect("insert");
+    let spent = db::jobs::insert(&pool, &new_job(1)).await.expect("insert");
+    for job in [&retry, &spent] {
+        db::jobs::claim_job(&pool, job.id, "dead-worker", Duration::from_millis(1))
+            .await
+            .expect("claim")
+            .expect("claimed");
+        db::jobs::record_attempt(&pool, job.id, "dead-worker", "dalle3:openai")
+            .await
+            .expect("attempt");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, expired, failed) = reconcile_once(&pool, &queue, &SETTINGS)
+        .await
+        .expect("pass")
+        .expect("lock");
+    assert_eq!((expired, failed), (1, 1));
+    let retry = db::jobs::get_job_unscoped(&pool, retry.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (retry.status, retry.attempts, retry.worker_id),
+        (JobStatus::Queued, 1, None)
+    );
+    let spent = db::jobs::get_job_unscoped(&pool, spent.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(spent.status, JobStatus::Failed);
+    assert_eq!(queue.depth().await.expect("depth"), 1);
+}
