@@ -1609,3 +1609,180 @@ async fn jobs_survive_a_redis_flush_through_the_reconciler(pool: PgPool) {
         .expect("count");
     assert_eq!(images, 5, "no job completed twice");
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_queued_job_is_canceled_at_once_and_a_finished_one_cannot_be(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "never mind"}), &[])
+        .await;
+    let id = r.body["job_id"].as_str().expect("id").to_owned();
+    let c = stack
+        .post(&format!("/api/v1/jobs/{id}/cancel"), json!({}), &[])
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(
+        (c.body["status"].as_str(), c.body["cancel_reason"].as_str()),
+        (Some("canceled"), Some("client"))
+    );
+    stack
+        .post(&format!("/api/v1/jobs/{id}/cancel"), json!({}), &[])
+        .await
+        .assert_error(409, "job_not_cancelable");
+    stack
+        .post(
+            &format!("/api/v1/jobs/{}/cancel", uuid::Uuid::now_v7()),
+            json!({}),
+            &[],
+        )
+        .await
+        .assert_error(404, "not_found");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_running_job_is_canceled_its_waiters_answered_and_nothing_kept(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            worker_env: vec![kv("JOB_LEASE_SECS", "3")],
+            ..Options::default()
+        },
+    )
+    .await;
+    stack.emulator_config(json!({"latency_ms": 2500})).await;
+    let r = stack
+        .post("/api/v1/jobs", generate_body("stop me"), &[])
+        .await;
+    let id = r.body["job_id"].as_str().expect("id").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stack.get(&format!("/api/v1/jobs/{id}")).await.body["status"] != "running" {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiter = {
+        let (http, url) = (
+            stack.http.clone(),
+            stack.url(&format!("/api/v1/jobs/{id}?wait=30")),
+        );
+        tokio::spawn(async move {
+            http.get(url)
+                .send()
+                .await
+                .expect("long-poll")
+                .json::<serde_json::Value>()
+                .await
+        })
+    };
+    let started = std::time::Instant::now();
+    let c = stack
+        .post(&format!("/api/v1/jobs/{id}/cancel"), json!({}), &[])
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    let polled = waiter.await.expect("join").expect("json");
+    assert_eq!(polled["status"], "canceled");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the waiter was woken by the cancel"
+    );
+    // The worker's call finishes after the cancel: its result is thrown away, nothing stays in storage.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let job = stack.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(
+        (
+            job.body["status"].as_str(),
+            job.body["images"].as_array().map(Vec::len)
+        ),
+        (Some("canceled"), Some(0))
+    );
+    let images: i64 = sqlx::query_scalar("SELECT count(*) FROM images")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(images, 0);
+    let stored = walk_files(&stack.storage_dir);
+    assert!(stored.is_empty(), "orphaned objects: {stored:?}");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_job_not_started_by_its_deadline_is_canceled_without_a_provider_call(pool: PgPool) {
+    let mut stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let r = stack
+        .post(
+            "/api/v1/jobs",
+            json!({"prompt": "hurry"}),
+            &[("Cancel-After", "1")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body["deadline_at"].as_str().is_some(), "{}", r.body);
+    let late = stack
+        .post(
+            "/api/v1/jobs",
+            json!({"prompt": "hurry too", "deadline_seconds": 1}),
+            &[],
+        )
+        .await;
+    stack
+        .post(
+            "/api/v1/jobs",
+            json!({"prompt": "x", "deadline_seconds": 0}),
+            &[],
+        )
+        .await
+        .assert_error(400, "validation_failed");
+    stack
+        .post(
+            "/api/v1/jobs",
+            json!({"prompt": "x"}),
+            &[("Cancel-After", "soon")],
+        )
+        .await
+        .assert_error(400, "validation_failed");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.worker_proc = Some(support::Proc::spawn(
+        "worker",
+        &["worker"],
+        &stack.env.clone(),
+    ));
+    for id in [r.body["job_id"].as_str(), late.body["job_id"].as_str()]
+        .into_iter()
+        .flatten()
+    {
+        let done = stack.wait_terminal(id).await;
+        assert_eq!(
+            (done["status"].as_str(), done["cancel_reason"].as_str()),
+            (Some("canceled"), Some("deadline")),
+            "{done}"
+        );
+    }
+    assert_eq!(stack.emulator_requests().await, 0);
+}

@@ -32,6 +32,8 @@ pub enum ApiError {
     #[error("Method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Unavailable(String),
     /// A job ended without images; carries its id so the client can look it up.
     #[error("{message}")]
@@ -117,6 +119,7 @@ impl ApiError {
             ApiError::ContentBlocked { .. } => (StatusCode::BAD_REQUEST, "content_blocked"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "job_not_cancelable"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::JobUnsuccessful { status, code, .. } => (*status, code.as_str()),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

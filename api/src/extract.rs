@@ -69,6 +69,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Owner {
     }
 }
 
+/// `Cancel-After: <seconds>`: the job is canceled if it has not started by then.
+pub fn cancel_after(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    let Some(value) = headers.get("cancel-after") else {
+        return Ok(None);
+    };
+    let max = imagegen_shared::domain::request::MAX_DEADLINE_SECS;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|n| (1..=max).contains(n))
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::InvalidBody(format!(
+                "Cancel-After must be a whole number of seconds from 1 to {max}"
+            ))
+        })
+}
+
 /// What a client asked for in `Prefer` (RFC 7240): `respond-async`, or `wait=N` seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitPreference {

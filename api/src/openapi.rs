@@ -10,7 +10,7 @@ use utoipa::OpenApi;
          license(name = "Apache-2.0")),
     paths(
         routes::generate::generate, routes::generate::generate_batch,
-        routes::jobs::create_job, routes::jobs::get_job, routes::jobs::list_jobs,
+        routes::jobs::create_job, routes::jobs::get_job, routes::jobs::list_jobs, routes::jobs::cancel_job,
         routes::batches::get_batch,
         routes::images::get_image, routes::images::download_image, routes::images::delete_image,
         routes::providers::list_providers,

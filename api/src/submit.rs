@@ -42,6 +42,7 @@ fn new_job(
             categories: None,
         }),
         error: blocked.map(|_| ("content_blocked".to_owned(), BLOCKED_MESSAGE.to_owned())),
+        deadline_secs: request.deadline_secs,
         request,
     }
 }

@@ -78,6 +78,11 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub provider_details: Option<serde_json::Value>,
+    /// `client` or `deadline` for a canceled job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
@@ -149,6 +154,15 @@ pub fn job_view(base: &str, job: &JobRecord, images: &[ImageRecord]) -> JobView 
             .as_ref()
             .map(|t| t.0.clone())
             .unwrap_or_default(),
+        cancel_reason: (job.status == JobStatus::Canceled).then(|| {
+            if job.error_code.as_deref() == Some("deadline_exceeded") {
+                "deadline"
+            } else {
+                "client"
+            }
+            .to_owned()
+        }),
+        deadline_at: job.deadline_at,
         created_at: job.created_at,
         started_at: job.started_at,
         finished_at: job.finished_at,

@@ -141,6 +141,13 @@ impl JobQueue {
         Ok(active + scheduled)
     }
 
+    /// Tells every API process's waiters that a job changed (see `events`).
+    pub async fn publish_event(&self, event: &crate::events::JobEvent) -> Result<(), QueueError> {
+        let queue_name = self.wake_channel.trim_end_matches(":wake").to_owned();
+        crate::events::publish(&self.conn, &queue_name, event).await?;
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;

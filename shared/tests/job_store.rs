@@ -26,6 +26,7 @@ fn request(prompt: &str) -> GenerationRequest {
         num_images: None,
         seed: None,
         allow_failover: None,
+        deadline_seconds: None,
     };
     GenerationRequest::parse(body, &limits).expect("valid request")
 }
@@ -40,6 +41,7 @@ fn new_job(owner: &str) -> NewJob {
         status: JobStatus::Queued,
         moderation: None,
         error: None,
+        deadline_secs: None,
     }
 }
 

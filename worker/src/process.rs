@@ -189,12 +189,29 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
         };
     };
     tracing::info!(provider = %job.provider, attempts = job.attempts, "job claimed");
+    // Not started by its deadline: it ends canceled without any provider call.
+    if job.attempts == 0 && job.deadline_at.is_some_and(|d| d <= chrono::Utc::now()) {
+        let failure = JobFailure {
+            status: JobStatus::Canceled,
+            code: "deadline_exceeded".into(),
+            message: "The job's deadline passed before it could start".into(),
+            moderation: None,
+        };
+        let outcome = finish_unsuccessful(&ctx, &job, &failure, &serde_json::json!({})).await?;
+        publish_finished(&ctx, id, &outcome).await;
+        return Ok(outcome);
+    }
     let lost = CancellationToken::new();
     let keeper = spawn_lease_keeper(ctx.clone(), id, lost.clone());
     let result = generate(&ctx, &job, &message, &lost).await;
     keeper.abort();
     let outcome = result?;
-    if let Outcome::Finished(status) = outcome {
+    publish_finished(&ctx, id, &outcome).await;
+    Ok(outcome)
+}
+
+async fn publish_finished(ctx: &JobContext, id: JobId, outcome: &Outcome) {
+    if let Outcome::Finished(status) = *outcome {
         metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
         let event = JobEvent { job_id: id, status };
         if let Err(e) = events::publish(&ctx.redis, &ctx.queue_name, &event).await {
@@ -202,7 +219,6 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
             tracing::warn!(error = %e, "could not publish job event");
         }
     }
-    Ok(outcome)
 }
 
 /// What happened on one route.

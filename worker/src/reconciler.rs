@@ -10,6 +10,8 @@
 //! are harmless: a worker claims a job only if it is still queued (or its lease expired).
 
 use imagegen_shared::db;
+use imagegen_shared::domain::{JobId, JobStatus};
+use imagegen_shared::events::JobEvent;
 use imagegen_shared::queue::{JobMessage, JobQueue};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -41,6 +43,17 @@ pub async fn reconcile_once(
     if !locked {
         return Ok(None);
     }
+    // Queued jobs whose deadline passed never start; their waiters learn it when they next read.
+    let past_deadline: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "UPDATE jobs SET status = 'canceled', error_code = 'deadline_exceeded', \
+            error_message = 'The job''s deadline passed before it could start', finished_at = now(), updated_at = now() \
+         WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND deadline_at <= now() AND attempts = 0 \
+                      LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
     let failed: Vec<(uuid::Uuid,)> = sqlx::query_as(
         "UPDATE jobs SET status = 'failed', error_code = 'provider_error', \
             error_message = 'The worker running this job stopped and its attempts are used up', \
@@ -89,6 +102,15 @@ pub async fn reconcile_once(
         .await?
     };
     tx.commit().await?;
+    for (id,) in &past_deadline {
+        let event = JobEvent {
+            job_id: JobId(*id),
+            status: JobStatus::Canceled,
+        };
+        if let Err(e) = queue.publish_event(&event).await {
+            tracing::warn!(error = %e, "could not publish a deadline cancel");
+        }
+    }
     for (id, correlation_id) in expired.iter().chain(stale.iter()) {
         let message = JobMessage {
             job_id: imagegen_shared::domain::JobId(*id),

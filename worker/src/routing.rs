@@ -149,6 +149,7 @@ mod tests {
             num_images: Some(n),
             seed,
             allow_failover: None,
+            deadline_seconds: None,
         };
         GenerationRequest::parse(body, &limits).expect("valid")
     }

@@ -26,6 +26,7 @@ fn new_job(max_attempts: i32) -> NewJob {
         num_images: None,
         seed: None,
         allow_failover: None,
+        deadline_seconds: None,
     };
     NewJob {
         id: JobId::new(),
@@ -36,6 +37,7 @@ fn new_job(max_attempts: i32) -> NewJob {
         status: JobStatus::Queued,
         moderation: None,
         error: None,
+        deadline_secs: None,
     }
 }
 

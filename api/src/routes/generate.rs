@@ -2,7 +2,7 @@
 
 use super::{accepted, base_url, finished_job_response, load_job_view};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{AppJson, CorrelationId, Owner, WaitPreference};
+use crate::extract::{AppJson, CorrelationId, Owner, WaitPreference, cancel_after};
 use crate::state::AppState;
 use crate::submit::{submit_batch, submit_job};
 use crate::views::{BatchView, JobView, batch_view};
@@ -45,7 +45,9 @@ pub async fn generate(
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let request = GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
+    let mut request =
+        GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
+    request.deadline_secs = request.deadline_secs.or(cancel_after(&headers)?);
     let job = submit_job(&state, &owner, &correlation_id, request).await?;
     let base = base_url(&state, &headers);
     let Some(wait) =
@@ -86,11 +88,15 @@ pub async fn generate_batch(
             items.len()
         )));
     }
+    let header_deadline = cancel_after(&headers)?;
     let mut requests = Vec::with_capacity(items.len());
     let mut errors = ValidationErrors::default();
     for (index, item) in items.into_iter().enumerate() {
         match GenerationRequest::parse(item, &state.limits) {
-            Ok(r) => requests.push(r),
+            Ok(mut r) => {
+                r.deadline_secs = r.deadline_secs.or(header_deadline);
+                requests.push(r);
+            }
             Err(e) => errors.0.extend(e.in_item(index).0),
         }
     }

@@ -3,7 +3,7 @@
 
 use super::{accepted, base_url, load_job_view};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{AppJson, CorrelationId, Owner};
+use crate::extract::{AppJson, CorrelationId, Owner, cancel_after};
 use crate::state::AppState;
 use crate::submit::submit_job;
 use crate::views::{JobListView, JobView, job_view};
@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/jobs", post(create_job).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
 }
 
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
@@ -50,7 +51,9 @@ pub async fn create_job(
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let request = GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
+    let mut request =
+        GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
+    request.deadline_secs = request.deadline_secs.or(cancel_after(&headers)?);
     let job = submit_job(&state, &owner, &correlation_id, request).await?;
     Ok(accepted(
         load_job_view(&state, &base_url(&state, &headers), &job).await?,
@@ -123,6 +126,54 @@ pub async fn get_job(
         );
     }
     Ok(response)
+}
+
+/// Cancel a job.
+///
+/// A queued job is canceled at once; a running one as soon as its worker notices (at its next lease renewal): the
+/// provider call is dropped and anything stored is removed. A finished job answers 409.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Canceled", body = JobView),
+        (status = 404, description = "No such job (for this caller)", body = ErrorBody),
+        (status = 409, description = "Already finished (`job_not_cancelable`)", body = ErrorBody),
+    ))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let id: JobId = parse_id(&id, "Job")?;
+    let Some(job) = db::jobs::cancel(
+        &state.pool,
+        &owner,
+        id,
+        "canceled",
+        "Canceled by the client",
+    )
+    .await?
+    else {
+        return match db::jobs::get_job(&state.pool, &owner, id).await? {
+            None => Err(ApiError::NotFound("Job")),
+            Some(job) => Err(ApiError::Conflict(format!(
+                "The job already ended ({})",
+                job.status
+            ))),
+        };
+    };
+    tracing::info!(job_id = %id, "job canceled by the client");
+    metrics::counter!("imagegen_jobs_finished_total", "status" => "canceled").increment(1);
+    let event = imagegen_shared::events::JobEvent {
+        job_id: id,
+        status: job.status,
+    };
+    if let Err(e) = state.queue.publish_event(&event).await {
+        tracing::warn!(error = %e, "could not publish the cancel event; waiters see it when their wait ends");
+    }
+    Ok(axum::Json(
+        load_job_view(&state, &base_url(&state, &headers), &job).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

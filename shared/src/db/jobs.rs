@@ -33,6 +33,8 @@ pub struct JobRecord {
     pub translations: Option<Json<Vec<String>>>,
     /// Provider calls per route.
     pub provider_attempts: Json<std::collections::BTreeMap<String, i32>>,
+    /// Not started by then, the job ends canceled without a provider call.
+    pub deadline_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -50,6 +52,8 @@ pub struct NewJob {
     pub status: JobStatus,
     pub moderation: Option<Moderation>,
     pub error: Option<(String, String)>,
+    /// Seconds from now by which the job must have started.
+    pub deadline_secs: Option<u32>,
 }
 
 /// Which route served a job and what was changed to suit it.
@@ -70,7 +74,7 @@ pub struct JobFailure {
 
 const JOB_COLUMNS: &str = "id, owner, batch_id, batch_index, correlation_id, status, provider, request, attempts, \
     max_attempts, worker_id, lease_until, error_code, error_message, moderation, provider_meta, generation_time_ms, \
-    served_by, translations, provider_attempts, created_at, updated_at, started_at, finished_at";
+    served_by, translations, provider_attempts, deadline_at, created_at, updated_at, started_at, finished_at";
 
 fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
@@ -85,8 +89,9 @@ pub async fn insert_job<'c>(
     let (code, message) = job.error.clone().unzip();
     let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, owner, batch_id, batch_index, correlation_id, status, provider, request, max_attempts, \
-            moderation, error_code, error_message, finished_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, CASE WHEN $13 THEN now() END) \
+            moderation, error_code, error_message, finished_at, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, CASE WHEN $13 THEN now() END, \
+            now() + make_interval(secs => $14::double precision)) \
          RETURNING {JOB_COLUMNS}"
     )))
     .bind(job.id)
@@ -102,6 +107,7 @@ pub async fn insert_job<'c>(
     .bind(code)
     .bind(message)
     .bind(terminal)
+    .bind(job.deadline_secs.map(f64::from))
     .fetch_one(&mut **tx)
     .await?;
     Ok(row)
@@ -330,5 +336,28 @@ pub async fn insert(pool: &PgPool, job: &NewJob) -> Result<JobRecord, DbError> {
     let mut tx = pool.begin().await?;
     let row = insert_job(&mut tx, job, None).await?;
     tx.commit().await?;
+    Ok(row)
+}
+
+/// Cancels a job that has not finished. A running job's worker notices at its next lease renewal (the renewal
+/// fails), drops the provider call and removes anything it stored. `None`: no such job, or already finished.
+pub async fn cancel(
+    pool: &PgPool,
+    owner: &str,
+    id: JobId,
+    code: &str,
+    message: &str,
+) -> Result<Option<JobRecord>, DbError> {
+    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET status = 'canceled', error_code = $3, error_message = $4, lease_until = NULL, \
+            finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running') RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(owner)
+    .bind(code)
+    .bind(message)
+    .fetch_optional(pool)
+    .await?;
     Ok(row)
 }

@@ -36,6 +36,9 @@ pub struct GenerateBody {
     /// options) are recorded on the job.
     #[serde(default)]
     pub allow_failover: Option<bool>,
+    /// Cancel the job if it has not started within this many seconds (1 to 86400); also `Cancel-After` header.
+    #[serde(default)]
+    pub deadline_seconds: Option<i64>,
 }
 
 /// A request every part of which has been checked: this is what is stored on the job and run by a worker.
@@ -53,7 +56,12 @@ pub struct GenerationRequest {
     pub seed: Option<u32>,
     #[serde(default = "default_true")]
     pub allow_failover: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u32>,
 }
+
+/// The longest deadline a client may set: a day.
+pub const MAX_DEADLINE_SECS: i64 = 86_400;
 
 fn default_true() -> bool {
     true
@@ -244,9 +252,22 @@ impl GenerationRequest {
             },
         };
 
+        let deadline_secs = match body.deadline_seconds {
+            None => None,
+            Some(d) if (1..=MAX_DEADLINE_SECS).contains(&d) => u32::try_from(d).ok(),
+            Some(d) => {
+                errors.push(
+                    "deadline_seconds",
+                    format!("deadline_seconds must be between 1 and {MAX_DEADLINE_SECS}, got {d}"),
+                );
+                None
+            }
+        };
+
         match (prompt, size, num_images) {
             (Some(prompt), Some(size), Some(num_images)) if errors.0.is_empty() => Ok(Self {
                 allow_failover: body.allow_failover.unwrap_or(true),
+                deadline_secs,
                 prompt,
                 provider,
                 size,
@@ -283,6 +304,7 @@ mod tests {
             num_images: None,
             seed: None,
             allow_failover: None,
+            deadline_seconds: None,
         }
     }
 
