@@ -1786,3 +1786,79 @@ async fn a_job_not_started_by_its_deadline_is_canceled_without_a_provider_call(p
     }
     assert_eq!(stack.emulator_requests().await, 0);
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn an_idempotency_key_returns_the_same_job(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    stack.emulator_config(json!({"latency_ms": 1000})).await;
+    let body = generate_body("only once");
+    let key = ("Idempotency-Key", "order-42");
+    // A wait-mode request that gives up early, then its retry re-attaches to the same running job.
+    let first = stack
+        .post(
+            "/api/v1/generate",
+            body.clone(),
+            &[key, ("Prefer", "wait=0")],
+        )
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let retry = stack.post("/api/v1/generate", body.clone(), &[key]).await;
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    assert_eq!(retry.body["job_id"], first.body["job_id"]);
+    assert_eq!(
+        stack.emulator_requests().await,
+        1,
+        "one job, one provider call"
+    );
+
+    let other = stack
+        .post("/api/v1/generate", generate_body("something else"), &[key])
+        .await;
+    other.assert_error(422, "idempotency_key_reused");
+    stack
+        .post("/api/v1/jobs", body.clone(), &[("Idempotency-Key", "")])
+        .await
+        .assert_error(400, "validation_failed");
+
+    // Concurrent requests with one key create one job.
+    let same = (0..5).map(|_| {
+        stack.post(
+            "/api/v1/jobs",
+            generate_body("raced"),
+            &[("Idempotency-Key", "race-1")],
+        )
+    });
+    let replies = futures::future::join_all(same).await;
+    let ids: std::collections::HashSet<String> = replies
+        .iter()
+        .map(|r| r.body["job_id"].as_str().expect("job id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE request->>'prompt' = 'raced'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(rows, 1);
+
+    let batch = json!([{"prompt": "a"}, {"prompt": "b"}]);
+    let b1 = stack
+        .post(
+            "/api/v1/generate/batch",
+            batch.clone(),
+            &[("Idempotency-Key", "batch-1"), ("Prefer", "respond-async")],
+        )
+        .await;
+    let b2 = stack
+        .post(
+            "/api/v1/generate/batch",
+            batch,
+            &[("Idempotency-Key", "batch-1"), ("Prefer", "respond-async")],
+        )
+        .await;
+    assert_eq!(
+        b1.body["batch_id"], b2.body["batch_id"],
+        "{} / {}",
+        b1.body, b2.body
+    );
+}

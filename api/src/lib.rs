@@ -87,6 +87,10 @@ pub struct ApiArgs {
     #[arg(long, env = "WAIT_MAX_SECS", value_name = "WAIT_MAX_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub wait_max_secs: u64,
+    /// How long an Idempotency-Key is remembered.
+    #[arg(long, env = "IDEMPOTENCY_TTL", value_name = "IDEMPOTENCY_TTL", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub idempotency_ttl_secs: u64,
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,

@@ -34,6 +34,7 @@ pub struct Inner {
     pub wait_default: Duration,
     pub wait_max: Duration,
     pub public_base_url: Option<String>,
+    pub idempotency_ttl: Duration,
     pub environment: String,
     pub waiters: Arc<Waiters>,
     pub metrics: PrometheusHandle,
@@ -98,6 +99,7 @@ impl AppState {
             batch_max_requests: usize::from(args.batch_max_requests),
             wait_default: Duration::from_secs(args.wait_default_secs),
             wait_max: Duration::from_secs(args.wait_max_secs),
+            idempotency_ttl: Duration::from_secs(args.idempotency_ttl_secs),
             public_base_url: args
                 .public_base_url
                 .as_ref()

@@ -3,11 +3,15 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use axum::http::HeaderMap;
+use imagegen_shared::db::idempotency::{Existing, KeyClaim, KeyError};
+use imagegen_shared::db::jobs::Inserted;
 use imagegen_shared::db::{self, BatchRecord, JobRecord, NewJob};
 use imagegen_shared::domain::{
     BatchId, GenerationRequest, JobId, JobStatus, Moderation, ModerationSource, ModerationStage,
 };
 use imagegen_shared::queue::JobMessage;
+use sha2::{Digest, Sha256};
 
 const BLOCKED_MESSAGE: &str = "The prompt was blocked by content moderation";
 
@@ -54,19 +58,99 @@ fn message(job: &JobRecord) -> JobMessage {
     }
 }
 
+/// An `Idempotency-Key` with the hash of the request it was first used with.
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl Idempotency {
+    /// The key from the headers (1 to 255 visible ASCII characters), bound to this endpoint and request.
+    pub fn from_headers<T: serde::Serialize>(
+        headers: &HeaderMap,
+        endpoint: &str,
+        request: &T,
+    ) -> Result<Option<Self>, ApiError> {
+        let Some(value) = headers.get("idempotency-key") else {
+            return Ok(None);
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| {
+                ApiError::InvalidBody(
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                )
+            })?;
+        let body = serde_json::to_vec(request).map_err(|e| ApiError::Internal(e.into()))?;
+        let request_hash = hex::encode(
+            Sha256::new()
+                .chain_update(endpoint)
+                .chain_update(&body)
+                .finalize(),
+        );
+        Ok(Some(Self {
+            key: key.to_owned(),
+            request_hash,
+        }))
+    }
+
+    fn claim<'a>(&'a self, owner: &'a str, state: &AppState) -> KeyClaim<'a> {
+        KeyClaim {
+            owner,
+            key: &self.key,
+            request_hash: &self.request_hash,
+            ttl: state.idempotency_ttl,
+        }
+    }
+}
+
+fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Mismatch => ApiError::IdempotencyMismatch,
+        KeyError::Db(e) => e.into(),
+    }
+}
+
 pub async fn submit_job(
     state: &AppState,
     owner: &str,
     correlation_id: &str,
     request: GenerationRequest,
+    idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
     let provider = request.provider;
     let job = new_job(state, owner, correlation_id, request);
-    let record = db::jobs::insert(&state.pool, &job).await?;
+    let record = match idempotency {
+        None => db::jobs::insert(&state.pool, &job).await?,
+        Some(key) => match db::jobs::insert_with_key(&state.pool, &job, &key.claim(owner, state))
+            .await
+            .map_err(key_error)?
+        {
+            Inserted::New(record) => record,
+            // The same request again: the same job, whatever state it is in (wait mode re-attaches to it).
+            Inserted::Existing(Existing::Job(id)) => {
+                let existing = db::jobs::get_job(&state.pool, owner, id)
+                    .await?
+                    .ok_or(ApiError::NotFound("Job"))?;
+                tracing::info!(job_id = %id, "idempotent replay");
+                if existing.error_code.as_deref() == Some("content_blocked") {
+                    return Err(ApiError::ContentBlocked {
+                        job_id: existing.id,
+                    });
+                }
+                return Ok(existing);
+            }
+            Inserted::Existing(Existing::Batch(_)) => return Err(ApiError::IdempotencyMismatch),
+        },
+    };
     if record.status == JobStatus::Moderated {
         return Err(ApiError::ContentBlocked { job_id: record.id });
     }
     if let Err(e) = state.queue.push(message(&record)).await {
+        // Deleting the job also frees its Idempotency-Key (cascade), so the client's retry can succeed.
         if let Err(undo) = db::jobs::delete_unstarted(&state.pool, record.id).await {
             tracing::error!(job_id = %record.id, error = %undo, "could not undo a job that was never queued");
         }
@@ -84,14 +168,36 @@ pub async fn submit_batch(
     owner: &str,
     correlation_id: &str,
     requests: Vec<GenerationRequest>,
+    idempotency: Option<&Idempotency>,
 ) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
     let jobs: Vec<NewJob> = requests
         .into_iter()
         .map(|r| new_job(state, owner, correlation_id, r))
         .collect();
     let batch_id = BatchId::new();
-    let (batch, records) =
-        db::batches::insert_batch(&state.pool, batch_id, owner, correlation_id, &jobs).await?;
+    let claim = idempotency.map(|k| k.claim(owner, state));
+    let inserted = db::batches::insert_batch_with_key(
+        &state.pool,
+        batch_id,
+        owner,
+        correlation_id,
+        &jobs,
+        claim.as_ref(),
+    )
+    .await
+    .map_err(key_error)?;
+    let (batch, records) = match inserted {
+        Inserted::New(rows) => rows,
+        Inserted::Existing(Existing::Batch(id)) => {
+            let batch = db::batches::get_batch(&state.pool, owner, id)
+                .await?
+                .ok_or(ApiError::NotFound("Batch"))?;
+            let jobs = db::jobs::jobs_in_batch(&state.pool, owner, id).await?;
+            tracing::info!(batch_id = %id, "idempotent replay");
+            return Ok((batch, jobs));
+        }
+        Inserted::Existing(Existing::Job(_)) => return Err(ApiError::IdempotencyMismatch),
+    };
     for record in records.iter().filter(|r| r.status == JobStatus::Queued) {
         if let Err(e) = state.queue.push(message(record)).await {
             if let Err(undo) = db::batches::delete_batch(&state.pool, batch_id).await {

@@ -4,7 +4,7 @@ use super::{accepted, base_url, finished_job_response, load_job_view};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppJson, CorrelationId, Owner, WaitPreference, cancel_after};
 use crate::state::AppState;
-use crate::submit::{submit_batch, submit_job};
+use crate::submit::{Idempotency, submit_batch, submit_job};
 use crate::views::{BatchView, JobView, batch_view};
 use crate::wait::{wait_for_batch, wait_for_job};
 use axum::Router;
@@ -48,7 +48,15 @@ pub async fn generate(
     let mut request =
         GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
     request.deadline_secs = request.deadline_secs.or(cancel_after(&headers)?);
-    let job = submit_job(&state, &owner, &correlation_id, request).await?;
+    let idempotency = Idempotency::from_headers(&headers, "generate", &request)?;
+    let job = submit_job(
+        &state,
+        &owner,
+        &correlation_id,
+        request,
+        idempotency.as_ref(),
+    )
+    .await?;
     let base = base_url(&state, &headers);
     let Some(wait) =
         WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max)
@@ -103,7 +111,15 @@ pub async fn generate_batch(
     if !errors.0.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let (batch, jobs) = submit_batch(&state, &owner, &correlation_id, requests).await?;
+    let idempotency = Idempotency::from_headers(&headers, "generate/batch", &requests)?;
+    let (batch, jobs) = submit_batch(
+        &state,
+        &owner,
+        &correlation_id,
+        requests,
+        idempotency.as_ref(),
+    )
+    .await?;
     let base = base_url(&state, &headers);
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let jobs =

@@ -5,7 +5,7 @@ use super::{accepted, base_url, load_job_view};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppJson, CorrelationId, Owner, cancel_after};
 use crate::state::AppState;
-use crate::submit::submit_job;
+use crate::submit::{Idempotency, submit_job};
 use crate::views::{JobListView, JobView, job_view};
 use crate::wait::wait_for_job;
 use axum::Router;
@@ -54,7 +54,15 @@ pub async fn create_job(
     let mut request =
         GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
     request.deadline_secs = request.deadline_secs.or(cancel_after(&headers)?);
-    let job = submit_job(&state, &owner, &correlation_id, request).await?;
+    let idempotency = Idempotency::from_headers(&headers, "jobs", &request)?;
+    let job = submit_job(
+        &state,
+        &owner,
+        &correlation_id,
+        request,
+        idempotency.as_ref(),
+    )
+    .await?;
     Ok(accepted(
         load_job_view(&state, &base_url(&state, &headers), &job).await?,
     ))

@@ -1,7 +1,8 @@
 //! `batches` table: a batch and all its jobs are written in one transaction, so a batch is never half-recorded.
 
 use super::DbError;
-use super::jobs::{JobRecord, NewJob, insert_job};
+use super::idempotency::{Existing, KeyClaim, KeyError, claim};
+use super::jobs::{Inserted, JobRecord, NewJob, insert_job};
 use crate::domain::BatchId;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -23,6 +24,27 @@ pub async fn insert_batch(
     correlation_id: &str,
     jobs: &[NewJob],
 ) -> Result<(BatchRecord, Vec<JobRecord>), DbError> {
+    match insert_batch_with_key(pool, id, owner, correlation_id, jobs, None).await {
+        Ok(Inserted::New(rows)) => Ok(rows),
+        Ok(Inserted::Existing(_)) => Err(DbError::Corrupt(
+            "a batch without a key cannot exist already".into(),
+        )),
+        Err(KeyError::Db(e)) => Err(e),
+        Err(KeyError::Mismatch) => Err(DbError::Corrupt(
+            "a batch without a key cannot mismatch".into(),
+        )),
+    }
+}
+
+/// Records a batch with its jobs (and its Idempotency-Key, if any), or nothing at all.
+pub async fn insert_batch_with_key(
+    pool: &PgPool,
+    id: BatchId,
+    owner: &str,
+    correlation_id: &str,
+    jobs: &[NewJob],
+    key: Option<&KeyClaim<'_>>,
+) -> Result<Inserted<(BatchRecord, Vec<JobRecord>)>, KeyError> {
     let item_count =
         i32::try_from(jobs.len()).map_err(|_| DbError::Corrupt("batch too large".into()))?;
     let mut tx = pool.begin().await?;
@@ -40,8 +62,14 @@ pub async fn insert_batch(
     for (index, job) in (0i32..).zip(jobs) {
         rows.push(insert_job(&mut tx, job, Some((id, index))).await?);
     }
+    if let Some(key) = key
+        && let Some(existing) = claim(&mut tx, key, Existing::Batch(id)).await?
+    {
+        tx.rollback().await?;
+        return Ok(Inserted::Existing(existing));
+    }
     tx.commit().await?;
-    Ok((batch, rows))
+    Ok(Inserted::New((batch, rows)))
 }
 
 pub async fn get_batch(

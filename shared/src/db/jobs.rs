@@ -339,6 +339,34 @@ pub async fn insert(pool: &PgPool, job: &NewJob) -> Result<JobRecord, DbError> {
     Ok(row)
 }
 
+/// A new row, or the one an Idempotency-Key already stands for.
+#[derive(Debug)]
+pub enum Inserted<T> {
+    New(T),
+    Existing(super::idempotency::Existing),
+}
+
+/// Records one job under an Idempotency-Key, in one transaction with the key.
+pub async fn insert_with_key(
+    pool: &PgPool,
+    job: &NewJob,
+    key: &super::idempotency::KeyClaim<'_>,
+) -> Result<Inserted<JobRecord>, super::idempotency::KeyError> {
+    let mut tx = pool.begin().await?;
+    let row = insert_job(&mut tx, job, None).await?;
+    match super::idempotency::claim(&mut tx, key, super::idempotency::Existing::Job(row.id)).await?
+    {
+        None => {
+            tx.commit().await?;
+            Ok(Inserted::New(row))
+        }
+        Some(existing) => {
+            tx.rollback().await?;
+            Ok(Inserted::Existing(existing))
+        }
+    }
+}
+
 /// Cancels a job that has not finished. A running job's worker notices at its next lease renewal (the renewal
 /// fails), drops the provider call and removes anything it stored. `None`: no such job, or already finished.
 pub async fn cancel(

@@ -2,6 +2,7 @@
 //! conditional UPDATE so a job delivered twice can be finished only once and never moves backwards.
 
 pub mod batches;
+pub mod idempotency;
 pub mod images;
 pub mod jobs;
 
