@@ -1544,7 +1544,7 @@ async fn a_killed_workers_fleet_permit_comes_back(pool: PgPool) {
     // The only permit is held by a call whose worker now dies without releasing it.
     let worker = stack.worker_proc.as_mut().expect("worker");
     worker.signal("KILL");
-    worker.wait_exit(Duration::from_secs(10)).await;
+    worker.wait_exit(Duration::from_secs(15)).await;
     let mut env = stack.env.clone();
     env.extend(fleet);
     let _second = support::Proc::spawn("worker-2", &["worker"], &env);
@@ -1558,7 +1558,7 @@ async fn a_killed_workers_fleet_permit_comes_back(pool: PgPool) {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(15),
         "the permit came back after its TTL: {:?}",
         started.elapsed()
     );

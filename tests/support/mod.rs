@@ -210,6 +210,11 @@ pub fn kv(k: &str, v: impl Into<String>) -> (String, String) {
 }
 
 pub async fn start(pool: &PgPool, options: Options) -> Stack {
+    start_on(database_url(pool), options).await
+}
+
+/// A stack on a database given by URL (a test's own Postgres server).
+pub async fn start_on(database_url: String, options: Options) -> Stack {
     let mut emu_args: Vec<&str> = vec!["emulator", "--host", "127.0.0.1", "--port", "0"];
     emu_args.extend(options.emulator_args.iter().map(String::as_str));
     let mut emulator_proc = Proc::spawn("emulator", &emu_args, &[]);
@@ -218,7 +223,7 @@ pub async fn start(pool: &PgPool, options: Options) -> Stack {
     let storage_dir = std::env::temp_dir().join(format!("imagegen-e2e-{}", uuid::Uuid::new_v4()));
     let queue = format!("imagegen-test-{}", uuid::Uuid::new_v4().simple());
     let mut env = vec![
-        kv("DATABASE_URL", database_url(pool)),
+        kv("DATABASE_URL", database_url),
         kv("REDIS_URL", options.redis_url.clone()),
         kv("QUEUE_NAME", queue),
         kv("OPENAI_API_KEY", API_KEY),
@@ -473,6 +478,110 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Postgres server of our own (initdb in a temp dir, trust auth, a free port), which a test may stop and start.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries (scripts/services.sh installs them)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "imagegen-pg-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let pg = PrivatePostgres { port, dir, bin };
+        pg.as_postgres(&format!("chown postgres {0}", pg.dir.display()), true);
+        pg.as_postgres(
+            &format!(
+                "{}/initdb -D {}/data -A trust -U postgres >/dev/null",
+                pg.bin.display(),
+                pg.dir.display()
+            ),
+            false,
+        );
+        pg.up();
+        pg
+    }
+
+    /// Runs a shell command as the postgres user (Postgres refuses to run as root), or as ourselves.
+    fn as_postgres(&self, command: &str, as_self: bool) {
+        let status = if as_self || !is_root() {
+            std::process::Command::new("sh")
+                .args(["-c", command])
+                .status()
+        } else {
+            std::process::Command::new("su")
+                .args(["postgres", "-c", command])
+                .status()
+        }
+        .expect("shell");
+        assert!(status.success(), "failed: {command}");
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn up(&self) {
+        self.as_postgres(
+            &format!(
+                "{}/pg_ctl -D {1}/data -l {1}/log -w -o \"-c listen_addresses=127.0.0.1 -p {2} -k {1}\" start >/dev/null",
+                self.bin.display(),
+                self.dir.display(),
+                self.port
+            ),
+            false,
+        );
+    }
+
+    pub fn down(&self) {
+        self.as_postgres(
+            &format!(
+                "{}/pg_ctl -D {}/data -m fast -w stop >/dev/null",
+                self.bin.display(),
+                self.dir.display()
+            ),
+            false,
+        );
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("su")
+            .args([
+                "postgres",
+                "-c",
+                &format!(
+                    "{}/pg_ctl -D {}/data -m immediate stop",
+                    self.bin.display(),
+                    self.dir.display()
+                ),
+            ])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,359 @@
+//! Fault injection: real processes under a load of jobs, one fault per case, then an audit from Postgres and
+//! storage: every accepted job terminal, none lost, none completed twice, no orphaned objects. Each case prints a
+//! summary line (see them with `cargo nextest run --test faults --no-capture`).
+
+mod support;
+
+use serde_json::json;
+use sqlx::PgPool;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use support::{Options, Stack, kv, start};
+
+const LOAD: usize = 120;
+
+/// What the audit found.
+#[derive(Debug)]
+struct Audit {
+    accepted: usize,
+    succeeded: usize,
+    other_terminal: usize,
+    lost: usize,
+    duplicated: usize,
+    orphans: usize,
+}
+
+impl Audit {
+    fn print(&self, case: &str, recovery: Duration) {
+        eprintln!(
+            "fault-case {case}: accepted={} succeeded={} other_terminal={} lost={} duplicated={} orphans={} recovery={:.1}s",
+            self.accepted,
+            self.succeeded,
+            self.other_terminal,
+            self.lost,
+            self.duplicated,
+            self.orphans,
+            recovery.as_secs_f64()
+        );
+    }
+
+    fn assert_clean(&self) {
+        assert_eq!(
+            (self.lost, self.duplicated, self.orphans),
+            (0, 0, 0),
+            "{self:?}"
+        );
+        assert_eq!(
+            self.succeeded + self.other_terminal,
+            self.accepted,
+            "{self:?}"
+        );
+    }
+}
+
+fn stored_image_ids(dir: &std::path::Path, out: &mut HashSet<String>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stored_image_ids(&p, out);
+            } else if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                out.insert(stem.to_owned());
+            }
+        }
+    }
+}
+
+/// Waits (bounded) for every accepted job to end, then audits Postgres and storage.
+async fn audit(pool: &PgPool, stack: &Stack, accepted: &[String], within: Duration) -> Audit {
+    let deadline = Instant::now() + within;
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ids: Vec<uuid::Uuid> = accepted.iter().map(|s| s.parse().expect("uuid")).collect();
+    let rows: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, status::text FROM jobs WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await
+            .expect("jobs");
+    let succeeded = rows.iter().filter(|(_, s)| s == "succeeded").count();
+    let other_terminal = rows
+        .iter()
+        .filter(|(_, s)| ["failed", "moderated", "canceled"].contains(&s.as_str()))
+        .count();
+    let duplicated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT job_id FROM images GROUP BY job_id \
+           HAVING count(*) > max((SELECT (request->>'num_images')::int FROM jobs j WHERE j.id = job_id))) d",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("duplicates");
+    let in_db: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM images")
+        .fetch_all(pool)
+        .await
+        .expect("images")
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
+    let mut on_disk = HashSet::new();
+    stored_image_ids(&stack.storage_dir, &mut on_disk);
+    Audit {
+        accepted: accepted.len(),
+        succeeded,
+        other_terminal,
+        lost: accepted.len() - succeeded - other_terminal,
+        duplicated: usize::try_from(duplicated).unwrap_or(usize::MAX),
+        orphans: on_disk.difference(&in_db).count(),
+    }
+}
+
+/// Submits `n` jobs as fast as the API takes them; returns the accepted ids (a 503 is not an acceptance).
+async fn submit_load(stack: &Stack, n: usize, tag: &str) -> Vec<String> {
+    let posts = (0..n).map(|i| {
+        stack.post(
+            "/api/v1/jobs",
+            json!({"prompt": format!("{tag} {i}")}),
+            &[("Prefer", "respond-async")],
+        )
+    });
+    futures::future::join_all(posts)
+        .await
+        .into_iter()
+        .filter(|r| r.status == 202)
+        .filter_map(|r| r.body["job_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn fast_recovery() -> Vec<(String, String)> {
+    vec![
+        kv("RECONCILE_QUEUED_AFTER", "2"),
+        kv("RECONCILE_INTERVAL_SECS", "1"),
+        kv("JOB_LEASE_SECS", "6"),
+    ]
+}
+
+async fn until_started(stack: &Stack, pool: &PgPool, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'queued'")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        if done >= n || Instant::now() > deadline {
+            return;
+        }
+        let _ = stack;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn sigkill_a_worker_under_load(pool: PgPool) {
+    let options = Options {
+        worker_env: fast_recovery(),
+        ..Options::default()
+    };
+    let mut stack = start(&pool, options).await;
+    stack.emulator_config(json!({"latency_ms": 50})).await;
+    let accepted = submit_load(&stack, LOAD, "kill").await;
+    until_started(&stack, &pool, 20).await;
+    let fault = Instant::now();
+    let worker = stack.worker_proc.as_mut().expect("worker");
+    worker.signal("KILL");
+    worker.wait_exit(Duration::from_secs(10)).await;
+    let mut env = stack.env.clone();
+    env.extend(fast_recovery());
+    let _replacement = support::Proc::spawn("worker-2", &["worker"], &env);
+    let result = audit(&pool, &stack, &accepted, Duration::from_secs(90)).await;
+    result.print("sigkill-worker", fault.elapsed());
+    result.assert_clean();
+    assert_eq!(result.succeeded, LOAD);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn redis_restarted_empty_under_load(pool: PgPool) {
+    let redis = support::PrivateRedis::start();
+    let options = Options {
+        redis_url: redis.url(),
+        worker_env: fast_recovery(),
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    stack.emulator_config(json!({"latency_ms": 50})).await;
+    let mut accepted = submit_load(&stack, LOAD, "before").await;
+    until_started(&stack, &pool, 20).await;
+    let fault = Instant::now();
+    redis.down();
+    // Submissions while Redis is down are refused (503), not half-accepted.
+    let during = submit_load(&stack, 10, "during").await;
+    assert!(
+        during.is_empty(),
+        "accepted while Redis was down: {during:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.up();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack.get("/health/ready").await.status != 200 {
+        assert!(Instant::now() < deadline, "API never became ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    accepted.extend(submit_load(&stack, 20, "after").await);
+    let result = audit(&pool, &stack, &accepted, Duration::from_secs(90)).await;
+    result.print("redis-restart-empty", fault.elapsed());
+    result.assert_clean();
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn rolling_deploy_sigterm_under_load(pool: PgPool) {
+    let options = Options {
+        worker_env: fast_recovery(),
+        ..Options::default()
+    };
+    let mut stack = start(&pool, options).await;
+    stack.emulator_config(json!({"latency_ms": 100})).await;
+    let accepted = submit_load(&stack, LOAD, "deploy").await;
+    until_started(&stack, &pool, 10).await;
+    // New version first, then the old one is told to stop; it finishes what it runs and exits 0.
+    let mut env = stack.env.clone();
+    env.extend(fast_recovery());
+    let _new = support::Proc::spawn("worker-new", &["worker"], &env);
+    let fault = Instant::now();
+    let old = stack.worker_proc.as_mut().expect("worker");
+    old.signal("TERM");
+    let status = old.wait_exit(Duration::from_secs(40)).await;
+    assert!(status.success(), "old worker exit: {status:?}");
+    let result = audit(&pool, &stack, &accepted, Duration::from_secs(90)).await;
+    result.print("rolling-sigterm", fault.elapsed());
+    result.assert_clean();
+    assert_eq!(result.succeeded, LOAD);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn every_message_delivered_twice(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let accepted = submit_load(&stack, LOAD, "twice").await;
+    // A second message for every job, as a duplicate delivery would make.
+    let queue_name = stack
+        .env
+        .iter()
+        .find(|(k, _)| k == "QUEUE_NAME")
+        .map(|(_, v)| v.clone())
+        .expect("queue name");
+    let (_, conn) = imagegen_shared::queue::redis_connection(&support::redis_url()).expect("redis");
+    let queue = imagegen_shared::queue::JobQueue::new(conn, &queue_name);
+    for id in &accepted {
+        let msg = imagegen_shared::queue::JobMessage {
+            job_id: id.parse().expect("id"),
+            correlation_id: "dup".into(),
+        };
+        queue.push(msg).await.expect("push duplicate");
+    }
+    let fault = Instant::now();
+    let mut env = stack.env.clone();
+    env.push(kv("WORKER_CONCURRENCY", "8"));
+    let _w1 = support::Proc::spawn("worker-1", &["worker"], &env);
+    let _w2 = support::Proc::spawn("worker-2", &["worker"], &env);
+    let result = audit(&pool, &stack, &accepted, Duration::from_secs(90)).await;
+    result.print("duplicate-delivery", fault.elapsed());
+    result.assert_clean();
+    assert_eq!(
+        stack.emulator_requests().await as usize,
+        LOAD,
+        "each job called the provider once"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_flaky_provider_under_load(pool: PgPool) {
+    let options = Options {
+        api_env: vec![kv("PROVIDER_MAX_ATTEMPTS", "6")],
+        worker_env: vec![kv("BREAKER_FAILURES", "1000")],
+        ..Options::default()
+    };
+    let stack = start(&pool, options).await;
+    stack.emulator_config(json!({"latency_ms": 20, "error_rate": 0.3, "error_status": 503, "rate_limit_rate": 0.05, "retry_after_s": 1})).await;
+    let fault = Instant::now();
+    let accepted = submit_load(&stack, LOAD, "flaky").await;
+    let result = audit(&pool, &stack, &accepted, Duration::from_secs(120)).await;
+    result.print("flaky-provider", fault.elapsed());
+    result.assert_clean();
+    assert!(result.succeeded >= LOAD * 9 / 10, "{result:?}");
+}
+
+#[tokio::test]
+async fn postgres_stopped_and_started_under_load() {
+    let pg = support::PrivatePostgres::start();
+    let admin: PgPool = sqlx::PgPool::connect(&pg.url("postgres"))
+        .await
+        .expect("connect");
+    sqlx::query("CREATE DATABASE imagegen")
+        .execute(&admin)
+        .await
+        .expect("create db");
+    admin.close().await;
+    let url = pg.url("imagegen");
+    let out = std::process::Command::new(support::BIN)
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let options = Options {
+        worker_env: fast_recovery(),
+        ..Options::default()
+    };
+    let stack = support::start_on(url.clone(), options).await;
+    stack.emulator_config(json!({"latency_ms": 100})).await;
+    let accepted = submit_load(&stack, 60, "before").await;
+    until_started(&stack, &pool, 10).await;
+
+    let fault = Instant::now();
+    pool.close().await;
+    pg.down();
+    let r = stack
+        .post(
+            "/api/v1/jobs",
+            json!({"prompt": "while postgres is down"}),
+            &[],
+        )
+        .await;
+    r.assert_error(503, "service_unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(stack.get("/health/ready").await.status, 503);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.up();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.get("/health/ready").await.status != 200 {
+        assert!(Instant::now() < deadline, "API never became ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = fault.elapsed();
+    let pool = sqlx::PgPool::connect(&url).await.expect("reconnect");
+    let mut all = accepted;
+    all.extend(submit_load(&stack, 20, "after").await);
+    let result = audit(&pool, &stack, &all, Duration::from_secs(90)).await;
+    result.print("postgres-outage", recovered);
+    result.assert_clean();
+}
