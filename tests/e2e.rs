@@ -1862,3 +1862,109 @@ async fn an_idempotency_key_returns_the_same_job(pool: PgPool) {
         b1.body, b2.body
     );
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn sigterm_on_the_api_answers_waiting_requests_and_exits(pool: PgPool) {
+    let mut stack = start(&pool, Options::default()).await;
+    stack.emulator_config(json!({"latency_ms": 4000})).await;
+    let waiting = {
+        let (http, url) = (stack.http.clone(), stack.url("/api/v1/generate"));
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .json(&generate_body("slow one"))
+                .send()
+                .await
+                .expect("request");
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.expect("json"),
+            )
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = std::time::Instant::now();
+    stack.api_proc.signal("TERM");
+    let (status, body) = waiting.await.expect("join");
+    assert_eq!(
+        status, 202,
+        "a waiting request is answered with the job, not dropped: {body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at once, not after the job"
+    );
+    let exit = stack.api_proc.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit:?}");
+    // The job runs on without the API.
+    let job_id = body["job_id"].as_str().expect("job id");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: String =
+            sqlx::query_scalar("SELECT status::text FROM jobs WHERE id = $1::uuid")
+                .bind(job_id)
+                .fetch_one(&pool)
+                .await
+                .expect("status");
+        if status == "succeeded" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job ended as {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_worker_past_its_grace_period_hands_its_job_back_at_once(pool: PgPool) {
+    let options = Options {
+        worker_env: vec![kv("SHUTDOWN_GRACE_SECONDS", "1")],
+        ..Options::default()
+    };
+    let mut stack = start(&pool, options).await;
+    stack.emulator_config(json!({"hang_next": 1})).await;
+    let r = stack
+        .post(
+            "/api/v1/jobs",
+            generate_body("outlives the grace period"),
+            &[],
+        )
+        .await;
+    let job_id = r.body["job_id"].as_str().expect("id").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let worker = stack.worker_proc.as_mut().expect("worker");
+    worker.signal("TERM");
+    let exit = worker.wait_exit(Duration::from_secs(15)).await;
+    assert!(exit.success(), "{exit:?}");
+    let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(
+        job.body["status"], "queued",
+        "handed back, not left running until its lease expires: {}",
+        job.body
+    );
+    let handed_back = std::time::Instant::now();
+    let _next = support::Proc::spawn("worker-2", &["worker"], &stack.env.clone());
+    let done = stack.wait_terminal(&job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(
+        handed_back.elapsed() < Duration::from_secs(15),
+        "taken up at once: {:?}",
+        handed_back.elapsed()
+    );
+}

@@ -56,7 +56,7 @@ pub struct WorkerArgs {
           value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub job_lease_secs: u64,
     /// After SIGTERM, how long running jobs may take before they are given back to the queue.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", value_name = "SHUTDOWN_GRACE_SECS", default_value_t = 30,
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", value_name = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_secs: u64,
     /// Serve this worker's Prometheus metrics on 0.0.0.0:PORT/metrics (off when unset).

@@ -334,7 +334,7 @@ async fn try_route(
         let _ = ctx.limits.release(key, &permit).await;
         let output = match result {
             CallResult::Lost => return Ok(RouteResult::Done(Outcome::NotOurs)),
-            CallResult::Abandoned => return release(ctx, job.id).await.map(RouteResult::Done),
+            CallResult::Abandoned => return release(ctx, job).await.map(RouteResult::Done),
             CallResult::Done(r) => r,
         };
         let attempt_result = match output {
@@ -432,7 +432,7 @@ async fn try_route(
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = lost.cancelled() => return Ok(RouteResult::Done(Outcome::NotOurs)),
-                    _ = ctx.abandon.cancelled() => return release(ctx, job.id).await.map(RouteResult::Done),
+                    _ = ctx.abandon.cancelled() => return release(ctx, job).await.map(RouteResult::Done),
                 }
             }
         }
@@ -522,10 +522,20 @@ async fn defer(
     Ok(RouteResult::Done(Outcome::Deferred))
 }
 
-async fn release(ctx: &JobContext, id: JobId) -> Result<Outcome, ProcessError> {
-    db::jobs::release_job(&ctx.pool, id, &ctx.worker_id).await?;
-    tracing::info!("shutdown grace period over; job released to the queue");
-    Err(ProcessError::Released(id))
+/// At the end of the shutdown grace period: the job goes back to `queued` with a fresh message, so another worker
+/// takes it now rather than after this one's heartbeats are missed.
+async fn release(ctx: &JobContext, job: &JobRecord) -> Result<Outcome, ProcessError> {
+    if db::jobs::release_job(&ctx.pool, job.id, &ctx.worker_id).await? {
+        let message = JobMessage {
+            job_id: job.id,
+            correlation_id: job.correlation_id.clone(),
+        };
+        if let Err(e) = ctx.queue.push(message).await {
+            tracing::warn!(error = %e, "could not re-queue the released job; the reconciler will");
+        }
+    }
+    tracing::info!("shutdown grace period over; job handed back to the queue");
+    Err(ProcessError::Released(job.id))
 }
 
 /// Writes the final state; Postgres errors here are retried a few times, since the provider call (which costs
