@@ -967,14 +967,7 @@ async fn a_killed_workers_job_is_finished_by_another_worker(pool: PgPool) {
         .post("/api/v1/jobs", generate_body("survive a crash"), &[])
         .await;
     let job_id = r.body["job_id"].as_str().expect("job id").to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the provider call never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.until_provider_busy("openai").await;
     // Killed mid-call: no graceful stop, no release; only the lease and the queue's heartbeats can save the job.
     let worker = stack.worker_proc.as_mut().expect("worker");
     worker.signal("KILL");
@@ -1533,14 +1526,7 @@ async fn a_killed_workers_fleet_permit_comes_back(pool: PgPool) {
     let _stuck = stack
         .post("/api/v1/jobs", generate_body("hangs forever"), &[])
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the call never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.until_provider_busy("openai").await;
     // The only permit is held by a call whose worker now dies without releasing it.
     let worker = stack.worker_proc.as_mut().expect("worker");
     worker.signal("KILL");
@@ -1882,14 +1868,7 @@ async fn sigterm_on_the_api_answers_waiting_requests_and_exits(pool: PgPool) {
             )
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the job never reached the provider"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.until_provider_busy("openai").await;
     let started = std::time::Instant::now();
     stack.api_proc.signal("TERM");
     let (status, body) = waiting.await.expect("join");
@@ -1940,14 +1919,7 @@ async fn a_worker_past_its_grace_period_hands_its_job_back_at_once(pool: PgPool)
         )
         .await;
     let job_id = r.body["job_id"].as_str().expect("id").to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stack.emulator_stats().await["openai"]["in_flight"] != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the call never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.until_provider_busy("openai").await;
     let worker = stack.worker_proc.as_mut().expect("worker");
     worker.signal("TERM");
     let exit = worker.wait_exit(Duration::from_secs(15)).await;

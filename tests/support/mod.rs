@@ -307,6 +307,18 @@ impl Stack {
             .expect("stats json")
     }
 
+    /// Waits (bounded) until the emulator has a call of `protocol` in flight.
+    pub async fn until_provider_busy(&self, protocol: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.emulator_stats().await[protocol]["in_flight"] != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {protocol} call started"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn emulator_requests(&self) -> u64 {
         self.emulator_stats().await["openai"]["requests"]
             .as_u64()
