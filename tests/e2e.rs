@@ -1634,15 +1634,16 @@ async fn a_queued_job_is_canceled_at_once_and_a_finished_one_cannot_be(pool: PgP
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_running_job_is_canceled_its_waiters_answered_and_nothing_kept(pool: PgPool) {
+    // A long lease: the worker must learn of the cancel from the event, not from a failed renewal.
     let stack = start(
         &pool,
         Options {
-            worker_env: vec![kv("JOB_LEASE_SECS", "3")],
+            worker_env: vec![kv("JOB_LEASE_SECS", "60")],
             ..Options::default()
         },
     )
     .await;
-    stack.emulator_config(json!({"latency_ms": 2500})).await;
+    stack.emulator_config(json!({"latency_ms": 6000})).await;
     let r = stack
         .post("/api/v1/jobs", generate_body("stop me"), &[])
         .await;
@@ -1677,8 +1678,15 @@ async fn a_running_job_is_canceled_its_waiters_answered_and_nothing_kept(pool: P
         started.elapsed() < Duration::from_secs(3),
         "the waiter was woken by the cancel"
     );
-    // The worker's call finishes after the cancel: its result is thrown away, nothing stays in storage.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The worker drops the provider call at once (the emulator sees the connection go), and keeps nothing.
+    let dropped = tokio::time::Instant::now() + Duration::from_secs(3);
+    while stack.emulator_stats().await["openai"]["in_flight"] != 0 {
+        assert!(
+            tokio::time::Instant::now() < dropped,
+            "the provider call was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let job = stack.get(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(
         (

@@ -22,7 +22,9 @@ use futures::StreamExt;
 use imagegen_shared::config::FluxProtocol;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::db;
+use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
+use imagegen_shared::events::JobEvent;
 use imagegen_shared::limits::{FleetLimits, LimitSettings};
 use imagegen_shared::queue::JobQueue;
 use imagegen_shared::queue::wake_channel;
@@ -123,6 +125,7 @@ pub async fn run(
         queue: JobQueue::new(redis.clone(), &args.redis.queue_name),
         limits: FleetLimits::new(redis.clone(), &args.redis.queue_name),
         limit_settings,
+        in_progress: Mutex::new(std::collections::HashMap::new()),
         queue_name: args.redis.queue_name.clone(),
         worker_id: worker_id.clone(),
         lease: Duration::from_secs(args.job_lease_secs),
@@ -151,7 +154,9 @@ pub async fn run(
     tokio::spawn(listen_for_work(
         client,
         wake_channel(&args.redis.queue_name),
+        imagegen_shared::events::channel(&args.redis.queue_name),
         running.clone(),
+        ctx.clone(),
         stopping.clone(),
     ));
 
@@ -217,19 +222,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Wakes the idle queue consumer when the API says it queued work, so a job starts within milliseconds instead of
-/// at the consumer's next heartbeat. Reconnects by itself; without it, jobs still start (on the heartbeat).
+/// Listens to two channels: the API's "work queued" nudge, which wakes the idle queue consumer so a job starts
+/// within milliseconds instead of at the next heartbeat, and job events, so a job canceled by a client stops at once
+/// here rather than at its next lease renewal. Reconnects by itself; without it both still happen, only later.
 async fn listen_for_work(
     client: redis::Client,
     channel: String,
+    events_channel: String,
     running: Arc<Mutex<Option<WorkerContext>>>,
+    jobs: Arc<JobContext>,
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(200);
     loop {
         let subscribed = tokio::time::timeout(Duration::from_secs(3), async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&[&channel, &events_channel]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await;
@@ -240,6 +248,13 @@ async fn listen_for_work(
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     msg = messages.next() => match msg {
+                        Some(msg) if msg.get_channel_name() == events_channel => {
+                            if let Ok(event) = serde_json::from_slice::<JobEvent>(msg.get_payload_bytes())
+                                && event.status == JobStatus::Canceled
+                            {
+                                jobs.stop_if_running(event.job_id);
+                            }
+                        }
                         Some(_) => {
                             let ctx = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
                             // apalis offers no public "poll now"; a pause/resume pair wakes the consumer.

@@ -42,6 +42,35 @@ pub struct JobContext {
     pub backoff: Backoff,
     /// Cancelled when the shutdown grace period is over: jobs still running give themselves back to the queue.
     pub abandon: CancellationToken,
+    /// The jobs this process is running, each with the token that stops it (a client's cancel, a lost lease).
+    pub in_progress: std::sync::Mutex<HashMap<JobId, CancellationToken>>,
+}
+
+impl JobContext {
+    /// A client canceled the job: if it runs here, stop it now (the provider call is dropped, nothing is kept).
+    pub fn stop_if_running(&self, id: JobId) {
+        let running = self.in_progress.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(token) = running.get(&id) {
+            tracing::info!(job_id = %id, "job canceled by its client; stopping");
+            token.cancel();
+        }
+    }
+}
+
+/// Removes a job from `in_progress` however its run ends.
+struct InProgress<'a> {
+    ctx: &'a JobContext,
+    id: JobId,
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .in_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// How handling one queue message ended.
@@ -202,6 +231,11 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
         return Ok(outcome);
     }
     let lost = CancellationToken::new();
+    ctx.in_progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, lost.clone());
+    let _registered = InProgress { ctx: &ctx, id };
     let keeper = spawn_lease_keeper(ctx.clone(), id, lost.clone());
     let result = generate(&ctx, &job, &message, &lost).await;
     keeper.abort();
@@ -538,8 +572,8 @@ async fn release(ctx: &JobContext, job: &JobRecord) -> Result<Outcome, ProcessEr
     Err(ProcessError::Released(job.id))
 }
 
-/// Writes the final state; Postgres errors here are retried a few times, since the provider call (which costs
-/// money) already succeeded and a lost write would mean paying for it again.
+/// Writes the final state; Postgres errors here are retried, since the provider call (which costs money) already
+/// succeeded and a lost write would mean paying for it again.
 async fn finish_succeeded(
     ctx: &JobContext,
     job: &JobRecord,
@@ -549,8 +583,13 @@ async fn finish_succeeded(
     served: &Served,
 ) -> Result<Outcome, ProcessError> {
     let mut last_error = None;
-    for pause in [0u64, 200, 1000, 3000] {
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+    // Keep trying for as long as nobody else can have taken the job over (twice the lease: while Postgres is down the
+    // reconciler cannot requeue it either), so a Postgres blip does not mean paying the provider twice.
+    let give_up = Instant::now() + ctx.lease * 2;
+    let mut pause = Duration::ZERO;
+    while Instant::now() < give_up {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
         match db::jobs::complete_succeeded(
             &ctx.pool,
             job.id,
