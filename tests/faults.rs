@@ -97,15 +97,23 @@ async fn audit(pool: &PgPool, stack: &Stack, accepted: &[String], within: Durati
     .fetch_one(pool)
     .await
     .expect("duplicates");
-    let in_db: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM images")
-        .fetch_all(pool)
-        .await
-        .expect("images")
-        .into_iter()
-        .map(|u| u.to_string())
-        .collect();
-    let mut on_disk = HashSet::new();
-    stored_image_ids(&stack.storage_dir, &mut on_disk);
+    // Objects a dead worker left are deleted by the reconciler's sweep: give it a few passes.
+    let sweep_deadline = Instant::now() + Duration::from_secs(10);
+    let (in_db, on_disk) = loop {
+        let in_db: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM images")
+            .fetch_all(pool)
+            .await
+            .expect("images")
+            .into_iter()
+            .map(|u| u.to_string())
+            .collect();
+        let mut on_disk = HashSet::new();
+        stored_image_ids(&stack.storage_dir, &mut on_disk);
+        if on_disk.is_subset(&in_db) || Instant::now() > sweep_deadline {
+            break (in_db, on_disk);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     Audit {
         accepted: accepted.len(),
         succeeded,

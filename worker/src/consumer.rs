@@ -174,6 +174,7 @@ pub async fn run(
         tokio::spawn(crate::reconciler::run(
             ctx.pool.clone(),
             ctx.queue.clone(),
+            ctx.storage.clone(),
             settings,
             stopping.clone(),
         ));

@@ -13,6 +13,7 @@ use imagegen_shared::db;
 use imagegen_shared::domain::{JobId, JobStatus};
 use imagegen_shared::events::JobEvent;
 use imagegen_shared::queue::{JobMessage, JobQueue};
+use imagegen_shared::storage::ImageStorage;
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -136,9 +137,30 @@ pub async fn reconcile_once(
     Ok(Some((stale.len(), expired.len(), failed.len())))
 }
 
+/// Deletes objects whose writer died before recording them (see `db::pending`). Returns how many.
+pub async fn sweep_orphans(pool: &PgPool, storage: &ImageStorage) -> Result<usize, db::DbError> {
+    let keys = db::pending::orphans(pool, BATCH).await?;
+    let mut removed = Vec::with_capacity(keys.len());
+    for key in keys {
+        match storage.delete_image(&key).await {
+            Ok(()) => removed.push(key),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "could not delete an orphaned object; will retry")
+            }
+        }
+    }
+    db::pending::forget(pool, &removed).await?;
+    if !removed.is_empty() {
+        metrics::counter!("imagegen_reconciler_jobs_total", "action" => "orphan_deleted")
+            .increment(removed.len() as u64);
+    }
+    Ok(removed.len())
+}
+
 pub async fn run(
     pool: PgPool,
     queue: JobQueue,
+    storage: ImageStorage,
     settings: ReconcilerSettings,
     stop: CancellationToken,
 ) {
@@ -154,6 +176,14 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reconciler pass failed; will retry"),
+        }
+        match sweep_orphans(&pool, &storage).await {
+            Ok(n) if n > 0 => tracing::info!(
+                removed = n,
+                "reconciler deleted objects of workers that died mid-write"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "orphan sweep failed; will retry"),
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::providers::{GeneratedImage, ImageSource, ProviderOutput};
 use base64::Engine;
 use bytes::Bytes;
 use chrono::Utc;
-use imagegen_shared::db::{JobRecord, NewImage};
+use imagegen_shared::db::{self, JobRecord, NewImage};
 use imagegen_shared::domain::{GenerationRequest, ImageId};
 use imagegen_shared::storage::{ImageMetadata, ImageStorage, StorageError, sniff_image};
 use sha2::{Digest, Sha256};
@@ -20,6 +20,8 @@ pub enum StoreError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     BadImage(String),
+    #[error(transparent)]
+    Db(imagegen_shared::db::DbError),
 }
 
 impl StoreError {
@@ -28,6 +30,7 @@ impl StoreError {
             StoreError::Download(e) => e.is_retryable(),
             StoreError::Storage(_) => true,
             StoreError::BadImage(_) => false,
+            StoreError::Db(_) => true,
         }
     }
 }
@@ -103,10 +106,14 @@ async fn store_one(
         size_bytes,
         created_at,
     };
-    ctx.storage
-        .put_image(&key, bytes, &metadata)
+    // The intent first: should this worker die before the job's success is recorded, the reconciler finds the object.
+    db::pending::record(&ctx.pool, &key, job.id, &ctx.worker_id)
         .await
-        .map_err(StoreError::Storage)?;
+        .map_err(StoreError::Db)?;
+    if let Err(e) = ctx.storage.put_image(&key, bytes, &metadata).await {
+        let _ = db::pending::forget(&ctx.pool, std::slice::from_ref(&key)).await;
+        return Err(StoreError::Storage(e));
+    }
     Ok(NewImage {
         id,
         position,
@@ -121,10 +128,19 @@ async fn store_one(
     })
 }
 
+/// Deletes objects this worker stored but will not record; an object that cannot be deleted stays in the intent
+/// log, and the reconciler tries again.
 pub async fn remove_objects(ctx: &JobContext, images: &[NewImage]) {
+    let mut removed = Vec::with_capacity(images.len());
     for image in images {
-        if let Err(e) = ctx.storage.delete_image(&image.storage_key).await {
-            tracing::error!(key = %image.storage_key, error = %e, "could not remove a stored object; it is orphaned");
+        match ctx.storage.delete_image(&image.storage_key).await {
+            Ok(()) => removed.push(image.storage_key.clone()),
+            Err(e) => {
+                tracing::warn!(key = %image.storage_key, error = %e, "could not remove a stored object yet")
+            }
         }
+    }
+    if let Err(e) = db::pending::forget(&ctx.pool, &removed).await {
+        tracing::warn!(error = %e, "could not clear the intent log; the reconciler will");
     }
 }

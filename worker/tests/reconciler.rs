@@ -133,3 +133,68 @@ async fn expired_leases_are_requeued_or_failed_when_out_of_attempts(pool: PgPool
     assert_eq!(spent.status, JobStatus::Failed);
     assert_eq!(queue.depth().await.expect("depth"), 1);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn objects_of_a_writer_that_died_are_swept(pool: PgPool) {
+    use imagegen_shared::storage::{ImageMetadata, ImageStorage};
+    let storage = ImageStorage::memory();
+    let job = db::jobs::insert(&pool, &new_job(3)).await.expect("insert");
+    db::jobs::claim_job(&pool, job.id, "w1", Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let meta = |id| ImageMetadata {
+        image_id: id,
+        job_id: job.id,
+        owner: "anonymous".into(),
+        prompt: "a fox".into(),
+        revised_prompt: None,
+        provider: "dalle3:openai".into(),
+        width: 1,
+        height: 1,
+        seed: None,
+        sha256: "00".into(),
+        content_type: "image/png".into(),
+        size_bytes: 3,
+        created_at: chrono::Utc::now(),
+    };
+    let (a, b) = (
+        imagegen_shared::domain::ImageId::new(),
+        imagegen_shared::domain::ImageId::new(),
+    );
+    for (id, key) in [(a, "2026/11/24/a.png"), (b, "2026/11/24/b.png")] {
+        db::pending::record(&pool, key, job.id, "w1")
+            .await
+            .expect("intent");
+        storage
+            .put_image(key, bytes::Bytes::from_static(b"png"), &meta(id))
+            .await
+            .expect("put");
+    }
+    // Its writer still holds the job: nothing is swept.
+    assert_eq!(
+        imagegen_worker::reconciler::sweep_orphans(&pool, &storage)
+            .await
+            .expect("sweep"),
+        0
+    );
+    // The writer died and another worker took the job over: both objects are orphans now.
+    sqlx::query("UPDATE jobs SET worker_id = 'w2' WHERE id = $1")
+        .bind(job.id)
+        .execute(&pool)
+        .await
+        .expect("takeover");
+    assert_eq!(
+        imagegen_worker::reconciler::sweep_orphans(&pool, &storage)
+            .await
+            .expect("sweep"),
+        2
+    );
+    assert!(storage.get("2026/11/24/a.png").await.is_err());
+    assert_eq!(
+        imagegen_worker::reconciler::sweep_orphans(&pool, &storage)
+            .await
+            .expect("sweep"),
+        0
+    );
+}

@@ -279,6 +279,11 @@ pub async fn complete_succeeded(
     for image in images {
         stored.push(super::images::insert_image(&mut tx, &job.owner, id, image).await?);
     }
+    // The objects are now reachable through their rows: no longer pending.
+    sqlx::query("DELETE FROM pending_objects WHERE job_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Some((job, stored)))
 }

@@ -5,6 +5,7 @@ pub mod batches;
 pub mod idempotency;
 pub mod images;
 pub mod jobs;
+pub mod pending;
 
 pub use batches::BatchRecord;
 pub use images::{ImageRecord, NewImage};
