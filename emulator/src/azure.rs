@@ -117,11 +117,7 @@ async fn answer(
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
     let lower = valid.prompt.to_lowercase();
-    let fate = if lower.contains("emulator-moderate") {
-        Fate::Moderate
-    } else {
-        fate
-    };
+    let fate = fate.moderated_if_triggered(&lower);
     match fate {
         Fate::Hang => {
             tokio::time::sleep(HANG).await;

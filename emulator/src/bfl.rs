@@ -110,12 +110,7 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
         .and_then(Value::as_u64)
         .unwrap_or_else(|| rand::random::<u32>().into());
     let (fate, knobs) = emu.draw(PROTOCOL);
-    let lower = prompt.to_lowercase();
-    let fate = if lower.contains("emulator-moderate") {
-        Fate::Moderate
-    } else {
-        fate
-    };
+    let fate = fate.moderated_if_triggered(prompt);
     let mut tasks = emu.bfl_tasks.lock().unwrap_or_else(|e| e.into_inner());
     let active = tasks.values().filter(|t| t.result.is_none()).count();
     match fate {

@@ -73,3 +73,62 @@ impl EmulatorArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    #[test]
+    fn flags_set_the_starting_knobs() {
+        let cli = Cli::try_parse_from([
+            "emulator",
+            "--port",
+            "0",
+            "--api-key",
+            "sk-a",
+            "--api-key",
+            "sk-b",
+            "--latency-ms",
+            "25",
+            "--error-rate",
+            "0.5",
+            "--error-status",
+            "503",
+            "--rate-limit-rate",
+            "0.1",
+            "--retry-after-s",
+            "3",
+            "--hang-rate",
+            "0.01",
+            "--moderation-rate",
+            "0.2",
+            "--url-ttl-s",
+            "60",
+        ])
+        .expect("parse");
+        assert_eq!(cli.args.port, 0);
+        assert_eq!(cli.args.api_keys, ["sk-a", "sk-b"]);
+        assert_eq!(
+            cli.args.knobs(),
+            Knobs {
+                latency_ms: 25,
+                error_rate: 0.5,
+                error_status: 503,
+                rate_limit_rate: 0.1,
+                retry_after_s: 3,
+                hang_rate: 0.01,
+                moderation_rate: 0.2,
+                url_ttl_s: 60,
+                ..Knobs::default()
+            }
+        );
+        assert!(Cli::try_parse_from(["emulator", "--latency-ms", "soon"]).is_err());
+    }
+}

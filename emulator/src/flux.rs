@@ -186,11 +186,7 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
-    let fate = if valid.prompt.to_lowercase().contains("emulator-moderate") {
-        Fate::Moderate
-    } else {
-        fate
-    };
+    let fate = fate.moderated_if_triggered(&valid.prompt);
     match fate {
         Fate::Hang => {
             tokio::time::sleep(HANG).await;

@@ -59,6 +59,21 @@ pub enum Fate {
     Succeed,
 }
 
+/// A prompt containing this word (any case) is refused by the emulated safety system, deterministically.
+pub const MODERATE_WORD: &str = "emulator-moderate";
+
+impl Fate {
+    /// Applies the trigger word at the moderation step: hangs, 429s and injected errors drawn for the request still
+    /// come first, as the real services check rate limits before they look at a prompt.
+    pub fn moderated_if_triggered(self, prompt: &str) -> Fate {
+        if self == Fate::Succeed && prompt.to_lowercase().contains(MODERATE_WORD) {
+            Fate::Moderate
+        } else {
+            self
+        }
+    }
+}
+
 fn take(counter: &mut u32) -> bool {
     if *counter > 0 {
         *counter -= 1;
@@ -115,5 +130,24 @@ mod tests {
             ..Knobs::default()
         };
         assert_eq!(always.draw(), Fate::Error(503));
+    }
+
+    #[test]
+    fn the_trigger_word_moderates_only_what_would_succeed() {
+        let word = "a Emulator-Moderate scene";
+        assert_eq!(Fate::Succeed.moderated_if_triggered(word), Fate::Moderate);
+        assert_eq!(
+            Fate::Succeed.moderated_if_triggered("a scene"),
+            Fate::Succeed
+        );
+        assert_eq!(
+            Fate::Error(500).moderated_if_triggered(word),
+            Fate::Error(500)
+        );
+        assert_eq!(
+            Fate::RateLimit.moderated_if_triggered(word),
+            Fate::RateLimit
+        );
+        assert_eq!(Fate::Hang.moderated_if_triggered(word), Fate::Hang);
     }
 }

@@ -1,9 +1,10 @@
 //! `imagegen emulator`: faithful local copies of the providers' APIs, so tests, benchmarks and keyless sandboxes
-//! exercise the real clients over real HTTP. Today it speaks the OpenAI Images API (dall-e-3); knobs inject latency,
-//! errors, 429s, hangs and moderation, and `/emulator/stats` counts what it saw.
+//! exercise the real clients over real HTTP. It speaks the OpenAI Images API (dall-e-3), Azure OpenAI, Together's
+//! OpenAI-compatible Flux and Black Forest Labs; per-protocol knobs inject latency, errors, 429s, hangs and
+//! moderation, and `/emulator/stats` counts what each protocol saw.
 //!
-//! Control plane: `PUT /emulator/config` `{"openai": {partial knobs}}`, `GET /emulator/config`,
-//! `GET /emulator/stats`, `POST /emulator/reset`.
+//! Control plane: `PUT /emulator/config` `{"<protocol>": {partial knobs}}`, `GET /emulator/config`,
+//! `GET /emulator/stats`, `POST /emulator/reset`. Anything else answers OpenAI's 404/405 error bodies.
 
 pub mod azure;
 pub mod bfl;
@@ -20,7 +21,7 @@ pub use picture::render_png;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -206,18 +207,33 @@ impl Emulator {
                 "/health",
                 get(|| async { axum::Json(json!({"status": "ok"})) }),
             )
-            .fallback(|| async {
-                openai::error(
-                    StatusCode::NOT_FOUND,
-                    "Invalid URL",
-                    "invalid_request_error",
-                    None,
-                    None,
-                )
-            })
+            .fallback(not_found)
             .with_state(self.clone())
             .merge(files)
+            .method_not_allowed_fallback(wrong_method)
     }
+}
+
+/// OpenAI's answer to a path it does not serve.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    openai::error(
+        StatusCode::NOT_FOUND,
+        &format!("Invalid URL ({method} {})", uri.path()),
+        "invalid_request_error",
+        None,
+        None,
+    )
+}
+
+/// OpenAI's answer to a known path with the wrong method.
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    openai::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("Invalid method for URL ({method} {})", uri.path()),
+        "invalid_request_error",
+        None,
+        None,
+    )
 }
 
 async fn get_config(State(emu): State<Emulator>) -> axum::Json<Value> {
@@ -299,6 +315,15 @@ pub async fn serve(
         .await
 }
 
+/// Serves an emulator on `listener` for as long as the task runs: `tokio::spawn(spawn_on(listener, emulator))` in
+/// tests, then abort or drop the runtime to stop it.
+pub async fn spawn_on(
+    listener: tokio::net::TcpListener,
+    emulator: Emulator,
+) -> std::io::Result<()> {
+    serve(listener, emulator, std::future::pending()).await
+}
+
 /// `imagegen emulator`: binds, logs the address it listens on, serves until `shutdown`.
 pub async fn run(
     args: EmulatorArgs,
@@ -318,258 +343,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    async fn start(keys: &[&str]) -> (String, reqwest::Client) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let emulator = Emulator::new(
-            keys.iter().map(|k| (*k).to_owned()).collect(),
-            Knobs::default(),
-        );
-        tokio::spawn(serve(listener, emulator, std::future::pending()));
-        (format!("http://{addr}"), reqwest::Client::new())
-    }
-
-    async fn generate(
-        base: &str,
-        http: &reqwest::Client,
-        key: Option<&str>,
-        body: Value,
-    ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut req = http
-            .post(format!("{base}/v1/images/generations"))
-            .json(&body);
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        let r = req.send().await.expect("send");
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        (status, headers, r.json().await.unwrap_or(Value::Null))
-    }
-
-    fn png_dims(bytes: &[u8]) -> (u32, u32) {
-        let reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("png");
-        (reader.info().width, reader.info().height)
-    }
-
-    #[tokio::test]
-    async fn answers_like_openai_with_urls_and_b64() {
-        let (base, http) = start(&[]).await;
-        let body = json!({"model": "dall-e-3", "prompt": "a red fox", "size": "1792x1024", "response_format": "b64_json"});
-        let (status, headers, json) = generate(&base, &http, Some("any-key"), body).await;
-        assert_eq!(status, 200, "{json}");
-        assert!(headers.get("x-request-id").is_some());
-        assert!(json["data"][0]["revised_prompt"].as_str().is_some());
-        use base64::Engine;
-        let b64 = json["data"][0]["b64_json"].as_str().expect("b64");
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .expect("base64");
-        assert_eq!(png_dims(&png), (1792, 1024));
-        assert_eq!(
-            png,
-            render_png("a red fox", 0, 1792, 1024),
-            "deterministic from the prompt"
-        );
-
-        let body = json!({"model": "dall-e-3", "prompt": "a red fox", "size": "1792x1024"});
-        let (status, _, json) = generate(&base, &http, Some("k"), body).await;
-        assert_eq!(status, 200);
-        let url = json["data"][0]["url"].as_str().expect("url");
-        let served = http.get(url).send().await.expect("file");
-        assert_eq!(served.status().as_u16(), 200);
-        assert_eq!(served.bytes().await.expect("bytes").to_vec(), png);
-        let tampered = url.replace("sig=", "sig=00");
-        assert_eq!(
-            http.get(tampered)
-                .send()
-                .await
-                .expect("file")
-                .status()
-                .as_u16(),
-            403
-        );
-    }
-
-    #[tokio::test]
-    async fn urls_expire() {
-        let (base, http) = start(&[]).await;
-        http.put(format!("{base}/emulator/config"))
-            .json(&json!({"openai": {"url_ttl_s": 0}}))
-            .send()
-            .await
-            .expect("config");
-        let (_, _, json) = generate(
-            &base,
-            &http,
-            Some("k"),
-            json!({"model": "dall-e-3", "prompt": "x"}),
-        )
-        .await;
-        let url = json["data"][0]["url"].as_str().expect("url");
-        let r = http.get(url).send().await.expect("file");
-        assert_eq!(r.status().as_u16(), 403);
-        assert!(
-            r.text()
-                .await
-                .expect("xml")
-                .contains("AuthenticationFailed")
-        );
-    }
-
-    #[tokio::test]
-    async fn auth_and_validation_errors_have_openai_bodies() {
-        let (base, http) = start(&["sk-good-key-1234"]).await;
-        let ok = json!({"model": "dall-e-3", "prompt": "x"});
-        let (s, _, j) = generate(&base, &http, None, ok.clone()).await;
-        assert_eq!(
-            (s, j["error"]["type"].as_str()),
-            (401, Some("invalid_request_error"))
-        );
-        let (s, _, j) = generate(&base, &http, Some("sk-bad-key-9999"), ok.clone()).await;
-        assert_eq!(
-            (s, j["error"]["code"].as_str()),
-            (401, Some("invalid_api_key"))
-        );
-        assert!(
-            j["error"]["message"]
-                .as_str()
-                .expect("message")
-                .contains("sk-...9999")
-        );
-        let key = Some("sk-good-key-1234");
-        let cases = [
-            (
-                json!({"model": "dall-e-3", "prompt": "x", "size": "512x512"}),
-                Some("size"),
-                Some("invalid_size"),
-            ),
-            (
-                json!({"model": "dall-e-3", "prompt": "x", "n": 2}),
-                Some("n"),
-                None,
-            ),
-            (
-                json!({"model": "dall-e-3", "prompt": "x".repeat(4001)}),
-                Some("prompt"),
-                Some("string_above_max_length"),
-            ),
-            (json!({"prompt": "x"}), Some("model"), None),
-            (
-                json!({"model": "dall-e-3", "prompt": "x", "quality": "ultra"}),
-                Some("quality"),
-                Some("invalid_value"),
-            ),
-            (
-                json!({"model": "dall-e-3", "prompt": "x", "extra": 1}),
-                None,
-                None,
-            ),
-        ];
-        for (body, param, code) in cases {
-            let (s, _, j) = generate(&base, &http, key, body.clone()).await;
-            assert_eq!(s, 400, "{body}");
-            assert_eq!(j["error"]["param"].as_str(), param, "{body}: {j}");
-            assert_eq!(j["error"]["code"].as_str(), code, "{body}: {j}");
-        }
-    }
-
-    #[tokio::test]
-    async fn knobs_drive_failures_and_stats_count_them() {
-        let (base, http) = start(&[]).await;
-        let cfg = json!({"openai": {"fail_next": 1, "rate_limit_next": 1, "retry_after_s": 7, "latency_ms": 50}});
-        let r = http
-            .put(format!("{base}/emulator/config"))
-            .json(&cfg)
-            .send()
-            .await
-            .expect("config");
-        assert_eq!(r.status().as_u16(), 200);
-        let bad = http
-            .put(format!("{base}/emulator/config"))
-            .json(&json!({"openai": {"latncy": 1}}))
-            .send()
-            .await
-            .expect("config");
-        assert_eq!(bad.status().as_u16(), 400, "typos in knobs are refused");
-        let body = json!({"model": "dall-e-3", "prompt": "x"});
-        let (s, h, j) = generate(&base, &http, Some("k"), body.clone()).await;
-        assert_eq!(
-            (s, j["error"]["code"].as_str()),
-            (429, Some("rate_limit_exceeded"))
-        );
-        assert_eq!(
-            h.get("retry-after").and_then(|v| v.to_str().ok()),
-            Some("7")
-        );
-        let (s, _, j) = generate(&base, &http, Some("k"), body.clone()).await;
-        assert_eq!(
-            (s, j["error"]["type"].as_str()),
-            (500, Some("server_error"))
-        );
-        let (s, _, j) = generate(
-            &base,
-            &http,
-            Some("k"),
-            json!({"model": "dall-e-3", "prompt": "emulator-moderate me"}),
-        )
-        .await;
-        assert_eq!(
-            (s, j["error"]["code"].as_str()),
-            (400, Some("content_policy_violation"))
-        );
-
-        let calls = (0..4).map(|_| generate(&base, &http, Some("k"), body.clone()));
-        for (s, _, _) in futures::future::join_all(calls).await {
-            assert_eq!(s, 200);
-        }
-        let stats: Value = http
-            .get(format!("{base}/emulator/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(stats["openai"]["requests"], 7);
-        assert_eq!(stats["openai"]["in_flight"], 0);
-        assert!(
-            stats["openai"]["max_in_flight"].as_u64().expect("max") >= 2,
-            "{stats}"
-        );
-        assert_eq!(stats["openai"]["by_status"]["200"], 4);
-
-        let r = http
-            .post(format!("{base}/emulator/reset"))
-            .send()
-            .await
-            .expect("reset");
-        assert_eq!(r.status().as_u16(), 204);
-        let stats: Value = http
-            .get(format!("{base}/emulator/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(stats["openai"]["requests"], 0);
-        let cfg: Value = http
-            .get(format!("{base}/emulator/config"))
-            .send()
-            .await
-            .expect("cfg")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(cfg["openai"]["latency_ms"], 0);
-    }
-}
+mod tests;
