@@ -11,9 +11,18 @@ scripts/services.sh
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
+# The end-to-end suite runs twice: api + worker processes on Postgres and Redis, then one `imagegen standalone`
+# process on SQLite with its in-process queue (E2E_MODE=standalone; tests that need several processes or Redis
+# itself say so and skip).
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+  echo "test: the end-to-end suite again, standalone mode (SQLite, in-process queue)" >&2
+  E2E_MODE=standalone cargo nextest run --workspace --no-fail-fast --no-tests=warn -E 'binary(e2e)' "$@" || status=$?
 else
   echo "test: cargo-nextest not found; using cargo test" >&2
-  exec cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
+  echo "test: the end-to-end suite again, standalone mode (SQLite, in-process queue)" >&2
+  E2E_MODE=standalone cargo test --no-fail-fast --test e2e "$@" || status=$?
 fi
+exit "$status"

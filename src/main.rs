@@ -1,5 +1,8 @@
 //! `imagegen`: one binary, several roles. `api` and `worker` are deployed and scaled separately; `migrate` applies
 //! the database schema; `emulator` serves faithful local copies of the providers' APIs for tests and sandboxes.
+//! With no role (or `standalone`) it runs the API and the workers in one process on embedded defaults.
+
+mod standalone;
 
 use clap::{Args, Parser, Subcommand};
 use imagegen_api::ApiArgs;
@@ -16,12 +19,16 @@ use std::process::ExitCode;
     about = "Image generation service: API, workers and provider emulator"
 )]
 struct Cli {
+    /// Without a role: `standalone`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// API and workers in one process; SQLite, an in-process queue and sandbox providers unless DATABASE_URL,
+    /// REDIS_URL and API keys say otherwise (the default).
+    Standalone,
     /// Serve the HTTP API.
     Api(Box<ApiArgs>),
     /// Run a queue worker that calls the providers and stores images.
@@ -104,7 +111,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let command = match cli.command.unwrap_or(Command::Standalone) {
+        Command::Standalone => match standalone::parse() {
+            Ok(args) => Role::Standalone(Box::new(args)),
+            Err(e) => {
+                eprintln!("imagegen: {}", one_line(&e));
+                return ExitCode::from(2);
+            }
+        },
+        other => Role::Other(other),
+    };
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
@@ -114,8 +131,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// A role with its settings read.
+enum Role {
+    Standalone(Box<standalone::Settings>),
+    Other(Command),
+}
+
+async fn run(role: Role) -> anyhow::Result<()> {
+    let command = match role {
+        Role::Standalone(args) => return standalone::run(*args, shutdown_signal()).await,
+        Role::Other(command) => command,
+    };
     match command {
+        Command::Standalone => {
+            anyhow::bail!("standalone settings are read before the runtime starts")
+        }
         Command::Api(args) => {
             telemetry::init(&args.core.log_level)?;
             let addr = format!("{}:{}", args.api_host, args.api_port);
@@ -132,6 +162,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             telemetry::init(&args.core.log_level)?;
             let pool = db::connect_lazy(&args.database.database_url, 1)
                 .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+            tracing::info!(database = pool.kind(), "applying migrations");
             db::migrate(&pool)
                 .await
                 .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;

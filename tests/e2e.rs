@@ -271,10 +271,7 @@ async fn an_invalid_batch_item_rejects_the_whole_batch(pool: PgPool) {
         r.body
     );
     assert_eq!(r.body["details"][0]["field"], "[2].size");
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let count: i64 = stack.count(&pool, "SELECT count(*) FROM jobs").await;
     assert_eq!(count, 0, "nothing of a rejected batch is recorded");
 
     stack
@@ -452,10 +449,7 @@ async fn every_validation_error_has_the_seed_shape(pool: PgPool) {
         .await;
     assert_ne!(r.body["correlation_id"], "bad id with spaces");
     r.assert_error(400, "validation_failed");
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let count: i64 = stack.count(&pool, "SELECT count(*) FROM jobs").await;
     assert_eq!(count, 0, "invalid requests record nothing");
 }
 
@@ -743,7 +737,12 @@ async fn providers_docs_health_and_metrics(pool: PgPool) {
 
     let health = stack.get("/health/").await;
     assert_eq!(health.status, 200, "{}", health.body);
-    for c in ["database", "redis", "storage"] {
+    let queue = if support::standalone() {
+        "queue"
+    } else {
+        "redis"
+    };
+    for c in ["database", queue, "storage"] {
         assert_eq!(
             health.body["components"][c]["status"], "healthy",
             "{}",
@@ -788,6 +787,7 @@ async fn providers_docs_health_and_metrics(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: PgPool) {
+    not_standalone!("Redis itself is stopped");
     // A private Redis we can stop and start again.
     let redis = support::PrivateRedis::start();
     let options = Options {
@@ -832,10 +832,7 @@ async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: 
         .await;
     submit.assert_error(503, "service_unavailable");
     assert!(submit.header("retry-after").is_some());
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let count: i64 = stack.count(&pool, "SELECT count(*) FROM jobs").await;
     assert_eq!(
         count, 0,
         "a job that could not be queued is not left behind"
@@ -866,6 +863,7 @@ async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: 
 
 #[sqlx::test(migrations = "./migrations")]
 async fn sigterm_lets_a_running_job_finish(pool: PgPool) {
+    not_standalone!("signals a separate worker process");
     let mut stack = start(&pool, Options::default()).await;
     stack.emulator_config(json!({"latency_ms": 1500})).await;
     let r = stack
@@ -961,6 +959,7 @@ async fn bad_configuration_stops_start_up_with_one_line(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_killed_workers_job_is_finished_by_another_worker(pool: PgPool) {
+    not_standalone!("needs a second worker process");
     let mut stack = start(&pool, Options::default()).await;
     stack.emulator_config(json!({"hang_next": 1})).await;
     let r = stack
@@ -1273,6 +1272,8 @@ fn dalle3_and_flux() -> Options {
 #[sqlx::test(migrations = "./migrations")]
 async fn a_dalle3_outage_fails_over_to_flux_with_the_request_translated(pool: PgPool) {
     let mut options = dalle3_and_flux();
+    // The API records the bound on the job; the worker applies it per route.
+    options.api_env.push(kv("PROVIDER_MAX_ATTEMPTS", "2"));
     options.worker_env.push(kv("PROVIDER_MAX_ATTEMPTS", "2"));
     let stack = start(&pool, options).await;
     stack
@@ -1315,7 +1316,7 @@ async fn a_dalle3_outage_fails_over_to_flux_with_the_request_translated(pool: Pg
             stats["openai"]["requests"].as_u64(),
             stats["flux"]["requests"].as_u64()
         ),
-        (Some(3), Some(1)),
+        (Some(2), Some(1)),
         "{stats}"
     );
 
@@ -1336,7 +1337,7 @@ async fn a_dalle3_outage_fails_over_to_flux_with_the_request_translated(pool: Pg
     r.assert_error(422, "content_policy_violation");
     assert_eq!(
         stack.emulator_stats().await["openai"]["requests"],
-        5,
+        4,
         "no dalle3 call for a moderated flux job"
     );
 }
@@ -1413,6 +1414,7 @@ async fn an_open_circuit_fails_over_at_once_and_closes_after_recovery(pool: PgPo
 
 #[sqlx::test(migrations = "./migrations")]
 async fn three_workers_never_exceed_the_fleet_limit(pool: PgPool) {
+    not_standalone!("needs three worker processes");
     let options = Options {
         worker_env: vec![kv("PROVIDER_CONCURRENCY", "dalle3=4")],
         ..Options::default()
@@ -1513,6 +1515,7 @@ async fn an_expired_result_url_fails_the_job_clearly(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_killed_workers_fleet_permit_comes_back(pool: PgPool) {
+    not_standalone!("needs a second worker process");
     let fleet = [
         kv("PROVIDER_CONCURRENCY", "dalle3=1"),
         kv("PROVIDER_PERMIT_TTL_SECS", "3"),
@@ -1552,6 +1555,7 @@ async fn a_killed_workers_fleet_permit_comes_back(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn jobs_survive_a_redis_flush_through_the_reconciler(pool: PgPool) {
+    not_standalone!("Redis itself is flushed");
     let redis = support::PrivateRedis::start();
     let options = Options {
         redis_url: redis.url(),
@@ -1589,10 +1593,7 @@ async fn jobs_survive_a_redis_flush_through_the_reconciler(pool: PgPool) {
         5,
         "each job called the provider once"
     );
-    let images: i64 = sqlx::query_scalar("SELECT count(*) FROM images")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let images: i64 = stack.count(&pool, "SELECT count(*) FROM images").await;
     assert_eq!(images, 5, "no job completed twice");
 }
 
@@ -1695,10 +1696,7 @@ async fn a_running_job_is_canceled_its_waiters_answered_and_nothing_kept(pool: P
         ),
         (Some("canceled"), Some(0))
     );
-    let images: i64 = sqlx::query_scalar("SELECT count(*) FROM images")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let images: i64 = stack.count(&pool, "SELECT count(*) FROM images").await;
     assert_eq!(images, 0);
     let stored = walk_files(&stack.storage_dir);
     assert!(stored.is_empty(), "orphaned objects: {stored:?}");
@@ -1762,11 +1760,7 @@ async fn a_job_not_started_by_its_deadline_is_canceled_without_a_provider_call(p
         .await
         .assert_error(400, "validation_failed");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stack.worker_proc = Some(support::Proc::spawn(
-        "worker",
-        &["worker"],
-        &stack.env.clone(),
-    ));
+    stack.start_workers().await;
     for id in [r.body["job_id"].as_str(), late.body["job_id"].as_str()]
         .into_iter()
         .flatten()
@@ -1828,11 +1822,12 @@ async fn an_idempotency_key_returns_the_same_job(pool: PgPool) {
         .map(|r| r.body["job_id"].as_str().expect("job id").to_owned())
         .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    let rows: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE request->>'prompt' = 'raced'")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
+    let rows: i64 = stack
+        .count(
+            &pool,
+            "SELECT count(*) FROM jobs WHERE request->>'prompt' = 'raced'",
+        )
+        .await;
     assert_eq!(rows, 1);
 
     let batch = json!([{"prompt": "a"}, {"prompt": "b"}]);
@@ -1859,6 +1854,7 @@ async fn an_idempotency_key_returns_the_same_job(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn sigterm_on_the_api_answers_waiting_requests_and_exits(pool: PgPool) {
+    not_standalone!("the worker runs on in its own process after the API exits");
     let mut stack = start(&pool, Options::default()).await;
     stack.emulator_config(json!({"latency_ms": 4000})).await;
     let waiting = {
@@ -1913,6 +1909,7 @@ async fn sigterm_on_the_api_answers_waiting_requests_and_exits(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_worker_past_its_grace_period_hands_its_job_back_at_once(pool: PgPool) {
+    not_standalone!("needs a second worker process");
     let options = Options {
         worker_env: vec![kv("SHUTDOWN_GRACE_SECONDS", "1")],
         ..Options::default()

@@ -15,6 +15,7 @@ pub mod waiters;
 
 use anyhow::Context;
 use clap::Args;
+use imagegen_shared::backends::Backends;
 use imagegen_shared::config::{CoreArgs, DatabaseArgs, ProviderArgs, RedisArgs, StorageArgs};
 use std::future::Future;
 use tokio::net::TcpListener;
@@ -102,13 +103,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let backends = Backends::connect(
+        &args.database.database_url,
+        args.database.database_max_connections,
+        Some(&args.redis.redis_url),
+        &args.redis.queue_name,
+    )?;
+    serve(args, backends, listener, shutdown).await
+}
+
+/// Serves the API on `listener` with the given stores (the standalone mode shares them with its workers).
+pub async fn serve(
+    args: ApiArgs,
+    backends: Backends,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let state = AppState::from_args(&args, stop.clone())?;
-    let listen = tokio::spawn(state.waiters.clone().listen(
-        state.redis_client.clone(),
-        args.redis.queue_name.clone(),
-        stop.clone(),
-    ));
+    let state = AppState::new(&args, backends, stop.clone())?;
+    let signals = state.queue.signals(stop.clone());
+    let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, environment = %args.core.environment, "api listening");
     let app = router(state);

@@ -2,16 +2,15 @@
 
 use crate::ApiArgs;
 use crate::waiters::Waiters;
-use anyhow::Context;
+use imagegen_shared::backends::Backends;
 use imagegen_shared::config::ProviderSettings;
-use imagegen_shared::db;
+use imagegen_shared::db::Db;
 use imagegen_shared::domain::GenerationLimits;
 use imagegen_shared::limits::FleetLimits;
 use imagegen_shared::moderation::KeywordFilter;
-use imagegen_shared::queue::{JobQueue, redis_connection};
+use imagegen_shared::queue::JobQueue;
 use imagegen_shared::storage::ImageStorage;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,10 +20,9 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    pub pool: PgPool,
+    pub pool: Db,
     pub queue: JobQueue,
     pub fleet: FleetLimits,
-    pub redis_client: redis::Client,
     pub storage: ImageStorage,
     pub providers: ProviderSettings,
     pub limits: GenerationLimits,
@@ -73,25 +71,21 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 impl AppState {
-    pub fn from_args(args: &ApiArgs, stopping: CancellationToken) -> anyhow::Result<Self> {
+    pub fn new(
+        args: &ApiArgs,
+        backends: Backends,
+        stopping: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let providers = args.providers.settings()?;
         let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pool = db::connect_lazy(
-            &args.database.database_url,
-            args.database.database_max_connections,
-        )
-        .context("DATABASE_URL: invalid")?;
-        let (redis_client, conn) =
-            redis_connection(&args.redis.redis_url).context("REDIS_URL: invalid")?;
         let keyword_filter = args
             .enable_content_moderation
             .then(|| KeywordFilter::from_csv(&args.blocked_words));
         let limits = providers.limits(args.max_images_per_request);
         Ok(Self(Arc::new(Inner {
-            pool,
-            queue: JobQueue::new(conn.clone(), &args.redis.queue_name),
-            fleet: FleetLimits::new(conn, &args.redis.queue_name),
-            redis_client,
+            pool: backends.db,
+            queue: backends.queue,
+            fleet: backends.limits,
             storage,
             limits,
             providers,

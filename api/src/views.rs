@@ -58,6 +58,10 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
     pub allow_failover: bool,
+    /// Present (and `true`) when the built-in emulator answers for this job's provider: its pictures are
+    /// deterministic patterns, not the real model's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
     pub images: Vec<ImageView>,
     /// Provider calls made so far.
     pub attempts: i32,
@@ -112,7 +116,13 @@ pub fn image_view(base: &str, image: &ImageRecord) -> ImageView {
 }
 
 /// `images` may hold other jobs' images too (a page fetched at once); only this job's are taken.
-pub fn job_view(base: &str, job: &JobRecord, images: &[ImageRecord]) -> JobView {
+/// `sandbox`: the providers the built-in emulator answers (standalone mode without their keys).
+pub fn job_view(
+    base: &str,
+    job: &JobRecord,
+    images: &[ImageRecord],
+    sandbox: &[ProviderId],
+) -> JobView {
     let req = &job.request.0;
     let error = match (&job.error_code, &job.error_message) {
         (Some(code), message) => Some(JobErrorView {
@@ -138,6 +148,7 @@ pub fn job_view(base: &str, job: &JobRecord, images: &[ImageRecord]) -> JobView 
         style: req.style.map(|s| s.as_str().to_owned()),
         seed: req.seed,
         allow_failover: req.allow_failover,
+        sandbox: sandbox.contains(&req.provider),
         images: images
             .iter()
             .filter(|i| i.job_id == job.id)
@@ -191,8 +202,12 @@ pub fn batch_view(
     batch: &BatchRecord,
     jobs: &[JobRecord],
     images: &[ImageRecord],
+    sandbox: &[ProviderId],
 ) -> BatchView {
-    let items: Vec<JobView> = jobs.iter().map(|j| job_view(base, j, images)).collect();
+    let items: Vec<JobView> = jobs
+        .iter()
+        .map(|j| job_view(base, j, images, sandbox))
+        .collect();
     let succeeded = jobs
         .iter()
         .filter(|j| j.status == JobStatus::Succeeded)

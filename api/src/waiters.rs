@@ -1,19 +1,14 @@
-//! Waiting without polling. One Redis subscription per API process receives job events and wakes the requests
+//! Waiting without polling. One subscription per API process (Redis pub/sub, or in process) receives job events and wakes the requests
 //! waiting on those jobs (wait mode, long-polls). After every (re)subscription all waiters are woken once so they
 //! re-read Postgres: an event missed while disconnected costs one read, never a hang.
 
-use futures::StreamExt;
 use imagegen_shared::domain::JobId;
-use imagegen_shared::events::{JobEvent, channel};
+use imagegen_shared::queue::Signal;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// The waiters of one job: (waiter id, its notifier).
 type JobWaiters = Vec<(u64, Arc<Notify>)>;
@@ -98,58 +93,41 @@ impl Waiters {
         self.subscribed.load(Ordering::Relaxed)
     }
 
-    /// Runs the subscription until `stop`, reconnecting with backoff whenever Redis goes away.
+    /// Wakes waiters from the queue's signals until `stop`. The signals reconnect by themselves; after every
+    /// (re)connection every waiter looks again.
     pub async fn listen(
         self: Arc<Self>,
-        client: redis::Client,
-        queue_name: String,
+        mut signals: mpsc::Receiver<Signal>,
         stop: CancellationToken,
     ) {
-        let channel = channel(&queue_name);
-        let mut delay = Duration::from_millis(200);
         loop {
-            let connected = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            })
-            .await;
-            match connected {
-                Ok(Ok(pubsub)) => {
-                    delay = Duration::from_millis(200);
+            let signal = tokio::select! {
+                _ = stop.cancelled() => return,
+                signal = signals.recv() => signal,
+            };
+            match signal {
+                Some(Signal::Connected) => {
                     self.subscribed.store(true, Ordering::Relaxed);
-                    tracing::info!(%channel, "subscribed to job events");
+                    tracing::info!("subscribed to job events");
                     // Anything published while we were away is lost: have every waiter look again.
                     self.wake_all();
-                    let mut messages = pubsub.into_on_message();
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            msg = messages.next() => match msg {
-                                Some(msg) => match serde_json::from_slice::<JobEvent>(msg.get_payload_bytes()) {
-                                    Ok(event) => {
-                                        // Every API replica sees every event: aggregate with max(), not sum().
-                                        metrics::counter!("imagegen_jobs_finished_total", "status" => event.status.as_str())
-                                            .increment(1);
-                                        self.wake(event.job_id);
-                                    }
-                                    Err(e) => tracing::warn!(error = %e, "ignoring malformed job event"),
-                                },
-                                None => break,
-                            },
-                        }
-                    }
+                }
+                Some(Signal::Disconnected) => {
                     self.subscribed.store(false, Ordering::Relaxed);
                     tracing::warn!("job event subscription lost; reconnecting");
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to job events"),
-                Err(_) => tracing::warn!("timed out subscribing to job events"),
+                Some(Signal::Event(event)) => {
+                    // Every API replica sees every event: aggregate with max(), not sum().
+                    metrics::counter!("imagegen_jobs_finished_total", "status" => event.status.as_str())
+                        .increment(1);
+                    self.wake(event.job_id);
+                }
+                Some(Signal::Wake) => {}
+                None => {
+                    self.subscribed.store(false, Ordering::Relaxed);
+                    return;
+                }
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
         }
     }
 }
@@ -157,6 +135,7 @@ impl Waiters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn wakes_only_the_jobs_waiters_and_cleans_up() {

@@ -195,6 +195,10 @@ pub struct ProviderArgs {
     #[arg(long, env = "PROVIDER_TIMEOUT_SECS", value_name = "PROVIDER_TIMEOUT_SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=900))]
     pub provider_timeout_secs: u64,
+    /// Providers served by the in-process emulator because they have no key (standalone mode only; never read
+    /// from the environment).
+    #[arg(skip)]
+    pub sandbox: Vec<ProviderId>,
 }
 
 /// The providers as configured: which are offered, which can actually run, and their credentials.
@@ -209,6 +213,8 @@ pub struct ProviderSettings {
     pub flux: Option<FluxSettings>,
     pub max_attempts: u32,
     pub timeout: Duration,
+    /// Providers answered by the built-in emulator (standalone mode without their keys).
+    pub sandbox: Vec<ProviderId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -484,6 +490,7 @@ impl ProviderArgs {
             flux,
             max_attempts: self.provider_max_attempts,
             timeout: Duration::from_secs(self.provider_timeout_secs),
+            sandbox: self.sandbox.clone(),
         };
         if !settings.is_configured(default_provider) {
             let (variable, message) = match default_provider {

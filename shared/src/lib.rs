@@ -1,6 +1,7 @@
 //! Everything the API and the worker fleet share: domain types, configuration, the job store (Postgres), the queue
 //! and job events (Redis), image storage (object_store) and the provider catalogue.
 
+pub mod backends;
 pub mod config;
 pub mod db;
 pub mod domain;

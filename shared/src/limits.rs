@@ -8,6 +8,8 @@
 
 use redis::aio::ConnectionManager;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> u64 {
@@ -54,9 +56,10 @@ end
 return 0
 ";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
+    #[default]
     Closed,
     Open,
     HalfOpen,
@@ -87,28 +90,115 @@ pub struct LimitSettings {
     pub permit_ttl: Duration,
 }
 
+/// The fleet's limits: in Redis when processes share them, in memory for the single-process standalone mode.
 #[derive(Clone)]
 pub struct FleetLimits {
-    conn: ConnectionManager,
-    prefix: String,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redis {
+        conn: ConnectionManager,
+        prefix: String,
+    },
+    Local(Arc<Mutex<HashMap<String, LocalRoute>>>),
+}
+
+/// One route's limits in memory, with the same rules as the Redis scripts above.
+#[derive(Debug, Default)]
+struct LocalRoute {
+    paused_until_ms: u64,
+    breaker: BreakerState,
+    breaker_until_ms: u64,
+    failures: u32,
+    /// Permit id -> expiry (ms).
+    permits: HashMap<String, u64>,
+}
+
+impl LocalRoute {
+    fn admit(&mut self, now: u64, permit_id: &str, s: &LimitSettings) -> Admission {
+        if self.paused_until_ms > now {
+            return Admission::Paused(Duration::from_millis(self.paused_until_ms - now));
+        }
+        let mut probe = false;
+        if self.breaker != BreakerState::Closed {
+            if now < self.breaker_until_ms {
+                return Admission::Open;
+            }
+            probe = true;
+        }
+        self.permits.retain(|_, expiry| *expiry > now);
+        if s.concurrency > 0 && self.permits.len() >= s.concurrency as usize {
+            return Admission::Saturated;
+        }
+        if probe {
+            self.breaker = BreakerState::HalfOpen;
+            self.breaker_until_ms = now + s.permit_ttl.as_millis() as u64;
+        }
+        self.permits
+            .insert(permit_id.to_owned(), now + s.permit_ttl.as_millis() as u64);
+        if probe {
+            Admission::Probe
+        } else {
+            Admission::Granted
+        }
+    }
+
+    fn fail(&mut self, now: u64, s: &LimitSettings) -> bool {
+        self.failures += 1;
+        if self.breaker == BreakerState::HalfOpen || self.failures >= s.breaker_failures {
+            self.breaker = BreakerState::Open;
+            self.breaker_until_ms = now + s.breaker_cooldown.as_millis() as u64;
+            return true;
+        }
+        false
+    }
 }
 
 impl FleetLimits {
     pub fn new(conn: ConnectionManager, queue_name: &str) -> Self {
         Self {
-            conn,
-            prefix: format!("{queue_name}:limits"),
+            backend: Backend::Redis {
+                conn,
+                prefix: format!("{queue_name}:limits"),
+            },
         }
     }
 
-    fn permits_key(&self, route: &str) -> String {
-        format!("{}:permits:{route}", self.prefix)
+    /// Limits kept in this process (standalone mode: the process is the whole fleet).
+    pub fn local() -> Self {
+        Self {
+            backend: Backend::Local(Arc::default()),
+        }
     }
-    fn pause_key(&self, route: &str) -> String {
-        format!("{}:pause:{route}", self.prefix)
+
+    /// Runs `f` on a route's in-memory state; `None` on the Redis backend.
+    fn local_route<T>(&self, route: &str, f: impl FnOnce(&mut LocalRoute) -> T) -> Option<T> {
+        match &self.backend {
+            Backend::Local(routes) => {
+                let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+                Some(f(routes.entry(route.to_owned()).or_default()))
+            }
+            Backend::Redis { .. } => None,
+        }
     }
-    fn breaker_key(&self, route: &str) -> String {
-        format!("{}:breaker:{route}", self.prefix)
+
+    fn redis(&self) -> (ConnectionManager, &str) {
+        match &self.backend {
+            Backend::Redis { conn, prefix } => (conn.clone(), prefix.as_str()),
+            Backend::Local(_) => unreachable!("local limits answered before reaching Redis"),
+        }
+    }
+
+    fn permits_key(prefix: &str, route: &str) -> String {
+        format!("{prefix}:permits:{route}")
+    }
+    fn pause_key(prefix: &str, route: &str) -> String {
+        format!("{prefix}:pause:{route}")
+    }
+    fn breaker_key(prefix: &str, route: &str) -> String {
+        format!("{prefix}:breaker:{route}")
     }
 
     /// Checks pause and breaker, then takes a permit, in one round trip. `permit_id` identifies this call
@@ -119,12 +209,15 @@ impl FleetLimits {
         permit_id: &str,
         s: &LimitSettings,
     ) -> Result<Admission, redis::RedisError> {
-        let mut conn = self.conn.clone();
+        if let Some(admission) = self.local_route(route, |r| r.admit(now_ms(), permit_id, s)) {
+            return Ok(admission);
+        }
+        let (mut conn, prefix) = self.redis();
         let ttl_ms = s.permit_ttl.as_millis() as u64;
         let (code, pause_ms): (i64, i64) = redis::Script::new(ADMIT)
-            .key(self.pause_key(route))
-            .key(self.breaker_key(route))
-            .key(self.permits_key(route))
+            .key(Self::pause_key(prefix, route))
+            .key(Self::breaker_key(prefix, route))
+            .key(Self::permits_key(prefix, route))
             .arg(now_ms())
             .arg(ttl_ms)
             .arg(permit_id)
@@ -148,11 +241,20 @@ impl FleetLimits {
         permit_id: &str,
         ttl: Duration,
     ) -> Result<(), redis::RedisError> {
-        let mut conn = self.conn.clone();
+        let expiry = now_ms() + ttl.as_millis() as u64;
+        let renewed = self.local_route(route, |r| {
+            if let Some(e) = r.permits.get_mut(permit_id) {
+                *e = expiry;
+            }
+        });
+        if renewed.is_some() {
+            return Ok(());
+        }
+        let (mut conn, prefix) = self.redis();
         let _: i64 = redis::cmd("ZADD")
-            .arg(self.permits_key(route))
+            .arg(Self::permits_key(prefix, route))
             .arg("XX")
-            .arg(now_ms() + ttl.as_millis() as u64)
+            .arg(expiry)
             .arg(permit_id)
             .query_async(&mut conn)
             .await?;
@@ -160,9 +262,15 @@ impl FleetLimits {
     }
 
     pub async fn release(&self, route: &str, permit_id: &str) -> Result<(), redis::RedisError> {
-        let mut conn = self.conn.clone();
+        if self
+            .local_route(route, |r| r.permits.remove(permit_id))
+            .is_some()
+        {
+            return Ok(());
+        }
+        let (mut conn, prefix) = self.redis();
         let _: i64 = redis::cmd("ZREM")
-            .arg(self.permits_key(route))
+            .arg(Self::permits_key(prefix, route))
             .arg(permit_id)
             .query_async(&mut conn)
             .await?;
@@ -171,10 +279,16 @@ impl FleetLimits {
 
     /// After a 429 with Retry-After: nobody in the fleet calls this route until then.
     pub async fn pause(&self, route: &str, wait: Duration) -> Result<(), redis::RedisError> {
-        let mut conn = self.conn.clone();
         let ms = wait.as_millis().max(1) as u64;
+        if self
+            .local_route(route, |r| r.paused_until_ms = now_ms() + ms)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let (mut conn, prefix) = self.redis();
         let _: () = redis::cmd("SET")
-            .arg(self.pause_key(route))
+            .arg(Self::pause_key(prefix, route))
             .arg(1)
             .arg("PX")
             .arg(ms)
@@ -184,9 +298,16 @@ impl FleetLimits {
     }
 
     pub async fn record_success(&self, route: &str) -> Result<(), redis::RedisError> {
-        let mut conn = self.conn.clone();
+        let reset = self.local_route(route, |r| {
+            r.breaker = BreakerState::Closed;
+            r.failures = 0;
+        });
+        if reset.is_some() {
+            return Ok(());
+        }
+        let (mut conn, prefix) = self.redis();
         let _: i64 = redis::cmd("DEL")
-            .arg(self.breaker_key(route))
+            .arg(Self::breaker_key(prefix, route))
             .query_async(&mut conn)
             .await?;
         Ok(())
@@ -198,9 +319,12 @@ impl FleetLimits {
         route: &str,
         s: &LimitSettings,
     ) -> Result<bool, redis::RedisError> {
-        let mut conn = self.conn.clone();
+        if let Some(opened) = self.local_route(route, |r| r.fail(now_ms(), s)) {
+            return Ok(opened);
+        }
+        let (mut conn, prefix) = self.redis();
         let opened: i64 = redis::Script::new(BREAKER_FAIL)
-            .key(self.breaker_key(route))
+            .key(Self::breaker_key(prefix, route))
             .arg(now_ms())
             .arg(s.breaker_failures)
             .arg(s.breaker_cooldown.as_millis() as u64)
@@ -211,9 +335,12 @@ impl FleetLimits {
 
     /// The breaker as the API shows it.
     pub async fn breaker_state(&self, route: &str) -> Result<BreakerState, redis::RedisError> {
-        let mut conn = self.conn.clone();
+        if let Some(state) = self.local_route(route, |r| r.breaker) {
+            return Ok(state);
+        }
+        let (mut conn, prefix) = self.redis();
         let state: Option<String> = redis::cmd("HGET")
-            .arg(self.breaker_key(route))
+            .arg(Self::breaker_key(prefix, route))
             .arg("state")
             .query_async(&mut conn)
             .await?;
@@ -226,10 +353,16 @@ impl FleetLimits {
 
     /// Calls in flight on a route across the fleet (unexpired permits).
     pub async fn in_flight(&self, route: &str) -> Result<u64, redis::RedisError> {
-        let mut conn = self.conn.clone();
+        let now = now_ms();
+        if let Some(n) = self.local_route(route, |r| {
+            r.permits.values().filter(|e| **e > now).count() as u64
+        }) {
+            return Ok(n);
+        }
+        let (mut conn, prefix) = self.redis();
         let n: u64 = redis::cmd("ZCOUNT")
-            .arg(self.permits_key(route))
-            .arg(now_ms())
+            .arg(Self::permits_key(prefix, route))
+            .arg(now)
             .arg("+inf")
             .query_async(&mut conn)
             .await?;

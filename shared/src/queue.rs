@@ -2,11 +2,17 @@
 //! the request itself, which lives in Postgres.
 
 use crate::domain::JobId;
+use crate::events::JobEvent;
 use apalis::prelude::TaskSink;
 use apalis_redis::{ConnectionManager, RedisStorage};
+use futures::StreamExt;
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 /// Bounds on every Redis call, so a dead Redis turns into a quick 503 instead of a hung request.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,42 +68,119 @@ pub fn apalis_config(queue_name: &str, batch_size: usize) -> apalis_redis::Confi
         .persist_results(false)
 }
 
+/// The job queue: apalis on Redis for deployments, or an in-process channel for the standalone mode. Either way a
+/// message is only a wake-up for a job already recorded in the database, so a lost message costs latency (the
+/// reconciler pushes it again), never the job.
 #[derive(Clone)]
 pub struct JobQueue {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redis(Box<RedisQueue>),
+    Local(Arc<LocalQueue>),
+}
+
+#[derive(Clone)]
+struct RedisQueue {
     storage: RedisStorage<JobMessage>,
     conn: ConnectionManager,
+    client: Option<redis::Client>,
     config: apalis_redis::Config,
-    wake_channel: String,
+    queue_name: String,
 }
+
+/// The standalone queue: ready messages in a channel, delayed ones on timers, job events on a broadcast channel.
+struct LocalQueue {
+    sender: mpsc::UnboundedSender<JobMessage>,
+    receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<JobMessage>>,
+    /// Messages pushed and not yet taken (delayed ones included).
+    depth: AtomicU64,
+    events: broadcast::Sender<JobEvent>,
+}
+
+/// What a subscriber to the queue's signals hears (see [`JobQueue::signals`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// (Re)subscribed: anything published before may have been missed, so re-read the database.
+    Connected,
+    /// The subscription is gone and being re-established.
+    Disconnected,
+    /// A job changed state.
+    Event(JobEvent),
+    /// Work was queued: an idle consumer should look now.
+    Wake,
+}
+
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// Job events buffered for a slow in-process subscriber before it must re-read everything.
+const LOCAL_EVENT_BUFFER: usize = 4096;
 
 impl std::fmt::Debug for JobQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobQueue")
-            .field("queue", &self.config.queue)
-            .finish()
+        match &self.backend {
+            Backend::Redis(q) => f
+                .debug_struct("JobQueue")
+                .field("redis", &q.config.queue)
+                .finish(),
+            Backend::Local(_) => f.debug_struct("JobQueue").field("local", &true).finish(),
+        }
     }
 }
 
 impl JobQueue {
+    /// A queue on Redis. Without `client` (tests that only push) [`JobQueue::signals`] hears nothing.
     pub fn new(conn: ConnectionManager, queue_name: &str) -> Self {
+        Self::redis(None, conn, queue_name)
+    }
+
+    pub fn redis(client: Option<redis::Client>, conn: ConnectionManager, queue_name: &str) -> Self {
         let config = apalis_config(queue_name, 1);
         let storage = RedisStorage::new(conn.clone()).with_config(config.clone());
         Self {
-            storage,
-            conn,
-            config,
-            wake_channel: wake_channel(queue_name),
+            backend: Backend::Redis(Box::new(RedisQueue {
+                storage,
+                conn,
+                client,
+                config,
+                queue_name: queue_name.to_owned(),
+            })),
         }
     }
 
+    /// A queue inside this process (standalone mode).
+    pub fn local() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(LOCAL_EVENT_BUFFER);
+        Self {
+            backend: Backend::Local(Arc::new(LocalQueue {
+                sender,
+                receiver: tokio::sync::Mutex::new(receiver),
+                depth: AtomicU64::new(0),
+                events,
+            })),
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self.backend, Backend::Local(_))
+    }
+
     pub async fn push(&self, message: JobMessage) -> Result<(), QueueError> {
-        let mut storage = self.storage.clone();
-        storage
-            .push(message)
-            .await
-            .map_err(|e| QueueError::Push(e.to_string()))?;
-        self.wake_workers().await;
-        Ok(())
+        match &self.backend {
+            Backend::Redis(q) => {
+                let mut storage = q.storage.clone();
+                storage
+                    .push(message)
+                    .await
+                    .map_err(|e| QueueError::Push(e.to_string()))?;
+                self.wake_workers().await;
+                Ok(())
+            }
+            Backend::Local(q) => q.push(message),
+        }
     }
 
     /// Queues a message to be taken no earlier than `delay` from now (a job waiting for a busy or paused provider).
@@ -106,22 +189,40 @@ impl JobQueue {
         message: JobMessage,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        let mut storage = self.storage.clone();
-        let task = apalis::prelude::TaskBuilder::new(message)
-            .run_after(delay)
-            .build();
-        storage
-            .push_task(task)
-            .await
-            .map_err(|e| QueueError::Push(e.to_string()))
+        match &self.backend {
+            Backend::Redis(q) => {
+                let mut storage = q.storage.clone();
+                let task = apalis::prelude::TaskBuilder::new(message)
+                    .run_after(delay)
+                    .build();
+                storage
+                    .push_task(task)
+                    .await
+                    .map_err(|e| QueueError::Push(e.to_string()))
+            }
+            Backend::Local(q) => {
+                q.depth.fetch_add(1, Ordering::Relaxed);
+                let q = q.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    q.depth.fetch_sub(1, Ordering::Relaxed);
+                    // Only fails when the consumer is gone (shutdown); the job is taken up again at the next start.
+                    let _ = q.push(message);
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Idle apalis workers only look at the queue again on their next heartbeat; this nudge makes them look now.
     /// Best effort: a lost nudge costs at most one heartbeat interval of latency.
     pub async fn wake_workers(&self) {
-        let mut conn = self.conn.clone();
+        let Backend::Redis(q) = &self.backend else {
+            return;
+        };
+        let mut conn = q.conn.clone();
         let sent: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(&self.wake_channel)
+            .arg(wake_channel(&q.queue_name))
             .arg("1")
             .query_async(&mut conn)
             .await;
@@ -132,29 +233,176 @@ impl JobQueue {
 
     /// Jobs waiting for a worker (ready now or scheduled for a retry).
     pub async fn depth(&self) -> Result<u64, QueueError> {
-        let mut conn = self.conn.clone();
-        let (active, scheduled): (u64, u64) = redis::pipe()
-            .llen(self.config.active_jobs_list())
-            .zcard(self.config.scheduled_jobs_set())
-            .query_async(&mut conn)
-            .await?;
-        Ok(active + scheduled)
+        match &self.backend {
+            Backend::Redis(q) => {
+                let mut conn = q.conn.clone();
+                let (active, scheduled): (u64, u64) = redis::pipe()
+                    .llen(q.config.active_jobs_list())
+                    .zcard(q.config.scheduled_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(active + scheduled)
+            }
+            Backend::Local(q) => Ok(q.depth.load(Ordering::Relaxed)),
+        }
     }
 
-    /// Tells every API process's waiters that a job changed (see `events`).
-    pub async fn publish_event(&self, event: &crate::events::JobEvent) -> Result<(), QueueError> {
-        let queue_name = self.wake_channel.trim_end_matches(":wake").to_owned();
-        crate::events::publish(&self.conn, &queue_name, event).await?;
+    /// Tells every API process's waiters (and every worker) that a job changed (see `events`).
+    pub async fn publish_event(&self, event: &JobEvent) -> Result<(), QueueError> {
+        match &self.backend {
+            Backend::Redis(q) => {
+                crate::events::publish(&q.conn, &q.queue_name, event).await?;
+            }
+            Backend::Local(q) => {
+                // No subscriber yet is fine: events are hints.
+                let _ = q.events.send(event.clone());
+            }
+        }
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
+        match &self.backend {
+            Backend::Redis(q) => {
+                let mut conn = q.conn.clone();
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok(())
+            }
+            Backend::Local(_) => Ok(()),
+        }
     }
 
-    pub fn config(&self) -> &apalis_redis::Config {
-        &self.config
+    /// The Redis connection of a Redis queue (`None` in process).
+    pub fn redis_connection(&self) -> Option<ConnectionManager> {
+        match &self.backend {
+            Backend::Redis(q) => Some(q.conn.clone()),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// The apalis settings of a Redis queue (`None` in process).
+    pub fn config(&self) -> Option<&apalis_redis::Config> {
+        match &self.backend {
+            Backend::Redis(q) => Some(&q.config),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// Takes the next message of an in-process queue, waiting for one; `None` on a Redis queue (apalis consumes
+    /// those) or once the queue is closed.
+    pub async fn next_local(&self) -> Option<JobMessage> {
+        let Backend::Local(q) = &self.backend else {
+            return None;
+        };
+        let message = q.receiver.lock().await.recv().await?;
+        q.depth.fetch_sub(1, Ordering::Relaxed);
+        Some(message)
+    }
+
+    /// Job events and work nudges as a stream that reconnects by itself, until `stop`. Every (re)subscription
+    /// starts with [`Signal::Connected`].
+    pub fn signals(&self, stop: CancellationToken) -> mpsc::Receiver<Signal> {
+        let (tx, rx) = mpsc::channel(1024);
+        match &self.backend {
+            Backend::Redis(q) => {
+                if let Some(client) = q.client.clone() {
+                    tokio::spawn(redis_signals(client, q.queue_name.clone(), tx, stop));
+                }
+            }
+            Backend::Local(q) => {
+                let mut events = q.events.subscribe();
+                tokio::spawn(async move {
+                    if tx.send(Signal::Connected).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        let signal = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            event = events.recv() => match event {
+                                Ok(event) => Signal::Event(event),
+                                // Fell behind: some events are gone, so have everyone look again.
+                                Err(broadcast::error::RecvError::Lagged(_)) => Signal::Connected,
+                                Err(broadcast::error::RecvError::Closed) => return,
+                            },
+                        };
+                        if tx.send(signal).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        rx
+    }
+}
+
+impl LocalQueue {
+    fn push(&self, message: JobMessage) -> Result<(), QueueError> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.sender.send(message).map_err(|_| {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            QueueError::Push("the in-process queue is closed".into())
+        })
+    }
+}
+
+/// The Redis side of [`JobQueue::signals`]: one pub/sub connection on the events and wake channels.
+async fn redis_signals(
+    client: redis::Client,
+    queue_name: String,
+    tx: mpsc::Sender<Signal>,
+    stop: CancellationToken,
+) {
+    let events_channel = crate::events::channel(&queue_name);
+    let wake = wake_channel(&queue_name);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let connected = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&[&events_channel, &wake]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        match connected {
+            Ok(Ok(pubsub)) => {
+                delay = Duration::from_millis(200);
+                if tx.send(Signal::Connected).await.is_err() {
+                    return;
+                }
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let signal = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        msg = messages.next() => match msg {
+                            Some(msg) if msg.get_channel_name() == events_channel => {
+                                match serde_json::from_slice::<JobEvent>(msg.get_payload_bytes()) {
+                                    Ok(event) => Signal::Event(event),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "ignoring malformed job event");
+                                        continue;
+                                    }
+                                }
+                            }
+                            Some(_) => Signal::Wake,
+                            None => break,
+                        },
+                    };
+                    if tx.send(signal).await.is_err() {
+                        return;
+                    }
+                }
+                if tx.send(Signal::Disconnected).await.is_err() {
+                    return;
+                }
+                tracing::warn!("queue subscription lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to queue signals"),
+            Err(_) => tracing::warn!("timed out subscribing to queue signals"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
 }

@@ -1,7 +1,7 @@
 //! The job store against a real Postgres (one fresh database per test): the conditional transitions that make a
 //! job finish exactly once.
 
-use imagegen_shared::db::{self, JobFailure, NewImage, NewJob};
+use imagegen_shared::db::{self, Db, JobFailure, NewImage, NewJob};
 use imagegen_shared::domain::{
     GenerateBody, GenerationLimits, GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
 };
@@ -9,6 +9,25 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// A fresh, migrated SQLite database in its own directory (removed when the guard drops): the standalone mode's
+/// job store must pass the same tests as the Postgres one.
+async fn sqlite() -> (Db, TempDir) {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("imagegen-store-{}", uuid::Uuid::new_v4())));
+    let url = format!("sqlite:{}/jobs.db", dir.0.display());
+    let db = db::connect_lazy(&url, 4).expect("sqlite");
+    db::migrate(&db).await.expect("migrate");
+    (db, dir)
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn request(prompt: &str) -> GenerationRequest {
     let limits = GenerationLimits {
@@ -62,12 +81,22 @@ fn image(position: i32) -> NewImage {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_job_is_claimed_once_and_completed_once(pool: PgPool) {
-    let job = db::jobs::insert(&pool, &new_job("alice"))
+    a_job_is_claimed_once_and_completed_once_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn a_job_is_claimed_once_and_completed_once_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    a_job_is_claimed_once_and_completed_once_on(db).await;
+}
+
+async fn a_job_is_claimed_once_and_completed_once_on(db: Db) {
+    let job = db::jobs::insert(&db, &new_job("alice"))
         .await
         .expect("insert");
     assert_eq!(job.status, JobStatus::Queued);
 
-    let claimed = db::jobs::claim_job(&pool, job.id, "w1", LEASE)
+    let claimed = db::jobs::claim_job(&db, job.id, "w1", LEASE)
         .await
         .expect("claim")
         .expect("claimable");
@@ -77,22 +106,22 @@ async fn a_job_is_claimed_once_and_completed_once(pool: PgPool) {
     );
     // A duplicate delivery finds it held by a live lease.
     assert!(
-        db::jobs::claim_job(&pool, job.id, "w2", LEASE)
+        db::jobs::claim_job(&db, job.id, "w2", LEASE)
             .await
             .expect("claim")
             .is_none()
     );
     assert!(
-        db::jobs::record_attempt(&pool, job.id, "w2", "dalle3:openai")
+        db::jobs::record_attempt(&db, job.id, "w2", "dalle3:openai")
             .await
             .expect("attempt")
             .is_none()
     );
-    let attempt = db::jobs::record_attempt(&pool, job.id, "w1", "dalle3:openai")
+    let attempt = db::jobs::record_attempt(&db, job.id, "w1", "dalle3:openai")
         .await
         .expect("attempt");
     assert_eq!(attempt.map(|a| (a.total, a.on_route)), Some((1, 1)));
-    let other = db::jobs::record_attempt(&pool, job.id, "w1", "flux_schnell")
+    let other = db::jobs::record_attempt(&db, job.id, "w1", "flux_schnell")
         .await
         .expect("attempt");
     assert_eq!(
@@ -102,15 +131,14 @@ async fn a_job_is_claimed_once_and_completed_once(pool: PgPool) {
     );
 
     let meta = serde_json::json!({"request_id": "req_1"});
-    let done =
-        db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1200, &served())
-            .await
-            .expect("complete");
+    let done = db::jobs::complete_succeeded(&db, job.id, "w1", &[image(0)], &meta, 1200, &served())
+        .await
+        .expect("complete");
     let (job_row, images) = done.expect("first completion wins");
     assert_eq!(job_row.status, JobStatus::Succeeded);
     assert_eq!(images.len(), 1);
     // A second completion (late duplicate) changes nothing and writes no images.
-    let again = db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(1)], &meta, 1, &served())
+    let again = db::jobs::complete_succeeded(&db, job.id, "w1", &[image(1)], &meta, 1, &served())
         .await
         .expect("complete");
     assert!(again.is_none());
@@ -121,12 +149,12 @@ async fn a_job_is_claimed_once_and_completed_once(pool: PgPool) {
         moderation: None,
     };
     assert!(
-        db::jobs::complete_unsuccessful(&pool, job.id, "w1", &failure, &meta)
+        db::jobs::complete_unsuccessful(&db, job.id, "w1", &failure, &meta)
             .await
             .expect("fail")
             .is_none()
     );
-    let images = db::images::images_for_jobs(&pool, "alice", &[job.id])
+    let images = db::images::images_for_jobs(&db, "alice", &[job.id])
         .await
         .expect("images");
     assert_eq!(images.len(), 1);
@@ -134,15 +162,25 @@ async fn a_job_is_claimed_once_and_completed_once(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses(pool: PgPool) {
-    let job = db::jobs::insert(&pool, &new_job("alice"))
+    an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses_on(db).await;
+}
+
+async fn an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses_on(db: Db) {
+    let job = db::jobs::insert(&db, &new_job("alice"))
         .await
         .expect("insert");
-    db::jobs::claim_job(&pool, job.id, "w1", Duration::from_millis(1))
+    db::jobs::claim_job(&db, job.id, "w1", Duration::from_millis(1))
         .await
         .expect("claim")
         .expect("claimed");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let taken = db::jobs::claim_job(&pool, job.id, "w2", LEASE)
+    let taken = db::jobs::claim_job(&db, job.id, "w2", LEASE)
         .await
         .expect("claim");
     assert_eq!(
@@ -150,19 +188,19 @@ async fn an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses(p
         Some("w2")
     );
     assert!(
-        !db::jobs::extend_lease(&pool, job.id, "w1", LEASE)
+        !db::jobs::extend_lease(&db, job.id, "w1", LEASE)
             .await
             .expect("extend")
     );
     let meta = serde_json::json!({});
     assert!(
-        db::jobs::complete_succeeded(&pool, job.id, "w1", &[image(0)], &meta, 1, &served())
+        db::jobs::complete_succeeded(&db, job.id, "w1", &[image(0)], &meta, 1, &served())
             .await
             .expect("late")
             .is_none()
     );
     assert!(
-        db::jobs::complete_succeeded(&pool, job.id, "w2", &[image(0)], &meta, 1, &served())
+        db::jobs::complete_succeeded(&db, job.id, "w2", &[image(0)], &meta, 1, &served())
             .await
             .expect("owner")
             .is_some()
@@ -171,23 +209,33 @@ async fn an_expired_lease_lets_another_worker_take_over_and_the_late_one_loses(p
 
 #[sqlx::test(migrations = "../migrations")]
 async fn reads_are_scoped_to_the_owner(pool: PgPool) {
-    let job = db::jobs::insert(&pool, &new_job("alice"))
+    reads_are_scoped_to_the_owner_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn reads_are_scoped_to_the_owner_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    reads_are_scoped_to_the_owner_on(db).await;
+}
+
+async fn reads_are_scoped_to_the_owner_on(db: Db) {
+    let job = db::jobs::insert(&db, &new_job("alice"))
         .await
         .expect("insert");
     assert!(
-        db::jobs::get_job(&pool, "alice", job.id)
+        db::jobs::get_job(&db, "alice", job.id)
             .await
             .expect("read")
             .is_some()
     );
     assert!(
-        db::jobs::get_job(&pool, "mallory", job.id)
+        db::jobs::get_job(&db, "mallory", job.id)
             .await
             .expect("read")
             .is_none()
     );
     assert!(
-        db::jobs::list_jobs(&pool, "mallory", None, 10)
+        db::jobs::list_jobs(&db, "mallory", None, 10)
             .await
             .expect("list")
             .is_empty()
@@ -196,16 +244,26 @@ async fn reads_are_scoped_to_the_owner(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn listing_pages_newest_first(pool: PgPool) {
+    listing_pages_newest_first_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn listing_pages_newest_first_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    listing_pages_newest_first_on(db).await;
+}
+
+async fn listing_pages_newest_first_on(db: Db) {
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(
-            db::jobs::insert(&pool, &new_job("alice"))
+            db::jobs::insert(&db, &new_job("alice"))
                 .await
                 .expect("insert")
                 .id,
         );
     }
-    let first = db::jobs::list_jobs(&pool, "alice", None, 2)
+    let first = db::jobs::list_jobs(&db, "alice", None, 2)
         .await
         .expect("page 1");
     assert_eq!(
@@ -213,7 +271,7 @@ async fn listing_pages_newest_first(pool: PgPool) {
         [ids[4], ids[3]]
     );
     let last = first.last().expect("row");
-    let second = db::jobs::list_jobs(&pool, "alice", Some((last.created_at, last.id)), 10)
+    let second = db::jobs::list_jobs(&db, "alice", Some((last.created_at, last.id)), 10)
         .await
         .expect("page 2");
     assert_eq!(
@@ -224,22 +282,32 @@ async fn listing_pages_newest_first(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_released_job_can_be_claimed_again_with_attempts_kept(pool: PgPool) {
-    let job = db::jobs::insert(&pool, &new_job("alice"))
+    a_released_job_can_be_claimed_again_with_attempts_kept_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn a_released_job_can_be_claimed_again_with_attempts_kept_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    a_released_job_can_be_claimed_again_with_attempts_kept_on(db).await;
+}
+
+async fn a_released_job_can_be_claimed_again_with_attempts_kept_on(db: Db) {
+    let job = db::jobs::insert(&db, &new_job("alice"))
         .await
         .expect("insert");
-    db::jobs::claim_job(&pool, job.id, "w1", LEASE)
+    db::jobs::claim_job(&db, job.id, "w1", LEASE)
         .await
         .expect("claim")
         .expect("claimed");
-    db::jobs::record_attempt(&pool, job.id, "w1", "dalle3:openai")
+    db::jobs::record_attempt(&db, job.id, "w1", "dalle3:openai")
         .await
         .expect("attempt");
     assert!(
-        db::jobs::release_job(&pool, job.id, "w1")
+        db::jobs::release_job(&db, job.id, "w1")
             .await
             .expect("release")
     );
-    let again = db::jobs::claim_job(&pool, job.id, "w2", LEASE)
+    let again = db::jobs::claim_job(&db, job.id, "w2", LEASE)
         .await
         .expect("claim")
         .expect("claimable again");
@@ -248,9 +316,19 @@ async fn a_released_job_can_be_claimed_again_with_attempts_kept(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_batch_is_recorded_whole(pool: PgPool) {
+    a_batch_is_recorded_whole_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn a_batch_is_recorded_whole_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    a_batch_is_recorded_whole_on(db).await;
+}
+
+async fn a_batch_is_recorded_whole_on(db: Db) {
     let jobs = vec![new_job("alice"), new_job("alice")];
     let batch_id = imagegen_shared::domain::BatchId::new();
-    let (batch, rows) = db::batches::insert_batch(&pool, batch_id, "alice", "corr", &jobs)
+    let (batch, rows) = db::batches::insert_batch(&db, batch_id, "alice", "corr", &jobs)
         .await
         .expect("batch");
     assert_eq!((batch.item_count, rows.len()), (2, 2));
@@ -258,15 +336,15 @@ async fn a_batch_is_recorded_whole(pool: PgPool) {
         rows.iter().map(|r| r.batch_index).collect::<Vec<_>>(),
         [Some(0), Some(1)]
     );
-    let listed = db::jobs::jobs_in_batch(&pool, "alice", batch_id)
+    let listed = db::jobs::jobs_in_batch(&db, "alice", batch_id)
         .await
         .expect("items");
     assert_eq!(listed.len(), 2);
-    db::batches::delete_batch(&pool, batch_id)
+    db::batches::delete_batch(&db, batch_id)
         .await
         .expect("delete");
     assert!(
-        db::jobs::jobs_in_batch(&pool, "alice", batch_id)
+        db::jobs::jobs_in_batch(&db, "alice", batch_id)
             .await
             .expect("items")
             .is_empty()

@@ -17,6 +17,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_imagegen");
 pub const API_KEY: &str = "sk-test-emulator-key";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The suite runs twice (scripts/test.sh): api + worker processes on Postgres and Redis, then with
+/// E2E_MODE=standalone, where one `imagegen standalone` process on SQLite and an in-process queue plays both roles
+/// (tests that need several processes or Redis itself say so and are skipped there).
+pub fn standalone() -> bool {
+    std::env::var("E2E_MODE").is_ok_and(|m| m == "standalone")
+}
+
+/// Skips the rest of a test in standalone mode, saying why.
+#[macro_export]
+macro_rules! not_standalone {
+    ($why:expr) => {
+        if support::standalone() {
+            eprintln!("skipped in standalone mode: {}", $why);
+            return;
+        }
+    };
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -47,7 +65,20 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
+        Self::spawn_in(None, name, args, env)
+    }
+
+    /// Like `spawn`, in the working directory `dir`.
+    pub fn spawn_in(
+        dir: Option<&std::path::Path>,
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Proc {
         let mut cmd = Command::new(BIN);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -197,11 +228,19 @@ pub struct Stack {
     pub api_proc: Proc,
     pub worker_proc: Option<Proc>,
     pub emulator_proc: Proc,
+    /// Standalone mode: the process's whole environment (it is restarted with it) and its SQLite URL.
+    standalone_env: Option<Vec<(String, String)>>,
+    sqlite_url: Option<String>,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.storage_dir);
+        if self.sqlite_url.is_some() {
+            let mut db_dir = self.storage_dir.clone().into_os_string();
+            db_dir.push("-db");
+            let _ = std::fs::remove_dir_all(db_dir);
+        }
     }
 }
 
@@ -247,6 +286,45 @@ pub async fn start_on(database_url: String, options: Options) -> Stack {
         env.push(kv("FLUX_BASE_URL", format!("{emulator}/v1")));
     }
 
+    let worker_defaults = [kv("WORKER_CONCURRENCY", "4"), kv("JOB_LEASE_SECS", "10")];
+    if standalone() {
+        // Beside the storage directory, not in it: tests look for stray objects there.
+        let sqlite_url = format!("sqlite:{}-db/imagegen.db", storage_dir.to_string_lossy());
+        let mut all: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k != "REDIS_URL" && k != "DATABASE_URL")
+            .cloned()
+            .collect();
+        all.push(kv("DATABASE_URL", sqlite_url.clone()));
+        // Providers the test did not point at its emulator stay unconfigured, as in the other mode.
+        all.push(kv("SANDBOX", "false"));
+        // A fixed port, so a restart keeps the address.
+        all.extend([
+            kv("API_HOST", "127.0.0.1"),
+            kv("API_PORT", free_port().to_string()),
+        ]);
+        all.extend(worker_defaults);
+        all.extend(options.api_env.iter().cloned());
+        all.extend(options.worker_env.iter().cloned());
+        if !options.start_worker {
+            all.push(kv("STANDALONE_WORKER", "false"));
+        }
+        let mut proc = Proc::spawn("standalone", &["standalone"], &all);
+        let api = format!("http://{}", proc.listening_addr().await);
+        return Stack {
+            api,
+            emulator,
+            http: http_client(),
+            storage_dir,
+            env,
+            api_proc: proc,
+            worker_proc: None,
+            emulator_proc,
+            standalone_env: Some(all),
+            sqlite_url: Some(sqlite_url),
+        };
+    }
+
     let mut api_env = env.clone();
     api_env.extend([kv("API_HOST", "127.0.0.1"), kv("API_PORT", "0")]);
     api_env.extend(options.api_env.iter().cloned());
@@ -255,28 +333,74 @@ pub async fn start_on(database_url: String, options: Options) -> Stack {
 
     let worker_proc = options.start_worker.then(|| {
         let mut worker_env = env.clone();
-        worker_env.extend([kv("WORKER_CONCURRENCY", "4"), kv("JOB_LEASE_SECS", "10")]);
+        worker_env.extend(worker_defaults);
         worker_env.extend(options.worker_env.iter().cloned());
         Proc::spawn("worker", &["worker"], &worker_env)
     });
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client");
     Stack {
         api,
         emulator,
-        http,
+        http: http_client(),
         storage_dir,
         env,
         api_proc,
         worker_proc,
         emulator_proc,
+        standalone_env: None,
+        sqlite_url: None,
     }
 }
 
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
 impl Stack {
+    /// Starts the workers of a stack started without them: a worker process, or in standalone mode a restart of
+    /// the process with its workers on (the jobs it recorded are taken up at start).
+    pub async fn start_workers(&mut self) {
+        let Some(env) = self.standalone_env.as_mut() else {
+            let mut env = self.env.clone();
+            env.extend([kv("WORKER_CONCURRENCY", "4"), kv("JOB_LEASE_SECS", "10")]);
+            self.worker_proc = Some(Proc::spawn("worker", &["worker"], &env));
+            return;
+        };
+        env.retain(|(k, _)| k != "STANDALONE_WORKER");
+        let env = env.clone();
+        self.restart_standalone(&env).await;
+    }
+
+    /// Standalone mode: stops the process (SIGTERM) and starts it again with `env`.
+    pub async fn restart_standalone(&mut self, env: &[(String, String)]) {
+        self.api_proc.signal("TERM");
+        self.api_proc.wait_exit(Duration::from_secs(30)).await;
+        self.api_proc = Proc::spawn("standalone", &["standalone"], env);
+        self.api = format!("http://{}", self.api_proc.listening_addr().await);
+    }
+
+    /// A `SELECT count(*) ...` (SQL both databases accept) on this stack's database.
+    pub async fn count(&self, pool: &PgPool, sql: &str) -> i64 {
+        match &self.sqlite_url {
+            Some(url) => {
+                let sqlite = sqlx::SqlitePool::connect(url).await.expect("open sqlite");
+                let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&sqlite)
+                    .await
+                    .expect("count");
+                sqlite.close().await;
+                n
+            }
+            None => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_one(pool)
+                .await
+                .expect("count"),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
     }

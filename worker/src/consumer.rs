@@ -17,18 +17,16 @@ use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis::prelude::{Event, WorkerContext};
 use apalis_core::worker::ext::event_listener::EventListenerExt;
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
+use apalis_redis::ConnectionManager;
 use apalis_redis::RedisStorage;
-use futures::StreamExt;
+use imagegen_shared::backends::Backends;
 use imagegen_shared::config::FluxProtocol;
 use imagegen_shared::config::ProviderSettings;
-use imagegen_shared::db;
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
-use imagegen_shared::events::JobEvent;
-use imagegen_shared::limits::{FleetLimits, LimitSettings};
-use imagegen_shared::queue::JobQueue;
-use imagegen_shared::queue::wake_channel;
-use imagegen_shared::queue::{JobMessage, apalis_config, redis_connection};
+use imagegen_shared::limits::LimitSettings;
+use imagegen_shared::queue::Signal;
+use imagegen_shared::queue::{JobMessage, apalis_config};
 use imagegen_shared::storage::ImageStorage;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Pause before the queue consumer is rebuilt after Redis went away.
 const RESTART_DELAY: Duration = Duration::from_secs(2);
+/// How soon the in-process queue delivers again a job that could not finish (apalis-redis waits about as long).
+const LOCAL_RETRY_DELAY: Duration = Duration::from_secs(1);
 const VACUUM_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_AFTER: Duration = Duration::from_secs(3600);
 
@@ -71,14 +71,23 @@ pub async fn run(
     args: WorkerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let provider_settings = args.providers.settings()?;
-    let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pool = db::connect_lazy(
+    let backends = Backends::connect(
         &args.database.database_url,
         args.database.database_max_connections,
-    )
-    .context("DATABASE_URL: invalid")?;
-    let (client, redis) = redis_connection(&args.redis.redis_url).context("REDIS_URL: invalid")?;
+        Some(&args.redis.redis_url),
+        &args.redis.queue_name,
+    )?;
+    run_with(args, backends, shutdown).await
+}
+
+/// Consumes the queue of `backends` until `shutdown` resolves (the standalone mode shares them with its API).
+pub async fn run_with(
+    args: WorkerArgs,
+    backends: Backends,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let provider_settings = args.providers.settings()?;
+    let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let timeout = provider_settings.timeout;
     let routes = build_routes(&args, &provider_settings)?;
@@ -117,16 +126,14 @@ pub async fn run(
     let concurrency = usize::try_from(args.worker_concurrency).unwrap_or(1);
     let abandon = CancellationToken::new();
     let ctx = Arc::new(JobContext {
-        pool,
+        pool: backends.db.clone(),
         storage,
         routes,
         downloader,
-        redis: redis.clone(),
-        queue: JobQueue::new(redis.clone(), &args.redis.queue_name),
-        limits: FleetLimits::new(redis.clone(), &args.redis.queue_name),
+        queue: backends.queue.clone(),
+        limits: backends.limits.clone(),
         limit_settings,
         in_progress: Mutex::new(std::collections::HashMap::new()),
-        queue_name: args.redis.queue_name.clone(),
         worker_id: worker_id.clone(),
         lease: Duration::from_secs(args.job_lease_secs),
         backoff: Backoff::default(),
@@ -152,17 +159,9 @@ pub async fn run(
 
     let running: Arc<Mutex<Option<WorkerContext>>> = Arc::default();
     tokio::spawn(listen_for_work(
-        client,
-        wake_channel(&args.redis.queue_name),
-        imagegen_shared::events::channel(&args.redis.queue_name),
+        ctx.queue.signals(stopping.clone()),
         running.clone(),
         ctx.clone(),
-        stopping.clone(),
-    ));
-
-    tokio::spawn(vacuum_queue(
-        RedisStorage::<JobMessage>::new(redis.clone())
-            .with_config(apalis_config(&args.redis.queue_name, 1)),
         stopping.clone(),
     ));
 
@@ -180,11 +179,35 @@ pub async fn run(
         ));
     }
 
-    tracing::info!(%worker_id, concurrency, queue = %args.redis.queue_name, "worker started");
+    tracing::info!(%worker_id, concurrency, queue = %args.redis.queue_name, stores = %backends.describe(), "worker started");
+    match backends.redis_connection() {
+        Some(redis) => {
+            tokio::spawn(vacuum_queue(
+                RedisStorage::<JobMessage>::new(redis.clone())
+                    .with_config(apalis_config(&args.redis.queue_name, 1)),
+                stopping.clone(),
+            ));
+            consume_redis(&args, redis, ctx, concurrency, running, stopping).await;
+        }
+        None => consume_local(ctx, concurrency, stopping).await,
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// apalis on Redis: rebuilt whenever Redis goes away, until `stopping`.
+async fn consume_redis(
+    args: &WorkerArgs,
+    redis: ConnectionManager,
+    ctx: Arc<JobContext>,
+    concurrency: usize,
+    running: Arc<Mutex<Option<WorkerContext>>>,
+    stopping: CancellationToken,
+) {
     loop {
         let backend = RedisStorage::<JobMessage>::new(redis.clone())
             .with_config(apalis_config(&args.redis.queue_name, concurrency));
-        let worker = WorkerBuilder::new(worker_id.as_str())
+        let worker = WorkerBuilder::new(ctx.worker_id.as_str())
             .backend(backend)
             .data(ctx.clone())
             .concurrency(concurrency)
@@ -219,61 +242,76 @@ pub async fn run(
             _ = stopping.cancelled() => break,
         }
     }
-    tracing::info!("worker stopped");
-    Ok(())
 }
 
-/// Listens to two channels: the API's "work queued" nudge, which wakes the idle queue consumer so a job starts
-/// within milliseconds instead of at the next heartbeat, and job events, so a job canceled by a client stops at once
-/// here rather than at its next lease renewal. Reconnects by itself; without it both still happen, only later.
+/// The in-process queue (standalone mode): up to `concurrency` jobs at once; a job that could not finish now
+/// (held elsewhere, database trouble) comes back after a short delay, like apalis' reschedule. At `stopping` no new
+/// job starts and the running ones finish (or hand themselves back at the end of the grace period).
+async fn consume_local(ctx: Arc<JobContext>, concurrency: usize, stopping: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            _ = stopping.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let message = tokio::select! {
+            _ = stopping.cancelled() => break,
+            message = ctx.queue.next_local() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let ctx = ctx.clone();
+        running.spawn(async move {
+            let _slot = slot;
+            if let Err(e) = process::handle(ctx.clone(), message.clone()).await {
+                if matches!(e, ProcessError::Released(_)) {
+                    return;
+                }
+                tracing::warn!(error = %e, "job not finished; it will be delivered again");
+                if let Err(e) = ctx.queue.push_delayed(message, LOCAL_RETRY_DELAY).await {
+                    tracing::warn!(error = %e, "could not re-queue a job; the reconciler will");
+                }
+            }
+        });
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// Listens to the queue's signals: the API's "work queued" nudge wakes the idle apalis consumer so a job starts
+/// within milliseconds instead of at the next heartbeat, and a job canceled by a client stops at once here rather
+/// than at its next lease renewal. Without them both still happen, only later.
 async fn listen_for_work(
-    client: redis::Client,
-    channel: String,
-    events_channel: String,
+    mut signals: tokio::sync::mpsc::Receiver<Signal>,
     running: Arc<Mutex<Option<WorkerContext>>>,
     jobs: Arc<JobContext>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
     loop {
-        let subscribed = tokio::time::timeout(Duration::from_secs(3), async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&[&channel, &events_channel]).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await;
-        if let Ok(Ok(pubsub)) = subscribed {
-            delay = Duration::from_millis(200);
-            let mut messages = pubsub.into_on_message();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    msg = messages.next() => match msg {
-                        Some(msg) if msg.get_channel_name() == events_channel => {
-                            if let Ok(event) = serde_json::from_slice::<JobEvent>(msg.get_payload_bytes())
-                                && event.status == JobStatus::Canceled
-                            {
-                                jobs.stop_if_running(event.job_id);
-                            }
-                        }
-                        Some(_) => {
-                            let ctx = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                            // apalis offers no public "poll now"; a pause/resume pair wakes the consumer.
-                            if let Some(ctx) = ctx.filter(|c| c.is_running()) {
-                                let _ = ctx.pause();
-                                let _ = ctx.resume();
-                            }
-                        }
-                        None => break,
-                    },
+        let signal = tokio::select! {
+            _ = stop.cancelled() => return,
+            signal = signals.recv() => signal,
+        };
+        match signal {
+            Some(Signal::Event(event)) if event.status == JobStatus::Canceled => {
+                jobs.stop_if_running(event.job_id);
+            }
+            Some(Signal::Wake) => {
+                let ctx = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                // apalis offers no public "poll now"; a pause/resume pair wakes the consumer.
+                if let Some(ctx) = ctx.filter(|c| c.is_running()) {
+                    let _ = ctx.pause();
+                    let _ = ctx.resume();
                 }
             }
+            Some(_) => {}
+            None => return,
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -10,16 +10,14 @@ use crate::providers::ProviderError;
 use crate::retry::Backoff;
 use crate::routing::{Route, Routes, translate};
 use crate::store::{StoreError, remove_objects, store_all};
-use imagegen_shared::db::{self, DbError, JobFailure, JobRecord, NewImage, Served};
+use imagegen_shared::db::{self, Db, DbError, JobFailure, JobRecord, NewImage, Served};
 use imagegen_shared::domain::{
     GenerationRequest, JobId, JobStatus, Moderation, ModerationSource, ProviderId,
 };
-use imagegen_shared::events::{self, JobEvent};
+use imagegen_shared::events::JobEvent;
 use imagegen_shared::limits::{Admission, FleetLimits, LimitSettings};
 use imagegen_shared::queue::{JobMessage, JobQueue};
 use imagegen_shared::storage::ImageStorage;
-use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,15 +26,13 @@ use tracing::Instrument;
 
 /// Everything a job needs, shared by all jobs of one worker process.
 pub struct JobContext {
-    pub pool: PgPool,
+    pub pool: Db,
     pub storage: ImageStorage,
     pub routes: Routes,
     pub downloader: Downloader,
-    pub redis: ConnectionManager,
     pub queue: JobQueue,
     pub limits: FleetLimits,
     pub limit_settings: HashMap<ProviderId, LimitSettings>,
-    pub queue_name: String,
     pub worker_id: String,
     pub lease: Duration,
     pub backoff: Backoff,
@@ -248,7 +244,7 @@ async fn publish_finished(ctx: &JobContext, id: JobId, outcome: &Outcome) {
     if let Outcome::Finished(status) = *outcome {
         metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
         let event = JobEvent { job_id: id, status };
-        if let Err(e) = events::publish(&ctx.redis, &ctx.queue_name, &event).await {
+        if let Err(e) = ctx.queue.publish_event(&event).await {
             // Waiters re-read Postgres when their wait ends or their subscription reconnects.
             tracing::warn!(error = %e, "could not publish job event");
         }

@@ -6,20 +6,17 @@
 //! - `running` jobs whose lease expired (their worker died) go back to `queued` and are pushed again, or fail once
 //!   their attempts are used up.
 //!
-//! Every worker runs it; a Postgres advisory lock lets one pass run at a time across the fleet. Duplicate messages
+//! Every worker runs it; a Postgres advisory lock lets one pass run at a time across the fleet (see `db::reconcile`). Duplicate messages
 //! are harmless: a worker claims a job only if it is still queued (or its lease expired).
 
-use imagegen_shared::db;
-use imagegen_shared::domain::{JobId, JobStatus};
+use imagegen_shared::db::{self, Db};
+use imagegen_shared::domain::JobStatus;
 use imagegen_shared::events::JobEvent;
 use imagegen_shared::queue::{JobMessage, JobQueue};
 use imagegen_shared::storage::ImageStorage;
-use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Any fixed number works; it only has to be the same across the fleet.
-const LOCK_KEY: i64 = 0x1_6e_67_65_6e;
 /// Rows handled per pass, so one pass stays short.
 const BATCH: i64 = 500;
 
@@ -32,53 +29,11 @@ pub struct ReconcilerSettings {
 /// One pass; returns (re-queued stale queued jobs, expired leases re-queued, expired leases failed), or `None`
 /// when another process holds the lock.
 pub async fn reconcile_once(
-    pool: &PgPool,
+    pool: &Db,
     queue: &JobQueue,
     settings: &ReconcilerSettings,
 ) -> Result<Option<(usize, usize, usize)>, db::DbError> {
-    let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .await?;
-    if !locked {
-        return Ok(None);
-    }
-    // Queued jobs whose deadline passed never start; their waiters learn it when they next read.
-    let past_deadline: Vec<(uuid::Uuid,)> = sqlx::query_as(
-        "UPDATE jobs SET status = 'canceled', error_code = 'deadline_exceeded', \
-            error_message = 'The job''s deadline passed before it could start', finished_at = now(), updated_at = now() \
-         WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND deadline_at <= now() AND attempts = 0 \
-                      LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    let failed: Vec<(uuid::Uuid,)> = sqlx::query_as(
-        "UPDATE jobs SET status = 'failed', error_code = 'provider_error', \
-            error_message = 'The worker running this job stopped and its attempts are used up', \
-            lease_until = NULL, finished_at = now(), updated_at = now() \
-         WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < now() \
-                      AND attempts >= max_attempts LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    let expired: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-        "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = now() \
-         WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < now() LIMIT $1 \
-                      FOR UPDATE SKIP LOCKED) \
-         RETURNING id, correlation_id",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    // How many queued jobs have no message in Redis? Unknown which, so the oldest untouched ones go first.
-    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'")
-        .fetch_one(&mut *tx)
-        .await?;
+    // How many messages the queue holds; unknown, nothing counts as missing this pass.
     let held = match queue.depth().await {
         Ok(d) => i64::try_from(d).unwrap_or(i64::MAX),
         Err(e) => {
@@ -86,35 +41,21 @@ pub async fn reconcile_once(
             i64::MAX
         }
     };
-    let missing = (queued - i64::try_from(expired.len()).unwrap_or(0) - held).clamp(0, BATCH);
-    let stale: Vec<(uuid::Uuid, String)> = if missing == 0 {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "UPDATE jobs SET updated_at = now() \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' \
-                          AND updated_at < now() - make_interval(secs => $1) \
-                          ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, correlation_id",
-        )
-        .bind(settings.queued_after.as_secs_f64())
-        .bind(missing)
-        .fetch_all(&mut *tx)
-        .await?
+    let Some(pass) = db::reconcile::pass(pool, held, settings.queued_after, BATCH).await? else {
+        return Ok(None);
     };
-    tx.commit().await?;
-    for (id,) in &past_deadline {
+    for id in &pass.past_deadline {
         let event = JobEvent {
-            job_id: JobId(*id),
+            job_id: *id,
             status: JobStatus::Canceled,
         };
         if let Err(e) = queue.publish_event(&event).await {
             tracing::warn!(error = %e, "could not publish a deadline cancel");
         }
     }
-    for (id, correlation_id) in expired.iter().chain(stale.iter()) {
+    for (id, correlation_id) in pass.expired.iter().chain(pass.stale.iter()) {
         let message = JobMessage {
-            job_id: imagegen_shared::domain::JobId(*id),
+            job_id: *id,
             correlation_id: correlation_id.clone(),
         };
         if let Err(e) = queue.push(message).await {
@@ -122,23 +63,27 @@ pub async fn reconcile_once(
             tracing::warn!(error = %e, job_id = %id, "reconciler could not re-queue a job");
         }
     }
-    if !failed.is_empty() {
+    if !pass.failed.is_empty() {
         metrics::counter!("imagegen_reconciler_jobs_total", "action" => "failed_lease_expired")
-            .increment(failed.len() as u64);
+            .increment(pass.failed.len() as u64);
     }
-    if !expired.is_empty() {
+    if !pass.expired.is_empty() {
         metrics::counter!("imagegen_reconciler_jobs_total", "action" => "requeued_lease_expired")
-            .increment(expired.len() as u64);
+            .increment(pass.expired.len() as u64);
     }
-    if !stale.is_empty() {
+    if !pass.stale.is_empty() {
         metrics::counter!("imagegen_reconciler_jobs_total", "action" => "requeued_stale")
-            .increment(stale.len() as u64);
+            .increment(pass.stale.len() as u64);
     }
-    Ok(Some((stale.len(), expired.len(), failed.len())))
+    Ok(Some((
+        pass.stale.len(),
+        pass.expired.len(),
+        pass.failed.len(),
+    )))
 }
 
 /// Deletes objects whose writer died before recording them (see `db::pending`). Returns how many.
-pub async fn sweep_orphans(pool: &PgPool, storage: &ImageStorage) -> Result<usize, db::DbError> {
+pub async fn sweep_orphans(pool: &Db, storage: &ImageStorage) -> Result<usize, db::DbError> {
     let keys = db::pending::orphans(pool, BATCH).await?;
     let mut removed = Vec::with_capacity(keys.len());
     for key in keys {
@@ -158,7 +103,7 @@ pub async fn sweep_orphans(pool: &PgPool, storage: &ImageStorage) -> Result<usiz
 }
 
 pub async fn run(
-    pool: PgPool,
+    pool: Db,
     queue: JobQueue,
     storage: ImageStorage,
     settings: ReconcilerSettings,

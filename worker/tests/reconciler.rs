@@ -1,7 +1,7 @@
 //! The reconciler against real Postgres and Redis: lost work is found in Postgres and queued again; work whose
 //! attempts are used up fails; a healthy backlog is not flooded with duplicates.
 
-use imagegen_shared::db::{self, NewJob};
+use imagegen_shared::db::{self, Db, NewJob};
 use imagegen_shared::domain::{
     GenerateBody, GenerationLimits, GenerationRequest, JobId, JobStatus, ProviderId,
 };
@@ -64,15 +64,11 @@ async fn age(pool: &PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn lost_messages_are_queued_again_and_only_as_many_as_are_missing(pool: PgPool) {
+    let db = Db::from(pool.clone());
     let queue = queue();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            db::jobs::insert(&pool, &new_job(3))
-                .await
-                .expect("insert")
-                .id,
-        );
+        ids.push(db::jobs::insert(&db, &new_job(3)).await.expect("insert").id);
     }
     // One of the three still has its message; two were lost.
     queue
@@ -83,7 +79,7 @@ async fn lost_messages_are_queued_again_and_only_as_many_as_are_missing(pool: Pg
         .await
         .expect("push");
     age(&pool).await;
-    let (stale, expired, failed) = reconcile_once(&pool, &queue, &SETTINGS)
+    let (stale, expired, failed) = reconcile_once(&db, &queue, &SETTINGS)
         .await
         .expect("pass")
         .expect("lock");
@@ -91,7 +87,7 @@ async fn lost_messages_are_queued_again_and_only_as_many_as_are_missing(pool: Pg
     assert_eq!(queue.depth().await.expect("depth"), 3);
     // Nothing is missing now: a second pass queues nothing.
     age(&pool).await;
-    let again = reconcile_once(&pool, &queue, &SETTINGS)
+    let again = reconcile_once(&db, &queue, &SETTINGS)
         .await
         .expect("pass")
         .expect("lock");
@@ -100,25 +96,26 @@ async fn lost_messages_are_queued_again_and_only_as_many_as_are_missing(pool: Pg
 
 #[sqlx::test(migrations = "../migrations")]
 async fn expired_leases_are_requeued_or_failed_when_out_of_attempts(pool: PgPool) {
+    let db = Db::from(pool.clone());
     let queue = queue();
-    let retry = db::jobs::insert(&pool, &new_job(3)).await.expect("insert");
-    let spent = db::jobs::insert(&pool, &new_job(1)).await.expect("insert");
+    let retry = db::jobs::insert(&db, &new_job(3)).await.expect("insert");
+    let spent = db::jobs::insert(&db, &new_job(1)).await.expect("insert");
     for job in [&retry, &spent] {
-        db::jobs::claim_job(&pool, job.id, "dead-worker", Duration::from_millis(1))
+        db::jobs::claim_job(&db, job.id, "dead-worker", Duration::from_millis(1))
             .await
             .expect("claim")
             .expect("claimed");
-        db::jobs::record_attempt(&pool, job.id, "dead-worker", "dalle3:openai")
+        db::jobs::record_attempt(&db, job.id, "dead-worker", "dalle3:openai")
             .await
             .expect("attempt");
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let (_, expired, failed) = reconcile_once(&pool, &queue, &SETTINGS)
+    let (_, expired, failed) = reconcile_once(&db, &queue, &SETTINGS)
         .await
         .expect("pass")
         .expect("lock");
     assert_eq!((expired, failed), (1, 1));
-    let retry = db::jobs::get_job_unscoped(&pool, retry.id)
+    let retry = db::jobs::get_job_unscoped(&db, retry.id)
         .await
         .expect("read")
         .expect("row");
@@ -126,7 +123,7 @@ async fn expired_leases_are_requeued_or_failed_when_out_of_attempts(pool: PgPool
         (retry.status, retry.attempts, retry.worker_id),
         (JobStatus::Queued, 1, None)
     );
-    let spent = db::jobs::get_job_unscoped(&pool, spent.id)
+    let spent = db::jobs::get_job_unscoped(&db, spent.id)
         .await
         .expect("read")
         .expect("row");
@@ -136,10 +133,11 @@ async fn expired_leases_are_requeued_or_failed_when_out_of_attempts(pool: PgPool
 
 #[sqlx::test(migrations = "../migrations")]
 async fn objects_of_a_writer_that_died_are_swept(pool: PgPool) {
+    let db = Db::from(pool.clone());
     use imagegen_shared::storage::{ImageMetadata, ImageStorage};
     let storage = ImageStorage::memory();
-    let job = db::jobs::insert(&pool, &new_job(3)).await.expect("insert");
-    db::jobs::claim_job(&pool, job.id, "w1", Duration::from_secs(30))
+    let job = db::jobs::insert(&db, &new_job(3)).await.expect("insert");
+    db::jobs::claim_job(&db, job.id, "w1", Duration::from_secs(30))
         .await
         .expect("claim")
         .expect("claimed");
@@ -163,7 +161,7 @@ async fn objects_of_a_writer_that_died_are_swept(pool: PgPool) {
         imagegen_shared::domain::ImageId::new(),
     );
     for (id, key) in [(a, "2026/11/24/a.png"), (b, "2026/11/24/b.png")] {
-        db::pending::record(&pool, key, job.id, "w1")
+        db::pending::record(&db, key, job.id, "w1")
             .await
             .expect("intent");
         storage
@@ -173,7 +171,7 @@ async fn objects_of_a_writer_that_died_are_swept(pool: PgPool) {
     }
     // Its writer still holds the job: nothing is swept.
     assert_eq!(
-        imagegen_worker::reconciler::sweep_orphans(&pool, &storage)
+        imagegen_worker::reconciler::sweep_orphans(&db, &storage)
             .await
             .expect("sweep"),
         0
@@ -185,14 +183,14 @@ async fn objects_of_a_writer_that_died_are_swept(pool: PgPool) {
         .await
         .expect("takeover");
     assert_eq!(
-        imagegen_worker::reconciler::sweep_orphans(&pool, &storage)
+        imagegen_worker::reconciler::sweep_orphans(&db, &storage)
             .await
             .expect("sweep"),
         2
     );
     assert!(storage.get("2026/11/24/a.png").await.is_err());
     assert_eq!(
-        imagegen_worker::reconciler::sweep_orphans(&pool, &storage)
+        imagegen_worker::reconciler::sweep_orphans(&db, &storage)
             .await
             .expect("sweep"),
         0

@@ -58,5 +58,6 @@ pub async fn get_batch(
         &batch,
         &jobs,
         &images,
+        &state.providers.sandbox,
     )))
 }

@@ -128,7 +128,7 @@ pub async fn generate_batch(
             None => jobs,
         };
     let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;
-    let view = batch_view(&base, &batch, &jobs, &images);
+    let view = batch_view(&base, &batch, &jobs, &images, &state.providers.sandbox);
     Ok(batch_response(view))
 }
 

@@ -71,7 +71,13 @@ async fn components(state: &AppState, with_storage: bool) -> BTreeMap<String, Co
     );
     let mut map = BTreeMap::new();
     map.insert("database".to_owned(), database);
-    map.insert("redis".to_owned(), redis);
+    // The standalone mode's queue lives in process: report it under its own name, not as Redis.
+    let queue = if state.queue.is_local() {
+        "queue"
+    } else {
+        "redis"
+    };
+    map.insert(queue.to_owned(), redis);
     if with_storage {
         map.insert("storage".to_owned(), check(state.storage.check()).await);
     }

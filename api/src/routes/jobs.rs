@@ -238,7 +238,10 @@ pub async fn list_jobs(
     };
     Ok(axum::Json(JobListView {
         success: true,
-        jobs: jobs.iter().map(|j| job_view(&base, j, &images)).collect(),
+        jobs: jobs
+            .iter()
+            .map(|j| job_view(&base, j, &images, &state.providers.sandbox))
+            .collect(),
         next_cursor,
     }))
 }

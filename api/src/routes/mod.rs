@@ -79,7 +79,7 @@ pub async fn load_job_view(
     } else {
         Vec::new()
     };
-    Ok(job_view(base, job, &images))
+    Ok(job_view(base, job, &images, &state.providers.sandbox))
 }
 
 /// 202 with the job, where to poll it, and when.

@@ -25,6 +25,9 @@ pub struct ProviderView {
     pub typical_generation_time: &'static str,
     /// Whether this service has credentials for it (requests to an unconfigured provider are refused).
     pub configured: bool,
+    /// `true` when the built-in emulator answers instead of the real service (standalone mode without its key):
+    /// the pictures are deterministic patterns, free of charge.
+    pub sandbox: bool,
     /// The ways this service reaches it, primary first, with their fleet-wide state.
     pub routes: Vec<RouteView>,
 }
@@ -99,6 +102,7 @@ pub async fn list_providers(State(state): State<AppState>) -> axum::Json<Provide
             supports_seed: spec.supports_seed,
             typical_generation_time: spec.typical_generation_time,
             configured: state.providers.is_configured(*id),
+            sandbox: state.providers.sandbox.contains(id),
             routes: route_views(&state, *id).await,
         });
     }

@@ -3,9 +3,9 @@
 use super::DbError;
 use super::idempotency::{Existing, KeyClaim, KeyError, claim};
 use super::jobs::{Inserted, JobRecord, NewJob, insert_job};
+use super::{Db, on_db};
 use crate::domain::BatchId;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRecord {
@@ -18,13 +18,13 @@ pub struct BatchRecord {
 
 /// Records a batch with its jobs, or nothing at all.
 pub async fn insert_batch(
-    pool: &PgPool,
+    db: &Db,
     id: BatchId,
     owner: &str,
     correlation_id: &str,
     jobs: &[NewJob],
 ) -> Result<(BatchRecord, Vec<JobRecord>), DbError> {
-    match insert_batch_with_key(pool, id, owner, correlation_id, jobs, None).await {
+    match insert_batch_with_key(db, id, owner, correlation_id, jobs, None).await {
         Ok(Inserted::New(rows)) => Ok(rows),
         Ok(Inserted::Existing(_)) => Err(DbError::Corrupt(
             "a batch without a key cannot exist already".into(),
@@ -38,7 +38,7 @@ pub async fn insert_batch(
 
 /// Records a batch with its jobs (and its Idempotency-Key, if any), or nothing at all.
 pub async fn insert_batch_with_key(
-    pool: &PgPool,
+    db: &Db,
     id: BatchId,
     owner: &str,
     correlation_id: &str,
@@ -47,51 +47,53 @@ pub async fn insert_batch_with_key(
 ) -> Result<Inserted<(BatchRecord, Vec<JobRecord>)>, KeyError> {
     let item_count =
         i32::try_from(jobs.len()).map_err(|_| DbError::Corrupt("batch too large".into()))?;
-    let mut tx = pool.begin().await?;
-    let batch = sqlx::query_as::<_, BatchRecord>(
-        "INSERT INTO batches (id, owner, correlation_id, item_count) VALUES ($1, $2, $3, $4) \
-         RETURNING id, owner, correlation_id, item_count, created_at",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(correlation_id)
-    .bind(item_count)
-    .fetch_one(&mut *tx)
-    .await?;
-    let mut rows = Vec::with_capacity(jobs.len());
-    for (index, job) in (0i32..).zip(jobs) {
-        rows.push(insert_job(&mut tx, job, Some((id, index))).await?);
-    }
-    if let Some(key) = key
-        && let Some(existing) = claim(&mut tx, key, Existing::Batch(id)).await?
-    {
-        tx.rollback().await?;
-        return Ok(Inserted::Existing(existing));
-    }
-    tx.commit().await?;
-    Ok(Inserted::New((batch, rows)))
+    on_db!(db, |pool, sql| {
+        let mut tx = pool.begin_with(sql.begin).await?;
+        let batch = sqlx::query_as::<_, BatchRecord>(
+            "INSERT INTO batches (id, owner, correlation_id, item_count) VALUES ($1, $2, $3, $4) \
+             RETURNING id, owner, correlation_id, item_count, created_at",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(correlation_id)
+        .bind(item_count)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut rows = Vec::with_capacity(jobs.len());
+        for (index, job) in (0i32..).zip(jobs) {
+            rows.push(insert_job!(tx, sql, job, Some((id, index))));
+        }
+        if let Some(key) = key
+            && let Some(existing) = claim!(tx, sql, key, Existing::Batch(id))
+        {
+            tx.rollback().await?;
+            return Ok(Inserted::Existing(existing));
+        }
+        tx.commit().await?;
+        Ok(Inserted::New((batch, rows)))
+    })
 }
 
-pub async fn get_batch(
-    pool: &PgPool,
-    owner: &str,
-    id: BatchId,
-) -> Result<Option<BatchRecord>, DbError> {
-    let row = sqlx::query_as::<_, BatchRecord>(
-        "SELECT id, owner, correlation_id, item_count, created_at FROM batches WHERE id = $1 AND owner = $2",
-    )
-    .bind(id)
-    .bind(owner)
-    .fetch_optional(pool)
-    .await?;
+pub async fn get_batch(db: &Db, owner: &str, id: BatchId) -> Result<Option<BatchRecord>, DbError> {
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, BatchRecord>(
+            "SELECT id, owner, correlation_id, item_count, created_at FROM batches WHERE id = $1 AND owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row)
 }
 
 /// Undoes a batch that could not be fully queued; its jobs go with it.
-pub async fn delete_batch(pool: &PgPool, id: BatchId) -> Result<(), DbError> {
-    sqlx::query("DELETE FROM batches WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+pub async fn delete_batch(db: &Db, id: BatchId) -> Result<(), DbError> {
+    on_db!(db, |pool, sql| {
+        sqlx::query("DELETE FROM batches WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    });
     Ok(())
 }

@@ -3,7 +3,6 @@
 
 use super::DbError;
 use crate::domain::{BatchId, JobId};
-use sqlx::{Postgres, Transaction};
 use std::time::Duration;
 
 /// What a key already stands for.
@@ -37,48 +36,57 @@ impl From<sqlx::Error> for KeyError {
     }
 }
 
-pub async fn claim<'c>(
-    tx: &mut Transaction<'c, Postgres>,
-    claim: &KeyClaim<'_>,
-    target: Existing,
-) -> Result<Option<Existing>, KeyError> {
-    let (job, batch) = match target {
-        Existing::Job(j) => (Some(j), None),
-        Existing::Batch(b) => (None, Some(b)),
-    };
-    // An expired key is taken over; a live one is left alone.
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (owner, key, request_hash, job_id, batch_id, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) \
-         ON CONFLICT (owner, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, \
-             batch_id = EXCLUDED.batch_id, created_at = now(), expires_at = EXCLUDED.expires_at \
-           WHERE idempotency_keys.expires_at <= now() \
-         RETURNING key",
-    )
-    .bind(claim.owner)
-    .bind(claim.key)
-    .bind(claim.request_hash)
-    .bind(job)
-    .bind(batch)
-    .bind(claim.ttl.as_secs_f64())
-    .fetch_optional(&mut **tx)
-    .await?;
-    if inserted.is_some() {
-        return Ok(None);
-    }
-    let (hash, job, batch): (String, Option<JobId>, Option<BatchId>) = sqlx::query_as(
-        "SELECT request_hash, job_id, batch_id FROM idempotency_keys WHERE owner = $1 AND key = $2",
-    )
-    .bind(claim.owner)
-    .bind(claim.key)
-    .fetch_one(&mut **tx)
-    .await?;
-    if hash != claim.request_hash {
-        return Err(KeyError::Mismatch);
-    }
-    Ok(match (job, batch) {
-        (Some(j), _) => Some(Existing::Job(j)),
-        (None, Some(b)) => Some(Existing::Batch(b)),
-        (None, None) => None,
-    })
+/// A macro because the transaction's type differs per database; evaluates to `Option<Existing>` and returns
+/// `Err(KeyError)` from the caller on a mismatch.
+macro_rules! claim {
+    ($tx:expr, $sql:expr, $claim:expr, $target:expr) => {{
+        let claim: &$crate::db::idempotency::KeyClaim<'_> = $claim;
+        let (job, batch) = match $target {
+            $crate::db::idempotency::Existing::Job(j) => (Some(j), None),
+            $crate::db::idempotency::Existing::Batch(b) => (None, Some(b)),
+        };
+        let inserted: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idempotency_keys (owner, key, request_hash, job_id, batch_id, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, {expires}) \
+             ON CONFLICT (owner, key) DO UPDATE SET request_hash = excluded.request_hash, \
+                 job_id = excluded.job_id, batch_id = excluded.batch_id, created_at = {now}, \
+                 expires_at = excluded.expires_at \
+               WHERE idempotency_keys.expires_at <= {now} \
+             RETURNING key",
+            expires = $sql.now_plus("$6"),
+            now = $sql.now,
+        )))
+        .bind(claim.owner)
+        .bind(claim.key)
+        .bind(claim.request_hash)
+        .bind(job)
+        .bind(batch)
+        .bind(claim.ttl.as_secs_f64())
+        .fetch_optional(&mut *$tx)
+        .await?;
+        if inserted.is_some() {
+            None
+        } else {
+            let (hash, job, batch): (
+                String,
+                Option<$crate::domain::JobId>,
+                Option<$crate::domain::BatchId>,
+            ) = sqlx::query_as(
+                "SELECT request_hash, job_id, batch_id FROM idempotency_keys WHERE owner = $1 AND key = $2",
+            )
+            .bind(claim.owner)
+            .bind(claim.key)
+            .fetch_one(&mut *$tx)
+            .await?;
+            if hash != claim.request_hash {
+                return Err($crate::db::idempotency::KeyError::Mismatch);
+            }
+            match (job, batch) {
+                (Some(j), _) => Some($crate::db::idempotency::Existing::Job(j)),
+                (None, Some(b)) => Some($crate::db::idempotency::Existing::Batch(b)),
+                (None, None) => None,
+            }
+        }
+    }};
 }
+pub(crate) use claim;

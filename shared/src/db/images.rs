@@ -1,9 +1,9 @@
 //! `images` table: one row per stored picture, written in the same transaction that marks its job succeeded.
 
 use super::DbError;
+use super::{Db, on_db};
 use crate::domain::{ImageId, JobId};
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ImageRecord {
@@ -36,79 +36,95 @@ pub struct NewImage {
     pub seed: Option<i64>,
 }
 
-const IMAGE_COLUMNS: &str = "id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
+pub(crate) const IMAGE_COLUMNS: &str = "id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
     height, revised_prompt, seed, created_at";
 
-pub(super) async fn insert_image<'c>(
-    tx: &mut Transaction<'c, Postgres>,
-    owner: &str,
-    job_id: JobId,
-    image: &NewImage,
-) -> Result<ImageRecord, DbError> {
-    let row = sqlx::query_as::<_, ImageRecord>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO images (id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
-            height, revised_prompt, seed) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {IMAGE_COLUMNS}"
-    )))
-    .bind(image.id)
-    .bind(job_id)
-    .bind(owner)
-    .bind(image.position)
-    .bind(&image.storage_key)
-    .bind(&image.content_type)
-    .bind(image.size_bytes)
-    .bind(&image.sha256)
-    .bind(image.width)
-    .bind(image.height)
-    .bind(&image.revised_prompt)
-    .bind(image.seed)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(row)
+/// Inserts one image row inside the caller's transaction (`$tx`). A macro because the transaction's type differs
+/// per database.
+macro_rules! insert_image {
+    ($tx:expr, $sql:expr, $owner:expr, $job_id:expr, $image:expr) => {{
+        let image: &$crate::db::images::NewImage = $image;
+        sqlx::query_as::<_, $crate::db::images::ImageRecord>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO images (id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
+                height, revised_prompt, seed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {}",
+            $crate::db::images::IMAGE_COLUMNS
+        )))
+        .bind(image.id)
+        .bind($job_id)
+        .bind($owner)
+        .bind(image.position)
+        .bind(&image.storage_key)
+        .bind(&image.content_type)
+        .bind(image.size_bytes)
+        .bind(&image.sha256)
+        .bind(image.width)
+        .bind(image.height)
+        .bind(&image.revised_prompt)
+        .bind(image.seed)
+        .fetch_one(&mut *$tx)
+        .await?
+    }};
 }
+pub(crate) use insert_image;
 
-pub async fn get_image(
-    pool: &PgPool,
-    owner: &str,
-    id: ImageId,
-) -> Result<Option<ImageRecord>, DbError> {
-    let row = sqlx::query_as::<_, ImageRecord>(sqlx::AssertSqlSafe(format!(
-        "SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1 AND owner = $2"
-    )))
-    .bind(id)
-    .bind(owner)
-    .fetch_optional(pool)
-    .await?;
+pub async fn get_image(db: &Db, owner: &str, id: ImageId) -> Result<Option<ImageRecord>, DbError> {
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, ImageRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1 AND owner = $2"
+        )))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row)
 }
 
 /// Images of several jobs at once (one query for a page of jobs), ordered by job then position.
 pub async fn images_for_jobs(
-    pool: &PgPool,
+    db: &Db,
     owner: &str,
     jobs: &[JobId],
 ) -> Result<Vec<ImageRecord>, DbError> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.0).collect();
-    let rows = sqlx::query_as::<_, ImageRecord>(sqlx::AssertSqlSafe(format!(
-        "SELECT {IMAGE_COLUMNS} FROM images WHERE job_id = ANY($1) AND owner = $2 ORDER BY job_id, position"
-    )))
-    .bind(&ids)
-    .bind(owner)
-    .fetch_all(pool)
-    .await?;
+    let rows = match db {
+        Db::Postgres(pool) => {
+            let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.0).collect();
+            sqlx::query_as::<_, ImageRecord>(sqlx::AssertSqlSafe(format!(
+                "SELECT {IMAGE_COLUMNS} FROM images WHERE job_id = ANY($1) AND owner = $2 \
+                 ORDER BY job_id, position"
+            )))
+            .bind(&ids)
+            .bind(owner)
+            .fetch_all(pool)
+            .await?
+        }
+        Db::Sqlite(pool) => {
+            let mut query = sqlx::query_as::<_, ImageRecord>(sqlx::AssertSqlSafe(format!(
+                "SELECT {IMAGE_COLUMNS} FROM images WHERE owner = $1 AND {} ORDER BY job_id, position",
+                super::SQLITE.in_list("job_id", 2, jobs.len())
+            )))
+            .bind(owner);
+            for job in jobs {
+                query = query.bind(*job);
+            }
+            query.fetch_all(pool).await?
+        }
+    };
     Ok(rows)
 }
 
-/// Removes the row; the caller has already removed the stored object (an object without a row would be an
-/// orphan nobody can reach, a row without an object a broken link that the next DELETE can still clean up).
-pub async fn delete_image(pool: &PgPool, owner: &str, id: ImageId) -> Result<bool, DbError> {
-    let done = sqlx::query("DELETE FROM images WHERE id = $1 AND owner = $2")
-        .bind(id)
-        .bind(owner)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn delete_image(db: &Db, owner: &str, id: ImageId) -> Result<bool, DbError> {
+    let affected = on_db!(db, |pool, sql| {
+        sqlx::query("DELETE FROM images WHERE id = $1 AND owner = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(affected == 1)
 }

@@ -2,10 +2,10 @@
 
 use super::DbError;
 use super::images::{ImageRecord, NewImage};
+use super::{Db, on_db};
 use crate::domain::{BatchId, GenerationRequest, JobId, JobStatus, Moderation};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, Transaction};
 use std::time::Duration;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -72,7 +72,7 @@ pub struct JobFailure {
     pub moderation: Option<Moderation>,
 }
 
-const JOB_COLUMNS: &str = "id, owner, batch_id, batch_index, correlation_id, status, provider, request, attempts, \
+pub(crate) const JOB_COLUMNS: &str = "id, owner, batch_id, batch_index, correlation_id, status, provider, request, attempts, \
     max_attempts, worker_id, lease_until, error_code, error_message, moderation, provider_meta, generation_time_ms, \
     served_by, translations, provider_attempts, deadline_at, created_at, updated_at, started_at, finished_at";
 
@@ -80,161 +80,184 @@ fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
 }
 
-pub async fn insert_job<'c>(
-    tx: &mut Transaction<'c, Postgres>,
-    job: &NewJob,
-    batch: Option<(BatchId, i32)>,
-) -> Result<JobRecord, DbError> {
-    let terminal = job.status.is_terminal();
-    let (code, message) = job.error.clone().unzip();
-    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO jobs (id, owner, batch_id, batch_index, correlation_id, status, provider, request, max_attempts, \
-            moderation, error_code, error_message, finished_at, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, CASE WHEN $13 THEN now() END, \
-            now() + make_interval(secs => $14::double precision)) \
-         RETURNING {JOB_COLUMNS}"
-    )))
-    .bind(job.id)
-    .bind(&job.owner)
-    .bind(batch.map(|b| b.0))
-    .bind(batch.map(|b| b.1))
-    .bind(&job.correlation_id)
-    .bind(job.status)
-    .bind(job.request.provider.as_str())
-    .bind(Json(&job.request))
-    .bind(job.max_attempts)
-    .bind(job.moderation.as_ref().map(Json))
-    .bind(code)
-    .bind(message)
-    .bind(terminal)
-    .bind(job.deadline_secs.map(f64::from))
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(row)
+/// Inserts one job inside the caller's transaction (`$tx`), returning its record. A macro because the
+/// transaction's type differs per database.
+macro_rules! insert_job {
+    ($tx:expr, $sql:expr, $job:expr, $batch:expr) => {{
+        let job: &$crate::db::jobs::NewJob = $job;
+        let batch: Option<($crate::domain::BatchId, i32)> = $batch;
+        let terminal = job.status.is_terminal();
+        let (code, message) = job.error.clone().unzip();
+        sqlx::query_as::<_, $crate::db::jobs::JobRecord>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO jobs (id, owner, batch_id, batch_index, correlation_id, status, provider, request, \
+                max_attempts, moderation, error_code, error_message, finished_at, deadline_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, CASE WHEN $13 THEN {now} END, {deadline}) \
+             RETURNING {columns}",
+            now = $sql.now,
+            deadline = $sql.now_plus("$14"),
+            columns = $crate::db::jobs::JOB_COLUMNS,
+        )))
+        .bind(job.id)
+        .bind(&job.owner)
+        .bind(batch.map(|b| b.0))
+        .bind(batch.map(|b| b.1))
+        .bind(&job.correlation_id)
+        .bind(job.status)
+        .bind(job.request.provider.as_str())
+        .bind(sqlx::types::Json(&job.request))
+        .bind(job.max_attempts)
+        .bind(job.moderation.as_ref().map(sqlx::types::Json))
+        .bind(code)
+        .bind(message)
+        .bind(terminal)
+        .bind(job.deadline_secs.map(f64::from))
+        .fetch_one(&mut *$tx)
+        .await?
+    }};
 }
+pub(crate) use insert_job;
 
 /// A job as its owner may see it; another owner's id looks exactly like one that does not exist.
-pub async fn get_job(pool: &PgPool, owner: &str, id: JobId) -> Result<Option<JobRecord>, DbError> {
-    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND owner = $2"
-    )))
-    .bind(id)
-    .bind(owner)
-    .fetch_optional(pool)
-    .await?;
+pub async fn get_job(db: &Db, owner: &str, id: JobId) -> Result<Option<JobRecord>, DbError> {
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND owner = $2"
+        )))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row)
 }
 
 /// A job read by the worker fleet, which acts for every owner.
-pub async fn get_job_unscoped(pool: &PgPool, id: JobId) -> Result<Option<JobRecord>, DbError> {
-    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+pub async fn get_job_unscoped(db: &Db, id: JobId) -> Result<Option<JobRecord>, DbError> {
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row)
 }
 
 /// The owner's jobs, newest first, starting after the cursor `(created_at, id)`.
 pub async fn list_jobs(
-    pool: &PgPool,
+    db: &Db,
     owner: &str,
     after: Option<(DateTime<Utc>, JobId)>,
     limit: i64,
 ) -> Result<Vec<JobRecord>, DbError> {
     let (ts, id) = after.unzip();
-    let rows = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = $1 \
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
-         ORDER BY created_at DESC, id DESC LIMIT $4"
-    )))
-    .bind(owner)
-    .bind(ts)
-    .bind(id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = on_db!(db, |pool, sql| {
+        let query = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = $1 \
+               AND ({ts} IS NULL OR created_at < {ts} OR (created_at = {ts} AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4",
+            ts = sql.timestamp("$2"),
+        );
+        let ts_text = ts.map(|t| sql.format_timestamp(t));
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(query))
+            .bind(owner)
+            .bind(ts_text)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+    });
     Ok(rows)
 }
 
 pub async fn jobs_in_batch(
-    pool: &PgPool,
+    db: &Db,
     owner: &str,
     batch: BatchId,
 ) -> Result<Vec<JobRecord>, DbError> {
-    let rows = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 AND owner = $2 ORDER BY batch_index"
-    )))
-    .bind(batch)
-    .bind(owner)
-    .fetch_all(pool)
-    .await?;
+    let rows = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = $1 AND owner = $2 ORDER BY batch_index"
+        )))
+        .bind(batch)
+        .bind(owner)
+        .fetch_all(pool)
+        .await?
+    });
     Ok(rows)
 }
 
 /// Takes a job for this worker: a queued job, or a running one whose lease ran out (its worker died).
 /// `None` means it is finished or another live worker holds it.
 pub async fn claim_job(
-    pool: &PgPool,
+    db: &Db,
     id: JobId,
     worker_id: &str,
     lease: Duration,
 ) -> Result<Option<JobRecord>, DbError> {
-    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'running', worker_id = $2, lease_until = now() + make_interval(secs => $3), \
-            started_at = COALESCE(started_at, now()), updated_at = now() \
-         WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND lease_until < now())) \
-         RETURNING {JOB_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(worker_id)
-    .bind(lease_secs(lease))
-    .fetch_optional(pool)
-    .await?;
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'running', worker_id = $2, lease_until = {lease}, \
+                started_at = COALESCE(started_at, {now}), updated_at = {now} \
+             WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND lease_until < {now})) \
+             RETURNING {JOB_COLUMNS}",
+            lease = sql.now_plus("$3"),
+            now = sql.now,
+        )))
+        .bind(id)
+        .bind(worker_id)
+        .bind(lease_secs(lease))
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row)
 }
 
 /// Keeps a lease alive; `false` means this worker no longer holds the job and must stop working on it.
 pub async fn extend_lease(
-    pool: &PgPool,
+    db: &Db,
     id: JobId,
     worker_id: &str,
     lease: Duration,
 ) -> Result<bool, DbError> {
-    let done = sqlx::query(
-        "UPDATE jobs SET lease_until = now() + make_interval(secs => $3) \
-         WHERE id = $1 AND worker_id = $2 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(worker_id)
-    .bind(lease_secs(lease))
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let affected = on_db!(db, |pool, sql| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET lease_until = {lease} WHERE id = $1 AND worker_id = $2 AND status = 'running'",
+            lease = sql.now_plus("$3"),
+        )))
+        .bind(id)
+        .bind(worker_id)
+        .bind(lease_secs(lease))
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(affected == 1)
 }
 
 /// Counts one provider call (in total and per route) before it is made, so a crash mid-call still uses up an
 /// attempt. `None` when the job is no longer this worker's.
 pub async fn record_attempt(
-    pool: &PgPool,
+    db: &Db,
     id: JobId,
     worker_id: &str,
     route: &str,
 ) -> Result<Option<RouteAttempt>, DbError> {
-    let row: Option<(i32, i32)> = sqlx::query_as(
-        "UPDATE jobs SET attempts = attempts + 1, \
-            provider_attempts = jsonb_set(provider_attempts, ARRAY[$3::text], \
-                to_jsonb(COALESCE((provider_attempts ->> $3)::int, 0) + 1)), \
-            updated_at = now() \
-         WHERE id = $1 AND worker_id = $2 AND status = 'running' \
-         RETURNING attempts, (provider_attempts ->> $3)::int",
-    )
-    .bind(id)
-    .bind(worker_id)
-    .bind(route)
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<(i32, i32)> = on_db!(db, |pool, sql| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET attempts = attempts + 1, provider_attempts = {incremented}, updated_at = {now} \
+             WHERE id = $1 AND worker_id = $2 AND status = 'running' \
+             RETURNING attempts, CAST(provider_attempts ->> $3 AS INTEGER)",
+            incremented = sql.json_increment("provider_attempts", "$3"),
+            now = sql.now,
+        )))
+        .bind(id)
+        .bind(worker_id)
+        .bind(route)
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row.map(|(total, on_route)| RouteAttempt { total, on_route }))
 }
 
@@ -245,10 +268,10 @@ pub struct RouteAttempt {
     pub on_route: i32,
 }
 
-/// Marks the job succeeded and records its images in one transaction; `false` (and nothing written) when the
+/// Marks the job succeeded and records its images in one transaction; `None` (and nothing written) when the
 /// job was no longer this worker's, so the caller must delete the objects it stored.
 pub async fn complete_succeeded(
-    pool: &PgPool,
+    db: &Db,
     id: JobId,
     worker_id: &str,
     images: &[NewImage],
@@ -256,92 +279,105 @@ pub async fn complete_succeeded(
     generation_time_ms: i64,
     served: &Served,
 ) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
-    let mut tx = pool.begin().await?;
-    let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
-            translations = $6, lease_until = NULL, \
-            finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(worker_id)
-    .bind(Json(provider_meta))
-    .bind(generation_time_ms)
-    .bind(&served.route)
-    .bind(Json(&served.translations))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(job) = job else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    let mut stored = Vec::with_capacity(images.len());
-    for image in images {
-        stored.push(super::images::insert_image(&mut tx, &job.owner, id, image).await?);
-    }
-    // The objects are now reachable through their rows: no longer pending.
-    sqlx::query("DELETE FROM pending_objects WHERE job_id = $1")
+    on_db!(db, |pool, sql| {
+        let mut tx = pool.begin_with(sql.begin).await?;
+        let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
+                translations = $6, lease_until = NULL, finished_at = {now}, updated_at = {now} \
+             WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}",
+            now = sql.now,
+        )))
         .bind(id)
-        .execute(&mut *tx)
+        .bind(worker_id)
+        .bind(Json(provider_meta))
+        .bind(generation_time_ms)
+        .bind(&served.route)
+        .bind(Json(&served.translations))
+        .fetch_optional(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok(Some((job, stored)))
+        let Some(job) = job else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let mut stored = Vec::with_capacity(images.len());
+        for image in images {
+            stored.push(super::images::insert_image!(tx, sql, &job.owner, id, image));
+        }
+        // The objects are now reachable through their rows: no longer pending.
+        sqlx::query("DELETE FROM pending_objects WHERE job_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((job, stored)))
+    })
 }
 
 /// Ends a running job without images (failed or moderated). `None` when it was no longer this worker's.
 pub async fn complete_unsuccessful(
-    pool: &PgPool,
+    db: &Db,
     id: JobId,
     worker_id: &str,
     failure: &JobFailure,
     provider_meta: &serde_json::Value,
 ) -> Result<Option<JobRecord>, DbError> {
-    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET status = $3, error_code = $4, error_message = $5, moderation = $6, provider_meta = $7, \
-            lease_until = NULL, finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(worker_id)
-    .bind(failure.status)
-    .bind(&failure.code)
-    .bind(&failure.message)
-    .bind(failure.moderation.as_ref().map(Json))
-    .bind(Json(provider_meta))
-    .fetch_optional(pool)
-    .await?;
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = $3, error_code = $4, error_message = $5, moderation = $6, provider_meta = $7, \
+                lease_until = NULL, finished_at = {now}, updated_at = {now} \
+             WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}",
+            now = sql.now,
+        )))
+        .bind(id)
+        .bind(worker_id)
+        .bind(failure.status)
+        .bind(&failure.code)
+        .bind(&failure.message)
+        .bind(failure.moderation.as_ref().map(Json))
+        .bind(Json(provider_meta))
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row)
 }
 
 /// Gives a running job back to the queue (a worker stopping before it could finish); its attempts stay counted.
-pub async fn release_job(pool: &PgPool, id: JobId, worker_id: &str) -> Result<bool, DbError> {
-    let done = sqlx::query(
-        "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = now() \
-         WHERE id = $1 AND worker_id = $2 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(worker_id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn release_job(db: &Db, id: JobId, worker_id: &str) -> Result<bool, DbError> {
+    let affected = on_db!(db, |pool, sql| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = {now} \
+             WHERE id = $1 AND worker_id = $2 AND status = 'running'",
+            now = sql.now,
+        )))
+        .bind(id)
+        .bind(worker_id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(affected == 1)
 }
 
 /// Undoes an accepted job that could not be queued (Redis down), as long as no worker has started it.
-pub async fn delete_unstarted(pool: &PgPool, id: JobId) -> Result<bool, DbError> {
-    let done =
+pub async fn delete_unstarted(db: &Db, id: JobId) -> Result<bool, DbError> {
+    let affected = on_db!(db, |pool, sql| {
         sqlx::query("DELETE FROM jobs WHERE id = $1 AND status = 'queued' AND batch_id IS NULL")
             .bind(id)
             .execute(pool)
-            .await?;
-    Ok(done.rows_affected() == 1)
+            .await?
+            .rows_affected()
+    });
+    Ok(affected == 1)
 }
 
 /// Records one job outside a batch.
-pub async fn insert(pool: &PgPool, job: &NewJob) -> Result<JobRecord, DbError> {
-    let mut tx = pool.begin().await?;
-    let row = insert_job(&mut tx, job, None).await?;
-    tx.commit().await?;
-    Ok(row)
+pub async fn insert(db: &Db, job: &NewJob) -> Result<JobRecord, DbError> {
+    on_db!(db, |pool, sql| {
+        let mut tx = pool.begin_with(sql.begin).await?;
+        let row = insert_job!(tx, sql, job, None);
+        tx.commit().await?;
+        Ok(row)
+    })
 }
 
 /// A new row, or the one an Idempotency-Key already stands for.
@@ -353,44 +389,50 @@ pub enum Inserted<T> {
 
 /// Records one job under an Idempotency-Key, in one transaction with the key.
 pub async fn insert_with_key(
-    pool: &PgPool,
+    db: &Db,
     job: &NewJob,
     key: &super::idempotency::KeyClaim<'_>,
 ) -> Result<Inserted<JobRecord>, super::idempotency::KeyError> {
-    let mut tx = pool.begin().await?;
-    let row = insert_job(&mut tx, job, None).await?;
-    match super::idempotency::claim(&mut tx, key, super::idempotency::Existing::Job(row.id)).await?
-    {
-        None => {
-            tx.commit().await?;
-            Ok(Inserted::New(row))
+    on_db!(db, |pool, sql| {
+        let mut tx = pool.begin_with(sql.begin).await?;
+        let row = insert_job!(tx, sql, job, None);
+        let existing =
+            super::idempotency::claim!(tx, sql, key, super::idempotency::Existing::Job(row.id));
+        match existing {
+            None => {
+                tx.commit().await?;
+                Ok(Inserted::New(row))
+            }
+            Some(existing) => {
+                tx.rollback().await?;
+                Ok(Inserted::Existing(existing))
+            }
         }
-        Some(existing) => {
-            tx.rollback().await?;
-            Ok(Inserted::Existing(existing))
-        }
-    }
+    })
 }
 
-/// Cancels a job that has not finished. A running job's worker notices at its next lease renewal (the renewal
-/// fails), drops the provider call and removes anything it stored. `None`: no such job, or already finished.
+/// Cancels a job that has not finished. A running job's worker notices at once (the cancel event) or at its next
+/// lease renewal, drops the provider call and removes anything it stored. `None`: no such job, or already finished.
 pub async fn cancel(
-    pool: &PgPool,
+    db: &Db,
     owner: &str,
     id: JobId,
     code: &str,
     message: &str,
 ) -> Result<Option<JobRecord>, DbError> {
-    let row = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET status = 'canceled', error_code = $3, error_message = $4, lease_until = NULL, \
-            finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running') RETURNING {JOB_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(owner)
-    .bind(code)
-    .bind(message)
-    .fetch_optional(pool)
-    .await?;
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'canceled', error_code = $3, error_message = $4, lease_until = NULL, \
+                finished_at = {now}, updated_at = {now} \
+             WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running') RETURNING {JOB_COLUMNS}",
+            now = sql.now,
+        )))
+        .bind(id)
+        .bind(owner)
+        .bind(code)
+        .bind(message)
+        .fetch_optional(pool)
+        .await?
+    });
     Ok(row)
 }

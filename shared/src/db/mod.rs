@@ -1,22 +1,169 @@
-//! The job store: Postgres is the truth. Queries live here, one module per table; every state change is a
+//! The job store: the database is the truth. Queries live here, one module per table; every state change is a
 //! conditional UPDATE so a job delivered twice can be finished only once and never moves backwards.
+//!
+//! Two implementations behind one interface: Postgres for deployments (many API and worker processes) and an
+//! embedded SQLite file for the single-process standalone mode. Callers hold a [`Db`] and never learn which one
+//! it is; the few places where the two SQL dialects differ ask [`Dialect`].
 
 pub mod batches;
 pub mod idempotency;
 pub mod images;
 pub mod jobs;
 pub mod pending;
+pub mod reconcile;
 
 pub use batches::BatchRecord;
 pub use images::{ImageRecord, NewImage};
 pub use jobs::{JobFailure, JobRecord, NewJob, RouteAttempt, Served};
 
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// How long a request waits for a pooled connection before the API answers 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a SQLite writer waits for another writer before giving up with "database is locked".
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection pool on one of the two supported databases. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl From<PgPool> for Db {
+    fn from(pool: PgPool) -> Self {
+        Db::Postgres(pool)
+    }
+}
+
+impl From<SqlitePool> for Db {
+    fn from(pool: SqlitePool) -> Self {
+        Db::Sqlite(pool)
+    }
+}
+
+/// Where the SQL of the two databases differs. Timestamps in SQLite are RFC 3339 text with millisecond precision
+/// and a `+00:00` offset, written only by SQL (never bound from Rust), so text order is time order.
+#[derive(Debug)]
+pub(crate) struct Dialect {
+    /// The current time.
+    pub now: &'static str,
+    /// `a IS DISTINCT FROM b`.
+    pub distinct: &'static str,
+    /// Opens a transaction; SQLite's takes the write lock at once so two writers queue instead of failing.
+    pub begin: &'static str,
+    sqlite: bool,
+}
+
+pub(crate) const POSTGRES: Dialect = Dialect {
+    now: "now()",
+    distinct: "IS DISTINCT FROM",
+    begin: "BEGIN",
+    sqlite: false,
+};
+
+pub(crate) const SQLITE: Dialect = Dialect {
+    now: "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
+    distinct: "IS NOT",
+    begin: "BEGIN IMMEDIATE",
+    sqlite: true,
+};
+
+impl Dialect {
+    /// The current time plus `secs` seconds, `secs` being a placeholder or expression of type double.
+    pub fn now_plus(&self, secs: &str) -> String {
+        if self.sqlite {
+            format!("strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', ({secs}) || ' seconds')")
+        } else {
+            format!("(now() + make_interval(secs => ({secs})::double precision))")
+        }
+    }
+
+    /// The current time minus `secs` seconds.
+    pub fn now_minus(&self, secs: &str) -> String {
+        if self.sqlite {
+            format!("strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-' || ({secs}) || ' seconds')")
+        } else {
+            format!("(now() - make_interval(secs => ({secs})::double precision))")
+        }
+    }
+
+    /// A timestamp placeholder bound as text (see [`Dialect::format_timestamp`]).
+    pub fn timestamp(&self, param: &str) -> String {
+        if self.sqlite {
+            param.to_owned()
+        } else {
+            format!("{param}::timestamptz")
+        }
+    }
+
+    /// A timestamp as text this database compares exactly with its stored ones (SQLite keeps milliseconds).
+    pub fn format_timestamp(&self, at: chrono::DateTime<chrono::Utc>) -> String {
+        if self.sqlite {
+            at.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
+        } else {
+            at.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+        }
+    }
+
+    /// `column` (a JSON object of counters) with `key` (a placeholder) incremented by one.
+    pub fn json_increment(&self, column: &str, key: &str) -> String {
+        if self.sqlite {
+            format!(
+                "json_set({column}, '$.\"' || {key} || '\"', \
+                    COALESCE(CAST({column} ->> {key} AS INTEGER), 0) + 1)"
+            )
+        } else {
+            format!(
+                "jsonb_set({column}, ARRAY[{key}::text], \
+                    to_jsonb(COALESCE(CAST({column} ->> {key} AS INTEGER), 0) + 1))"
+            )
+        }
+    }
+
+    /// `column IN (...)` over `count` placeholders starting at `$first` (Postgres takes one array instead).
+    pub fn in_list(&self, column: &str, first: usize, count: usize) -> String {
+        if self.sqlite {
+            let params: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
+            format!("{column} IN ({})", params.join(", "))
+        } else {
+            format!("{column} = ANY(${first})")
+        }
+    }
+
+    /// Locks rows picked by a sub-select against concurrent reconcilers (SQLite has one writer anyway).
+    pub fn skip_locked(&self) -> &'static str {
+        if self.sqlite {
+            ""
+        } else {
+            "FOR UPDATE SKIP LOCKED"
+        }
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$sql` to its [`Dialect`]: the body is compiled once
+/// per database, so one query text with dialect fragments serves both.
+macro_rules! on_db {
+    ($db:expr, |$pool:ident, $sql:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $sql = &$crate::db::POSTGRES;
+                $body
+            }
+            $crate::db::Db::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $sql = &$crate::db::SQLITE;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_db;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -42,10 +189,11 @@ impl From<sqlx::Error> for DbError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_) => DbError::Unavailable(e),
+            // Postgres: connection exceptions and admin shutdown. SQLite: busy or locked past the busy timeout.
             sqlx::Error::Database(ref db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c == "57P01") =>
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c == "57P01" || c == "5" || c == "6"
+                }) =>
             {
                 DbError::Unavailable(e)
             }
@@ -54,20 +202,63 @@ impl From<sqlx::Error> for DbError {
     }
 }
 
-/// Connects lazily so a process starts (and reports not-ready) while Postgres is still coming up.
-pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
+/// Opens the database named by `url`: `postgres://...` (connected lazily, so a process starts and reports
+/// not-ready while Postgres is still coming up) or `sqlite:PATH` (the file and its directory are created).
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+    if let Some(path) = sqlite_path(url) {
+        if let Some(dir) = std::path::Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.clamp(1, 8))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        return Ok(Db::Sqlite(pool));
+    }
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Some(Duration::from_secs(300)))
-        .connect_lazy(url)
+        .connect_lazy(url)?;
+    Ok(Db::Postgres(pool))
 }
 
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    sqlx::migrate!("../migrations").run(pool).await
+/// The file path of a `sqlite:` URL, `None` for any other URL.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    Some(rest.split('?').next().unwrap_or(rest))
 }
 
-pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
-    sqlx::query("SELECT 1").execute(pool).await?;
+impl Db {
+    /// `postgres` or `sqlite`, for logs and health output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Applies the schema. Postgres migrations may run from several processes at once (sqlx takes an advisory lock).
+pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
+    match db {
+        Db::Postgres(pool) => sqlx::migrate!("../migrations").run(pool).await,
+        Db::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await,
+    }
+}
+
+pub async fn ping(db: &Db) -> Result<(), DbError> {
+    on_db!(db, |pool, sql| {
+        sqlx::query("SELECT 1").execute(pool).await?;
+    });
     Ok(())
 }

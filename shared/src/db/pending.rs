@@ -2,38 +2,64 @@
 //! its job's success leaves no unreachable object behind.
 
 use super::DbError;
+use super::{Db, on_db};
 use crate::domain::JobId;
-use sqlx::PgPool;
 
 /// Recorded before the object is written.
-pub async fn record(pool: &PgPool, key: &str, job: JobId, worker_id: &str) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO pending_objects (storage_key, job_id, worker_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+pub async fn record(db: &Db, key: &str, job: JobId, worker_id: &str) -> Result<(), DbError> {
+    on_db!(db, |pool, sql| {
+        sqlx::query(
+            "INSERT INTO pending_objects (storage_key, job_id, worker_id) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
         .bind(key)
         .bind(job)
         .bind(worker_id)
         .execute(pool)
         .await?;
+    });
     Ok(())
 }
 
 /// Forgotten once the object is deleted again (a failed attempt, a discarded late result).
-pub async fn forget(pool: &PgPool, keys: &[String]) -> Result<(), DbError> {
-    sqlx::query("DELETE FROM pending_objects WHERE storage_key = ANY($1)")
-        .bind(keys)
-        .execute(pool)
-        .await?;
+pub async fn forget(db: &Db, keys: &[String]) -> Result<(), DbError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query("DELETE FROM pending_objects WHERE storage_key = ANY($1)")
+                .bind(keys)
+                .execute(pool)
+                .await?;
+        }
+        Db::Sqlite(pool) => {
+            let sql = format!(
+                "DELETE FROM pending_objects WHERE {}",
+                super::SQLITE.in_list("storage_key", 1, keys.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for key in keys {
+                query = query.bind(key);
+            }
+            query.execute(pool).await?;
+        }
+    }
     Ok(())
 }
 
 /// Objects whose writer can no longer record them: the job is no longer running under that writer.
-pub async fn orphans(pool: &PgPool, limit: i64) -> Result<Vec<String>, DbError> {
-    let rows = sqlx::query_scalar(
-        "SELECT p.storage_key FROM pending_objects p LEFT JOIN jobs j ON j.id = p.job_id \
-         WHERE j.id IS NULL OR j.status <> 'running' OR j.worker_id IS DISTINCT FROM p.worker_id \
-         ORDER BY p.created_at LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+pub async fn orphans(db: &Db, limit: i64) -> Result<Vec<String>, DbError> {
+    let rows = on_db!(db, |pool, sql| {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT p.storage_key FROM pending_objects p LEFT JOIN jobs j ON j.id = p.job_id \
+             WHERE j.id IS NULL OR j.status <> 'running' OR j.worker_id {distinct} p.worker_id \
+             ORDER BY p.created_at LIMIT $1",
+            distinct = sql.distinct,
+        )))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+    });
     Ok(rows)
 }
