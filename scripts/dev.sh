@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/services.sh
+SKIP_STORAGE_EMULATORS=1 scripts/services.sh
 cargo build --release --locked
 BIN=./target/release/imagegen
 

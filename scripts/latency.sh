@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-200}"
-scripts/services.sh >/dev/null 2>&1
+SKIP_STORAGE_EMULATORS=1 scripts/services.sh >/dev/null 2>&1
 cargo build --release --locked -q
 BIN=./target/release/imagegen
 DB="imagegen_latency_$$"

@@ -1945,3 +1945,158 @@ async fn a_worker_past_its_grace_period_hands_its_job_back_at_once(pool: PgPool)
         handed_back.elapsed()
     );
 }
+
+/// Storage settings for moto's S3 server or Azurite, as `scripts/services.sh` starts them.
+fn storage_env(backend: &str) -> Vec<(String, String)> {
+    match backend {
+        "s3" => vec![
+            kv("STORAGE_BACKEND", "s3"),
+            kv("S3_BUCKET", "imagegen-test"),
+            kv(
+                "S3_PREFIX",
+                format!("e2e-{}", uuid::Uuid::new_v4().simple()),
+            ),
+            kv("AWS_REGION", "us-east-1"),
+            kv("AWS_ACCESS_KEY_ID", "testing"),
+            kv("AWS_SECRET_ACCESS_KEY", "testing"),
+            kv(
+                "S3_ENDPOINT",
+                std::env::var("TEST_S3_ENDPOINT")
+                    .unwrap_or_else(|_| "http://127.0.0.1:5000".into()),
+            ),
+        ],
+        _ => vec![
+            kv("STORAGE_BACKEND", "azure"),
+            kv(
+                "AZURE_STORAGE_CONNECTION_STRING",
+                format!(
+                    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;\
+                     AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
+                     BlobEndpoint={};",
+                    std::env::var("TEST_AZURITE_BLOB_ENDPOINT")
+                        .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".into())
+                ),
+            ),
+            kv("AZURE_STORAGE_CONTAINER", "imagegen-test"),
+        ],
+    }
+}
+
+/// A job stored in S3 or Azure and read back through the API: whole, by range, revalidated, then (signed mode) by
+/// redirect to a pre-signed URL, and deleted.
+async fn a_job_is_stored_and_served_from(pool: &PgPool, backend: &str) {
+    let env = storage_env(backend);
+    let mut stack = start(
+        pool,
+        Options {
+            api_env: env.clone(),
+            worker_env: env.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let r = stack
+        .post("/api/v1/generate", generate_body("stored far away"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let url = r.body["images"][0]["url"].as_str().expect("url").to_owned();
+    let sha = r.body["images"][0]["sha256"]
+        .as_str()
+        .expect("sha")
+        .to_owned();
+    let (status, headers, bytes) = download(&stack, &url).await;
+    assert_eq!(status, 200);
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
+    assert_eq!(
+        headers["content-length"].to_str().ok(),
+        Some(bytes.len().to_string().as_str())
+    );
+    assert_eq!(headers["accept-ranges"], "bytes");
+
+    let part = stack
+        .http
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"].to_str().ok(),
+        Some(format!("bytes 10-19/{}", bytes.len()).as_str())
+    );
+    assert_eq!(part.bytes().await.expect("bytes"), bytes[10..20]);
+    let beyond = stack
+        .http
+        .get(&url)
+        .header("Range", format!("bytes={}-", bytes.len()))
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(beyond.status(), 416);
+    let unchanged = stack
+        .http
+        .get(&url)
+        .header("If-None-Match", format!("\"{sha}\""))
+        .send()
+        .await
+        .expect("revalidate");
+    assert_eq!(unchanged.status(), 304);
+
+    // Direct downloads: the API redirects to a short-lived pre-signed URL on the same storage.
+    stack
+        .restart_api_with(&[kv("STORAGE_PUBLIC_URLS", "signed")])
+        .await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // The API moved to a new port.
+    let path = url
+        .split_once("/api/")
+        .map(|(_, p)| format!("/api/{p}"))
+        .expect("path");
+    let url = stack.url(&path);
+    let redirect = no_redirects.get(&url).send().await.expect("download");
+    assert_eq!(redirect.status(), 307);
+    let location = redirect.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert!(!location.contains("/api/v1/"), "{location}");
+    let direct = no_redirects
+        .get(&location)
+        .send()
+        .await
+        .expect("signed URL");
+    assert_eq!(direct.status(), 200, "{location}");
+    assert_eq!(
+        hex::encode(Sha256::digest(direct.bytes().await.expect("bytes"))),
+        sha
+    );
+
+    let image_id = url.rsplit('/').nth(1).expect("image id").to_owned();
+    let deleted = stack
+        .http
+        .delete(stack.url(&format!("/api/v1/images/{image_id}")))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 200);
+    let gone = no_redirects
+        .get(&location)
+        .send()
+        .await
+        .expect("signed URL");
+    assert_eq!(gone.status(), 404, "the object itself is gone");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_job_is_stored_in_s3_and_served_through_the_api(pool: PgPool) {
+    a_job_is_stored_and_served_from(&pool, "s3").await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_job_is_stored_in_azure_blob_and_served_through_the_api(pool: PgPool) {
+    a_job_is_stored_and_served_from(&pool, "azure").await;
+}

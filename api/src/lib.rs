@@ -121,6 +121,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let state = AppState::new(&args, backends, stop.clone())?;
+    state
+        .storage
+        .verify()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let signals = state.queue.signals(stop.clone());
     let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
     let addr = listener.local_addr().context("listener address")?;

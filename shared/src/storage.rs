@@ -1,22 +1,49 @@
-//! Image storage behind one type, whatever the backend (object_store: local disk today, S3 and Azure later).
-//! Layout: `YYYY/MM/DD/{image_id}.{ext}`; the local and memory backends also write `{image_id}.json` metadata beside
-//! the image (the seed's layout). Postgres keeps the same metadata, so storage never has to be scanned.
+//! Image storage behind one type, whatever the backend: local disk, S3 (or an S3-compatible store), Azure Blob, or
+//! memory for tests, all through object_store.
+//!
+//! Layout: `YYYY/MM/DD/{image_id}.{ext}` (under S3_PREFIX on S3). Metadata travels with the object: a
+//! `{image_id}.json` sidecar on local disk and memory, object metadata on S3 and Azure (ASCII, percent-encoded, the
+//! prompt truncated to fit their size limits; the database keeps the full record, so storage is never scanned).
+//! Large images go up as multipart uploads cut from the one buffer the worker holds; a failed upload is aborted, so
+//! nothing half-written stays behind.
 
-use crate::config::{StorageArgs, StorageBackend};
+use crate::config::{PublicUrls, S3Encryption, StorageArgs, StorageBackend};
 use crate::domain::{ImageId, JobId};
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, Utc};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{GetResult, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::signer::Signer;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, GetResult,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
+use secrecy::ExposeSecret;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Objects above this go up in parts of this size (S3's smallest part is 5 MiB).
+const MULTIPART_PART: usize = 8 * 1024 * 1024;
+/// Bound on one storage request, and on connecting.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The prompt kept in object metadata, percent-encoded (S3 allows 2 KB of user metadata in all).
+const PROMPT_METADATA_BYTES: usize = 1024;
+/// Bound on the start-up check, so a black-holed endpoint fails start-up instead of hanging it.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("image not found in storage")]
     NotFound,
+    #[error("the requested range is not satisfiable")]
+    RangeNotSatisfiable,
     #[error("storage backend error: {0}")]
     Backend(#[from] object_store::Error),
     #[error("storage configuration: {0}")]
@@ -26,11 +53,22 @@ pub enum StorageError {
 fn classify(e: object_store::Error) -> StorageError {
     match e {
         object_store::Error::NotFound { .. } => StorageError::NotFound,
-        other => StorageError::Backend(other),
+        other => {
+            // object_store reports an unsatisfiable range as a generic error from the server's 416.
+            let text = other.to_string();
+            if text.contains("416")
+                || text.contains("Range Not Satisfiable")
+                || text.contains("InvalidRange")
+            {
+                StorageError::RangeNotSatisfiable
+            } else {
+                StorageError::Backend(other)
+            }
+        }
     }
 }
 
-/// The metadata written beside each image (and kept in Postgres).
+/// The metadata written beside each image (and kept in the database).
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageMetadata {
     pub image_id: ImageId,
@@ -48,6 +86,64 @@ pub struct ImageMetadata {
     pub created_at: DateTime<Utc>,
 }
 
+impl ImageMetadata {
+    /// As object metadata: lowercase names with `separator` between words (S3 takes hyphens, and HTTP proxies may
+    /// drop headers with underscores; Azure needs identifiers, so underscores), ASCII values.
+    fn object_attributes(&self, separator: char) -> Attributes {
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::ContentType,
+            AttributeValue::from(self.content_type.clone()),
+        );
+        let (prompt, truncated) = encode_truncated(&self.prompt, PROMPT_METADATA_BYTES);
+        let mut put = |name: &'static str, value: String| {
+            let name = name.replace('_', &separator.to_string());
+            attributes.insert(
+                Attribute::Metadata(name.into()),
+                AttributeValue::from(value),
+            );
+        };
+        put("image_id", self.image_id.to_string());
+        put("job_id", self.job_id.to_string());
+        put("owner", encode_truncated(&self.owner, 256).0);
+        put("prompt", prompt);
+        if truncated {
+            put("prompt_truncated", "true".into());
+        }
+        put("provider", self.provider.clone());
+        put("size", format!("{}x{}", self.width, self.height));
+        if let Some(seed) = self.seed {
+            put("seed", seed.to_string());
+        }
+        put("sha256", self.sha256.clone());
+        put("created_at", self.created_at.to_rfc3339());
+        attributes
+    }
+}
+
+/// Percent-encodes `text` (UTF-8) into at most `limit` bytes, cutting on a character boundary; `true` when cut.
+pub fn encode_truncated(text: &str, limit: usize) -> (String, bool) {
+    let mut out = String::with_capacity(text.len().min(limit));
+    for ch in text.chars() {
+        let mut buf = [0u8; 4];
+        let encoded: String =
+            percent_encoding::utf8_percent_encode(ch.encode_utf8(&mut buf), METADATA_ESCAPES)
+                .collect();
+        if out.len() + encoded.len() > limit {
+            return (out, true);
+        }
+        out.push_str(&encoded);
+    }
+    (out, false)
+}
+
+/// Everything but unreserved URL characters and the space-free ASCII punctuation that headers carry safely.
+const METADATA_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// The file extension and content type of an image, told by its first bytes rather than by what a provider claims.
 pub fn sniff_image(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
@@ -61,43 +157,219 @@ pub fn sniff_image(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ImageStorage {
     store: Arc<dyn ObjectStore>,
+    /// Pre-signs download URLs (S3 and Azure), when STORAGE_PUBLIC_URLS=signed.
+    signer: Option<Arc<dyn Signer>>,
+    signed_ttl: Duration,
     backend: StorageBackend,
+    /// Prepended to every key (S3_PREFIX), always empty or ending in `/`.
+    prefix: String,
+    /// A human name of where the images go, for logs and errors.
+    location: String,
+}
+
+impl std::fmt::Debug for ImageStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStorage")
+            .field("location", &self.location)
+            .field("signed_urls", &self.signer.is_some())
+            .finish()
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_connect_timeout(CONNECT_TIMEOUT)
+}
+
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(60),
+        ..RetryConfig::default()
+    }
+}
+
+/// The parts of an Azure connection string we use.
+#[derive(Debug, Default)]
+struct ConnectionString {
+    account: Option<String>,
+    key: Option<String>,
+    blob_endpoint: Option<String>,
+    development: bool,
+}
+
+fn parse_connection_string(raw: &str) -> ConnectionString {
+    let mut parsed = ConnectionString::default();
+    for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = part.split_once('=') else {
+            continue;
+        };
+        match name.trim() {
+            "AccountName" => parsed.account = Some(value.trim().to_owned()),
+            "AccountKey" => parsed.key = Some(value.trim().to_owned()),
+            "BlobEndpoint" => {
+                parsed.blob_endpoint = Some(value.trim().trim_end_matches('/').to_owned())
+            }
+            "UseDevelopmentStorage" => {
+                parsed.development = value.trim().eq_ignore_ascii_case("true")
+            }
+            _ => {}
+        }
+    }
+    parsed
 }
 
 impl ImageStorage {
+    /// Builds the backend from configuration; nothing touches the network yet (see [`ImageStorage::verify`]).
     pub fn from_args(args: &StorageArgs) -> Result<Self, StorageError> {
         args.validate()
             .map_err(|e| StorageError::Config(e.to_string()))?;
-        match args.storage_backend {
-            StorageBackend::Local => {
-                std::fs::create_dir_all(&args.local_storage_path).map_err(|e| {
-                    StorageError::Config(format!(
-                        "LOCAL_STORAGE_PATH: cannot create {}: {e}",
-                        args.local_storage_path.display()
-                    ))
-                })?;
-                let fs = LocalFileSystem::new_with_prefix(&args.local_storage_path)
-                    .map_err(|e| StorageError::Config(format!("LOCAL_STORAGE_PATH: {e}")))?;
-                Ok(Self {
-                    store: Arc::new(fs),
-                    backend: StorageBackend::Local,
-                })
-            }
-            StorageBackend::Memory => Ok(Self::memory()),
-            StorageBackend::S3 | StorageBackend::Azure => Err(StorageError::Config(
-                "STORAGE_BACKEND: only local and memory are available".into(),
-            )),
+        let signed_ttl = Duration::from_secs(args.storage_signed_url_ttl_secs);
+        let wants_signer = args.storage_public_urls == PublicUrls::Signed;
+        let storage =
+            match args.storage_backend {
+                StorageBackend::Local => {
+                    std::fs::create_dir_all(&args.local_storage_path).map_err(|e| {
+                        StorageError::Config(format!(
+                            "LOCAL_STORAGE_PATH: cannot create {}: {e}",
+                            args.local_storage_path.display()
+                        ))
+                    })?;
+                    let fs = LocalFileSystem::new_with_prefix(&args.local_storage_path)
+                        .map_err(|e| StorageError::Config(format!("LOCAL_STORAGE_PATH: {e}")))?;
+                    Self::plain(
+                        Arc::new(fs),
+                        StorageBackend::Local,
+                        format!("local:{}", args.local_storage_path.display()),
+                    )
+                }
+                StorageBackend::Memory => Self::memory(),
+                StorageBackend::S3 => {
+                    let bucket = args.s3_bucket.clone().unwrap_or_default();
+                    let mut builder = AmazonS3Builder::from_env()
+                        .with_bucket_name(&bucket)
+                        .with_client_options(client_options())
+                        .with_retry(retry_config());
+                    if let Some(region) = &args.aws_region {
+                        builder = builder.with_region(region);
+                    }
+                    if let (Some(id), Some(secret)) =
+                        (&args.aws_access_key_id, &args.aws_secret_access_key)
+                    {
+                        builder = builder
+                            .with_access_key_id(id)
+                            .with_secret_access_key(secret.expose_secret());
+                        if let Some(token) = &args.aws_session_token {
+                            builder = builder.with_token(token.expose_secret());
+                        }
+                    }
+                    if let Some(endpoint) = &args.s3_endpoint {
+                        builder = builder
+                            .with_endpoint(endpoint.as_str().trim_end_matches('/'))
+                            .with_allow_http(endpoint.scheme() == "http")
+                            .with_virtual_hosted_style_request(false);
+                    }
+                    builder = match args.s3_sse {
+                        S3Encryption::None => builder,
+                        S3Encryption::SseS3 => {
+                            let key: AmazonS3ConfigKey = "aws_server_side_encryption"
+                                .parse()
+                                .map_err(|e| StorageError::Config(format!("S3_SSE: {e}")))?;
+                            builder.with_config(key, "AES256")
+                        }
+                        S3Encryption::SseKms => builder.with_sse_kms_encryption(
+                            args.s3_sse_kms_key_id.clone().unwrap_or_default(),
+                        ),
+                    };
+                    let s3 =
+                        Arc::new(builder.build().map_err(|e| {
+                            StorageError::Config(format!("STORAGE_BACKEND=s3: {e}"))
+                        })?);
+                    let prefix = args.s3_prefix.trim_matches('/');
+                    Self {
+                        store: s3.clone(),
+                        signer: wants_signer.then_some(s3 as Arc<dyn Signer>),
+                        signed_ttl,
+                        backend: StorageBackend::S3,
+                        prefix: if prefix.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{prefix}/")
+                        },
+                        location: format!("s3://{bucket}/{prefix}"),
+                    }
+                }
+                StorageBackend::Azure => {
+                    let container = args.azure_storage_container.trim().to_owned();
+                    let mut builder = MicrosoftAzureBuilder::from_env()
+                        .with_container_name(&container)
+                        .with_client_options(client_options())
+                        .with_retry(retry_config());
+                    let connection = args
+                        .azure_storage_connection_string
+                        .as_ref()
+                        .map(|c| parse_connection_string(c.expose_secret()))
+                        .unwrap_or_default();
+                    let emulator = args.azure_storage_use_emulator || connection.development;
+                    if emulator {
+                        builder = builder.with_use_emulator(true);
+                    }
+                    if let Some(account) = connection
+                        .account
+                        .as_ref()
+                        .or(args.azure_storage_account.as_ref())
+                    {
+                        builder = builder.with_account(account);
+                    }
+                    if let Some(key) = connection.key.clone().or_else(|| {
+                        args.azure_storage_access_key
+                            .as_ref()
+                            .map(|k| k.expose_secret().to_owned())
+                    }) {
+                        builder = builder.with_access_key(key);
+                    }
+                    if let Some(endpoint) = connection.blob_endpoint.clone() {
+                        builder = builder
+                            .with_allow_http(endpoint.starts_with("http://"))
+                            .with_endpoint(endpoint);
+                    }
+                    let azure = Arc::new(builder.build().map_err(|e| {
+                        StorageError::Config(format!("STORAGE_BACKEND=azure: {e}"))
+                    })?);
+                    Self {
+                        store: azure.clone(),
+                        signer: wants_signer.then_some(azure as Arc<dyn Signer>),
+                        signed_ttl,
+                        backend: StorageBackend::Azure,
+                        prefix: String::new(),
+                        location: format!("azure container {container}"),
+                    }
+                }
+            };
+        Ok(storage)
+    }
+
+    fn plain(store: Arc<dyn ObjectStore>, backend: StorageBackend, location: String) -> Self {
+        Self {
+            store,
+            signer: None,
+            signed_ttl: Duration::from_secs(300),
+            backend,
+            prefix: String::new(),
+            location,
         }
     }
 
     pub fn memory() -> Self {
-        Self {
-            store: Arc::new(InMemory::new()),
-            backend: StorageBackend::Memory,
-        }
+        Self::plain(
+            Arc::new(InMemory::new()),
+            StorageBackend::Memory,
+            "memory".into(),
+        )
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -107,6 +379,11 @@ impl ImageStorage {
             StorageBackend::S3 => "s3",
             StorageBackend::Azure => "azure",
         }
+    }
+
+    /// Where the images go (`s3://bucket/prefix`, `local:/path`, ...).
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// `YYYY/MM/DD/{image_id}.{ext}`.
@@ -119,6 +396,10 @@ impl ImageStorage {
         )
     }
 
+    fn path(&self, key: &str) -> Path {
+        Path::from(format!("{}{key}", self.prefix))
+    }
+
     fn sidecar_key(key: &str) -> Option<String> {
         key.rsplit_once('.').map(|(stem, _)| format!("{stem}.json"))
     }
@@ -127,19 +408,32 @@ impl ImageStorage {
         matches!(self.backend, StorageBackend::Local | StorageBackend::Memory)
     }
 
-    /// Writes the image, then its metadata sidecar; on a failed sidecar the image is removed again, so a failed
-    /// call leaves nothing behind.
+    /// Writes the image with its metadata. Large images go up in parts sliced from `bytes` (no copy); a failed
+    /// upload is aborted and a failed sidecar removes the image again, so a failed call leaves nothing behind.
     pub async fn put_image(
         &self,
         key: &str,
         bytes: Bytes,
         metadata: &ImageMetadata,
     ) -> Result<(), StorageError> {
-        let path = Path::from(key);
-        self.store
-            .put(&path, PutPayload::from_bytes(bytes))
-            .await
-            .map_err(classify)?;
+        let path = self.path(key);
+        let attributes = match self.backend {
+            StorageBackend::Local | StorageBackend::Memory => Attributes::new(),
+            StorageBackend::S3 => metadata.object_attributes('-'),
+            StorageBackend::Azure => metadata.object_attributes('_'),
+        };
+        if bytes.len() > MULTIPART_PART {
+            self.put_multipart(&path, bytes, attributes).await?;
+        } else {
+            let options = PutOptions {
+                attributes,
+                ..PutOptions::default()
+            };
+            self.store
+                .put_opts(&path, PutPayload::from_bytes(bytes), options)
+                .await
+                .map_err(classify)?;
+        }
         if self.writes_sidecar()
             && let Some(sidecar) = Self::sidecar_key(key)
         {
@@ -147,7 +441,7 @@ impl ImageStorage {
                 .map_err(|e| StorageError::Config(e.to_string()))?;
             if let Err(e) = self
                 .store
-                .put(&Path::from(sidecar), PutPayload::from(json))
+                .put(&self.path(&sidecar), PutPayload::from(json))
                 .await
             {
                 let _ = self.store.delete(&path).await;
@@ -157,9 +451,115 @@ impl ImageStorage {
         Ok(())
     }
 
-    /// Opens an image for streaming.
+    async fn put_multipart(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        attributes: Attributes,
+    ) -> Result<(), StorageError> {
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let mut upload = self
+            .store
+            .put_multipart_opts(path, options)
+            .await
+            .map_err(classify)?;
+        let mut offset = 0;
+        let result = async {
+            while offset < bytes.len() {
+                let end = (offset + MULTIPART_PART).min(bytes.len());
+                upload
+                    .put_part(PutPayload::from_bytes(bytes.slice(offset..end)))
+                    .await?;
+                offset = end;
+            }
+            upload.complete().await
+        }
+        .await;
+        if let Err(e) = result {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(error = %abort, "could not abort a failed multipart upload");
+            }
+            return Err(classify(e));
+        }
+        Ok(())
+    }
+
+    /// Opens an image for streaming: all of it, or `range` (end exclusive).
     pub async fn get(&self, key: &str) -> Result<GetResult, StorageError> {
-        self.store.get(&Path::from(key)).await.map_err(classify)
+        self.get_range(key, None).await
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<GetResult, StorageError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        self.store
+            .get_opts(&self.path(key), options)
+            .await
+            .map_err(classify)
+    }
+
+    /// The metadata stored with an image: the sidecar's fields, or the object's metadata (as stored, encoded).
+    pub async fn metadata(&self, key: &str) -> Result<BTreeMap<String, String>, StorageError> {
+        if self.writes_sidecar() {
+            let sidecar = Self::sidecar_key(key).ok_or(StorageError::NotFound)?;
+            let bytes = self
+                .store
+                .get(&self.path(&sidecar))
+                .await
+                .map_err(classify)?
+                .bytes()
+                .await?;
+            let json: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&bytes)
+                .map_err(|e| StorageError::Config(format!("unreadable sidecar: {e}")))?;
+            return Ok(json
+                .into_iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => (k, s),
+                    other => (k, other.to_string()),
+                })
+                .collect());
+        }
+        let head = self
+            .store
+            .get_opts(
+                &self.path(key),
+                GetOptions {
+                    head: true,
+                    ..GetOptions::default()
+                },
+            )
+            .await
+            .map_err(classify)?;
+        Ok(head
+            .attributes
+            .iter()
+            .filter_map(|(attribute, value)| match attribute {
+                Attribute::Metadata(name) => Some((name.replace('-', "_"), value.to_string())),
+                Attribute::ContentType => Some(("content_type".to_owned(), value.to_string())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// A short-lived URL the client can fetch the image from directly, when STORAGE_PUBLIC_URLS=signed.
+    pub async fn signed_url(&self, key: &str) -> Result<Option<url::Url>, StorageError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(http::Method::GET, &self.path(key), self.signed_ttl)
+            .await
+            .map_err(classify)?;
+        Ok(Some(url))
     }
 
     /// Deletes an image and its sidecar; already-missing objects count as deleted.
@@ -169,7 +569,7 @@ impl ImageStorage {
             keys.extend(Self::sidecar_key(key));
         }
         for k in keys {
-            match self.store.delete(&Path::from(k)).await.map_err(classify) {
+            match self.store.delete(&self.path(&k)).await.map_err(classify) {
                 Ok(()) | Err(StorageError::NotFound) => {}
                 Err(e) => return Err(e),
             }
@@ -177,16 +577,50 @@ impl ImageStorage {
         Ok(())
     }
 
-    /// Proves the backend answers: a read of a key that does not exist must come back as "not found".
+    /// Proves the backend answers: listing a prefix works (a missing bucket or container, or refused credentials,
+    /// fail; a HEAD cannot tell a missing bucket from a missing key).
     pub async fn check(&self) -> Result<(), StorageError> {
-        match self
-            .store
-            .head(&Path::from(".imagegen-health-probe"))
+        let probe = self.path(".imagegen-health-probe/");
+        self.store
+            .list_with_delimiter(Some(&probe))
             .await
+            .map(|_| ())
             .map_err(classify)
-        {
-            Ok(_) | Err(StorageError::NotFound) => Ok(()),
+    }
+
+    /// Writes and deletes a small probe object: the backend exists and we may write to it.
+    async fn probe_write(&self) -> Result<(), StorageError> {
+        self.check().await?;
+        let probe = self.path(&format!(
+            ".imagegen-start-probe-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        self.store
+            .put(&probe, PutPayload::from_static(b"ok"))
+            .await
+            .map_err(classify)?;
+        match self.store.delete(&probe).await.map_err(classify) {
+            Ok(()) | Err(StorageError::NotFound) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The start-up check (a write and a delete): a misconfigured backend stops the process with a clear message
+    /// rather than failing the first upload.
+    pub async fn verify(&self) -> Result<(), StorageError> {
+        match tokio::time::timeout(VERIFY_TIMEOUT, self.probe_write()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Config(format!(
+                "STORAGE_BACKEND={}: {} is not usable: {e}",
+                self.backend_name(),
+                self.location
+            ))),
+            Err(_) => Err(StorageError::Config(format!(
+                "STORAGE_BACKEND={}: {} did not answer within {} s",
+                self.backend_name(),
+                self.location,
+                VERIFY_TIMEOUT.as_secs()
+            ))),
         }
     }
 }
@@ -247,11 +681,8 @@ mod tests {
     #[tokio::test]
     async fn local_backend_writes_image_and_sidecar_and_deletes_both() {
         let dir = std::env::temp_dir().join(format!("imagegen-storage-{}", uuid::Uuid::new_v4()));
-        let args = StorageArgs {
-            enable_image_storage: true,
-            storage_backend: StorageBackend::Local,
-            local_storage_path: dir.clone(),
-        };
+        let mut args = StorageArgs::for_backend(StorageBackend::Local);
+        args.local_storage_path = dir.clone();
         let storage = ImageStorage::from_args(&args).expect("local storage");
         storage.check().await.expect("healthy");
         let id = ImageId::new();

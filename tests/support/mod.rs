@@ -228,6 +228,8 @@ pub struct Stack {
     pub api_proc: Proc,
     pub worker_proc: Option<Proc>,
     pub emulator_proc: Proc,
+    /// The API process's whole environment (it is restarted with it).
+    api_env: Vec<(String, String)>,
     /// Standalone mode: the process's whole environment (it is restarted with it) and its SQLite URL.
     standalone_env: Option<Vec<(String, String)>>,
     sqlite_url: Option<String>,
@@ -320,6 +322,7 @@ pub async fn start_on(database_url: String, options: Options) -> Stack {
             api_proc: proc,
             worker_proc: None,
             emulator_proc,
+            api_env: Vec::new(),
             standalone_env: Some(all),
             sqlite_url: Some(sqlite_url),
         };
@@ -347,6 +350,7 @@ pub async fn start_on(database_url: String, options: Options) -> Stack {
         api_proc,
         worker_proc,
         emulator_proc,
+        api_env,
         standalone_env: None,
         sqlite_url: None,
     }
@@ -372,6 +376,22 @@ impl Stack {
         env.retain(|(k, _)| k != "STANDALONE_WORKER");
         let env = env.clone();
         self.restart_standalone(&env).await;
+    }
+
+    /// Restarts the API (in standalone mode, the process) with `extra` added to its environment; the database and
+    /// storage stay.
+    pub async fn restart_api_with(&mut self, extra: &[(String, String)]) {
+        if let Some(env) = self.standalone_env.as_mut() {
+            env.extend(extra.iter().cloned());
+            let env = env.clone();
+            self.restart_standalone(&env).await;
+            return;
+        }
+        self.api_env.extend(extra.iter().cloned());
+        self.api_proc.signal("TERM");
+        self.api_proc.wait_exit(Duration::from_secs(30)).await;
+        self.api_proc = Proc::spawn("api", &["api"], &self.api_env);
+        self.api = format!("http://{}", self.api_proc.listening_addr().await);
     }
 
     /// Standalone mode: stops the process (SIGTERM) and starts it again with `env`.

@@ -39,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 const RESTART_DELAY: Duration = Duration::from_secs(2);
 /// How soon the in-process queue delivers again a job that could not finish (apalis-redis waits about as long).
 const LOCAL_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often the retention pass looks for expired jobs (the first pass runs at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_AFTER: Duration = Duration::from_secs(3600);
 
@@ -88,6 +90,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let provider_settings = args.providers.settings()?;
     let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+    storage.verify().await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let timeout = provider_settings.timeout;
     let routes = build_routes(&args, &provider_settings)?;
@@ -164,6 +167,23 @@ pub async fn run_with(
         ctx.clone(),
         stopping.clone(),
     ));
+
+    if let Some(days) = args.storage.image_retention_days {
+        let settings = crate::retention::RetentionSettings {
+            age: Duration::from_secs(u64::from(days) * 86_400),
+            every: RETENTION_EVERY,
+        };
+        tracing::info!(
+            days,
+            "image retention on: finished jobs and their images are deleted after that age"
+        );
+        tokio::spawn(crate::retention::run(
+            ctx.pool.clone(),
+            ctx.storage.clone(),
+            settings,
+            stopping.clone(),
+        ));
+    }
 
     if args.reconcile_enabled {
         let settings = crate::reconciler::ReconcilerSettings {

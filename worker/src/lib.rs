@@ -7,6 +7,7 @@ pub mod download;
 pub mod process;
 pub mod providers;
 pub mod reconciler;
+pub mod retention;
 pub mod retry;
 pub mod routing;
 pub mod store;

@@ -148,11 +148,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, axum::Json(view)).into_response()
 }
 
-/// Ready to take traffic: Postgres and Redis answer.
+/// Ready to take traffic: the database, the queue and storage answer.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthView), (status = 503, body = HealthView)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let components = components(&state, false).await;
+    let components = components(&state, true).await;
     let healthy = all_healthy(&components);
     let view = HealthView {
         status: if healthy { "ready" } else { "not_ready" }.to_owned(),

@@ -43,12 +43,17 @@ pub async fn get_image(
 
 /// Download a stored image.
 ///
-/// Streams the bytes with Content-Type, Content-Length and an ETag (the sha256); `If-None-Match` answers 304.
+/// Streams the bytes with Content-Type, Content-Length and an ETag (the sha256); `If-None-Match` answers 304 and a
+/// single `Range` 206 (416 beyond the end). With STORAGE_PUBLIC_URLS=signed it answers 307 to a short-lived
+/// pre-signed storage URL instead.
 #[utoipa::path(get, path = "/api/v1/images/{id}/download", tag = "images",
     params(("id" = String, Path, description = "Image id")),
     responses(
         (status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
+        (status = 206, description = "The requested byte range"),
         (status = 304, description = "Unchanged"),
+        (status = 307, description = "Fetch it from this pre-signed storage URL (STORAGE_PUBLIC_URLS=signed)"),
+        (status = 416, description = "The range starts beyond the end"),
         (status = 404, body = ErrorBody),
     ))]
 pub async fn download_image(
@@ -78,7 +83,45 @@ pub async fn download_image(
         response.headers_mut().insert(header::CACHE_CONTROL, cache);
         return Ok(response);
     }
-    let object = match state.storage.get(&image.storage_key).await {
+    // Direct downloads (STORAGE_PUBLIC_URLS=signed): the client fetches from S3 or Azure with a short-lived URL.
+    match state.storage.signed_url(&image.storage_key).await {
+        Ok(Some(url)) => {
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            let h = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
+                h.insert(header::LOCATION, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(response);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return Err(ApiError::Unavailable(format!(
+                "Image storage cannot sign a download URL: {e}"
+            )));
+        }
+    }
+    let size = u64::try_from(image.size_bytes).unwrap_or(0);
+    let range = match headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, size))
+    {
+        Some(RangeRequest::Unsatisfiable) => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(response);
+        }
+        Some(RangeRequest::Range(r)) => Some(r),
+        Some(RangeRequest::Ignore) | None => None,
+    };
+    let object = match state
+        .storage
+        .get_range(&image.storage_key, range.clone())
+        .await
+    {
         Ok(o) => o,
         Err(StorageError::NotFound) => {
             tracing::error!(image_id = %id, key = %image.storage_key, "image row without a stored object");
@@ -90,18 +133,96 @@ pub async fn download_image(
             )));
         }
     };
-    let length = object.meta.size;
+    let length = object.range.end - object.range.start;
     let mut response = Response::new(Body::from_stream(object.into_stream()));
+    if let Some(r) = &range {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1)) {
+            response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&image.content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
     h.insert(header::CACHE_CONTROL, cache);
     Ok(response)
+}
+
+/// What a `Range` header asks of an object of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeRequest {
+    /// One satisfiable range (end exclusive).
+    Range(std::ops::Range<u64>),
+    /// A well-formed range starting beyond the end: 416.
+    Unsatisfiable,
+    /// Anything else (several ranges, other units, malformed): the whole object, as RFC 9110 allows.
+    Ignore,
+}
+
+fn parse_range(header: &str, size: u64) -> RangeRequest {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Ignore;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Ignore;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        // The last N bytes.
+        return match last.parse::<u64>() {
+            Ok(0) => RangeRequest::Unsatisfiable,
+            Ok(n) if size > 0 => RangeRequest::Range(size.saturating_sub(n)..size),
+            Ok(_) => RangeRequest::Unsatisfiable,
+            Err(_) => RangeRequest::Ignore,
+        };
+    }
+    let Ok(start) = first.parse::<u64>() else {
+        return RangeRequest::Ignore;
+    };
+    let end = if last.is_empty() {
+        size
+    } else {
+        match last.parse::<u64>() {
+            Ok(l) if l >= start => (l + 1).min(size),
+            _ => return RangeRequest::Ignore,
+        }
+    };
+    if start >= size {
+        return RangeRequest::Unsatisfiable;
+    }
+    RangeRequest::Range(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RangeRequest, parse_range};
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeRequest::Range(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), RangeRequest::Range(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), RangeRequest::Range(90..100));
+        assert_eq!(parse_range("bytes=-500", 100), RangeRequest::Range(0..100));
+        assert_eq!(
+            parse_range("bytes=50-500", 100),
+            RangeRequest::Range(50..100)
+        );
+        assert_eq!(parse_range("bytes=100-", 100), RangeRequest::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeRequest::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), RangeRequest::Ignore);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeRequest::Ignore);
+        assert_eq!(parse_range("items=0-1", 100), RangeRequest::Ignore);
+        assert_eq!(parse_range("bytes=x-1", 100), RangeRequest::Ignore);
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -11,6 +11,7 @@ pub mod images;
 pub mod jobs;
 pub mod pending;
 pub mod reconcile;
+pub mod retention;
 
 pub use batches::BatchRecord;
 pub use images::{ImageRecord, NewImage};
