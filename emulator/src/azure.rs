@@ -167,7 +167,7 @@ async fn answer(
             }});
             (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
         }
-        Fate::Succeed => match render_item(emu, &valid, knobs.url_ttl_s, headers).await {
+        Fate::Succeed => match render_item(emu, &valid, &knobs, headers).await {
             Ok(mut item) => {
                 if let Some(m) = item.as_object_mut() {
                     m.insert("prompt_filter_results".into(), prompt_filters());

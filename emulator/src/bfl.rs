@@ -219,9 +219,11 @@ pub async fn get_result(
         _ => {
             let (w, h) = size;
             let p = prompt.clone();
-            let Ok(png) =
-                tokio::task::spawn_blocking(move || crate::picture::render_png(&p, seed, w, h))
-                    .await
+            let pad = emu.knobs_of(PROTOCOL).image_bytes;
+            let Ok(png) = tokio::task::spawn_blocking(move || {
+                crate::picture::pad_png(crate::picture::render_png(&p, seed, w, h), pad)
+            })
+            .await
             else {
                 return detail(StatusCode::INTERNAL_SERVER_ERROR, json!("rendering failed"));
             };

@@ -224,11 +224,17 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
             "Image generation failed: NSFW content detected in the generated image. Try a different prompt.",
             None,
         ),
-        Fate::Succeed => succeed(emu, valid, knobs.url_ttl_s, headers).await,
+        Fate::Succeed => succeed(emu, valid, knobs.url_ttl_s, knobs.image_bytes, headers).await,
     }
 }
 
-async fn succeed(emu: &Emulator, valid: Valid, url_ttl_s: u64, headers: &HeaderMap) -> Response {
+async fn succeed(
+    emu: &Emulator,
+    valid: Valid,
+    url_ttl_s: u64,
+    pad: u64,
+    headers: &HeaderMap,
+) -> Response {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -244,7 +250,7 @@ async fn succeed(emu: &Emulator, valid: Valid, url_ttl_s: u64, headers: &HeaderM
             valid.jpeg,
         );
         let rendered = tokio::task::spawn_blocking(move || {
-            let png = crate::picture::render_png(&prompt, seed, w, h);
+            let png = crate::picture::pad_png(crate::picture::render_png(&prompt, seed, w, h), pad);
             if jpeg { encode_jpeg(&png) } else { Some(png) }
         })
         .await;

@@ -28,6 +28,8 @@ pub struct Knobs {
     pub hang_next: u32,
     /// The next N requests are refused by the safety system.
     pub moderate_next: u32,
+    /// Pad each picture to at least this many bytes (a private PNG chunk; 0 = its natural size), for memory tests.
+    pub image_bytes: u64,
 }
 
 impl Default for Knobs {
@@ -45,6 +47,7 @@ impl Default for Knobs {
             rate_limit_next: 0,
             hang_next: 0,
             moderate_next: 0,
+            image_bytes: 0,
         }
     }
 }

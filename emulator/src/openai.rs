@@ -316,12 +316,17 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
             };
             invalid(message, None, Some("content_policy_violation"))
         }
-        Fate::Succeed => succeed(emu, valid, knobs.url_ttl_s, headers).await,
+        Fate::Succeed => succeed(emu, valid, &knobs, headers).await,
     }
 }
 
-async fn succeed(emu: &Emulator, valid: Valid, url_ttl_s: u64, headers: &HeaderMap) -> Response {
-    match render_item(emu, &valid, url_ttl_s, headers).await {
+async fn succeed(
+    emu: &Emulator,
+    valid: Valid,
+    knobs: &crate::knobs::Knobs,
+    headers: &HeaderMap,
+) -> Response {
+    match render_item(emu, &valid, knobs, headers).await {
         Ok(item) => {
             axum::Json(json!({"created": crate::files::now_secs(), "data": [item]})).into_response()
         }
@@ -333,26 +338,29 @@ async fn succeed(emu: &Emulator, valid: Valid, url_ttl_s: u64, headers: &HeaderM
 pub(crate) async fn render_item(
     emu: &Emulator,
     valid: &Valid,
-    url_ttl_s: u64,
+    knobs: &crate::knobs::Knobs,
     headers: &HeaderMap,
 ) -> Result<Value, Box<Response>> {
+    let url_ttl_s = knobs.url_ttl_s;
     let (w, h) = valid.size;
     let prompt = valid.prompt.clone();
-    let png =
-        match tokio::task::spawn_blocking(move || crate::picture::render_png(&prompt, 0, w, h))
-            .await
-        {
-            Ok(png) => Bytes::from(png),
-            Err(_) => {
-                return Err(Box::new(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "rendering failed",
-                    "server_error",
-                    None,
-                    None,
-                )));
-            }
-        };
+    let pad = knobs.image_bytes;
+    let png = match tokio::task::spawn_blocking(move || {
+        crate::picture::pad_png(crate::picture::render_png(&prompt, 0, w, h), pad)
+    })
+    .await
+    {
+        Ok(png) => Bytes::from(png),
+        Err(_) => {
+            return Err(Box::new(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering failed",
+                "server_error",
+                None,
+                None,
+            )));
+        }
+    };
     let revised = format!(
         "{}, rendered as a detailed digital illustration with balanced composition",
         valid.prompt

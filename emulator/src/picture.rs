@@ -50,6 +50,30 @@ pub fn render_png(prompt: &str, seed: u64, width: u32, height: u32) -> Vec<u8> {
     out
 }
 
+/// Pads a PNG to at least `min_len` bytes with a private ancillary chunk (`paDd`) before its end: still a valid
+/// picture of the same size, only heavier (memory and throughput tests of large images).
+pub fn pad_png(mut png: Vec<u8>, min_len: u64) -> Vec<u8> {
+    const IEND_LEN: usize = 12;
+    let min_len = usize::try_from(min_len).unwrap_or(usize::MAX);
+    if png.len() >= min_len || png.len() < IEND_LEN {
+        return png;
+    }
+    let data_len = min_len
+        .saturating_sub(png.len() + 12)
+        .min(u32::MAX as usize);
+    let iend = png.split_off(png.len() - IEND_LEN);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(b"paDd");
+    let zeros = vec![0u8; data_len];
+    crc.update(&zeros);
+    png.extend_from_slice(&(data_len as u32).to_be_bytes());
+    png.extend_from_slice(b"paDd");
+    png.extend_from_slice(&zeros);
+    png.extend_from_slice(&crc.finalize().to_be_bytes());
+    png.extend_from_slice(&iend);
+    png
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +83,22 @@ mod tests {
             .read_info()
             .expect("png");
         (reader.info().width, reader.info().height)
+    }
+
+    #[test]
+    fn padding_keeps_a_valid_picture() {
+        let small = render_png("a cat", 0, 64, 32);
+        let big = pad_png(small.clone(), 100_000);
+        assert!(big.len() >= 100_000);
+        assert_eq!(size(&big), (64, 32));
+        let mut reader = png::Decoder::new(std::io::Cursor::new(&big))
+            .read_info()
+            .expect("png");
+        let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+        reader
+            .next_frame(&mut buf)
+            .expect("decodes with the padding chunk");
+        assert_eq!(pad_png(small.clone(), 10), small);
     }
 
     #[test]
