@@ -50,6 +50,27 @@ pub struct Inner {
     pub files: Arc<files::Files>,
     /// BFL's asynchronous tasks, by id.
     pub bfl_tasks: Mutex<std::collections::HashMap<String, bfl::Task>>,
+    /// When each recent request arrived and was answered (benchmarks measure queueing around the provider call).
+    timeline: Mutex<std::collections::VecDeque<TimelineEntry>>,
+}
+
+/// One request as the emulator saw it: its `X-Correlation-ID` (if any) and wall-clock times in microseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimelineEntry {
+    pub protocol: &'static str,
+    pub correlation_id: Option<String>,
+    pub arrived_us: u64,
+    pub answered_us: u64,
+}
+
+/// Entries kept; older ones are dropped first.
+const TIMELINE_CAPACITY: usize = 100_000;
+
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl std::ops::Deref for Emulator {
@@ -119,7 +140,17 @@ impl Emulator {
             stats: Mutex::new(stats),
             files: Arc::new(files::Files::default()),
             bfl_tasks: Mutex::new(std::collections::HashMap::new()),
+            timeline: Mutex::new(std::collections::VecDeque::new()),
         }))
+    }
+
+    /// Notes one request on the timeline.
+    pub fn record_timeline(&self, entry: TimelineEntry) {
+        let mut timeline = self.timeline.lock().unwrap_or_else(|e| e.into_inner());
+        if timeline.len() >= TIMELINE_CAPACITY {
+            timeline.pop_front();
+        }
+        timeline.push_back(entry);
     }
 
     pub fn accepts_key(&self, key: &str) -> bool {
@@ -202,6 +233,7 @@ impl Emulator {
             .route("/bfl/v1/{model}", post(bfl::submit))
             .route("/emulator/config", get(get_config).put(put_config))
             .route("/emulator/stats", get(get_stats))
+            .route("/emulator/timeline", get(get_timeline))
             .route("/emulator/reset", post(reset))
             .route(
                 "/health",
@@ -287,7 +319,17 @@ async fn get_stats(State(emu): State<Emulator>) -> axum::Json<Value> {
     axum::Json(json!(*stats))
 }
 
+/// The recent requests' arrival and answer times, oldest first.
+async fn get_timeline(State(emu): State<Emulator>) -> axum::Json<Value> {
+    let timeline = emu.timeline.lock().unwrap_or_else(|e| e.into_inner());
+    axum::Json(json!(*timeline))
+}
+
 async fn reset(State(emu): State<Emulator>) -> StatusCode {
+    emu.timeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     *emu.knobs.lock().unwrap_or_else(|e| e.into_inner()) = emu.start.clone();
     emu.bfl_tasks
         .lock()

@@ -241,11 +241,21 @@ pub async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: 
         return crate::flux::generations(&emu, &headers, &body).await;
     }
     let started = Instant::now();
+    let arrived_us = crate::unix_micros();
     let _flight = emu.begin(PROTOCOL);
     let id = request_id();
     let response = answer(&emu, &headers, &body).await;
     let response = with_openai_headers(response, &id, started);
     emu.record_status(PROTOCOL, response.status().as_u16());
+    emu.record_timeline(crate::TimelineEntry {
+        protocol: PROTOCOL,
+        correlation_id: headers
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        arrived_us,
+        answered_us: crate::unix_micros(),
+    });
     response
 }
 

@@ -320,6 +320,7 @@ async fn try_route(
         .unwrap_or_else(default_limits);
     let key = route.key();
     let mut used = job.provider_attempts.0.get(key).copied().unwrap_or(0);
+    let mut saturated_since: Option<Instant> = None;
     loop {
         if used >= job.max_attempts {
             return Ok(RouteResult::Next(None));
@@ -340,6 +341,15 @@ async fn try_route(
                 return Ok(RouteResult::Next(None));
             }
             Admission::Saturated => {
+                // A permit usually frees up within one provider call: wait for it here a little (the job keeps
+                // its slot) before handing the job back to the queue, whose redelivery costs far more.
+                let since = *saturated_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < SATURATED_WAIT {
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(SATURATED_POLL)) => continue,
+                        _ = lost.cancelled() => return Ok(RouteResult::Done(Outcome::NotOurs)),
+                    }
+                }
                 return defer(ctx, job, message, jitter(Duration::from_millis(250))).await;
             }
             Admission::Paused(wait) => {
@@ -477,6 +487,10 @@ fn default_limits() -> LimitSettings {
         permit_ttl: Duration::from_secs(30),
     }
 }
+
+/// How long a job waits in its worker for a fleet permit before it goes back to the queue, and how often it asks.
+const SATURATED_WAIT: Duration = Duration::from_secs(1);
+const SATURATED_POLL: Duration = Duration::from_millis(20);
 
 fn jitter(around: Duration) -> Duration {
     let ms = u64::try_from(around.as_millis()).unwrap_or(u64::MAX).max(1);

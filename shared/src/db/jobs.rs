@@ -370,13 +370,11 @@ pub async fn delete_unstarted(db: &Db, id: JobId) -> Result<bool, DbError> {
     Ok(affected == 1)
 }
 
-/// Records one job outside a batch.
+/// Records one job outside a batch: a single statement, so no transaction (one round trip instead of three).
 pub async fn insert(db: &Db, job: &NewJob) -> Result<JobRecord, DbError> {
     on_db!(db, |pool, sql| {
-        let mut tx = pool.begin_with(sql.begin).await?;
-        let row = insert_job!(tx, sql, job, None);
-        tx.commit().await?;
-        Ok(row)
+        let mut conn = pool.acquire().await?;
+        Ok(insert_job!(conn, sql, job, None))
     })
 }
 
