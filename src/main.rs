@@ -37,6 +37,22 @@ enum Command {
     Migrate(MigrateArgs),
     /// Serve the provider emulator (OpenAI Images API) on loopback.
     Emulator(EmulatorArgs),
+    /// Exit 0 when URL answers 2xx within the timeout, else 1 (container health checks; the image has no curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct HealthcheckArgs {
+    /// What to ask.
+    #[arg(
+        long,
+        env = "HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:8003/health/live"
+    )]
+    url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, env = "HEALTHCHECK_TIMEOUT_SECS", default_value_t = 3)]
+    timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +127,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Healthcheck(args)) = &cli.command {
+        return healthcheck(args);
+    }
     let command = match cli.command.unwrap_or(Command::Standalone) {
         Command::Standalone => match standalone::parse() {
             Ok(args) => Role::Standalone(Box::new(args)),
@@ -131,6 +150,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// One GET on a blocking client (no runtime needed); prints the failure on stderr for `docker inspect`.
+fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    let answer = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(args.timeout_secs.max(1)))
+        .build()
+        .and_then(|client| client.get(&args.url).send());
+    match answer {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("imagegen healthcheck: {} answered {}", args.url, r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("imagegen healthcheck: {}: {e}", args.url);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A role with its settings read.
 enum Role {
     Standalone(Box<standalone::Settings>),
@@ -143,13 +181,13 @@ async fn run(role: Role) -> anyhow::Result<()> {
         Role::Other(command) => command,
     };
     match command {
-        Command::Standalone => {
-            anyhow::bail!("standalone settings are read before the runtime starts")
+        Command::Standalone | Command::Healthcheck(_) => {
+            anyhow::bail!("standalone and healthcheck run before the runtime starts")
         }
         Command::Api(args) => {
             telemetry::init(&args.core.log_level)?;
             let addr = format!("{}:{}", args.api_host, args.api_port);
-            let listener = tokio::net::TcpListener::bind(&addr)
+            let listener = imagegen_api::bind(&addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("API_PORT: cannot listen on {addr}: {e}"))?;
             imagegen_api::run(*args, listener, shutdown_signal()).await

@@ -188,7 +188,7 @@ pub async fn run(
     }
 
     let addr = format!("{}:{}", api.api_host, api.api_port);
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = imagegen_api::bind(&addr)
         .await
         .map_err(|e| anyhow::anyhow!("API_PORT: cannot listen on {addr}: {e}"))?;
     tracing::info!(

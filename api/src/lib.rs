@@ -92,9 +92,37 @@ pub struct ApiArgs {
     #[arg(long, env = "IDEMPOTENCY_TTL", value_name = "IDEMPOTENCY_TTL", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub idempotency_ttl_secs: u64,
+    /// After SIGTERM, keep serving this many seconds with /health/ready answering 503, so load balancers stop
+    /// sending before connections are refused (Kubernetes: a few seconds; 0 stops accepting at once).
+    #[arg(long, env = "API_SHUTDOWN_DELAY_SECS", value_name = "API_SHUTDOWN_DELAY_SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub api_shutdown_delay_secs: u64,
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,
+}
+
+/// Pending connections the kernel may queue for us (it caps this at net.core.somaxconn). tokio's `bind` asks for
+/// 1,024, which a burst of thousands of clients (wait mode at scale) overflows: their SYNs are dropped and they
+/// retry for seconds.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the API's listening socket (`host:port`, host may be a name) with a deep accept queue.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; waiting requests are answered (202) at shutdown.
@@ -132,11 +160,20 @@ pub async fn serve(
     tracing::info!(%addr, environment = %args.core.environment, "api listening");
     let app = router(state);
     let stop_serving = stop.clone();
+    let delay = std::time::Duration::from_secs(args.api_shutdown_delay_secs);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down: answering waiting requests and draining connections");
+            // From now on /health/ready answers 503 and waiting requests answer 202.
             stop_serving.cancel();
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_secs = delay.as_secs(),
+                    "shutting down: not ready; still serving while load balancers notice"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!("shutting down: draining connections");
         })
         .await
         .context("serving HTTP")?;

@@ -404,20 +404,35 @@ async fn wait_at_scale(opts: &Opts) -> anyhow::Result<Section> {
                     .send()
                     .await
                 {
-                    Ok(r) if r.status().as_u16() == 200 => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .map(|b| b["status"] == "succeeded")
-                        .unwrap_or(false),
-                    _ => false,
+                    Ok(r) if r.status().as_u16() == 200 => {
+                        match r.json::<serde_json::Value>().await {
+                            Ok(b) if b["status"] == "succeeded" => "ok".to_owned(),
+                            Ok(b) => format!("job {}", b["status"]),
+                            Err(_) => "bad body".to_owned(),
+                        }
+                    }
+                    Ok(r) => format!("HTTP {}", r.status().as_u16()),
+                    Err(e) => {
+                        let mut text = e.to_string();
+                        let mut source = std::error::Error::source(&e);
+                        while let Some(inner) = source {
+                            text = format!("{text}: {inner}");
+                            source = inner.source();
+                        }
+                        // Keep the kind, not the URL.
+                        text.split_once(": ").map(|(_, rest)| rest.to_owned()).unwrap_or(text)
+                    }
                 }
             }));
         }
-        let mut ok = 0;
+        let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
         for t in tasks {
-            if t.await.unwrap_or(false) {
-                ok += 1;
-            }
+            let outcome = t.await.unwrap_or_else(|_| "panicked".to_owned());
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+        let ok = outcomes.remove("ok").unwrap_or(0);
+        if !outcomes.is_empty() {
+            s.note(format!("{n} waiters, failures by kind: {outcomes:?}"));
         }
         let wall = t0.elapsed().as_secs_f64();
         let peak = peak_rss_mib(stack.api_pid).unwrap_or(f64::NAN);

@@ -23,6 +23,24 @@ const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub const MISSED_HEARTBEATS: usize = 25;
 
+/// Moves due messages from apalis' scheduled set to its active list, at most ARGV[2] of them. apalis-redis 1.0
+/// queues every message through the scheduled set and promotes all due ones inside its fetch script with one
+/// `unpack`, which Lua refuses beyond about 8,000 values: a burst that large between two fetches (a backlog while
+/// workers are busy or down) would make every fetch fail forever. Promoting in bounded chunks first keeps it small.
+/// KEYS: scheduled set, active list, signal list. ARGV: now (seconds), chunk size. Returns how many moved.
+const PROMOTE_DUE: &str = r"
+local ids = redis.call('zrangebyscore', KEYS[1], 0, ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids == 0 then return 0 end
+redis.call('rpush', KEYS[2], unpack(ids))
+redis.call('zrem', KEYS[1], unpack(ids))
+redis.call('del', KEYS[3])
+redis.call('lpush', KEYS[3], 1)
+return #ids
+";
+
+/// Largest chunk moved by one PROMOTE_DUE call (well under Lua's unpack limit).
+const PROMOTE_CHUNK: usize = 1000;
+
 /// The pub/sub channel on which the API nudges idle workers after queueing work.
 pub fn wake_channel(queue_name: &str) -> String {
     format!("{queue_name}:wake")
@@ -269,6 +287,45 @@ impl JobQueue {
                 Ok(())
             }
             Backend::Local(_) => Ok(()),
+        }
+    }
+
+    /// Promotes due messages in bounded chunks (see PROMOTE_DUE) while more than one chunk is due; returns how many
+    /// moved. Nothing to do in process.
+    pub async fn promote_due(&self) -> Result<u64, QueueError> {
+        let Backend::Redis(q) = &self.backend else {
+            return Ok(0);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut conn = q.conn.clone();
+        let script = redis::Script::new(PROMOTE_DUE);
+        let mut moved = 0u64;
+        // Small numbers are apalis' own business; only a pile-up is promoted here, in chunks.
+        loop {
+            let due: u64 = redis::cmd("ZCOUNT")
+                .arg(q.config.scheduled_jobs_set())
+                .arg(0)
+                .arg(now)
+                .query_async(&mut conn)
+                .await?;
+            if due <= PROMOTE_CHUNK as u64 {
+                return Ok(moved);
+            }
+            let n: u64 = script
+                .key(q.config.scheduled_jobs_set())
+                .key(q.config.active_jobs_list())
+                .key(q.config.signal_list())
+                .arg(now)
+                .arg(PROMOTE_CHUNK)
+                .invoke_async(&mut conn)
+                .await?;
+            moved += n;
+            if n == 0 {
+                return Ok(moved);
+            }
         }
     }
 

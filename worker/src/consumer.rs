@@ -25,8 +25,8 @@ use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
 use imagegen_shared::limits::LimitSettings;
-use imagegen_shared::queue::Signal;
 use imagegen_shared::queue::{JobMessage, apalis_config};
+use imagegen_shared::queue::{JobQueue, Signal};
 use imagegen_shared::storage::ImageStorage;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 const RESTART_DELAY: Duration = Duration::from_secs(2);
 /// How soon the in-process queue delivers again a job that could not finish (apalis-redis waits about as long).
 const LOCAL_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often a worker checks the queue's scheduled set for a pile-up.
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// How often the retention pass looks for expired jobs (the first pass runs at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_EVERY: Duration = Duration::from_secs(600);
@@ -207,12 +209,30 @@ pub async fn run_with(
                     .with_config(apalis_config(&args.redis.queue_name, 1)),
                 stopping.clone(),
             ));
+            tokio::spawn(promote_due_loop(ctx.queue.clone(), stopping.clone()));
             consume_redis(&args, redis, ctx, concurrency, running, stopping).await;
         }
         None => consume_local(ctx, concurrency, stopping).await,
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Keeps apalis' scheduled set from piling up past what its fetch script can promote (see `JobQueue::promote_due`).
+async fn promote_due_loop(queue: JobQueue, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PROMOTE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match queue.promote_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(moved = n, "promoted a pile-up of due queue messages"),
+            Err(e) => tracing::debug!(error = %e, "could not promote due messages; will retry"),
+        }
+    }
 }
 
 /// apalis on Redis: rebuilt whenever Redis goes away, until `stopping`.

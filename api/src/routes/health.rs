@@ -148,10 +148,20 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, axum::Json(view)).into_response()
 }
 
-/// Ready to take traffic: the database, the queue and storage answer.
+/// Ready to take traffic: the database, the queue and storage answer, and no shutdown has begun.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthView), (status = 503, body = HealthView)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.stopping.is_cancelled() {
+        // Shutting down: tell the load balancer to stop sending at once, whatever the dependencies say.
+        let view = HealthView {
+            status: "stopping".to_owned(),
+            environment: state.environment.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            components: BTreeMap::new(),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(view)).into_response();
+    }
     let components = components(&state, true).await;
     let healthy = all_healthy(&components);
     let view = HealthView {
