@@ -117,7 +117,10 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
             tokio::net::TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
-        match socket.bind(resolved).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
         }
