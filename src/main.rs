@@ -39,6 +39,41 @@ enum Command {
     Emulator(EmulatorArgs),
     /// Exit 0 when URL answers 2xx within the timeout, else 1 (container health checks; the image has no curl).
     Healthcheck(HealthcheckArgs),
+    /// Manage API keys (ENABLE_AUTHENTICATION): create (printed once), list, revoke.
+    Keys(KeysArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeysArgs {
+    #[command(flatten)]
+    core: CoreArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Create a key for OWNER and print it (it cannot be shown again; only its hash is stored).
+    Create {
+        /// The principal the key acts as: every job it creates belongs to this owner.
+        #[arg(long)]
+        owner: String,
+        /// A label to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Days until the key stops working (default: never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires: Option<u32>,
+    },
+    /// List keys (prefix, owner, label, dates); never the keys themselves.
+    List,
+    /// Revoke a key by its id or its listed prefix.
+    Revoke {
+        /// The key's id, or the prefix `imagegen keys list` shows.
+        key: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +204,66 @@ fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
     }
 }
 
+/// `imagegen keys ...`: on the same database the API uses (migrated first, which is idempotent).
+async fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    use imagegen_shared::db::api_keys;
+    let db = db::connect_lazy(&args.database.database_url, 2)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+    db::migrate(&db)
+        .await
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    match args.action {
+        KeysAction::Create {
+            owner,
+            name,
+            expires,
+        } => {
+            let owner = owner.trim();
+            anyhow::ensure!(
+                !owner.is_empty() && owner.len() <= 256,
+                "--owner: 1 to 256 characters"
+            );
+            let (key, _) = api_keys::generate();
+            let record = api_keys::create(&db, owner, &name, &key, expires).await?;
+            println!("{key}");
+            eprintln!(
+                "created key {} ({}) for owner {:?}{}; it is shown only this once",
+                record.id,
+                record.prefix,
+                record.owner,
+                record
+                    .expires_at
+                    .map(|t| format!(", expires {}", t.to_rfc3339()))
+                    .unwrap_or_default()
+            );
+        }
+        KeysAction::List => {
+            println!("ID\tPREFIX\tOWNER\tNAME\tCREATED\tEXPIRES\tREVOKED");
+            for k in api_keys::list(&db).await? {
+                let date = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.format("%Y-%m-%d").to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.prefix,
+                    k.owner,
+                    k.name,
+                    k.created_at.format("%Y-%m-%d"),
+                    date(k.expires_at),
+                    date(k.revoked_at)
+                );
+            }
+        }
+        KeysAction::Revoke { key } => match api_keys::revoke(&db, key.trim()).await? {
+            1 => eprintln!("revoked {key}"),
+            _ => anyhow::bail!("no single active key has the id or prefix {key:?}"),
+        },
+    }
+    Ok(())
+}
+
 /// A role with its settings read.
 enum Role {
     Standalone(Box<standalone::Settings>),
@@ -206,6 +301,10 @@ async fn run(role: Role) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
             tracing::info!("database schema is up to date");
             Ok(())
+        }
+        Command::Keys(args) => {
+            telemetry::init(&args.core.log_level)?;
+            keys(args).await
         }
         Command::Emulator(args) => {
             telemetry::init("info")?;

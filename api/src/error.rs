@@ -45,6 +45,12 @@ pub enum ApiError {
         message: String,
         job_id: JobId,
     },
+    /// No usable credentials: 401 with `WWW-Authenticate`. The message says what was wrong, never the credential.
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        invalid_token: bool,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -127,6 +133,14 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::JobUnsuccessful { status, code, .. } => (*status, code.as_str()),
+            ApiError::Unauthorized { invalid_token, .. } => (
+                StatusCode::UNAUTHORIZED,
+                if *invalid_token {
+                    "invalid_token"
+                } else {
+                    "authentication_required"
+                },
+            ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -173,6 +187,18 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = status.into_response();
+        if let ApiError::Unauthorized { invalid_token, .. } = &self {
+            // RFC 6750: no error attribute when no credentials were sent.
+            let challenge = if *invalid_token {
+                r#"Bearer realm="imagegen", error="invalid_token""#
+            } else {
+                r#"Bearer realm="imagegen""#
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         if matches!(self, ApiError::Unavailable(_)) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

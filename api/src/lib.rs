@@ -97,6 +97,11 @@ pub struct ApiArgs {
     #[arg(long, env = "API_SHUTDOWN_DELAY_SECS", value_name = "API_SHUTDOWN_DELAY_SECS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub api_shutdown_delay_secs: u64,
+    /// Require credentials on the API (an API key from `imagegen keys create`); false serves everyone as
+    /// `anonymous`. Health, metrics and docs stay open.
+    #[arg(long, env = "ENABLE_AUTHENTICATION", value_name = "ENABLE_AUTHENTICATION", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub enable_authentication: bool,
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,

@@ -36,6 +36,8 @@ pub struct Inner {
     pub environment: String,
     pub waiters: Arc<Waiters>,
     pub metrics: PrometheusHandle,
+    /// Callers must present an API key (ENABLE_AUTHENTICATION).
+    pub authentication: bool,
     /// Cancelled at shutdown: waiting requests answer 202 at once.
     pub stopping: CancellationToken,
 }
@@ -99,6 +101,7 @@ impl AppState {
                 .as_ref()
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             environment: args.core.environment.clone(),
+            authentication: args.enable_authentication,
             waiters: Arc::new(Waiters::default()),
             metrics: metrics_handle(),
             stopping,

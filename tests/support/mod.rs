@@ -402,6 +402,12 @@ impl Stack {
         self.api = format!("http://{}", self.api_proc.listening_addr().await);
     }
 
+    /// The DATABASE_URL a CLI command (`imagegen keys`) uses to reach this stack's database: the SQLite file in
+    /// standalone mode, `None` otherwise (the stack's own URL).
+    pub fn database_url_for_cli(&self) -> Option<String> {
+        self.sqlite_url.clone()
+    }
+
     /// A `SELECT count(*) ...` (SQL both databases accept) on this stack's database.
     pub async fn count(&self, pool: &PgPool, sql: &str) -> i64 {
         match &self.sqlite_url {

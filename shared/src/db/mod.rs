@@ -5,6 +5,7 @@
 //! embedded SQLite file for the single-process standalone mode. Callers hold a [`Db`] and never learn which one
 //! it is; the few places where the two SQL dialects differ ask [`Dialect`].
 
+pub mod api_keys;
 pub mod batches;
 pub mod idempotency;
 pub mod images;
