@@ -922,6 +922,7 @@ async fn bad_configuration_stops_start_up_with_one_line(pool: PgPool) {
         ("DEFAULT_PROVIDER", "midjourney"),
         ("ENABLE_IMAGE_STORAGE", "maybe"),
         ("WAIT_MAX_SECS", "-1"),
+        ("ENABLE_AUTHENTICATION", "sometimes"),
     ] {
         let mut env = base();
         env.push((var, value.to_owned()));
@@ -942,6 +943,23 @@ async fn bad_configuration_stops_start_up_with_one_line(pool: PgPool) {
         ("REDIS_URL", support::redis_url()),
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY"));
+    // Authentication without a key for the signed download links (or with a short one).
+    for key in [None, Some("too-short")] {
+        let mut env = base();
+        env.push(("ENABLE_AUTHENTICATION", "true".to_owned()));
+        if let Some(k) = key {
+            env.push(("DOWNLOAD_SIGNING_KEY", k.to_owned()));
+        }
+        let out = run(env);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("DOWNLOAD_SIGNING_KEY"), "{stderr}");
+        assert!(
+            !stderr.contains("too-short"),
+            "the key is never echoed: {stderr}"
+        );
+    }
 
     // `imagegen migrate` on an up-to-date database is a no-op that succeeds.
     let out = std::process::Command::new(support::BIN)
@@ -2109,7 +2127,13 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
     let stack = start(
         &pool,
         Options {
-            api_env: vec![kv("ENABLE_AUTHENTICATION", "true")],
+            api_env: vec![
+                kv("ENABLE_AUTHENTICATION", "true"),
+                kv(
+                    "DOWNLOAD_SIGNING_KEY",
+                    "e2e-signing-key-of-at-least-32-chars",
+                ),
+            ],
             ..Options::default()
         },
     )
@@ -2219,6 +2243,30 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
             .expect("get");
         assert_eq!(other.status(), 404, "{path}");
     }
+    // The image URL handed out is a signed link: it works without any header (an `<img src>`), and only as given.
+    let signed = r.body["images"][0]["url"].as_str().expect("url").to_owned();
+    assert!(signed.contains("signature="), "{signed}");
+    let plain = reqwest::Client::new();
+    let got = plain.get(&signed).send().await.expect("signed download");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "image/png");
+    let tampered = signed.replace("signature=", "signature=00");
+    assert_eq!(
+        plain.get(&tampered).send().await.expect("get").status(),
+        404
+    );
+    let unsigned = signed.split('?').next().expect("path").to_owned();
+    assert_eq!(
+        plain.get(&unsigned).send().await.expect("get").status(),
+        401
+    );
+    let later = signed.replace("expires=", "expires=9");
+    assert_eq!(
+        plain.get(&later).send().await.expect("get").status(),
+        404,
+        "the expiry is signed too"
+    );
+
     let listed: serde_json::Value = stack
         .http
         .get(stack.url("/api/v1/jobs"))

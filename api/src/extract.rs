@@ -69,11 +69,18 @@ impl FromRequestParts<AppState> for Owner {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        authenticate(&parts.headers, state).await.map(Owner)
+    }
+}
+
+/// The owner a request's credentials stand for (`anonymous` while authentication is off).
+pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<String, ApiError> {
+    {
         if !state.authentication {
             // Authentication is off: every caller is the anonymous principal.
-            return Ok(Owner(ANONYMOUS_OWNER.to_owned()));
+            return Ok(ANONYMOUS_OWNER.to_owned());
         }
-        let Some(credential) = credential(&parts.headers) else {
+        let Some(credential) = credential(headers) else {
             return Err(ApiError::Unauthorized {
                 message: "Authentication required: send an API key as `Authorization: Bearer <key>` or `X-API-Key`"
                     .into(),
@@ -88,7 +95,7 @@ impl FromRequestParts<AppState> for Owner {
             });
         }
         match api_keys::owner_of(&state.pool, credential).await? {
-            Some(owner) => Ok(Owner(owner)),
+            Some(owner) => Ok(owner),
             None => {
                 // The log says why; the response never echoes the credential.
                 tracing::info!(

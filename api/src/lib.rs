@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod links;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
@@ -102,6 +103,19 @@ pub struct ApiArgs {
     #[arg(long, env = "ENABLE_AUTHENTICATION", value_name = "ENABLE_AUTHENTICATION", default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub enable_authentication: bool,
+    /// Key of the signed download links handed out while authentication is on (32 characters or more; the same on
+    /// every API replica).
+    #[arg(
+        long,
+        env = "DOWNLOAD_SIGNING_KEY",
+        value_name = "DOWNLOAD_SIGNING_KEY",
+        hide_env_values = true
+    )]
+    pub download_signing_key: Option<secrecy::SecretString>,
+    /// How long a signed download link works, in seconds.
+    #[arg(long, env = "DOWNLOAD_LINK_TTL_SECS", value_name = "DOWNLOAD_LINK_TTL_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(60..=604_800))]
+    pub download_link_ttl_secs: u64,
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,

@@ -38,6 +38,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Callers must present an API key (ENABLE_AUTHENTICATION).
     pub authentication: bool,
+    /// Signs download links (authentication on only).
+    pub link_signer: Option<Arc<crate::links::LinkSigner>>,
     /// Cancelled at shutdown: waiting requests answer 202 at once.
     pub stopping: CancellationToken,
 }
@@ -84,6 +86,25 @@ impl AppState {
             .enable_content_moderation
             .then(|| KeywordFilter::from_csv(&args.blocked_words));
         let limits = providers.limits(args.max_images_per_request);
+        let link_signer = if args.enable_authentication {
+            use secrecy::ExposeSecret;
+            let key = args
+                .download_signing_key
+                .clone()
+                .filter(|k| k.expose_secret().len() >= 32)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "DOWNLOAD_SIGNING_KEY: required with ENABLE_AUTHENTICATION, at least 32 characters \
+                         (the same on every API replica)"
+                    )
+                })?;
+            Some(Arc::new(crate::links::LinkSigner::new(
+                key,
+                Duration::from_secs(args.download_link_ttl_secs),
+            )))
+        } else {
+            None
+        };
         Ok(Self(Arc::new(Inner {
             pool: backends.db,
             queue: backends.queue,
@@ -102,6 +123,7 @@ impl AppState {
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             environment: args.core.environment.clone(),
             authentication: args.enable_authentication,
+            link_signer,
             waiters: Arc::new(Waiters::default()),
             metrics: metrics_handle(),
             stopping,

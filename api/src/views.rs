@@ -1,5 +1,6 @@
 //! What clients see (`*View`): built from the job store's records, with our download URLs only.
 
+use crate::links::Links;
 use chrono::{DateTime, Utc};
 use imagegen_shared::db::{BatchRecord, ImageRecord, JobRecord};
 use imagegen_shared::domain::{BatchId, ImageId, JobId, JobStatus, Moderation, ProviderId};
@@ -95,15 +96,11 @@ pub struct JobView {
     pub correlation_id: String,
 }
 
-pub fn download_url(base: &str, id: ImageId) -> String {
-    format!("{base}/api/v1/images/{id}/download")
-}
-
-pub fn image_view(base: &str, image: &ImageRecord) -> ImageView {
+pub fn image_view(links: &Links, image: &ImageRecord) -> ImageView {
     ImageView {
         id: image.id,
         job_id: image.job_id,
-        url: download_url(base, image.id),
+        url: links.download(image.id, &image.owner),
         width: image.width,
         height: image.height,
         content_type: image.content_type.clone(),
@@ -118,7 +115,7 @@ pub fn image_view(base: &str, image: &ImageRecord) -> ImageView {
 /// `images` may hold other jobs' images too (a page fetched at once); only this job's are taken.
 /// `sandbox`: the providers the built-in emulator answers (standalone mode without their keys).
 pub fn job_view(
-    base: &str,
+    base: &Links,
     job: &JobRecord,
     images: &[ImageRecord],
     sandbox: &[ProviderId],
@@ -198,7 +195,7 @@ pub struct BatchView {
 }
 
 pub fn batch_view(
-    base: &str,
+    base: &Links,
     batch: &BatchRecord,
     jobs: &[JobRecord],
     images: &[ImageRecord],

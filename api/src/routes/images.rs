@@ -9,7 +9,7 @@ use crate::state::AppState;
 use crate::views::{ImageView, image_view};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,7 +47,9 @@ pub async fn get_image(
 /// single `Range` 206 (416 beyond the end). With STORAGE_PUBLIC_URLS=signed it answers 307 to a short-lived
 /// pre-signed storage URL instead.
 #[utoipa::path(get, path = "/api/v1/images/{id}/download", tag = "images",
-    params(("id" = String, Path, description = "Image id")),
+    params(("id" = String, Path, description = "Image id"),
+        ("expires" = Option<u64>, Query, description = "Signed link: expiry (Unix seconds)"),
+        ("signature" = Option<String>, Query, description = "Signed link: HMAC-SHA256, hex")),
     responses(
         (status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
         (status = 206, description = "The requested byte range"),
@@ -58,14 +60,34 @@ pub async fn get_image(
     ))]
 pub async fn download_image(
     State(state): State<AppState>,
-    Owner(owner): Owner,
     Path(id): Path<String>,
+    Query(link): Query<SignedLink>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: ImageId = parse_id(&id, "Image")?;
-    let image = db::images::get_image(&state.pool, &owner, id)
-        .await?
-        .ok_or(ApiError::NotFound("Image"))?;
+    let expires = link
+        .expires
+        .as_deref()
+        .map(|e| e.parse::<u64>().unwrap_or(0));
+    let image = match (&state.link_signer, expires, link.signature.as_deref()) {
+        // A signed link proves itself (it works in `<img src>`); a bad or expired one is a 404 like a missing image.
+        (Some(signer), Some(expires), Some(signature)) => {
+            let image = db::images::get_image_unscoped(&state.pool, id)
+                .await?
+                .ok_or(ApiError::NotFound("Image"))?;
+            if !signer.verify(id, &image.owner, expires, signature) {
+                tracing::info!(image_id = %id, "download refused: link signature invalid or expired");
+                return Err(ApiError::NotFound("Image"));
+            }
+            image
+        }
+        _ => {
+            let owner = crate::extract::authenticate(&headers, &state).await?;
+            db::images::get_image(&state.pool, &owner, id)
+                .await?
+                .ok_or(ApiError::NotFound("Image"))?
+        }
+    };
     let etag = format!("\"{}\"", image.sha256);
     let cache = HeaderValue::from_static("private, max-age=31536000, immutable");
     if headers
@@ -223,6 +245,14 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), RangeRequest::Ignore);
         assert_eq!(parse_range("bytes=x-1", 100), RangeRequest::Ignore);
     }
+}
+
+/// `?expires=UNIX&signature=HEX` of a signed download link (see `links`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SignedLink {
+    /// Text, so a malformed value is a failed check (404) rather than a query error.
+    expires: Option<String>,
+    signature: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

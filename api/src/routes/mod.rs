@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod providers;
 
 use crate::error::ApiError;
+use crate::links::Links;
 use crate::middleware;
 use crate::state::AppState;
 use crate::views::{JobView, job_view};
@@ -51,8 +52,15 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Where our download links point: PUBLIC_BASE_URL, else the Host the client used.
-pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+/// Where our links point (PUBLIC_BASE_URL, else the Host the client used), signed when authentication is on.
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> Links {
+    Links {
+        base: public_base(state, headers),
+        signer: state.link_signer.clone(),
+    }
+}
+
+fn public_base(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(base) = &state.public_base_url {
         return base.clone();
     }
@@ -71,7 +79,7 @@ pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 /// A job with its images, as its owner sees it.
 pub async fn load_job_view(
     state: &AppState,
-    base: &str,
+    base: &Links,
     job: &JobRecord,
 ) -> Result<JobView, ApiError> {
     let images = if job.status == JobStatus::Succeeded {
@@ -100,7 +108,7 @@ pub fn accepted(view: JobView) -> Response {
 /// when it is still running.
 pub async fn finished_job_response(
     state: &AppState,
-    base: &str,
+    base: &Links,
     job: &JobRecord,
 ) -> Result<Response, ApiError> {
     let failure = |status: StatusCode, default_code: &str| ApiError::JobUnsuccessful {

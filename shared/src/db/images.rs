@@ -82,6 +82,19 @@ pub async fn get_image(db: &Db, owner: &str, id: ImageId) -> Result<Option<Image
 }
 
 /// Images of several jobs at once (one query for a page of jobs), ordered by job then position.
+/// An image read for a signed download link, which proves its owner itself.
+pub async fn get_image_unscoped(db: &Db, id: ImageId) -> Result<Option<ImageRecord>, DbError> {
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, ImageRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row)
+}
+
 pub async fn images_for_jobs(
     db: &Db,
     owner: &str,
