@@ -2297,3 +2297,110 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
     );
     assert!(!listing.contains(&bob), "keys are never listed");
 }
+
+/// Per-owner limits: requests per minute shared by two API processes (through Redis), images per day, and jobs
+/// queued or running at once; over a limit, 429 with Retry-After and RateLimit-* headers; health is never limited.
+#[sqlx::test(migrations = "./migrations")]
+async fn per_owner_limits_are_shared_and_answer_429(pool: PgPool) {
+    // Minute windows are fixed: start well inside one, so the count cannot reset halfway through the test.
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    let limits = vec![
+        kv("RATE_LIMIT_PER_MINUTE", "8"),
+        kv("IMAGE_QUOTA_PER_DAY", "3"),
+        kv("MAX_ACTIVE_JOBS_PER_OWNER", "2"),
+    ];
+    let stack = start(
+        &pool,
+        Options {
+            api_env: limits.clone(),
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    // Jobs in flight: two may wait, the third is refused.
+    for i in 0..2 {
+        let r = stack
+            .post("/api/v1/jobs", json!({"prompt": format!("job {i}")}), &[])
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert!(r.header("ratelimit-remaining").is_some());
+    }
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "one too many"}), &[])
+        .await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.header("retry-after").is_some() && r.header("ratelimit-limit") == Some("2"));
+    // Cancel one: room for one more job, which is the third image of the day; the fourth image is over the quota.
+    let listed = stack.get("/api/v1/jobs").await;
+    let first = listed.body["jobs"][0]["job_id"]
+        .as_str()
+        .expect("job")
+        .to_owned();
+    let c = stack
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}), &[])
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "third image"}), &[])
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let c = stack
+        .post(
+            &format!(
+                "/api/v1/jobs/{}/cancel",
+                r.body["job_id"].as_str().expect("id")
+            ),
+            json!({}),
+            &[],
+        )
+        .await;
+    assert_eq!(c.status, 200);
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "fourth image"}), &[])
+        .await;
+    r.assert_error(429, "rate_limited");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("quota"),
+        "{}",
+        r.body
+    );
+
+    // Requests per minute: 8 requests so far (jobs, list, cancels), the whole budget. Another API process
+    // on the same Redis refuses too (the count is the fleet's), while health stays open.
+    if support::standalone() {
+        let r = stack.get("/api/v1/jobs").await;
+        r.assert_error(429, "rate_limited");
+    } else {
+        let mut env = stack.env.clone();
+        env.extend([kv("API_HOST", "127.0.0.1"), kv("API_PORT", "0")]);
+        env.extend(limits);
+        let mut second = support::Proc::spawn("api-2", &["api"], &env);
+        let other = format!("http://{}", second.listening_addr().await);
+        let r = stack
+            .http
+            .get(format!("{other}/api/v1/jobs"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(
+            stack
+                .http
+                .get(format!("{other}/health/ready"))
+                .send()
+                .await
+                .expect("health")
+                .status(),
+            200
+        );
+    }
+    assert_eq!(stack.get("/health/live").await.status, 200);
+}

@@ -45,6 +45,14 @@ pub enum ApiError {
         message: String,
         job_id: JobId,
     },
+    /// Over a per-owner limit: 429 with Retry-After and the RateLimit-* headers.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        limit: u64,
+        remaining: u64,
+        reset_secs: u64,
+    },
     /// No usable credentials: 401 with `WWW-Authenticate`. The message says what was wrong, never the credential.
     #[error("{message}")]
     Unauthorized {
@@ -133,6 +141,7 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::JobUnsuccessful { status, code, .. } => (*status, code.as_str()),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unauthorized { invalid_token, .. } => (
                 StatusCode::UNAUTHORIZED,
                 if *invalid_token {
@@ -187,6 +196,19 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = status.into_response();
+        if let ApiError::RateLimited {
+            limit,
+            remaining,
+            reset_secs,
+            ..
+        } = &self
+        {
+            let h = response.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*reset_secs));
+            h.insert("ratelimit-limit", HeaderValue::from(*limit));
+            h.insert("ratelimit-remaining", HeaderValue::from(*remaining));
+            h.insert("ratelimit-reset", HeaderValue::from(*reset_secs));
+        }
         if let ApiError::Unauthorized { invalid_token, .. } = &self {
             // RFC 6750: no error attribute when no credentials were sent.
             let challenge = if *invalid_token {

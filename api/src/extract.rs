@@ -69,6 +69,10 @@ impl FromRequestParts<AppState> for Owner {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // The rate limiter may have authenticated this request already.
+        if let Some(owner) = parts.extensions.get::<Owner>() {
+            return Ok(owner.clone());
+        }
         authenticate(&parts.headers, state).await.map(Owner)
     }
 }

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod links;
 pub mod middleware;
 pub mod openapi;
+pub mod rate_limit;
 pub mod routes;
 pub mod state;
 pub mod submit;
@@ -116,6 +117,30 @@ pub struct ApiArgs {
     #[arg(long, env = "DOWNLOAD_LINK_TTL_SECS", value_name = "DOWNLOAD_LINK_TTL_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(60..=604_800))]
     pub download_link_ttl_secs: u64,
+    /// Requests per minute one owner may make to /api/v1 across the API fleet (0: no limit).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_PER_MINUTE",
+        value_name = "RATE_LIMIT_PER_MINUTE",
+        default_value_t = 0
+    )]
+    pub rate_limit_per_minute: u32,
+    /// Images one owner may request per day, UTC (0: no limit).
+    #[arg(
+        long,
+        env = "IMAGE_QUOTA_PER_DAY",
+        value_name = "IMAGE_QUOTA_PER_DAY",
+        default_value_t = 0
+    )]
+    pub image_quota_per_day: u32,
+    /// Jobs one owner may have queued or running at once (0: no limit).
+    #[arg(
+        long,
+        env = "MAX_ACTIVE_JOBS_PER_OWNER",
+        value_name = "MAX_ACTIVE_JOBS_PER_OWNER",
+        default_value_t = 0
+    )]
+    pub max_active_jobs_per_owner: u32,
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,

@@ -38,6 +38,12 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Callers must present an API key (ENABLE_AUTHENTICATION).
     pub authentication: bool,
+    /// Per-owner counters (rate limit, image quota), shared by the fleet.
+    pub owners: imagegen_shared::owner_limits::OwnerLimits,
+    /// RATE_LIMIT_PER_MINUTE, IMAGE_QUOTA_PER_DAY, MAX_ACTIVE_JOBS_PER_OWNER; 0 = none.
+    pub rate_limit_per_minute: u64,
+    pub image_quota_per_day: u64,
+    pub max_active_jobs_per_owner: i64,
     /// Signs download links (authentication on only).
     pub link_signer: Option<Arc<crate::links::LinkSigner>>,
     /// Cancelled at shutdown: waiting requests answer 202 at once.
@@ -109,6 +115,10 @@ impl AppState {
             pool: backends.db,
             queue: backends.queue,
             fleet: backends.limits,
+            owners: backends.owners,
+            rate_limit_per_minute: u64::from(args.rate_limit_per_minute),
+            image_quota_per_day: u64::from(args.image_quota_per_day),
+            max_active_jobs_per_owner: i64::from(args.max_active_jobs_per_owner),
             storage,
             limits,
             providers,

@@ -122,6 +122,8 @@ pub async fn submit_job(
     idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
     let provider = request.provider;
+    // Checked for every submission, replays included: a key must not become a way around the quota.
+    crate::rate_limit::check_submission(state, owner, 1, u64::from(request.num_images)).await?;
     let job = new_job(state, owner, correlation_id, request);
     let record = match idempotency {
         None => db::jobs::insert(&state.pool, &job).await?,
@@ -170,6 +172,8 @@ pub async fn submit_batch(
     requests: Vec<GenerationRequest>,
     idempotency: Option<&Idempotency>,
 ) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
+    let images = requests.iter().map(|r| u64::from(r.num_images)).sum();
+    crate::rate_limit::check_submission(state, owner, requests.len(), images).await?;
     let jobs: Vec<NewJob> = requests
         .into_iter()
         .map(|r| new_job(state, owner, correlation_id, r))

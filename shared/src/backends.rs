@@ -4,6 +4,7 @@
 
 use crate::db::{self, Db};
 use crate::limits::FleetLimits;
+use crate::owner_limits::OwnerLimits;
 use crate::queue::{JobQueue, redis_connection};
 use anyhow::Context;
 
@@ -12,6 +13,8 @@ pub struct Backends {
     pub db: Db,
     pub queue: JobQueue,
     pub limits: FleetLimits,
+    /// Per-owner rate limits and quotas.
+    pub owners: OwnerLimits,
 }
 
 impl Backends {
@@ -25,17 +28,27 @@ impl Backends {
     ) -> anyhow::Result<Self> {
         let db =
             db::connect_lazy(database_url, max_connections).context("DATABASE_URL: invalid")?;
-        let (queue, limits) = match redis_url {
+        let (queue, limits, owners) = match redis_url {
             Some(url) => {
                 let (client, conn) = redis_connection(url).context("REDIS_URL: invalid")?;
                 (
                     JobQueue::redis(Some(client), conn.clone(), queue_name),
-                    FleetLimits::new(conn, queue_name),
+                    FleetLimits::new(conn.clone(), queue_name),
+                    OwnerLimits::new(conn, queue_name),
                 )
             }
-            None => (JobQueue::local(), FleetLimits::local()),
+            None => (
+                JobQueue::local(),
+                FleetLimits::local(),
+                OwnerLimits::local(),
+            ),
         };
-        Ok(Self { db, queue, limits })
+        Ok(Self {
+            db,
+            queue,
+            limits,
+            owners,
+        })
     }
 
     /// The Redis connection behind the queue (`None` in process), for the apalis consumer.

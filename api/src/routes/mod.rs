@@ -25,11 +25,18 @@ use imagegen_shared::domain::JobStatus;
 pub const POLL_RETRY_AFTER_SECS: u64 = 2;
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    // The owner's endpoints count against RATE_LIMIT_PER_MINUTE; health, metrics, docs and providers do not.
+    let owned = Router::new()
         .merge(generate::router())
         .merge(jobs::router())
         .merge(batches::router())
         .merge(images::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::rate_limit::per_minute,
+        ));
+    let api = Router::new()
+        .merge(owned)
         .merge(providers::router())
         .merge(health::router())
         .merge(metrics::router())

@@ -434,3 +434,16 @@ pub async fn cancel(
     });
     Ok(row)
 }
+
+/// The owner's jobs waiting or running (MAX_ACTIVE_JOBS_PER_OWNER).
+pub async fn active_count(db: &Db, owner: &str) -> Result<i64, DbError> {
+    let n = on_db!(db, |pool, sql| {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(owner)
+        .fetch_one(pool)
+        .await?
+    });
+    Ok(n)
+}

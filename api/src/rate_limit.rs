@@ -1,0 +1,105 @@
+//! Per-owner limits, shared by the whole API fleet: requests per minute on /api/v1 (a middleware), and at
+//! submission, images per day and jobs queued or running at once. Over a limit: 429 with Retry-After and the
+//! `RateLimit-Limit` / `-Remaining` / `-Reset` headers. Health, metrics, docs and the provider list are not limited.
+
+use crate::error::ApiError;
+use crate::extract::{Owner, authenticate};
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Counts the request against its owner's minute; refuses it when over RATE_LIMIT_PER_MINUTE.
+pub async fn per_minute(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let limit = state.rate_limit_per_minute;
+    if limit == 0 {
+        return next.run(req).await;
+    }
+    // Unauthenticated requests go on to be refused by the handler (401); they are not anyone's requests.
+    let Ok(owner) = authenticate(req.headers(), &state).await else {
+        return next.run(req).await;
+    };
+    let window = match state.owners.count("rpm", &owner, 1, MINUTE).await {
+        Ok(w) => w,
+        Err(e) => {
+            // Without Redis the request would fail anyway at the queue; do not add a second failure mode.
+            tracing::warn!(error = %e, "rate limiter unavailable; request not counted");
+            req.extensions_mut().insert(Owner(owner));
+            return next.run(req).await;
+        }
+    };
+    if window.count > limit {
+        tracing::info!(%owner, limit, "rate limit reached");
+        return ApiError::RateLimited {
+            message: format!(
+                "Rate limit of {limit} requests per minute reached; retry after the reset"
+            ),
+            limit,
+            remaining: 0,
+            reset_secs: window.reset_secs,
+        }
+        .into_response();
+    }
+    req.extensions_mut().insert(Owner(owner));
+    let mut response = next.run(req).await;
+    // A handler's own limit answer (jobs in flight, daily quota) keeps its figures.
+    let h = response.headers_mut();
+    if !h.contains_key("ratelimit-limit") {
+        h.insert("ratelimit-limit", HeaderValue::from(limit));
+        h.insert(
+            "ratelimit-remaining",
+            HeaderValue::from(limit.saturating_sub(window.count)),
+        );
+        h.insert("ratelimit-reset", HeaderValue::from(window.reset_secs));
+    }
+    response
+}
+
+/// Before jobs are recorded: the owner's active jobs and today's images, counting `images` more.
+pub async fn check_submission(
+    state: &AppState,
+    owner: &str,
+    jobs: usize,
+    images: u64,
+) -> Result<(), ApiError> {
+    let max_active = state.max_active_jobs_per_owner;
+    if max_active > 0 {
+        let active = imagegen_shared::db::jobs::active_count(&state.pool, owner).await?;
+        if active + i64::try_from(jobs).unwrap_or(i64::MAX) > max_active {
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "At most {max_active} jobs may be queued or running at once; {active} are. Retry when some finish"
+                ),
+                limit: u64::try_from(max_active).unwrap_or(0),
+                remaining: u64::try_from((max_active - active).max(0)).unwrap_or(0),
+                reset_secs: 5,
+            });
+        }
+    }
+    let quota = state.image_quota_per_day;
+    if quota > 0 {
+        let window = state
+            .owners
+            .count("images", owner, images, DAY)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("The quota store is unavailable: {e}")))?;
+        if window.count > quota {
+            state.owners.uncount("images", owner, images, DAY).await;
+            let used = window.count - images;
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "Daily quota of {quota} images reached ({used} used); it resets at midnight UTC"
+                ),
+                limit: quota,
+                remaining: quota.saturating_sub(used),
+                reset_secs: window.reset_secs,
+            });
+        }
+    }
+    Ok(())
+}
