@@ -961,6 +961,21 @@ async fn bad_configuration_stops_start_up_with_one_line(pool: PgPool) {
         );
     }
 
+    // `*` with authentication on is refused.
+    let mut env = base();
+    env.extend([
+        ("ENABLE_AUTHENTICATION", "true".to_owned()),
+        ("DOWNLOAD_SIGNING_KEY", "x".repeat(40)),
+        ("CORS_ORIGINS", "*".to_owned()),
+    ]);
+    let out = run(env);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CORS_ORIGINS") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+
     // `imagegen migrate` on an up-to-date database is a no-op that succeeds.
     let out = std::process::Command::new(support::BIN)
         .arg("migrate")
@@ -2403,4 +2418,75 @@ async fn per_owner_limits_are_shared_and_answer_429(pool: PgPool) {
         );
     }
     assert_eq!(stack.get("/health/live").await.status, 200);
+}
+
+/// CORS from CORS_ORIGINS (exact origins; preflights answered, other origins get no grant) and security headers.
+#[sqlx::test(migrations = "./migrations")]
+async fn cors_and_security_headers(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            api_env: vec![kv(
+                "CORS_ORIGINS",
+                "https://app.example.com, http://localhost:3000",
+            )],
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        stack
+            .http
+            .request(reqwest::Method::OPTIONS, stack.url("/api/v1/jobs"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type, x-api-key")
+            .send()
+    };
+    let ok = preflight("https://app.example.com")
+        .await
+        .expect("preflight");
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = preflight("https://evil.example.com")
+        .await
+        .expect("preflight");
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let r = stack
+        .http
+        .post(stack.url("/api/v1/jobs"))
+        .header("Origin", "http://localhost:3000")
+        .json(&json!({"prompt": "cors"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 202);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://localhost:3000");
+    assert!(
+        h["access-control-expose-headers"]
+            .to_str()
+            .unwrap_or_default()
+            .contains("location")
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap_or_default()
+            .contains("default-src 'none'")
+    );
+    let docs = stack
+        .http
+        .get(stack.url("/docs/"))
+        .send()
+        .await
+        .expect("docs");
+    assert!(!docs.headers().contains_key("x-frame-options") || docs.status().is_redirection());
 }

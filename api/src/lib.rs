@@ -9,6 +9,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
+pub mod security;
 pub mod state;
 pub mod submit;
 pub mod views;
@@ -141,6 +142,15 @@ pub struct ApiArgs {
         default_value_t = 0
     )]
     pub max_active_jobs_per_owner: u32,
+    /// Browser origins allowed to call the API (CORS), comma-separated exact origins such as
+    /// https://app.example.com; `*` only while authentication is off; empty: no cross-origin access.
+    #[arg(
+        long,
+        env = "CORS_ORIGINS",
+        value_name = "CORS_ORIGINS",
+        default_value = ""
+    )]
+    pub cors_origins: String,
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,

@@ -44,6 +44,8 @@ pub struct Inner {
     pub rate_limit_per_minute: u64,
     pub image_quota_per_day: u64,
     pub max_active_jobs_per_owner: i64,
+    /// CORS_ORIGINS as a layer (`None`: no cross-origin access).
+    pub cors: Option<tower_http::cors::CorsLayer>,
     /// Signs download links (authentication on only).
     pub link_signer: Option<Arc<crate::links::LinkSigner>>,
     /// Cancelled at shutdown: waiting requests answer 202 at once.
@@ -134,6 +136,7 @@ impl AppState {
             environment: args.core.environment.clone(),
             authentication: args.enable_authentication,
             link_signer,
+            cors: crate::security::cors(&args.cors_origins, args.enable_authentication)?,
             waiters: Arc::new(Waiters::default()),
             metrics: metrics_handle(),
             stopping,

@@ -42,11 +42,19 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .route_layer(axum::middleware::from_fn(middleware::http_metrics))
         .merge(docs::router());
-    api.fallback(not_found)
+    let cors = state.cors.clone();
+    let app = api
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(middleware::correlation))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::security::headers))
+        .with_state(state);
+    match cors {
+        // Outermost, so preflights are answered before anything else runs.
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
 }
 
 async fn not_found() -> ApiError {
