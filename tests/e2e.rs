@@ -2258,6 +2258,60 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
             .expect("get");
         assert_eq!(other.status(), 404, "{path}");
     }
+    // Batches, cancel, delete and idempotency keys are scoped too.
+    let batch = stack
+        .http
+        .post(stack.url("/api/v1/generate/batch"))
+        .bearer_auth(&alice)
+        .header("Prefer", "respond-async")
+        .json(&json!([{"prompt": "batch item"}]))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(batch.status(), 202);
+    let batch: serde_json::Value = batch.json().await.expect("json");
+    let batch_id = batch["batch_id"].as_str().expect("batch id").to_owned();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/v1/batches/{batch_id}")),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/jobs/{job_id}/cancel"),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/images/{image_id}"),
+        ),
+    ] {
+        let other = stack
+            .http
+            .request(method.clone(), stack.url(&path))
+            .header("X-API-Key", &bob)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(other.status(), 404, "{method} {path}");
+    }
+    let keyed = |key: String| {
+        let (http, url) = (stack.http.clone(), stack.url("/api/v1/jobs"));
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .header("Idempotency-Key", "shared-key")
+                .json(&json!({"prompt": "same key"}))
+                .send()
+                .await
+                .expect("submit");
+            assert_eq!(r.status(), 202);
+            r.json::<serde_json::Value>().await.expect("json")["job_id"].clone()
+        }
+    };
+    assert_ne!(
+        keyed(alice.clone()).await,
+        keyed(bob.clone()).await,
+        "one key, two owners: two jobs"
+    );
+
     // The image URL handed out is a signed link: it works without any header (an `<img src>`), and only as given.
     let signed = r.body["images"][0]["url"].as_str().expect("url").to_owned();
     assert!(signed.contains("signature="), "{signed}");
@@ -2292,7 +2346,14 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
         .json()
         .await
         .expect("json");
-    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(0), "{listed}");
+    // Bob's list holds only the job his own key made, none of Alice's.
+    let prompts: Vec<&str> = listed["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["prompt"].as_str())
+        .collect();
+    assert_eq!(prompts, ["same key"], "{listed}");
 
     // Revoked: refused at once.
     let prefix: String = alice.chars().take(10).collect();
