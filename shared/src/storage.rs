@@ -42,8 +42,6 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum StorageError {
     #[error("image not found in storage")]
     NotFound,
-    #[error("the requested range is not satisfiable")]
-    RangeNotSatisfiable,
     #[error("storage backend error: {0}")]
     Backend(#[from] object_store::Error),
     #[error("storage configuration: {0}")]
@@ -53,18 +51,7 @@ pub enum StorageError {
 fn classify(e: object_store::Error) -> StorageError {
     match e {
         object_store::Error::NotFound { .. } => StorageError::NotFound,
-        other => {
-            // object_store reports an unsatisfiable range as a generic error from the server's 416.
-            let text = other.to_string();
-            if text.contains("416")
-                || text.contains("Range Not Satisfiable")
-                || text.contains("InvalidRange")
-            {
-                StorageError::RangeNotSatisfiable
-            } else {
-                StorageError::Backend(other)
-            }
-        }
+        other => StorageError::Backend(other),
     }
 }
 

@@ -64,10 +64,11 @@ where
     }
 }
 
-async fn components(state: &AppState, with_storage: bool) -> BTreeMap<String, ComponentHealth> {
-    let (database, redis) = tokio::join!(
+async fn components(state: &AppState) -> BTreeMap<String, ComponentHealth> {
+    let (database, redis, storage) = tokio::join!(
         check(imagegen_shared::db::ping(&state.pool)),
-        check(state.queue.ping())
+        check(state.queue.ping()),
+        check(state.storage.check())
     );
     let mut map = BTreeMap::new();
     map.insert("database".to_owned(), database);
@@ -78,9 +79,7 @@ async fn components(state: &AppState, with_storage: bool) -> BTreeMap<String, Co
         "redis"
     };
     map.insert(queue.to_owned(), redis);
-    if with_storage {
-        map.insert("storage".to_owned(), check(state.storage.check()).await);
-    }
+    map.insert("storage".to_owned(), storage);
     map
 }
 
@@ -92,7 +91,7 @@ fn all_healthy(map: &BTreeMap<String, ComponentHealth>) -> bool {
 #[utoipa::path(get, path = "/health/", tag = "health",
     responses((status = 200, body = HealthView), (status = 503, description = "A dependency is down", body = HealthView)))]
 pub async fn health(State(state): State<AppState>) -> Response {
-    let mut components = components(&state, true).await;
+    let mut components = components(&state).await;
     let healthy = all_healthy(&components);
     for id in &state.providers.enabled {
         let configured = state.providers.is_configured(*id);
@@ -162,7 +161,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         };
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(view)).into_response();
     }
-    let components = components(&state, true).await;
+    let components = components(&state).await;
     let healthy = all_healthy(&components);
     let view = HealthView {
         status: if healthy { "ready" } else { "not_ready" }.to_owned(),
