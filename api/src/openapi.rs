@@ -16,8 +16,9 @@ use utoipa::OpenApi;
         routes::providers::list_providers,
         routes::health::health, routes::health::ready, routes::health::live,
         routes::metrics::render,
+        routes::admin::create_key, routes::admin::list_keys, routes::admin::revoke_key,
     ),
     components(schemas(ErrorBody)),
-    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "health"))
+    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "health"), (name = "admin"))
 )]
 pub struct ApiDoc;

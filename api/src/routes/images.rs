@@ -3,8 +3,8 @@
 
 use super::base_url;
 use super::jobs::parse_id;
+use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::Owner;
 use crate::state::AppState;
 use crate::views::{ImageView, image_view};
 use axum::Router;
@@ -62,6 +62,7 @@ pub async fn download_image(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(link): Query<SignedLink>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: ImageId = parse_id(&id, "Image")?;
@@ -82,7 +83,10 @@ pub async fn download_image(
             image
         }
         _ => {
-            let owner = crate::extract::authenticate(&headers, &state).await?;
+            let owner = match principal {
+                Some(axum::Extension(p)) => p.owner,
+                None => crate::auth::authenticate(&headers, &state).await?.owner,
+            };
             db::images::get_image(&state.pool, &owner, id)
                 .await?
                 .ok_or(ApiError::NotFound("Image"))?
