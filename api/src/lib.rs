@@ -268,3 +268,58 @@ pub async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        api: ApiArgs,
+    }
+
+    /// Settings end up in panics, logs and error reports through `Debug`: no secret may show there.
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let secrets = [
+            "sk-openai-SECRET1",
+            "azure-key-SECRET2",
+            "aad-token-SECRET3",
+            "flux-key-SECRET4",
+            "signing-key-SECRET5-of-at-least-32-chars",
+            "dbpass-SECRET6",
+            "redispass-SECRET7",
+            "aws-SECRET8",
+            "azure-storage-SECRET9",
+        ];
+        let cli = Cli::try_parse_from([
+            "imagegen",
+            "--database-url",
+            &format!("postgres://app:{}@db:5432/imagegen", secrets[5]),
+            "--redis-url",
+            &format!("redis://:{}@redis:6379", secrets[6]),
+            "--openai-api-key",
+            secrets[0],
+            "--azure-openai-api-key",
+            secrets[1],
+            "--azure-openai-ad-token",
+            secrets[2],
+            "--flux-api-key",
+            secrets[3],
+            "--download-signing-key",
+            secrets[4],
+            "--aws-secret-access-key",
+            secrets[7],
+            "--azure-storage-access-key",
+            secrets[8],
+        ])
+        .expect("arguments parse");
+        let debug = format!("{:?}", cli.api);
+        for secret in secrets {
+            assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
+        }
+        assert!(debug.contains("postgres://app:REDACTED@db:5432/imagegen"));
+    }
+}
