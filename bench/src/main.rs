@@ -2,6 +2,7 @@
 //! loopback, and writes `bench/results/latest.md` and `bench/results/latency.svg`. Every figure that compares is a
 //! ratio taken in the same run: these machines are shared and noisy. Run it with `scripts/bench.sh [--quick]`.
 
+mod auth;
 mod load;
 mod report;
 mod stack;
@@ -30,7 +31,7 @@ struct Opts {
     /// Skip the LiteLLM comparison.
     #[arg(long)]
     no_litellm: bool,
-    /// Run only these scenarios (1-6), e.g. --only 1,3.
+    /// Run only these scenarios (1-7), e.g. --only 1,3.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -94,6 +95,10 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("bench: 6. side by side with LiteLLM");
             sections.push(litellm(&opts, &mut series).await?);
         }
+    }
+    if wants(7) {
+        eprintln!("bench: 7. authentication cost");
+        sections.push(auth::auth_cost(&opts).await?);
     }
     let preamble = machine(&opts, started.elapsed());
     let md = report::markdown("imagegen benchmarks", &preamble, &sections);

@@ -26,6 +26,9 @@ const RETRY_FAILED_FETCH_AFTER: Duration = Duration::from_secs(5);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const FETCH_MAX_BYTES: usize = 512 * 1024;
+/// Tokens already checked are remembered (by SHA-256) until they expire: a client sends the same token many times,
+/// and a signature check costs more than the rest of a cheap request. Bounded; emptied when full.
+const VERIFIED_CACHE_MAX: usize = 10_000;
 /// Entra's multi-tenant aliases: their tokens' issuer depends on the caller's tenant.
 const ENTRA_MULTI_TENANT: [&str; 3] = ["common", "organizations", "consumers"];
 
@@ -226,6 +229,9 @@ pub struct TokenIdentity {
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// Checked by jsonwebtoken; kept to know how long the verdict may be cached.
+    #[serde(default)]
+    exp: Option<u64>,
     sub: Option<String>,
     oid: Option<String>,
     tid: Option<String>,
@@ -273,6 +279,8 @@ pub struct OidcVerifier {
     cache: RwLock<KeyCache>,
     /// One fetch at a time; others wait for its result instead of fetching too.
     fetching: tokio::sync::Mutex<()>,
+    /// SHA-256 of a token already checked -> who it stands for, and until when (its `exp` plus the leeway).
+    verified: std::sync::Mutex<HashMap<[u8; 32], (TokenIdentity, u64)>>,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -296,6 +304,7 @@ impl OidcVerifier {
             http,
             cache: RwLock::new(KeyCache::default()),
             fetching: tokio::sync::Mutex::new(()),
+            verified: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -319,6 +328,34 @@ impl OidcVerifier {
 
     /// Checks a token's algorithm, signature and claims; returns who it stands for.
     pub async fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((identity, until)) = self.verified_cache().get(&digest)
+            && now <= *until
+        {
+            return Ok(identity.clone());
+        }
+        let (identity, exp) = self.check(token).await?;
+        let mut cache = self.verified_cache();
+        if cache.len() >= VERIFIED_CACHE_MAX {
+            cache.retain(|_, (_, until)| now <= *until);
+            if cache.len() >= VERIFIED_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (identity.clone(), exp.saturating_add(LEEWAY_SECS)));
+        Ok(identity)
+    }
+
+    fn verified_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (TokenIdentity, u64)>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The full check: header, key, signature, claims. Returns the identity and the token's `exp`.
+    async fn check(&self, token: &str) -> Result<(TokenIdentity, u64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             // `alg: none`, HS256 and the rest are not even parsed as algorithms we know... or are, and refused below.
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => TokenError::Algorithm,
@@ -342,7 +379,8 @@ impl OidcVerifier {
         validation.set_audience(&self.config.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)?;
-        self.identity(data.claims)
+        let exp = data.claims.exp.unwrap_or(0);
+        Ok((self.identity(data.claims)?, exp))
     }
 
     fn identity(&self, claims: Claims) -> Result<TokenIdentity, TokenError> {
