@@ -116,7 +116,7 @@ impl Modify for OwnerSecurity {
             (
                 "Unavailable",
                 error_response("The database, queue or storage is unavailable (`service_unavailable`); retry after `Retry-After`")
-                    .header("Retry-After", seconds_header("Seconds to wait before retrying")),
+                    .header("Retry-After", integer_header("Seconds to wait before retrying")),
             ),
         ] {
             components
@@ -198,13 +198,13 @@ fn rate_limited() -> ResponseBuilder {
     error_response(
         "Over a per-owner limit (`rate_limited`): requests per minute, images per day or jobs in flight",
     )
-    .header("Retry-After", seconds_header("Seconds until the limit resets"))
-    .header("RateLimit-Limit", seconds_header("The limit"))
-    .header("RateLimit-Remaining", seconds_header("What is left of it"))
-    .header("RateLimit-Reset", seconds_header("Seconds until it resets"))
+    .header("Retry-After", integer_header("Seconds until the limit resets"))
+    .header("RateLimit-Limit", integer_header("The limit"))
+    .header("RateLimit-Remaining", integer_header("What is left of it"))
+    .header("RateLimit-Reset", integer_header("Seconds until it resets"))
 }
 
-fn seconds_header(description: &str) -> Header {
+fn integer_header(description: &str) -> Header {
     Header::builder()
         .schema(Some(Object::with_type(Type::Integer)))
         .description(Some(description))
