@@ -92,12 +92,12 @@ fn use_sandbox(
     let azure_configured = providers.azure_openai_endpoint.is_some();
     let mut sandbox = Vec::new();
     if is_blank(&providers.openai_api_key) && !azure_configured {
-        providers.openai_api_key = Some(key.to_owned());
+        providers.openai_api_key = Some(key.into());
         providers.openai_base_url = base.parse().context("sandbox URL")?;
         sandbox.push(ProviderId::Dalle3);
     }
     if is_blank(&providers.flux_api_key) {
-        providers.flux_api_key = Some(key.to_owned());
+        providers.flux_api_key = Some(key.into());
         providers.flux_base_url = base.parse().context("sandbox URL")?;
         providers.flux_protocol = Some(FluxProtocol::OpenAiCompatible);
         providers.flux_model = None;
@@ -107,8 +107,11 @@ fn use_sandbox(
     Ok(sandbox)
 }
 
-fn is_blank(value: &Option<String>) -> bool {
-    value.as_deref().is_none_or(|v| v.trim().is_empty())
+fn is_blank(value: &Option<secrecy::SecretString>) -> bool {
+    use secrecy::ExposeSecret;
+    value
+        .as_ref()
+        .is_none_or(|v| v.expose_secret().trim().is_empty())
 }
 
 pub async fn run(

@@ -976,6 +976,42 @@ async fn bad_configuration_stops_start_up_with_one_line(pool: PgPool) {
         "{stderr}"
     );
 
+    // A token issuer over plain http (not loopback), without an audience, or Entra's multi-tenant alias.
+    for (extra, named) in [
+        (
+            vec![
+                ("OIDC_ISSUER", "http://idp.example.com"),
+                ("OIDC_AUDIENCE", "api://x"),
+            ],
+            "OIDC_ISSUER",
+        ),
+        (
+            vec![("OIDC_ISSUER", "https://idp.example.com")],
+            "OIDC_AUDIENCE",
+        ),
+        (
+            vec![
+                ("AZURE_AD_TENANT_ID", "common"),
+                ("AZURE_AD_CLIENT_ID", "c"),
+            ],
+            "AZURE_AD_TENANT_ID",
+        ),
+    ] {
+        let mut env = base();
+        env.extend([
+            ("ENABLE_AUTHENTICATION", "true".to_owned()),
+            ("DOWNLOAD_SIGNING_KEY", "x".repeat(40)),
+        ]);
+        env.extend(extra.into_iter().map(|(k, v)| (k, v.to_owned())));
+        let out = run(env);
+        assert!(!out.status.success(), "{named} must stop start-up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(named) && stderr.trim().lines().count() == 1,
+            "{stderr}"
+        );
+    }
+
     // `imagegen migrate` on an up-to-date database is a no-op that succeeds.
     let out = std::process::Command::new(support::BIN)
         .arg("migrate")

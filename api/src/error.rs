@@ -59,6 +59,12 @@ pub enum ApiError {
         message: String,
         invalid_token: bool,
     },
+    /// Authenticated, but without the role or scope the endpoint needs: 403 with `insufficient_scope`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request's header section is larger than the limit (431).
+    #[error("Request headers are larger than the limit of {0} bytes")]
+    HeadersTooLarge(usize),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -115,6 +121,7 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         415 => "unsupported_media_type",
         422 => "validation_failed",
         429 => "rate_limited",
+        431 => "headers_too_large",
         503 => "service_unavailable",
         504 => "gateway_timeout",
         s if s >= 500 => "internal_error",
@@ -149,6 +156,11 @@ impl ApiError {
                 } else {
                     "authentication_required"
                 },
+            ),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
             ),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -219,6 +231,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
+            );
+        }
+        if matches!(self, ApiError::Forbidden(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="imagegen", error="insufficient_scope""#),
             );
         }
         if matches!(self, ApiError::Unavailable(_)) {

@@ -1,14 +1,11 @@
-//! Extractors: JSON bodies whose rejections speak our error shape, the correlation id, the caller (owner), and the
-//! `Prefer` header of wait mode.
+//! Extractors: JSON bodies whose rejections speak our error shape, the correlation id, and the `Prefer` header of
+//! wait mode. The caller's identity is in `auth`.
 
 use crate::error::ApiError;
-use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
-use imagegen_shared::ANONYMOUS_OWNER;
-use imagegen_shared::db::api_keys;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -56,82 +53,6 @@ impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
             .cloned()
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("correlation id middleware missing")))
     }
-}
-
-/// Who is calling. Every read and write is scoped to it, so adding authentication changes no query.
-#[derive(Debug, Clone)]
-pub struct Owner(pub String);
-
-impl FromRequestParts<AppState> for Owner {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        // The rate limiter may have authenticated this request already.
-        if let Some(owner) = parts.extensions.get::<Owner>() {
-            return Ok(owner.clone());
-        }
-        authenticate(&parts.headers, state).await.map(Owner)
-    }
-}
-
-/// The owner a request's credentials stand for (`anonymous` while authentication is off).
-pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<String, ApiError> {
-    {
-        if !state.authentication {
-            // Authentication is off: every caller is the anonymous principal.
-            return Ok(ANONYMOUS_OWNER.to_owned());
-        }
-        let Some(credential) = credential(headers) else {
-            return Err(ApiError::Unauthorized {
-                message: "Authentication required: send an API key as `Authorization: Bearer <key>` or `X-API-Key`"
-                    .into(),
-                invalid_token: false,
-            });
-        };
-        if !credential.starts_with(api_keys::KEY_PREFIX) {
-            tracing::info!(reason = "not an API key", "authentication refused");
-            return Err(ApiError::Unauthorized {
-                message: "The credential is not an API key of this service".into(),
-                invalid_token: true,
-            });
-        }
-        match api_keys::owner_of(&state.pool, credential).await? {
-            Some(owner) => Ok(owner),
-            None => {
-                // The log says why; the response never echoes the credential.
-                tracing::info!(
-                    reason = "unknown, revoked or expired API key",
-                    "authentication refused"
-                );
-                Err(ApiError::Unauthorized {
-                    message: "The API key is invalid, revoked or expired".into(),
-                    invalid_token: true,
-                })
-            }
-        }
-    }
-}
-
-/// The credential a request carries: `Authorization: Bearer <x>` or `X-API-Key: <x>`.
-fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, rest) = value.trim().split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim())
-            .filter(|t| !t.is_empty());
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
 }
 
 /// `Cancel-After: <seconds>`: the job is canceled if it has not started by then.
@@ -228,45 +149,5 @@ mod tests {
             WaitPreference::RespondAsync
         );
         assert_eq!(prefer("wait=abc").duration(d, cap), Some(d));
-    }
-}
-
-#[cfg(test)]
-mod credential_tests {
-    use super::credential;
-    use axum::http::{HeaderMap, HeaderValue};
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn bearer_or_x_api_key() {
-        assert_eq!(
-            credential(&headers(&[("authorization", "Bearer igk_a")])),
-            Some("igk_a")
-        );
-        assert_eq!(
-            credential(&headers(&[("authorization", "bearer  igk_a ")])),
-            Some("igk_a")
-        );
-        assert_eq!(
-            credential(&headers(&[("x-api-key", " igk_b ")])),
-            Some("igk_b")
-        );
-        // A present Authorization header decides, even when it is not a bearer.
-        assert_eq!(
-            credential(&headers(&[
-                ("authorization", "Basic eA=="),
-                ("x-api-key", "igk_b")
-            ])),
-            None
-        );
-        assert_eq!(credential(&headers(&[("authorization", "Bearer ")])), None);
-        assert_eq!(credential(&headers(&[])), None);
     }
 }

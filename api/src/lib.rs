@@ -2,6 +2,7 @@
 //! answers at once or holds the request until the job ends (wait mode).
 //! `run` serves it on a listener; `router` builds the app (tests and the future standalone mode use it directly).
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod links;
@@ -100,11 +101,13 @@ pub struct ApiArgs {
     #[arg(long, env = "API_SHUTDOWN_DELAY_SECS", value_name = "API_SHUTDOWN_DELAY_SECS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub api_shutdown_delay_secs: u64,
-    /// Require credentials on the API (an API key from `imagegen keys create`); false serves everyone as
-    /// `anonymous`. Health, metrics and docs stay open.
+    /// Require credentials on the API (an API key from `imagegen keys create`, or a token from AZURE_AD_* /
+    /// OIDC_*); false serves everyone as `anonymous`. Health, metrics, docs and the provider list stay open.
     #[arg(long, env = "ENABLE_AUTHENTICATION", value_name = "ENABLE_AUTHENTICATION", default_value = "false",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub enable_authentication: bool,
+    #[command(flatten)]
+    pub oidc: auth::oidc::OidcArgs,
     /// Key of the signed download links handed out while authentication is on (32 characters or more; the same on
     /// every API replica).
     #[arg(
@@ -151,6 +154,10 @@ pub struct ApiArgs {
         default_value = ""
     )]
     pub cors_origins: String,
+    /// Serve /metrics on this port of API_HOST instead of API_PORT (keeps metrics off the public listener);
+    /// unset: /metrics is on API_PORT.
+    #[arg(long, env = "API_METRICS_PORT", value_name = "API_METRICS_PORT")]
+    pub api_metrics_port: Option<u16>,
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,
@@ -211,6 +218,26 @@ pub async fn serve(
         .verify()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let metrics_server = match args.api_metrics_port {
+        Some(port) => {
+            let addr = format!("{}:{port}", args.api_host);
+            let listener = bind(&addr)
+                .await
+                .with_context(|| format!("API_METRICS_PORT: cannot listen on {addr}"))?;
+            tracing::info!(%addr, "metrics listening");
+            let app = routes::metrics::router().with_state(state.clone());
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }))
+        }
+        None => None,
+    };
+    if let Some(oidc) = state.oidc.clone() {
+        tokio::spawn(async move { oidc.warm_up().await });
+    }
     let signals = state.queue.signals(stop.clone());
     let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
     let addr = listener.local_addr().context("listener address")?;
@@ -236,5 +263,63 @@ pub async fn serve(
         .context("serving HTTP")?;
     stop.cancel();
     let _ = listen.await;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        api: ApiArgs,
+    }
+
+    /// Settings end up in panics, logs and error reports through `Debug`: no secret may show there.
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let secrets = [
+            "sk-openai-SECRET1",
+            "azure-key-SECRET2",
+            "aad-token-SECRET3",
+            "flux-key-SECRET4",
+            "signing-key-SECRET5-of-at-least-32-chars",
+            "dbpass-SECRET6",
+            "redispass-SECRET7",
+            "aws-SECRET8",
+            "azure-storage-SECRET9",
+        ];
+        let cli = Cli::try_parse_from([
+            "imagegen",
+            "--database-url",
+            &format!("postgres://app:{}@db:5432/imagegen", secrets[5]),
+            "--redis-url",
+            &format!("redis://:{}@redis:6379", secrets[6]),
+            "--openai-api-key",
+            secrets[0],
+            "--azure-openai-api-key",
+            secrets[1],
+            "--azure-openai-ad-token",
+            secrets[2],
+            "--flux-api-key",
+            secrets[3],
+            "--download-signing-key",
+            secrets[4],
+            "--aws-secret-access-key",
+            secrets[7],
+            "--azure-storage-access-key",
+            secrets[8],
+        ])
+        .expect("arguments parse");
+        let debug = format!("{:?}", cli.api);
+        for secret in secrets {
+            assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
+        }
+        assert!(debug.contains("postgres://app:REDACTED@db:5432/imagegen"));
+    }
 }

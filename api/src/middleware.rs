@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -100,6 +100,26 @@ pub async fn http_metrics(req: Request<Body>, next: Next) -> Response {
     metrics::histogram!("imagegen_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Largest header section we accept (names, values and separators). Entra tokens with many claims are a few KB;
+/// beyond this a request is refused with 431 in our error shape before any handler (or credential check) runs.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+pub async fn header_limit(req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        tracing::info!(
+            header_bytes = size,
+            "request refused: header section too large"
+        );
+        return crate::error::ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response();
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

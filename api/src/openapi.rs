@@ -3,7 +3,7 @@
 //! The caller's endpoints (everything under `/api/v1` but the provider list) are given their security requirements
 //! and their 401/403/429/503 answers here, in one place, rather than on each handler: a new owner route cannot
 //! forget them. `document` fits the result to one deployment: with authentication off it requires no credentials
-//! and lists no 401/403 (schemathesis's `ignored_auth` check holds a document to that), and it states the batch
+//! and lists no 401 (schemathesis's `ignored_auth` check holds a document to that), and it states the batch
 //! size limit the service really has.
 
 use crate::error::ErrorBody;
@@ -35,10 +35,11 @@ docs stay open. Signed download links work without a key.",
         routes::providers::list_providers,
         routes::health::health, routes::health::ready, routes::health::live,
         routes::metrics::render,
+        routes::admin::create_key, routes::admin::list_keys, routes::admin::revoke_key,
     ),
     components(schemas(ErrorBody)),
     modifiers(&OwnerSecurity),
-    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "health"))
+    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "health"), (name = "admin"))
 )]
 pub struct ApiDoc;
 
@@ -47,17 +48,16 @@ pub struct ApiDoc;
 pub fn document(authentication: bool, batch_max: usize) -> Document {
     let mut doc = ApiDoc::openapi();
     if !authentication {
-        // Every caller is `anonymous`: no credentials are asked for, and none is ever refused.
+        // Every caller is `anonymous`: no credentials are asked for, and none is refused (403 stays: anonymous is
+        // no administrator).
         if let Some(components) = doc.components.as_mut() {
             components.security_schemes.clear();
             components.responses.remove("Unauthorized");
-            components.responses.remove("Forbidden");
         }
         for item in doc.paths.paths.values_mut() {
             for op in operations(item) {
                 op.security = None;
                 op.responses.responses.remove("401");
-                op.responses.responses.remove("403");
             }
         }
     }
@@ -95,9 +95,10 @@ impl Modify for OwnerSecurity {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("API key (igk_...)")
+                    .bearer_format("API key (igk_...) or JWT")
                     .description(Some(
-                        "An API key from `imagegen keys create`, as `Authorization: Bearer <key>`",
+                        "`Authorization: Bearer <credential>`: an API key (`imagegen keys create`) or an access \
+                         token from Entra ID or the configured OIDC issuer",
                     ))
                     .build(),
             ),
@@ -242,7 +243,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 10);
+        assert_eq!(owner_ops, 13);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(
@@ -263,7 +264,6 @@ mod tests {
             for (method, op) in item.as_object().expect("item") {
                 assert!(op.get("security").is_none(), "{method} {path}");
                 assert!(op["responses"].get("401").is_none(), "{method} {path}");
-                assert!(op["responses"].get("403").is_none(), "{method} {path}");
             }
         }
         assert!(

@@ -2,8 +2,8 @@
 //! submission, images per day and jobs queued or running at once. Over a limit: 429 with Retry-After and the
 //! `RateLimit-Limit` / `-Remaining` / `-Reset` headers. Health, metrics, docs and the provider list are not limited.
 
+use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{Owner, authenticate};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
@@ -15,13 +15,14 @@ const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Counts the request against its owner's minute; refuses it when over RATE_LIMIT_PER_MINUTE.
-pub async fn per_minute(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn per_minute(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limit = state.rate_limit_per_minute;
     if limit == 0 {
         return next.run(req).await;
     }
-    // Unauthenticated requests go on to be refused by the handler (401); they are not anyone's requests.
-    let Ok(owner) = authenticate(req.headers(), &state).await else {
+    // `auth::identify` ran first. Requests without credentials (signed download links, or refused with 401 by the
+    // handler) are not counted against anyone.
+    let Some(owner) = req.extensions().get::<Principal>().map(|p| p.owner.clone()) else {
         return next.run(req).await;
     };
     let window = match state.owners.count("rpm", &owner, 1, MINUTE).await {
@@ -29,7 +30,6 @@ pub async fn per_minute(State(state): State<AppState>, mut req: Request, next: N
         Err(e) => {
             // Without Redis the request would fail anyway at the queue; do not add a second failure mode.
             tracing::warn!(error = %e, "rate limiter unavailable; request not counted");
-            req.extensions_mut().insert(Owner(owner));
             return next.run(req).await;
         }
     };
@@ -45,7 +45,6 @@ pub async fn per_minute(State(state): State<AppState>, mut req: Request, next: N
         }
         .into_response();
     }
-    req.extensions_mut().insert(Owner(owner));
     let mut response = next.run(req).await;
     // A handler's own limit answer (jobs in flight, daily quota) keeps its figures.
     let h = response.headers_mut();

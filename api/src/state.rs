@@ -36,8 +36,15 @@ pub struct Inner {
     pub environment: String,
     pub waiters: Arc<Waiters>,
     pub metrics: PrometheusHandle,
-    /// Callers must present an API key (ENABLE_AUTHENTICATION).
+    /// Callers must present an API key or a token (ENABLE_AUTHENTICATION).
     pub authentication: bool,
+    /// Checks bearer JWTs (AZURE_AD_* / OIDC_*); `None`: API keys only.
+    pub oidc: Option<Arc<crate::auth::oidc::OidcVerifier>>,
+    /// /metrics is served on API_METRICS_PORT, not with the API.
+    pub separate_metrics: bool,
+    /// AUTH_GENERATE_ROLE and AUTH_ADMIN_ROLE, named in 403 answers.
+    pub generate_role: String,
+    pub admin_role: String,
     /// Per-owner counters (rate limit, image quota), shared by the fleet.
     pub owners: imagegen_shared::owner_limits::OwnerLimits,
     /// RATE_LIMIT_PER_MINUTE, IMAGE_QUOTA_PER_DAY, MAX_ACTIVE_JOBS_PER_OWNER; 0 = none.
@@ -113,6 +120,18 @@ impl AppState {
         } else {
             None
         };
+        let oidc = match crate::auth::oidc::OidcConfig::from_args(&args.oidc)? {
+            Some(config) if args.enable_authentication => {
+                Some(Arc::new(crate::auth::oidc::OidcVerifier::new(config)?))
+            }
+            Some(_) => {
+                tracing::warn!(
+                    "a token issuer is configured but ENABLE_AUTHENTICATION is off: every caller is anonymous"
+                );
+                None
+            }
+            None => None,
+        };
         Ok(Self(Arc::new(Inner {
             pool: backends.db,
             queue: backends.queue,
@@ -135,6 +154,10 @@ impl AppState {
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             environment: args.core.environment.clone(),
             authentication: args.enable_authentication,
+            oidc,
+            separate_metrics: args.api_metrics_port.is_some(),
+            generate_role: args.oidc.auth_generate_role.clone(),
+            admin_role: args.oidc.auth_admin_role.clone(),
             link_signer,
             cors: crate::security::cors(&args.cors_origins, args.enable_authentication)?,
             waiters: Arc::new(Waiters::default()),

@@ -47,7 +47,7 @@ pub struct CoreArgs {
     pub log_level: String,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct DatabaseArgs {
     /// Postgres connection URL, e.g. postgres://postgres@127.0.0.1:5432/imagegen
     #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL")]
@@ -58,7 +58,7 @@ pub struct DatabaseArgs {
     pub database_max_connections: u32,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct RedisArgs {
     /// Redis URL for the job queue and job events, e.g. redis://127.0.0.1:6379
     #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL")]
@@ -98,7 +98,7 @@ pub struct ProviderArgs {
         value_name = "OPENAI_API_KEY",
         hide_env_values = true
     )]
-    pub openai_api_key: Option<String>,
+    pub openai_api_key: Option<SecretString>,
     /// OpenAI API root including the version prefix.
     #[arg(
         long,
@@ -120,7 +120,7 @@ pub struct ProviderArgs {
         value_name = "AZURE_OPENAI_API_KEY",
         hide_env_values = true
     )]
-    pub azure_openai_api_key: Option<String>,
+    pub azure_openai_api_key: Option<SecretString>,
     /// A Microsoft Entra ID access token for Azure OpenAI (scope https://cognitiveservices.azure.com/.default),
     /// used instead of the key.
     #[arg(
@@ -129,7 +129,7 @@ pub struct ProviderArgs {
         value_name = "AZURE_OPENAI_AD_TOKEN",
         hide_env_values = true
     )]
-    pub azure_openai_ad_token: Option<String>,
+    pub azure_openai_ad_token: Option<SecretString>,
     /// https://{resource}.openai.azure.com
     #[arg(
         long,
@@ -167,7 +167,7 @@ pub struct ProviderArgs {
         value_name = "FLUX_API_KEY",
         hide_env_values = true
     )]
-    pub flux_api_key: Option<String>,
+    pub flux_api_key: Option<SecretString>,
     /// The Flux API root including its version prefix.
     #[arg(
         long,
@@ -317,6 +317,16 @@ impl ProviderSettings {
     }
 }
 
+/// A secret setting that is set and not blank, trimmed.
+fn non_empty_secret(value: &Option<SecretString>) -> Option<SecretString> {
+    use secrecy::ExposeSecret;
+    value
+        .as_ref()
+        .map(|v| v.expose_secret().trim())
+        .filter(|v| !v.is_empty())
+        .map(SecretString::from)
+}
+
 fn non_empty(value: &Option<String>) -> Option<String> {
     value
         .as_deref()
@@ -325,15 +335,45 @@ fn non_empty(value: &Option<String>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A connection URL with its password replaced, for Debug output and logs.
+pub fn redacted_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("REDACTED"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &redacted_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &redacted_url(&self.redis_url))
+            .field("queue_name", &self.queue_name)
+            .finish()
+    }
+}
+
 impl ProviderArgs {
     /// Azure OpenAI is configured when a key or token is given; then endpoint and deployment are required.
     fn azure_settings(&self) -> Result<Option<AzureSettings>, ConfigError> {
         let auth = match (
-            non_empty(&self.azure_openai_api_key),
-            non_empty(&self.azure_openai_ad_token),
+            non_empty_secret(&self.azure_openai_api_key),
+            non_empty_secret(&self.azure_openai_ad_token),
         ) {
-            (Some(key), _) => AzureAuth::ApiKey(SecretString::from(key)),
-            (None, Some(token)) => AzureAuth::BearerToken(SecretString::from(token)),
+            (Some(key), _) => AzureAuth::ApiKey(key),
+            (None, Some(token)) => AzureAuth::BearerToken(token),
             (None, None) => return Ok(None),
         };
         let mut endpoint = self.azure_openai_endpoint.clone().ok_or_else(|| {
@@ -381,7 +421,7 @@ impl ProviderArgs {
     }
 
     fn flux_settings(&self) -> Result<Option<FluxSettings>, ConfigError> {
-        let Some(key) = non_empty(&self.flux_api_key) else {
+        let Some(key) = non_empty_secret(&self.flux_api_key) else {
             return Ok(None);
         };
         if !matches!(self.flux_base_url.scheme(), "http" | "https") {
@@ -408,7 +448,7 @@ impl ProviderArgs {
             FluxProtocol::Bfl => "flux-dev".to_owned(),
         });
         Ok(Some(FluxSettings {
-            api_key: SecretString::from(key),
+            api_key: key,
             base_url: self.flux_base_url.clone(),
             model,
             protocol,
@@ -455,8 +495,8 @@ impl ProviderArgs {
                 "must be an http:// or https:// URL",
             ));
         }
-        let openai = non_empty(&self.openai_api_key).map(|key| OpenAiSettings {
-            api_key: SecretString::from(key),
+        let openai = non_empty_secret(&self.openai_api_key).map(|key| OpenAiSettings {
+            api_key: key,
             base_url: self.openai_base_url.clone(),
             organization: non_empty(&self.openai_organization),
             project: non_empty(&self.openai_project),

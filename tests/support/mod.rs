@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod idp;
+
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -116,6 +118,7 @@ impl Proc {
                     }
                     if tx.borrow().is_none()
                         && line.contains("listening")
+                        && !line.contains("metrics listening")
                         && let Some(addr) = find_addr(&line)
                     {
                         let _ = tx.send(Some(addr));

@@ -3,8 +3,8 @@
 use super::generate::batch_response;
 use super::jobs::{WaitQuery, parse_id};
 use super::{AppQuery, base_url};
+use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::Owner;
 use crate::state::AppState;
 use crate::views::{BatchView, batch_view};
 use crate::wait::wait_for_batch;

@@ -1,8 +1,9 @@
 //! `POST /api/v1/generate` (wait mode) and `POST /api/v1/generate/batch`.
 
 use super::{accepted, base_url, finished_job_response, load_job_view};
+use crate::auth::Submitter;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{AppJson, CorrelationId, Owner, WaitPreference, cancel_after};
+use crate::extract::{AppJson, CorrelationId, WaitPreference, cancel_after};
 use crate::state::AppState;
 use crate::submit::{Idempotency, submit_batch, submit_job};
 use crate::views::{BatchView, JobView, batch_view};
@@ -48,7 +49,7 @@ pub fn router() -> Router<AppState> {
     ))]
 pub async fn generate(
     State(state): State<AppState>,
-    Owner(owner): Owner,
+    Submitter(owner): Submitter,
     CorrelationId(correlation_id): CorrelationId,
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,
@@ -101,7 +102,7 @@ pub async fn generate(
     ))]
 pub async fn generate_batch(
     State(state): State<AppState>,
-    Owner(owner): Owner,
+    Submitter(owner): Submitter,
     CorrelationId(correlation_id): CorrelationId,
     headers: HeaderMap,
     AppJson(items): AppJson<Vec<GenerateBody>>,

@@ -3,8 +3,8 @@
 
 use super::jobs::parse_id;
 use super::{AppQuery, base_url};
+use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::Owner;
 use crate::state::AppState;
 use crate::views::{ImageView, image_view};
 use axum::Router;
@@ -75,6 +75,7 @@ pub async fn download_image(
     State(state): State<AppState>,
     Path(id): Path<String>,
     AppQuery(link): AppQuery<SignedLink>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: ImageId = parse_id(&id, "Image")?;
@@ -95,7 +96,10 @@ pub async fn download_image(
             image
         }
         _ => {
-            let owner = crate::extract::authenticate(&headers, &state).await?;
+            let owner = match principal {
+                Some(axum::Extension(p)) => p.owner,
+                None => crate::auth::authenticate(&headers, &state).await?.owner,
+            };
             db::images::get_image(&state.pool, &owner, id)
                 .await?
                 .ok_or(ApiError::NotFound("Image"))?

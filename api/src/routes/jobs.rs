@@ -2,8 +2,9 @@
 //! `GET /api/v1/jobs` (the caller's jobs, newest first, cursor-paginated).
 
 use super::{AppQuery, accepted, base_url, load_job_view};
+use crate::auth::{Owner, Submitter};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{AppJson, CorrelationId, Owner, cancel_after};
+use crate::extract::{AppJson, CorrelationId, cancel_after};
 use crate::state::AppState;
 use crate::submit::{Idempotency, submit_job};
 use crate::views::{JobListView, JobView, job_view};
@@ -54,7 +55,7 @@ pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T
     ))]
 pub async fn create_job(
     State(state): State<AppState>,
-    Owner(owner): Owner,
+    Submitter(owner): Submitter,
     CorrelationId(correlation_id): CorrelationId,
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,

@@ -1,5 +1,6 @@
 //! The router: one module per resource, each with its handlers; shared helpers for building answers.
 
+pub mod admin;
 pub mod batches;
 pub mod docs;
 pub mod generate;
@@ -26,21 +27,30 @@ use imagegen_shared::domain::JobStatus;
 pub const POLL_RETRY_AFTER_SECS: u64 = 2;
 
 pub fn router(state: AppState) -> Router {
-    // The owner's endpoints count against RATE_LIMIT_PER_MINUTE; health, metrics, docs and providers do not.
+    // The owner's endpoints: credentials checked once (`identify`, outermost), then counted against
+    // RATE_LIMIT_PER_MINUTE. Health, metrics, docs and providers are open and unlimited.
     let owned = Router::new()
         .merge(generate::router())
         .merge(jobs::router())
         .merge(batches::router())
         .merge(images::router())
+        .merge(admin::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::rate_limit::per_minute,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::identify,
         ));
-    let api = Router::new()
+    let mut api = Router::new()
         .merge(owned)
         .merge(providers::router())
-        .merge(health::router())
-        .merge(metrics::router())
+        .merge(health::router());
+    if !state.separate_metrics {
+        api = api.merge(metrics::router());
+    }
+    let api = api
         .route_layer(axum::middleware::from_fn(middleware::http_metrics))
         .merge(docs::router(state.authentication, state.batch_max_requests));
     let cors = state.cors.clone();
@@ -48,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(middleware::header_limit))
         .layer(axum::middleware::from_fn(middleware::correlation))
         .layer(axum::middleware::from_fn(crate::security::headers))
         .with_state(state);

@@ -1,0 +1,241 @@
+//! Who is calling (ENABLE_AUTHENTICATION): an API key of ours (`igk_…`, from `imagegen keys create`) or a bearer
+//! JWT from Entra ID / an OIDC issuer. Off, every caller is `anonymous` with every permission.
+//!
+//! `identify` (a middleware on the owner's routes) checks the credential once and leaves the [`Principal`] in the
+//! request's extensions; the extractors `Owner`, `Submitter` and `Admin` read it.
+
+pub mod oidc;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use imagegen_shared::ANONYMOUS_OWNER;
+use imagegen_shared::db::api_keys;
+
+/// An authenticated caller and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Every job, batch, image and idempotency key is scoped to it.
+    pub owner: String,
+    /// May submit generation work (AUTH_GENERATE_ROLE; API keys always may).
+    pub can_generate: bool,
+    /// May use the admin endpoints (AUTH_ADMIN_ROLE; implies generating).
+    pub is_admin: bool,
+}
+
+impl Principal {
+    fn anonymous() -> Self {
+        Self {
+            owner: ANONYMOUS_OWNER.to_owned(),
+            can_generate: true,
+            is_admin: true,
+        }
+    }
+}
+
+/// Checks the request's credential once for the handlers behind it. A request without any credential goes on:
+/// a signed download link needs none, and the handlers' extractors answer 401 for everything else.
+pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if state.authentication && credential(req.headers()).is_none() {
+        return next.run(req).await;
+    }
+    match authenticate(req.headers(), &state).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The principal a request's credentials stand for.
+pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
+    if !state.authentication {
+        return Ok(Principal::anonymous());
+    }
+    let Some(credential) = credential(headers) else {
+        return Err(ApiError::Unauthorized {
+            message: if state.oidc.is_some() {
+                "Authentication required: send `Authorization: Bearer <token or API key>` or `X-API-Key`"
+            } else {
+                "Authentication required: send an API key as `Authorization: Bearer <key>` or `X-API-Key`"
+            }
+            .into(),
+            invalid_token: false,
+        });
+    };
+    // Logs say why a credential was refused; neither they nor the answer ever contain it.
+    if credential.starts_with(api_keys::KEY_PREFIX) {
+        return match api_keys::owner_of(&state.pool, credential).await? {
+            Some(owner) => Ok(Principal {
+                owner,
+                can_generate: true,
+                is_admin: false,
+            }),
+            None => {
+                tracing::info!(
+                    reason = "unknown, revoked or expired API key",
+                    "authentication refused"
+                );
+                Err(ApiError::Unauthorized {
+                    message: "The API key is invalid, revoked or expired".into(),
+                    invalid_token: true,
+                })
+            }
+        };
+    }
+    let Some(oidc) = &state.oidc else {
+        tracing::info!(
+            reason = "not an API key (no token issuer configured)",
+            "authentication refused"
+        );
+        return Err(ApiError::Unauthorized {
+            message: "The credential is not an API key of this service".into(),
+            invalid_token: true,
+        });
+    };
+    match oidc.verify(credential).await {
+        Ok(identity) => Ok(Principal {
+            owner: identity.owner,
+            can_generate: identity.can_generate,
+            is_admin: identity.is_admin,
+        }),
+        Err(oidc::TokenError::KeysUnavailable) => {
+            tracing::warn!(
+                reason = "identity provider keys unavailable",
+                "token not checked"
+            );
+            Err(ApiError::Unavailable(
+                oidc::TokenError::KeysUnavailable.to_string(),
+            ))
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "authentication refused");
+            Err(ApiError::Unauthorized {
+                message: e.to_string(),
+                invalid_token: true,
+            })
+        }
+    }
+}
+
+/// The principal `identify` left, else checked now (routes outside that middleware).
+async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    match parts.extensions.get::<Principal>() {
+        Some(p) => Ok(p.clone()),
+        None => authenticate(&parts.headers, state).await,
+    }
+}
+
+/// The caller's owner name: every read and write is scoped to it.
+#[derive(Debug, Clone)]
+pub struct Owner(pub String);
+
+impl FromRequestParts<AppState> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        principal(parts, state).await.map(|p| Owner(p.owner))
+    }
+}
+
+/// A caller allowed to generate images (403 otherwise); derefs to its owner name.
+#[derive(Debug, Clone)]
+pub struct Submitter(pub String);
+
+impl FromRequestParts<AppState> for Submitter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let p = principal(parts, state).await?;
+        if !p.can_generate {
+            tracing::info!(owner = %p.owner, reason = "no generate role", "request forbidden");
+            return Err(ApiError::Forbidden(format!(
+                "Generating images needs the role or scope {}",
+                state.generate_role
+            )));
+        }
+        Ok(Submitter(p.owner))
+    }
+}
+
+/// A caller allowed to use the admin endpoints (403 otherwise).
+#[derive(Debug, Clone)]
+pub struct Admin(pub String);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let p = principal(parts, state).await?;
+        if !p.is_admin {
+            tracing::info!(owner = %p.owner, reason = "no admin role", "request forbidden");
+            return Err(ApiError::Forbidden(format!(
+                "This endpoint needs the role or scope {}",
+                state.admin_role
+            )));
+        }
+        Ok(Admin(p.owner))
+    }
+}
+
+/// The credential a request carries: `Authorization: Bearer <x>` or `X-API-Key: <x>`.
+pub fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, rest) = value.trim().split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credential;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_or_x_api_key() {
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer igk_a")])),
+            Some("igk_a")
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "bearer  igk_a ")])),
+            Some("igk_a")
+        );
+        assert_eq!(
+            credential(&headers(&[("x-api-key", " igk_b ")])),
+            Some("igk_b")
+        );
+        // A present Authorization header decides, even when it is not a bearer.
+        assert_eq!(
+            credential(&headers(&[
+                ("authorization", "Basic eA=="),
+                ("x-api-key", "igk_b")
+            ])),
+            None
+        );
+        assert_eq!(credential(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(credential(&headers(&[])), None);
+    }
+}
