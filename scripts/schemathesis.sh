@@ -35,7 +35,13 @@ WORK=""
 SERVICE_PID=""
 cleanup() {
   if [ -n "$SERVICE_PID" ]; then
+    # SIGTERM (a graceful stop of SHUTDOWN_GRACE_SECONDS), SIGKILL if it is still there 10 s later.
     kill "$SERVICE_PID" 2>/dev/null || true
+    for _ in $(seq 1 20); do
+      kill -0 "$SERVICE_PID" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -KILL "$SERVICE_PID" 2>/dev/null || true
     wait "$SERVICE_PID" 2>/dev/null || true
   fi
   if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
@@ -48,11 +54,6 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# imagegen with only the settings given: no provider keys, REDIS_URL or DATABASE_URL from the caller's environment.
-imagegen() {
-  (cd "$WORK" && env -i PATH="$PATH" HOME="$HOME" DATABASE_URL="sqlite:$WORK/data/imagegen.db" \
-    LOCAL_STORAGE_PATH="$WORK/images" "$@")
-}
 
 run_mode() { # run_mode off|on
   local mode=$1 port base config started status=0
@@ -62,10 +63,14 @@ run_mode() { # run_mode off|on
   base="http://127.0.0.1:$port"
   config="$WORK/schemathesis.toml"
   cp scripts/schemathesis.toml "$config"
-  local settings=(API_PORT="$port" WAIT_MAX_SECS=10)
+  # imagegen runs with these settings only: no provider key, REDIS_URL or DATABASE_URL from the caller's environment.
+  local clean_env=(env -i PATH="$PATH" HOME="$HOME" DATABASE_URL="sqlite:$WORK/data/imagegen.db"
+    LOCAL_STORAGE_PATH="$WORK/images")
+  local settings=(API_PORT="$port" WAIT_MAX_SECS=10 SHUTDOWN_GRACE_SECONDS=2)
   if [ "$mode" = on ]; then
     # The key is made on the service's own database before it starts (keys create migrates it first).
-    IMAGEGEN_SCHEMATHESIS_KEY=$(imagegen "$BIN" keys create --owner schemathesis --name ci 2>"$WORK/keys.log") \
+    IMAGEGEN_SCHEMATHESIS_KEY=$(cd "$WORK" && "${clean_env[@]}" "$BIN" keys create --owner schemathesis --name ci \
+      2>"$WORK/keys.log") \
       || { say "ERROR: imagegen keys create failed:"; cat "$WORK/keys.log" >&2; exit 1; }
     case "$IMAGEGEN_SCHEMATHESIS_KEY" in
       igk_*) ;;
@@ -78,7 +83,8 @@ run_mode() { # run_mode off|on
     # shellcheck disable=SC2016
     printf '\n[auth.openapi.bearer]\nbearer = "${IMAGEGEN_SCHEMATHESIS_KEY}"\n' >>"$config"
   fi
-  imagegen "${settings[@]}" "$BIN" standalone >"$WORK/service.log" 2>&1 &
+  # `exec`: `$!` is then the service itself, which cleanup stops.
+  (cd "$WORK" && exec "${clean_env[@]}" "${settings[@]}" "$BIN" standalone) >"$WORK/service.log" 2>&1 &
   SERVICE_PID=$!
   local ready=""
   for _ in $(seq 1 120); do
