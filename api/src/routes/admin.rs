@@ -92,7 +92,10 @@ pub struct RevokedKeyView {
 #[utoipa::path(post, path = "/api/v1/admin/keys", tag = "admin", request_body = CreateKeyBody,
     responses(
         (status = 201, description = "Created; keep the key, it is not shown again", body = CreatedKeyView),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 400, description = "A field out of range (`validation_failed`)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
     ))]
 pub async fn create_key(
     State(state): State<AppState>,
@@ -146,7 +149,7 @@ pub async fn list_keys(
 
 /// Revoke an API key: it stops working at once.
 #[utoipa::path(delete, path = "/api/v1/admin/keys/{id}", tag = "admin",
-    params(("id" = String, Path, description = "The key's id")),
+    params(("id" = String, Path, format = Uuid, description = "The key's id")),
     responses((status = 200, body = RevokedKeyView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No such active key", body = ErrorBody)))]
 pub async fn revoke_key(

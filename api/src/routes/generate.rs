@@ -28,16 +28,24 @@ pub fn router() -> Router<AppState> {
 /// then, answers 202 with the job, `Location` and `Retry-After`; the job runs on. `Prefer: respond-async` answers 202
 /// at once.
 #[utoipa::path(post, path = "/api/v1/generate", tag = "generation", request_body = GenerateBody,
-    params(("Prefer" = Option<String>, Header, description = "`wait=N` (seconds) or `respond-async`"),
-           ("X-Correlation-ID" = Option<String>, Header, description = "Your id for tracing; echoed back")),
+    params(("Prefer" = Option<String>, Header, nullable = false, description = "`wait=N` (seconds) or `respond-async`"),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false,
+               description = "1 to 255 visible ASCII characters: the same key and request give the same job"),
+           ("Cancel-After" = Option<String>, Header, nullable = false, pattern = r"^[+-]?[0-9]+$",
+               description = "Seconds, 1 to 86400: cancel the job if it has not started by then"),
+           ("X-Correlation-ID" = Option<String>, Header, nullable = false, description = "Your id for tracing; echoed back")),
     responses(
         (status = 200, description = "The job succeeded; its stored images", body = JobView),
-        (status = 202, description = "Still running; poll `Location`", body = JobView),
+        (status = 202, description = "Still running; poll `Location`", body = JobView,
+            headers(("Location" = String, description = "The job's URL"), ("Retry-After" = u64))),
         (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 422, description = "The provider's safety system refused (`content_policy_violation`)", body = ErrorBody),
+        (status = 409, description = "The job was canceled (`job_canceled`): by the client or its deadline", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "The provider's safety system refused (`content_policy_violation`), or this Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),
+        (status = 500, description = "The images could not be stored (`storage_error`)", body = ErrorBody),
         (status = 502, description = "The provider failed (`provider_error`)", body = ErrorBody),
-        (status = 503, description = "Database or queue unavailable (`service_unavailable`)", body = ErrorBody),
+        (status = 503, description = "Database or queue unavailable, or the provider is not configured (`service_unavailable`, `provider_not_configured`)", body = ErrorBody),
     ))]
 pub async fn generate(
     State(state): State<AppState>,
@@ -76,11 +84,20 @@ pub async fn generate(
 /// problem named by its index). Otherwise every item becomes a job; wait mode answers 200 once all have ended (each
 /// with its own status; partial success is a success) or 202 with the batch so far.
 #[utoipa::path(post, path = "/api/v1/generate/batch", tag = "generation", request_body = Vec<GenerateBody>,
-    params(("Prefer" = Option<String>, Header, description = "`wait=N` (seconds) or `respond-async`")),
+    params(("Prefer" = Option<String>, Header, nullable = false, description = "`wait=N` (seconds) or `respond-async`"),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false,
+               description = "1 to 255 visible ASCII characters: the same key and requests give the same batch"),
+           ("Cancel-After" = Option<String>, Header, nullable = false, pattern = r"^[+-]?[0-9]+$",
+               description = "Seconds, 1 to 86400: cancel each job that has not started by then"),
+           ("X-Correlation-ID" = Option<String>, Header, nullable = false, description = "Your id for tracing; echoed back")),
     responses(
         (status = 200, description = "Every item ended", body = BatchView),
-        (status = 202, description = "Some items still running; poll `Location`", body = BatchView),
+        (status = 202, description = "Some items still running; poll `Location`", body = BatchView,
+            headers(("Location" = String, description = "The batch's URL"), ("Retry-After" = u64))),
         (status = 400, description = "An item is invalid, or the batch is empty or too large", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),
         (status = 503, description = "Database or queue unavailable", body = ErrorBody),
     ))]
 pub async fn generate_batch(

@@ -1,15 +1,15 @@
 //! `GET /api/v1/images/{id}` (metadata), `GET /api/v1/images/{id}/download` (streamed bytes) and
 //! `DELETE /api/v1/images/{id}` (object, metadata and row).
 
-use super::base_url;
 use super::jobs::parse_id;
+use super::{AppQuery, base_url};
 use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::views::{ImageView, image_view};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,8 +26,10 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Get an image's metadata.
-#[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path, description = "Image id")),
-    responses((status = 200, body = ImageView), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images",
+    params(("id" = String, Path, format = Uuid, description = "Image id")),
+    responses((status = 200, description = "The image's metadata", body = ImageView),
+        (status = 404, description = "No such image (for this caller)", body = ErrorBody)))]
 pub async fn get_image(
     State(state): State<AppState>,
     Owner(owner): Owner,
@@ -47,21 +49,32 @@ pub async fn get_image(
 /// single `Range` 206 (416 beyond the end). With STORAGE_PUBLIC_URLS=signed it answers 307 to a short-lived
 /// pre-signed storage URL instead.
 #[utoipa::path(get, path = "/api/v1/images/{id}/download", tag = "images",
-    params(("id" = String, Path, description = "Image id"),
-        ("expires" = Option<u64>, Query, description = "Signed link: expiry (Unix seconds)"),
-        ("signature" = Option<String>, Query, description = "Signed link: HMAC-SHA256, hex")),
+    params(("id" = String, Path, format = Uuid, description = "Image id"),
+        // Text, not an integer: the server takes any value, and a malformed one fails the link check (404).
+        ("expires" = Option<String>, Query, nullable = false, description = "Signed link: expiry (Unix seconds)"),
+        ("signature" = Option<String>, Query, nullable = false, description = "Signed link: HMAC-SHA256, hex"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag of a previous download"),
+        ("Range" = Option<String>, Header, nullable = false,
+            description = "One `bytes=` range; anything else is ignored (the whole image)")),
     responses(
-        (status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
-        (status = 206, description = "The requested byte range"),
-        (status = 304, description = "Unchanged"),
-        (status = 307, description = "Fetch it from this pre-signed storage URL (STORAGE_PUBLIC_URLS=signed)"),
-        (status = 416, description = "The range starts beyond the end"),
-        (status = 404, body = ErrorBody),
+        (status = 200, description = "The image (PNG, JPEG or WebP, as the provider made it)",
+            content((Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/webp")),
+            headers(("ETag" = String), ("Content-Length" = u64))),
+        (status = 206, description = "The requested byte range",
+            content((Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/webp")),
+            headers(("Content-Range" = String))),
+        (status = 304, description = "Unchanged", headers(("ETag" = String))),
+        (status = 307, description = "Fetch it from this pre-signed storage URL (STORAGE_PUBLIC_URLS=signed)",
+            headers(("Location" = String))),
+        (status = 400, description = "A malformed query string", body = ErrorBody),
+        (status = 404, description = "No such image (for this caller), or a bad or expired signed link", body = ErrorBody),
+        (status = 416, description = "The range starts beyond the end (`error`)", body = ErrorBody,
+            headers(("Content-Range" = String))),
     ))]
 pub async fn download_image(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(link): Query<SignedLink>,
+    AppQuery(link): AppQuery<SignedLink>,
     principal: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -267,8 +280,10 @@ pub struct DeletedView {
 }
 
 /// Delete a stored image: the object, its metadata and its row. Afterwards the id answers 404.
-#[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path, description = "Image id")),
-    responses((status = 200, body = DeletedView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images",
+    params(("id" = String, Path, format = Uuid, description = "Image id")),
+    responses((status = 200, description = "Deleted", body = DeletedView),
+        (status = 404, description = "No such image (for this caller)", body = ErrorBody)))]
 pub async fn delete_image(
     State(state): State<AppState>,
     Owner(owner): Owner,

@@ -1,7 +1,7 @@
 //! `POST /api/v1/jobs` (submit, then poll), `GET /api/v1/jobs/{id}` (with `?wait=N` long-polls and ETags) and
 //! `GET /api/v1/jobs` (the caller's jobs, newest first, cursor-paginated).
 
-use super::{accepted, base_url, load_job_view};
+use super::{AppQuery, accepted, base_url, load_job_view};
 use crate::auth::{Owner, Submitter};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppJson, CorrelationId, cancel_after};
@@ -10,7 +10,7 @@ use crate::submit::{Idempotency, submit_job};
 use crate::views::{JobListView, JobView, job_view};
 use crate::wait::wait_for_job;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,11 +39,19 @@ pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T
 
 /// Submit a generation job; answers 202 at once.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = GenerateBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            description = "1 to 255 visible ASCII characters: the same key and request give the same job"),
+        ("Cancel-After" = Option<String>, Header, nullable = false, pattern = r"^[+-]?[0-9]+$",
+            description = "Seconds, 1 to 86400: cancel the job if it has not started by then"),
+        ("X-Correlation-ID" = Option<String>, Header, nullable = false, description = "Your id for tracing; echoed back")),
     responses(
         (status = 202, description = "Accepted; poll `Location`", body = JobView,
             headers(("Location" = String, description = "The job's URL"), ("Retry-After" = u64))),
-        (status = 400, description = "Invalid request or blocked prompt", body = ErrorBody),
-        (status = 503, description = "Database or queue unavailable", body = ErrorBody),
+        (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),
     ))]
 pub async fn create_job(
     State(state): State<AppState>,
@@ -69,10 +77,32 @@ pub async fn create_job(
     ))
 }
 
+/// The longest `?wait=` accepted: the largest WAIT_MAX_SECS a service may be given (a service holds a request
+/// for its own WAIT_MAX_SECS at most).
+pub const MAX_WAIT_QUERY_SECS: u64 = 3600;
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Hold the request up to N seconds (at most WAIT_MAX_SECS) until the job ends.
+    /// Hold the request up to N seconds until the job ends: 0 (do not wait) to 3600; the service holds it at most
+    /// its WAIT_MAX_SECS.
+    #[param(minimum = 0, maximum = 3600)]
     pub wait: Option<u64>,
+}
+
+impl WaitQuery {
+    /// How long to hold the request (`None`: answer at once), never above `cap`.
+    pub fn hold(&self, cap: Duration) -> Result<Option<Duration>, ApiError> {
+        match self.wait {
+            None | Some(0) => Ok(None),
+            Some(secs) if secs <= MAX_WAIT_QUERY_SECS => {
+                Ok(Some(Duration::from_secs(secs).min(cap)))
+            }
+            Some(_) => Err(ApiError::InvalidBody(format!(
+                "wait must be 0 to {MAX_WAIT_QUERY_SECS} seconds"
+            ))),
+        }
+    }
 }
 
 /// A weak validator that changes whenever the job does.
@@ -87,31 +117,25 @@ fn etag(job: &JobRecord) -> String {
 
 /// Get a job and its images.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id"), WaitQuery,
-           ("If-None-Match" = Option<String>, Header, description = "ETag of a previous answer")),
+    params(("id" = String, Path, format = Uuid, description = "Job id"), WaitQuery,
+           ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag of a previous answer")),
     responses(
         (status = 200, description = "The job", body = JobView, headers(("ETag" = String))),
-        (status = 304, description = "Unchanged since the ETag given"),
+        (status = 304, description = "Unchanged since the ETag given", headers(("ETag" = String))),
+        (status = 400, description = "A malformed or out-of-range `wait`", body = ErrorBody),
         (status = 404, description = "No such job (for this caller)", body = ErrorBody),
     ))]
 pub async fn get_job(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    AppQuery(query): AppQuery<WaitQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let hold = query.hold(state.wait_max)?;
     let id: JobId = parse_id(&id, "Job")?;
-    let job = match query.wait.filter(|w| *w > 0) {
-        Some(secs) => {
-            wait_for_job(
-                &state,
-                &owner,
-                id,
-                Duration::from_secs(secs).min(state.wait_max),
-            )
-            .await?
-        }
+    let job = match hold {
+        Some(wait) => wait_for_job(&state, &owner, id, wait).await?,
         None => db::jobs::get_job(&state.pool, &owner, id).await?,
     }
     .ok_or(ApiError::NotFound("Job"))?;
@@ -141,7 +165,7 @@ pub async fn get_job(
 ///
 /// A queued job is canceled at once; a running one as soon as its worker notices (at its next lease renewal): the
 /// provider call is dropped and anything stored is removed. A finished job answers 409.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, format = Uuid, description = "Job id")),
     responses(
         (status = 200, description = "Canceled", body = JobView),
         (status = 404, description = "No such job (for this caller)", body = ErrorBody),
@@ -186,8 +210,10 @@ pub async fn cancel_job(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -210,12 +236,12 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, JobId), ApiError> {
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs", body = JobListView),
-        (status = 400, description = "Bad limit or cursor", body = ErrorBody),
+        (status = 400, description = "A malformed or out-of-range `limit`, or a cursor this API did not hand out", body = ErrorBody),
     ))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    Query(query): Query<ListQuery>,
+    AppQuery(query): AppQuery<ListQuery>,
     headers: HeaderMap,
 ) -> Result<axum::Json<JobListView>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);

@@ -28,9 +28,11 @@ pub struct GenerateBody {
     pub style: Option<String>,
     /// How many images, 1 to the provider's maximum (and MAX_IMAGES_PER_REQUEST); default 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4)]
     pub num_images: Option<i64>,
     /// Seed for reproducible output (Flux Schnell only), 0 to 4294967295.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 4_294_967_295_i64)]
     pub seed: Option<i64>,
     /// May another provider serve the request when this one is down (default true)? Translations (size, dropped
     /// options) are recorded on the job.
@@ -38,6 +40,7 @@ pub struct GenerateBody {
     pub allow_failover: Option<bool>,
     /// Cancel the job if it has not started within this many seconds (1 to 86400); also `Cancel-After` header.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub deadline_seconds: Option<i64>,
 }
 
@@ -410,6 +413,25 @@ mod tests {
         let errs = GenerationRequest::parse(b, &limits()).expect_err("invalid");
         assert_eq!(fields(errs.clone()), ["prompt", "seed"]);
         assert_eq!(fields(errs.in_item(3)), ["[3].prompt", "[3].seed"]);
+    }
+
+    /// The documented ranges are the ones `parse` enforces whatever the provider (schemathesis sends values outside
+    /// them and expects a 400).
+    #[test]
+    fn documented_ranges_match_the_checks() {
+        let schema = serde_json::to_value(<GenerateBody as utoipa::PartialSchema>::schema())
+            .expect("schema");
+        let props = &schema["properties"];
+        let max_images = ProviderId::ALL.iter().map(|p| p.spec().max_images).max();
+        assert_eq!(
+            props["num_images"]["maximum"].as_u64(),
+            max_images.map(u64::from)
+        );
+        assert_eq!(props["seed"]["maximum"].as_u64(), Some(u64::from(u32::MAX)));
+        assert_eq!(
+            props["deadline_seconds"]["maximum"].as_i64(),
+            Some(MAX_DEADLINE_SECS)
+        );
     }
 
     #[test]
