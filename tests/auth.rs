@@ -441,7 +441,7 @@ async fn an_unreachable_issuer_answers_503_and_api_keys_still_work(pool: PgPool)
 }
 
 #[sqlx::test(migrations = "./migrations")]
-async fn metrics_on_their_own_port_and_oversized_headers_refused(pool: PgPool) {
+async fn open_service_limits_metrics_port_headers_and_admin(pool: PgPool) {
     let metrics_port = support::free_port();
     let stack = start(
         &pool,
@@ -478,4 +478,10 @@ async fn metrics_on_their_own_port_and_oversized_headers_refused(pool: PgPool) {
     r.assert_error(431, "headers_too_large");
     // A normal request is fine.
     assert_eq!(stack.get("/api/v1/jobs").await.status, 200);
+
+    // With authentication off nobody administers: a key minted now would outlive the switch to authentication.
+    stack
+        .post("/api/v1/admin/keys", serde_json::json!({"owner": "x"}), &[])
+        .await
+        .assert_error(403, "forbidden");
 }

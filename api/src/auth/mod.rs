@@ -1,5 +1,6 @@
 //! Who is calling (ENABLE_AUTHENTICATION): an API key of ours (`igk_…`, from `imagegen keys create`) or a bearer
-//! JWT from Entra ID / an OIDC issuer. Off, every caller is `anonymous` with every permission.
+//! JWT from Entra ID / an OIDC issuer. Off, every caller is `anonymous` and may generate but not administer: keys
+//! minted by anyone while the service is open would outlive the day authentication is turned on.
 //!
 //! `identify` (a middleware on the owner's routes) checks the credential once and leaves the [`Principal`] in the
 //! request's extensions; the extractors `Owner`, `Submitter` and `Admin` read it.
@@ -32,7 +33,7 @@ impl Principal {
         Self {
             owner: ANONYMOUS_OWNER.to_owned(),
             can_generate: true,
-            is_admin: true,
+            is_admin: false,
         }
     }
 }
@@ -172,6 +173,11 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let p = principal(parts, state).await?;
+        if !state.authentication {
+            return Err(ApiError::Forbidden(
+                "The admin endpoints need ENABLE_AUTHENTICATION=true; `imagegen keys` manages keys meanwhile".into(),
+            ));
+        }
         if !p.is_admin {
             tracing::info!(owner = %p.owner, reason = "no admin role", "request forbidden");
             return Err(ApiError::Forbidden(format!(
