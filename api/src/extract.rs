@@ -1,5 +1,5 @@
-//! Extractors: JSON bodies whose rejections speak our error shape, the correlation id, and the `Prefer` header of
-//! wait mode. The caller's identity is in `auth`.
+//! Extractors: JSON bodies and query strings whose rejections speak our error shape, the correlation id, and the
+//! `Prefer` header of wait mode. The caller's identity is in `auth`.
 
 use crate::error::ApiError;
 use axum::extract::rejection::JsonRejection;
@@ -36,6 +36,25 @@ where
                 other => ApiError::InvalidBody(other.body_text()),
             }),
         }
+    }
+}
+
+/// `axum::extract::Query`, but a query string that does not parse is a `validation_failed` (400) in our shape,
+/// naming the parameter, rather than axum's plain-text rejection.
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| ApiError::InvalidBody(rejection.body_text()))
     }
 }
 

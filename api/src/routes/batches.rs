@@ -1,10 +1,11 @@
 //! `GET /api/v1/batches/{id}`: a batch with every item's status and images.
 
+use super::base_url;
 use super::generate::batch_response;
 use super::jobs::{WaitQuery, parse_id};
-use super::{AppQuery, base_url};
 use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::AppQuery;
 use crate::state::AppState;
 use crate::views::{BatchView, batch_view};
 use crate::wait::wait_for_batch;

@@ -1,10 +1,11 @@
 //! `GET /api/v1/images/{id}` (metadata), `GET /api/v1/images/{id}/download` (streamed bytes) and
 //! `DELETE /api/v1/images/{id}` (object, metadata and row).
 
+use super::base_url;
 use super::jobs::parse_id;
-use super::{AppQuery, base_url};
 use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::AppQuery;
 use crate::state::AppState;
 use crate::views::{ImageView, image_view};
 use axum::Router;

@@ -1,9 +1,10 @@
 //! `POST /api/v1/jobs` (submit, then poll), `GET /api/v1/jobs/{id}` (with `?wait=N` long-polls and ETags) and
 //! `GET /api/v1/jobs` (the caller's jobs, newest first, cursor-paginated).
 
-use super::{AppQuery, accepted, base_url, load_job_view};
+use super::{accepted, base_url, load_job_view};
 use crate::auth::{Owner, Submitter};
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::AppQuery;
 use crate::extract::{AppJson, CorrelationId, cancel_after};
 use crate::state::AppState;
 use crate::submit::{Idempotency, submit_job};

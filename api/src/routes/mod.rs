@@ -16,8 +16,7 @@ use crate::middleware;
 use crate::state::AppState;
 use crate::views::{JobView, job_view};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query};
-use axum::http::request::Parts;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imagegen_shared::db::{self, JobRecord};
@@ -77,25 +76,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// `axum::extract::Query`, but a query string that does not parse is a `validation_failed` (400) in our shape,
-/// naming the parameter, rather than axum's plain-text rejection.
-pub struct AppQuery<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for AppQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(value)| Self(value))
-            .map_err(|rejection| ApiError::InvalidBody(rejection.body_text()))
-    }
 }
 
 /// Where our links point (PUBLIC_BASE_URL, else the Host the client used), signed when authentication is on.
