@@ -4,9 +4,9 @@
 
 mod support;
 
+use imagegen_testkit::idp::{self, AUDIENCE, Kind, TENANT, TestIdp};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use support::idp::{self, AUDIENCE, Kind, TENANT, TestIdp};
 use support::{Options, Reply, Stack, generate_body, kv, start};
 
 const SIGNING_KEY: &str = "auth-tests-signing-key-of-32-chars-or-more";

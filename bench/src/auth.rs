@@ -1,119 +1,15 @@
-//! Scenario 7: what authentication costs per request. A small OpenID Connect issuer of our own (RSA and EC keys,
-//! discovery and JWKS on loopback) signs tokens; the same cheap read (`GET /api/v1/jobs/{id}`) is timed with
-//! authentication off, with an API key (a hash lookup in Postgres) and with RS256 / ES256 bearer tokens (a signature
-//! check against the cached JWKS).
+//! Scenario 7: what authentication costs per request. The test suite's OpenID Connect issuer (RSA and EC keys,
+//! discovery and JWKS on loopback, `imagegen-testkit`) signs tokens; the same cheap read (`GET /api/v1/jobs/{id}`)
+//! is timed with authentication off, with an API key (a hash lookup in Postgres) and with RS256 / ES256 bearer tokens
+//! (a signature check against the cached JWKS).
 
 use crate::load::closed_loop;
 use crate::report::Section;
 use crate::stack::{Stack, cpu_seconds};
 use crate::{Opts, client, ms};
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
-};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use imagegen_testkit::idp::{AUDIENCE, TestIdp};
 use serde_json::json;
 use std::time::Duration;
-
-const AUDIENCE: &str = "api://imagegen-bench";
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-struct Issuer {
-    url: String,
-    rsa: RsaKeyPair,
-    ec: EcdsaKeyPair,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Issuer {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Issuer {
-    async fn start() -> anyhow::Result<Issuer> {
-        let rsa = RsaKeyPair::generate(KeySize::Rsa2048)
-            .map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
-        let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-            .map_err(|_| anyhow::anyhow!("EC key generation failed"))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let point = ec.public_key().as_ref().to_vec();
-        let jwks = json!({"keys": [
-            {"kty": "RSA", "use": "sig", "kid": "rsa",
-             "n": b64(rsa.public_key().modulus().big_endian_without_leading_zero()),
-             "e": b64(rsa.public_key().exponent().big_endian_without_leading_zero())},
-            {"kty": "EC", "use": "sig", "kid": "ec", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])},
-        ]});
-        let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/keys")});
-        let app = axum::Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                axum::routing::get(move || {
-                    let d = discovery.clone();
-                    async move { axum::Json(d) }
-                }),
-            )
-            .route(
-                "/keys",
-                axum::routing::get(move || {
-                    let k = jwks.clone();
-                    async move { axum::Json(k) }
-                }),
-            );
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Issuer {
-            url,
-            rsa,
-            ec,
-            server,
-        })
-    }
-
-    fn token(&self, ec: bool) -> anyhow::Result<String> {
-        let now = chrono::Utc::now().timestamp();
-        let claims = json!({"iss": self.url, "aud": AUDIENCE, "sub": "bench", "oid": "bench", "tid": "t",
-            "iat": now, "nbf": now, "exp": now + 3600, "roles": ["Images.Generate"]});
-        let header = if ec {
-            json!({"alg": "ES256", "typ": "JWT", "kid": "ec"})
-        } else {
-            json!({"alg": "RS256", "typ": "JWT", "kid": "rsa"})
-        };
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let failed = |_| anyhow::anyhow!("signing failed");
-        let signature = if ec {
-            self.ec
-                .sign(&SystemRandom::new(), input.as_bytes())
-                .map_err(failed)?
-                .as_ref()
-                .to_vec()
-        } else {
-            let mut sig = vec![0; self.rsa.public_modulus_len()];
-            self.rsa
-                .sign(
-                    &RSA_PKCS1_SHA256,
-                    &SystemRandom::new(),
-                    input.as_bytes(),
-                    &mut sig,
-                )
-                .map_err(failed)?;
-            sig
-        };
-        Ok(format!("{input}.{}", b64(&signature)))
-    }
-}
 
 /// One job to read, submitted with `credential` (none when auth is off).
 async fn one_job(stack: &Stack, credential: Option<&str>) -> anyhow::Result<String> {
@@ -133,7 +29,7 @@ async fn one_job(stack: &Stack, credential: Option<&str>) -> anyhow::Result<Stri
 pub async fn auth_cost(opts: &Opts) -> anyhow::Result<Section> {
     let duration = Duration::from_secs(if opts.quick { 3 } else { 8 });
     let clients = 16;
-    let issuer = Issuer::start().await?;
+    let issuer = TestIdp::start().await;
     let mut s = Section::new(
         "7. Authentication cost",
         &[
@@ -192,7 +88,7 @@ pub async fn auth_cost(opts: &Opts) -> anyhow::Result<Section> {
                 "DOWNLOAD_SIGNING_KEY",
                 "bench-signing-key-of-at-least-32-characters".into(),
             ),
-            ("OIDC_ISSUER", issuer.url.clone()),
+            ("OIDC_ISSUER", issuer.issuer.clone()),
             ("OIDC_AUDIENCE", AUDIENCE.into()),
         ],
     )
@@ -215,8 +111,14 @@ pub async fn auth_cost(opts: &Opts) -> anyhow::Result<Section> {
     let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     for (label, credential) in [
         ("API key", key),
-        ("JWT RS256", issuer.token(false)?),
-        ("JWT ES256", issuer.token(true)?),
+        (
+            "JWT RS256",
+            issuer.token("rsa-1", &issuer.claims("bench", &["Images.Generate"])),
+        ),
+        (
+            "JWT ES256",
+            issuer.token("ec-1", &issuer.claims("bench", &["Images.Generate"])),
+        ),
     ] {
         let job = one_job(&secured, Some(&credential)).await?;
         rows.push(run(label, &secured, job, Some(credential)).await);

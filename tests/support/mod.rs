@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod idp;
-
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -1,0 +1,3 @@
+//! Fixtures shared by the end-to-end tests (`tests/`) and the benchmarks (`bench/`).
+
+pub mod idp;
