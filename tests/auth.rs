@@ -415,20 +415,8 @@ async fn an_unreachable_issuer_answers_503_and_api_keys_still_work(pool: PgPool)
     r.assert_error(503, "service_unavailable");
     assert!(r.header("retry-after").is_some());
 
-    // `imagegen keys create` on the stack's database; the key needs no identity provider.
-    let database_url = stack
-        .database_url_for_cli()
-        .unwrap_or_else(|| support::database_url(&pool));
-    let out = tokio::process::Command::new(support::BIN)
-        .args(["keys", "create", "--owner", "robot"])
-        .env_clear()
-        .env("DATABASE_URL", database_url)
-        .env("LOG_LEVEL", "warn")
-        .output()
-        .await
-        .expect("imagegen keys");
-    assert!(out.status.success());
-    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // A key from `imagegen keys create` needs no identity provider.
+    let key = stack.keys(&["create", "--owner", "robot"]).await;
     let r = call(
         &stack,
         "POST",

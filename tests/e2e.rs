@@ -2189,42 +2189,10 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
         },
     )
     .await;
-    let database_url = stack
-        .env
-        .iter()
-        .find(|(k, _)| k == "DATABASE_URL")
-        .map(|(_, v)| v.clone())
-        .expect("database url");
-    let database_url = stack.database_url_for_cli().unwrap_or(database_url);
-    let keys = |args: Vec<String>| {
-        let url = database_url.clone();
-        async move {
-            let out = tokio::process::Command::new(support::BIN)
-                .arg("keys")
-                .args(args)
-                .env_clear()
-                .env("DATABASE_URL", url)
-                .env("LOG_LEVEL", "warn")
-                .output()
-                .await
-                .expect("imagegen keys");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        }
-    };
-    let alice = keys(vec!["create".into(), "--owner".into(), "alice".into()]).await;
-    let bob = keys(vec![
-        "create".into(),
-        "--owner".into(),
-        "bob".into(),
-        "--name".into(),
-        "ci".into(),
-    ])
-    .await;
+    let alice = stack.keys(&["create", "--owner", "alice"]).await;
+    let bob = stack
+        .keys(&["create", "--owner", "bob", "--name", "ci"])
+        .await;
     assert!(alice.starts_with("igk_") && alice != bob, "{alice}");
 
     // No credentials, a malformed one, an unknown key: 401 in the seed's shape, the key never echoed.
@@ -2393,7 +2361,7 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
 
     // Revoked: refused at once.
     let prefix: String = alice.chars().take(10).collect();
-    keys(vec!["revoke".into(), prefix]).await;
+    stack.keys(&["revoke", &prefix]).await;
     let r = stack
         .http
         .get(stack.url(&format!("/api/v1/jobs/{job_id}")))
@@ -2402,7 +2370,7 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
         .await
         .expect("get");
     assert_eq!(r.status(), 401);
-    let listing = keys(vec!["list".into()]).await;
+    let listing = stack.keys(&["list"]).await;
     assert!(
         listing.contains("alice") && listing.contains("bob"),
         "{listing}"

@@ -405,8 +405,35 @@ impl Stack {
 
     /// The DATABASE_URL a CLI command (`imagegen keys`) uses to reach this stack's database: the SQLite file in
     /// standalone mode, `None` otherwise (the stack's own URL).
-    pub fn database_url_for_cli(&self) -> Option<String> {
+    fn database_url_for_cli(&self) -> Option<String> {
         self.sqlite_url.clone()
+    }
+
+    /// Runs `imagegen keys <args>` on this stack's database (as an operator would) and returns what it printed:
+    /// the new key for `create`, the table for `list`.
+    pub async fn keys(&self, args: &[&str]) -> String {
+        let database_url = self.database_url_for_cli().unwrap_or_else(|| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == "DATABASE_URL")
+                .map(|(_, v)| v.clone())
+                .expect("database url")
+        });
+        let out = Command::new(BIN)
+            .arg("keys")
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", database_url)
+            .env("LOG_LEVEL", "warn")
+            .output()
+            .await
+            .expect("imagegen keys");
+        assert!(
+            out.status.success(),
+            "imagegen keys {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// A `SELECT count(*) ...` (SQL both databases accept) on this stack's database.
