@@ -83,25 +83,34 @@ pub fn parse() -> Result<Settings, clap::Error> {
     })
 }
 
-/// Points every keyless provider at the emulator at `base` (its `/v1` root) and marks it as sandbox.
+/// Points every keyless provider at the emulator at `root` (`http://127.0.0.1:PORT`) and marks it as sandbox:
+/// OpenAI (unless Azure OpenAI is configured: a real GPT image provider then serves those models), the FLUX host
+/// and Black Forest Labs.
 fn use_sandbox(
     providers: &mut ProviderArgs,
-    base: &str,
+    root: &str,
     key: &str,
 ) -> anyhow::Result<Vec<ProviderId>> {
     let azure_configured = providers.azure_openai_endpoint.is_some();
+    let flux_is_bfl = providers.flux_protocol == Some(FluxProtocol::Bfl) && !is_blank(&providers.flux_api_key);
+    let v1: url::Url = format!("{root}/v1").parse().context("sandbox URL")?;
     let mut sandbox = Vec::new();
     if is_blank(&providers.openai_api_key) && !azure_configured {
         providers.openai_api_key = Some(key.into());
-        providers.openai_base_url = base.parse().context("sandbox URL")?;
-        sandbox.push(ProviderId::Dalle3);
+        providers.openai_base_url = v1.clone();
+        sandbox.push(ProviderId::OpenAi);
     }
     if is_blank(&providers.flux_api_key) {
         providers.flux_api_key = Some(key.into());
-        providers.flux_base_url = base.parse().context("sandbox URL")?;
+        providers.flux_base_url = v1;
         providers.flux_protocol = Some(FluxProtocol::OpenAiCompatible);
         providers.flux_model = None;
-        sandbox.push(ProviderId::FluxSchnell);
+        sandbox.push(ProviderId::Flux);
+    }
+    if is_blank(&providers.bfl_api_key) && !flux_is_bfl {
+        providers.bfl_api_key = Some(key.into());
+        providers.bfl_base_url = Some(format!("{root}/bfl/v1").parse().context("sandbox URL")?);
+        sandbox.push(ProviderId::Bfl);
     }
     providers.sandbox = sandbox.clone();
     Ok(sandbox)
@@ -128,9 +137,12 @@ pub async fn run(
     let stop = CancellationToken::new();
 
     // Sandbox providers: the emulator on a free loopback port, with a key only this process knows.
-    let dalle3_keyless =
+    let openai_keyless =
         is_blank(&api.providers.openai_api_key) && api.providers.azure_openai_endpoint.is_none();
-    let needs_sandbox = sandbox && (dalle3_keyless || is_blank(&api.providers.flux_api_key));
+    let needs_sandbox = sandbox
+        && (openai_keyless
+            || is_blank(&api.providers.flux_api_key)
+            || is_blank(&api.providers.bfl_api_key));
     let mut emulator_task = None;
     if needs_sandbox {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -142,7 +154,7 @@ pub async fn run(
         emulator_task = Some(tokio::spawn(imagegen_emulator::spawn_on(
             listener, emulator,
         )));
-        let base = format!("http://{addr}/v1");
+        let base = format!("http://{addr}");
         let sandbox = use_sandbox(&mut api.providers, &base, &key)?;
         use_sandbox(&mut worker.providers, &base, &key)?;
         let names: Vec<String> = sandbox.iter().map(ToString::to_string).collect();

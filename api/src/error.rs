@@ -65,8 +65,20 @@ pub enum ApiError {
     /// The request's header section is larger than the limit (431).
     #[error("Request headers are larger than the limit of {0} bytes")]
     HeadersTooLarge(usize),
+    /// The model asked for is retired and no replacement serves it here (MODEL_ALIASES=none, or none named): 410.
+    #[error("{0}")]
+    ModelRetired(imagegen_shared::domain::ResolveError),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+impl From<imagegen_shared::domain::ResolveError> for ApiError {
+    fn from(e: imagegen_shared::domain::ResolveError) -> Self {
+        match e {
+            imagegen_shared::domain::ResolveError::Invalid(errors) => ApiError::Validation(errors),
+            retired => ApiError::ModelRetired(retired),
+        }
+    }
 }
 
 /// The error body (and its OpenAPI schema).
@@ -162,6 +174,7 @@ impl ApiError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
             ),
+            ApiError::ModelRetired(_) => (StatusCode::GONE, "model_retired"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -199,6 +212,10 @@ impl IntoResponse for ApiError {
         };
         let details = match &self {
             ApiError::Validation(errors) => errors.0.clone(),
+            ApiError::ModelRetired(e) => vec![FieldError {
+                field: "model".into(),
+                message: e.to_string(),
+            }],
             _ => Vec::new(),
         };
         let job_id = match &self {

@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the view types.
 //!
-//! The caller's endpoints (everything under `/api/v1` but the provider list) are given their security requirements
+//! The caller's endpoints (everything under `/api/v1` but the provider and model lists) are given their security requirements
 //! and their 401/403/429/503 answers here, in one place, rather than on each handler: a new owner route cannot
 //! forget them. `document` fits the result to one deployment: with authentication off it requires no credentials
 //! and lists no 401 (schemathesis's `ignored_auth` check holds a document to that), and it states the batch
@@ -22,8 +22,11 @@ pub const API_KEY_SCHEME: &str = "api_key";
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "imagegen", description = "Image generation over DALL-E 3 and Flux Schnell: submit, wait or poll, download.\n\n\
-With authentication on (ENABLE_AUTHENTICATION), every `/api/v1` endpoint but the provider list needs an API key \
+    info(title = "imagegen", description = "Image generation over the GPT image models (OpenAI, Azure OpenAI) and FLUX (Together, \
+Black Forest Labs): submit, wait or poll, download. `GET /api/v1/models` lists the models, what each accepts and its \
+lifecycle; a retired model is served by its replacement (recorded on the job, with `Deprecation`, `Sunset` and \
+`Warning` headers) or refused with 410 `model_retired`.\n\n\
+With authentication on (ENABLE_AUTHENTICATION), every `/api/v1` endpoint but the provider and model lists needs an API key \
 (`imagegen keys create`), sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`; health, metrics and these \
 docs stay open. Signed download links work without a key.",
          license(name = "Apache-2.0")),
@@ -33,6 +36,7 @@ docs stay open. Signed download links work without a key.",
         routes::batches::get_batch,
         routes::images::get_image, routes::images::download_image, routes::images::delete_image,
         routes::providers::list_providers,
+        routes::models::list_models,
         routes::health::health, routes::health::ready, routes::health::live,
         routes::metrics::render,
         routes::admin::create_key, routes::admin::list_keys, routes::admin::revoke_key,
@@ -82,7 +86,7 @@ pub fn document(authentication: bool, batch_max: usize) -> Document {
 
 /// Whether `path` is one of the caller's endpoints (scoped to an owner, authenticated, rate limited).
 fn is_owner_route(path: &str) -> bool {
-    path.starts_with("/api/v1/") && path != "/api/v1/providers"
+    path.starts_with("/api/v1/") && !matches!(path, "/api/v1/providers" | "/api/v1/models")
 }
 
 struct OwnerSecurity;

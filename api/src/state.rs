@@ -5,7 +5,7 @@ use crate::waiters::Waiters;
 use imagegen_shared::backends::Backends;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::db::Db;
-use imagegen_shared::domain::GenerationLimits;
+use imagegen_shared::domain::Offer;
 use imagegen_shared::limits::FleetLimits;
 use imagegen_shared::moderation::KeywordFilter;
 use imagegen_shared::queue::JobQueue;
@@ -25,7 +25,9 @@ pub struct Inner {
     pub fleet: FleetLimits,
     pub storage: ImageStorage,
     pub providers: ProviderSettings,
-    pub limits: GenerationLimits,
+    /// What the service offers, remade when the date turns (lifecycles change at midnight UTC).
+    offer: std::sync::RwLock<(chrono::NaiveDate, Arc<Offer>)>,
+    pub max_images_per_request: u8,
     /// `None` when ENABLE_CONTENT_MODERATION is off.
     pub keyword_filter: Option<KeywordFilter>,
     pub batch_max_requests: usize,
@@ -90,6 +92,20 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 impl AppState {
+    /// Today's offer.
+    pub fn offer(&self) -> Arc<Offer> {
+        let today = imagegen_shared::domain::today();
+        {
+            let current = self.offer.read().unwrap_or_else(|e| e.into_inner());
+            if current.0 == today {
+                return current.1.clone();
+            }
+        }
+        let fresh = Arc::new(self.providers.offer_on(self.max_images_per_request, today));
+        *self.offer.write().unwrap_or_else(|e| e.into_inner()) = (today, fresh.clone());
+        fresh
+    }
+
     pub fn new(
         args: &ApiArgs,
         backends: Backends,
@@ -100,7 +116,11 @@ impl AppState {
         let keyword_filter = args
             .enable_content_moderation
             .then(|| KeywordFilter::from_csv(&args.blocked_words));
-        let limits = providers.limits(args.max_images_per_request);
+        let today = imagegen_shared::domain::today();
+        let offer = providers.offer_on(args.max_images_per_request, today);
+        for warning in providers.retirement_warnings(today) {
+            tracing::warn!("{warning}");
+        }
         let link_signer = if args.enable_authentication {
             use secrecy::ExposeSecret;
             let key = args
@@ -141,7 +161,8 @@ impl AppState {
             image_quota_per_day: u64::from(args.image_quota_per_day),
             max_active_jobs_per_owner: i64::from(args.max_active_jobs_per_owner),
             storage,
-            limits,
+            offer: std::sync::RwLock::new((today, Arc::new(offer))),
+            max_images_per_request: args.max_images_per_request,
             providers,
             keyword_filter,
             batch_max_requests: usize::from(args.batch_max_requests),

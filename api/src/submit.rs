@@ -1,5 +1,6 @@
-//! Accepting work: moderate, record in Postgres, then queue. A job that cannot be queued is removed again and the
-//! client gets 503, so nothing is left half-accepted.
+//! Accepting work: check the request against the model catalogue and its lifecycle (`accept`), moderate, record in
+//! Postgres, then queue. A job that cannot be queued is removed again and the client gets 503, so nothing is left
+//! half-accepted.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -8,12 +9,110 @@ use imagegen_shared::db::idempotency::{Existing, KeyClaim, KeyError};
 use imagegen_shared::db::jobs::Inserted;
 use imagegen_shared::db::{self, BatchRecord, JobRecord, NewJob};
 use imagegen_shared::domain::{
-    BatchId, GenerationRequest, JobId, JobStatus, Moderation, ModerationSource, ModerationStage,
+    BatchId, GenerateBody, GenerationRequest, JobId, JobStatus, LifecycleNotice, Moderation,
+    ModerationSource, ModerationStage, ProviderId, ValidationErrors, resolve,
 };
 use imagegen_shared::queue::JobMessage;
 use sha2::{Digest, Sha256};
 
 const BLOCKED_MESSAGE: &str = "The prompt was blocked by content moderation";
+
+/// A request checked, resolved to the model that serves it, with what the client should hear about the model it
+/// named (see `lifecycle_headers`).
+pub struct Accepted {
+    pub request: GenerationRequest,
+    pub notices: Vec<LifecycleNotice>,
+}
+
+/// Parses `body` against today's offer and resolves the model's lifecycle; `Cancel-After` fills a missing deadline.
+pub fn accept(
+    state: &AppState,
+    body: GenerateBody,
+    header_deadline: Option<u32>,
+) -> Result<Accepted, ApiError> {
+    let offer = state.offer();
+    let mut request = GenerationRequest::parse(body, &offer).map_err(ApiError::Validation)?;
+    request.deadline_secs = request.deadline_secs.or(header_deadline);
+    let resolved = resolve(request, &offer, imagegen_shared::domain::today())?;
+    for notice in &resolved.notices {
+        metrics::counter!("imagegen_deprecated_model_requests_total", "model" => notice.model.to_string(),
+            "status" => if notice.served_by.is_some() { "replaced" } else { "deprecated" })
+        .increment(1);
+    }
+    Ok(Accepted {
+        request: resolved.request,
+        notices: resolved.notices,
+    })
+}
+
+/// Every item of a batch accepted, or every problem named by its item.
+pub fn accept_all(
+    state: &AppState,
+    items: Vec<GenerateBody>,
+    header_deadline: Option<u32>,
+) -> Result<Vec<Accepted>, ApiError> {
+    let mut accepted = Vec::with_capacity(items.len());
+    let mut errors = ValidationErrors::default();
+    for (index, item) in items.into_iter().enumerate() {
+        match accept(state, item, header_deadline) {
+            Ok(a) => accepted.push(a),
+            Err(ApiError::Validation(e)) => errors.0.extend(e.in_item(index).0),
+            Err(ApiError::ModelRetired(e)) => {
+                errors.0.extend(ValidationErrors::one("model", e.to_string()).in_item(index).0)
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if errors.0.is_empty() {
+        Ok(accepted)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) for a model on its way out, and a `Warning` (299) saying what
+/// happened: `model dall-e-3 is retired; served by gpt-image-2`.
+pub fn lifecycle_headers(notices: &[LifecycleNotice], headers: &mut axum::http::HeaderMap) {
+    use axum::http::HeaderValue;
+    let midnight = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    for notice in notices {
+        if let Some(at) = notice.deprecated_on.or(notice.retires_on).and_then(midnight)
+            && let Ok(v) = HeaderValue::from_str(&format!("@{}", at.timestamp()))
+        {
+            headers.append("deprecation", v);
+        }
+        if let Some(at) = notice.retires_on.and_then(midnight)
+            && let Ok(v) = HeaderValue::from_str(&at.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+        {
+            headers.append("sunset", v);
+        }
+        let text = match &notice.served_by {
+            Some(by) => format!("model {} is retired; served by {by}", notice.model),
+            None => match notice.retires_on {
+                Some(d) => format!("model {} is deprecated and retires on {d}", notice.model),
+                None => format!("model {} is deprecated", notice.model),
+            },
+        };
+        // Quoted-string: the text is ours and ASCII, without quotes or backslashes.
+        if let Ok(v) = HeaderValue::from_str(&format!("299 imagegen \"{text}\"")) {
+            headers.append(axum::http::header::WARNING, v);
+        }
+    }
+}
+
+/// The provider first in line for `request` (recorded in the job's `provider` column).
+fn first_provider(state: &AppState, request: &GenerationRequest) -> ProviderId {
+    let offer = state.offer();
+    request
+        .provider
+        .or_else(|| {
+            offer
+                .catalogue
+                .get(request.model.as_str())
+                .and_then(|m| offer.routes_for(m, imagegen_shared::domain::today()).first().copied())
+        })
+        .unwrap_or(ProviderId::OpenAi)
+}
 
 fn new_job(
     state: &AppState,
@@ -32,6 +131,7 @@ fn new_job(
     }
     NewJob {
         id: JobId::new(),
+        provider: first_provider(state, &request),
         owner: owner.to_owned(),
         correlation_id: correlation_id.to_owned(),
         max_attempts: i32::try_from(state.providers.max_attempts).unwrap_or(i32::MAX),
@@ -121,7 +221,7 @@ pub async fn submit_job(
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
-    let provider = request.provider;
+    let model = request.model.clone();
     // Checked for every submission, replays included: a key must not become a way around the quota.
     crate::rate_limit::check_submission(state, owner, 1, u64::from(request.num_images)).await?;
     let job = new_job(state, owner, correlation_id, request);
@@ -158,9 +258,8 @@ pub async fn submit_job(
         }
         return Err(e.into());
     }
-    metrics::counter!("imagegen_jobs_submitted_total", "provider" => provider.as_str())
-        .increment(1);
-    tracing::info!(job_id = %record.id, provider = %provider, "job queued");
+    metrics::counter!("imagegen_jobs_submitted_total", "model" => model.to_string()).increment(1);
+    tracing::info!(job_id = %record.id, %model, provider = %record.provider, "job queued");
     Ok(record)
 }
 
@@ -209,7 +308,7 @@ pub async fn submit_batch(
             }
             return Err(e.into());
         }
-        metrics::counter!("imagegen_jobs_submitted_total", "provider" => record.provider.clone())
+        metrics::counter!("imagegen_jobs_submitted_total", "model" => record.request.0.model.to_string())
             .increment(1);
     }
     tracing::info!(%batch_id, items = records.len(), "batch queued");

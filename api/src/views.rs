@@ -3,7 +3,7 @@
 use crate::links::Links;
 use chrono::{DateTime, Utc};
 use imagegen_shared::db::{BatchRecord, ImageRecord, JobRecord};
-use imagegen_shared::domain::{BatchId, ImageId, JobId, JobStatus, Moderation, ProviderId};
+use imagegen_shared::domain::{BatchId, ImageId, JobId, JobStatus, ModelId, Moderation, ProviderId};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -31,13 +31,14 @@ pub struct JobErrorView {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(example = json!({"success": true, "job_id": "0193a5b0-7c1e-7f00-9a3e-5d1c2b3a4f50", "status": "succeeded",
-    "provider": "dalle3", "prompt": "A futuristic city skyline at sunset", "size": "1024x1024", "num_images": 1,
-    "quality": "hd", "style": "vivid", "images": [{"id": "0193a5b0-8a2d-7c11-8f00-1b2c3d4e5f60",
+    "model": "gpt-image-2", "provider": "openai", "prompt": "A futuristic city skyline at sunset", "size": "1024x1024",
+    "num_images": 1, "quality": "high", "images": [{"id": "0193a5b0-8a2d-7c11-8f00-1b2c3d4e5f60",
     "job_id": "0193a5b0-7c1e-7f00-9a3e-5d1c2b3a4f50",
     "url": "http://localhost:8003/api/v1/images/0193a5b0-8a2d-7c11-8f00-1b2c3d4e5f60/download", "width": 1024,
     "height": 1024, "content_type": "image/png", "size_bytes": 1234567, "sha256": "9f86d0...",
-    "revised_prompt": "A futuristic city skyline at sunset, detailed", "seed": null,
-    "created_at": "2026-11-24T12:00:10Z"}], "attempts": 1, "generation_time_ms": 8123,
+    "revised_prompt": null, "seed": null,
+    "created_at": "2026-11-24T12:00:10Z"}], "attempts": 1, "generation_time_ms": 8123, "served_by": "openai:gpt-image-2",
+    "usage": {"input_tokens": 9, "output_tokens": 4160, "total_tokens": 4169},
     "created_at": "2026-11-24T12:00:00Z", "correlation_id": "abc123-def456-ghi789"}))]
 pub struct JobView {
     pub success: bool,
@@ -47,9 +48,18 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<i32>,
     pub status: JobStatus,
-    pub provider: ProviderId,
+    /// The model that serves the job (`GET /api/v1/models`); after a retired model's replacement, that one.
+    #[schema(value_type = String)]
+    pub model: ModelId,
+    /// The model the client named, when another serves it (see `translations`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub requested_model: Option<ModelId>,
+    /// The provider first in line at submission (`openai`, `azure_openai`, `flux`, `bfl`); `served_by` names the
+    /// route that made the images.
+    pub provider: String,
     pub prompt: String,
-    /// WIDTHxHEIGHT
+    /// WIDTHxHEIGHT, or `auto`
     pub size: String,
     pub num_images: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,6 +68,14 @@ pub struct JobView {
     pub style: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_compression: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moderation_level: Option<String>,
     pub allow_failover: bool,
     /// Present (and `true`) when the built-in emulator answers for this job's provider: its pictures are
     /// deterministic patterns, not the real model's.
@@ -72,13 +90,19 @@ pub struct JobView {
     pub moderation: Option<Moderation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation_time_ms: Option<i64>,
-    /// The route that produced the images (`dalle3:openai`, `dalle3:azure`, `flux_schnell`); differs from
-    /// `provider` after a failover.
+    /// The route that produced the images, `provider:model` (`openai:gpt-image-2`, `bfl:flux-2-pro`); another
+    /// provider or model after a failover.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
-    /// Every change made to suit the route that served the job (size, dropped options, split calls).
+    /// Every change made to the request: for a retired model's replacement at submission, then for the route that
+    /// served it (size, quality, dropped options, split calls).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub translations: Vec<String>,
+    /// Token usage as the provider reported it (GPT image models): `input_tokens`, `output_tokens`,
+    /// `total_tokens` and their details, summed over the job's calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<serde_json::Value>,
     /// What the provider told us and what we changed to suit it (request ids, model, sizes sent, retries).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -112,6 +136,16 @@ pub fn image_view(links: &Links, image: &ImageRecord) -> ImageView {
     }
 }
 
+/// The provider that served the job, else the one first in line.
+fn served_provider(job: &JobRecord) -> Option<ProviderId> {
+    job.served_by
+        .as_deref()
+        .and_then(|r| r.split(':').next())
+        .unwrap_or(&job.provider)
+        .parse()
+        .ok()
+}
+
 /// `images` may hold other jobs' images too (a page fetched at once); only this job's are taken.
 /// `sandbox`: the providers the built-in emulator answers (standalone mode without their keys).
 pub fn job_view(
@@ -137,15 +171,21 @@ pub fn job_view(
         batch_id: job.batch_id,
         batch_index: job.batch_index,
         status: job.status,
-        provider: req.provider,
+        model: req.model.clone(),
+        requested_model: req.requested_model.clone(),
+        provider: job.provider.clone(),
         prompt: req.prompt.as_str().to_owned(),
         size: req.size.to_string(),
         num_images: req.num_images,
         quality: req.quality.map(|q| q.as_str().to_owned()),
         style: req.style.map(|s| s.as_str().to_owned()),
         seed: req.seed,
+        background: req.background.map(|b| b.as_str().to_owned()),
+        output_format: req.output_format.map(|f| f.as_str().to_owned()),
+        output_compression: req.output_compression,
+        moderation_level: req.moderation.map(|m| m.as_str().to_owned()),
         allow_failover: req.allow_failover,
-        sandbox: sandbox.contains(&req.provider),
+        sandbox: served_provider(job).is_some_and(|p| sandbox.contains(&p)),
         images: images
             .iter()
             .filter(|i| i.job_id == job.id)
@@ -157,11 +197,18 @@ pub fn job_view(
         generation_time_ms: job.generation_time_ms,
         provider_details: job.provider_meta.as_ref().map(|m| m.0.clone()),
         served_by: job.served_by.clone(),
-        translations: job
+        translations: req
             .translations
+            .iter()
+            .chain(job.translations.iter().flat_map(|t| t.0.iter()))
+            .cloned()
+            .collect(),
+        usage: job
+            .provider_meta
             .as_ref()
-            .map(|t| t.0.clone())
-            .unwrap_or_default(),
+            .and_then(|m| m.0.get("usage"))
+            .filter(|u| !u.is_null())
+            .cloned(),
         cancel_reason: (job.status == JobStatus::Canceled).then(|| {
             if job.error_code.as_deref() == Some("deadline_exceeded") {
                 "deadline"

@@ -2,6 +2,7 @@
 //! and job events (Redis), image storage (object_store) and the provider catalogue.
 
 pub mod backends;
+pub mod catalogue;
 pub mod config;
 pub mod db;
 pub mod domain;

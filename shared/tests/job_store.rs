@@ -3,7 +3,7 @@
 
 use imagegen_shared::db::{self, Db, JobFailure, NewImage, NewJob};
 use imagegen_shared::domain::{
-    GenerateBody, GenerationLimits, GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
+    GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
 };
 use sqlx::PgPool;
 use std::time::Duration;
@@ -30,28 +30,14 @@ impl Drop for TempDir {
 }
 
 fn request(prompt: &str) -> GenerationRequest {
-    let limits = GenerationLimits {
-        enabled: vec![ProviderId::Dalle3],
-        configured: vec![ProviderId::Dalle3],
-        default_provider: ProviderId::Dalle3,
-        max_images_per_request: 4,
-    };
-    let body = GenerateBody {
-        prompt: prompt.into(),
-        provider: None,
-        size: None,
-        quality: None,
-        style: None,
-        num_images: None,
-        seed: None,
-        allow_failover: None,
-        deadline_seconds: None,
-    };
-    GenerationRequest::parse(body, &limits).expect("valid request")
+    serde_json::from_value(serde_json::json!({"prompt": prompt, "model": "gpt-image-2", "size": "1024x1024",
+        "num_images": 1, "allow_failover": true}))
+    .expect("valid request")
 }
 
 fn new_job(owner: &str) -> NewJob {
     NewJob {
+        provider: ProviderId::OpenAi,
         id: JobId::new(),
         owner: owner.into(),
         correlation_id: "corr-1".into(),

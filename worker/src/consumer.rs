@@ -8,10 +8,10 @@ use crate::providers::ImageProvider;
 use crate::providers::azure::AzureClient;
 use crate::providers::bfl::BflClient;
 use crate::providers::flux::FluxClient;
+use crate::providers::images_api::ResponseFormat;
 use crate::providers::openai::OpenAiClient;
-use crate::providers::openai::ResponseFormat;
 use crate::retry::Backoff;
-use crate::routing::{Route, Routes};
+use crate::routing::Routes;
 use anyhow::Context;
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis::prelude::{Event, WorkerContext};
@@ -20,7 +20,6 @@ use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use apalis_redis::ConnectionManager;
 use apalis_redis::RedisStorage;
 use imagegen_shared::backends::Backends;
-use imagegen_shared::config::FluxProtocol;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
@@ -96,7 +95,7 @@ pub async fn run_with(
 
     let timeout = provider_settings.timeout;
     let routes = build_routes(&args, &provider_settings)?;
-    let concurrency_limits = args.fleet.concurrency()?;
+    let concurrency_limits = args.fleet.concurrency(&provider_settings.catalogue)?;
     let limit_settings = ProviderId::ALL
         .iter()
         .map(|p| {
@@ -373,40 +372,34 @@ async fn vacuum_queue(mut storage: RedisStorage<JobMessage>, stop: CancellationT
     }
 }
 
-/// One client per configured route, in preference order (DALLE3_BACKEND first), and the failover order.
+/// One client per configured provider; the routes are built per job from the offer (`Routes::chain`).
 fn build_routes(args: &WorkerArgs, settings: &ProviderSettings) -> anyhow::Result<Routes> {
     let timeout = settings.timeout;
-    let mut routes = Vec::new();
-    for (_, name) in settings.routes() {
-        let client: Arc<dyn ImageProvider> = match name {
-            "dalle3:azure" => match &settings.azure {
-                Some(azure) => Arc::new(AzureClient::new(
-                    azure.clone(),
-                    timeout,
-                    args.openai_response_format,
-                )?),
+    let mut clients: Vec<Arc<dyn ImageProvider>> = Vec::new();
+    for provider in settings.configured() {
+        let client: Arc<dyn ImageProvider> = match provider {
+            ProviderId::OpenAi => match &settings.openai {
+                Some(openai) => Arc::new(OpenAiClient::new(openai.clone(), timeout, args.openai_response_format)?),
                 None => continue,
             },
-            "dalle3:openai" => match &settings.openai {
-                Some(openai) => Arc::new(OpenAiClient::new(
-                    openai.clone(),
-                    timeout,
-                    args.openai_response_format,
-                )?),
+            ProviderId::AzureOpenAi => match &settings.azure {
+                Some(azure) => Arc::new(AzureClient::new(azure.clone(), timeout, args.openai_response_format)?),
                 None => continue,
             },
-            _ => match settings.flux.clone() {
-                Some(flux) if flux.protocol == FluxProtocol::Bfl => {
-                    Arc::new(BflClient::new(flux, timeout)?)
-                }
+            ProviderId::Flux => match &settings.flux {
                 Some(flux) => {
                     let inline = args.openai_response_format == ResponseFormat::B64Json;
-                    Arc::new(FluxClient::new(flux, timeout, inline)?)
+                    Arc::new(FluxClient::new(flux.clone(), timeout, inline)?)
                 }
+                None => continue,
+            },
+            ProviderId::Bfl => match &settings.bfl {
+                Some(bfl) => Arc::new(BflClient::new(bfl.clone(), timeout)?),
                 None => continue,
             },
         };
-        routes.push(Route { client });
+        clients.push(client);
     }
-    Ok(Routes::new(routes, args.fleet.failover_order()?))
+    // The worker checks no request sizes: MAX_IMAGES_PER_REQUEST is the API's business.
+    Ok(Routes::new(clients, settings.offer(u8::MAX)))
 }

@@ -16,8 +16,10 @@ use clap::Args;
 use imagegen_shared::config::{
     ConfigError, CoreArgs, DatabaseArgs, ProviderArgs, RedisArgs, StorageArgs,
 };
+use imagegen_shared::catalogue::Catalogue;
+use imagegen_shared::config::providers::providers_named;
 use imagegen_shared::domain::ProviderId;
-use providers::openai::ResponseFormat;
+use providers::images_api::ResponseFormat;
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -63,7 +65,8 @@ pub struct WorkerArgs {
     /// Serve this worker's Prometheus metrics on 0.0.0.0:PORT/metrics (off when unset).
     #[arg(long, env = "WORKER_METRICS_PORT", value_name = "WORKER_METRICS_PORT")]
     pub worker_metrics_port: Option<u16>,
-    /// How DALL-E 3 returns pictures: b64_json (inline) or url (downloaded at once).
+    /// How DALL-E and FLUX hosts return pictures: b64_json (inline) or url (downloaded at once). GPT image models
+    /// always answer base64.
     #[arg(
         long,
         env = "OPENAI_RESPONSE_FORMAT",
@@ -88,8 +91,8 @@ pub struct WorkerArgs {
 /// Fleet-wide limit and failover settings.
 #[derive(Args, Debug, Clone)]
 pub struct FleetArgs {
-    /// Most calls in flight per provider across all workers, e.g. `dalle3=5,flux_schnell=10` (unset: unlimited).
-    /// Each DALL-E 3 backend (OpenAI, Azure) gets the dalle3 figure on its own.
+    /// Most calls in flight per provider across all workers, e.g. `openai=5,bfl=24` (unset: unlimited). The seed's
+    /// names give each provider of their family the figure on its own (`dalle3=5`: openai 5 and azure_openai 5).
     #[arg(
         long,
         env = "PROVIDER_CONCURRENCY",
@@ -97,9 +100,6 @@ pub struct FleetArgs {
         default_value = ""
     )]
     pub provider_concurrency: String,
-    /// Providers to fail over to, in order (default: the configured ones, in catalogue order).
-    #[arg(long, env = "FAILOVER_ORDER", value_name = "FAILOVER_ORDER")]
-    pub failover_order: Option<String>,
     /// Consecutive retryable failures that open a provider's circuit.
     #[arg(long, env = "BREAKER_FAILURES", value_name = "BREAKER_FAILURES", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -120,7 +120,10 @@ impl FleetArgs {
         std::time::Duration::from_secs(self.provider_permit_ttl_secs)
     }
 
-    pub fn concurrency(&self) -> Result<std::collections::HashMap<ProviderId, u32>, ConfigError> {
+    pub fn concurrency(
+        &self,
+        catalogue: &Catalogue,
+    ) -> Result<std::collections::HashMap<ProviderId, u32>, ConfigError> {
         let mut out = std::collections::HashMap::new();
         for pair in self
             .provider_concurrency
@@ -134,8 +137,7 @@ impl FleetArgs {
                     format!("'{pair}' is not provider=N"),
                 )
             })?;
-            let id = name
-                .parse::<ProviderId>()
+            let ids = providers_named(name, catalogue)
                 .map_err(|e| ConfigError::new("PROVIDER_CONCURRENCY", e.to_string()))?;
             let n = n.trim().parse::<u32>().map_err(|_| {
                 ConfigError::new(
@@ -143,27 +145,11 @@ impl FleetArgs {
                     format!("'{pair}': N must be a whole number"),
                 )
             })?;
-            out.insert(id, n);
+            for id in ids {
+                out.insert(id, n);
+            }
         }
         Ok(out)
-    }
-
-    pub fn failover_order(&self) -> Result<Vec<ProviderId>, ConfigError> {
-        match self
-            .failover_order
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            None => Ok(ProviderId::ALL.to_vec()),
-            Some(list) => list
-                .split(',')
-                .map(|p| {
-                    p.parse::<ProviderId>()
-                        .map_err(|e| ConfigError::new("FAILOVER_ORDER", e.to_string()))
-                })
-                .collect(),
-        }
     }
 }
 

@@ -8,11 +8,11 @@
 use crate::download::Downloader;
 use crate::providers::ProviderError;
 use crate::retry::Backoff;
-use crate::routing::{Route, Routes, translate};
+use crate::routing::{Route, Routes};
 use crate::store::{StoreError, remove_objects, store_all};
 use imagegen_shared::db::{self, Db, DbError, JobFailure, JobRecord, NewImage, Served};
 use imagegen_shared::domain::{
-    GenerationRequest, JobId, JobStatus, Moderation, ModerationSource, ProviderId,
+    JobId, JobStatus, Moderation, ModerationSource, ProviderId,
 };
 use imagegen_shared::events::JobEvent;
 use imagegen_shared::limits::{Admission, FleetLimits, LimitSettings};
@@ -267,17 +267,21 @@ async fn generate(
 ) -> Result<Outcome, ProcessError> {
     let request = &job.request.0;
     let started = Instant::now();
-    let chain = ctx.routes.chain(request.provider, request.allow_failover);
+    let (chain, skipped) = ctx.routes.chain(request, imagegen_shared::domain::today());
+    let mut history: Vec<serde_json::Value> = skipped
+        .iter()
+        .map(|s| serde_json::json!({"route": s.key, "skipped": s.why}))
+        .collect();
     if chain.is_empty() {
         let failure = JobFailure {
             status: JobStatus::Failed,
             code: "provider_not_configured".into(),
-            message: format!("No worker is configured for provider {}", request.provider),
+            message: format!("No worker is configured for model {}", request.model),
             moderation: None,
         };
-        return finish_unsuccessful(ctx, job, &failure, &serde_json::json!({})).await;
+        let meta = serde_json::json!({ "retries": history });
+        return finish_unsuccessful(ctx, job, &failure, &meta).await;
     }
-    let mut history: Vec<serde_json::Value> = Vec::new();
     let mut last: Option<AttemptError> = None;
     for route in &chain {
         match try_route(ctx, job, message, route, lost, started, &mut history).await? {
@@ -312,13 +316,15 @@ async fn try_route(
     started: Instant,
     history: &mut Vec<serde_json::Value>,
 ) -> Result<RouteResult, ProcessError> {
-    let (request, translations) = translate(&job.request.0, route.provider());
+    let request = &route.request;
     let settings = ctx
         .limit_settings
         .get(&route.provider())
         .cloned()
         .unwrap_or_else(default_limits);
-    let key = route.key();
+    let key = route.key.as_str();
+    // Fleet limits, 429 pauses and circuit breakers are the provider account's; attempts are per route.
+    let limit_key = route.provider().as_str();
     let mut used = job.provider_attempts.0.get(key).copied().unwrap_or(0);
     let mut saturated_since: Option<Instant> = None;
     loop {
@@ -326,7 +332,7 @@ async fn try_route(
             return Ok(RouteResult::Next(None));
         }
         let permit = uuid::Uuid::new_v4().to_string();
-        let admission = match ctx.limits.admit(key, &permit, &settings).await {
+        let admission = match ctx.limits.admit(limit_key, &permit, &settings).await {
             Ok(a) => a,
             // Without Redis there are no fleet limits to consult (and no queue either); go on rather than stall.
             Err(e) => {
@@ -361,17 +367,17 @@ async fn try_route(
         let attempt = match attempt {
             Ok(Some(a)) => a,
             Ok(None) => {
-                let _ = ctx.limits.release(key, &permit).await;
+                let _ = ctx.limits.release(limit_key, &permit).await;
                 return Ok(RouteResult::Done(Outcome::NotOurs));
             }
             Err(e) => {
-                let _ = ctx.limits.release(key, &permit).await;
+                let _ = ctx.limits.release(limit_key, &permit).await;
                 return Err(e.into());
             }
         };
         used = attempt.on_route;
-        let result = call_with_permit(ctx, route, &request, job, &permit, &settings, lost).await;
-        let _ = ctx.limits.release(key, &permit).await;
+        let result = call_with_permit(ctx, route, job, &permit, &settings, lost).await;
+        let _ = ctx.limits.release(limit_key, &permit).await;
         let output = match result {
             CallResult::Lost => return Ok(RouteResult::Done(Outcome::NotOurs)),
             CallResult::Abandoned => return release(ctx, job).await.map(RouteResult::Done),
@@ -379,15 +385,16 @@ async fn try_route(
         };
         let attempt_result = match output {
             Ok(output) => {
-                let _ = ctx.limits.record_success(key).await;
-                store_all(ctx, job, &request, key, &output)
+                let _ = ctx.limits.record_success(limit_key).await;
+                let usage = output.usage.clone();
+                store_all(ctx, job, request, key, &output)
                     .await
-                    .map(|images| (images, output.meta))
+                    .map(|images| (images, output.meta, usage))
                     .map_err(AttemptError::Store)
             }
             Err(e) => {
                 if matches!(e, ProviderError::Retryable { .. }) {
-                    match ctx.limits.record_failure(key, &settings).await {
+                    match ctx.limits.record_failure(limit_key, &settings).await {
                         Ok(true) => {
                             tracing::warn!(route = key, "circuit opened after repeated failures")
                         }
@@ -401,13 +408,18 @@ async fn try_route(
             }
         };
         match attempt_result {
-            Ok((images, mut meta)) => {
-                // What was made is recorded as it is; a size other than the one asked for is said, not hidden.
+            Ok((images, mut meta, usage)) => {
+                // What was made is recorded as it is; a size other than the one asked for is said, not hidden
+                // (`auto` and aspect-ratio models choose their own pixels).
+                let asked = request.size.exact().filter(|_| {
+                    route.model.serves.get(&route.provider()).is_none_or(|s| {
+                        s.size_param == imagegen_shared::catalogue::SizeParam::WidthHeight
+                    })
+                });
                 let mismatched: Vec<String> = images
                     .iter()
                     .filter(|i| {
-                        (i.width, i.height)
-                            != (request.size.width as i32, request.size.height as i32)
+                        asked.is_some_and(|a| (i.width, i.height) != (a.width as i32, a.height as i32))
                     })
                     .map(|i| {
                         format!(
@@ -422,11 +434,14 @@ async fn try_route(
                 if let Some(obj) = meta.as_object_mut() {
                     obj.insert("retries".into(), serde_json::json!(history));
                     obj.insert("attempts".into(), serde_json::json!(attempt.total));
+                    if let Some(usage) = usage {
+                        obj.insert("usage".into(), usage);
+                    }
                 }
                 let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
                 let served = Served {
                     route: key.to_owned(),
-                    translations,
+                    translations: route.translations.clone(),
                 };
                 return finish_succeeded(ctx, job, images, &meta, elapsed, &served)
                     .await
@@ -463,7 +478,7 @@ async fn try_route(
                 }) = &e
                     && *wait <= crate::retry::MAX_RETRY_AFTER
                 {
-                    if let Err(err) = ctx.limits.pause(key, *wait).await {
+                    if let Err(err) = ctx.limits.pause(limit_key, *wait).await {
                         tracing::warn!(error = %err, "could not pause the route for the fleet");
                     }
                     return defer(ctx, job, message, *wait).await;
@@ -507,15 +522,20 @@ enum CallResult {
 async fn call_with_permit(
     ctx: &JobContext,
     route: &Route,
-    request: &GenerationRequest,
     job: &JobRecord,
     permit: &str,
     settings: &LimitSettings,
     lost: &CancellationToken,
 ) -> CallResult {
     let started = Instant::now();
-    let label = route.key().to_owned();
-    let call = route.client.generate(request, &job.correlation_id);
+    let label = route.key.clone();
+    let call = crate::providers::Call {
+        model: &route.model,
+        provider_model: &route.provider_model,
+        request: &route.request,
+        correlation_id: &job.correlation_id,
+    };
+    let call = route.client.generate(&call);
     tokio::pin!(call);
     let mut renew = tokio::time::interval(settings.permit_ttl / 3);
     renew.tick().await;
@@ -523,7 +543,7 @@ async fn call_with_permit(
         tokio::select! {
             r = &mut call => break CallResult::Done(r),
             _ = renew.tick() => {
-                if let Err(e) = ctx.limits.renew(route.key(), permit, settings.permit_ttl).await {
+                if let Err(e) = ctx.limits.renew(route.provider().as_str(), permit, settings.permit_ttl).await {
                     tracing::warn!(error = %e, "could not renew the fleet permit");
                 }
             }

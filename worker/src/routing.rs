@@ -1,235 +1,214 @@
-//! Which routes may serve a job, in what order, and how a request is translated for a provider it was not written
-//! for (nearest size by aspect ratio, options the target lacks dropped), every change recorded.
-//!
-//! A job first tries its own provider's routes (for DALL-E 3: DALLE3_BACKEND first, then the other backend), then,
-//! unless the client said `allow_failover: false`, the other providers in FAILOVER_ORDER.
+//! Which routes may serve a job, in what order, and the request each is sent. A route is one provider serving one
+//! model (`openai:gpt-image-2`). A job first tries its own model on every configured provider that serves it today
+//! (the provider the client named first; only that one with `allow_failover: false`), then, unless the client said
+//! `allow_failover: false`, every other provider's default model in FAILOVER_ORDER. The request is translated for
+//! each route from the catalogue (`imagegen_shared::domain::translate`), every change recorded.
 
 use crate::providers::ImageProvider;
-use imagegen_shared::domain::{GenerationRequest, ImageSize, ProviderId};
+use chrono::NaiveDate;
+use imagegen_shared::catalogue::ModelSpec;
+use imagegen_shared::domain::translate::translate;
+use imagegen_shared::domain::{GenerationRequest, ModelId, Offer, ProviderId, route_key};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Route {
     pub client: Arc<dyn ImageProvider>,
+    pub model: Arc<ModelSpec>,
+    /// The model's name at the provider (Azure: the deployment).
+    pub provider_model: String,
+    /// `provider:model`, the route's name in attempts, metrics and `served_by`.
+    pub key: String,
+    /// The request as this route is sent it, and what was changed to get there.
+    pub request: GenerationRequest,
+    pub translations: Vec<String>,
 }
 
 impl Route {
-    pub fn key(&self) -> &str {
-        self.client.route()
-    }
     pub fn provider(&self) -> ProviderId {
         self.client.id()
     }
 }
 
+/// A route that cannot take the job (its prompt is too long there), and why; recorded in the job's history.
+pub struct Skipped {
+    pub key: String,
+    pub why: String,
+}
+
 #[derive(Clone, Default)]
 pub struct Routes {
-    /// In preference order: a provider's primary route before its others.
-    routes: Vec<Route>,
-    /// Providers in failover order.
-    order: Vec<ProviderId>,
+    clients: HashMap<ProviderId, Arc<dyn ImageProvider>>,
+    offer: Option<Arc<Offer>>,
 }
 
 impl Routes {
-    pub fn new(routes: Vec<Route>, order: Vec<ProviderId>) -> Self {
-        Self { routes, order }
+    pub fn new(clients: Vec<Arc<dyn ImageProvider>>, offer: Offer) -> Self {
+        Self {
+            clients: clients.into_iter().map(|c| (c.id(), c)).collect(),
+            offer: Some(Arc::new(offer)),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.clients.is_empty()
     }
 
     pub fn download_hosts(&self) -> Vec<String> {
-        self.routes
-            .iter()
-            .flat_map(|r| r.client.download_hosts())
-            .collect()
+        self.clients.values().flat_map(|c| c.download_hosts()).collect()
     }
 
-    /// The routes to try for a request, in order.
-    pub fn chain(&self, requested: ProviderId, allow_failover: bool) -> Vec<Route> {
-        let mut chain: Vec<Route> = self
-            .routes
-            .iter()
-            .filter(|r| r.provider() == requested)
-            .cloned()
-            .collect();
-        if allow_failover {
-            for provider in self.order.iter().filter(|p| **p != requested) {
-                chain.extend(
-                    self.routes
-                        .iter()
-                        .filter(|r| r.provider() == *provider)
-                        .cloned(),
-                );
+    /// The routes to try for `request` on `today`, in order, and the ones that cannot take it.
+    pub fn chain(&self, request: &GenerationRequest, today: NaiveDate) -> (Vec<Route>, Vec<Skipped>) {
+        let Some(offer) = &self.offer else {
+            return (Vec::new(), Vec::new());
+        };
+        let catalogue = &offer.catalogue;
+        let mut targets: Vec<(ProviderId, ModelId)> = Vec::new();
+        if let Some(model) = catalogue.get(request.model.as_str()) {
+            let mut own = offer.routes_for(model, today);
+            if let Some(pinned) = request.provider {
+                own.sort_by_key(|p| *p != pinned);
+                if !request.allow_failover {
+                    own.retain(|p| *p == pinned);
+                }
+            }
+            targets.extend(own.into_iter().map(|p| (p, model.id.clone())));
+        }
+        if request.allow_failover {
+            for provider in offer.providers.iter() {
+                let Some(default) = &provider.default_model else { continue };
+                let target = (provider.provider, default.clone());
+                let live = catalogue
+                    .get(default.as_str())
+                    .is_some_and(|m| offer.routes_for(m, today).contains(&provider.provider));
+                if live && !targets.contains(&target) && *default != request.model {
+                    targets.push(target);
+                }
             }
         }
-        chain
-    }
-}
-
-/// The supported size whose aspect ratio is nearest, then whose area is nearest.
-pub fn nearest_size(size: ImageSize, supported: &[ImageSize]) -> ImageSize {
-    let ratio = |s: ImageSize| f64::from(s.width) / f64::from(s.height);
-    let area = |s: ImageSize| f64::from(s.width) * f64::from(s.height);
-    let target_ratio = ratio(size).ln();
-    let target_area = area(size);
-    supported
-        .iter()
-        .copied()
-        .min_by(|a, b| {
-            let key = |s: ImageSize| {
-                (
-                    (ratio(s).ln() - target_ratio).abs(),
-                    (area(s) - target_area).abs(),
-                )
+        let mut routes = Vec::new();
+        let mut skipped = Vec::new();
+        for (provider, model_id) in targets {
+            let (Some(client), Some(model), Some(provider_model)) = (
+                self.clients.get(&provider),
+                catalogue.get(model_id.as_str()),
+                offer.provider_model(provider, &model_id),
+            ) else {
+                continue;
             };
-            key(*a)
-                .partial_cmp(&key(*b))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
-        .unwrap_or(size)
-}
-
-/// The request rewritten for `target`, with a note for every change.
-pub fn translate(req: &GenerationRequest, target: ProviderId) -> (GenerationRequest, Vec<String>) {
-    if req.provider == target {
-        return (req.clone(), Vec::new());
+            let key = route_key(provider, &model_id);
+            match translate(request, model, Some(provider), catalogue) {
+                Ok((translated, translations)) => routes.push(Route {
+                    client: client.clone(),
+                    model: model.clone(),
+                    provider_model: provider_model.to_owned(),
+                    key,
+                    request: translated,
+                    translations,
+                }),
+                Err(why) => skipped.push(Skipped { key, why }),
+            }
+        }
+        (routes, skipped)
     }
-    let spec = target.spec();
-    let mut out = req.clone();
-    let mut notes = vec![format!("served by {target} instead of {}", req.provider)];
-    out.provider = target;
-    if !spec.supports_size(req.size) {
-        out.size = nearest_size(req.size, spec.supported_sizes);
-        notes.push(format!(
-            "size {} -> {} (nearest aspect ratio on {target})",
-            req.size, out.size
-        ));
-    }
-    if req.num_images > spec.max_images {
-        notes.push(format!(
-            "num_images {} split into {} calls of {}",
-            req.num_images, req.num_images, spec.max_images
-        ));
-    }
-    if !spec.supports_quality && req.quality.is_some() {
-        out.quality = None;
-        notes.push(format!("quality dropped ({target} has none)"));
-    }
-    if !spec.supports_style && req.style.is_some() {
-        out.style = None;
-        notes.push(format!("style dropped ({target} has none)"));
-    }
-    if !spec.supports_seed && req.seed.is_some() {
-        out.seed = None;
-        notes.push(format!("seed dropped ({target} takes none)"));
-    }
-    (out, notes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imagegen_shared::domain::{GenerateBody, GenerationLimits};
+    use crate::providers::{Call, ProviderError, ProviderOutput};
+    use async_trait::async_trait;
+    use clap::Parser;
+    use imagegen_shared::config::ProviderArgs;
+    use imagegen_shared::domain::{GenerateBody, resolve};
 
-    fn request(provider: &str, size: &str, n: i64, seed: Option<i64>) -> GenerationRequest {
-        let limits = GenerationLimits {
-            enabled: ProviderId::ALL.to_vec(),
-            configured: ProviderId::ALL.to_vec(),
-            default_provider: ProviderId::Dalle3,
-            max_images_per_request: 4,
-        };
-        let body = GenerateBody {
-            prompt: "a cat".into(),
-            provider: Some(provider.into()),
-            size: Some(size.into()),
-            quality: None,
-            style: None,
-            num_images: Some(n),
-            seed,
-            allow_failover: None,
-            deadline_seconds: None,
-        };
-        GenerationRequest::parse(body, &limits).expect("valid")
+    struct Fake(ProviderId);
+
+    #[async_trait]
+    impl ImageProvider for Fake {
+        fn id(&self) -> ProviderId {
+            self.0
+        }
+        fn download_hosts(&self) -> Vec<String> {
+            Vec::new()
+        }
+        async fn generate(&self, _: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
+            Err(ProviderError::Final { status: None, code: None, message: "fake".into() })
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        providers: ProviderArgs,
+    }
+
+    fn today() -> NaiveDate {
+        "2026-11-28".parse().expect("date")
+    }
+
+    fn routes(extra: &[&str]) -> (Routes, Offer) {
+        let mut args = vec!["test", "--openai-api-key", "k", "--flux-api-key", "f", "--bfl-api-key", "b",
+            "--azure-openai-api-key", "a", "--azure-openai-endpoint", "https://r.openai.azure.com",
+            "--azure-openai-deployment-name", "img2"];
+        args.extend_from_slice(extra);
+        let settings = Cli::try_parse_from(args).expect("parses").providers.settings_on(today()).expect("valid");
+        let offer = settings.offer_on(4, today());
+        let clients: Vec<Arc<dyn ImageProvider>> = ProviderId::ALL.iter().map(|p| Arc::new(Fake(*p)) as Arc<dyn ImageProvider>).collect();
+        (Routes::new(clients, offer.clone()), offer)
+    }
+
+    fn request(offer: &Offer, body: GenerateBody) -> GenerationRequest {
+        let parsed = GenerationRequest::parse(body, offer).expect("valid");
+        resolve(parsed, offer, today()).expect("served").request
+    }
+
+    fn keys(chain: &[Route]) -> Vec<&str> {
+        chain.iter().map(|r| r.key.as_str()).collect()
     }
 
     #[test]
-    fn nearest_sizes_keep_the_shape() {
-        let flux = ProviderId::FluxSchnell.spec().supported_sizes;
-        assert_eq!(
-            nearest_size(ImageSize::new(1792, 1024), flux),
-            ImageSize::new(1536, 1024)
-        );
-        assert_eq!(
-            nearest_size(ImageSize::new(1024, 1792), flux),
-            ImageSize::new(1024, 1536)
-        );
-        assert_eq!(
-            nearest_size(ImageSize::new(1024, 1024), flux),
-            ImageSize::new(1024, 1024)
-        );
-        let dalle = ProviderId::Dalle3.spec().supported_sizes;
-        assert_eq!(
-            nearest_size(ImageSize::new(512, 512), dalle),
-            ImageSize::new(1024, 1024)
-        );
-        assert_eq!(
-            nearest_size(ImageSize::new(1536, 1024), dalle),
-            ImageSize::new(1792, 1024)
-        );
+    fn own_model_everywhere_first_then_each_providers_default() {
+        let (routes, offer) = routes(&[]);
+        let req = request(&offer, GenerateBody { prompt: "a cat".into(), ..GenerateBody::default() });
+        let (chain, _) = routes.chain(&req, today());
+        assert_eq!(keys(&chain), ["openai:gpt-image-2", "azure_openai:gpt-image-2", "flux:flux-schnell", "bfl:flux-2-pro"]);
+        assert!(chain[0].translations.is_empty());
+        assert!(chain[2].translations.iter().any(|t| t.contains("served by flux-schnell")), "{:?}", chain[2].translations);
     }
 
     #[test]
-    fn dalle3_to_flux_drops_what_flux_lacks() {
-        let (out, notes) = translate(
-            &request("dalle3", "1792x1024", 1, None),
-            ProviderId::FluxSchnell,
-        );
-        assert_eq!(
-            (out.provider, out.size, out.quality, out.style),
-            (
-                ProviderId::FluxSchnell,
-                ImageSize::new(1536, 1024),
-                None,
-                None
-            )
-        );
-        assert!(
-            notes.iter().any(|n| n.contains("1792x1024 -> 1536x1024")),
-            "{notes:?}"
-        );
-        assert!(
-            notes.iter().any(|n| n.contains("quality dropped"))
-                && notes.iter().any(|n| n.contains("style dropped"))
-        );
+    fn a_pinned_provider_goes_first_and_alone_without_failover() {
+        let (routes, offer) = routes(&["--failover-order", "bfl,flux"]);
+        let body = GenerateBody { prompt: "a cat".into(), model: Some("gpt-image-2".into()), provider: Some("azure_openai".into()), ..GenerateBody::default() };
+        let (chain, _) = routes.chain(&request(&offer, body.clone()), today());
+        assert_eq!(keys(&chain), ["azure_openai:gpt-image-2", "openai:gpt-image-2", "bfl:flux-2-pro", "flux:flux-schnell"]);
+        let alone = GenerateBody { allow_failover: Some(false), ..body };
+        let (chain, _) = routes.chain(&request(&offer, alone), today());
+        assert_eq!(keys(&chain), ["azure_openai:gpt-image-2"]);
     }
 
     #[test]
-    fn flux_to_dalle3_splits_images_and_drops_the_seed() {
-        let (out, notes) = translate(
-            &request("flux_schnell", "512x512", 3, Some(9)),
-            ProviderId::Dalle3,
-        );
-        assert_eq!(
-            (out.size, out.num_images, out.seed),
-            (ImageSize::new(1024, 1024), 3, None)
-        );
-        assert!(
-            notes.iter().any(|n| n.contains("split into 3 calls")),
-            "{notes:?}"
-        );
-        assert!(
-            notes.iter().any(|n| n.contains("seed dropped")),
-            "{notes:?}"
-        );
+    fn azure_gets_no_webp_and_flux_gets_a_fitted_size() {
+        let (routes, offer) = routes(&[]);
+        let body = GenerateBody { prompt: "a cat".into(), size: Some("3840x2160".into()), output_format: Some("webp".into()), ..GenerateBody::default() };
+        let (chain, _) = routes.chain(&request(&offer, body), today());
+        assert_eq!(chain[1].translations, ["output_format webp -> png"]);
+        let flux = &chain[2];
+        assert!(flux.model.accepts_size(flux.request.size), "{}", flux.request.size);
+        let bfl = &chain[3];
+        assert!(bfl.model.accepts_size(bfl.request.size), "{}", bfl.request.size);
     }
 
     #[test]
-    fn same_provider_is_untouched() {
-        let req = request("dalle3", "1024x1024", 1, None);
-        let (out, notes) = translate(&req, ProviderId::Dalle3);
-        assert_eq!(out, req);
-        assert!(notes.is_empty());
+    fn a_prompt_too_long_for_a_target_skips_it() {
+        let (routes, offer) = routes(&[]);
+        let body = GenerateBody { prompt: "a".repeat(5000), ..GenerateBody::default() };
+        let (chain, skipped) = routes.chain(&request(&offer, body), today());
+        assert_eq!(keys(&chain), ["openai:gpt-image-2", "azure_openai:gpt-image-2", "bfl:flux-2-pro"]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].key, "flux:flux-schnell");
     }
 }

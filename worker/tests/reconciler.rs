@@ -3,7 +3,7 @@
 
 use imagegen_shared::db::{self, Db, NewJob};
 use imagegen_shared::domain::{
-    GenerateBody, GenerationLimits, GenerationRequest, JobId, JobStatus, ProviderId,
+    JobId, JobStatus, ProviderId,
 };
 use imagegen_shared::queue::{JobMessage, JobQueue, redis_connection};
 use imagegen_worker::reconciler::{ReconcilerSettings, reconcile_once};
@@ -11,28 +11,12 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 fn new_job(max_attempts: i32) -> NewJob {
-    let limits = GenerationLimits {
-        enabled: vec![ProviderId::Dalle3],
-        configured: vec![ProviderId::Dalle3],
-        default_provider: ProviderId::Dalle3,
-        max_images_per_request: 1,
-    };
-    let body = GenerateBody {
-        prompt: "a fox".into(),
-        provider: None,
-        size: None,
-        quality: None,
-        style: None,
-        num_images: None,
-        seed: None,
-        allow_failover: None,
-        deadline_seconds: None,
-    };
     NewJob {
+        provider: ProviderId::OpenAi,
         id: JobId::new(),
         owner: "anonymous".into(),
         correlation_id: "corr".into(),
-        request: GenerationRequest::parse(body, &limits).expect("valid"),
+        request: serde_json::from_value(serde_json::json!({"prompt": "a fox", "model": "gpt-image-2", "size": "1024x1024", "num_images": 1, "allow_failover": true})).expect("valid"),
         max_attempts,
         status: JobStatus::Queued,
         moderation: None,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use imagegen_shared::db::{self, Db, NewImage, NewJob, Served};
 use imagegen_shared::domain::{
-    GenerateBody, GenerationLimits, GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
+    ImageId, JobId, JobStatus, ProviderId,
 };
 use imagegen_shared::storage::{ImageMetadata, ImageStorage};
 use imagegen_worker::retention::sweep_once;
@@ -14,28 +14,12 @@ use std::time::Duration;
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn new_job() -> NewJob {
-    let limits = GenerationLimits {
-        enabled: vec![ProviderId::Dalle3],
-        configured: vec![ProviderId::Dalle3],
-        default_provider: ProviderId::Dalle3,
-        max_images_per_request: 1,
-    };
-    let body = GenerateBody {
-        prompt: "an old fox".into(),
-        provider: None,
-        size: None,
-        quality: None,
-        style: None,
-        num_images: None,
-        seed: None,
-        allow_failover: None,
-        deadline_seconds: None,
-    };
     NewJob {
+        provider: ProviderId::OpenAi,
         id: JobId::new(),
         owner: "anonymous".into(),
         correlation_id: "corr".into(),
-        request: GenerationRequest::parse(body, &limits).expect("valid"),
+        request: serde_json::from_value(serde_json::json!({"prompt": "an old fox", "model": "gpt-image-2", "size": "1024x1024", "num_images": 1, "allow_failover": true})).expect("valid"),
         max_attempts: 3,
         status: JobStatus::Queued,
         moderation: None,

@@ -5,7 +5,7 @@ use crate::auth::Submitter;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppJson, CorrelationId, WaitPreference, cancel_after};
 use crate::state::AppState;
-use crate::submit::{Idempotency, submit_batch, submit_job};
+use crate::submit::{Idempotency, accept, accept_all, lifecycle_headers, submit_batch, submit_job};
 use crate::views::{BatchView, JobView, batch_view};
 use crate::wait::{wait_for_batch, wait_for_job};
 use axum::Router;
@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use imagegen_shared::db;
-use imagegen_shared::domain::{GenerateBody, GenerationRequest, JobId, ValidationErrors};
+use imagegen_shared::domain::{GenerateBody, JobId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -54,9 +54,9 @@ pub async fn generate(
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let mut request =
-        GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
-    request.deadline_secs = request.deadline_secs.or(cancel_after(&headers)?);
+    let accepted_request = accept(&state, body, cancel_after(&headers)?)?;
+    let notices = accepted_request.notices;
+    let request = accepted_request.request;
     let idempotency = Idempotency::from_headers(&headers, "generate", &request)?;
     let job = submit_job(
         &state,
@@ -67,15 +67,21 @@ pub async fn generate(
     )
     .await?;
     let base = base_url(&state, &headers);
-    let Some(wait) =
-        WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max)
-    else {
-        return Ok(accepted(load_job_view(&state, &base, &job).await?));
+    let mut response = match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
+        None => accepted(load_job_view(&state, &base, &job).await?),
+        Some(wait) => {
+            let job = wait_for_job(&state, &owner, job.id, wait)
+                .await?
+                .ok_or(ApiError::NotFound("Job"))?;
+            // A job that ended without images is an error answer; it carries the notices all the same.
+            match finished_job_response(&state, &base, &job).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        }
     };
-    let job = wait_for_job(&state, &owner, job.id, wait)
-        .await?
-        .ok_or(ApiError::NotFound("Job"))?;
-    finished_job_response(&state, &base, &job).await
+    lifecycle_headers(&notices, response.headers_mut());
+    Ok(response)
 }
 
 /// Generate several sets of images.
@@ -114,21 +120,9 @@ pub async fn generate_batch(
             items.len()
         )));
     }
-    let header_deadline = cancel_after(&headers)?;
-    let mut requests = Vec::with_capacity(items.len());
-    let mut errors = ValidationErrors::default();
-    for (index, item) in items.into_iter().enumerate() {
-        match GenerationRequest::parse(item, &state.limits) {
-            Ok(mut r) => {
-                r.deadline_secs = r.deadline_secs.or(header_deadline);
-                requests.push(r);
-            }
-            Err(e) => errors.0.extend(e.in_item(index).0),
-        }
-    }
-    if !errors.0.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let accepted_items = accept_all(&state, items, cancel_after(&headers)?)?;
+    let notices: Vec<_> = accepted_items.iter().flat_map(|a| a.notices.clone()).collect();
+    let requests: Vec<_> = accepted_items.into_iter().map(|a| a.request).collect();
     let idempotency = Idempotency::from_headers(&headers, "generate/batch", &requests)?;
     let (batch, jobs) = submit_batch(
         &state,
@@ -147,7 +141,9 @@ pub async fn generate_batch(
         };
     let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;
     let view = batch_view(&base, &batch, &jobs, &images, &state.providers.sandbox);
-    Ok(batch_response(view))
+    let mut response = batch_response(view);
+    lifecycle_headers(&notices, response.headers_mut());
+    Ok(response)
 }
 
 pub fn batch_response(view: BatchView) -> Response {

@@ -95,30 +95,20 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let healthy = all_healthy(&components);
     for id in &state.providers.enabled {
         let configured = state.providers.is_configured(*id);
+        // A provider's open circuit is reported, but does not make the service unhealthy: jobs fail over.
+        let status = if configured {
+            format!("circuit_{}", super::providers::fleet_state(&state, *id).await.0)
+        } else {
+            "not_configured".to_owned()
+        };
         components.insert(
             format!("provider:{id}"),
             ComponentHealth {
-                status: if configured {
-                    "configured"
-                } else {
-                    "not_configured"
-                }
-                .to_owned(),
+                status,
                 latency_ms: None,
                 error: None,
             },
         );
-        // A provider's open circuit is reported, but does not make the service unhealthy: jobs fail over.
-        for route in super::providers::route_views(&state, *id).await {
-            components.insert(
-                format!("route:{}", route.route),
-                ComponentHealth {
-                    status: format!("circuit_{}", route.circuit),
-                    latency_ms: None,
-                    error: None,
-                },
-            );
-        }
     }
     components.insert(
         "job_events".to_owned(),

@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use imagegen_shared::db::{self, JobRecord};
-use imagegen_shared::domain::{GenerateBody, GenerationRequest, JobId};
+use imagegen_shared::domain::{GenerateBody, JobId};
 use serde::Deserialize;
 use std::time::Duration;
 use utoipa::IntoParams;
@@ -61,9 +61,8 @@ pub async fn create_job(
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let mut request =
-        GenerationRequest::parse(body, &state.limits).map_err(ApiError::Validation)?;
-    request.deadline_secs = request.deadline_secs.or(cancel_after(&headers)?);
+    let crate::submit::Accepted { request, notices } =
+        crate::submit::accept(&state, body, cancel_after(&headers)?)?;
     let idempotency = Idempotency::from_headers(&headers, "jobs", &request)?;
     let job = submit_job(
         &state,
@@ -73,9 +72,9 @@ pub async fn create_job(
         idempotency.as_ref(),
     )
     .await?;
-    Ok(accepted(
-        load_job_view(&state, &base_url(&state, &headers), &job).await?,
-    ))
+    let mut response = accepted(load_job_view(&state, &base_url(&state, &headers), &job).await?);
+    crate::submit::lifecycle_headers(&notices, response.headers_mut());
+    Ok(response)
 }
 
 /// The longest `?wait=` accepted: the largest WAIT_MAX_SECS a service may be given (a service holds a request

@@ -21,7 +21,8 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("imagegen_queue_depth").set(depth as f64);
     }
     metrics::gauge!("imagegen_waiting_requests").set(state.waiters.len() as f64);
-    for (_, route) in state.providers.routes() {
+    for provider in state.providers.configured() {
+        let route = provider.as_str();
         let read =
             tokio::time::timeout(Duration::from_millis(500), state.fleet.breaker_state(route))
                 .await;
@@ -32,12 +33,12 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
                 BreakerState::HalfOpen => 0.5,
                 BreakerState::Open => 1.0,
             };
-            metrics::gauge!("imagegen_provider_circuit_state", "route" => route).set(value);
+            metrics::gauge!("imagegen_provider_circuit_state", "provider" => route).set(value);
         }
         if let Ok(Ok(n)) =
             tokio::time::timeout(Duration::from_millis(500), state.fleet.in_flight(route)).await
         {
-            metrics::gauge!("imagegen_provider_in_flight", "route" => route).set(n as f64);
+            metrics::gauge!("imagegen_provider_in_flight", "provider" => route).set(n as f64);
         }
     }
     (

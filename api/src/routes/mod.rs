@@ -8,6 +8,7 @@ pub mod health;
 pub mod images;
 pub mod jobs;
 pub mod metrics;
+pub mod models;
 pub mod providers;
 
 use crate::error::ApiError;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     let mut api = Router::new()
         .merge(owned)
         .merge(providers::router())
+        .merge(models::router())
         .merge(health::router());
     if !state.separate_metrics {
         api = api.merge(metrics::router());

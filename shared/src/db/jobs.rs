@@ -48,6 +48,8 @@ pub struct NewJob {
     pub owner: String,
     pub correlation_id: String,
     pub request: GenerationRequest,
+    /// The provider first in line for it at submission (the `provider` column; `served_by` says who served it).
+    pub provider: crate::domain::ProviderId,
     pub max_attempts: i32,
     pub status: JobStatus,
     pub moderation: Option<Moderation>,
@@ -103,7 +105,7 @@ macro_rules! insert_job {
         .bind(batch.map(|b| b.1))
         .bind(&job.correlation_id)
         .bind(job.status)
-        .bind(job.request.provider.as_str())
+        .bind(job.provider.as_str())
         .bind(sqlx::types::Json(&job.request))
         .bind(job.max_attempts)
         .bind(job.moderation.as_ref().map(sqlx::types::Json))

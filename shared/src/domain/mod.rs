@@ -1,15 +1,20 @@
 //! Domain types: parsed once at the edge ("parse, don't validate") so deeper code never re-checks a prompt or size.
 
-pub mod catalogue;
 pub mod ids;
 pub mod job;
+pub mod offer;
+pub mod options;
 pub mod prompt;
+pub mod provider;
 pub mod request;
+pub mod resolve;
+pub mod translate;
 
-pub use catalogue::{CATALOGUE, ImageSize, ProviderId, ProviderSpec, Quality, Style};
 pub use ids::{BatchId, ImageId, JobId};
 pub use job::{JobStatus, Moderation, ModerationSource, ModerationStage};
+pub use offer::{Offer, ProviderModels, today};
+pub use options::{Background, ImageSize, ModerationLevel, OutputFormat, Quality, Size, Style};
 pub use prompt::{MAX_PROMPT_CHARS, Prompt};
-pub use request::{
-    FieldError, GenerateBody, GenerationLimits, GenerationRequest, ValidationErrors,
-};
+pub use provider::{ModelId, ProviderId, route_key};
+pub use request::{FieldError, GenerateBody, GenerationRequest, ValidationErrors};
+pub use resolve::{LifecycleNotice, ResolveError, Resolved, resolve};

@@ -1,9 +1,10 @@
-//! A prompt that is known to be non-empty and within the providers' length limit.
+//! A prompt that is known to be non-empty and within the longest limit of any model.
 
 use serde::{Deserialize, Serialize};
 
-/// DALL-E 3's limit; the strictest of the providers we serve.
-pub const MAX_PROMPT_CHARS: usize = 4000;
+/// The longest prompt any model takes (GPT image models: 32,000); each model's own limit is checked against the
+/// catalogue.
+pub const MAX_PROMPT_CHARS: usize = 32_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -1,41 +1,65 @@
 //! From what a client sent (`GenerateBody`) to what a worker runs (`GenerationRequest`): every field is checked
-//! against the provider catalogue and the service's limits, and defaults fill what the client left out.
+//! against the model the client asked for (the catalogue says what it accepts) and the service's limits, and the
+//! model's defaults fill what the client left out. What happens when that model is retired is `resolve`'s part.
 
-use super::catalogue::{ImageSize, ProviderId, Quality, Style};
+use super::offer::Offer;
+use super::options::{Background, ModerationLevel, OutputFormat, Quality, Size, Style};
 use super::prompt::Prompt;
+use super::provider::{ModelId, ProviderId};
+use crate::catalogue::ModelSpec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The body of `POST /api/v1/generate` (and of each batch item), as the client wrote it.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+/// The body of `POST /api/v1/generate` (and of each batch item, and of `POST /api/v1/jobs`), as the client wrote it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"prompt": "A futuristic city skyline at sunset", "provider": "dalle3",
-    "size": "1024x1024", "quality": "hd", "style": "vivid", "num_images": 1}))]
+#[schema(example = json!({"prompt": "A futuristic city skyline at sunset", "model": "gpt-image-2",
+    "size": "1536x1024", "quality": "high", "output_format": "png", "num_images": 1}))]
 pub struct GenerateBody {
-    /// What to draw; 1 to 4000 characters after trimming.
+    /// What to draw; 1 to the model's limit (32,000 characters for GPT image models, 4,000 for DALL-E 3) after
+    /// trimming.
     pub prompt: String,
-    /// `dalle3` or `flux_schnell`; defaults to DEFAULT_PROVIDER.
+    /// A model id from `GET /api/v1/models` (e.g. `gpt-image-2`, `flux-schnell`, `flux-2-pro`); a retired model is
+    /// served by its replacement (recorded on the job, with `Deprecation` and `Warning` headers). Default: the
+    /// provider's default model, else DEFAULT_MODEL.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A provider (`openai`, `azure_openai`, `flux`, `bfl`) to serve the model, or one of the seed's names
+    /// (`dalle3`, `flux_schnell`), which stand for a model.
     #[serde(default)]
     pub provider: Option<String>,
-    /// `WIDTHxHEIGHT`, one of the provider's supported sizes; defaults to its first.
+    /// `WIDTHxHEIGHT` the model accepts (see its `sizes`), or `auto` where it may choose; default: the model's.
     #[serde(default)]
     pub size: Option<String>,
-    /// `standard` or `hd` (DALL-E 3 only; default `standard`).
+    /// `low`, `medium`, `high`, `auto` (GPT image models; some also `xhigh`, `max`) or `standard`, `hd` (DALL-E).
     #[serde(default)]
     pub quality: Option<String>,
-    /// `vivid` or `natural` (DALL-E 3 only; default `vivid`).
+    /// `vivid` or `natural` (DALL-E 3 only).
     #[serde(default)]
     pub style: Option<String>,
-    /// How many images, 1 to the provider's maximum (and MAX_IMAGES_PER_REQUEST); default 1.
+    /// How many images, 1 to the model's maximum (and MAX_IMAGES_PER_REQUEST); default 1.
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 4)]
+    #[schema(minimum = 1, maximum = 10)]
     pub num_images: Option<i64>,
-    /// Seed for reproducible output (Flux Schnell only), 0 to 4294967295.
+    /// Seed for reproducible output (FLUX models), 0 to 4294967295.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 4_294_967_295_i64)]
     pub seed: Option<i64>,
-    /// May another provider serve the request when this one is down (default true)? Translations (size, dropped
-    /// options) are recorded on the job.
+    /// `transparent`, `opaque` or `auto` (GPT image models that offer it; transparent needs png or webp).
+    #[serde(default)]
+    pub background: Option<String>,
+    /// `png`, `jpeg` or `webp`, as the model offers (default png).
+    #[serde(default)]
+    pub output_format: Option<String>,
+    /// 0 to 100, for jpeg and webp output of GPT image models.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
+    pub output_compression: Option<i64>,
+    /// `low` or `auto`: the GPT image model's own moderation strictness.
+    #[serde(default)]
+    pub moderation: Option<String>,
+    /// May another provider or model serve the request when this one is down (default true)? Translations (size,
+    /// quality, dropped options) are recorded on the job.
     #[serde(default)]
     pub allow_failover: Option<bool>,
     /// Cancel the job if it has not started within this many seconds (1 to 86400); also `Cancel-After` header.
@@ -45,11 +69,15 @@ pub struct GenerateBody {
 }
 
 /// A request every part of which has been checked: this is what is stored on the job and run by a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GenerationRequest {
     pub prompt: Prompt,
-    pub provider: ProviderId,
-    pub size: ImageSize,
+    /// The model that serves it (after any replacement of a retired one).
+    pub model: ModelId,
+    /// The provider the client asked for, if any: its routes go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderId>,
+    pub size: Size,
     pub num_images: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
@@ -57,10 +85,91 @@ pub struct GenerationRequest {
     pub style: Option<Style>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
-    #[serde(default = "default_true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<Background>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<OutputFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_compression: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationLevel>,
     pub allow_failover: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u32>,
+    /// The model the client named, when another one serves it (a retired model's replacement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_model: Option<ModelId>,
+    /// Every change made at submission to suit the serving model, e.g. `size 1792x1024 -> 1536x1024`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub translations: Vec<String>,
+}
+
+/// The request as stored by any version: jobs written before the model catalogue named only a seed provider
+/// (`"provider": "dalle3"`), which stands for its model.
+#[derive(Deserialize)]
+struct StoredRequest {
+    prompt: Prompt,
+    #[serde(default)]
+    model: Option<ModelId>,
+    #[serde(default)]
+    provider: Option<String>,
+    size: Size,
+    num_images: u8,
+    #[serde(default)]
+    quality: Option<Quality>,
+    #[serde(default)]
+    style: Option<Style>,
+    #[serde(default)]
+    seed: Option<u32>,
+    #[serde(default)]
+    background: Option<Background>,
+    #[serde(default)]
+    output_format: Option<OutputFormat>,
+    #[serde(default)]
+    output_compression: Option<u8>,
+    #[serde(default)]
+    moderation: Option<ModerationLevel>,
+    #[serde(default = "default_true")]
+    allow_failover: bool,
+    #[serde(default)]
+    deadline_secs: Option<u32>,
+    #[serde(default)]
+    requested_model: Option<ModelId>,
+    #[serde(default)]
+    translations: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for GenerationRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = StoredRequest::deserialize(d)?;
+        let pinned = s.provider.as_deref().and_then(|p| p.parse::<ProviderId>().ok());
+        let model = match (s.model, s.provider.as_deref()) {
+            (Some(model), _) => model,
+            (None, Some(legacy)) => crate::catalogue::Catalogue::builtin()
+                .legacy_model(legacy)
+                .cloned()
+                .ok_or_else(|| serde::de::Error::custom(format!("no model for provider '{legacy}'")))?,
+            (None, None) => return Err(serde::de::Error::missing_field("model")),
+        };
+        Ok(Self {
+            prompt: s.prompt,
+            model,
+            provider: pinned,
+            size: s.size,
+            num_images: s.num_images,
+            quality: s.quality,
+            style: s.style,
+            seed: s.seed,
+            background: s.background,
+            output_format: s.output_format,
+            output_compression: s.output_compression,
+            moderation: s.moderation,
+            allow_failover: s.allow_failover,
+            deadline_secs: s.deadline_secs,
+            requested_model: s.requested_model,
+            translations: s.translations,
+        })
+    }
 }
 
 /// The longest deadline a client may set: a day.
@@ -68,15 +177,6 @@ pub const MAX_DEADLINE_SECS: i64 = 86_400;
 
 fn default_true() -> bool {
     true
-}
-
-/// What the service allows, from its configuration.
-#[derive(Debug, Clone)]
-pub struct GenerationLimits {
-    pub enabled: Vec<ProviderId>,
-    pub configured: Vec<ProviderId>,
-    pub default_provider: ProviderId,
-    pub max_images_per_request: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -91,11 +191,17 @@ pub struct FieldError {
 pub struct ValidationErrors(pub Vec<FieldError>);
 
 impl ValidationErrors {
-    fn push(&mut self, field: &str, message: impl Into<String>) {
+    pub fn push(&mut self, field: &str, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.to_owned(),
             message: message.into(),
         });
+    }
+
+    pub fn one(field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::default();
+        e.push(field, message);
+        e
     }
 
     /// Names a batch item in every problem: field `[3].size`, message `item 3: ...`.
@@ -117,139 +223,223 @@ impl fmt::Display for ValidationErrors {
 
 impl std::error::Error for ValidationErrors {}
 
-fn join_sizes(sizes: &[ImageSize]) -> String {
-    sizes
+fn join<T: fmt::Display>(values: &[T]) -> String {
+    values
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-impl GenerationRequest {
-    pub fn parse(body: GenerateBody, limits: &GenerationLimits) -> Result<Self, ValidationErrors> {
-        let mut errors = ValidationErrors::default();
+/// An option checked against what the model offers: absent -> `None`; given -> parsed and offered, or an error.
+fn option<T: Copy + PartialEq + fmt::Display + std::str::FromStr<Err = super::options::UnknownValue>>(
+    errors: &mut ValidationErrors,
+    field: &str,
+    raw: Option<&str>,
+    offered: &[T],
+    model: &ModelSpec,
+) -> Option<T> {
+    let raw = raw?;
+    if offered.is_empty() {
+        errors.push(field, format!("{field} is not supported by {}", model.id));
+        return None;
+    }
+    match raw.parse::<T>() {
+        Ok(v) if offered.contains(&v) => Some(v),
+        _ => {
+            errors.push(
+                field,
+                format!("{field} must be one of {} for {}, got '{raw}'", join(offered), model.id),
+            );
+            None
+        }
+    }
+}
 
-        let prompt = Prompt::try_from(body.prompt)
-            .map_err(|e| errors.push("prompt", e.to_string()))
-            .ok();
-
-        let provider = match body.provider.as_deref() {
-            None => Some(limits.default_provider),
-            Some(raw) => match raw.parse::<ProviderId>() {
+/// What `parse` found before the model's own checks: the model asked for and the provider pinned, if any.
+fn choose_model(
+    body: &GenerateBody,
+    offer: &Offer,
+    errors: &mut ValidationErrors,
+) -> Option<(std::sync::Arc<ModelSpec>, Option<ProviderId>)> {
+    let catalogue = &offer.catalogue;
+    let mut pinned = None;
+    let mut legacy_model = None;
+    if let Some(raw) = body.provider.as_deref() {
+        if let Some(model) = catalogue.legacy_model(raw) {
+            legacy_model = Some(model.clone());
+        } else {
+            match raw.parse::<ProviderId>() {
                 Err(_) => {
+                    let mut known: Vec<String> =
+                        ProviderId::ALL.iter().map(|p| p.to_string()).collect();
+                    known.extend(catalogue.legacy_names().map(|(n, _)| n.clone()));
                     errors.push(
                         "provider",
-                        format!("Unknown provider '{raw}' (known: dalle3, flux_schnell)"),
+                        format!("Unknown provider '{raw}' (known: {})", known.join(", ")),
                     );
-                    None
+                    return None;
                 }
-                Ok(p) if !limits.enabled.contains(&p) => {
-                    errors.push(
-                        "provider",
-                        format!("Provider '{p}' is not enabled on this service"),
-                    );
-                    None
+                Ok(p) if !offer.enabled.contains(&p) => {
+                    errors.push("provider", format!("Provider '{p}' is not enabled on this service"));
+                    return None;
                 }
-                Ok(p) if !limits.configured.contains(&p) => {
+                Ok(p) if !offer.is_configured(p) => {
                     errors.push(
                         "provider",
                         format!("Provider '{p}' is not configured on this service (no API key)"),
                     );
-                    None
+                    return None;
                 }
-                Ok(p) => Some(p),
+                Ok(p) => pinned = Some(p),
+            }
+        }
+    }
+    let model_id = match (body.model.as_deref(), legacy_model) {
+        (Some(m), Some(legacy)) if catalogue.get(m).map(|s| &s.id) != Some(&legacy) => {
+            errors.push(
+                "provider",
+                format!(
+                    "provider '{}' stands for model {legacy}; name either the model or a provider (openai, azure_openai, flux, bfl)",
+                    body.provider.as_deref().unwrap_or_default()
+                ),
+            );
+            return None;
+        }
+        (Some(m), _) => m.to_owned(),
+        (None, Some(legacy)) => legacy.to_string(),
+        (None, None) => match pinned {
+            Some(p) => match offer.provider_default(p) {
+                Some(m) => m.to_string(),
+                None => {
+                    errors.push("provider", format!("Provider '{p}' serves no current model here"));
+                    return None;
+                }
             },
-        };
+            None => offer.default_model.to_string(),
+        },
+    };
+    let spec = catalogue
+        .get(&model_id)
+        .or_else(|| catalogue.legacy_model(&model_id).and_then(|m| catalogue.get(m.as_str())));
+    match spec {
+        Some(spec) => Some((spec.clone(), pinned)),
+        None => {
+            errors.push(
+                "model",
+                format!("Unknown model '{model_id}' (GET /api/v1/models lists the models this service knows)"),
+            );
+            None
+        }
+    }
+}
 
-        // The remaining checks need to know the provider; without one, report only what we found so far.
-        let Some(provider) = provider else {
+impl GenerationRequest {
+    /// Checks `body` against the model it names (retired or not: what happens then is `resolve`'s decision).
+    pub fn parse(body: GenerateBody, offer: &Offer) -> Result<Self, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+
+        let prompt = Prompt::try_from(body.prompt.clone())
+            .map_err(|e| errors.push("prompt", e.to_string()))
+            .ok();
+
+        // The remaining checks need the model; without one, report only what was found so far.
+        let Some((model, pinned)) = choose_model(&body, offer, &mut errors) else {
             return Err(errors);
         };
-        let spec = provider.spec();
+        let id = &model.id;
+
+        if let Some(p) = &prompt {
+            let chars = p.as_str().chars().count();
+            if chars > model.max_prompt_chars as usize {
+                errors.push(
+                    "prompt",
+                    format!(
+                        "Prompt is too long for {id}: {chars} characters (at most {})",
+                        model.max_prompt_chars
+                    ),
+                );
+            }
+        }
 
         let size = match body.size.as_deref() {
-            None => Some(spec.default_size()),
-            Some(raw) => match raw.parse::<ImageSize>() {
-                Ok(s) if spec.supports_size(s) => Some(s),
+            None => Some(model.sizes.default),
+            Some(raw) => match raw.parse::<Size>() {
+                Ok(s) if model.accepts_size(s) => Some(s),
                 _ => {
-                    let msg = format!(
-                        "Size '{raw}' is not supported by {provider} (supported: {})",
-                        join_sizes(spec.supported_sizes)
+                    errors.push(
+                        "size",
+                        format!("Size '{raw}' is not supported by {id} (supported: {})", model.describe_sizes()),
                     );
-                    errors.push("size", msg);
                     None
                 }
             },
         };
 
-        let max_images = spec.max_images.min(limits.max_images_per_request);
+        let max_images = model.max_images.min(offer.max_images_per_request).max(1);
         let num_images = match body.num_images {
             None => Some(1),
             Some(n) if n >= 1 && n <= i64::from(max_images) => u8::try_from(n).ok(),
+            Some(n) if max_images == 1 => {
+                errors.push("num_images", format!("{id} makes one image per request, got {n}"));
+                None
+            }
             Some(n) => {
                 errors.push(
                     "num_images",
-                    format!(
-                        "num_images must be between 1 and {max_images} for {provider}, got {n}"
-                    ),
+                    format!("num_images must be between 1 and {max_images} for {id}, got {n}"),
                 );
                 None
             }
         };
 
-        let quality = match (body.quality.as_deref(), spec.supports_quality) {
-            (None, true) => Some(Quality::Standard),
-            (None, false) => None,
-            (Some(_), false) => {
-                errors.push("quality", format!("quality is not supported by {provider}"));
+        let quality = option(&mut errors, "quality", body.quality.as_deref(), &model.qualities, &model)
+            .or(if body.quality.is_none() { model.default_quality } else { None });
+        let style = option(&mut errors, "style", body.style.as_deref(), &model.styles, &model)
+            .or(if body.style.is_none() { model.default_style } else { None });
+        let background =
+            option(&mut errors, "background", body.background.as_deref(), &model.backgrounds, &model);
+        let formats = match pinned {
+            Some(p) if model.serves.contains_key(&p) => model.formats_on(p),
+            _ => &model.output_formats,
+        };
+        let output_format =
+            option(&mut errors, "output_format", body.output_format.as_deref(), formats, &model);
+        let moderation =
+            option(&mut errors, "moderation", body.moderation.as_deref(), &model.moderation, &model);
+
+        let output_compression = match body.output_compression {
+            None => None,
+            Some(_) if !model.output_compression => {
+                errors.push("output_compression", format!("output_compression is not supported by {id}"));
                 None
             }
-            (Some(q), true) => match q.to_ascii_lowercase().as_str() {
-                "standard" => Some(Quality::Standard),
-                "hd" => Some(Quality::Hd),
-                _ => {
-                    errors.push(
-                        "quality",
-                        format!("quality must be 'standard' or 'hd', got '{q}'"),
-                    );
-                    None
-                }
-            },
-        };
-
-        let style = match (body.style.as_deref(), spec.supports_style) {
-            (None, true) => Some(Style::Vivid),
-            (None, false) => None,
-            (Some(_), false) => {
-                errors.push("style", format!("style is not supported by {provider}"));
+            Some(c) if !(0..=100).contains(&c) => {
+                errors.push("output_compression", format!("output_compression must be between 0 and 100, got {c}"));
                 None
             }
-            (Some(s), true) => match s.to_ascii_lowercase().as_str() {
-                "vivid" => Some(Style::Vivid),
-                "natural" => Some(Style::Natural),
-                _ => {
-                    errors.push(
-                        "style",
-                        format!("style must be 'vivid' or 'natural', got '{s}'"),
-                    );
-                    None
-                }
-            },
+            Some(_) if !output_format.is_some_and(OutputFormat::is_lossy) => {
+                errors.push("output_compression", "output_compression needs output_format jpeg or webp");
+                None
+            }
+            Some(c) => u8::try_from(c).ok(),
         };
+        if background == Some(Background::Transparent)
+            && output_format.is_some_and(|f| !f.has_alpha())
+        {
+            errors.push("background", "a transparent background needs output_format png or webp");
+        }
 
-        let seed = match (body.seed, spec.supports_seed) {
+        let seed = match (body.seed, model.seed) {
             (None, _) => None,
             (Some(_), false) => {
-                errors.push("seed", format!("seed is not supported by {provider}"));
+                errors.push("seed", format!("seed is not supported by {id}"));
                 None
             }
             (Some(s), true) => match u32::try_from(s) {
                 Ok(s) => Some(s),
                 Err(_) => {
-                    errors.push(
-                        "seed",
-                        format!("seed must be between 0 and {}, got {s}", u32::MAX),
-                    );
+                    errors.push("seed", format!("seed must be between 0 and {}, got {s}", u32::MAX));
                     None
                 }
             },
@@ -272,12 +462,19 @@ impl GenerationRequest {
                 allow_failover: body.allow_failover.unwrap_or(true),
                 deadline_secs,
                 prompt,
-                provider,
+                model: model.id.clone(),
+                provider: pinned,
                 size,
                 num_images,
                 quality,
                 style,
                 seed,
+                background,
+                output_format,
+                output_compression,
+                moderation,
+                requested_model: None,
+                translations: Vec::new(),
             }),
             _ => Err(errors),
         }
@@ -285,168 +482,5 @@ impl GenerationRequest {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> GenerationLimits {
-        GenerationLimits {
-            enabled: vec![ProviderId::Dalle3, ProviderId::FluxSchnell],
-            configured: vec![ProviderId::Dalle3, ProviderId::FluxSchnell],
-            default_provider: ProviderId::Dalle3,
-            max_images_per_request: 4,
-        }
-    }
-
-    fn body(prompt: &str) -> GenerateBody {
-        GenerateBody {
-            prompt: prompt.to_owned(),
-            provider: None,
-            size: None,
-            quality: None,
-            style: None,
-            num_images: None,
-            seed: None,
-            allow_failover: None,
-            deadline_seconds: None,
-        }
-    }
-
-    fn fields(err: ValidationErrors) -> Vec<String> {
-        err.0.into_iter().map(|e| e.field).collect()
-    }
-
-    #[test]
-    fn defaults_fill_what_is_missing() {
-        let req = GenerationRequest::parse(body(" a cat "), &limits()).expect("valid");
-        assert_eq!(req.prompt.as_str(), "a cat");
-        assert_eq!(req.provider, ProviderId::Dalle3);
-        assert_eq!(req.size, ImageSize::new(1024, 1024));
-        assert_eq!(req.num_images, 1);
-        assert_eq!(req.quality, Some(Quality::Standard));
-        assert_eq!(req.style, Some(Style::Vivid));
-        assert_eq!(req.seed, None);
-    }
-
-    #[test]
-    fn flux_takes_seed_and_several_images_but_no_quality() {
-        let mut b = body("waves");
-        b.provider = Some("flux_schnell".into());
-        b.size = Some("1536x1024".into());
-        b.num_images = Some(4);
-        b.seed = Some(42);
-        let req = GenerationRequest::parse(b, &limits()).expect("valid");
-        assert_eq!(
-            (req.num_images, req.seed, req.quality, req.style),
-            (4, Some(42), None, None)
-        );
-
-        let mut b = body("waves");
-        b.provider = Some("flux_schnell".into());
-        b.quality = Some("hd".into());
-        b.style = Some("vivid".into());
-        assert_eq!(
-            fields(GenerationRequest::parse(b, &limits()).expect_err("invalid")),
-            ["quality", "style"]
-        );
-    }
-
-    #[test]
-    fn dalle3_rejects_what_it_cannot_do() {
-        let mut b = body("a cat");
-        b.size = Some("512x512".into());
-        b.num_images = Some(2);
-        b.seed = Some(1);
-        b.quality = Some("ultra".into());
-        b.style = Some("noir".into());
-        let errs = GenerationRequest::parse(b, &limits()).expect_err("invalid");
-        assert_eq!(
-            fields(errs),
-            ["size", "num_images", "quality", "style", "seed"]
-        );
-    }
-
-    #[test]
-    fn service_limit_caps_num_images() {
-        let mut l = limits();
-        l.max_images_per_request = 2;
-        let mut b = body("waves");
-        b.provider = Some("flux_schnell".into());
-        b.num_images = Some(3);
-        let errs = GenerationRequest::parse(b, &l).expect_err("over the service limit");
-        assert!(errs.0[0].message.contains("between 1 and 2"), "{errs}");
-    }
-
-    #[test]
-    fn provider_must_be_known_enabled_and_configured() {
-        let mut l = limits();
-        l.enabled = vec![ProviderId::Dalle3];
-        let mut b = body("a cat");
-        b.provider = Some("flux_schnell".into());
-        assert!(
-            GenerationRequest::parse(b.clone(), &l)
-                .expect_err("disabled")
-                .to_string()
-                .contains("not enabled")
-        );
-        l.enabled = ProviderId::ALL.to_vec();
-        l.configured = vec![ProviderId::Dalle3];
-        assert!(
-            GenerationRequest::parse(b.clone(), &l)
-                .expect_err("unconfigured")
-                .to_string()
-                .contains("not configured")
-        );
-        b.provider = Some("midjourney".into());
-        assert!(
-            GenerationRequest::parse(b, &l)
-                .expect_err("unknown")
-                .to_string()
-                .contains("Unknown provider")
-        );
-    }
-
-    #[test]
-    fn empty_prompt_and_negative_seed_reported_together() {
-        let mut b = body("   ");
-        b.provider = Some("flux_schnell".into());
-        b.seed = Some(-1);
-        let errs = GenerationRequest::parse(b, &limits()).expect_err("invalid");
-        assert_eq!(fields(errs.clone()), ["prompt", "seed"]);
-        assert_eq!(fields(errs.in_item(3)), ["[3].prompt", "[3].seed"]);
-    }
-
-    /// The documented ranges are the ones `parse` enforces whatever the provider (schemathesis sends values outside
-    /// them and expects a 400).
-    #[test]
-    fn documented_ranges_match_the_checks() {
-        let schema = serde_json::to_value(<GenerateBody as utoipa::PartialSchema>::schema())
-            .expect("schema");
-        let props = &schema["properties"];
-        let max_images = ProviderId::ALL.iter().map(|p| p.spec().max_images).max();
-        assert_eq!(
-            props["num_images"]["maximum"].as_u64(),
-            max_images.map(u64::from)
-        );
-        assert_eq!(props["seed"]["maximum"].as_u64(), Some(u64::from(u32::MAX)));
-        assert_eq!(
-            props["deadline_seconds"]["maximum"].as_i64(),
-            Some(MAX_DEADLINE_SECS)
-        );
-    }
-
-    #[test]
-    fn unknown_fields_are_rejected() {
-        let err = serde_json::from_str::<GenerateBody>(r#"{"prompt": "x", "colour": "red"}"#)
-            .expect_err("unknown");
-        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
-    }
-
-    #[test]
-    fn stored_request_round_trips() {
-        let req = GenerationRequest::parse(body("a cat"), &limits()).expect("valid");
-        let json = serde_json::to_value(&req).expect("serialise");
-        assert_eq!(json["size"], "1024x1024");
-        let back: GenerationRequest = serde_json::from_value(json).expect("deserialise");
-        assert_eq!(back, req);
-    }
-}
+#[path = "request_tests.rs"]
+pub(crate) mod tests;

@@ -1,16 +1,20 @@
-//! DALL-E 3 over Azure OpenAI:
-//! `POST {endpoint}/openai/deployments/{deployment}/images/generations?api-version={v}`, authenticated with `api-key`
-//! or an Entra ID bearer token. Same body as OpenAI without `model`; answers carry content-filter annotations, and
+//! Azure OpenAI, for the GPT image models deployed on a resource (and DALL-E 3 while Azure served it). Two paths,
+//! chosen by AZURE_OPENAI_API_PATH:
+//! - deployments: `POST {endpoint}/openai/deployments/{deployment}/images/generations?api-version={v}` (GPT image
+//!   models need 2025-04-01-preview or later); the body has no `model`, the deployment names it;
+//! - v1: `POST {endpoint}/openai/v1/images/generations`, the deployment's name in `model`.
+//!
+//! Authenticated with `api-key` or an Entra ID bearer token. Answers carry content-filter annotations, and
 //! content-filter rejections (on the prompt or on the generated image) become `moderated` with their categories.
 
-use super::openai::{
-    MAX_ERROR_BODY, ResponseFormat, SAFETY_PREFIX, header_str, parse_images, request_body,
-};
-use super::{ImageProvider, ProviderError, ProviderOutput};
+use super::http::{self, error_body, header_str};
+use super::images_api::{ResponseFormat, parse_images, request_body};
+use super::openai::SAFETY_PREFIX;
+use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
-use imagegen_shared::config::{AzureAuth, AzureSettings};
-use imagegen_shared::domain::{GenerationRequest, ModerationStage, ProviderId};
+use imagegen_shared::config::{AzureAuth, AzurePath, AzureSettings};
+use imagegen_shared::domain::{ModerationStage, ProviderId};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -18,7 +22,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use url::Url;
 
-const LABEL: &str = "Azure OpenAI DALL-E 3";
+const LABEL: &str = "Azure OpenAI";
 /// Error codes Azure has used for content-filter rejections over the API's versions.
 const FILTER_CODES: [&str; 3] = [
     "content_policy_violation",
@@ -28,7 +32,6 @@ const FILTER_CODES: [&str; 3] = [
 
 pub struct AzureClient {
     http: reqwest::Client,
-    endpoint: Url,
     settings: AzureSettings,
     response_format: ResponseFormat,
 }
@@ -69,23 +72,30 @@ impl AzureClient {
         timeout: Duration,
         response_format: ResponseFormat,
     ) -> Result<Self, reqwest::Error> {
-        let http = super::http_client(timeout)?;
-        let mut endpoint = settings.endpoint.clone();
-        endpoint.set_path(&format!(
-            "{}/openai/deployments/{}/images/generations",
-            settings.endpoint.path().trim_end_matches('/'),
-            settings.deployment
-        ));
-        endpoint
-            .query_pairs_mut()
-            .clear()
-            .append_pair("api-version", &settings.api_version);
         Ok(Self {
-            http,
-            endpoint,
+            http: http::http_client(timeout)?,
             settings,
             response_format,
         })
+    }
+
+    /// Where a call for `deployment` goes, on the configured path.
+    pub fn endpoint(&self, deployment: &str) -> Url {
+        let root = self.settings.endpoint.path().trim_end_matches('/').to_owned();
+        let mut url = self.settings.endpoint.clone();
+        match self.settings.path {
+            AzurePath::Deployments => {
+                url.set_path(&format!("{root}/openai/deployments/{deployment}/images/generations"));
+                url.query_pairs_mut()
+                    .clear()
+                    .append_pair("api-version", &self.settings.api_version);
+            }
+            AzurePath::V1 => {
+                url.set_path(&format!("{root}/openai/v1/images/generations"));
+                url.set_query(None);
+            }
+        }
+        url
     }
 }
 
@@ -97,7 +107,7 @@ fn any_filtered(results: &Value) -> bool {
     })
 }
 
-pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let envelope: ErrorEnvelope = serde_json::from_slice(body).unwrap_or_default();
     let error = envelope.error.unwrap_or_default();
     let code = error.code.as_ref().and_then(|c| match c {
@@ -132,7 +142,7 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
     let message = match status {
         401 | 403 => format!("{LABEL} rejected the service's credentials (HTTP {status})"),
         404 if code.as_deref() == Some("DeploymentNotFound") => {
-            format!("{LABEL}: the deployment does not exist (check AZURE_OPENAI_DEPLOYMENT_NAME)")
+            format!("{LABEL}: the deployment does not exist (check AZURE_OPENAI_DEPLOYMENTS)")
         }
         404 => format!("{LABEL}: endpoint or API version not found (HTTP 404)"),
         429 => format!("{LABEL} rate limit reached"),
@@ -142,17 +152,13 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
         }
         s => format!("{LABEL} rejected the request (HTTP {s})"),
     };
-    super::classified(status, code, message, retry_after)
+    http::classified(status, code, message, retry_after)
 }
 
 #[async_trait]
 impl ImageProvider for AzureClient {
     fn id(&self) -> ProviderId {
-        ProviderId::Dalle3
-    }
-
-    fn route(&self) -> &'static str {
-        "dalle3:azure"
+        ProviderId::AzureOpenAi
     }
 
     fn download_hosts(&self) -> Vec<String> {
@@ -164,48 +170,41 @@ impl ImageProvider for AzureClient {
             .collect()
     }
 
-    async fn generate(
-        &self,
-        req: &GenerationRequest,
-        correlation_id: &str,
-    ) -> Result<ProviderOutput, ProviderError> {
-        // DALL-E 3 takes n=1 only; more pictures (after a failover) are several calls.
-        super::split_calls(req.num_images, || self.call_once(req, correlation_id)).await
+    async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
+        super::split_calls(call.request.num_images, call.model.images_per_call, |n| {
+            self.call_once(call, n)
+        })
+        .await
     }
 }
 
 impl AzureClient {
-    async fn call_once(
-        &self,
-        req: &GenerationRequest,
-        correlation_id: &str,
-    ) -> Result<ProviderOutput, ProviderError> {
+    async fn call_once(&self, call: &Call<'_>, n: u8) -> Result<ProviderOutput, ProviderError> {
         let started = Instant::now();
-        let call = self
+        let deployment = call.provider_model;
+        // On the v1 path `model` names the deployment; on the deployments path the URL does.
+        let model_field = (self.settings.path == AzurePath::V1).then_some(deployment);
+        let body = request_body(call.request, call.model, model_field, n, self.response_format);
+        let request = self
             .http
-            .post(self.endpoint.clone())
-            .header("X-Correlation-ID", correlation_id)
-            .json(&request_body(req, None, self.response_format));
-        let call = match &self.settings.auth {
-            AzureAuth::ApiKey(key) => call.header("api-key", key.expose_secret()),
-            AzureAuth::BearerToken(token) => call.bearer_auth(token.expose_secret()),
+            .post(self.endpoint(deployment))
+            .header("X-Correlation-ID", call.correlation_id)
+            .json(&body);
+        let request = match &self.settings.auth {
+            AzureAuth::ApiKey(key) => request.header("api-key", key.expose_secret()),
+            AzureAuth::BearerToken(token) => request.bearer_auth(token.expose_secret()),
         };
-        let (status, headers, body) = super::send(LABEL, call).await?;
+        let (status, headers, bytes) = http::send(LABEL, request).await?;
         let request_id = header_str(&headers, "apim-request-id").map(str::to_owned);
         if status != 200 {
-            let error = classify(status, &headers, &body[..body.len().min(MAX_ERROR_BODY)]);
-            tracing::warn!(
-                status,
-                request_id,
-                kind = error.kind(),
-                code = error.code(),
-                "azure dall-e 3 call failed"
-            );
+            let error = classify(status, &headers, error_body(&bytes));
+            tracing::warn!(status, request_id, kind = error.kind(), code = error.code(), deployment,
+                "azure openai call failed");
             return Err(error);
         }
-        let items = parse_images(LABEL, status, &body)?;
+        let parsed = parse_images(LABEL, status, &bytes, n)?;
         // A 200 can still carry an image the output filter flagged.
-        if let Some(flagged) = items.iter().find_map(|(_, m)| {
+        if let Some(flagged) = parsed.items.iter().find_map(|(_, m)| {
             m.content_filter_results
                 .as_ref()
                 .filter(|r| any_filtered(r))
@@ -216,25 +215,28 @@ impl AzureClient {
                 categories: Some(flagged.clone()),
             });
         }
-        let filters: Vec<Value> = items
+        let filters: Vec<Value> = parsed
+            .items
             .iter()
             .map(|(_, m)| {
                 serde_json::json!({"prompt_filter_results": m.prompt_filter_results, "content_filter_results": m.content_filter_results})
             })
             .collect();
         let meta = serde_json::json!({
-            "provider": "dalle3",
-            "protocol": "azure",
-            "deployment": self.settings.deployment,
-            "api_version": self.settings.api_version,
+            "provider": "azure_openai",
+            "model": call.model.id,
+            "deployment": deployment,
+            "api_version": (self.settings.path == AzurePath::Deployments).then_some(self.settings.api_version.as_str()),
             "request_id": request_id,
             "region": header_str(&headers, "x-ms-region"),
             "filters": filters,
-            "elapsed_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "answered": parsed.echoed,
+            "elapsed_ms": http::elapsed_ms(started),
         });
         Ok(ProviderOutput {
-            images: items.into_iter().map(|(image, _)| image).collect(),
+            images: parsed.items.into_iter().map(|(image, _)| image).collect(),
             meta,
+            usage: parsed.usage,
         })
     }
 }
@@ -305,7 +307,7 @@ mod tests {
             json!({"error": {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."}}),
         );
         assert!(matches!(missing, ProviderError::Final { .. }));
-        assert!(missing.to_string().contains("AZURE_OPENAI_DEPLOYMENT_NAME"));
+        assert!(missing.to_string().contains("AZURE_OPENAI_DEPLOYMENTS"));
         assert!(matches!(
             classify_json(
                 401,

@@ -1,16 +1,19 @@
-//! FLUX over Black Forest Labs' own API (`FLUX_PROTOCOL=bfl`): submit `POST {FLUX_BASE_URL}/{FLUX_MODEL}` with
-//! `x-key`, then poll the returned `polling_url` until `Ready` and download `result.sample` at once (it expires after
-//! 10 minutes). One picture per task, so `n` pictures are `n` tasks run side by side. BFL caps sides at 1440 (multiples
-//! of 32): 1536x1024 becomes 1440x960, and the job records the substitution. A failed poll retries the poll, never the
-//! submission (which would be paid twice).
+//! FLUX models on Black Forest Labs' own API: submit `POST {BFL base}/{endpoint}` (the catalogue's provider-side
+//! name: `flux-2-pro`, `flux-kontext-pro`, ...) with `x-key`, then poll the returned `polling_url` until `Ready` and
+//! download `result.sample` at once (it expires after 10 minutes). One picture per task, so `n` pictures are `n`
+//! tasks run side by side. Sizes arrive fitted to the model by the catalogue (FLUX.2: multiples of 16 up to 4 MP;
+//! FLUX1.1: multiples of 32 up to 1440); Kontext takes `aspect_ratio` instead of width and height. Each task's
+//! `cost` (credits) is recorded. A failed poll retries the poll, never the submission (which would be paid twice).
+//! The region is the base URL: `api.bfl.ai` (global), `api.eu.bfl.ai`, `api.us.bfl.ai`.
 
-use super::openai::MAX_ERROR_BODY;
-use super::{GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
+use super::http::{self, error_body};
+use super::{Call, GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
 use futures::future::try_join_all;
-use imagegen_shared::config::FluxSettings;
-use imagegen_shared::domain::{GenerationRequest, ImageSize, ModerationStage, ProviderId};
+use imagegen_shared::catalogue::SizeParam;
+use imagegen_shared::config::BflSettings;
+use imagegen_shared::domain::{ImageSize, ModerationStage, ProviderId};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -23,22 +26,26 @@ const LABEL: &str = "Black Forest Labs";
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Consecutive failed polls tolerated before the task is given up (the submission is never repeated).
 const MAX_POLL_FAILURES: u32 = 5;
-const MAX_SIDE: u32 = 1440;
 /// One submission or poll; the task as a whole is bounded by PROVIDER_TIMEOUT_SECS.
 const POLL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct BflClient {
     http: reqwest::Client,
-    submit_url: Url,
-    settings: FluxSettings,
+    /// The API root with a trailing slash: endpoints join onto it.
+    base: Url,
+    settings: BflSettings,
     timeout: Duration,
 }
 
 #[derive(Serialize)]
 struct SubmitBody<'a> {
     prompt: &'a str,
-    width: u32,
-    height: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aspect_ratio: Option<String>,
     seed: u32,
     output_format: &'static str,
 }
@@ -47,6 +54,13 @@ struct SubmitBody<'a> {
 struct Submitted {
     id: String,
     polling_url: Option<String>,
+    /// Credits charged for the task.
+    #[serde(default)]
+    cost: Option<f64>,
+    #[serde(default)]
+    input_mp: Option<f64>,
+    #[serde(default)]
+    output_mp: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -56,16 +70,6 @@ struct Polled {
     result: Option<Value>,
     #[serde(default)]
     details: Option<Value>,
-}
-
-/// BFL's sizes: multiples of 32 within 256..=1440, keeping the aspect ratio.
-pub fn bfl_size(size: ImageSize) -> ImageSize {
-    let scale = (f64::from(MAX_SIDE) / f64::from(size.width.max(size.height))).min(1.0);
-    let fit = |side: u32| -> u32 {
-        let scaled = (f64::from(side) * scale / 32.0).round() as u32 * 32;
-        scaled.clamp(256, MAX_SIDE)
-    };
-    ImageSize::new(fit(size.width), fit(size.height))
 }
 
 fn detail_text(body: &[u8]) -> String {
@@ -79,7 +83,7 @@ fn detail_text(body: &[u8]) -> String {
     }
 }
 
-pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let detail = detail_text(body);
     let message = match status {
         401 | 403 => format!("{LABEL} rejected the service's credentials (HTTP {status})"),
@@ -89,20 +93,14 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
         s if s >= 500 => format!("{LABEL} is unavailable (HTTP {s})"),
         s => format!("{LABEL} rejected the request (HTTP {s}): {detail}"),
     };
-    super::classified(status, None, message, parse_retry_after(headers))
+    http::classified(status, None, message, parse_retry_after(headers))
 }
 
 impl BflClient {
-    pub fn new(settings: FluxSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = super::http_client(POLL_CALL_TIMEOUT)?;
-        let mut base = settings.base_url.clone();
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
-        let submit_url = base.join(&settings.model).unwrap_or(base);
+    pub fn new(settings: BflSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            http,
-            submit_url,
+            http: http::http_client(POLL_CALL_TIMEOUT)?,
+            base: http::as_directory(&settings.base_url),
             settings,
             timeout,
         })
@@ -143,40 +141,51 @@ impl BflClient {
 
     async fn run_task(
         &self,
-        prompt: &str,
-        size: ImageSize,
+        call: &Call<'_>,
         seed: u32,
-        correlation_id: &str,
     ) -> Result<(GeneratedImage, Value), ProviderError> {
         let started = Instant::now();
-        let body = SubmitBody {
-            prompt,
-            width: size.width,
-            height: size.height,
-            seed,
-            output_format: "png",
+        let req = call.request;
+        let size = req.size.exact().unwrap_or(call.model.sizes.default.exact().unwrap_or(ImageSize::new(1024, 1024)));
+        let size_param = call
+            .model
+            .serves
+            .get(&ProviderId::Bfl)
+            .map(|s| s.size_param)
+            .unwrap_or_default();
+        let (width, height, aspect_ratio) = match size_param {
+            SizeParam::WidthHeight => (Some(size.width), Some(size.height), None),
+            SizeParam::AspectRatio => (None, None, Some(size.ratio_string())),
         };
-        let call = self
-            .http
-            .post(self.submit_url.clone())
-            .header("x-key", self.settings.api_key.expose_secret())
-            .header("X-Correlation-ID", correlation_id)
-            .json(&body);
-        let (status, headers, bytes) = super::send(LABEL, call).await?;
-        if status != 200 {
-            return Err(classify(
-                status,
-                &headers,
-                &bytes[..bytes.len().min(MAX_ERROR_BODY)],
-            ));
-        }
-        let submitted: Submitted =
-            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
-                status: Some(200),
-                code: Some("invalid_response".into()),
-                message: format!("{LABEL} answered the submission with an unreadable body: {e}"),
-                retry_after: None,
+        let body = SubmitBody {
+            prompt: req.prompt.as_str(),
+            width,
+            height,
+            aspect_ratio,
+            seed,
+            output_format: req.output_format.map_or("png", |f| f.as_str()),
+        };
+        let submit_url = self
+            .base
+            .join(call.provider_model)
+            .map_err(|_| ProviderError::Final {
+                status: None,
+                code: Some("bad_model".into()),
+                message: format!("{LABEL}: '{}' is not an endpoint name", call.provider_model),
             })?;
+        let request = self
+            .http
+            .post(submit_url)
+            .header("x-key", self.settings.api_key.expose_secret())
+            .header("X-Correlation-ID", call.correlation_id)
+            .json(&body);
+        let (status, headers, bytes) = http::send(LABEL, request).await?;
+        if status != 200 {
+            return Err(classify(status, &headers, error_body(&bytes)));
+        }
+        let submitted: Submitted = serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::invalid_response(LABEL, 200, format_args!("the submission with an unreadable body: {e}"))
+        })?;
         let polling_url = self.polling_url(&submitted)?;
         let mut failures = 0;
         loop {
@@ -253,7 +262,9 @@ impl BflClient {
                         seed: Some(seed),
                     };
                     let meta = serde_json::json!({"task_id": submitted.id, "polling_url": polling_url.as_str(), "seed": seed,
-                        "elapsed_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)});
+                        "cost": submitted.cost, "input_mp": submitted.input_mp, "output_mp": submitted.output_mp,
+                        "size_sent": match size_param { SizeParam::WidthHeight => size.to_string(), SizeParam::AspectRatio => size.ratio_string() },
+                        "elapsed_ms": http::elapsed_ms(started)});
                     return Ok((image, meta));
                 }
                 "Pending" | "Processing" | "Queued" => {}
@@ -287,11 +298,7 @@ impl BflClient {
 #[async_trait]
 impl ImageProvider for BflClient {
     fn id(&self) -> ProviderId {
-        ProviderId::FluxSchnell
-    }
-
-    fn route(&self) -> &'static str {
-        "flux_schnell"
+        ProviderId::Bfl
     }
 
     fn download_hosts(&self) -> Vec<String> {
@@ -307,57 +314,29 @@ impl ImageProvider for BflClient {
         hosts
     }
 
-    async fn generate(
-        &self,
-        req: &GenerationRequest,
-        correlation_id: &str,
-    ) -> Result<ProviderOutput, ProviderError> {
-        let size = bfl_size(req.size);
-        let seed = req.seed.unwrap_or_else(rand::random);
-        let tasks = (0..u32::from(req.num_images)).map(|i| {
-            self.run_task(
-                req.prompt.as_str(),
-                size,
-                seed.wrapping_add(i),
-                correlation_id,
-            )
-        });
+    async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
+        let seed = call.request.seed.unwrap_or_else(rand::random);
+        let tasks = (0..u32::from(call.request.num_images)).map(|i| self.run_task(call, seed.wrapping_add(i)));
         let results = try_join_all(tasks).await?;
         let (images, tasks): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        let credits: f64 = tasks.iter().filter_map(|t| t.get("cost").and_then(Value::as_f64)).sum();
         let meta = serde_json::json!({
-            "provider": "flux_schnell",
-            "protocol": "bfl",
-            "model": self.settings.model,
-            "model_substituted": (self.settings.model != "flux-schnell").then_some("BFL does not serve FLUX.1 [schnell]"),
-            "size_requested": req.size.to_string(),
-            "size_sent": size.to_string(),
+            "provider": "bfl",
+            "model": call.provider_model,
+            "cost_credits": tasks.iter().any(|t| t.get("cost").is_some_and(|c| !c.is_null())).then_some(credits),
             "tasks": tasks,
         });
-        Ok(ProviderOutput { images, meta })
+        Ok(ProviderOutput {
+            images,
+            meta,
+            usage: None,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_fit_bfl_limits() {
-        assert_eq!(
-            bfl_size(ImageSize::new(1536, 1024)),
-            ImageSize::new(1440, 960)
-        );
-        assert_eq!(
-            bfl_size(ImageSize::new(1024, 1536)),
-            ImageSize::new(960, 1440)
-        );
-        assert_eq!(
-            bfl_size(ImageSize::new(1024, 1024)),
-            ImageSize::new(1024, 1024)
-        );
-        assert_eq!(bfl_size(ImageSize::new(512, 512)), ImageSize::new(512, 512));
-        assert_eq!(bfl_size(ImageSize::new(768, 768)), ImageSize::new(768, 768));
-    }
 
     #[test]
     fn bfl_classes() {

@@ -1,21 +1,22 @@
-//! FLUX.1 [schnell] over an OpenAI-compatible host (Together AI by default):
-//! `POST {FLUX_BASE_URL}/images/generations` with `width`/`height`, `steps` (schnell's 4), `n` (1-4 in one call),
-//! `seed`, `response_format: base64|url` and `output_format: png`. Safety-checker refusals become `moderated`
-//! (stage output); the seed we send (the client's, or one we draw) is recorded so a picture can be reproduced.
+//! FLUX models on an OpenAI-compatible host (Together AI by default): `POST {FLUX_BASE_URL}/images/generations`
+//! with the catalogue's provider-side model name (`black-forest-labs/FLUX.1-schnell`), `width`/`height`, `steps`
+//! (schnell's 4), `n` (up to the model's per-call figure), `seed`, `response_format: base64|url` and
+//! `output_format`. Safety-checker refusals become `moderated` (stage output); the seed we send (the client's, or
+//! one we draw) is recorded so a picture can be reproduced.
 
-use super::openai::{MAX_ERROR_BODY, header_str};
-use super::{GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
+use super::http::{self, error_body, header_str};
+use super::{Call, GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
 use imagegen_shared::config::FluxSettings;
-use imagegen_shared::domain::{GenerationRequest, ModerationStage, ProviderId};
+use imagegen_shared::domain::{ModerationStage, ProviderId};
 use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use url::Url;
 
-const LABEL: &str = "Flux Schnell";
+const LABEL: &str = "FLUX host";
 /// Schnell is distilled for 1-4 steps; 4 is the hosts' default.
 const STEPS: u8 = 4;
 
@@ -79,11 +80,8 @@ impl FluxClient {
         timeout: Duration,
         inline: bool,
     ) -> Result<Self, reqwest::Error> {
-        let http = super::http_client(timeout)?;
-        let mut base = settings.base_url.clone();
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
+        let http = http::http_client(timeout)?;
+        let base = http::as_directory(&settings.base_url);
         let endpoint = base.join("images/generations").unwrap_or(base);
         Ok(Self {
             http,
@@ -94,7 +92,7 @@ impl FluxClient {
     }
 }
 
-pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let envelope: ErrorEnvelope = serde_json::from_slice(body).unwrap_or_default();
     let error = envelope.error.unwrap_or_default();
     let provider_message = error
@@ -115,7 +113,7 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
     let message = match status {
         401 | 403 => format!("{LABEL} rejected the service's credentials (HTTP {status})"),
         402 => format!("{LABEL}: the account has no credits left"),
-        404 => format!("{LABEL}: model or endpoint not found (check FLUX_MODEL and FLUX_BASE_URL)"),
+        404 => format!("{LABEL}: model or endpoint not found (check the catalogue entry and FLUX_BASE_URL)"),
         429 => format!("{LABEL} rate limit reached"),
         s if s >= 500 => format!("{LABEL} is unavailable (HTTP {s})"),
         _ if !provider_message.is_empty() => {
@@ -123,17 +121,13 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
         }
         s => format!("{LABEL} rejected the request (HTTP {s})"),
     };
-    super::classified(status, code, message, parse_retry_after(headers))
+    http::classified(status, code, message, parse_retry_after(headers))
 }
 
 #[async_trait]
 impl ImageProvider for FluxClient {
     fn id(&self) -> ProviderId {
-        ProviderId::FluxSchnell
-    }
-
-    fn route(&self) -> &'static str {
-        "flux_schnell"
+        ProviderId::Flux
     }
 
     fn download_hosts(&self) -> Vec<String> {
@@ -145,49 +139,50 @@ impl ImageProvider for FluxClient {
             .collect()
     }
 
-    async fn generate(
-        &self,
-        req: &GenerationRequest,
-        correlation_id: &str,
-    ) -> Result<ProviderOutput, ProviderError> {
-        let started = Instant::now();
+    async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
         // Without a seed the picture could never be made again; draw one and record it.
-        let seed = req.seed.unwrap_or_else(rand::random);
+        let seed = call.request.seed.unwrap_or_else(rand::random);
+        let per_call = call.model.images_per_call;
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        super::split_calls(call.request.num_images, per_call, |n| {
+            // Each call's pictures take the seeds after the previous call's.
+            let first = calls.fetch_add(u32::from(n), std::sync::atomic::Ordering::Relaxed);
+            self.call_once(call, n, seed.wrapping_add(first))
+        })
+        .await
+    }
+}
+
+impl FluxClient {
+    async fn call_once(&self, call: &Call<'_>, n: u8, seed: u32) -> Result<ProviderOutput, ProviderError> {
+        let started = Instant::now();
+        let req = call.request;
+        let size = req.size.exact().unwrap_or(imagegen_shared::domain::ImageSize::new(1024, 1024));
         let body = FluxRequest {
-            model: &self.settings.model,
+            model: call.provider_model,
             prompt: req.prompt.as_str(),
-            width: req.size.width,
-            height: req.size.height,
+            width: size.width,
+            height: size.height,
             steps: STEPS,
-            n: req.num_images,
+            n,
             seed,
             response_format: if self.inline { "base64" } else { "url" },
-            output_format: "png",
+            output_format: req.output_format.map_or("png", |f| f.as_str()),
         };
-        let call = self
+        let request = self
             .http
             .post(self.endpoint.clone())
             .bearer_auth(self.settings.api_key.expose_secret())
-            .header("X-Correlation-ID", correlation_id)
+            .header("X-Correlation-ID", call.correlation_id)
             .json(&body);
-        let (status, headers, bytes) = super::send(LABEL, call).await?;
+        let (status, headers, bytes) = http::send(LABEL, request).await?;
         if status != 200 {
-            let error = classify(status, &headers, &bytes[..bytes.len().min(MAX_ERROR_BODY)]);
-            tracing::warn!(
-                status,
-                kind = error.kind(),
-                code = error.code(),
-                "flux call failed"
-            );
+            let error = classify(status, &headers, error_body(&bytes));
+            tracing::warn!(status, kind = error.kind(), code = error.code(), "flux call failed");
             return Err(error);
         }
-        let parsed: FluxResponse =
-            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
-                status: Some(status),
-                code: Some("invalid_response".into()),
-                message: format!("{LABEL} answered with an unreadable body: {e}"),
-                retry_after: None,
-            })?;
+        let parsed: FluxResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::invalid_response(LABEL, status, format_args!("with an unreadable body: {e}")))?;
         let images: Vec<GeneratedImage> = parsed
             .data
             .into_iter()
@@ -207,28 +202,26 @@ impl ImageProvider for FluxClient {
                 })
             })
             .collect();
-        if images.len() != usize::from(req.num_images) {
-            return Err(ProviderError::Retryable {
-                status: Some(status),
-                code: Some("invalid_response".into()),
-                message: format!(
-                    "{LABEL} returned {} of {} images",
-                    images.len(),
-                    req.num_images
-                ),
-                retry_after: None,
-            });
+        if images.len() != usize::from(n) {
+            return Err(ProviderError::invalid_response(
+                LABEL,
+                status,
+                format_args!("with {} of {n} images", images.len()),
+            ));
         }
         let meta = serde_json::json!({
-            "provider": "flux_schnell",
-            "protocol": "openai-compatible",
-            "model": parsed.model.unwrap_or_else(|| self.settings.model.clone()),
+            "provider": "flux",
+            "model": parsed.model.unwrap_or_else(|| call.provider_model.to_owned()),
             "request_id": parsed.id.or_else(|| header_str(&headers, "x-request-id").map(str::to_owned)),
             "seed": seed,
             "steps": STEPS,
-            "elapsed_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "elapsed_ms": http::elapsed_ms(started),
         });
-        Ok(ProviderOutput { images, meta })
+        Ok(ProviderOutput {
+            images,
+            meta,
+            usage: None,
+        })
     }
 }
 

@@ -1,12 +1,18 @@
-//! Provider clients behind one trait. A client turns a `GenerationRequest` into pictures (inline bytes or a
-//! short-lived URL) and classifies every failure as retryable, final, or a content-policy decision.
+//! Provider clients behind one trait, one client per configured provider, each serving every catalogue model its
+//! protocol offers. A client turns a `Call` (a model's provider-side name and the request translated for it) into
+//! pictures (inline bytes or a short-lived URL) and classifies every failure as retryable, final, or a
+//! content-policy decision. `http` holds what the clients share (the HTTP client, bounded reads, error classes);
+//! `images_api` the OpenAI Images API body and answer that OpenAI and Azure OpenAI share.
 
 pub mod azure;
 pub mod bfl;
 pub mod flux;
+pub mod http;
+pub mod images_api;
 pub mod openai;
 
 use async_trait::async_trait;
+use imagegen_shared::catalogue::ModelSpec;
 use imagegen_shared::domain::{GenerationRequest, ModerationStage, ProviderId};
 use std::time::Duration;
 
@@ -29,8 +35,20 @@ pub struct GeneratedImage {
 #[derive(Debug, Clone)]
 pub struct ProviderOutput {
     pub images: Vec<GeneratedImage>,
-    /// What the provider told us (request id, processing time, model); kept on the job.
+    /// What the provider told us (request ids, processing time, model, echoed options); kept on the job.
     pub meta: serde_json::Value,
+    /// Token usage as the provider reported it (GPT image models), summed over the calls; kept on the job.
+    pub usage: Option<serde_json::Value>,
+}
+
+/// One provider call's worth of work.
+pub struct Call<'a> {
+    pub model: &'a ModelSpec,
+    /// The model's name at this provider: its id, the Azure deployment, the BFL endpoint.
+    pub provider_model: &'a str,
+    /// The request as translated for this model and provider.
+    pub request: &'a GenerationRequest,
+    pub correlation_id: &'a str,
 }
 
 /// A provider failure, classified once where the wire protocol is known.
@@ -87,91 +105,84 @@ impl ProviderError {
             ProviderError::ContentPolicy { .. } => "content_policy",
         }
     }
+
+    /// A 200 answer we cannot use: worth another attempt.
+    pub fn invalid_response(label: &str, status: u16, why: impl std::fmt::Display) -> Self {
+        ProviderError::Retryable {
+            status: Some(status),
+            code: Some("invalid_response".into()),
+            message: format!("{label} answered {why}"),
+            retry_after: None,
+        }
+    }
 }
 
 #[async_trait]
 pub trait ImageProvider: Send + Sync {
     fn id(&self) -> ProviderId;
-    /// The route's name in limits, attempts and `served_by`: `dalle3:openai`, `dalle3:azure`, `flux_schnell`.
-    fn route(&self) -> &'static str;
     /// The host names this provider's result URLs may live on (besides the configured allow-list).
     fn download_hosts(&self) -> Vec<String>;
-    async fn generate(
-        &self,
-        request: &GenerationRequest,
-        correlation_id: &str,
-    ) -> Result<ProviderOutput, ProviderError>;
+    async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError>;
 }
 
-/// Runs `n` one-image calls side by side for hosts that take `n=1` only (DALL-E 3), merging their pictures;
+/// Runs `n` pictures as calls of at most `per_call` each, side by side, merging their pictures, metadata and usage;
 /// the attempt fails if any call fails, so a job never ends with part of what it asked for.
-pub async fn split_calls<F, Fut>(n: u8, call: F) -> Result<ProviderOutput, ProviderError>
+pub async fn split_calls<F, Fut>(n: u8, per_call: u8, call: F) -> Result<ProviderOutput, ProviderError>
 where
-    F: Fn() -> Fut,
+    F: Fn(u8) -> Fut,
     Fut: std::future::Future<Output = Result<ProviderOutput, ProviderError>>,
 {
-    if n <= 1 {
-        return call().await;
+    let per_call = per_call.max(1);
+    if n <= per_call {
+        return call(n).await;
     }
-    let outputs = futures::future::try_join_all((0..n).map(|_| call())).await?;
+    let sizes: Vec<u8> = (0..n.div_ceil(per_call))
+        .map(|i| per_call.min(n - i * per_call))
+        .collect();
+    let outputs = futures::future::try_join_all(sizes.into_iter().map(&call)).await?;
     let mut meta = outputs.first().map(|o| o.meta.clone()).unwrap_or_default();
     let calls: Vec<serde_json::Value> = outputs.iter().map(|o| o.meta.clone()).collect();
     if let Some(obj) = meta.as_object_mut() {
         obj.insert("calls".into(), serde_json::Value::Array(calls));
     }
+    let usage = images_api::sum_usage(outputs.iter().filter_map(|o| o.usage.as_ref()));
     Ok(ProviderOutput {
         images: outputs.into_iter().flat_map(|o| o.images).collect(),
         meta,
+        usage,
     })
 }
 
-/// The HTTP client every provider uses: a timeout on the whole call, a shorter one on connecting, and a
-/// `User-Agent` (some CDNs refuse a blank one).
-pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .user_agent(concat!("imagegen/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Sends a provider call and reads the whole answer; transport failures are classified retryable.
-pub async fn send(
-    label: &str,
-    request: reqwest::RequestBuilder,
-) -> Result<(u16, reqwest::header::HeaderMap, bytes::Bytes), ProviderError> {
-    let response = request
-        .send()
+    #[tokio::test]
+    async fn split_calls_cover_n_in_calls_of_the_allowed_size() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let out = split_calls(7, 3, |k| {
+            seen.lock().expect("lock").push(k);
+            async move {
+                Ok(ProviderOutput {
+                    images: (0..k)
+                        .map(|_| GeneratedImage {
+                            source: ImageSource::Base64(String::new()),
+                            revised_prompt: None,
+                            seed: None,
+                        })
+                        .collect(),
+                    meta: serde_json::json!({"n": k}),
+                    usage: Some(serde_json::json!({"input_tokens": 1, "output_tokens": u64::from(k) * 10, "total_tokens": 1 + u64::from(k) * 10})),
+                })
+            }
+        })
         .await
-        .map_err(|e| openai::transport_error(label, &e))?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| openai::transport_error(label, &e))?;
-    Ok((status, headers, body))
-}
-
-/// The common rule for hosts without their own retry header: 408, 429 and 5xx are worth another attempt.
-pub fn classified(
-    status: u16,
-    code: Option<String>,
-    message: String,
-    retry_after: Option<std::time::Duration>,
-) -> ProviderError {
-    if matches!(status, 408 | 429) || status >= 500 {
-        ProviderError::Retryable {
-            status: Some(status),
-            code,
-            message,
-            retry_after,
-        }
-    } else {
-        ProviderError::Final {
-            status: Some(status),
-            code,
-            message,
-        }
+        .expect("ok");
+        let mut seen = seen.into_inner().expect("lock");
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 3, 3]);
+        assert_eq!(out.images.len(), 7);
+        let usage = out.usage.expect("usage");
+        assert_eq!((usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()), (Some(3), Some(70)));
     }
 }

@@ -1,0 +1,332 @@
+//! The model catalogue as data: `shared/catalogue/models.toml` compiled in, optionally overlaid at start-up by
+//! `MODEL_CATALOG_FILE` (entries with a known id replace it, new ids are added after the built-in ones). The API
+//! validates requests against it, `GET /api/v1/models` and `/api/v1/providers` show it, the worker builds its routes
+//! and failover translations from it.
+//!
+//! A file entry may say `extends = "<id>"`: it starts as a copy of that entry (top-level fields; a table such as
+//! `serves` is replaced whole) and its own fields win. Snapshots and sibling models stay one line each that way.
+
+mod model;
+
+pub use model::{
+    Family, ModelSpec, ModelStatus, Price, Serving, SizeParam, SizeRules, SizeSpec, TokenPrices,
+};
+
+use crate::domain::{ModelId, ProviderId, Quality, Size};
+use chrono::NaiveDate;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// The catalogue shipped in the binary.
+const BUILTIN: &str = include_str!("../../catalogue/models.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: model '{id}': {message}")]
+    Entry {
+        origin: String,
+        id: String,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    File { origin: String, message: String },
+}
+
+#[derive(Debug)]
+pub struct Catalogue {
+    models: Vec<Arc<ModelSpec>>,
+    index: HashMap<String, usize>,
+    quality_ranks: BTreeMap<Quality, u8>,
+    legacy_providers: BTreeMap<String, ModelId>,
+}
+
+/// The file's top level.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTop {
+    #[serde(default)]
+    quality_ranks: BTreeMap<Quality, u8>,
+    #[serde(default)]
+    legacy_providers: BTreeMap<String, ModelId>,
+}
+
+impl Catalogue {
+    /// The built-in catalogue (its validity is a test: `builtin_catalogue_is_valid`).
+    pub fn builtin() -> Arc<Catalogue> {
+        static BUILT: OnceLock<Arc<Catalogue>> = OnceLock::new();
+        BUILT
+            .get_or_init(|| {
+                #[allow(clippy::expect_used)]
+                let catalogue = Catalogue::parse_layers(&[("built-in catalogue", BUILTIN)])
+                    .expect("the built-in catalogue parses (tested)");
+                Arc::new(catalogue)
+            })
+            .clone()
+    }
+
+    /// The built-in catalogue with `file` laid over it, checked as of `today`.
+    pub fn load(file: Option<&Path>, today: NaiveDate) -> Result<Arc<Catalogue>, CatalogueError> {
+        let Some(path) = file else {
+            return Ok(Self::builtin());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        let catalogue =
+            Catalogue::parse_layers(&[("built-in catalogue", BUILTIN), (&origin, &text)])?;
+        catalogue.validate(today).map_err(|message| CatalogueError::File {
+            origin: origin.clone(),
+            message,
+        })?;
+        Ok(Arc::new(catalogue))
+    }
+
+    /// Parses each layer in order; later layers replace entries with the same id and add new ones.
+    pub fn parse_layers(layers: &[(&str, &str)]) -> Result<Catalogue, CatalogueError> {
+        let mut raw: Vec<(String, toml::Table)> = Vec::new();
+        let mut quality_ranks = BTreeMap::new();
+        let mut legacy_providers = BTreeMap::new();
+        for (origin, text) in layers {
+            let syntax = |message: String| CatalogueError::Syntax {
+                origin: (*origin).to_owned(),
+                message,
+            };
+            let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| syntax(e.to_string()))?;
+            let models = match table.remove("models") {
+                None => Vec::new(),
+                Some(toml::Value::Array(models)) => models,
+                Some(_) => return Err(syntax("`models` must be an array of tables ([[models]])".into())),
+            };
+            let top: FileTop = from_toml(toml::Value::Table(table)).map_err(syntax)?;
+            quality_ranks.extend(top.quality_ranks);
+            legacy_providers.extend(top.legacy_providers);
+            for entry in models {
+                let toml::Value::Table(entry) = entry else {
+                    return Err(syntax("each [[models]] entry must be a table".into()));
+                };
+                let Some(id) = entry.get("id").and_then(toml::Value::as_str).map(str::to_owned) else {
+                    return Err(syntax("a [[models]] entry has no `id`".into()));
+                };
+                let entry = resolve_extends(&raw, entry).map_err(|message| CatalogueError::Entry {
+                    origin: (*origin).to_owned(),
+                    id: id.clone(),
+                    message,
+                })?;
+                match raw.iter_mut().find(|(known, _)| *known == id) {
+                    Some(slot) => slot.1 = entry,
+                    None => raw.push((id, entry)),
+                }
+            }
+        }
+        let mut models = Vec::with_capacity(raw.len());
+        let mut index = HashMap::new();
+        for (id, table) in raw {
+            let spec: ModelSpec =
+                from_toml(toml::Value::Table(table)).map_err(|message| CatalogueError::Entry {
+                    origin: "catalogue".into(),
+                    id: id.clone(),
+                    message,
+                })?;
+            index.insert(id.to_ascii_lowercase(), models.len());
+            models.push(Arc::new(spec));
+        }
+        Ok(Catalogue {
+            models,
+            index,
+            quality_ranks,
+            legacy_providers,
+        })
+    }
+
+    /// Every model in file order.
+    pub fn models(&self) -> impl Iterator<Item = &Arc<ModelSpec>> {
+        self.models.iter()
+    }
+
+    /// A model by id (any case).
+    pub fn get(&self, id: &str) -> Option<&Arc<ModelSpec>> {
+        self.index
+            .get(&id.trim().to_ascii_lowercase())
+            .and_then(|i| self.models.get(*i))
+    }
+
+    /// The model a seed provider name (`dalle3`, `flux_schnell`) stands for.
+    pub fn legacy_model(&self, name: &str) -> Option<&ModelId> {
+        self.legacy_providers
+            .get(&name.trim().to_ascii_lowercase().replace('-', "_"))
+    }
+
+    pub fn legacy_names(&self) -> impl Iterator<Item = (&String, &ModelId)> {
+        self.legacy_providers.iter()
+    }
+
+    pub fn quality_rank(&self, quality: Quality) -> Option<u8> {
+        self.quality_ranks.get(&quality).copied()
+    }
+
+    /// The models `provider` serves (today or not), in file order.
+    pub fn served_by(&self, provider: ProviderId) -> impl Iterator<Item = &Arc<ModelSpec>> {
+        self.models
+            .iter()
+            .filter(move |m| m.serves.contains_key(&provider))
+    }
+
+    /// Every rule the service relies on; the message names the entry and the rule broken.
+    pub fn validate(&self, today: NaiveDate) -> Result<(), String> {
+        for q in Quality::ALL {
+            if q != &Quality::Auto && self.quality_rank(*q).is_none() {
+                return Err(format!("[quality_ranks] has no rank for '{q}'"));
+            }
+        }
+        for (name, model) in &self.legacy_providers {
+            if self.get(model.as_str()).is_none() {
+                return Err(format!("[legacy_providers] {name} names unknown model '{model}'"));
+            }
+        }
+        for m in &self.models {
+            check_model(self, m, today).map_err(|e| format!("model '{}': {e}", m.id))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result<(), String> {
+    let id = m.id.as_str();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_')) {
+        return Err("ids are lowercase letters, digits, '-', '.' and '_'".into());
+    }
+    if m.serves.is_empty() {
+        return Err("`serves` names no provider".into());
+    }
+    if m.max_images == 0 || m.images_per_call == 0 || m.images_per_call > m.max_images {
+        return Err("need 1 <= images_per_call <= max_images".into());
+    }
+    if m.max_prompt_chars == 0 || m.max_prompt_chars > crate::domain::MAX_PROMPT_CHARS as u32 {
+        return Err(format!(
+            "max_prompt_chars must be 1..={}",
+            crate::domain::MAX_PROMPT_CHARS
+        ));
+    }
+    let dates = [("released_on", m.released_on), ("deprecated_on", m.deprecated_on), ("retires_on", m.retires_on)];
+    let mut last: Option<(&str, NaiveDate)> = None;
+    for (name, date) in dates {
+        if let Some(d) = date {
+            if let Some((prev, p)) = last
+                && d < p
+            {
+                return Err(format!("{name} {d} comes before {prev} {p}"));
+            }
+            last = Some((name, d));
+        }
+    }
+    for (provider, serving) in &m.serves {
+        if serving.model.trim().is_empty() {
+            return Err(format!("serves.{provider}.model is empty"));
+        }
+        if let (Some(own), Some(model)) = (serving.retires_on, m.retires_on)
+            && own > model
+        {
+            return Err(format!("serves.{provider}.retires_on {own} is after the model's retires_on {model}"));
+        }
+        if let Some(formats) = &serving.output_formats
+            && formats.iter().any(|f| !m.output_formats.contains(f))
+        {
+            return Err(format!("serves.{provider}.output_formats must be a subset of output_formats"));
+        }
+    }
+    if m.sizes.list.is_empty() {
+        return Err("sizes.list must name at least one size".into());
+    }
+    if !m.accepts_size(m.sizes.default) {
+        return Err(format!("sizes.default {} is not accepted by the model itself", m.sizes.default));
+    }
+    if let Some(rules) = &m.sizes.rules {
+        if rules.multiple_of == 0 || rules.min_side > rules.max_side {
+            return Err("sizes.rules: need multiple_of >= 1 and min_side <= max_side".into());
+        }
+        if let Some(bad) = m.sizes.list.iter().find(|s| !rules.allow(**s)) {
+            return Err(format!("sizes.list has {bad}, which sizes.rules refuse"));
+        }
+    }
+    if let Some(q) = m.default_quality
+        && !m.qualities.contains(&q)
+    {
+        return Err(format!("default_quality {q} is not in qualities"));
+    }
+    if let Some(s) = m.default_style
+        && !m.styles.contains(&s)
+    {
+        return Err(format!("default_style {s} is not in styles"));
+    }
+    if m.output_formats.is_empty() {
+        return Err("output_formats is empty".into());
+    }
+    if let Some(replacement) = &m.replacement {
+        let Some(target) = catalogue.get(replacement.as_str()) else {
+            return Err(format!("replacement '{replacement}' is not in the catalogue"));
+        };
+        if target.id == m.id {
+            return Err("a model cannot replace itself".into());
+        }
+        if target.status_on(today) == ModelStatus::Retired {
+            return Err(format!("replacement '{replacement}' is retired itself"));
+        }
+    }
+    if m.status_on(today) == ModelStatus::Retired && m.replacement.is_none() {
+        return Err("a retired model needs a replacement (or remove it)".into());
+    }
+    Ok(())
+}
+
+/// The entry with its `extends` base applied (top-level keys; the entry's own win).
+fn resolve_extends(
+    known: &[(String, toml::Table)],
+    mut entry: toml::Table,
+) -> Result<toml::Table, String> {
+    let Some(base) = entry.remove("extends") else {
+        return Ok(entry);
+    };
+    let base = base.as_str().ok_or("`extends` must be a model id")?;
+    let Some((_, base_table)) = known.iter().find(|(id, _)| id == base) else {
+        return Err(format!("extends '{base}', which is not defined before it"));
+    };
+    let mut merged = base_table.clone();
+    merged.extend(entry);
+    Ok(merged)
+}
+
+/// TOML to a typed value through JSON, so dates arrive as `YYYY-MM-DD` strings that chrono reads.
+fn from_toml<T: serde::de::DeserializeOwned>(value: toml::Value) -> Result<T, String> {
+    serde_json::from_value(toml_to_json(value)).map_err(|e| e.to_string())
+}
+
+fn toml_to_json(value: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+    }
+}
+
+/// Requests naming `Size::Auto` for a model that cannot take it get the model's default.
+pub fn concrete_size(model: &ModelSpec, size: Size) -> Size {
+    if model.accepts_size(size) { size } else { model.sizes.default }
+}
+
+#[cfg(test)]
+mod tests;

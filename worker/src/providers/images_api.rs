@@ -1,0 +1,255 @@
+//! The OpenAI Images API's request body and answer, shared by OpenAI and Azure OpenAI. The fields sent depend on
+//! the model's family, named as the official SDK names them (openai-python `image_generate_params.py`):
+//! - GPT image models: `size` (or `auto`), `quality`, `background`, `output_format`, `output_compression`,
+//!   `moderation`; never `response_format` (they always answer base64) nor `style`; the answer carries `usage`
+//!   and echoes `size`, `quality`, `background` and `output_format`.
+//! - DALL-E: `size`, `quality`, `style`, `response_format`.
+
+use super::{GeneratedImage, ImageSource, ProviderError};
+use imagegen_shared::catalogue::{Family, ModelSpec};
+use imagegen_shared::domain::GenerationRequest;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResponseFormat {
+    /// Inline base64: one round trip, nothing to download.
+    #[value(name = "b64_json")]
+    B64Json,
+    /// A URL on the provider's blob storage that lives 60 minutes; downloaded at once. (DALL-E and FLUX hosts only:
+    /// GPT image models always answer base64.)
+    Url,
+}
+
+/// The Images API body.
+#[derive(Debug, Serialize)]
+pub struct CreateImageRequest<'a> {
+    /// Absent on Azure's deployments path (the deployment names the model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    pub prompt: &'a str,
+    pub n: u8,
+    pub size: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub style: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_compression: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<&'static str>,
+}
+
+/// The body for `n` pictures of `req` on `model` (named `model_name` on the wire, when the path does not name it).
+pub fn request_body<'a>(
+    req: &'a GenerationRequest,
+    model: &ModelSpec,
+    model_name: Option<&'a str>,
+    n: u8,
+    format: ResponseFormat,
+) -> CreateImageRequest<'a> {
+    let gpt_image = model.family == Family::GptImage;
+    CreateImageRequest {
+        model: model_name,
+        prompt: req.prompt.as_str(),
+        n,
+        size: req.size.to_string(),
+        quality: req.quality.map(|q| q.as_str()),
+        style: if gpt_image { None } else { req.style.map(|s| s.as_str()) },
+        response_format: (!gpt_image).then_some(match format {
+            ResponseFormat::B64Json => "b64_json",
+            ResponseFormat::Url => "url",
+        }),
+        background: req.background.filter(|_| gpt_image).map(|b| b.as_str()),
+        output_format: req.output_format.filter(|_| gpt_image).map(|f| f.as_str()),
+        output_compression: req.output_compression.filter(|_| gpt_image),
+        moderation: req.moderation.filter(|_| gpt_image).map(|m| m.as_str()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ImagesResponse {
+    data: Vec<ImageItem>,
+    #[serde(default)]
+    usage: Option<serde_json::Value>,
+    #[serde(default)]
+    size: Option<String>,
+    #[serde(default)]
+    quality: Option<String>,
+    #[serde(default)]
+    background: Option<String>,
+    #[serde(default)]
+    output_format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ImageItem {
+    url: Option<String>,
+    b64_json: Option<String>,
+    revised_prompt: Option<String>,
+    /// Azure's per-item filter annotations.
+    #[serde(default)]
+    prompt_filter_results: Option<serde_json::Value>,
+    #[serde(default)]
+    content_filter_results: Option<serde_json::Value>,
+}
+
+/// Per-item annotations some hosts add (Azure's content filters).
+pub struct ImageItemMeta {
+    pub prompt_filter_results: Option<serde_json::Value>,
+    pub content_filter_results: Option<serde_json::Value>,
+}
+
+/// A 200 answer, read.
+pub struct ParsedImages {
+    pub items: Vec<(GeneratedImage, ImageItemMeta)>,
+    pub usage: Option<serde_json::Value>,
+    /// What the provider says it made: `size`, `quality`, `background`, `output_format` (GPT image models).
+    pub echoed: serde_json::Value,
+}
+
+/// The pictures of a 200 answer; an answer without the pictures asked for is worth another attempt.
+pub fn parse_images(label: &str, status: u16, body: &[u8], expected: u8) -> Result<ParsedImages, ProviderError> {
+    let parsed: ImagesResponse = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::invalid_response(label, status, format_args!("with an unreadable body: {e}")))?;
+    let items: Vec<_> = parsed
+        .data
+        .into_iter()
+        .filter_map(|item| {
+            let source = match (item.b64_json, item.url) {
+                (Some(b64), _) => ImageSource::Base64(b64),
+                (None, Some(url)) => ImageSource::Url(url),
+                (None, None) => return None,
+            };
+            let meta = ImageItemMeta {
+                prompt_filter_results: item.prompt_filter_results,
+                content_filter_results: item.content_filter_results,
+            };
+            Some((
+                GeneratedImage {
+                    source,
+                    revised_prompt: item.revised_prompt,
+                    seed: None,
+                },
+                meta,
+            ))
+        })
+        .collect();
+    if items.len() != usize::from(expected) {
+        return Err(ProviderError::invalid_response(
+            label,
+            status,
+            format_args!("with {} of {expected} images", items.len()),
+        ));
+    }
+    let echoed = serde_json::json!({
+        "size": parsed.size,
+        "quality": parsed.quality,
+        "background": parsed.background,
+        "output_format": parsed.output_format,
+    });
+    Ok(ParsedImages {
+        items,
+        usage: parsed.usage,
+        echoed,
+    })
+}
+
+/// Token usage of several calls added up, field by field (nested details too); `None` when no call reported any.
+pub fn sum_usage<'a>(usages: impl Iterator<Item = &'a serde_json::Value>) -> Option<serde_json::Value> {
+    fn add(into: &mut serde_json::Value, from: &serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    match a.get_mut(k) {
+                        Some(existing) => add(existing, v),
+                        None => {
+                            a.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            (a @ serde_json::Value::Number(_), serde_json::Value::Number(b)) => {
+                if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+                    *a = serde_json::Value::from(x + y);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut total: Option<serde_json::Value> = None;
+    for u in usages {
+        match &mut total {
+            None => total = Some(u.clone()),
+            Some(t) => add(t, u),
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imagegen_shared::catalogue::Catalogue;
+    use imagegen_shared::domain::{Background, ModelId, OutputFormat, Quality, Size, Style};
+
+    fn request(model: &str) -> GenerationRequest {
+        serde_json::from_value(serde_json::json!({"prompt": "a cat", "model": model, "size": "1536x1024",
+            "num_images": 2, "allow_failover": true})).expect("request")
+    }
+
+    #[test]
+    fn gpt_image_bodies_carry_its_fields_and_no_dalle_ones() {
+        let catalogue = Catalogue::builtin();
+        let mut req = request("gpt-image-2");
+        req.quality = Some(Quality::High);
+        req.style = Some(Style::Vivid);
+        req.background = Some(Background::Opaque);
+        req.output_format = Some(OutputFormat::Jpeg);
+        req.output_compression = Some(80);
+        let model = catalogue.get("gpt-image-2").expect("model");
+        let body = serde_json::to_value(request_body(&req, model, Some("gpt-image-2"), 2, ResponseFormat::Url)).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"model": "gpt-image-2", "prompt": "a cat", "n": 2, "size": "1536x1024", "quality": "high",
+                "background": "opaque", "output_format": "jpeg", "output_compression": 80})
+        );
+        req.size = Size::Auto;
+        let body = serde_json::to_value(request_body(&req, model, None, 1, ResponseFormat::B64Json)).expect("json");
+        assert_eq!(body["size"], "auto");
+        assert!(body.get("model").is_none());
+    }
+
+    #[test]
+    fn dalle_bodies_keep_style_and_response_format() {
+        let catalogue = Catalogue::builtin();
+        let mut req = request("dall-e-3");
+        req.model = ModelId::new("dall-e-3");
+        req.style = Some(Style::Natural);
+        req.output_format = Some(OutputFormat::Png);
+        let model = catalogue.get("dall-e-3").expect("model");
+        let body = serde_json::to_value(request_body(&req, model, Some("dall-e-3"), 1, ResponseFormat::B64Json)).expect("json");
+        assert_eq!(body["style"], "natural");
+        assert_eq!(body["response_format"], "b64_json");
+        assert!(body.get("output_format").is_none());
+    }
+
+    #[test]
+    fn answers_give_pictures_usage_and_echoes() {
+        let body = serde_json::json!({"created": 1, "data": [{"b64_json": "aGk="}], "size": "1536x1024", "quality": "high",
+            "background": "opaque", "output_format": "png",
+            "usage": {"input_tokens": 10, "input_tokens_details": {"image_tokens": 0, "text_tokens": 10}, "output_tokens": 6240, "total_tokens": 6250}});
+        let parsed = parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 1).expect("parsed");
+        assert_eq!(parsed.echoed["quality"], "high");
+        assert_eq!(parsed.usage.as_ref().expect("usage")["output_tokens"], 6240);
+        assert!(parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 2).is_err(), "one of two images");
+        let sum = sum_usage([parsed.usage.clone().expect("u"), parsed.usage.expect("u")].iter()).expect("sum");
+        assert_eq!(sum["input_tokens_details"]["text_tokens"], 20);
+        assert_eq!(sum["total_tokens"], 12500);
+    }
+}
