@@ -18,7 +18,7 @@ status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@" || status=$?
   echo "test: the end-to-end suite again, standalone mode (SQLite, in-process queue)" >&2
-  E2E_MODE=standalone cargo nextest run --workspace --no-fail-fast --no-tests=warn -E 'binary(e2e) | binary(auth)' "$@" || status=$?
+  E2E_MODE=standalone cargo nextest run --workspace --no-fail-fast --no-tests=warn -E 'binary(e2e) | binary(auth) | binary(models)' "$@" || status=$?
 else
   echo "test: cargo-nextest not found; using cargo test" >&2
   cargo test --workspace --no-fail-fast "$@" || status=$?

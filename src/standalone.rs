@@ -92,7 +92,8 @@ fn use_sandbox(
     key: &str,
 ) -> anyhow::Result<Vec<ProviderId>> {
     let azure_configured = providers.azure_openai_endpoint.is_some();
-    let flux_is_bfl = providers.flux_protocol == Some(FluxProtocol::Bfl) && !is_blank(&providers.flux_api_key);
+    let flux_is_bfl =
+        providers.flux_protocol == Some(FluxProtocol::Bfl) && !is_blank(&providers.flux_api_key);
     let v1: url::Url = format!("{root}/v1").parse().context("sandbox URL")?;
     let mut sandbox = Vec::new();
     if is_blank(&providers.openai_api_key) && !azure_configured {

@@ -39,7 +39,24 @@ async fn wait_mode_returns_stored_images(pool: PgPool) {
             b["status"].as_str(),
             b["provider"].as_str()
         ),
-        (Some(true), Some("succeeded"), Some("dalle3"))
+        (Some(true), Some("succeeded"), Some("openai"))
+    );
+    // The seed's dalle3 is retired: its replacement served it, and the answer says so.
+    assert_eq!(
+        (b["model"].as_str(), b["requested_model"].as_str()),
+        (Some("gpt-image-2"), Some("dall-e-3"))
+    );
+    assert_eq!(b["served_by"], "openai:gpt-image-2");
+    assert!(
+        r.header("warning")
+            .is_some_and(|w| w.contains("dall-e-3 is retired; served by gpt-image-2")),
+        "{:?}",
+        r.header("warning")
+    );
+    assert!(r.header("deprecation").is_some_and(|d| d.starts_with('@')));
+    assert!(
+        b["usage"]["output_tokens"].as_u64().is_some_and(|t| t > 0),
+        "{b}"
     );
     assert_eq!(b["correlation_id"], "e2e-wait-1");
     assert!(b["generation_time_ms"].as_i64().is_some());
@@ -51,11 +68,6 @@ async fn wait_mode_returns_stored_images(pool: PgPool) {
         (Some(1024), Some(1024))
     );
     assert_eq!(img["content_type"], "image/png");
-    assert!(
-        img["revised_prompt"]
-            .as_str()
-            .is_some_and(|p| !p.is_empty())
-    );
     let url = img["url"].as_str().expect("url");
     assert!(
         url.starts_with(&stack.api),
@@ -156,13 +168,13 @@ async fn respond_async_answers_at_once(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn submit_poll_and_download_over_provider_urls(pool: PgPool) {
-    // The worker asks for URLs this time, so the download-from-provider path is exercised.
-    let options = Options {
-        worker_env: vec![kv("OPENAI_RESPONSE_FORMAT", "url")],
-        ..Options::default()
-    };
+    // The worker asks for URLs this time, so the download-from-provider path is exercised (FLUX hosts answer with
+    // URLs; GPT image models only ever answer base64).
+    let mut options = flux_options();
+    options.worker_env.push(kv("OPENAI_RESPONSE_FORMAT", "url"));
     let stack = start(&pool, options).await;
-    let body = json!({"prompt": "Mountain landscape", "provider": "dalle3", "size": "1792x1024"});
+    let body =
+        json!({"prompt": "Mountain landscape", "provider": "flux_schnell", "size": "1792x1024"});
     let r = stack.post("/api/v1/jobs", body, &[]).await;
     assert_eq!(r.status, 202, "{}", r.body);
     let job_id = r.body["job_id"].as_str().expect("job id").to_owned();
@@ -172,8 +184,12 @@ async fn submit_poll_and_download_over_provider_urls(pool: PgPool) {
     );
     assert_eq!(r.body["size"], "1792x1024");
     assert_eq!(
-        (r.body["quality"].as_str(), r.body["style"].as_str()),
-        (Some("standard"), Some("vivid"))
+        (
+            r.body["model"].as_str(),
+            r.body["quality"].as_str(),
+            r.body["style"].as_str()
+        ),
+        (Some("flux-schnell"), None, None)
     );
 
     let done = stack.wait_terminal(&job_id).await;
@@ -346,14 +362,32 @@ async fn every_validation_error_has_the_seed_shape(pool: PgPool) {
     .await;
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (json!({"prompt": "   "}), "prompt"),
-        (json!({"prompt": "x".repeat(4001)}), "prompt"),
+        (json!({"prompt": "x".repeat(32_001)}), "prompt"),
+        (
+            json!({"prompt": "x".repeat(4001), "provider": "dalle3"}),
+            "prompt",
+        ),
+        (json!({"prompt": "x", "model": "midjourney-v7"}), "model"),
+        (json!({"prompt": "x", "model": "flux-2-pro"}), "model"),
+        (
+            json!({"prompt": "x", "output_format": "png", "output_compression": 50}),
+            "output_compression",
+        ),
+        (
+            json!({"prompt": "x", "background": "transparent"}),
+            "background",
+        ),
         (json!({"prompt": "x", "provider": "midjourney"}), "provider"),
         (
             json!({"prompt": "x", "provider": "flux_schnell"}),
             "provider",
         ),
         (json!({"prompt": "x", "size": "512x512"}), "size"),
-        (json!({"prompt": "x", "num_images": 2}), "num_images"),
+        (
+            json!({"prompt": "x", "num_images": 2, "provider": "dalle3"}),
+            "num_images",
+        ),
+        (json!({"prompt": "x", "num_images": 11}), "num_images"),
         (json!({"prompt": "x", "num_images": 0}), "num_images"),
         (json!({"prompt": "x", "quality": "ultra"}), "quality"),
         (json!({"prompt": "x", "style": "noir"}), "style"),
@@ -664,23 +698,75 @@ async fn providers_docs_health_and_metrics(pool: PgPool) {
     .await;
     let p = stack.get("/api/v1/providers").await;
     assert_eq!(p.status, 200);
-    assert_eq!(p.body["default_provider"], "dalle3");
-    let providers = p.body["providers"].as_array().expect("providers");
-    assert_eq!(providers[0]["id"], "dalle3");
-    assert_eq!(
-        providers[0]["supported_sizes"],
-        json!(["1024x1024", "1792x1024", "1024x1792"])
-    );
     assert_eq!(
         (
-            providers[0]["max_images"].as_u64(),
-            providers[0]["configured"].as_bool()
+            p.body["default_provider"].as_str(),
+            p.body["default_model"].as_str()
         ),
-        (Some(1), Some(true))
+        (Some("openai"), Some("gpt-image-2"))
     );
-    assert_eq!(providers[1]["id"], "flux_schnell");
-    assert_eq!(providers[1]["max_images"], 4);
-    assert_eq!(providers[1]["configured"], false);
+    let providers = p.body["providers"].as_array().expect("providers");
+    let ids: Vec<&str> = providers.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(ids, ["openai", "azure_openai", "flux", "bfl"]);
+    assert_eq!(
+        (
+            providers[0]["default_model"].as_str(),
+            providers[0]["max_images"].as_u64(),
+            providers[0]["configured"].as_bool(),
+            providers[0]["circuit"].as_str()
+        ),
+        (Some("gpt-image-2"), Some(4), Some(true), Some("closed"))
+    );
+    assert!(
+        providers[0]["models"]
+            .as_array()
+            .is_some_and(|m| m.contains(&json!("gpt-image-2.5-sunburst")))
+    );
+    assert_eq!(
+        providers[2]["supported_sizes"],
+        json!(["1024x1024", "512x512", "768x768", "1536x1024", "1024x1536"])
+    );
+    assert_eq!(providers[2]["configured"], false);
+
+    // The catalogue: every model with its parameters, lifecycle and whether it is served here.
+    let m = stack.get("/api/v1/models").await;
+    assert_eq!(m.status, 200);
+    let models = m.body["models"].as_array().expect("models");
+    let model = |id: &str| {
+        models
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("{id} listed"))
+            .clone()
+    };
+    let gpt2 = model("gpt-image-2");
+    assert_eq!(
+        (gpt2["status"].as_str(), gpt2["available"].as_bool()),
+        (Some("ga"), Some(true))
+    );
+    assert_eq!(gpt2["served_by"], json!(["openai"]));
+    assert_eq!(gpt2["sizes"]["rules"]["multiple_of"], 16);
+    let dalle3 = model("dall-e-3");
+    assert_eq!(
+        (
+            dalle3["status"].as_str(),
+            dalle3["retires_on"].as_str(),
+            dalle3["replaced_by"].as_str(),
+            dalle3["available"].as_bool()
+        ),
+        (
+            Some("retired"),
+            Some("2026-05-12"),
+            Some("gpt-image-2"),
+            Some(false)
+        )
+    );
+    assert_eq!(model("gpt-image-1.5")["status"], "deprecated");
+    assert_eq!(
+        model("flux-2-pro")["available"],
+        false,
+        "BFL is not configured here"
+    );
 
     let spec = stack.get("/openapi.json").await;
     assert_eq!(spec.status, 200);
@@ -750,8 +836,8 @@ async fn providers_docs_health_and_metrics(pool: PgPool) {
         );
     }
     assert_eq!(
-        health.body["components"]["provider:dalle3"]["status"],
-        "configured"
+        health.body["components"]["provider:openai"]["status"],
+        "circuit_closed"
     );
     assert_eq!(stack.get("/health/ready").await.status, 200);
     assert_eq!(stack.get("/health/live").await.status, 200);
@@ -1061,14 +1147,14 @@ fn azure_options() -> Options {
     let env = vec![
         kv("OPENAI_API_KEY", ""),
         kv("AZURE_OPENAI_API_KEY", support::API_KEY),
-        kv("AZURE_OPENAI_DEPLOYMENT_NAME", "dalle3-prod"),
+        kv("AZURE_OPENAI_DEPLOYMENT_NAME", "img2-prod"),
     ];
     Options {
         emulator_args: vec![
             "--api-key".into(),
             support::API_KEY.into(),
             "--azure-deployment".into(),
-            "dalle3-prod".into(),
+            "img2-prod=gpt-image-2".into(),
         ],
         api_env: env.clone(),
         worker_env: env,
@@ -1148,7 +1234,7 @@ async fn a_wrong_azure_deployment_fails_without_retries(pool: PgPool) {
         r.body["message"]
             .as_str()
             .expect("message")
-            .contains("AZURE_OPENAI_DEPLOYMENT_NAME"),
+            .contains("AZURE_OPENAI_DEPLOYMENTS"),
         "{}",
         r.body
     );
@@ -1170,7 +1256,7 @@ async fn flux_schnell_makes_several_seeded_images_in_one_call(pool: PgPool) {
     let stack = start(&pool, flux_options()).await;
     let providers = stack.get("/api/v1/providers").await;
     assert_eq!(
-        providers.body["providers"][1]["configured"], true,
+        providers.body["providers"][2]["configured"], true,
         "{}",
         providers.body
     );
@@ -1179,7 +1265,10 @@ async fn flux_schnell_makes_several_seeded_images_in_one_call(pool: PgPool) {
         "size": "1536x1024", "num_images": 3, "seed": 42});
     let r = stack.post("/api/v1/generate", body, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["provider"], "flux_schnell");
+    assert_eq!(
+        (r.body["provider"].as_str(), r.body["model"].as_str()),
+        (Some("flux"), Some("flux-schnell"))
+    );
     let images = r.body["images"].as_array().expect("images");
     assert_eq!(images.len(), 3);
     assert_eq!(
@@ -1291,9 +1380,27 @@ async fn flux_over_black_forest_labs_submits_polls_and_maps_sizes(pool: PgPool) 
         [Some(7), Some(8)]
     );
     assert_eq!(
-        r.body["provider_details"]["size_sent"], "1440x960",
+        r.body["provider_details"]["tasks"][0]["size_sent"], "1440x960",
         "{}",
         r.body
+    );
+    // BFL does not serve schnell: the seed's flux_schnell went to BFL's FLUX model, and the job says so.
+    assert_eq!(
+        (r.body["model"].as_str(), r.body["served_by"].as_str()),
+        (Some("flux-dev"), Some("bfl:flux-dev"))
+    );
+    assert_eq!(
+        r.body["translations"],
+        json!([
+            "flux-schnell is not served here: served by flux-dev",
+            "size 1536x1024 -> 1440x960 (nearest on flux-dev)",
+            "num_images 2 split into 2 calls of up to 1"
+        ])
+    );
+    assert_eq!(
+        r.body["provider_details"]["cost_credits"].as_f64(),
+        Some(5.0),
+        "BFL's cost per task is recorded"
     );
     let (_, _, bytes) = download(&stack, images[1]["url"].as_str().expect("url")).await;
     assert_eq!(
@@ -1354,7 +1461,7 @@ async fn a_dalle3_outage_fails_over_to_flux_with_the_request_translated(pool: Pg
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         (r.body["provider"].as_str(), r.body["served_by"].as_str()),
-        (Some("dalle3"), Some("flux_schnell"))
+        (Some("openai"), Some("flux:flux-schnell"))
     );
     let translations: Vec<&str> = r.body["translations"]
         .as_array()
@@ -1362,22 +1469,23 @@ async fn a_dalle3_outage_fails_over_to_flux_with_the_request_translated(pool: Pg
         .iter()
         .filter_map(|t| t.as_str())
         .collect();
-    assert!(
-        translations
-            .iter()
-            .any(|t| t.contains("1792x1024 -> 1536x1024")),
-        "{translations:?}"
-    );
-    assert!(
-        translations.iter().any(|t| t.contains("quality dropped")),
-        "{translations:?}"
+    // dall-e-3 is retired: gpt-image-2 took the request (1792x1024 as it is, hd as high), then FLUX served it.
+    assert_eq!(
+        translations,
+        [
+            "model dall-e-3 retired on 2026-05-12: served by gpt-image-2",
+            "quality hd -> high",
+            "style vivid dropped (gpt-image-2 has none)",
+            "served by flux-schnell instead of gpt-image-2",
+            "quality high dropped (flux-schnell has none)"
+        ],
     );
     assert_eq!(
         (
             r.body["images"][0]["width"].as_i64(),
             r.body["images"][0]["height"].as_i64()
         ),
-        (Some(1536), Some(1024))
+        (Some(1792), Some(1024))
     );
     let stats = stack.emulator_stats().await;
     assert_eq!(
@@ -1428,19 +1536,19 @@ async fn an_open_circuit_fails_over_at_once_and_closes_after_recovery(pool: PgPo
         .await;
     assert_eq!(
         (r.status, r.body["served_by"].as_str()),
-        (200, Some("flux_schnell")),
+        (200, Some("flux:flux-schnell")),
         "{}",
         r.body
     );
     let providers = stack.get("/api/v1/providers").await;
     assert_eq!(
-        providers.body["providers"][0]["routes"][0]["circuit"], "open",
+        providers.body["providers"][0]["circuit"], "open",
         "{}",
         providers.body
     );
     let health = stack.get("/health/").await;
     assert_eq!(
-        health.body["components"]["route:dalle3:openai"]["status"], "circuit_open",
+        health.body["components"]["provider:openai"]["status"], "circuit_open",
         "{}",
         health.body
     );
@@ -1451,7 +1559,7 @@ async fn an_open_circuit_fails_over_at_once_and_closes_after_recovery(pool: PgPo
         .await;
     assert_eq!(
         (r.status, r.body["served_by"].as_str()),
-        (200, Some("flux_schnell")),
+        (200, Some("flux:flux-schnell")),
         "{}",
         r.body
     );
@@ -1469,13 +1577,13 @@ async fn an_open_circuit_fails_over_at_once_and_closes_after_recovery(pool: PgPo
         .await;
     assert_eq!(
         (r.status, r.body["served_by"].as_str()),
-        (200, Some("dalle3:openai")),
+        (200, Some("openai:gpt-image-2")),
         "{}",
         r.body
     );
     let providers = stack.get("/api/v1/providers").await;
     assert_eq!(
-        providers.body["providers"][0]["routes"][0]["circuit"], "closed",
+        providers.body["providers"][0]["circuit"], "closed",
         "{}",
         providers.body
     );
@@ -1558,14 +1666,18 @@ async fn a_hung_provider_call_times_out_and_is_retried(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn an_expired_result_url_fails_the_job_clearly(pool: PgPool) {
-    let options = Options {
-        worker_env: vec![kv("OPENAI_RESPONSE_FORMAT", "url")],
-        ..Options::default()
-    };
+    let mut options = flux_options();
+    options.worker_env.push(kv("OPENAI_RESPONSE_FORMAT", "url"));
     let stack = start(&pool, options).await;
-    stack.emulator_config(json!({"url_ttl_s": 0})).await;
+    stack
+        .emulator_config_for("flux", json!({"url_ttl_s": 0}))
+        .await;
     let r = stack
-        .post("/api/v1/generate", generate_body("too late"), &[])
+        .post(
+            "/api/v1/generate",
+            json!({"prompt": "too late", "provider": "flux_schnell", "allow_failover": false}),
+            &[],
+        )
         .await;
     r.assert_error(502, "provider_error");
     assert!(

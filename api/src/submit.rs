@@ -57,9 +57,11 @@ pub fn accept_all(
         match accept(state, item, header_deadline) {
             Ok(a) => accepted.push(a),
             Err(ApiError::Validation(e)) => errors.0.extend(e.in_item(index).0),
-            Err(ApiError::ModelRetired(e)) => {
-                errors.0.extend(ValidationErrors::one("model", e.to_string()).in_item(index).0)
-            }
+            Err(ApiError::ModelRetired(e)) => errors.0.extend(
+                ValidationErrors::one("model", e.to_string())
+                    .in_item(index)
+                    .0,
+            ),
             Err(other) => return Err(other),
         }
     }
@@ -76,13 +78,17 @@ pub fn lifecycle_headers(notices: &[LifecycleNotice], headers: &mut axum::http::
     use axum::http::HeaderValue;
     let midnight = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
     for notice in notices {
-        if let Some(at) = notice.deprecated_on.or(notice.retires_on).and_then(midnight)
+        if let Some(at) = notice
+            .deprecated_on
+            .or(notice.retires_on)
+            .and_then(midnight)
             && let Ok(v) = HeaderValue::from_str(&format!("@{}", at.timestamp()))
         {
             headers.append("deprecation", v);
         }
         if let Some(at) = notice.retires_on.and_then(midnight)
-            && let Ok(v) = HeaderValue::from_str(&at.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            && let Ok(v) =
+                HeaderValue::from_str(&at.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
         {
             headers.append("sunset", v);
         }
@@ -106,10 +112,12 @@ fn first_provider(state: &AppState, request: &GenerationRequest) -> ProviderId {
     request
         .provider
         .or_else(|| {
-            offer
-                .catalogue
-                .get(request.model.as_str())
-                .and_then(|m| offer.routes_for(m, imagegen_shared::domain::today()).first().copied())
+            offer.catalogue.get(request.model.as_str()).and_then(|m| {
+                offer
+                    .routes_for(m, imagegen_shared::domain::today())
+                    .first()
+                    .copied()
+            })
         })
         .unwrap_or(ProviderId::OpenAi)
 }

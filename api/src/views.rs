@@ -3,7 +3,9 @@
 use crate::links::Links;
 use chrono::{DateTime, Utc};
 use imagegen_shared::db::{BatchRecord, ImageRecord, JobRecord};
-use imagegen_shared::domain::{BatchId, ImageId, JobId, JobStatus, ModelId, Moderation, ProviderId};
+use imagegen_shared::domain::{
+    BatchId, ImageId, JobId, JobStatus, ModelId, Moderation, ProviderId,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 

@@ -2,9 +2,7 @@
 //! job finish exactly once.
 
 use imagegen_shared::db::{self, Db, JobFailure, NewImage, NewJob};
-use imagegen_shared::domain::{
-    GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
-};
+use imagegen_shared::domain::{GenerationRequest, ImageId, JobId, JobStatus, ProviderId};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -30,8 +28,10 @@ impl Drop for TempDir {
 }
 
 fn request(prompt: &str) -> GenerationRequest {
-    serde_json::from_value(serde_json::json!({"prompt": prompt, "model": "gpt-image-2", "size": "1024x1024",
-        "num_images": 1, "allow_failover": true}))
+    serde_json::from_value(
+        serde_json::json!({"prompt": prompt, "model": "gpt-image-2", "size": "1024x1024",
+        "num_images": 1, "allow_failover": true}),
+    )
     .expect("valid request")
 }
 

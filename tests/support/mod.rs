@@ -203,6 +203,8 @@ pub struct Options {
     pub flux_endpoint: bool,
     /// ... at its Black Forest Labs API instead (FLUX_PROTOCOL=bfl).
     pub flux_bfl: bool,
+    /// Point BFL_BASE_URL at the emulator's Black Forest Labs API (BFL_API_KEY is the test's to set).
+    pub bfl_endpoint: bool,
 }
 
 impl Default for Options {
@@ -216,6 +218,7 @@ impl Default for Options {
             azure_endpoint: false,
             flux_endpoint: false,
             flux_bfl: false,
+            bfl_endpoint: false,
         }
     }
 }
@@ -287,6 +290,9 @@ pub async fn start_on(database_url: String, options: Options) -> Stack {
         ]);
     } else if options.flux_endpoint {
         env.push(kv("FLUX_BASE_URL", format!("{emulator}/v1")));
+    }
+    if options.bfl_endpoint {
+        env.push(kv("BFL_BASE_URL", format!("{emulator}/bfl/v1")));
     }
 
     let worker_defaults = [kv("WORKER_CONCURRENCY", "4"), kv("JOB_LEASE_SECS", "10")];

@@ -379,11 +379,19 @@ fn build_routes(args: &WorkerArgs, settings: &ProviderSettings) -> anyhow::Resul
     for provider in settings.configured() {
         let client: Arc<dyn ImageProvider> = match provider {
             ProviderId::OpenAi => match &settings.openai {
-                Some(openai) => Arc::new(OpenAiClient::new(openai.clone(), timeout, args.openai_response_format)?),
+                Some(openai) => Arc::new(OpenAiClient::new(
+                    openai.clone(),
+                    timeout,
+                    args.openai_response_format,
+                )?),
                 None => continue,
             },
             ProviderId::AzureOpenAi => match &settings.azure {
-                Some(azure) => Arc::new(AzureClient::new(azure.clone(), timeout, args.openai_response_format)?),
+                Some(azure) => Arc::new(AzureClient::new(
+                    azure.clone(),
+                    timeout,
+                    args.openai_response_format,
+                )?),
                 None => continue,
             },
             ProviderId::Flux => match &settings.flux {

@@ -13,11 +13,11 @@ pub mod routing;
 pub mod store;
 
 use clap::Args;
+use imagegen_shared::catalogue::Catalogue;
+use imagegen_shared::config::providers::providers_named;
 use imagegen_shared::config::{
     ConfigError, CoreArgs, DatabaseArgs, ProviderArgs, RedisArgs, StorageArgs,
 };
-use imagegen_shared::catalogue::Catalogue;
-use imagegen_shared::config::providers::providers_named;
 use imagegen_shared::domain::ProviderId;
 use providers::images_api::ResponseFormat;
 

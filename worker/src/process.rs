@@ -11,9 +11,7 @@ use crate::retry::Backoff;
 use crate::routing::{Route, Routes};
 use crate::store::{StoreError, remove_objects, store_all};
 use imagegen_shared::db::{self, Db, DbError, JobFailure, JobRecord, NewImage, Served};
-use imagegen_shared::domain::{
-    JobId, JobStatus, Moderation, ModerationSource, ProviderId,
-};
+use imagegen_shared::domain::{JobId, JobStatus, Moderation, ModerationSource, ProviderId};
 use imagegen_shared::events::JobEvent;
 use imagegen_shared::limits::{Admission, FleetLimits, LimitSettings};
 use imagegen_shared::queue::{JobMessage, JobQueue};
@@ -419,7 +417,9 @@ async fn try_route(
                 let mismatched: Vec<String> = images
                     .iter()
                     .filter(|i| {
-                        asked.is_some_and(|a| (i.width, i.height) != (a.width as i32, a.height as i32))
+                        asked.is_some_and(|a| {
+                            (i.width, i.height) != (a.width as i32, a.height as i32)
+                        })
                     })
                     .map(|i| {
                         format!(

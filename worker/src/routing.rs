@@ -56,11 +56,18 @@ impl Routes {
     }
 
     pub fn download_hosts(&self) -> Vec<String> {
-        self.clients.values().flat_map(|c| c.download_hosts()).collect()
+        self.clients
+            .values()
+            .flat_map(|c| c.download_hosts())
+            .collect()
     }
 
     /// The routes to try for `request` on `today`, in order, and the ones that cannot take it.
-    pub fn chain(&self, request: &GenerationRequest, today: NaiveDate) -> (Vec<Route>, Vec<Skipped>) {
+    pub fn chain(
+        &self,
+        request: &GenerationRequest,
+        today: NaiveDate,
+    ) -> (Vec<Route>, Vec<Skipped>) {
         let Some(offer) = &self.offer else {
             return (Vec::new(), Vec::new());
         };
@@ -78,7 +85,9 @@ impl Routes {
         }
         if request.allow_failover {
             for provider in offer.providers.iter() {
-                let Some(default) = &provider.default_model else { continue };
+                let Some(default) = &provider.default_model else {
+                    continue;
+                };
                 let target = (provider.provider, default.clone());
                 let live = catalogue
                     .get(default.as_str())
@@ -135,7 +144,11 @@ mod tests {
             Vec::new()
         }
         async fn generate(&self, _: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
-            Err(ProviderError::Final { status: None, code: None, message: "fake".into() })
+            Err(ProviderError::Final {
+                status: None,
+                code: None,
+                message: "fake".into(),
+            })
         }
     }
 
@@ -150,13 +163,32 @@ mod tests {
     }
 
     fn routes(extra: &[&str]) -> (Routes, Offer) {
-        let mut args = vec!["test", "--openai-api-key", "k", "--flux-api-key", "f", "--bfl-api-key", "b",
-            "--azure-openai-api-key", "a", "--azure-openai-endpoint", "https://r.openai.azure.com",
-            "--azure-openai-deployment-name", "img2"];
+        let mut args = vec![
+            "test",
+            "--openai-api-key",
+            "k",
+            "--flux-api-key",
+            "f",
+            "--bfl-api-key",
+            "b",
+            "--azure-openai-api-key",
+            "a",
+            "--azure-openai-endpoint",
+            "https://r.openai.azure.com",
+            "--azure-openai-deployment-name",
+            "img2",
+        ];
         args.extend_from_slice(extra);
-        let settings = Cli::try_parse_from(args).expect("parses").providers.settings_on(today()).expect("valid");
+        let settings = Cli::try_parse_from(args)
+            .expect("parses")
+            .providers
+            .settings_on(today())
+            .expect("valid");
         let offer = settings.offer_on(4, today());
-        let clients: Vec<Arc<dyn ImageProvider>> = ProviderId::ALL.iter().map(|p| Arc::new(Fake(*p)) as Arc<dyn ImageProvider>).collect();
+        let clients: Vec<Arc<dyn ImageProvider>> = ProviderId::ALL
+            .iter()
+            .map(|p| Arc::new(Fake(*p)) as Arc<dyn ImageProvider>)
+            .collect();
         (Routes::new(clients, offer.clone()), offer)
     }
 
@@ -172,20 +204,57 @@ mod tests {
     #[test]
     fn own_model_everywhere_first_then_each_providers_default() {
         let (routes, offer) = routes(&[]);
-        let req = request(&offer, GenerateBody { prompt: "a cat".into(), ..GenerateBody::default() });
+        let req = request(
+            &offer,
+            GenerateBody {
+                prompt: "a cat".into(),
+                ..GenerateBody::default()
+            },
+        );
         let (chain, _) = routes.chain(&req, today());
-        assert_eq!(keys(&chain), ["openai:gpt-image-2", "azure_openai:gpt-image-2", "flux:flux-schnell", "bfl:flux-2-pro"]);
+        assert_eq!(
+            keys(&chain),
+            [
+                "openai:gpt-image-2",
+                "azure_openai:gpt-image-2",
+                "flux:flux-schnell",
+                "bfl:flux-2-pro"
+            ]
+        );
         assert!(chain[0].translations.is_empty());
-        assert!(chain[2].translations.iter().any(|t| t.contains("served by flux-schnell")), "{:?}", chain[2].translations);
+        assert!(
+            chain[2]
+                .translations
+                .iter()
+                .any(|t| t.contains("served by flux-schnell")),
+            "{:?}",
+            chain[2].translations
+        );
     }
 
     #[test]
     fn a_pinned_provider_goes_first_and_alone_without_failover() {
         let (routes, offer) = routes(&["--failover-order", "bfl,flux"]);
-        let body = GenerateBody { prompt: "a cat".into(), model: Some("gpt-image-2".into()), provider: Some("azure_openai".into()), ..GenerateBody::default() };
+        let body = GenerateBody {
+            prompt: "a cat".into(),
+            model: Some("gpt-image-2".into()),
+            provider: Some("azure_openai".into()),
+            ..GenerateBody::default()
+        };
         let (chain, _) = routes.chain(&request(&offer, body.clone()), today());
-        assert_eq!(keys(&chain), ["azure_openai:gpt-image-2", "openai:gpt-image-2", "bfl:flux-2-pro", "flux:flux-schnell"]);
-        let alone = GenerateBody { allow_failover: Some(false), ..body };
+        assert_eq!(
+            keys(&chain),
+            [
+                "azure_openai:gpt-image-2",
+                "openai:gpt-image-2",
+                "bfl:flux-2-pro",
+                "flux:flux-schnell"
+            ]
+        );
+        let alone = GenerateBody {
+            allow_failover: Some(false),
+            ..body
+        };
         let (chain, _) = routes.chain(&request(&offer, alone), today());
         assert_eq!(keys(&chain), ["azure_openai:gpt-image-2"]);
     }
@@ -193,21 +262,44 @@ mod tests {
     #[test]
     fn azure_gets_no_webp_and_flux_gets_a_fitted_size() {
         let (routes, offer) = routes(&[]);
-        let body = GenerateBody { prompt: "a cat".into(), size: Some("3840x2160".into()), output_format: Some("webp".into()), ..GenerateBody::default() };
+        let body = GenerateBody {
+            prompt: "a cat".into(),
+            size: Some("3840x2160".into()),
+            output_format: Some("webp".into()),
+            ..GenerateBody::default()
+        };
         let (chain, _) = routes.chain(&request(&offer, body), today());
         assert_eq!(chain[1].translations, ["output_format webp -> png"]);
         let flux = &chain[2];
-        assert!(flux.model.accepts_size(flux.request.size), "{}", flux.request.size);
+        assert!(
+            flux.model.accepts_size(flux.request.size),
+            "{}",
+            flux.request.size
+        );
         let bfl = &chain[3];
-        assert!(bfl.model.accepts_size(bfl.request.size), "{}", bfl.request.size);
+        assert!(
+            bfl.model.accepts_size(bfl.request.size),
+            "{}",
+            bfl.request.size
+        );
     }
 
     #[test]
     fn a_prompt_too_long_for_a_target_skips_it() {
         let (routes, offer) = routes(&[]);
-        let body = GenerateBody { prompt: "a".repeat(5000), ..GenerateBody::default() };
+        let body = GenerateBody {
+            prompt: "a".repeat(5000),
+            ..GenerateBody::default()
+        };
         let (chain, skipped) = routes.chain(&request(&offer, body), today());
-        assert_eq!(keys(&chain), ["openai:gpt-image-2", "azure_openai:gpt-image-2", "bfl:flux-2-pro"]);
+        assert_eq!(
+            keys(&chain),
+            [
+                "openai:gpt-image-2",
+                "azure_openai:gpt-image-2",
+                "bfl:flux-2-pro"
+            ]
+        );
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].key, "flux:flux-schnell");
     }

@@ -2,9 +2,7 @@
 //! attempts are used up fails; a healthy backlog is not flooded with duplicates.
 
 use imagegen_shared::db::{self, Db, NewJob};
-use imagegen_shared::domain::{
-    JobId, JobStatus, ProviderId,
-};
+use imagegen_shared::domain::{JobId, JobStatus, ProviderId};
 use imagegen_shared::queue::{JobMessage, JobQueue, redis_connection};
 use imagegen_worker::reconciler::{ReconcilerSettings, reconcile_once};
 use sqlx::PgPool;

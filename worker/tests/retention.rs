@@ -3,9 +3,7 @@
 
 use bytes::Bytes;
 use imagegen_shared::db::{self, Db, NewImage, NewJob, Served};
-use imagegen_shared::domain::{
-    ImageId, JobId, JobStatus, ProviderId,
-};
+use imagegen_shared::domain::{ImageId, JobId, JobStatus, ProviderId};
 use imagegen_shared::storage::{ImageMetadata, ImageStorage};
 use imagegen_worker::retention::sweep_once;
 use sqlx::PgPool;

@@ -67,19 +67,20 @@ pub async fn generate(
     )
     .await?;
     let base = base_url(&state, &headers);
-    let mut response = match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
-        None => accepted(load_job_view(&state, &base, &job).await?),
-        Some(wait) => {
-            let job = wait_for_job(&state, &owner, job.id, wait)
-                .await?
-                .ok_or(ApiError::NotFound("Job"))?;
-            // A job that ended without images is an error answer; it carries the notices all the same.
-            match finished_job_response(&state, &base, &job).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
+    let mut response =
+        match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
+            None => accepted(load_job_view(&state, &base, &job).await?),
+            Some(wait) => {
+                let job = wait_for_job(&state, &owner, job.id, wait)
+                    .await?
+                    .ok_or(ApiError::NotFound("Job"))?;
+                // A job that ended without images is an error answer; it carries the notices all the same.
+                match finished_job_response(&state, &base, &job).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                }
             }
-        }
-    };
+        };
     lifecycle_headers(&notices, response.headers_mut());
     Ok(response)
 }
@@ -121,7 +122,10 @@ pub async fn generate_batch(
         )));
     }
     let accepted_items = accept_all(&state, items, cancel_after(&headers)?)?;
-    let notices: Vec<_> = accepted_items.iter().flat_map(|a| a.notices.clone()).collect();
+    let notices: Vec<_> = accepted_items
+        .iter()
+        .flat_map(|a| a.notices.clone())
+        .collect();
     let requests: Vec<_> = accepted_items.into_iter().map(|a| a.request).collect();
     let idempotency = Idempotency::from_headers(&headers, "generate/batch", &requests)?;
     let (batch, jobs) = submit_batch(

@@ -97,7 +97,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
         let configured = state.providers.is_configured(*id);
         // A provider's open circuit is reported, but does not make the service unhealthy: jobs fail over.
         let status = if configured {
-            format!("circuit_{}", super::providers::fleet_state(&state, *id).await.0)
+            format!(
+                "circuit_{}",
+                super::providers::fleet_state(&state, *id).await.0
+            )
         } else {
             "not_configured".to_owned()
         };

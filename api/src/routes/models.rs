@@ -81,7 +81,8 @@ pub fn model_view(offer: &Offer, m: &ModelSpec, today: NaiveDate) -> ModelView {
         name: m.name.clone(),
         description: m.description.clone(),
         family: m.family,
-        status: if served_by.is_empty() && status != ModelStatus::Retired
+        status: if served_by.is_empty()
+            && status != ModelStatus::Retired
             && m.serves.iter().all(|(_, s)| s.retired_on(today))
         {
             ModelStatus::Retired
@@ -89,7 +90,9 @@ pub fn model_view(offer: &Offer, m: &ModelSpec, today: NaiveDate) -> ModelView {
             status
         },
         available: !served_by.is_empty(),
-        replaced_by: offer.replacement(m).filter(|_| m.retires_on.is_some() || served_by.is_empty()),
+        replaced_by: offer
+            .replacement(m)
+            .filter(|_| m.retires_on.is_some() || served_by.is_empty()),
         served_by,
         released_on: m.released_on,
         deprecated_on: m.deprecated_on,
@@ -118,7 +121,11 @@ pub async fn list_models(State(state): State<AppState>) -> axum::Json<ModelsView
     let offer = state.offer();
     let today = today();
     axum::Json(ModelsView {
-        models: offer.catalogue.models().map(|m| model_view(&offer, m, today)).collect(),
+        models: offer
+            .catalogue
+            .models()
+            .map(|m| model_view(&offer, m, today))
+            .collect(),
         default_model: offer.default_model.clone(),
     })
 }

@@ -104,7 +104,9 @@ fn provider_view(offer: &Offer, provider: ProviderId, max_images: u8) -> Provide
             .served_by(provider)
             .filter(|m| {
                 m.status_on(today) != imagegen_shared::catalogue::ModelStatus::Retired
-                    && m.serves.get(&provider).is_some_and(|s| !s.retired_on(today))
+                    && m.serves
+                        .get(&provider)
+                        .is_some_and(|s| !s.retired_on(today))
             })
             .map(|m| m.id.clone())
             .collect(),
@@ -112,7 +114,9 @@ fn provider_view(offer: &Offer, provider: ProviderId, max_images: u8) -> Provide
     let default_model = served
         .and_then(|p| p.default_model.clone())
         .or_else(|| models.first().cloned());
-    let spec = default_model.as_ref().and_then(|m| catalogue.get(m.as_str()));
+    let spec = default_model
+        .as_ref()
+        .and_then(|m| catalogue.get(m.as_str()));
     ProviderView {
         id: provider,
         name: provider.name(),

@@ -84,10 +84,12 @@ impl Catalogue {
         let origin = path.display().to_string();
         let catalogue =
             Catalogue::parse_layers(&[("built-in catalogue", BUILTIN), (&origin, &text)])?;
-        catalogue.validate(today).map_err(|message| CatalogueError::File {
-            origin: origin.clone(),
-            message,
-        })?;
+        catalogue
+            .validate(today)
+            .map_err(|message| CatalogueError::File {
+                origin: origin.clone(),
+                message,
+            })?;
         Ok(Arc::new(catalogue))
     }
 
@@ -101,11 +103,17 @@ impl Catalogue {
                 origin: (*origin).to_owned(),
                 message,
             };
-            let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| syntax(e.to_string()))?;
+            let mut table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| syntax(e.to_string()))?;
             let models = match table.remove("models") {
                 None => Vec::new(),
                 Some(toml::Value::Array(models)) => models,
-                Some(_) => return Err(syntax("`models` must be an array of tables ([[models]])".into())),
+                Some(_) => {
+                    return Err(syntax(
+                        "`models` must be an array of tables ([[models]])".into(),
+                    ));
+                }
             };
             let top: FileTop = from_toml(toml::Value::Table(table)).map_err(syntax)?;
             quality_ranks.extend(top.quality_ranks);
@@ -114,14 +122,19 @@ impl Catalogue {
                 let toml::Value::Table(entry) = entry else {
                     return Err(syntax("each [[models]] entry must be a table".into()));
                 };
-                let Some(id) = entry.get("id").and_then(toml::Value::as_str).map(str::to_owned) else {
+                let Some(id) = entry
+                    .get("id")
+                    .and_then(toml::Value::as_str)
+                    .map(str::to_owned)
+                else {
                     return Err(syntax("a [[models]] entry has no `id`".into()));
                 };
-                let entry = resolve_extends(&raw, entry).map_err(|message| CatalogueError::Entry {
-                    origin: (*origin).to_owned(),
-                    id: id.clone(),
-                    message,
-                })?;
+                let entry =
+                    resolve_extends(&raw, entry).map_err(|message| CatalogueError::Entry {
+                        origin: (*origin).to_owned(),
+                        id: id.clone(),
+                        message,
+                    })?;
                 match raw.iter_mut().find(|(known, _)| *known == id) {
                     Some(slot) => slot.1 = entry,
                     None => raw.push((id, entry)),
@@ -190,7 +203,9 @@ impl Catalogue {
         }
         for (name, model) in &self.legacy_providers {
             if self.get(model.as_str()).is_none() {
-                return Err(format!("[legacy_providers] {name} names unknown model '{model}'"));
+                return Err(format!(
+                    "[legacy_providers] {name} names unknown model '{model}'"
+                ));
             }
         }
         for m in &self.models {
@@ -202,7 +217,11 @@ impl Catalogue {
 
 fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result<(), String> {
     let id = m.id.as_str();
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_')) {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+    {
         return Err("ids are lowercase letters, digits, '-', '.' and '_'".into());
     }
     if m.serves.is_empty() {
@@ -217,7 +236,11 @@ fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result
             crate::domain::MAX_PROMPT_CHARS
         ));
     }
-    let dates = [("released_on", m.released_on), ("deprecated_on", m.deprecated_on), ("retires_on", m.retires_on)];
+    let dates = [
+        ("released_on", m.released_on),
+        ("deprecated_on", m.deprecated_on),
+        ("retires_on", m.retires_on),
+    ];
     let mut last: Option<(&str, NaiveDate)> = None;
     for (name, date) in dates {
         if let Some(d) = date {
@@ -236,19 +259,26 @@ fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result
         if let (Some(own), Some(model)) = (serving.retires_on, m.retires_on)
             && own > model
         {
-            return Err(format!("serves.{provider}.retires_on {own} is after the model's retires_on {model}"));
+            return Err(format!(
+                "serves.{provider}.retires_on {own} is after the model's retires_on {model}"
+            ));
         }
         if let Some(formats) = &serving.output_formats
             && formats.iter().any(|f| !m.output_formats.contains(f))
         {
-            return Err(format!("serves.{provider}.output_formats must be a subset of output_formats"));
+            return Err(format!(
+                "serves.{provider}.output_formats must be a subset of output_formats"
+            ));
         }
     }
     if m.sizes.list.is_empty() {
         return Err("sizes.list must name at least one size".into());
     }
     if !m.accepts_size(m.sizes.default) {
-        return Err(format!("sizes.default {} is not accepted by the model itself", m.sizes.default));
+        return Err(format!(
+            "sizes.default {} is not accepted by the model itself",
+            m.sizes.default
+        ));
     }
     if let Some(rules) = &m.sizes.rules {
         if rules.multiple_of == 0 || rules.min_side > rules.max_side {
@@ -273,7 +303,9 @@ fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result
     }
     if let Some(replacement) = &m.replacement {
         let Some(target) = catalogue.get(replacement.as_str()) else {
-            return Err(format!("replacement '{replacement}' is not in the catalogue"));
+            return Err(format!(
+                "replacement '{replacement}' is not in the catalogue"
+            ));
         };
         if target.id == m.id {
             return Err("a model cannot replace itself".into());
@@ -319,13 +351,19 @@ fn toml_to_json(value: toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => J::Bool(b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
 /// Requests naming `Size::Auto` for a model that cannot take it get the model's default.
 pub fn concrete_size(model: &ModelSpec, size: Size) -> Size {
-    if model.accepts_size(size) { size } else { model.sizes.default }
+    if model.accepts_size(size) {
+        size
+    } else {
+        model.sizes.default
+    }
 }
 
 #[cfg(test)]

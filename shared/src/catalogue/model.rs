@@ -22,7 +22,9 @@ pub enum Family {
 
 /// Where a model stands in its life. `preview` and `ga` come from the file; `deprecated` and `retired` follow
 /// from its dates and today's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelStatus {
     Preview,
@@ -245,8 +247,8 @@ impl ModelSpec {
 impl SizeRules {
     pub fn allow(&self, s: ImageSize) -> bool {
         let (long, short) = (s.width.max(s.height), s.width.min(s.height));
-        s.width % self.multiple_of == 0
-            && s.height % self.multiple_of == 0
+        s.width.is_multiple_of(self.multiple_of)
+            && s.height.is_multiple_of(self.multiple_of)
             && short >= self.min_side
             && long <= self.max_side
             && self.min_pixels.is_none_or(|p| s.pixels() >= p)

@@ -10,7 +10,9 @@ fn builtin_catalogue_is_valid() {
     let catalogue = Catalogue::builtin();
     // Today's date and the day the catalogue was written: replacements must be live on both.
     for today in [crate::domain::today(), day("2026-11-28")] {
-        catalogue.validate(today).unwrap_or_else(|e| panic!("{today}: {e}"));
+        catalogue
+            .validate(today)
+            .unwrap_or_else(|e| panic!("{today}: {e}"));
     }
     for (name, model) in catalogue.legacy_names() {
         assert!(catalogue.get(model.as_str()).is_some(), "{name}");
@@ -18,7 +20,11 @@ fn builtin_catalogue_is_valid() {
     // Every entry shows every field it must, through the JSON the models endpoint serves.
     for m in catalogue.models() {
         let json = serde_json::to_value(m.as_ref()).expect("json");
-        assert!(json["serves"].as_object().is_some_and(|s| !s.is_empty()), "{}", m.id);
+        assert!(
+            json["serves"].as_object().is_some_and(|s| !s.is_empty()),
+            "{}",
+            m.id
+        );
     }
 }
 
@@ -35,17 +41,32 @@ fn lifecycle_follows_the_dates() {
     let mini = c.get("gpt-image-1-mini").expect("mini");
     assert!(mini.serves[&ProviderId::OpenAi].retired_on(day("2026-12-01")));
     assert!(!mini.serves[&ProviderId::AzureOpenAi].retired_on(day("2026-12-01")));
-    assert_eq!(c.get("dall-e-3").expect("d3").replacement.as_ref().map(ModelId::as_str), Some("gpt-image-2"));
+    assert_eq!(
+        c.get("dall-e-3")
+            .expect("d3")
+            .replacement
+            .as_ref()
+            .map(ModelId::as_str),
+        Some("gpt-image-2")
+    );
 }
 
 #[test]
 fn extends_copies_then_overrides() {
     let c = Catalogue::builtin();
     let base = c.get("gpt-image-2").expect("base");
-    let snap = c.get("GPT-Image-2-2026-04-21").expect("lookup ignores case");
+    let snap = c
+        .get("GPT-Image-2-2026-04-21")
+        .expect("lookup ignores case");
     assert_eq!(snap.sizes, base.sizes);
-    assert_eq!(snap.serves.keys().collect::<Vec<_>>(), [&ProviderId::OpenAi]);
-    assert_eq!(snap.serves[&ProviderId::OpenAi].model, "gpt-image-2-2026-04-21");
+    assert_eq!(
+        snap.serves.keys().collect::<Vec<_>>(),
+        [&ProviderId::OpenAi]
+    );
+    assert_eq!(
+        snap.serves[&ProviderId::OpenAi].model,
+        "gpt-image-2-2026-04-21"
+    );
     let sunburst = c.get("gpt-image-2.5-sunburst").expect("2.5");
     assert!(sunburst.qualities.contains(&Quality::Xhigh));
     assert!(!base.qualities.contains(&Quality::Xhigh));
@@ -58,14 +79,26 @@ fn size_rules_accept_and_fit() {
     assert!(gpt2.accepts_size(Size::Auto));
     assert!(gpt2.accepts_size(Size::Exact(ImageSize::new(1792, 1024))));
     assert!(gpt2.accepts_size(Size::Exact(ImageSize::new(3840, 2160))));
-    assert!(!gpt2.accepts_size(Size::Exact(ImageSize::new(1000, 1000))), "not a multiple of 16");
-    assert!(!gpt2.accepts_size(Size::Exact(ImageSize::new(3840, 1024))), "aspect over 3:1");
-    assert!(!gpt2.accepts_size(Size::Exact(ImageSize::new(512, 512))), "under the pixel minimum");
+    assert!(
+        !gpt2.accepts_size(Size::Exact(ImageSize::new(1000, 1000))),
+        "not a multiple of 16"
+    );
+    assert!(
+        !gpt2.accepts_size(Size::Exact(ImageSize::new(3840, 1024))),
+        "aspect over 3:1"
+    );
+    assert!(
+        !gpt2.accepts_size(Size::Exact(ImageSize::new(512, 512))),
+        "under the pixel minimum"
+    );
     let flux2 = c.get("flux-2-pro").expect("flux-2-pro");
     let rules = flux2.sizes.rules.as_ref().expect("rules");
     let fitted = rules.fit(ImageSize::new(3840, 2160));
     assert!(rules.allow(fitted), "{fitted}");
-    assert!(fitted.pixels() <= 4_194_304 && (fitted.aspect() - 16.0 / 9.0).abs() < 0.02, "{fitted}");
+    assert!(
+        fitted.pixels() <= 4_194_304 && (fitted.aspect() - 16.0 / 9.0).abs() < 0.02,
+        "{fitted}"
+    );
     let dalle = c.get("dall-e-3").expect("dall-e-3");
     assert!(!dalle.accepts_size(Size::Auto));
     assert!(dalle.describe_sizes().contains("1792x1024"));
@@ -85,10 +118,18 @@ extends = "flux-2-pro"
 name = "Our fine-tune"
 serves.bfl = { model = "flux-2-pro-finetuned" }
 "#;
-    let c = Catalogue::parse_layers(&[("built-in", BUILTIN), ("extra.toml", extra)]).expect("parses");
+    let c =
+        Catalogue::parse_layers(&[("built-in", BUILTIN), ("extra.toml", extra)]).expect("parses");
     c.validate(day("2026-11-28")).expect("valid");
-    assert_eq!(c.get("flux-schnell").expect("kept").typical_generation_time, "1-3 seconds");
-    assert_eq!(c.get("flux-schnell").expect("kept").max_images, 4, "the rest of the entry stays");
+    assert_eq!(
+        c.get("flux-schnell").expect("kept").typical_generation_time,
+        "1-3 seconds"
+    );
+    assert_eq!(
+        c.get("flux-schnell").expect("kept").max_images,
+        4,
+        "the rest of the entry stays"
+    );
     let mine = c.get("my-flux").expect("added");
     assert_eq!(mine.serves[&ProviderId::Bfl].model, "flux-2-pro-finetuned");
     assert_eq!(c.models().last().map(|m| m.id.as_str()), Some("my-flux"));
@@ -108,11 +149,15 @@ fn bad_files_name_the_entry_and_the_rule() {
     assert!(e.contains("retired itself"), "{e}");
     let e = check("[[models]]\nid = \"x\"\nextends = \"flux-2-pro\"\nreplacement = \"nowhere\"\n");
     assert!(e.contains("not in the catalogue"), "{e}");
-    let e = check("[[models]]\nid = \"x\"\nextends = \"flux-2-pro\"\nreleased_on = 2026-01-02\ndeprecated_on = 2026-01-01\n");
+    let e = check(
+        "[[models]]\nid = \"x\"\nextends = \"flux-2-pro\"\nreleased_on = 2026-01-02\ndeprecated_on = 2026-01-01\n",
+    );
     assert!(e.contains("comes before"), "{e}");
     let e = check("[[models]]\nid = \"x\"\nextends = \"flux-2-pro\"\ncolour = \"red\"\n");
     assert!(e.contains("colour"), "{e}");
-    let e = check("[[models]]\nid = \"x\"\nextends = \"flux-2-pro\"\nsizes = { default = \"100x100\", list = [\"1024x1024\"] }\n");
+    let e = check(
+        "[[models]]\nid = \"x\"\nextends = \"flux-2-pro\"\nsizes = { default = \"100x100\", list = [\"1024x1024\"] }\n",
+    );
     assert!(e.contains("sizes.default"), "{e}");
     let e = check("not toml [");
     assert!(e.contains("extra.toml"), "{e}");

@@ -126,4 +126,3 @@ impl std::fmt::Debug for RedisArgs {
             .finish()
     }
 }
-

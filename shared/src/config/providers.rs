@@ -339,8 +339,12 @@ fn provider_list(
 ) -> Result<Vec<ProviderId>, ConfigError> {
     let mut out = Vec::new();
     for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let named = providers_named(name, catalogue)
-            .map_err(|e| ConfigError::new(variable, format!("{e} (or the seed's dalle3, flux_schnell)")))?;
+        let named = providers_named(name, catalogue).map_err(|e| {
+            ConfigError::new(
+                variable,
+                format!("{e} (or the seed's dalle3, flux_schnell)"),
+            )
+        })?;
         for p in named {
             if !out.contains(&p) {
                 out.push(p);
@@ -368,7 +372,10 @@ fn http_url(variable: &'static str, url: &Url) -> Result<(), ConfigError> {
     if matches!(url.scheme(), "http" | "https") {
         Ok(())
     } else {
-        Err(ConfigError::new(variable, "must be an http:// or https:// URL"))
+        Err(ConfigError::new(
+            variable,
+            "must be an http:// or https:// URL",
+        ))
     }
 }
 
@@ -385,11 +392,16 @@ impl ProviderArgs {
         provider: ProviderId,
         name: &str,
     ) -> Result<ModelId, ConfigError> {
-        let found = catalogue.get(name).filter(|m| m.serves.contains_key(&provider)).or_else(|| {
-            catalogue
-                .served_by(provider)
-                .find(|m| m.serves.get(&provider).is_some_and(|s| s.model.eq_ignore_ascii_case(name)))
-        });
+        let found = catalogue
+            .get(name)
+            .filter(|m| m.serves.contains_key(&provider))
+            .or_else(|| {
+                catalogue.served_by(provider).find(|m| {
+                    m.serves
+                        .get(&provider)
+                        .is_some_and(|s| s.model.eq_ignore_ascii_case(name))
+                })
+            });
         found.map(|m| m.id.clone()).ok_or_else(|| {
             ConfigError::new(
                 variable,
@@ -409,14 +421,21 @@ impl ProviderArgs {
             (None, None) => return Ok(None),
         };
         let mut endpoint = self.azure_openai_endpoint.clone().ok_or_else(|| {
-            ConfigError::new("AZURE_OPENAI_ENDPOINT", "required when AZURE_OPENAI_API_KEY is set")
+            ConfigError::new(
+                "AZURE_OPENAI_ENDPOINT",
+                "required when AZURE_OPENAI_API_KEY is set",
+            )
         })?;
         http_url("AZURE_OPENAI_ENDPOINT", &endpoint)?;
         let trimmed = endpoint.path().trim_end_matches('/').to_owned();
         endpoint.set_path(&trimmed);
         let mut named: Vec<(&'static str, String, String)> = Vec::new();
         if let Some(name) = non_empty(&self.azure_openai_deployment_name) {
-            named.push(("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-image-2".to_owned(), name));
+            named.push((
+                "AZURE_OPENAI_DEPLOYMENT_NAME",
+                "gpt-image-2".to_owned(),
+                name,
+            ));
         }
         if let Some(raw) = &self.azure_openai_deployments {
             for (model, deployment) in pairs("AZURE_OPENAI_DEPLOYMENTS", raw)? {
@@ -431,15 +450,24 @@ impl ProviderArgs {
         }
         let mut deployments = BTreeMap::new();
         for (variable, model, deployment) in named {
-            if !deployment.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-                return Err(ConfigError::new(variable, "deployment names are letters, digits, '-', '_' and '.' only"));
+            if !deployment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(ConfigError::new(
+                    variable,
+                    "deployment names are letters, digits, '-', '_' and '.' only",
+                ));
             }
             let model = Self::model_for(variable, catalogue, ProviderId::AzureOpenAi, &model)?;
             deployments.insert(model, deployment);
         }
         let api_version = self.azure_openai_api_version.trim().to_owned();
         if api_version.is_empty() {
-            return Err(ConfigError::new("AZURE_OPENAI_API_VERSION", "must not be empty"));
+            return Err(ConfigError::new(
+                "AZURE_OPENAI_API_VERSION",
+                "must not be empty",
+            ));
         }
         Ok(Some(AzureSettings {
             auth,
@@ -459,7 +487,11 @@ impl ProviderArgs {
         let mut bfl = None;
         if let Some(key) = non_empty_secret(&self.flux_api_key) {
             http_url("FLUX_BASE_URL", &self.flux_base_url)?;
-            let host = self.flux_base_url.host_str().unwrap_or_default().to_ascii_lowercase();
+            let host = self
+                .flux_base_url
+                .host_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let protocol = self.flux_protocol.unwrap_or(
                 if host.ends_with("bfl.ai") || host.ends_with("bfl.ml") {
                     FluxProtocol::Bfl
@@ -481,7 +513,12 @@ impl ProviderArgs {
                 FluxProtocol::Bfl => {
                     // The seed's FLUX_* pointed at BFL: BFL's own API does not serve schnell; flux-dev is nearest.
                     let name = non_empty(&self.flux_model).unwrap_or_else(|| "flux-dev".to_owned());
-                    let default_model = Some(Self::model_for("FLUX_MODEL", catalogue, ProviderId::Bfl, &name)?);
+                    let default_model = Some(Self::model_for(
+                        "FLUX_MODEL",
+                        catalogue,
+                        ProviderId::Bfl,
+                        &name,
+                    )?);
                     bfl = Some(BflSettings {
                         api_key: key,
                         base_url: self.flux_base_url.clone(),
@@ -519,12 +556,20 @@ impl ProviderArgs {
     /// The settings as of `today` (tests pin the date; retirements depend on it).
     pub fn settings_on(&self, today: NaiveDate) -> Result<ProviderSettings, ConfigError> {
         let catalogue = self.catalogue(today)?;
-        let enabled = match self.enabled_providers.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let enabled = match self
+            .enabled_providers
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             None => ProviderId::ALL.to_vec(),
             Some(raw) => provider_list("ENABLED_PROVIDERS", raw, &catalogue)?,
         };
         if enabled.is_empty() {
-            return Err(ConfigError::new("ENABLED_PROVIDERS", "must name at least one provider"));
+            return Err(ConfigError::new(
+                "ENABLED_PROVIDERS",
+                "must name at least one provider",
+            ));
         }
         http_url("OPENAI_BASE_URL", &self.openai_base_url)?;
         let openai = non_empty_secret(&self.openai_api_key).map(|key| OpenAiSettings {
@@ -536,21 +581,37 @@ impl ProviderArgs {
         let azure = self.azure_settings(&catalogue)?;
         let (flux, bfl) = self.flux_and_bfl(&catalogue)?;
 
-        let mut order = match self.failover_order.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let mut order = match self
+            .failover_order
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             None => ProviderId::ALL.to_vec(),
             Some(raw) => {
                 let mut listed = provider_list("FAILOVER_ORDER", raw, &catalogue)?;
                 // Providers left out still serve their own models, after the listed ones.
-                listed.extend(ProviderId::ALL.iter().filter(|p| !listed.contains(p)).collect::<Vec<_>>());
+                listed.extend(
+                    ProviderId::ALL
+                        .iter()
+                        .filter(|p| !listed.contains(p))
+                        .collect::<Vec<_>>(),
+                );
                 listed
             }
         };
         match self.dalle3_backend {
             Some(Dalle3Backend::Azure) if azure.is_none() => {
-                return Err(ConfigError::new("DALLE3_BACKEND", "azure chosen but AZURE_OPENAI_* is not configured"));
+                return Err(ConfigError::new(
+                    "DALLE3_BACKEND",
+                    "azure chosen but AZURE_OPENAI_* is not configured",
+                ));
             }
             Some(Dalle3Backend::OpenAi) if openai.is_none() => {
-                return Err(ConfigError::new("DALLE3_BACKEND", "openai chosen but OPENAI_API_KEY is not set"));
+                return Err(ConfigError::new(
+                    "DALLE3_BACKEND",
+                    "openai chosen but OPENAI_API_KEY is not set",
+                ));
             }
             Some(choice) => {
                 let (first, second) = match choice {
@@ -578,15 +639,27 @@ impl ProviderArgs {
                 let mut map = BTreeMap::new();
                 for (from, to) in pairs("MODEL_ALIASES", raw)? {
                     let from_model = catalogue.get(&from).ok_or_else(|| {
-                        ConfigError::new("MODEL_ALIASES", format!("'{from}' is not a catalogue model"))
+                        ConfigError::new(
+                            "MODEL_ALIASES",
+                            format!("'{from}' is not a catalogue model"),
+                        )
                     })?;
                     let to_model = catalogue.get(&to).ok_or_else(|| {
-                        ConfigError::new("MODEL_ALIASES", format!("'{to}' is not a catalogue model"))
+                        ConfigError::new(
+                            "MODEL_ALIASES",
+                            format!("'{to}' is not a catalogue model"),
+                        )
                     })?;
                     if to_model.status_on(today) == ModelStatus::Retired {
-                        return Err(ConfigError::new("MODEL_ALIASES", format!("'{to}' is retired itself")));
+                        return Err(ConfigError::new(
+                            "MODEL_ALIASES",
+                            format!("'{to}' is retired itself"),
+                        ));
                     }
-                    map.insert(from_model.id.as_str().to_ascii_lowercase(), to_model.id.clone());
+                    map.insert(
+                        from_model.id.as_str().to_ascii_lowercase(),
+                        to_model.id.clone(),
+                    );
                 }
                 (true, map)
             }
@@ -620,11 +693,15 @@ impl ProviderArgs {
 
     fn default_model_of(&self, offer: &Offer, today: NaiveDate) -> Result<ModelId, ConfigError> {
         let catalogue = &offer.catalogue;
-        let served = |id: &ModelId| catalogue.get(id.as_str()).is_some_and(|m| !offer.routes_for(m, today).is_empty());
+        let served = |id: &ModelId| {
+            catalogue
+                .get(id.as_str())
+                .is_some_and(|m| !offer.routes_for(m, today).is_empty())
+        };
         if let Some(raw) = non_empty(&self.default_model) {
-            let model = catalogue
-                .get(&raw)
-                .ok_or_else(|| ConfigError::new("DEFAULT_MODEL", format!("'{raw}' is not a catalogue model")))?;
+            let model = catalogue.get(&raw).ok_or_else(|| {
+                ConfigError::new("DEFAULT_MODEL", format!("'{raw}' is not a catalogue model"))
+            })?;
             // A retired default is served by its replacement, like any request for it.
             let id = match offer.replacement(model) {
                 Some(r) if !served(&model.id) => r,
@@ -641,7 +718,13 @@ impl ProviderArgs {
         if let Some(raw) = non_empty(&self.default_provider) {
             let chosen = if let Some(model) = catalogue.legacy_model(&raw) {
                 let spec = catalogue.get(model.as_str());
-                spec.and_then(|m| if served(&m.id) { Some(m.id.clone()) } else { offer.replacement(m) })
+                spec.and_then(|m| {
+                    if served(&m.id) {
+                        Some(m.id.clone())
+                    } else {
+                        offer.replacement(m)
+                    }
+                })
             } else {
                 let p = raw
                     .parse::<ProviderId>()
@@ -649,7 +732,10 @@ impl ProviderArgs {
                 offer.provider_default(p).cloned()
             };
             return chosen.filter(served).ok_or_else(|| {
-                ConfigError::new("DEFAULT_PROVIDER", format!("'{raw}' has no configured provider to serve it"))
+                ConfigError::new(
+                    "DEFAULT_PROVIDER",
+                    format!("'{raw}' has no configured provider to serve it"),
+                )
             });
         }
         // The first configured provider's default model (FLUX_MODEL / BFL_MODEL count).
@@ -657,7 +743,12 @@ impl ProviderArgs {
             .providers
             .iter()
             .find_map(|p| p.default_model.clone())
-            .ok_or_else(|| ConfigError::new("DEFAULT_MODEL", "no configured provider serves a current model"))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "DEFAULT_MODEL",
+                    "no configured provider serves a current model",
+                )
+            })
     }
 }
 
@@ -674,7 +765,11 @@ impl ProviderSettings {
 
     /// Configured, enabled providers in failover order.
     pub fn configured(&self) -> Vec<ProviderId> {
-        self.order.iter().copied().filter(|p| self.is_configured(*p)).collect()
+        self.order
+            .iter()
+            .copied()
+            .filter(|p| self.is_configured(*p))
+            .collect()
     }
 
     /// One line per model a configured provider serves that retires there within `RETIREMENT_NOTICE_DAYS`.
@@ -683,7 +778,9 @@ impl ProviderSettings {
         let mut out = Vec::new();
         for provider in &offer.providers {
             for model_id in provider.models.keys() {
-                let Some(model) = self.catalogue.get(model_id.as_str()) else { continue };
+                let Some(model) = self.catalogue.get(model_id.as_str()) else {
+                    continue;
+                };
                 let Some(on) = model
                     .serves
                     .get(&provider.provider)
@@ -723,12 +820,20 @@ impl ProviderSettings {
                     (ProviderId::AzureOpenAi, Some(azure)) => azure
                         .deployments
                         .iter()
-                        .filter(|(m, _)| catalogue.get(m.as_str()).is_some_and(|s| s.serves.contains_key(&provider)))
+                        .filter(|(m, _)| {
+                            catalogue
+                                .get(m.as_str())
+                                .is_some_and(|s| s.serves.contains_key(&provider))
+                        })
                         .map(|(m, d)| (m.clone(), d.clone()))
                         .collect(),
                     _ => catalogue
                         .served_by(provider)
-                        .filter_map(|m| m.serves.get(&provider).map(|s| (m.id.clone(), s.model.clone())))
+                        .filter_map(|m| {
+                            m.serves
+                                .get(&provider)
+                                .map(|s| (m.id.clone(), s.model.clone()))
+                        })
                         .collect(),
                 };
                 let configured_default = match provider {
@@ -739,12 +844,18 @@ impl ProviderSettings {
                 let current = |id: &ModelId| {
                     catalogue.get(id.as_str()).is_some_and(|m| {
                         m.status_on(today) != ModelStatus::Retired
-                            && m.serves.get(&provider).is_some_and(|s| !s.retired_on(today))
+                            && m.serves
+                                .get(&provider)
+                                .is_some_and(|s| !s.retired_on(today))
                     })
                 };
                 let default_model = configured_default.filter(current).or_else(|| {
                     // Current models first; a deprecated one only when nothing else is served.
-                    let served = || catalogue.served_by(provider).filter(|m| models.contains_key(&m.id) && current(&m.id));
+                    let served = || {
+                        catalogue
+                            .served_by(provider)
+                            .filter(|m| models.contains_key(&m.id) && current(&m.id))
+                    };
                     served()
                         .find(|m| m.status_on(today) != ModelStatus::Deprecated)
                         .or_else(|| served().next())

@@ -55,7 +55,12 @@ impl Offer {
         self.providers
             .iter()
             .filter(|p| p.models.contains_key(&model.id))
-            .filter(|p| model.serves.get(&p.provider).is_some_and(|s| !s.retired_on(today)))
+            .filter(|p| {
+                model
+                    .serves
+                    .get(&p.provider)
+                    .is_some_and(|s| !s.retired_on(today))
+            })
             .map(|p| p.provider)
             .collect()
     }
@@ -68,7 +73,8 @@ impl Offer {
     }
 
     pub fn provider_default(&self, provider: ProviderId) -> Option<&ModelId> {
-        self.provider(provider).and_then(|p| p.default_model.as_ref())
+        self.provider(provider)
+            .and_then(|p| p.default_model.as_ref())
     }
 
     /// What serves requests for `model` once no route here serves it: MODEL_ALIASES, else the catalogue's

@@ -102,6 +102,9 @@ pub struct GenerationRequest {
     /// Every change made at submission to suit the serving model, e.g. `size 1792x1024 -> 1536x1024`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub translations: Vec<String>,
+    /// The model came from a seed provider name (`flux_schnell`), which any provider of its family may serve.
+    #[serde(skip)]
+    pub via_seed_name: bool,
 }
 
 /// The request as stored by any version: jobs written before the model catalogue named only a seed provider
@@ -142,13 +145,18 @@ struct StoredRequest {
 impl<'de> Deserialize<'de> for GenerationRequest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = StoredRequest::deserialize(d)?;
-        let pinned = s.provider.as_deref().and_then(|p| p.parse::<ProviderId>().ok());
+        let pinned = s
+            .provider
+            .as_deref()
+            .and_then(|p| p.parse::<ProviderId>().ok());
         let model = match (s.model, s.provider.as_deref()) {
             (Some(model), _) => model,
             (None, Some(legacy)) => crate::catalogue::Catalogue::builtin()
                 .legacy_model(legacy)
                 .cloned()
-                .ok_or_else(|| serde::de::Error::custom(format!("no model for provider '{legacy}'")))?,
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("no model for provider '{legacy}'"))
+                })?,
             (None, None) => return Err(serde::de::Error::missing_field("model")),
         };
         Ok(Self {
@@ -168,6 +176,7 @@ impl<'de> Deserialize<'de> for GenerationRequest {
             deadline_secs: s.deadline_secs,
             requested_model: s.requested_model,
             translations: s.translations,
+            via_seed_name: false,
         })
     }
 }
@@ -232,7 +241,9 @@ fn join<T: fmt::Display>(values: &[T]) -> String {
 }
 
 /// An option checked against what the model offers: absent -> `None`; given -> parsed and offered, or an error.
-fn option<T: Copy + PartialEq + fmt::Display + std::str::FromStr<Err = super::options::UnknownValue>>(
+fn option<
+    T: Copy + PartialEq + fmt::Display + std::str::FromStr<Err = super::options::UnknownValue>,
+>(
     errors: &mut ValidationErrors,
     field: &str,
     raw: Option<&str>,
@@ -249,7 +260,11 @@ fn option<T: Copy + PartialEq + fmt::Display + std::str::FromStr<Err = super::op
         _ => {
             errors.push(
                 field,
-                format!("{field} must be one of {} for {}, got '{raw}'", join(offered), model.id),
+                format!(
+                    "{field} must be one of {} for {}, got '{raw}'",
+                    join(offered),
+                    model.id
+                ),
             );
             None
         }
@@ -281,7 +296,10 @@ fn choose_model(
                     return None;
                 }
                 Ok(p) if !offer.enabled.contains(&p) => {
-                    errors.push("provider", format!("Provider '{p}' is not enabled on this service"));
+                    errors.push(
+                        "provider",
+                        format!("Provider '{p}' is not enabled on this service"),
+                    );
                     return None;
                 }
                 Ok(p) if !offer.is_configured(p) => {
@@ -312,16 +330,21 @@ fn choose_model(
             Some(p) => match offer.provider_default(p) {
                 Some(m) => m.to_string(),
                 None => {
-                    errors.push("provider", format!("Provider '{p}' serves no current model here"));
+                    errors.push(
+                        "provider",
+                        format!("Provider '{p}' serves no current model here"),
+                    );
                     return None;
                 }
             },
             None => offer.default_model.to_string(),
         },
     };
-    let spec = catalogue
-        .get(&model_id)
-        .or_else(|| catalogue.legacy_model(&model_id).and_then(|m| catalogue.get(m.as_str())));
+    let spec = catalogue.get(&model_id).or_else(|| {
+        catalogue
+            .legacy_model(&model_id)
+            .and_then(|m| catalogue.get(m.as_str()))
+    });
     match spec {
         Some(spec) => Some((spec.clone(), pinned)),
         None => {
@@ -369,7 +392,10 @@ impl GenerationRequest {
                 _ => {
                     errors.push(
                         "size",
-                        format!("Size '{raw}' is not supported by {id} (supported: {})", model.describe_sizes()),
+                        format!(
+                            "Size '{raw}' is not supported by {id} (supported: {})",
+                            model.describe_sizes()
+                        ),
                     );
                     None
                 }
@@ -381,7 +407,10 @@ impl GenerationRequest {
             None => Some(1),
             Some(n) if n >= 1 && n <= i64::from(max_images) => u8::try_from(n).ok(),
             Some(n) if max_images == 1 => {
-                errors.push("num_images", format!("{id} makes one image per request, got {n}"));
+                errors.push(
+                    "num_images",
+                    format!("{id} makes one image per request, got {n}"),
+                );
                 None
             }
             Some(n) => {
@@ -393,33 +422,77 @@ impl GenerationRequest {
             }
         };
 
-        let quality = option(&mut errors, "quality", body.quality.as_deref(), &model.qualities, &model)
-            .or(if body.quality.is_none() { model.default_quality } else { None });
-        let style = option(&mut errors, "style", body.style.as_deref(), &model.styles, &model)
-            .or(if body.style.is_none() { model.default_style } else { None });
-        let background =
-            option(&mut errors, "background", body.background.as_deref(), &model.backgrounds, &model);
+        let quality = option(
+            &mut errors,
+            "quality",
+            body.quality.as_deref(),
+            &model.qualities,
+            &model,
+        )
+        .or(if body.quality.is_none() {
+            model.default_quality
+        } else {
+            None
+        });
+        let style = option(
+            &mut errors,
+            "style",
+            body.style.as_deref(),
+            &model.styles,
+            &model,
+        )
+        .or(if body.style.is_none() {
+            model.default_style
+        } else {
+            None
+        });
+        let background = option(
+            &mut errors,
+            "background",
+            body.background.as_deref(),
+            &model.backgrounds,
+            &model,
+        );
         let formats = match pinned {
             Some(p) if model.serves.contains_key(&p) => model.formats_on(p),
             _ => &model.output_formats,
         };
-        let output_format =
-            option(&mut errors, "output_format", body.output_format.as_deref(), formats, &model);
-        let moderation =
-            option(&mut errors, "moderation", body.moderation.as_deref(), &model.moderation, &model);
+        let output_format = option(
+            &mut errors,
+            "output_format",
+            body.output_format.as_deref(),
+            formats,
+            &model,
+        );
+        let moderation = option(
+            &mut errors,
+            "moderation",
+            body.moderation.as_deref(),
+            &model.moderation,
+            &model,
+        );
 
         let output_compression = match body.output_compression {
             None => None,
             Some(_) if !model.output_compression => {
-                errors.push("output_compression", format!("output_compression is not supported by {id}"));
+                errors.push(
+                    "output_compression",
+                    format!("output_compression is not supported by {id}"),
+                );
                 None
             }
             Some(c) if !(0..=100).contains(&c) => {
-                errors.push("output_compression", format!("output_compression must be between 0 and 100, got {c}"));
+                errors.push(
+                    "output_compression",
+                    format!("output_compression must be between 0 and 100, got {c}"),
+                );
                 None
             }
             Some(_) if !output_format.is_some_and(OutputFormat::is_lossy) => {
-                errors.push("output_compression", "output_compression needs output_format jpeg or webp");
+                errors.push(
+                    "output_compression",
+                    "output_compression needs output_format jpeg or webp",
+                );
                 None
             }
             Some(c) => u8::try_from(c).ok(),
@@ -427,7 +500,10 @@ impl GenerationRequest {
         if background == Some(Background::Transparent)
             && output_format.is_some_and(|f| !f.has_alpha())
         {
-            errors.push("background", "a transparent background needs output_format png or webp");
+            errors.push(
+                "background",
+                "a transparent background needs output_format png or webp",
+            );
         }
 
         let seed = match (body.seed, model.seed) {
@@ -439,7 +515,10 @@ impl GenerationRequest {
             (Some(s), true) => match u32::try_from(s) {
                 Ok(s) => Some(s),
                 Err(_) => {
-                    errors.push("seed", format!("seed must be between 0 and {}, got {s}", u32::MAX));
+                    errors.push(
+                        "seed",
+                        format!("seed must be between 0 and {}, got {s}", u32::MAX),
+                    );
                     None
                 }
             },
@@ -475,6 +554,11 @@ impl GenerationRequest {
                 moderation,
                 requested_model: None,
                 translations: Vec::new(),
+                via_seed_name: body.model.is_none()
+                    && body
+                        .provider
+                        .as_deref()
+                        .is_some_and(|p| offer.catalogue.legacy_model(p).is_some()),
             }),
             _ => Err(errors),
         }

@@ -32,7 +32,10 @@ pub(crate) fn offer_with(extra: &[&str]) -> Offer {
     ];
     args.extend_from_slice(extra);
     let cli = Cli::try_parse_from(args).expect("parses");
-    cli.providers.settings_on(today()).expect("valid").offer_on(4, today())
+    cli.providers
+        .settings_on(today())
+        .expect("valid")
+        .offer_on(4, today())
 }
 
 fn body(prompt: &str) -> GenerateBody {
@@ -53,7 +56,10 @@ fn defaults_fill_what_is_missing() {
     assert_eq!(req.model.as_str(), "gpt-image-2");
     assert_eq!(req.provider, None);
     assert_eq!(req.size, Size::Exact(ImageSize::new(1024, 1024)));
-    assert_eq!((req.num_images, req.quality, req.style), (1, Some(Quality::Auto), None));
+    assert_eq!(
+        (req.num_images, req.quality, req.style),
+        (1, Some(Quality::Auto), None)
+    );
 }
 
 #[test]
@@ -93,7 +99,10 @@ fn flux_takes_seed_and_several_images_but_no_quality() {
     b.seed = Some(42);
     let req = GenerationRequest::parse(b, &offer_with(&[])).expect("valid");
     assert_eq!(req.model.as_str(), "flux-schnell");
-    assert_eq!((req.num_images, req.seed, req.quality, req.style), (4, Some(42), None, None));
+    assert_eq!(
+        (req.num_images, req.seed, req.quality, req.style),
+        (4, Some(42), None, None)
+    );
 
     let mut b = body("waves");
     b.model = Some("flux-schnell".into());
@@ -115,8 +124,14 @@ fn dalle3_checks_its_own_rules_before_any_replacement() {
     b.quality = Some("ultra".into());
     b.style = Some("noir".into());
     let errs = GenerationRequest::parse(b, &offer_with(&[])).expect_err("invalid");
-    assert!(errs.0[1].message.contains("makes one image per request"), "{errs}");
-    assert_eq!(fields(errs), ["size", "num_images", "quality", "style", "seed"]);
+    assert!(
+        errs.0[1].message.contains("makes one image per request"),
+        "{errs}"
+    );
+    assert_eq!(
+        fields(errs),
+        ["size", "num_images", "quality", "style", "seed"]
+    );
 
     let mut b = body("a cat");
     b.provider = Some("dalle3".into());
@@ -143,18 +158,31 @@ fn provider_must_be_known_enabled_and_configured() {
     let offer = offer_with(&["--enabled-providers", "openai,azure_openai,flux"]);
     let mut b = body("a cat");
     b.provider = Some("bfl".into());
-    let e = GenerationRequest::parse(b.clone(), &offer).expect_err("disabled").to_string();
+    let e = GenerationRequest::parse(b.clone(), &offer)
+        .expect_err("disabled")
+        .to_string();
     assert!(e.contains("not enabled"), "{e}");
     let mut offer = offer_with(&[]);
-    offer.providers.retain(|p| p.provider != crate::domain::ProviderId::Bfl);
-    let e = GenerationRequest::parse(b.clone(), &offer).expect_err("unconfigured").to_string();
+    offer
+        .providers
+        .retain(|p| p.provider != crate::domain::ProviderId::Bfl);
+    let e = GenerationRequest::parse(b.clone(), &offer)
+        .expect_err("unconfigured")
+        .to_string();
     assert!(e.contains("not configured"), "{e}");
     b.provider = Some("midjourney".into());
-    let e = GenerationRequest::parse(b.clone(), &offer).expect_err("unknown").to_string();
-    assert!(e.contains("Unknown provider") && e.contains("dalle3"), "{e}");
+    let e = GenerationRequest::parse(b.clone(), &offer)
+        .expect_err("unknown")
+        .to_string();
+    assert!(
+        e.contains("Unknown provider") && e.contains("dalle3"),
+        "{e}"
+    );
     b.provider = None;
     b.model = Some("midjourney-v7".into());
-    let e = GenerationRequest::parse(b, &offer).expect_err("unknown model").to_string();
+    let e = GenerationRequest::parse(b, &offer)
+        .expect_err("unknown model")
+        .to_string();
     assert!(e.contains("Unknown model"), "{e}");
 }
 
@@ -163,7 +191,10 @@ fn a_provider_alone_gets_its_default_model() {
     let mut b = body("a cat");
     b.provider = Some("bfl".into());
     let req = GenerationRequest::parse(b, &offer_with(&[])).expect("valid");
-    assert_eq!((req.model.as_str(), req.provider), ("flux-2-pro", Some(crate::domain::ProviderId::Bfl)));
+    assert_eq!(
+        (req.model.as_str(), req.provider),
+        ("flux-2-pro", Some(crate::domain::ProviderId::Bfl))
+    );
 }
 
 #[test]
@@ -173,7 +204,9 @@ fn prompt_length_is_the_models() {
     b.model = Some("gpt-image-2".into());
     assert!(GenerationRequest::parse(b.clone(), &offer_with(&[])).is_ok());
     b.model = Some("dall-e-3".into());
-    let e = GenerationRequest::parse(b, &offer_with(&[])).expect_err("too long").to_string();
+    let e = GenerationRequest::parse(b, &offer_with(&[]))
+        .expect_err("too long")
+        .to_string();
     assert!(e.contains("at most 4000"), "{e}");
 }
 
@@ -191,18 +224,29 @@ fn empty_prompt_and_negative_seed_reported_together() {
 /// and expects a 400).
 #[test]
 fn documented_ranges_match_the_checks() {
-    let schema = serde_json::to_value(<GenerateBody as utoipa::PartialSchema>::schema()).expect("schema");
+    let schema =
+        serde_json::to_value(<GenerateBody as utoipa::PartialSchema>::schema()).expect("schema");
     let props = &schema["properties"];
-    let max_images = crate::catalogue::Catalogue::builtin().models().map(|m| m.max_images).max();
-    assert_eq!(props["num_images"]["maximum"].as_u64(), max_images.map(u64::from));
+    let max_images = crate::catalogue::Catalogue::builtin()
+        .models()
+        .map(|m| m.max_images)
+        .max();
+    assert_eq!(
+        props["num_images"]["maximum"].as_u64(),
+        max_images.map(u64::from)
+    );
     assert_eq!(props["seed"]["maximum"].as_u64(), Some(u64::from(u32::MAX)));
-    assert_eq!(props["deadline_seconds"]["maximum"].as_i64(), Some(MAX_DEADLINE_SECS));
+    assert_eq!(
+        props["deadline_seconds"]["maximum"].as_i64(),
+        Some(MAX_DEADLINE_SECS)
+    );
     assert_eq!(props["output_compression"]["maximum"].as_i64(), Some(100));
 }
 
 #[test]
 fn unknown_fields_are_rejected() {
-    let err = serde_json::from_str::<GenerateBody>(r#"{"prompt": "x", "colour": "red"}"#).expect_err("unknown");
+    let err = serde_json::from_str::<GenerateBody>(r#"{"prompt": "x", "colour": "red"}"#)
+        .expect_err("unknown");
     assert!(err.to_string().contains("unknown field `colour`"), "{err}");
 }
 

@@ -76,12 +76,44 @@ pub fn resolve(
         let routes = offer.routes_for(&model, today);
         let retired_here = routes.is_empty()
             && (model.status_on(today) == ModelStatus::Retired
-                || model.serves.iter().any(|(p, s)| offer.is_configured(*p) && s.retired_on(today)));
+                || model
+                    .serves
+                    .iter()
+                    .any(|(p, s)| offer.is_configured(*p) && s.retired_on(today)));
+        if !retired_here && routes.is_empty() && request.via_seed_name {
+            // The seed's names promised a family, not a host: `flux_schnell` on a service with only Black Forest
+            // Labs configured (which does not serve schnell) is served by BFL's default FLUX model.
+            if let Some(target) = offer
+                .providers
+                .iter()
+                .filter_map(|p| p.default_model.as_ref())
+                .filter_map(|m| catalogue.get(m.as_str()))
+                .find(|m| m.family == model.family && !offer.routes_for(m, today).is_empty())
+                .cloned()
+            {
+                let (next, mut changes) = translate(&request, &target, None, &catalogue)
+                    .map_err(|why| ResolveError::Invalid(ValidationErrors::one("provider", why)))?;
+                if let Some(first) = changes.first_mut() {
+                    *first = format!("{} is not served here: served by {}", model.id, target.id);
+                }
+                request = next;
+                request.translations.extend(changes);
+                request.via_seed_name = false;
+                continue;
+            }
+        }
         if !retired_here {
             if routes.is_empty() {
                 return Err(ResolveError::Invalid(ValidationErrors::one(
-                    if request.provider.is_some() { "provider" } else { "model" },
-                    format!("Model '{}' is not served by any provider configured on this service", model.id),
+                    if request.provider.is_some() || request.via_seed_name {
+                        "provider"
+                    } else {
+                        "model"
+                    },
+                    format!(
+                        "Model '{}' is not served by any provider configured on this service",
+                        model.id
+                    ),
                 )));
             }
             if let Some(p) = request.provider
@@ -92,7 +124,11 @@ pub fn resolve(
                     format!(
                         "Provider '{p}' does not serve model '{}' here (served by: {})",
                         model.id,
-                        routes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        routes
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )));
             }
@@ -128,15 +164,20 @@ pub fn resolve(
             });
         };
         // The client's provider may not serve the replacement: any provider that does will.
-        if request.provider.is_some_and(|p| !offer.routes_for(&target, today).contains(&p)) {
+        if request
+            .provider
+            .is_some_and(|p| !offer.routes_for(&target, today).contains(&p))
+        {
             request.provider = None;
         }
         let (next, mut changes) =
-            translate(&request, &target, None, &catalogue).map_err(|why| ResolveError::Retired {
-                model: model.id.clone(),
-                on: retired_on,
-                replacement: Some(replacement.clone()),
-                why: Some(why),
+            translate(&request, &target, None, &catalogue).map_err(|why| {
+                ResolveError::Retired {
+                    model: model.id.clone(),
+                    on: retired_on,
+                    replacement: Some(replacement.clone()),
+                    why: Some(why),
+                }
             })?;
         let when = retired_on.map(|d| format!(" on {d}")).unwrap_or_default();
         if let Some(first) = changes.first_mut() {
@@ -179,11 +220,22 @@ mod tests {
     #[test]
     fn a_retired_model_is_served_by_its_replacement_with_every_change_recorded() {
         let offer = offer_with(&["--model-aliases", "dall-e-3=gpt-image-1-mini"]);
-        let resolved = resolve(parse(dalle3("1792x1024"), &offer), &offer, today()).expect("served");
+        let resolved =
+            resolve(parse(dalle3("1792x1024"), &offer), &offer, today()).expect("served");
         let r = &resolved.request;
         assert_eq!(r.model.as_str(), "gpt-image-1-mini");
-        assert_eq!(r.requested_model.as_ref().map(ModelId::as_str), Some("dall-e-3"));
-        assert_eq!((r.size, r.quality, r.style), (Size::Exact(ImageSize::new(1536, 1024)), Some(Quality::High), None));
+        assert_eq!(
+            r.requested_model.as_ref().map(ModelId::as_str),
+            Some("dall-e-3")
+        );
+        assert_eq!(
+            (r.size, r.quality, r.style),
+            (
+                Size::Exact(ImageSize::new(1536, 1024)),
+                Some(Quality::High),
+                None
+            )
+        );
         assert_eq!(
             r.translations,
             [
@@ -202,17 +254,30 @@ mod tests {
     #[test]
     fn the_catalogue_replacement_is_the_default() {
         let offer = offer_with(&[]);
-        let resolved = resolve(parse(dalle3("1024x1792"), &offer), &offer, today()).expect("served");
+        let resolved =
+            resolve(parse(dalle3("1024x1792"), &offer), &offer, today()).expect("served");
         assert_eq!(resolved.request.model.as_str(), "gpt-image-2");
-        assert_eq!(resolved.request.size, Size::Exact(ImageSize::new(1024, 1792)), "gpt-image-2 takes it as is");
+        assert_eq!(
+            resolved.request.size,
+            Size::Exact(ImageSize::new(1024, 1792)),
+            "gpt-image-2 takes it as is"
+        );
     }
 
     #[test]
     fn aliasing_off_refuses_naming_the_replacement() {
         let offer = offer_with(&["--model-aliases", "none"]);
-        let err = resolve(parse(dalle3("1024x1024"), &offer), &offer, today()).expect_err("refused");
-        assert!(matches!(&err, ResolveError::Retired { replacement: Some(r), .. } if r.as_str() == "gpt-image-2"), "{err:?}");
-        assert!(err.to_string().contains("retired on 2026-05-12; use 'gpt-image-2' instead"), "{err}");
+        let err =
+            resolve(parse(dalle3("1024x1024"), &offer), &offer, today()).expect_err("refused");
+        assert!(
+            matches!(&err, ResolveError::Retired { replacement: Some(r), .. } if r.as_str() == "gpt-image-2"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("retired on 2026-05-12; use 'gpt-image-2' instead"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -227,7 +292,9 @@ mod tests {
         };
         let on_azure = resolve(parse(body.clone(), &offer), &offer, day).expect("azure serves it");
         assert_eq!(on_azure.request.model.as_str(), "gpt-image-1-mini");
-        offer.providers.retain(|p| p.provider != crate::domain::ProviderId::AzureOpenAi);
+        offer
+            .providers
+            .retain(|p| p.provider != crate::domain::ProviderId::AzureOpenAi);
         let replaced = resolve(parse(body, &offer), &offer, day).expect("replaced");
         assert_eq!(replaced.request.model.as_str(), "gpt-image-2");
     }

@@ -13,8 +13,15 @@ pub fn nearest_listed(size: ImageSize, list: &[ImageSize]) -> Option<ImageSize> 
     let target_ratio = size.aspect().ln();
     let target_area = size.pixels() as f64;
     list.iter().copied().min_by(|a, b| {
-        let key = |s: ImageSize| ((s.aspect().ln() - target_ratio).abs(), (s.pixels() as f64 - target_area).abs());
-        key(*a).partial_cmp(&key(*b)).unwrap_or(std::cmp::Ordering::Equal)
+        let key = |s: ImageSize| {
+            (
+                (s.aspect().ln() - target_ratio).abs(),
+                (s.pixels() as f64 - target_area).abs(),
+            )
+        };
+        key(*a)
+            .partial_cmp(&key(*b))
+            .unwrap_or(std::cmp::Ordering::Equal)
     })
 }
 
@@ -57,9 +64,13 @@ pub fn translate(
 
     out.size = fit_size(req.size, target);
     if out.size != req.size {
-        notes.push(format!("size {} -> {} (nearest on {t})", req.size, out.size));
+        notes.push(format!(
+            "size {} -> {} (nearest on {t})",
+            req.size, out.size
+        ));
     }
-    if req.num_images > target.images_per_call {
+    // Split calls are noted when the model changes; a model's own per-call limit is its business.
+    if req.model != target.id && req.num_images > target.images_per_call {
         let calls = req.num_images.div_ceil(target.images_per_call);
         notes.push(format!(
             "num_images {} split into {calls} calls of up to {}",
@@ -132,7 +143,10 @@ pub fn translate(
     if let Some(b) = req.background {
         let alpha_ok = out.output_format.is_none_or(OutputFormat::has_alpha);
         if !target.backgrounds.contains(&b) || (b == Background::Transparent && !alpha_ok) {
-            out.background = target.backgrounds.contains(&Background::Auto).then_some(Background::Auto);
+            out.background = target
+                .backgrounds
+                .contains(&Background::Auto)
+                .then_some(Background::Auto);
             match out.background {
                 Some(to) => notes.push(format!("background {b} -> {to}")),
                 None => notes.push(format!("background {b} dropped ({t} has none)")),

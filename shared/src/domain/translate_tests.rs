@@ -23,11 +23,23 @@ fn spec(id: &str) -> std::sync::Arc<crate::catalogue::ModelSpec> {
 #[test]
 fn nearest_listed_sizes_keep_the_shape() {
     let flux = &spec("flux-kontext-pro").sizes.list;
-    assert_eq!(nearest_listed(ImageSize::new(1792, 1024), flux), Some(ImageSize::new(1392, 752)));
-    assert_eq!(nearest_listed(ImageSize::new(1024, 1024), flux), Some(ImageSize::new(1024, 1024)));
+    assert_eq!(
+        nearest_listed(ImageSize::new(1792, 1024), flux),
+        Some(ImageSize::new(1392, 752))
+    );
+    assert_eq!(
+        nearest_listed(ImageSize::new(1024, 1024), flux),
+        Some(ImageSize::new(1024, 1024))
+    );
     let dalle = &spec("dall-e-3").sizes.list;
-    assert_eq!(nearest_listed(ImageSize::new(512, 512), dalle), Some(ImageSize::new(1024, 1024)));
-    assert_eq!(nearest_listed(ImageSize::new(1536, 1024), dalle), Some(ImageSize::new(1792, 1024)));
+    assert_eq!(
+        nearest_listed(ImageSize::new(512, 512), dalle),
+        Some(ImageSize::new(1024, 1024))
+    );
+    assert_eq!(
+        nearest_listed(ImageSize::new(1536, 1024), dalle),
+        Some(ImageSize::new(1792, 1024))
+    );
 }
 
 #[test]
@@ -39,8 +51,16 @@ fn dalle3_to_gpt_image_maps_quality_and_drops_style() {
     assert_eq!(out.size, Size::Exact(ImageSize::new(1536, 1024)));
     assert_eq!(out.quality, Some(Quality::High));
     assert_eq!(out.style, None);
-    for expected in ["served by gpt-image-1.5", "size 1792x1024 -> 1536x1024", "quality hd -> high", "style vivid dropped"] {
-        assert!(notes.iter().any(|n| n.contains(expected)), "{expected}: {notes:?}");
+    for expected in [
+        "served by gpt-image-1.5",
+        "size 1792x1024 -> 1536x1024",
+        "quality hd -> high",
+        "style vivid dropped",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.contains(expected)),
+            "{expected}: {notes:?}"
+        );
     }
     // gpt-image-2 takes 1792x1024 as it is.
     let (out, _) = translate(&req, &spec("gpt-image-2"), None, &c).expect("fits");
@@ -55,23 +75,50 @@ fn gpt_image_to_flux_fits_the_rules_and_drops_what_flux_lacks() {
     req.output_format = Some(OutputFormat::Webp);
     req.output_compression = Some(70);
     req.background = Some(Background::Opaque);
-    let (out, notes) = translate(&req, &spec("flux-2-pro"), Some(ProviderId::Bfl), &c).expect("fits");
+    let (out, notes) =
+        translate(&req, &spec("flux-2-pro"), Some(ProviderId::Bfl), &c).expect("fits");
     let size = out.size.exact().expect("exact");
     assert!(spec("flux-2-pro").accepts_size(out.size), "{size}");
-    assert_eq!((out.quality, out.output_format, out.output_compression, out.background), (None, Some(OutputFormat::Png), None, None));
-    assert!(notes.iter().any(|n| n.contains("split into 3 calls")), "{notes:?}");
+    assert_eq!(
+        (
+            out.quality,
+            out.output_format,
+            out.output_compression,
+            out.background
+        ),
+        (None, Some(OutputFormat::Png), None, None)
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("split into 3 calls")),
+        "{notes:?}"
+    );
     // auto, which FLUX does not take, becomes its default size.
-    let (out, _) = translate(&request("gpt-image-2", "auto", 1, None), &spec("flux-schnell"), None, &c).expect("fits");
+    let (out, _) = translate(
+        &request("gpt-image-2", "auto", 1, None),
+        &spec("flux-schnell"),
+        None,
+        &c,
+    )
+    .expect("fits");
     assert_eq!(out.size, Size::Exact(ImageSize::new(1024, 1024)));
 }
 
 #[test]
 fn flux_to_gpt_image_drops_the_seed() {
     let c = Catalogue::builtin();
-    let (out, notes) = translate(&request("flux-schnell", "512x512", 3, Some(9)), &spec("gpt-image-2"), None, &c).expect("fits");
+    let (out, notes) = translate(
+        &request("flux-schnell", "512x512", 3, Some(9)),
+        &spec("gpt-image-2"),
+        None,
+        &c,
+    )
+    .expect("fits");
     assert_eq!(out.seed, None);
     assert!(spec("gpt-image-2").accepts_size(out.size), "{}", out.size);
-    assert!(notes.iter().any(|n| n.contains("seed 9 dropped")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("seed 9 dropped")),
+        "{notes:?}"
+    );
 }
 
 #[test]
@@ -79,10 +126,17 @@ fn the_same_model_on_a_provider_with_fewer_formats() {
     let c = Catalogue::builtin();
     let mut req = request("gpt-image-2", "1024x1024", 1, None);
     req.output_format = Some(OutputFormat::Webp);
-    let (out, notes) = translate(&req, &spec("gpt-image-2"), Some(ProviderId::AzureOpenAi), &c).expect("fits");
+    let (out, notes) = translate(
+        &req,
+        &spec("gpt-image-2"),
+        Some(ProviderId::AzureOpenAi),
+        &c,
+    )
+    .expect("fits");
     assert_eq!(out.output_format, Some(OutputFormat::Png));
     assert_eq!(notes, ["output_format webp -> png"]);
-    let (same, notes) = translate(&req, &spec("gpt-image-2"), Some(ProviderId::OpenAi), &c).expect("fits");
+    let (same, notes) =
+        translate(&req, &spec("gpt-image-2"), Some(ProviderId::OpenAi), &c).expect("fits");
     assert_eq!(same, req);
     assert!(notes.is_empty());
 }

@@ -81,11 +81,18 @@ impl AzureClient {
 
     /// Where a call for `deployment` goes, on the configured path.
     pub fn endpoint(&self, deployment: &str) -> Url {
-        let root = self.settings.endpoint.path().trim_end_matches('/').to_owned();
+        let root = self
+            .settings
+            .endpoint
+            .path()
+            .trim_end_matches('/')
+            .to_owned();
         let mut url = self.settings.endpoint.clone();
         match self.settings.path {
             AzurePath::Deployments => {
-                url.set_path(&format!("{root}/openai/deployments/{deployment}/images/generations"));
+                url.set_path(&format!(
+                    "{root}/openai/deployments/{deployment}/images/generations"
+                ));
                 url.query_pairs_mut()
                     .clear()
                     .append_pair("api-version", &self.settings.api_version);
@@ -184,7 +191,13 @@ impl AzureClient {
         let deployment = call.provider_model;
         // On the v1 path `model` names the deployment; on the deployments path the URL does.
         let model_field = (self.settings.path == AzurePath::V1).then_some(deployment);
-        let body = request_body(call.request, call.model, model_field, n, self.response_format);
+        let body = request_body(
+            call.request,
+            call.model,
+            model_field,
+            n,
+            self.response_format,
+        );
         let request = self
             .http
             .post(self.endpoint(deployment))
@@ -198,8 +211,14 @@ impl AzureClient {
         let request_id = header_str(&headers, "apim-request-id").map(str::to_owned);
         if status != 200 {
             let error = classify(status, &headers, error_body(&bytes));
-            tracing::warn!(status, request_id, kind = error.kind(), code = error.code(), deployment,
-                "azure openai call failed");
+            tracing::warn!(
+                status,
+                request_id,
+                kind = error.kind(),
+                code = error.code(),
+                deployment,
+                "azure openai call failed"
+            );
             return Err(error);
         }
         let parsed = parse_images(LABEL, status, &bytes, n)?;

@@ -146,7 +146,13 @@ impl BflClient {
     ) -> Result<(GeneratedImage, Value), ProviderError> {
         let started = Instant::now();
         let req = call.request;
-        let size = req.size.exact().unwrap_or(call.model.sizes.default.exact().unwrap_or(ImageSize::new(1024, 1024)));
+        let size = req.size.exact().unwrap_or(
+            call.model
+                .sizes
+                .default
+                .exact()
+                .unwrap_or(ImageSize::new(1024, 1024)),
+        );
         let size_param = call
             .model
             .serves
@@ -184,7 +190,11 @@ impl BflClient {
             return Err(classify(status, &headers, error_body(&bytes)));
         }
         let submitted: Submitted = serde_json::from_slice(&bytes).map_err(|e| {
-            ProviderError::invalid_response(LABEL, 200, format_args!("the submission with an unreadable body: {e}"))
+            ProviderError::invalid_response(
+                LABEL,
+                200,
+                format_args!("the submission with an unreadable body: {e}"),
+            )
         })?;
         let polling_url = self.polling_url(&submitted)?;
         let mut failures = 0;
@@ -316,10 +326,14 @@ impl ImageProvider for BflClient {
 
     async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
         let seed = call.request.seed.unwrap_or_else(rand::random);
-        let tasks = (0..u32::from(call.request.num_images)).map(|i| self.run_task(call, seed.wrapping_add(i)));
+        let tasks = (0..u32::from(call.request.num_images))
+            .map(|i| self.run_task(call, seed.wrapping_add(i)));
         let results = try_join_all(tasks).await?;
         let (images, tasks): (Vec<_>, Vec<_>) = results.into_iter().unzip();
-        let credits: f64 = tasks.iter().filter_map(|t| t.get("cost").and_then(Value::as_f64)).sum();
+        let credits: f64 = tasks
+            .iter()
+            .filter_map(|t| t.get("cost").and_then(Value::as_f64))
+            .sum();
         let meta = serde_json::json!({
             "provider": "bfl",
             "model": call.provider_model,

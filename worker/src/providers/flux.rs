@@ -113,7 +113,9 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
     let message = match status {
         401 | 403 => format!("{LABEL} rejected the service's credentials (HTTP {status})"),
         402 => format!("{LABEL}: the account has no credits left"),
-        404 => format!("{LABEL}: model or endpoint not found (check the catalogue entry and FLUX_BASE_URL)"),
+        404 => format!(
+            "{LABEL}: model or endpoint not found (check the catalogue entry and FLUX_BASE_URL)"
+        ),
         429 => format!("{LABEL} rate limit reached"),
         s if s >= 500 => format!("{LABEL} is unavailable (HTTP {s})"),
         _ if !provider_message.is_empty() => {
@@ -154,10 +156,18 @@ impl ImageProvider for FluxClient {
 }
 
 impl FluxClient {
-    async fn call_once(&self, call: &Call<'_>, n: u8, seed: u32) -> Result<ProviderOutput, ProviderError> {
+    async fn call_once(
+        &self,
+        call: &Call<'_>,
+        n: u8,
+        seed: u32,
+    ) -> Result<ProviderOutput, ProviderError> {
         let started = Instant::now();
         let req = call.request;
-        let size = req.size.exact().unwrap_or(imagegen_shared::domain::ImageSize::new(1024, 1024));
+        let size = req
+            .size
+            .exact()
+            .unwrap_or(imagegen_shared::domain::ImageSize::new(1024, 1024));
         let body = FluxRequest {
             model: call.provider_model,
             prompt: req.prompt.as_str(),
@@ -178,11 +188,21 @@ impl FluxClient {
         let (status, headers, bytes) = http::send(LABEL, request).await?;
         if status != 200 {
             let error = classify(status, &headers, error_body(&bytes));
-            tracing::warn!(status, kind = error.kind(), code = error.code(), "flux call failed");
+            tracing::warn!(
+                status,
+                kind = error.kind(),
+                code = error.code(),
+                "flux call failed"
+            );
             return Err(error);
         }
-        let parsed: FluxResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| ProviderError::invalid_response(LABEL, status, format_args!("with an unreadable body: {e}")))?;
+        let parsed: FluxResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::invalid_response(
+                LABEL,
+                status,
+                format_args!("with an unreadable body: {e}"),
+            )
+        })?;
         let images: Vec<GeneratedImage> = parsed
             .data
             .into_iter()

@@ -60,7 +60,11 @@ pub fn request_body<'a>(
         n,
         size: req.size.to_string(),
         quality: req.quality.map(|q| q.as_str()),
-        style: if gpt_image { None } else { req.style.map(|s| s.as_str()) },
+        style: if gpt_image {
+            None
+        } else {
+            req.style.map(|s| s.as_str())
+        },
         response_format: (!gpt_image).then_some(match format {
             ResponseFormat::B64Json => "b64_json",
             ResponseFormat::Url => "url",
@@ -114,9 +118,15 @@ pub struct ParsedImages {
 }
 
 /// The pictures of a 200 answer; an answer without the pictures asked for is worth another attempt.
-pub fn parse_images(label: &str, status: u16, body: &[u8], expected: u8) -> Result<ParsedImages, ProviderError> {
-    let parsed: ImagesResponse = serde_json::from_slice(body)
-        .map_err(|e| ProviderError::invalid_response(label, status, format_args!("with an unreadable body: {e}")))?;
+pub fn parse_images(
+    label: &str,
+    status: u16,
+    body: &[u8],
+    expected: u8,
+) -> Result<ParsedImages, ProviderError> {
+    let parsed: ImagesResponse = serde_json::from_slice(body).map_err(|e| {
+        ProviderError::invalid_response(label, status, format_args!("with an unreadable body: {e}"))
+    })?;
     let items: Vec<_> = parsed
         .data
         .into_iter()
@@ -161,7 +171,9 @@ pub fn parse_images(label: &str, status: u16, body: &[u8], expected: u8) -> Resu
 }
 
 /// Token usage of several calls added up, field by field (nested details too); `None` when no call reported any.
-pub fn sum_usage<'a>(usages: impl Iterator<Item = &'a serde_json::Value>) -> Option<serde_json::Value> {
+pub fn sum_usage<'a>(
+    usages: impl Iterator<Item = &'a serde_json::Value>,
+) -> Option<serde_json::Value> {
     fn add(into: &mut serde_json::Value, from: &serde_json::Value) {
         match (into, from) {
             (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
@@ -199,8 +211,11 @@ mod tests {
     use imagegen_shared::domain::{Background, ModelId, OutputFormat, Quality, Size, Style};
 
     fn request(model: &str) -> GenerationRequest {
-        serde_json::from_value(serde_json::json!({"prompt": "a cat", "model": model, "size": "1536x1024",
-            "num_images": 2, "allow_failover": true})).expect("request")
+        serde_json::from_value(
+            serde_json::json!({"prompt": "a cat", "model": model, "size": "1536x1024",
+            "num_images": 2, "allow_failover": true}),
+        )
+        .expect("request")
     }
 
     #[test]
@@ -213,14 +228,23 @@ mod tests {
         req.output_format = Some(OutputFormat::Jpeg);
         req.output_compression = Some(80);
         let model = catalogue.get("gpt-image-2").expect("model");
-        let body = serde_json::to_value(request_body(&req, model, Some("gpt-image-2"), 2, ResponseFormat::Url)).expect("json");
+        let body = serde_json::to_value(request_body(
+            &req,
+            model,
+            Some("gpt-image-2"),
+            2,
+            ResponseFormat::Url,
+        ))
+        .expect("json");
         assert_eq!(
             body,
             serde_json::json!({"model": "gpt-image-2", "prompt": "a cat", "n": 2, "size": "1536x1024", "quality": "high",
                 "background": "opaque", "output_format": "jpeg", "output_compression": 80})
         );
         req.size = Size::Auto;
-        let body = serde_json::to_value(request_body(&req, model, None, 1, ResponseFormat::B64Json)).expect("json");
+        let body =
+            serde_json::to_value(request_body(&req, model, None, 1, ResponseFormat::B64Json))
+                .expect("json");
         assert_eq!(body["size"], "auto");
         assert!(body.get("model").is_none());
     }
@@ -233,7 +257,14 @@ mod tests {
         req.style = Some(Style::Natural);
         req.output_format = Some(OutputFormat::Png);
         let model = catalogue.get("dall-e-3").expect("model");
-        let body = serde_json::to_value(request_body(&req, model, Some("dall-e-3"), 1, ResponseFormat::B64Json)).expect("json");
+        let body = serde_json::to_value(request_body(
+            &req,
+            model,
+            Some("dall-e-3"),
+            1,
+            ResponseFormat::B64Json,
+        ))
+        .expect("json");
         assert_eq!(body["style"], "natural");
         assert_eq!(body["response_format"], "b64_json");
         assert!(body.get("output_format").is_none());
@@ -244,11 +275,16 @@ mod tests {
         let body = serde_json::json!({"created": 1, "data": [{"b64_json": "aGk="}], "size": "1536x1024", "quality": "high",
             "background": "opaque", "output_format": "png",
             "usage": {"input_tokens": 10, "input_tokens_details": {"image_tokens": 0, "text_tokens": 10}, "output_tokens": 6240, "total_tokens": 6250}});
-        let parsed = parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 1).expect("parsed");
+        let parsed =
+            parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 1).expect("parsed");
         assert_eq!(parsed.echoed["quality"], "high");
         assert_eq!(parsed.usage.as_ref().expect("usage")["output_tokens"], 6240);
-        assert!(parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 2).is_err(), "one of two images");
-        let sum = sum_usage([parsed.usage.clone().expect("u"), parsed.usage.expect("u")].iter()).expect("sum");
+        assert!(
+            parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 2).is_err(),
+            "one of two images"
+        );
+        let sum = sum_usage([parsed.usage.clone().expect("u"), parsed.usage.expect("u")].iter())
+            .expect("sum");
         assert_eq!(sum["input_tokens_details"]["text_tokens"], 20);
         assert_eq!(sum["total_tokens"], 12500);
     }

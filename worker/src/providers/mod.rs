@@ -127,7 +127,11 @@ pub trait ImageProvider: Send + Sync {
 
 /// Runs `n` pictures as calls of at most `per_call` each, side by side, merging their pictures, metadata and usage;
 /// the attempt fails if any call fails, so a job never ends with part of what it asked for.
-pub async fn split_calls<F, Fut>(n: u8, per_call: u8, call: F) -> Result<ProviderOutput, ProviderError>
+pub async fn split_calls<F, Fut>(
+    n: u8,
+    per_call: u8,
+    call: F,
+) -> Result<ProviderOutput, ProviderError>
 where
     F: Fn(u8) -> Fut,
     Fut: std::future::Future<Output = Result<ProviderOutput, ProviderError>>,
@@ -183,6 +187,12 @@ mod tests {
         assert_eq!(seen, [1, 3, 3]);
         assert_eq!(out.images.len(), 7);
         let usage = out.usage.expect("usage");
-        assert_eq!((usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()), (Some(3), Some(70)));
+        assert_eq!(
+            (
+                usage["input_tokens"].as_u64(),
+                usage["output_tokens"].as_u64()
+            ),
+            (Some(3), Some(70))
+        );
     }
 }

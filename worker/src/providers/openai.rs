@@ -123,7 +123,6 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
     }
 }
 
-
 #[async_trait]
 impl ImageProvider for OpenAiClient {
     fn id(&self) -> ProviderId {
@@ -173,8 +172,14 @@ impl OpenAiClient {
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
         if status != 200 {
             let error = classify(status, &headers, error_body(&bytes));
-            tracing::warn!(status, request_id, kind = error.kind(), code = error.code(), model = call.provider_model,
-                "openai call failed");
+            tracing::warn!(
+                status,
+                request_id,
+                kind = error.kind(),
+                code = error.code(),
+                model = call.provider_model,
+                "openai call failed"
+            );
             return Err(error);
         }
         let parsed = parse_images(LABEL, status, &bytes, n)?;
@@ -239,9 +244,25 @@ mod tests {
     #[test]
     fn retry_classes_follow_the_sdk() {
         let h = HeaderMap::new();
-        let gone = classify(404, &h, &body(Some("model_not_found"), "The model `dall-e-3` does not exist"));
-        assert!(matches!(gone, ProviderError::Final { status: Some(404), .. }));
-        assert!(gone.to_string().contains("does not serve this model"), "{gone}");
+        let gone = classify(
+            404,
+            &h,
+            &body(
+                Some("model_not_found"),
+                "The model `dall-e-3` does not exist",
+            ),
+        );
+        assert!(matches!(
+            gone,
+            ProviderError::Final {
+                status: Some(404),
+                ..
+            }
+        ));
+        assert!(
+            gone.to_string().contains("does not serve this model"),
+            "{gone}"
+        );
         for status in [408, 409, 429, 500, 503] {
             assert!(
                 matches!(classify(status, &h, b"{}"), ProviderError::Retryable { .. }),
