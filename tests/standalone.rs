@@ -58,13 +58,24 @@ async fn an_empty_environment_runs_everything_and_keeps_jobs_across_restarts() {
         .json()
         .await
         .expect("json");
+    // Every provider the emulator can stand in for without configuration is sandboxed; Azure needs an endpoint and
+    // deployments, so it stays unconfigured.
     for p in providers["providers"].as_array().expect("providers") {
+        let expected = if p["id"] == "azure_openai" {
+            (false, false)
+        } else {
+            (true, true)
+        };
         assert_eq!(
             (p["configured"].as_bool(), p["sandbox"].as_bool()),
-            (Some(true), Some(true)),
+            (Some(expected.0), Some(expected.1)),
             "{p}"
         );
     }
+    assert_eq!(
+        providers["default_model"], "gpt-image-2",
+        "the sandbox default is a current model"
+    );
 
     // Wait mode through the real clients against the in-process emulator: a stored, deterministic picture.
     let body = json!({"prompt": "a lighthouse at dusk", "provider": "flux_schnell", "size": "768x768", "seed": 42});
@@ -77,6 +88,16 @@ async fn an_empty_environment_runs_everything_and_keeps_jobs_across_restarts() {
             r.json::<serde_json::Value>().await.expect("json")
         }
     };
+    let default = generate(json!({"prompt": "a lighthouse at noon"})).await;
+    assert_eq!(
+        (
+            default["model"].as_str(),
+            default["served_by"].as_str(),
+            default["sandbox"].as_bool()
+        ),
+        (Some("gpt-image-2"), Some("openai:gpt-image-2"), Some(true)),
+        "{default}"
+    );
     let job = generate(body.clone()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["sandbox"], true, "{job}");

@@ -1,27 +1,51 @@
-//! Azure OpenAI DALL-E 3:
-//! `POST /openai/deployments/{deployment}/images/generations?api-version=...` with `api-key` (or a bearer token),
-//! Azure's error bodies (`{"error": {"code": "401", ...}}`, `DeploymentNotFound`, content-filter `inner_error`), filter
-//! annotations on every answer, `apim-request-id`, and 429s with both `retry-after` and `retry-after-ms`.
+//! Azure OpenAI's image generation for the GPT image models it deploys (`crate::models::AZURE`: gpt-image-2,
+//! gpt-image-1-mini and, until 2026-12-16, gpt-image-1.5), on both paths:
+//!
+//! - `POST /openai/deployments/{deployment}/images/generations?api-version=V`: V must be `2025-04-01-preview` or
+//!   later (dated versions compare on their date), `preview` or `latest`; an older one is a 400 `BadRequest`, a
+//!   missing one 404 `Resource not found`. The body's `model` may hold anything and is ignored (the official
+//!   `AzureOpenAI` client sends the deployment name there).
+//! - `POST /openai/v1/images/generations` (`api-version` optional; `preview`, `latest` and `v1` accepted): the body's
+//!   `model` names the deployment.
+//!
+//! A deployment serves one model: `--azure-deployment name=model` entries (a bare `name` serves the model it is
+//! named after, else gpt-image-2); without any entry every name is served, by the model it is named after or
+//! gpt-image-2. An unlisted name, or a deployment of a retired (dall-e-3, gpt-image-1) or unknown model, is 404
+//! `DeploymentNotFound`. Fields and answer are `crate::gpt_image`'s (no webp; `auto` quality is `high`), plus
+//! `prompt_filter_results` / `content_filter_results` on every item. `api-key` or a bearer token; Azure's error
+//! bodies (`{"error": {"code": "401", ...}}`, content-filter `inner_error`), `apim-request-id`, and 429s with both
+//! `retry-after` and `retry-after-ms`.
 
 use crate::Emulator;
+use crate::gpt_image;
 use crate::knobs::Fate;
-use crate::openai::{SAFETY_MESSAGE, render_item, validate};
+use crate::models::{self, Family, ImageModel, Lookup};
+use crate::openai::{SAFETY_MESSAGE, parse_object};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::time::Duration;
 
 pub const PROTOCOL: &str = "azure";
 const HANG: Duration = Duration::from_secs(600);
 const OUTPUT_FILTERED: &str = "The generated image was filtered as a result of our safety system. Your request may succeed if retried, or by adjusting your prompt.";
+/// The first API version with the GPT image models.
+pub const MIN_GPT_IMAGE_VERSION: &str = "2025-04-01-preview";
+const DEPLOYMENT_NOT_FOUND: &str = "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.";
 
 #[derive(Deserialize)]
 pub struct VersionQuery {
     #[serde(rename = "api-version")]
     api_version: Option<String>,
+}
+
+/// Which of the two paths a request came by.
+enum Route {
+    Deployment(String),
+    V1,
 }
 
 fn azure_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -66,6 +90,39 @@ fn accepted(emu: &Emulator, headers: &HeaderMap) -> bool {
         .is_some_and(|k| !k.is_empty() && emu.accepts_key(k))
 }
 
+/// Whether `version` (a deployments-path `api-version`) has the GPT image models.
+pub fn supports_gpt_image(version: &str) -> bool {
+    if matches!(version, "preview" | "latest") {
+        return true;
+    }
+    let date = version.get(..10).unwrap_or(version);
+    let well_formed = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    well_formed && date >= &MIN_GPT_IMAGE_VERSION[..10]
+}
+
+/// The model a deployment serves, or the `DeploymentNotFound` answer.
+fn deployment_model(emu: &Emulator, deployment: &str) -> Result<ImageModel, Box<Response>> {
+    let not_found = || {
+        Box::new(azure_error(
+            StatusCode::NOT_FOUND,
+            "DeploymentNotFound",
+            DEPLOYMENT_NOT_FOUND,
+        ))
+    };
+    let id = emu.deployment_model(deployment).ok_or_else(not_found)?;
+    match models::lookup(models::AZURE, &id, emu.today()) {
+        Lookup::Serves(m) if m.family != Family::DallE => Ok(m),
+        _ => Err(not_found()),
+    }
+}
+
 pub async fn generations(
     State(emu): State<Emulator>,
     Path(deployment): Path<String>,
@@ -73,8 +130,28 @@ pub async fn generations(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    handle(&emu, Route::Deployment(deployment), query, &headers, &body).await
+}
+
+/// `POST /openai/v1/images/generations`.
+pub async fn generations_v1(
+    State(emu): State<Emulator>,
+    Query(query): Query<VersionQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&emu, Route::V1, query, &headers, &body).await
+}
+
+async fn handle(
+    emu: &Emulator,
+    route: Route,
+    query: VersionQuery,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let _flight = emu.begin(PROTOCOL);
-    let mut response = answer(&emu, &deployment, query, &headers, &body).await;
+    let mut response = answer(emu, route, query, headers, body).await;
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
         h.insert("apim-request-id", v);
@@ -84,31 +161,85 @@ pub async fn generations(
     response
 }
 
+/// Everything before the knobs: the path's api-version, auth, the deployment's model and the body.
+fn admit(
+    emu: &Emulator,
+    route: &Route,
+    query: VersionQuery,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, gpt_image::Request), Box<Response>> {
+    let version = query.api_version.filter(|v| !v.is_empty());
+    match (route, version.as_deref()) {
+        (Route::Deployment(_), None) => {
+            return Err(Box::new(azure_error(
+                StatusCode::NOT_FOUND,
+                "404",
+                "Resource not found",
+            )));
+        }
+        (Route::V1, Some(v)) if !matches!(v, "preview" | "latest" | "v1") => {
+            return Err(Box::new(azure_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "API version not supported: the v1 API takes no dated api-version (got '{v}'); omit it or use 'preview'."
+                ),
+            )));
+        }
+        _ => {}
+    }
+    if !accepted(emu, headers) {
+        return Err(Box::new(azure_error(
+            StatusCode::UNAUTHORIZED,
+            "401",
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
+        )));
+    }
+    let (obj, model, version) = match route {
+        Route::Deployment(deployment) => {
+            let model = deployment_model(emu, deployment)?;
+            let version = version.unwrap_or_default();
+            if !supports_gpt_image(&version) {
+                return Err(Box::new(azure_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!(
+                        "The API version '{version}' does not support this operation for deployment '{deployment}' (model {}). Use api-version {MIN_GPT_IMAGE_VERSION} or later.",
+                        model.id
+                    ),
+                )));
+            }
+            (parse_object(body)?, model, version)
+        }
+        Route::V1 => {
+            let obj = parse_object(body)?;
+            let deployment = match obj.get("model") {
+                Some(Value::String(d)) if !d.is_empty() => d.clone(),
+                _ => {
+                    return Err(gpt_image::bad(
+                        "Missing required parameter: 'model'.",
+                        "model",
+                        "missing_required_parameter",
+                    ));
+                }
+            };
+            let model = deployment_model(emu, &deployment)?;
+            (obj, model, version.unwrap_or_else(|| "v1".to_owned()))
+        }
+    };
+    let request = gpt_image::validate(&obj, &model, gpt_image::Host::Azure)?;
+    Ok((version, request))
+}
+
 async fn answer(
     emu: &Emulator,
-    deployment: &str,
+    route: Route,
     query: VersionQuery,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let Some(version) = query.api_version.filter(|v| !v.is_empty()) else {
-        return azure_error(StatusCode::NOT_FOUND, "404", "Resource not found");
-    };
-    if !accepted(emu, headers) {
-        return azure_error(
-            StatusCode::UNAUTHORIZED,
-            "401",
-            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
-        );
-    }
-    if !emu.accepts_deployment(deployment) {
-        return azure_error(
-            StatusCode::NOT_FOUND,
-            "DeploymentNotFound",
-            "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.",
-        );
-    }
-    let valid = match validate(body, false) {
+    let (version, valid) = match admit(emu, &route, query, headers, body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -167,16 +298,41 @@ async fn answer(
             }});
             (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
         }
-        Fate::Succeed => match render_item(emu, &valid, &knobs, headers).await {
-            Ok(mut item) => {
-                if let Some(m) = item.as_object_mut() {
-                    m.insert("prompt_filter_results".into(), prompt_filters());
-                    m.insert("content_filter_results".into(), safe_filters());
-                }
-                axum::Json(json!({"created": crate::files::now_secs(), "data": [item]}))
-                    .into_response()
-            }
-            Err(r) => *r,
-        },
+        Fate::Succeed if valid.stream => gpt_image::stream(valid, &knobs),
+        Fate::Succeed => {
+            let mut extra = Map::new();
+            extra.insert("prompt_filter_results".into(), prompt_filters());
+            extra.insert("content_filter_results".into(), safe_filters());
+            gpt_image::answer(&valid, &knobs, Some(&extra)).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_compare_on_their_date() {
+        for ok in [
+            "2025-04-01-preview",
+            "2025-04-01",
+            "2025-12-01-preview",
+            "2026-06-01",
+            "preview",
+            "latest",
+        ] {
+            assert!(supports_gpt_image(ok), "{ok}");
+        }
+        for old in [
+            "2024-10-21",
+            "2025-03-01-preview",
+            "2024-02-01",
+            "v1",
+            "junk",
+            "",
+        ] {
+            assert!(!supports_gpt_image(old), "{old}");
+        }
     }
 }

@@ -1,26 +1,45 @@
-//! Black Forest Labs' API: submit `POST /bfl/v1/{model}` (`x-key`), answered with `{id, polling_url}`; poll
-//! `GET /bfl/v1/get_result?id=` for `Pending` (with `progress`) until `Ready` (with `result.sample`, a URL that
-//! expires after 10 minutes by default, and `result.seed`), `Request Moderated`, `Content Moderated` or `Error`;
-//! unknown ids are `Task not found`. FastAPI-style errors: 403 `{"detail": "Not authenticated"}`, 422 with a
-//! `detail` list, 429 above 24 active tasks, 402 without credits.
+//! Black Forest Labs' API: submit `POST /bfl/v1/{model}` (`x-key`) to one of the endpoints of
+//! `crate::models::BFL`: FLUX.2 (`flux-2-pro`, `-max`, `-flex`, `-klein-4b`, `-klein-9b`: `width`/`height` multiples
+//! of 16, each >= 64, at most 4 MP, default 1024x1024; `input_image` .. `input_image_8` accepted and ignored),
+//! FLUX1.1 [pro] / FLUX.1 [pro] / [dev] (`width`/`height` multiples of 32 in 256..=1440, default 1024x768), and
+//! FLUX1.1 [pro] Ultra / Kontext [pro] / [max] (`aspect_ratio` "W:H" between 21:9 and 9:21, default 1:1, about one
+//! megapixel, e.g. 1024x1024 or 1248x832). Any other endpoint is 404 `{"detail": "Not Found"}`. `output_format` is
+//! `jpeg` (BFL's default) or `png`.
+//!
+//! The submit answer is `{"id", "polling_url", "cost", "input_mp", "output_mp"}` (`cost` in credits from our
+//! table in `crate::models`, deterministic per model and megapixels). Poll `GET /bfl/v1/get_result?id=` for
+//! `Pending` (with `progress`) until `Ready` (with `result.sample`, a URL that expires after 10 minutes by default,
+//! `result.seed`, `result.prompt` and timing), `Request Moderated`, `Content Moderated` or `Error`; unknown ids are
+//! `Task not found`. FastAPI-style errors: 403 `{"detail": "Not authenticated"}`, 422 with a `detail` list, 429
+//! above 24 active tasks, 402 without credits.
 
 use crate::Emulator;
 use crate::knobs::Fate;
+use crate::models::{BflEndpoint, BflSizing, MEGAPIXEL};
+use crate::picture::{Format, Picture};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 pub const PROTOCOL: &str = "bfl";
-const MODELS: [&str; 5] = [
-    "flux-dev",
-    "flux-pro",
-    "flux-pro-1.1",
-    "flux-schnell",
-    "flux-kontext-pro",
+/// FLUX.2's pixel limit (4 MP).
+const FLUX2_MAX_PIXELS: u64 = 4_194_304;
+/// Reference image fields, counted for `input_mp` (their content is not looked at beyond a PNG/JPEG/WebP header).
+const INPUT_IMAGES: [&str; 9] = [
+    "input_image",
+    "input_image_2",
+    "input_image_3",
+    "input_image_4",
+    "input_image_5",
+    "input_image_6",
+    "input_image_7",
+    "input_image_8",
+    "image_prompt",
 ];
 /// BFL allows this many unfinished tasks per account.
 const MAX_ACTIVE: usize = 24;
@@ -33,6 +52,7 @@ pub struct Task {
     seed: u64,
     width: u32,
     height: u32,
+    format: Format,
     ready_at: Instant,
     fate: Fate,
     /// Set once the task's outcome has been shown (it stops counting as active).
@@ -74,9 +94,9 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
     if !authorised(emu, headers) {
         return detail(StatusCode::FORBIDDEN, json!("Not authenticated"));
     }
-    if !MODELS.contains(&model) {
+    let Some(endpoint) = crate::models::bfl_endpoint(model) else {
         return detail(StatusCode::NOT_FOUND, json!("Not Found"));
-    }
+    };
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return detail(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -90,25 +110,28 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
     else {
         return field_error("prompt", "Field required");
     };
-    let mut dims = [1024u32, 768];
-    for (i, name) in ["width", "height"].iter().enumerate() {
-        match obj.get(*name) {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                Some(n) if (256..=1440).contains(&n) && n % 32 == 0 => dims[i] = n,
-                _ => {
-                    return field_error(
-                        name,
-                        "Input should be a multiple of 32 between 256 and 1440",
-                    );
-                }
-            },
-        }
-    }
+    let (width, height) = match dimensions(endpoint, &obj) {
+        Ok(dims) => dims,
+        Err(r) => return *r,
+    };
+    let format = match obj.get("output_format") {
+        None | Some(Value::Null) => Format::Jpeg,
+        Some(Value::String(f)) if f == "jpeg" => Format::Jpeg,
+        Some(Value::String(f)) if f == "png" => Format::Png,
+        Some(_) => return field_error("output_format", "Input should be 'jpeg' or 'png'"),
+    };
     let seed = obj
         .get("seed")
         .and_then(Value::as_u64)
         .unwrap_or_else(|| rand::random::<u32>().into());
+    let output_mp = megapixels(u64::from(width) * u64::from(height));
+    let input_mp: f64 = INPUT_IMAGES
+        .iter()
+        .filter_map(|name| obj.get(*name).and_then(Value::as_str))
+        .filter(|v| !v.is_empty())
+        .map(input_megapixels)
+        .sum();
+    let input_mp = (input_mp * 100.0).round() / 100.0;
     let (fate, knobs) = emu.draw(PROTOCOL);
     let fate = fate.moderated_if_triggered(prompt);
     let mut tasks = emu.bfl_tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,8 +166,9 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
         Task {
             prompt: prompt.to_owned(),
             seed,
-            width: dims[0],
-            height: dims[1],
+            width,
+            height,
+            format,
             ready_at: Instant::now() + Duration::from_millis(knobs.latency_ms),
             fate,
             result: None,
@@ -158,8 +182,14 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
-    axum::Json(json!({"id": id, "polling_url": format!("http://{host}/bfl/v1/get_result?id={id}")}))
-        .into_response()
+    axum::Json(json!({
+        "id": id,
+        "polling_url": format!("http://{host}/bfl/v1/get_result?id={id}"),
+        "cost": endpoint.credits(output_mp, input_mp),
+        "input_mp": input_mp,
+        "output_mp": output_mp,
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -177,7 +207,7 @@ pub async fn get_result(
     }
     let id = q.id.unwrap_or_default();
     let now = Instant::now();
-    let (ready, seed, prompt, size, fate, ready_at) = {
+    let (ready, seed, prompt, size, format, fate, ready_at) = {
         let tasks = emu.bfl_tasks.lock().unwrap_or_else(|e| e.into_inner());
         let Some(t) = tasks.get(&id) else {
             return axum::Json(json!({"id": id, "status": "Task not found", "result": null}))
@@ -191,6 +221,7 @@ pub async fn get_result(
             t.seed,
             t.prompt.clone(),
             (t.width, t.height),
+            t.format,
             t.fate,
             t.ready_at,
         )
@@ -220,8 +251,12 @@ pub async fn get_result(
             let (w, h) = size;
             let p = prompt.clone();
             let pad = emu.knobs_of(PROTOCOL).image_bytes;
-            let Ok(png) = tokio::task::spawn_blocking(move || {
-                crate::picture::pad_png(crate::picture::render_png(&p, seed, w, h), pad)
+            let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || {
+                let bytes = crate::picture::render(&Picture {
+                    quality: 90,
+                    ..Picture::new(&p, seed, w, h, format)
+                });
+                (!bytes.is_empty()).then(|| crate::picture::pad(bytes, format, pad))
             })
             .await
             else {
@@ -237,7 +272,9 @@ pub async fn get_result(
             } else {
                 knobs.url_ttl_s
             };
-            let path = emu.files.put(Bytes::from(png), ttl);
+            let path = emu
+                .files
+                .put_with_ext(Bytes::from(bytes), ttl, format.ext());
             let end = crate::files::now_secs();
             json!({"id": id, "status": "Ready", "progress": null, "details": null,
                 "result": {"sample": format!("http://{host}{path}"), "prompt": prompt, "seed": seed,
@@ -253,4 +290,136 @@ pub async fn get_result(
         tasks.values().filter(|t| t.result.is_none()).count(),
     );
     axum::Json(result).into_response()
+}
+
+/// Megapixels as our cost table counts them (1024x1024 = 1), to two decimals.
+fn megapixels(pixels: u64) -> f64 {
+    (pixels as f64 / MEGAPIXEL * 100.0).round() / 100.0
+}
+
+/// The megapixels of one reference image: read from its header when it is a base64 PNG, JPEG or WebP, else
+/// (a URL, or anything else) assumed to be one megapixel.
+fn input_megapixels(value: &str) -> f64 {
+    let data = value.split_once(";base64,").map_or(value, |(_, data)| data);
+    // The header is all that is needed: decode a little more than its first bytes (JPEG headers run longer).
+    let head: String = data.chars().take(65_536).collect();
+    let head = &head[..head.len() - head.len() % 4];
+    base64::engine::general_purpose::STANDARD
+        .decode(head)
+        .ok()
+        .and_then(|bytes| crate::picture::dimensions(&bytes))
+        .map_or(1.0, |(w, h)| megapixels(u64::from(w) * u64::from(h)))
+}
+
+/// A `width`/`height` field: absent gives `default`; otherwise an integer meeting `rule`.
+fn side(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    default: u32,
+    rule: impl Fn(u32) -> bool,
+    msg: &str,
+) -> Result<u32, Box<Response>> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if rule(n) => Ok(n),
+            _ => Err(Box::new(field_error(name, msg))),
+        },
+    }
+}
+
+/// The output size an endpoint makes from the request.
+fn dimensions(
+    endpoint: &BflEndpoint,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<(u32, u32), Box<Response>> {
+    match endpoint.sizing {
+        BflSizing::Flux1 => {
+            let rule = |n: u32| (256..=1440).contains(&n) && n.is_multiple_of(32);
+            let msg = "Input should be a multiple of 32 between 256 and 1440";
+            Ok((
+                side(obj, "width", 1024, rule, msg)?,
+                side(obj, "height", 768, rule, msg)?,
+            ))
+        }
+        BflSizing::Flux2 => {
+            let rule = |n: u32| n >= 64 && n.is_multiple_of(16);
+            let msg = "Input should be a multiple of 16 and at least 64";
+            let (w, h) = (
+                side(obj, "width", 1024, rule, msg)?,
+                side(obj, "height", 1024, rule, msg)?,
+            );
+            if u64::from(w) * u64::from(h) > FLUX2_MAX_PIXELS {
+                return Err(Box::new(detail(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!([{"loc": ["body"], "msg": format!(
+                        "width x height must be at most {FLUX2_MAX_PIXELS} pixels (4 MP), got {w}x{h}"
+                    ), "type": "value_error"}]),
+                )));
+            }
+            Ok((w, h))
+        }
+        BflSizing::AspectRatio => {
+            let ratio = match obj.get("aspect_ratio") {
+                None | Some(Value::Null) => "1:1",
+                Some(Value::String(r)) => r.as_str(),
+                Some(_) => {
+                    return Err(Box::new(field_error(
+                        "aspect_ratio",
+                        "Input should be a valid string",
+                    )));
+                }
+            };
+            aspect_dimensions(ratio).ok_or_else(|| {
+                Box::new(field_error(
+                    "aspect_ratio",
+                    "Aspect ratio must be 'W:H' between 21:9 and 9:21",
+                ))
+            })
+        }
+    }
+}
+
+/// About one megapixel in the ratio "W:H" (each side a multiple of 32), if the ratio is between 21:9 and 9:21.
+pub fn aspect_dimensions(ratio: &str) -> Option<(u32, u32)> {
+    let (w, h) = ratio.split_once(':')?;
+    let (w, h): (u32, u32) = (w.trim().parse().ok()?, h.trim().parse().ok()?);
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let r = f64::from(w) / f64::from(h);
+    if !(9.0 / 21.0 - 1e-9..=21.0 / 9.0 + 1e-9).contains(&r) {
+        return None;
+    }
+    let snap = |x: f64| ((x / 32.0).round().max(1.0) as u32) * 32;
+    Some((snap((MEGAPIXEL * r).sqrt()), snap((MEGAPIXEL / r).sqrt())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aspect_ratios_make_about_a_megapixel() {
+        assert_eq!(aspect_dimensions("1:1"), Some((1024, 1024)));
+        assert_eq!(aspect_dimensions("3:2"), Some((1248, 832)));
+        assert_eq!(aspect_dimensions("2:3"), Some((832, 1248)));
+        assert_eq!(aspect_dimensions("21:9"), Some((1568, 672)));
+        assert_eq!(aspect_dimensions("9:21"), Some((672, 1568)));
+        for bad in ["22:9", "9:22", "0:1", "1", "a:b", "16/9"] {
+            assert_eq!(aspect_dimensions(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn input_images_count_their_megapixels() {
+        let png = crate::picture::render_png("ref", 0, 2048, 1024);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+        assert_eq!(input_megapixels(&b64), 2.0);
+        assert_eq!(
+            input_megapixels(&format!("data:image/png;base64,{b64}")),
+            2.0
+        );
+        assert_eq!(input_megapixels("https://example.com/cat.png"), 1.0);
+    }
 }

@@ -1,4 +1,5 @@
-//! `imagegen emulator` flags; each also reads an `EMULATOR_*` variable. They set the knobs' starting values, which
+//! `imagegen emulator` flags; each also reads an `EMULATOR_*` variable. They set the accepted keys, the Azure
+//! deployments (`name` or `name=model`), the date models are served on, and the knobs' starting values, which
 //! `POST /emulator/reset` returns to.
 
 use crate::knobs::Knobs;
@@ -31,13 +32,18 @@ pub struct EmulatorArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
-    /// An Azure deployment name it serves (repeatable); with none, any name is served.
+    /// An Azure deployment it serves, `name` or `name=model` (repeatable). A bare name serves the model it is named
+    /// after, else gpt-image-2. With none, any name is served that way.
     #[arg(
         long = "azure-deployment",
         env = "EMULATOR_AZURE_DEPLOYMENTS",
+        value_name = "NAME[=MODEL]",
         value_delimiter = ','
     )]
     pub azure_deployments: Vec<String>,
+    /// The date models' retirement is compared with (YYYY-MM-DD); today's (UTC) by default.
+    #[arg(long, env = "EMULATOR_TODAY", value_name = "YYYY-MM-DD")]
+    pub today: Option<chrono::NaiveDate>,
     /// The knobs below are the starting values of every protocol.
     #[arg(long, env = "EMULATOR_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
@@ -111,10 +117,19 @@ mod tests {
             "0.2",
             "--url-ttl-s",
             "60",
+            "--azure-deployment",
+            "images=gpt-image-1.5,gpt-image-2",
+            "--today",
+            "2026-12-01",
         ])
         .expect("parse");
         assert_eq!(cli.args.port, 0);
         assert_eq!(cli.args.api_keys, ["sk-a", "sk-b"]);
+        assert_eq!(
+            cli.args.azure_deployments,
+            ["images=gpt-image-1.5", "gpt-image-2"]
+        );
+        assert_eq!(cli.args.today, chrono::NaiveDate::from_ymd_opt(2026, 12, 1));
         assert_eq!(
             cli.args.knobs(),
             Knobs {
@@ -130,5 +145,6 @@ mod tests {
             }
         );
         assert!(Cli::try_parse_from(["emulator", "--latency-ms", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["emulator", "--today", "1 December"]).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Result URLs: the emulator keeps each generated picture in memory and serves it, like a provider's blob store,
+//! Result URLs (Together's `url` answers, BFL's `result.sample`; the GPT image models answer base64 only): the
+//! emulator keeps each generated picture in memory and serves it, like a provider's blob store,
 //! until its signed URL expires (then 403, as Azure Blob Storage answers an expired SAS). Memory is bounded: expired
 //! pictures are dropped, and past `MAX_BYTES` the oldest go first.
 
@@ -113,7 +114,7 @@ impl Files {
         self.put_with_ext(bytes, ttl_secs, "png")
     }
 
-    /// Keeps a picture named `<uuid>.<ext>` (`png` or `jpg`) and returns the path and query of its URL.
+    /// Keeps a picture named `<uuid>.<ext>` (`png`, `jpg` or `webp`) and returns the path and query of its URL.
     pub fn put_with_ext(&self, bytes: Bytes, ttl_secs: u64, ext: &str) -> String {
         let name = format!("{}.{ext}", uuid::Uuid::new_v4());
         let now = now_secs();
@@ -197,6 +198,8 @@ const AUTH_FAILED: &str = "Server failed to authenticate the request. Make sure 
 fn content_type(name: &str) -> &'static str {
     if name.ends_with(".jpg") || name.ends_with(".jpeg") {
         "image/jpeg"
+    } else if name.ends_with(".webp") {
+        "image/webp"
     } else {
         "image/png"
     }

@@ -1,10 +1,14 @@
 //! FLUX.1 [schnell] on an OpenAI-compatible host (Together AI's API): the same path as OpenAI
-//! (`POST /v1/images/generations`), told apart by its `model`. Takes `width`/`height` (multiples of 8), `steps`,
-//! `n` (1-4), `seed`, `response_format` (`url` | `base64`) and `output_format` (`jpeg` | `png`); answers
-//! `{"id", "model", "object": "list", "data": [{"index", "type", "url" | "b64_json"}]}`.
+//! (`POST /v1/images/generations`), told apart by its `model` (`black-forest-labs/...`). Serves
+//! `black-forest-labs/FLUX.1-schnell` only (`crate::models::TOGETHER`); `black-forest-labs/FLUX.1-schnell-Free` is no
+//! longer offered and, like any other unknown model, answers 404 in Together's error shape. Takes `width`/`height`
+//! (multiples of 8, 64-2048), `steps` (1-12), `n` (1-4), `seed`, `response_format` (`url` | `base64`) and
+//! `output_format` (`jpeg` | `png`); answers `{"id", "model", "object": "list", "data": [{"index", "type",
+//! "url" | "b64_json"}]}`.
 
 use crate::Emulator;
 use crate::knobs::Fate;
+use crate::picture::{Format, Picture};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,10 +18,6 @@ use std::time::Duration;
 
 pub const PROTOCOL: &str = "flux";
 pub const MODEL_PREFIX: &str = "black-forest-labs/";
-const MODELS: [&str; 2] = [
-    "black-forest-labs/FLUX.1-schnell",
-    "black-forest-labs/FLUX.1-schnell-Free",
-];
 const FIELDS: [&str; 12] = [
     "model",
     "prompt",
@@ -73,7 +73,7 @@ fn validate(body: &[u8]) -> Result<Valid, Box<Response>> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    if !MODELS.contains(&model.as_str()) {
+    if !crate::models::TOGETHER.contains(&model.as_str()) {
         return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             &format!("Unable to access model {model}."),
@@ -132,29 +132,6 @@ fn validate(body: &[u8]) -> Result<Valid, Box<Response>> {
         jpeg,
         model,
     })
-}
-
-fn encode_jpeg(png: &[u8]) -> Option<Vec<u8>> {
-    let mut reader = png::Decoder::new(std::io::Cursor::new(png))
-        .read_info()
-        .ok()?;
-    let mut rgb = vec![0; reader.output_buffer_size()?];
-    let info = reader.next_frame(&mut rgb).ok()?;
-    let mut out = Vec::new();
-    let encoder = jpeg_encoder::Encoder::new(&mut out, 85);
-    let (w, h) = (
-        u16::try_from(info.width).ok()?,
-        u16::try_from(info.height).ok()?,
-    );
-    encoder
-        .encode(
-            &rgb[..info.buffer_size()],
-            w,
-            h,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .ok()?;
-    Some(out)
 }
 
 pub async fn generations(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -249,9 +226,14 @@ async fn succeed(
             valid.height,
             valid.jpeg,
         );
+        let format = if jpeg { Format::Jpeg } else { Format::Png };
         let rendered = tokio::task::spawn_blocking(move || {
-            let png = crate::picture::pad_png(crate::picture::render_png(&prompt, seed, w, h), pad);
-            if jpeg { encode_jpeg(&png) } else { Some(png) }
+            let picture = Picture {
+                quality: 85,
+                ..Picture::new(&prompt, seed, w, h, format)
+            };
+            let bytes = crate::picture::render(&picture);
+            (!bytes.is_empty()).then(|| crate::picture::pad(bytes, format, pad))
         })
         .await;
         let Ok(Some(bytes)) = rendered else {
@@ -260,8 +242,9 @@ async fn succeed(
         let item = if valid.b64 {
             json!({"index": index, "type": "b64_json", "b64_json": base64::engine::general_purpose::STANDARD.encode(&bytes)})
         } else {
-            let ext = if valid.jpeg { "jpg" } else { "png" };
-            let path = emu.files.put_with_ext(Bytes::from(bytes), url_ttl_s, ext);
+            let path = emu
+                .files
+                .put_with_ext(Bytes::from(bytes), url_ttl_s, format.ext());
             json!({"index": index, "type": "url", "url": format!("http://{host}{path}")})
         };
         data.push(item);

@@ -28,7 +28,8 @@ pub struct Knobs {
     pub hang_next: u32,
     /// The next N requests are refused by the safety system.
     pub moderate_next: u32,
-    /// Pad each picture to at least this many bytes (a private PNG chunk; 0 = its natural size), for memory tests.
+    /// Pad each picture to at least this many bytes (0 = its natural size), for memory tests: a private PNG chunk,
+    /// JPEG comment segments or a WebP XMP chunk, all skipped by decoders.
     pub image_bytes: u64,
 }
 

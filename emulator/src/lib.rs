@@ -1,17 +1,28 @@
-//! `imagegen emulator`: faithful local copies of the providers' APIs, so tests, benchmarks and keyless sandboxes
-//! exercise the real clients over real HTTP. It speaks the OpenAI Images API (dall-e-3), Azure OpenAI, Together's
-//! OpenAI-compatible Flux and Black Forest Labs; per-protocol knobs inject latency, errors, 429s, hangs and
-//! moderation, and `/emulator/stats` counts what each protocol saw.
+//! `imagegen emulator`: faithful local copies of the providers' APIs as they are today, so tests, benchmarks and
+//! keyless sandboxes exercise the real clients over real HTTP. It speaks:
 //!
-//! Control plane: `PUT /emulator/config` `{"<protocol>": {partial knobs}}`, `GET /emulator/config`,
-//! `GET /emulator/stats`, `POST /emulator/reset`. Anything else answers OpenAI's 404/405 error bodies.
+//! - the OpenAI Images API for the GPT image models (`POST /v1/images/generations`; `openai`, `gpt_image`),
+//! - Azure OpenAI, on the deployments path and the v1 path (`azure`),
+//! - Together's OpenAI-compatible FLUX.1 [schnell] on the OpenAI path, told apart by its `model` (`flux`),
+//! - Black Forest Labs' asynchronous API, FLUX.2 and FLUX.1 endpoints (`POST /bfl/v1/{model}`, then poll; `bfl`).
+//!
+//! `models` says which models each serves and until when (compared with today's date, or `--today`). Pictures are
+//! deterministic (`picture`: PNG, JPEG or WebP at exactly the answered size); result URLs are served from memory
+//! until they expire (`files`). Per-protocol knobs inject latency, errors, 429s, hangs and moderation, and
+//! `/emulator/stats` counts what each protocol saw.
+//!
+//! Control plane: `PUT /emulator/config` `{"<protocol>": {partial knobs}}` (a JSON body, whatever its
+//! `Content-Type`), `GET /emulator/config`, `GET /emulator/stats`, `GET /emulator/timeline`, `POST /emulator/reset`.
+//! Anything else answers OpenAI's 404/405 error bodies.
 
 pub mod azure;
 pub mod bfl;
 pub mod cli;
 pub mod files;
 pub mod flux;
+pub mod gpt_image;
 pub mod knobs;
+pub mod models;
 pub mod openai;
 pub mod picture;
 
@@ -42,8 +53,11 @@ pub struct Emulator(Arc<Inner>);
 
 pub struct Inner {
     api_keys: Vec<String>,
-    /// Azure deployment names served; empty serves any.
-    deployments: Vec<String>,
+    /// Azure deployments and the model each serves (`None`: the model it is named after, else gpt-image-2); empty
+    /// serves any name.
+    deployments: Vec<(String, Option<String>)>,
+    /// The date models' retirement is compared with; `None` is today's (UTC).
+    today: Mutex<Option<chrono::NaiveDate>>,
     start: BTreeMap<String, Knobs>,
     knobs: Mutex<BTreeMap<String, Knobs>>,
     stats: Mutex<BTreeMap<String, Stats>>,
@@ -104,7 +118,8 @@ impl Emulator {
         Self::with_protocols(api_keys, Vec::new(), &[(openai::PROTOCOL, openai)])
     }
 
-    /// An emulator with starting knobs per protocol (protocols not named start from the defaults).
+    /// An emulator with starting knobs per protocol (protocols not named start from the defaults). `deployments`
+    /// are Azure deployment entries, `name` or `name=model` (empty: any name is served).
     pub fn with_protocols(
         api_keys: Vec<String>,
         deployments: Vec<String>,
@@ -124,9 +139,8 @@ impl Emulator {
         }
         let start = knobs;
         let deployments = deployments
-            .into_iter()
-            .map(|d| d.trim().to_owned())
-            .filter(|d| !d.is_empty())
+            .iter()
+            .filter_map(|d| parse_deployment(d))
             .collect();
         let stats = PROTOCOLS
             .iter()
@@ -135,6 +149,7 @@ impl Emulator {
         Self(Arc::new(Inner {
             api_keys,
             deployments,
+            today: Mutex::new(None),
             knobs: Mutex::new(start.clone()),
             start,
             stats: Mutex::new(stats),
@@ -158,7 +173,39 @@ impl Emulator {
     }
 
     pub fn accepts_deployment(&self, name: &str) -> bool {
-        self.deployments.is_empty() || self.deployments.iter().any(|d| d == name)
+        self.deployments.is_empty() || self.deployments.iter().any(|(d, _)| d == name)
+    }
+
+    /// The model id an Azure deployment serves, or `None` if there is no such deployment. The id may be retired or
+    /// unknown to Azure (the request then finds no deployment).
+    pub fn deployment_model(&self, name: &str) -> Option<String> {
+        let named_after = || {
+            if models::AZURE.iter().any(|m| m.id == name) {
+                name.to_owned()
+            } else {
+                models::AZURE_DEFAULT_MODEL.to_owned()
+            }
+        };
+        if self.deployments.is_empty() {
+            return Some(named_after());
+        }
+        self.deployments
+            .iter()
+            .find(|(d, _)| d == name)
+            .map(|(_, model)| model.clone().unwrap_or_else(named_after))
+    }
+
+    /// The date models are served on: the one set by `set_today` (`--today`), else today's (UTC).
+    pub fn today(&self) -> chrono::NaiveDate {
+        self.today
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| chrono::Utc::now().date_naive())
+    }
+
+    /// Pins the date models' retirement is compared with (`None`: the real date again).
+    pub fn set_today(&self, today: Option<chrono::NaiveDate>) {
+        *self.today.lock().unwrap_or_else(|e| e.into_inner()) = today;
     }
 
     pub fn begin(&self, protocol: &'static str) -> InFlight {
@@ -229,6 +276,7 @@ impl Emulator {
                 "/openai/deployments/{deployment}/images/generations",
                 post(azure::generations),
             )
+            .route("/openai/v1/images/generations", post(azure::generations_v1))
             .route("/bfl/v1/get_result", get(bfl::get_result))
             .route("/bfl/v1/{model}", post(bfl::submit))
             .route("/emulator/config", get(get_config).put(put_config))
@@ -272,8 +320,16 @@ async fn get_config(State(emu): State<Emulator>) -> axum::Json<Value> {
     axum::Json(emu.config_json())
 }
 
-/// Merges the given fields into the current knobs; unknown protocols or fields are refused (400).
-async fn put_config(State(emu): State<Emulator>, axum::Json(body): axum::Json<Value>) -> Response {
+/// Merges the given fields into the current knobs; unknown protocols or fields are refused (400). The body is read
+/// as JSON whatever its `Content-Type` (curl's `-d` sends `application/x-www-form-urlencoded`).
+async fn put_config(State(emu): State<Emulator>, body: axum::body::Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "the body is not JSON"})),
+        )
+            .into_response();
+    };
     let Some(patch) = body.as_object() else {
         return (
             StatusCode::BAD_REQUEST,
@@ -346,6 +402,15 @@ async fn reset(State(emu): State<Emulator>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// One `--azure-deployment` entry: `name` or `name=model`.
+fn parse_deployment(entry: &str) -> Option<(String, Option<String>)> {
+    let (name, model) = match entry.split_once('=') {
+        Some((name, model)) => (name.trim(), Some(model.trim()).filter(|m| !m.is_empty())),
+        None => (entry.trim(), None),
+    };
+    (!name.is_empty()).then(|| (name.to_owned(), model.map(str::to_owned)))
+}
+
 /// Serves an emulator on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -380,7 +445,8 @@ pub async fn run(
         args.azure_deployments.clone(),
         &start,
     );
-    tracing::info!(%addr, protocols = ?PROTOCOLS, "emulator listening");
+    emulator.set_today(args.today);
+    tracing::info!(%addr, protocols = ?PROTOCOLS, today = %emulator.today(), "emulator listening");
     serve(listener, emulator, shutdown).await
 }
 

@@ -1,29 +1,23 @@
-//! The OpenAI Images API for dall-e-3 (`POST /v1/images/generations`), as providers.md describes it: auth, the
-//! validation errors and error body of the real API, `url` or `b64_json` answers, `revised_prompt`, request ids.
+//! The OpenAI Images API, `POST /v1/images/generations`, for the GPT image models OpenAI serves today
+//! (`crate::models::OPENAI`: gpt-image-2 and its snapshot, the 2.5 and 2.6 sunburst/flare series, and until
+//! 2026-12-01 gpt-image-1-mini, gpt-image-1.5 and chatgpt-image-latest). Retired (dall-e-2, dall-e-3, gpt-image-1)
+//! and unknown models answer 404 `model_not_found`, as does a request without `model` (OpenAI's default is
+//! dall-e-2). Fields, answer, usage and streaming are `crate::gpt_image`'s. Auth (401 `invalid_api_key`), the
+//! knobs' 429s, 5xx, hangs and content-policy refusals, and the `x-request-id` / `openai-processing-ms` headers
+//! are as the real API's. Together's FLUX models share the path and are routed to `crate::flux` by their `model`.
 
 use crate::Emulator;
+use crate::gpt_image;
 use crate::knobs::Fate;
+use crate::models::{self, Family, ImageModel, Lookup};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant};
 
 pub const PROTOCOL: &str = "openai";
-const SIZES: [&str; 3] = ["1024x1024", "1792x1024", "1024x1792"];
-const FIELDS: [&str; 8] = [
-    "model",
-    "prompt",
-    "n",
-    "size",
-    "quality",
-    "style",
-    "response_format",
-    "user",
-];
-const MAX_PROMPT: usize = 4000;
 /// A hung request is held this long (clients time out well before).
 const HANG: Duration = Duration::from_secs(600);
 pub const SAFETY_MESSAGE: &str = "Your request was rejected as a result of our safety system. Your prompt may contain text that is not allowed by our safety system.";
@@ -96,117 +90,58 @@ fn check_auth(emu: &Emulator, headers: &HeaderMap) -> Result<(), Box<Response>> 
     )))
 }
 
-/// The parts of a valid request the answer depends on.
-pub(crate) struct Valid {
-    pub prompt: String,
-    pub size: (u32, u32),
-    pub b64: bool,
+/// The body as a JSON object, or OpenAI's 400 for anything else.
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Box<Response>> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| {
+        bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)", None, None)
+    })?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(bad("The request body must be a JSON object.", None, None)),
+    }
 }
 
-/// Checks a dall-e-3 body. Azure's deployments choose the model themselves, so there `model` is optional.
-pub(crate) fn validate(body: &[u8], model_required: bool) -> Result<Valid, Box<Response>> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| {
-        bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.", None, None)
-    })?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| bad("The request body must be a JSON object.", None, None))?;
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(bad(
-            &format!("Unrecognized request argument supplied: {unknown}"),
-            None,
-            None,
-        ));
-    }
-    let str_field = |name: &str| obj.get(name).and_then(Value::as_str);
-    match obj.get("model") {
-        Some(Value::String(m)) if m == "dall-e-3" => {}
-        None if !model_required => {}
-        _ => {
+/// OpenAI's 404 for a model it does not serve (unknown, retired, or DALL-E, which the emulator no longer speaks).
+pub(crate) fn model_not_found(id: &str) -> Box<Response> {
+    Box::new(error(
+        StatusCode::NOT_FOUND,
+        &format!("The model `{id}` does not exist or you do not have access to it."),
+        "invalid_request_error",
+        None,
+        Some("model_not_found"),
+    ))
+}
+
+/// The model a request names. Without `model`, OpenAI picks dall-e-2, or gpt-image-1 when a GPT-only field is
+/// present: both retired, so both answer 404.
+fn resolve_model(emu: &Emulator, obj: &Map<String, Value>) -> Result<ImageModel, Box<Response>> {
+    let id = match obj.get("model") {
+        None | Some(Value::Null) => {
+            let gpt_only = crate::gpt_image::GPT_ONLY_FIELDS
+                .iter()
+                .any(|f| obj.get(*f).is_some_and(|v| !v.is_null()));
+            if gpt_only { "gpt-image-1" } else { "dall-e-2" }
+        }
+        Some(Value::String(m)) => m.as_str(),
+        Some(_) => {
             return Err(bad(
-                "The emulator serves dall-e-3 only: set \"model\": \"dall-e-3\" (the API's default is dall-e-2).",
+                "Invalid type for 'model': expected a string.",
                 Some("model"),
-                None,
-            ));
-        }
-    }
-    let prompt = match obj.get("prompt") {
-        Some(Value::String(p)) if !p.is_empty() => p.clone(),
-        _ => return Err(bad("You must provide a prompt.", Some("prompt"), None)),
-    };
-    if prompt.chars().count() > MAX_PROMPT {
-        return Err(bad(
-            &format!(
-                "'{}...' is too long - 'prompt'. Maximum length is {MAX_PROMPT} characters.",
-                prompt.chars().take(20).collect::<String>()
-            ),
-            Some("prompt"),
-            Some("string_above_max_length"),
-        ));
-    }
-    match obj.get("n") {
-        None | Some(Value::Null) => {}
-        Some(n) if n.as_u64() == Some(1) => {}
-        Some(_) => {
-            return Err(bad("You must provide n=1 for this model.", Some("n"), None));
-        }
-    }
-    let size = match obj.get("size") {
-        None | Some(Value::Null) => "1024x1024",
-        Some(Value::String(s)) if SIZES.contains(&s.as_str()) => s.as_str(),
-        Some(_) => {
-            return Err(bad(
-                "The size is not supported by this model.",
-                Some("size"),
-                Some("invalid_size"),
+                Some("invalid_type"),
             ));
         }
     };
-    let size = match size {
-        "1792x1024" => (1792, 1024),
-        "1024x1792" => (1024, 1792),
-        _ => (1024, 1024),
-    };
-    if obj
-        .get("quality")
-        .is_some_and(|q| !matches!(q.as_str(), Some("standard" | "hd")))
-    {
-        return Err(bad(
-            "Invalid value for 'quality': must be 'standard' or 'hd'.",
-            Some("quality"),
-            Some("invalid_value"),
-        ));
+    match models::lookup(models::OPENAI, id, emu.today()) {
+        Lookup::Serves(m) if m.family != Family::DallE => Ok(m),
+        _ => Err(model_not_found(id)),
     }
-    if obj
-        .get("style")
-        .is_some_and(|s| !matches!(s.as_str(), Some("vivid" | "natural")))
-    {
-        return Err(bad(
-            "Invalid value for 'style': must be 'vivid' or 'natural'.",
-            Some("style"),
-            Some("invalid_value"),
-        ));
-    }
-    let b64 = match obj.get("response_format") {
-        None | Some(Value::Null) => false,
-        Some(_) if str_field("response_format") == Some("url") => false,
-        Some(_) if str_field("response_format") == Some("b64_json") => true,
-        Some(_) => {
-            return Err(bad(
-                "Invalid value for 'response_format': must be 'url' or 'b64_json'.",
-                Some("response_format"),
-                Some("invalid_value"),
-            ));
-        }
-    };
-    if obj.get("user").is_some_and(|u| !u.is_string()) {
-        return Err(bad(
-            "Invalid type for 'user': expected a string.",
-            Some("user"),
-            None,
-        ));
-    }
-    Ok(Valid { prompt, size, b64 })
+}
+
+/// Checks a request for the OpenAI API: the model first (404), then its fields (400).
+fn validate(emu: &Emulator, body: &[u8]) -> Result<gpt_image::Request, Box<Response>> {
+    let obj = parse_object(body)?;
+    let model = resolve_model(emu, &obj)?;
+    gpt_image::validate(&obj, &model, gpt_image::Host::OpenAi)
 }
 
 fn request_id() -> String {
@@ -263,7 +198,7 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
     if let Err(r) = check_auth(emu, headers) {
         return *r;
     }
-    let valid = match validate(body, true) {
+    let valid = match validate(emu, body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -326,66 +261,9 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
             };
             invalid(message, None, Some("content_policy_violation"))
         }
-        Fate::Succeed => succeed(emu, valid, &knobs, headers).await,
+        Fate::Succeed if valid.stream => gpt_image::stream(valid, &knobs),
+        Fate::Succeed => gpt_image::answer(&valid, &knobs, None).await,
     }
-}
-
-async fn succeed(
-    emu: &Emulator,
-    valid: Valid,
-    knobs: &crate::knobs::Knobs,
-    headers: &HeaderMap,
-) -> Response {
-    match render_item(emu, &valid, knobs, headers).await {
-        Ok(item) => {
-            axum::Json(json!({"created": crate::files::now_secs(), "data": [item]})).into_response()
-        }
-        Err(r) => *r,
-    }
-}
-
-/// One `data` item: the picture as base64 or as a URL this emulator serves, with a revised prompt.
-pub(crate) async fn render_item(
-    emu: &Emulator,
-    valid: &Valid,
-    knobs: &crate::knobs::Knobs,
-    headers: &HeaderMap,
-) -> Result<Value, Box<Response>> {
-    let url_ttl_s = knobs.url_ttl_s;
-    let (w, h) = valid.size;
-    let prompt = valid.prompt.clone();
-    let pad = knobs.image_bytes;
-    let png = match tokio::task::spawn_blocking(move || {
-        crate::picture::pad_png(crate::picture::render_png(&prompt, 0, w, h), pad)
-    })
-    .await
-    {
-        Ok(png) => Bytes::from(png),
-        Err(_) => {
-            return Err(Box::new(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "rendering failed",
-                "server_error",
-                None,
-                None,
-            )));
-        }
-    };
-    let revised = format!(
-        "{}, rendered as a detailed digital illustration with balanced composition",
-        valid.prompt
-    );
-    let item = if valid.b64 {
-        json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(&png), "revised_prompt": revised})
-    } else {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("127.0.0.1");
-        let path = emu.files.put(png, url_ttl_s);
-        json!({"url": format!("http://{host}{path}"), "revised_prompt": revised})
-    };
-    Ok(item)
 }
 
 #[cfg(test)]
@@ -396,27 +274,5 @@ mod tests {
     fn masks_keys_like_openai() {
         assert_eq!(mask("sk-test-emulator-key"), "sk-...-key");
         assert_eq!(mask("short"), "*****");
-    }
-
-    #[test]
-    fn validation_names_the_param() {
-        let param = |body: &str| -> (u16, Option<String>) {
-            match validate(body.as_bytes(), true) {
-                Ok(_) => (200, None),
-                Err(r) => (r.status().as_u16(), Some(format!("{:?}", r.status()))),
-            }
-        };
-        assert_eq!(param(r#"{"model":"dall-e-3","prompt":"x"}"#).0, 200);
-        assert_eq!(
-            param(r#"{"model":"dall-e-3","prompt":"x","size":"512x512"}"#).0,
-            400
-        );
-        assert_eq!(param(r#"{"model":"dall-e-3","prompt":"x","n":2}"#).0, 400);
-        assert_eq!(param(r#"{"prompt":"x"}"#).0, 400);
-        assert_eq!(
-            param(r#"{"model":"dall-e-3","prompt":"x","colour":"red"}"#).0,
-            400
-        );
-        assert_eq!(param("not json").0, 400);
     }
 }

@@ -26,7 +26,8 @@ pub fn router() -> Router<AppState> {
 ///
 /// Holds the request until the job ends (`Prefer: wait=N`, default 60 s, at most 300 s). If it is still running
 /// then, answers 202 with the job, `Location` and `Retry-After`; the job runs on. `Prefer: respond-async` answers 202
-/// at once.
+/// at once. A request for a deprecated model carries `Deprecation` and `Sunset` headers; one for a retired model is
+/// served by its replacement (the changes in `translations`) with a `Warning` header as well.
 #[utoipa::path(post, path = "/api/v1/generate", tag = "generation", request_body = GenerateBody,
     params(("Prefer" = Option<String>, Header, nullable = false, description = "`wait=N` (seconds) or `respond-async`"),
            ("Idempotency-Key" = Option<String>, Header, nullable = false,
@@ -40,6 +41,7 @@ pub fn router() -> Router<AppState> {
             headers(("Location" = String, description = "The job's URL"), ("Retry-After" = u64))),
         (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
         (status = 409, description = "The job was canceled (`job_canceled`): by the client or its deadline", body = ErrorBody),
+        (status = 410, description = "The model is retired and MODEL_ALIASES=none (`model_retired`, naming its replacement)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "The provider's safety system refused (`content_policy_violation`), or this Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),

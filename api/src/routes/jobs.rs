@@ -50,6 +50,7 @@ pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T
         (status = 202, description = "Accepted; poll `Location`", body = JobView,
             headers(("Location" = String, description = "The job's URL"), ("Retry-After" = u64))),
         (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
+        (status = 410, description = "The model is retired and MODEL_ALIASES=none (`model_retired`, naming its replacement)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "This Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),

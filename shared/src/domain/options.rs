@@ -19,9 +19,12 @@ pub struct UnknownValue {
 macro_rules! wire_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
+        // Lowercase variant names are the wire words (the OpenAPI schema is derived from the names, not renames);
+        // `wire_values_round_trip` checks they agree with `as_str`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "lowercase")]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($variant),+
         }
 
         impl $name {
@@ -250,10 +253,29 @@ mod tests {
 
     #[test]
     fn wire_values_round_trip() {
-        for q in Quality::ALL {
-            assert_eq!(q.as_str().parse::<Quality>(), Ok(*q));
-            assert_eq!(serde_json::to_value(q).expect("json"), q.as_str());
+        fn check<T: Copy + std::fmt::Debug + PartialEq + Serialize + FromStr + std::fmt::Display>(
+            all: &[T],
+        ) where
+            T::Err: std::fmt::Debug,
+        {
+            for v in all {
+                assert_eq!(v.to_string().parse::<T>().ok(), Some(*v));
+                assert_eq!(serde_json::to_value(v).expect("json"), v.to_string());
+            }
         }
+        check(Quality::ALL);
+        check(Style::ALL);
+        check(Background::ALL);
+        check(OutputFormat::ALL);
+        check(ModerationLevel::ALL);
+        let schema =
+            serde_json::to_value(<Quality as utoipa::PartialSchema>::schema()).expect("schema");
+        assert!(
+            schema["enum"]
+                .as_array()
+                .is_some_and(|e| e.contains(&serde_json::json!("xhigh"))),
+            "{schema}"
+        );
         assert_eq!(" HD ".parse::<Quality>(), Ok(Quality::Hd));
         let err = "ultra".parse::<Quality>().expect_err("unknown");
         assert!(err.to_string().contains("low, medium"), "{err}");
