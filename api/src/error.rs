@@ -180,6 +180,19 @@ impl ApiError {
     }
 }
 
+/// The HTTP status of a job that failed with `code`, in wait mode.
+pub fn failure_status(code: &imagegen_shared::domain::FailureCode) -> StatusCode {
+    use imagegen_shared::domain::FailureCode;
+    match code {
+        FailureCode::ContentBlocked => StatusCode::BAD_REQUEST,
+        FailureCode::ContentPolicyViolation => StatusCode::UNPROCESSABLE_ENTITY,
+        FailureCode::StorageError => StatusCode::INTERNAL_SERVER_ERROR,
+        FailureCode::ProviderNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+        FailureCode::DeadlineExceeded | FailureCode::Canceled => StatusCode::CONFLICT,
+        FailureCode::ProviderError | FailureCode::Unknown(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         if e.is_unavailable() {

@@ -9,7 +9,7 @@ use imagegen_shared::db::idempotency::{Existing, KeyClaim, KeyError};
 use imagegen_shared::db::jobs::Inserted;
 use imagegen_shared::db::{self, BatchRecord, JobRecord, NewJob};
 use imagegen_shared::domain::{
-    BatchId, GenerateBody, GenerationRequest, JobId, JobStatus, LifecycleNotice, Moderation,
+    BatchId, FailureCode, GenerateBody, GenerationRequest, JobId, JobStatus, LifecycleNotice, Moderation,
     ModerationSource, ModerationStage, ProviderId, ValidationErrors, resolve,
 };
 use imagegen_shared::queue::JobMessage;
@@ -153,7 +153,7 @@ fn new_job(
             source: ModerationSource::Keyword,
             categories: None,
         }),
-        error: blocked.map(|_| ("content_blocked".to_owned(), BLOCKED_MESSAGE.to_owned())),
+        error: blocked.map(|_| (FailureCode::ContentBlocked, BLOCKED_MESSAGE.to_owned())),
         deadline_secs: request.deadline_secs,
         request,
     }
@@ -246,7 +246,7 @@ pub async fn submit_job(
                     .await?
                     .ok_or(ApiError::NotFound("Job"))?;
                 tracing::info!(job_id = %id, "idempotent replay");
-                if existing.error_code.as_deref() == Some("content_blocked") {
+                if existing.error_code == Some(FailureCode::ContentBlocked) {
                     return Err(ApiError::ContentBlocked {
                         job_id: existing.id,
                     });

@@ -159,7 +159,7 @@ pub fn job_view(
     let req = &job.request.0;
     let error = match (&job.error_code, &job.error_message) {
         (Some(code), message) => Some(JobErrorView {
-            code: code.clone(),
+            code: code.to_string(),
             message: message.clone().unwrap_or_default(),
         }),
         _ => None,
@@ -212,7 +212,7 @@ pub fn job_view(
             .filter(|u| !u.is_null())
             .cloned(),
         cancel_reason: (job.status == JobStatus::Canceled).then(|| {
-            if job.error_code.as_deref() == Some("deadline_exceeded") {
+            if job.error_code == Some(imagegen_shared::domain::FailureCode::DeadlineExceeded) {
                 "deadline"
             } else {
                 "client"

@@ -4,7 +4,7 @@
 //! - a circuit breaker per route (closed -> open after a run of failures -> half-open after a cool-down, when one
 //!   probe call decides).
 //!
-//! A route is one way of reaching a provider: `dalle3:openai`, `dalle3:azure`, `flux_schnell`.
+//! A route here is a provider account, keyed by its id (`openai`, `azure_openai`, `flux`, `bfl`): its models share it.
 
 use redis::aio::ConnectionManager;
 use serde::Serialize;

@@ -624,7 +624,7 @@ mod tests {
             owner: "anonymous".into(),
             prompt: "a cat".into(),
             revised_prompt: None,
-            provider: "dalle3".into(),
+            provider: "openai:gpt-image-2".into(),
             width: 1,
             height: 1,
             seed: None,

@@ -2,7 +2,7 @@
 //! job finish exactly once.
 
 use imagegen_shared::db::{self, Db, JobFailure, NewImage, NewJob};
-use imagegen_shared::domain::{GenerationRequest, ImageId, JobId, JobStatus, ProviderId};
+use imagegen_shared::domain::{FailureCode, GenerationRequest, ImageId, JobId, JobStatus, ProviderId};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -130,7 +130,7 @@ async fn a_job_is_claimed_once_and_completed_once_on(db: Db) {
     assert!(again.is_none());
     let failure = JobFailure {
         status: JobStatus::Failed,
-        code: "x".into(),
+        code: FailureCode::ProviderError,
         message: "y".into(),
         moderation: None,
     };
@@ -342,4 +342,25 @@ fn served() -> db::Served {
         route: "dalle3:openai".into(),
         translations: Vec::new(),
     }
+}
+
+/// A failure code written by another version reads back as it was, not as an error.
+#[sqlx::test(migrations = "../migrations")]
+async fn unknown_failure_codes_from_other_versions_read_back(pool: PgPool) {
+    let db = Db::from(pool.clone());
+    let job = db::jobs::insert(&db, &new_job("alice")).await.expect("insert");
+    sqlx::query("UPDATE jobs SET status = 'failed', error_code = 'budget_exceeded' WHERE id = $1")
+        .bind(job.id)
+        .execute(&pool)
+        .await
+        .expect("update");
+    let read = db::jobs::get_job(&db, "alice", job.id).await.expect("read").expect("job");
+    assert_eq!(read.error_code, Some(FailureCode::Unknown("budget_exceeded".into())));
+    sqlx::query("UPDATE jobs SET error_code = 'storage_error' WHERE id = $1")
+        .bind(job.id)
+        .execute(&pool)
+        .await
+        .expect("update");
+    let read = db::jobs::get_job(&db, "alice", job.id).await.expect("read").expect("job");
+    assert_eq!(read.error_code, Some(FailureCode::StorageError));
 }

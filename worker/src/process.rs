@@ -11,7 +11,9 @@ use crate::retry::Backoff;
 use crate::routing::{Route, Routes};
 use crate::store::{StoreError, remove_objects, store_all};
 use imagegen_shared::db::{self, Db, DbError, JobFailure, JobRecord, NewImage, Served};
-use imagegen_shared::domain::{JobId, JobStatus, Moderation, ModerationSource, ProviderId};
+use imagegen_shared::domain::{
+    FailureCode, JobId, JobStatus, Moderation, ModerationSource, ProviderId,
+};
 use imagegen_shared::events::JobEvent;
 use imagegen_shared::limits::{Admission, FleetLimits, LimitSettings};
 use imagegen_shared::queue::{JobMessage, JobQueue};
@@ -131,7 +133,7 @@ impl AttemptError {
                 categories,
             }) => (
                 JobStatus::Moderated,
-                "content_policy_violation",
+                FailureCode::ContentPolicyViolation,
                 message.clone(),
                 Some(Moderation {
                     stage: *stage,
@@ -141,24 +143,29 @@ impl AttemptError {
             ),
             AttemptError::Store(StoreError::Storage(e)) => (
                 JobStatus::Failed,
-                "storage_error",
+                FailureCode::StorageError,
                 format!("Could not store the image: {e}"),
                 None,
             ),
             other if exhausted => (
                 JobStatus::Failed,
-                "provider_error",
+                FailureCode::ProviderError,
                 format!(
                     "The provider kept failing; giving up after the last attempt: {}",
                     other.describe()
                 ),
                 None,
             ),
-            other => (JobStatus::Failed, "provider_error", other.describe(), None),
+            other => (
+                JobStatus::Failed,
+                FailureCode::ProviderError,
+                other.describe(),
+                None,
+            ),
         };
         JobFailure {
             status,
-            code: code.to_owned(),
+            code,
             message,
             moderation,
         }
@@ -216,8 +223,8 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     if job.attempts == 0 && job.deadline_at.is_some_and(|d| d <= chrono::Utc::now()) {
         let failure = JobFailure {
             status: JobStatus::Canceled,
-            code: "deadline_exceeded".into(),
-            message: "The job's deadline passed before it could start".into(),
+            code: FailureCode::DeadlineExceeded,
+            message: db::jobs::DEADLINE_MESSAGE.into(),
             moderation: None,
         };
         let outcome = finish_unsuccessful(&ctx, &job, &failure, &serde_json::json!({})).await?;
@@ -273,7 +280,7 @@ async fn generate(
     if chain.is_empty() {
         let failure = JobFailure {
             status: JobStatus::Failed,
-            code: "provider_not_configured".into(),
+            code: FailureCode::ProviderNotConfigured,
             message: format!("No worker is configured for model {}", request.model),
             moderation: None,
         };
@@ -296,7 +303,7 @@ async fn generate(
         Some(e) => e.failure(e.retryable()),
         None => JobFailure {
             status: JobStatus::Failed,
-            code: "provider_error".into(),
+            code: FailureCode::ProviderError,
             message: "Every provider that could serve this job is unavailable (circuit open)"
                 .into(),
             moderation: None,

@@ -183,7 +183,7 @@ pub async fn cancel_job(
         &state.pool,
         &owner,
         id,
-        "canceled",
+        imagegen_shared::domain::FailureCode::Canceled,
         "Canceled by the client",
     )
     .await?

@@ -21,7 +21,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imagegen_shared::db::{self, JobRecord};
-use imagegen_shared::domain::JobStatus;
+use imagegen_shared::domain::{FailureCode, JobStatus};
 
 /// What a client should wait before polling a job that is still running.
 pub const POLL_RETRY_AFTER_SECS: u64 = 2;
@@ -139,12 +139,13 @@ pub async fn finished_job_response(
     base: &Links,
     job: &JobRecord,
 ) -> Result<Response, ApiError> {
+    // The stored code when there is one (a canceled job's says `canceled` or `deadline_exceeded`).
     let failure = |status: StatusCode, default_code: &str| ApiError::JobUnsuccessful {
         status,
         code: job
             .error_code
-            .clone()
-            .unwrap_or_else(|| default_code.to_owned()),
+            .as_ref()
+            .map_or_else(|| default_code.to_owned(), ToString::to_string),
         message: job
             .error_message
             .clone()
@@ -160,16 +161,12 @@ pub async fn finished_job_response(
         }
         JobStatus::Moderated => Err(failure(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "content_policy_violation",
+            FailureCode::ContentPolicyViolation.as_str(),
         )),
         JobStatus::Canceled => Err(failure(StatusCode::CONFLICT, "job_canceled")),
         JobStatus::Failed => {
-            let status = match job.error_code.as_deref() {
-                Some("storage_error") => StatusCode::INTERNAL_SERVER_ERROR,
-                Some("provider_not_configured") => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            Err(failure(status, "provider_error"))
+            let code = job.error_code.clone().unwrap_or(FailureCode::ProviderError);
+            Err(failure(crate::error::failure_status(&code), code.as_str()))
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::DbError;
 use super::images::{ImageRecord, NewImage};
 use super::{Db, on_db};
-use crate::domain::{BatchId, GenerationRequest, JobId, JobStatus, Moderation};
+use crate::domain::{BatchId, FailureCode, GenerationRequest, JobId, JobStatus, Moderation};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use std::time::Duration;
@@ -22,12 +22,12 @@ pub struct JobRecord {
     pub max_attempts: i32,
     pub worker_id: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
-    pub error_code: Option<String>,
+    pub error_code: Option<FailureCode>,
     pub error_message: Option<String>,
     pub moderation: Option<Json<Moderation>>,
     pub provider_meta: Option<Json<serde_json::Value>>,
     pub generation_time_ms: Option<i64>,
-    /// The route that produced the images (`dalle3:azure`, `flux_schnell`, ...).
+    /// The route that produced the images, `provider:model` (`openai:gpt-image-2`, `bfl:flux-2-pro`, ...).
     pub served_by: Option<String>,
     /// What was changed to suit a failover target (size, options dropped, ...).
     pub translations: Option<Json<Vec<String>>>,
@@ -53,7 +53,7 @@ pub struct NewJob {
     pub max_attempts: i32,
     pub status: JobStatus,
     pub moderation: Option<Moderation>,
-    pub error: Option<(String, String)>,
+    pub error: Option<(FailureCode, String)>,
     /// Seconds from now by which the job must have started.
     pub deadline_secs: Option<u32>,
 }
@@ -65,11 +65,14 @@ pub struct Served {
     pub translations: Vec<String>,
 }
 
+/// What a job canceled by its deadline says (the worker and the reconciler both write it).
+pub const DEADLINE_MESSAGE: &str = "The job's deadline passed before it could start";
+
 /// How a job ended when it did not succeed.
 #[derive(Debug, Clone)]
 pub struct JobFailure {
     pub status: JobStatus,
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
     pub moderation: Option<Moderation>,
 }
@@ -417,7 +420,7 @@ pub async fn cancel(
     db: &Db,
     owner: &str,
     id: JobId,
-    code: &str,
+    code: FailureCode,
     message: &str,
 ) -> Result<Option<JobRecord>, DbError> {
     let row = on_db!(db, |pool, sql| {

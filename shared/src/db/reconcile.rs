@@ -2,7 +2,7 @@
 //! (a Postgres advisory lock; SQLite has a single process and a single writer).
 
 use super::{Db, DbError, on_db};
-use crate::domain::JobId;
+use crate::domain::{FailureCode, JobId};
 use std::time::Duration;
 
 /// Any fixed number works; it only has to be the same across the fleet.
@@ -44,18 +44,19 @@ pub async fn pass(
         let skip = sql.skip_locked();
         // Queued jobs whose deadline passed never start; their waiters learn it when they next read.
         let past_deadline: Vec<(JobId,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'canceled', error_code = 'deadline_exceeded', \
-                error_message = 'The job''s deadline passed before it could start', finished_at = {now}, \
+            "UPDATE jobs SET status = 'canceled', error_code = $2, error_message = $3, finished_at = {now}, \
                 updated_at = {now} \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND deadline_at <= {now} AND attempts = 0 \
                           LIMIT $1 {skip}) \
              RETURNING id"
         )))
         .bind(batch)
+        .bind(FailureCode::DeadlineExceeded)
+        .bind(crate::db::jobs::DEADLINE_MESSAGE)
         .fetch_all(&mut *tx)
         .await?;
         let failed: Vec<(JobId,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'failed', error_code = 'provider_error', \
+            "UPDATE jobs SET status = 'failed', error_code = $2, \
                 error_message = 'The worker running this job stopped and its attempts are used up', \
                 lease_until = NULL, finished_at = {now}, updated_at = {now} \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < {now} \
@@ -63,6 +64,7 @@ pub async fn pass(
              RETURNING id"
         )))
         .bind(batch)
+        .bind(FailureCode::ProviderError)
         .fetch_all(&mut *tx)
         .await?;
         let expired: Vec<(JobId, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -40,6 +40,111 @@ impl fmt::Display for JobStatus {
     }
 }
 
+/// Why a job ended without images: the job's `error_code`. Stored as text; a code this version does not know (a
+/// row written by a newer one) reads as `Unknown` and is shown as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FailureCode {
+    /// Our keyword filter refused the prompt; the job never reached a provider.
+    ContentBlocked,
+    /// The provider's safety system refused, on the prompt or the picture.
+    ContentPolicyViolation,
+    /// The provider refused the request or our credentials, or kept failing.
+    ProviderError,
+    /// No worker can reach a provider that serves the job's model.
+    ProviderNotConfigured,
+    /// The pictures could not be stored.
+    StorageError,
+    /// The job's deadline passed before it started.
+    DeadlineExceeded,
+    /// The client canceled it.
+    Canceled,
+    Unknown(String),
+}
+
+impl FailureCode {
+    const KNOWN: [FailureCode; 7] = [
+        FailureCode::ContentBlocked,
+        FailureCode::ContentPolicyViolation,
+        FailureCode::ProviderError,
+        FailureCode::ProviderNotConfigured,
+        FailureCode::StorageError,
+        FailureCode::DeadlineExceeded,
+        FailureCode::Canceled,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            FailureCode::ContentBlocked => "content_blocked",
+            FailureCode::ContentPolicyViolation => "content_policy_violation",
+            FailureCode::ProviderError => "provider_error",
+            FailureCode::ProviderNotConfigured => "provider_not_configured",
+            FailureCode::StorageError => "storage_error",
+            FailureCode::DeadlineExceeded => "deadline_exceeded",
+            FailureCode::Canceled => "canceled",
+            FailureCode::Unknown(code) => code,
+        }
+    }
+
+    pub fn parse(code: &str) -> Self {
+        Self::KNOWN
+            .iter()
+            .find(|k| k.as_str() == code)
+            .cloned()
+            .unwrap_or_else(|| FailureCode::Unknown(code.to_owned()))
+    }
+}
+
+impl fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for FailureCode {
+    fn from(code: String) -> Self {
+        FailureCode::parse(&code)
+    }
+}
+
+impl From<FailureCode> for String {
+    fn from(code: FailureCode) -> Self {
+        code.as_str().to_owned()
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for FailureCode {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for FailureCode {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <String as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for FailureCode
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(FailureCode::parse(&String::decode(value)?))
+    }
+}
+
+impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for FailureCode
+where
+    String: sqlx::Encode<'q, DB>,
+{
+    fn encode_by_ref(
+        &self,
+        buf: &mut <DB as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        self.as_str().to_owned().encode_by_ref(buf)
+    }
+}
+
 /// Where a moderation decision was made: on the prompt, or on the generated picture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -78,5 +183,15 @@ mod tests {
             assert!(s.is_terminal(), "{s}");
         }
         assert!(!Queued.is_terminal() && !Running.is_terminal());
+    }
+
+    #[test]
+    fn failure_codes_round_trip_as_text_and_keep_unknown_ones() {
+        for code in FailureCode::KNOWN {
+            assert_eq!(FailureCode::parse(code.as_str()), code);
+        }
+        let newer = FailureCode::parse("budget_exceeded");
+        assert_eq!(newer, FailureCode::Unknown("budget_exceeded".into()));
+        assert_eq!(newer.to_string(), "budget_exceeded");
     }
 }

@@ -11,7 +11,7 @@ pub mod resolve;
 pub mod translate;
 
 pub use ids::{BatchId, ImageId, JobId};
-pub use job::{JobStatus, Moderation, ModerationSource, ModerationStage};
+pub use job::{FailureCode, JobStatus, Moderation, ModerationSource, ModerationStage};
 pub use offer::{Offer, ProviderModels, today};
 pub use options::{Background, ImageSize, ModerationLevel, OutputFormat, Quality, Size, Style};
 pub use prompt::{MAX_PROMPT_CHARS, Prompt};
