@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole service locally with no API keys: Postgres and Redis (started, or installed, if needed), the
 # provider emulator, one worker and the API on http://localhost:${API_PORT:-8003}. Ctrl-C stops everything it started.
-# Set OPENAI_API_KEY (and leave OPENAI_BASE_URL unset) to use the real DALL-E 3 instead of the emulator.
+# Every provider without a key is answered by the emulator: OpenAI's GPT image models (gpt-image-2, ...), Together's
+# FLUX.1 [schnell] and Black Forest Labs' FLUX models. Set OPENAI_API_KEY (and leave OPENAI_BASE_URL unset),
+# FLUX_API_KEY or BFL_API_KEY to use the real service instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,16 +24,21 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 EMULATOR_PORT="${EMULATOR_PORT:-8090}"
-if [ -z "${OPENAI_API_KEY:-}${AZURE_OPENAI_API_KEY:-}" ] || [ -z "${FLUX_API_KEY:-}" ]; then
+if [ -z "${OPENAI_API_KEY:-}${AZURE_OPENAI_API_KEY:-}${AZURE_OPENAI_AD_TOKEN:-}" ] || [ -z "${FLUX_API_KEY:-}" ] \
+  || [ -z "${BFL_API_KEY:-}" ]; then
   $BIN emulator --port "$EMULATOR_PORT" & pids+=($!)
 fi
-if [ -z "${OPENAI_API_KEY:-}${AZURE_OPENAI_API_KEY:-}" ]; then
+if [ -z "${OPENAI_API_KEY:-}${AZURE_OPENAI_API_KEY:-}${AZURE_OPENAI_AD_TOKEN:-}" ]; then
   export OPENAI_API_KEY=sk-local-emulator OPENAI_BASE_URL="http://127.0.0.1:$EMULATOR_PORT/v1"
-  echo "dev: no OPENAI_API_KEY: DALL-E 3 is served by the emulator on port $EMULATOR_PORT" >&2
+  echo "dev: no OPENAI_API_KEY: GPT image models (gpt-image-2, ...) are served by the emulator on port $EMULATOR_PORT" >&2
 fi
 if [ -z "${FLUX_API_KEY:-}" ]; then
   export FLUX_API_KEY=local-emulator FLUX_BASE_URL="http://127.0.0.1:$EMULATOR_PORT/v1"
-  echo "dev: no FLUX_API_KEY: Flux Schnell is served by the emulator on port $EMULATOR_PORT" >&2
+  echo "dev: no FLUX_API_KEY: FLUX.1 [schnell] (flux-schnell) is served by the emulator on port $EMULATOR_PORT" >&2
+fi
+if [ -z "${BFL_API_KEY:-}" ]; then
+  export BFL_API_KEY=local-emulator BFL_BASE_URL="http://127.0.0.1:$EMULATOR_PORT/bfl/v1"
+  echo "dev: no BFL_API_KEY: BFL's models (flux-2-pro, ...) are served by the emulator on port $EMULATOR_PORT" >&2
 fi
 $BIN worker & pids+=($!)
 $BIN api & pids+=($!)

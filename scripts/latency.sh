@@ -29,7 +29,7 @@ $BIN worker >"$work/worker.log" 2>&1 & pids+=($!)
 $BIN api >"$work/api.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do curl -sf localhost:18003/health/ready >/dev/null && break; sleep 0.1; done
 
-body='{"prompt": "A lighthouse at dusk", "provider": "dalle3", "size": "1024x1024"}'
+body='{"prompt": "A lighthouse at dusk", "model": "gpt-image-2", "size": "1024x1024"}'
 measure() { # measure URL BODY [HEADER...] -> one time_total per line
   local url=$1 data=$2; shift 2
   for _ in $(seq 1 "$N"); do
@@ -40,7 +40,8 @@ stats() { sort -n | awk -v label="$1" '{a[NR]=$1} END {
   printf "%-34s n=%d  p50=%.1f ms  p90=%.1f ms  p99=%.1f ms  max=%.1f ms\n", label, NR,
     a[int(NR*0.5)+0]*1000, a[int(NR*0.9)+0]*1000, a[int(NR*0.99)+0]*1000, a[NR]*1000 }'; }
 
-direct='{"model": "dall-e-3", "prompt": "A lighthouse at dusk", "response_format": "b64_json"}'
+# GPT image models always answer base64 and refuse response_format (the emulator answers dall-e-3 with 404: retired).
+direct='{"model": "gpt-image-2", "prompt": "A lighthouse at dusk", "size": "1024x1024"}'
 measure http://127.0.0.1:18003/api/v1/generate "$body" >/dev/null   # warm-up (connections, page cache)
 measure http://127.0.0.1:18090/v1/images/generations "$direct" -H 'Authorization: Bearer sk-latency' \
   | stats "emulator directly (floor)"

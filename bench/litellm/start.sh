@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start LiteLLM's proxy on 127.0.0.1:PORT as a plain OpenAI-compatible forwarder (model dall-e-3) in front of
+# Start LiteLLM's proxy on 127.0.0.1:PORT as a plain OpenAI-compatible forwarder (model gpt-image-2) in front of
 # an OpenAI Images API at EMULATOR_API_BASE (e.g. http://127.0.0.1:18190/v1), fully offline, in the background.
 #
 #   bench/litellm/start.sh PORT EMULATOR_API_BASE
@@ -126,7 +126,7 @@ while ((SECONDS < deadline)); do
   fi
   if curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$port/health/liveliness" &&
     models=$(curl -sf --max-time 5 -H "Authorization: Bearer $master_key" "http://127.0.0.1:$port/v1/models") &&
-    [[ $models == *'"dall-e-3"'* ]]; then
+    [[ $models == *'"gpt-image-2"'* ]]; then
     say "ready after $((SECONDS - t0))s: http://127.0.0.1:$port/v1/images/generations (Authorization: Bearer $master_key)"
     exit 0
   fi

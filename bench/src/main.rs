@@ -184,8 +184,9 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
         .await?;
     let floor_key = format!("bench-floor-{}", uuid::Uuid::new_v4().simple());
     let http = client(512)?;
-    let request = json!({"provider": "dalle3", "prompt": "A lighthouse at dusk", "size": "1024x1024",
-        "quality": "standard", "style": "vivid", "num_images": 1, "allow_failover": true});
+    // The request as the API stores it for `{"prompt": ..., "model": "gpt-image-2"}` (its default quality is auto).
+    let request = json!({"model": "gpt-image-2", "prompt": "A lighthouse at dusk", "size": "1024x1024",
+        "quality": "auto", "num_images": 1, "allow_failover": true});
     let mut s = Section::new(
         "1. Async submit throughput",
         &[
@@ -237,7 +238,7 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
                 let id = uuid::Uuid::now_v7();
                 let inserted = sqlx::query(
                     "INSERT INTO jobs (id, owner, correlation_id, status, provider, request, max_attempts) \
-                     VALUES ($1, 'anonymous', $2, 'queued', 'dalle3', $3, 3)",
+                     VALUES ($1, 'anonymous', $2, 'queued', 'openai', $3, 3)",
                 )
                 .bind(id)
                 .bind(id.to_string())
@@ -293,7 +294,8 @@ async fn queue_overhead(opts: &Opts) -> anyhow::Result<Section> {
     let n = if opts.quick { 100 } else { 400 };
     let http = client(8)?;
     let url = format!("{}/api/v1/generate", stack.api);
-    let body = json!({"prompt": "A lighthouse at dusk", "provider": "dalle3", "size": "1024x1024"});
+    let body =
+        json!({"prompt": "A lighthouse at dusk", "model": "gpt-image-2", "size": "1024x1024"});
     // Warm-up: connections, caches.
     for i in 0..10 {
         let _ = http
@@ -397,7 +399,7 @@ async fn wait_at_scale(opts: &Opts) -> anyhow::Result<Section> {
         let http = client(n)?;
         let url = format!("{}/api/v1/generate", stack.api);
         let body =
-            json!({"prompt": "A lighthouse at dusk", "provider": "dalle3", "size": "1024x1024"});
+            json!({"prompt": "A lighthouse at dusk", "model": "gpt-image-2", "size": "1024x1024"});
         let t0 = Instant::now();
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
@@ -486,7 +488,7 @@ async fn worker_throughput(opts: &Opts) -> anyhow::Result<Section> {
     for (workers, k, limit) in [(2usize, 8usize, Some(12usize)), (2, 8, None)] {
         let mut extra = vec![("WORKER_CONCURRENCY", k.to_string())];
         if let Some(l) = limit {
-            extra.push(("PROVIDER_CONCURRENCY", format!("dalle3={l}")));
+            extra.push(("PROVIDER_CONCURRENCY", format!("openai={l}")));
         }
         let mut stack = Stack::start(&opts.bin, 0, &extra).await?;
         stack
@@ -561,23 +563,32 @@ async fn large_images(opts: &Opts) -> anyhow::Result<Section> {
     );
     s.note(format!(
         "{n} wait-mode jobs at once, one worker with WORKER_CONCURRENCY={n}, the emulator padding every picture to \
-         {} MiB and answering after 1.5 s so all are in flight together.",
+         {} MiB and answering after 1.5 s so all are in flight together. GPT image models always answer base64; \
+         the url path (a download from the provider's host) is taken by the FLUX host (Together's protocol) with \
+         OPENAI_RESPONSE_FORMAT=url.",
         size / 1024 / 1024
     ));
-    for format in ["b64_json", "url"] {
+    // (row label, model, OPENAI_RESPONSE_FORMAT, emulator protocol)
+    let cases = [
+        ("gpt-image-2, base64", "gpt-image-2", "b64_json", "openai"),
+        ("flux-schnell, b64_json", "flux-schnell", "b64_json", "flux"),
+        ("flux-schnell, url", "flux-schnell", "url", "flux"),
+    ];
+    for (label, model, format, protocol) in cases {
         let extra = [
             ("WORKER_CONCURRENCY", n.to_string()),
             ("OPENAI_RESPONSE_FORMAT", format.to_owned()),
             ("MAX_IMAGE_BYTES", (size * 2).to_string()),
+            ("FLUX_API_KEY", stack::API_KEY.to_owned()),
         ];
         let stack = Stack::start(&opts.bin, 1, &extra).await?;
         stack
-            .emulator_config(json!({"latency_ms": 1500, "image_bytes": size}))
+            .emulator_config_for(protocol, json!({"latency_ms": 1500, "image_bytes": size}))
             .await?;
         let http = client(n)?;
         let url = format!("{}/api/v1/generate", stack.api);
         let body =
-            json!({"prompt": "A very large lighthouse", "provider": "dalle3", "size": "1024x1024"});
+            json!({"prompt": "A very large lighthouse", "model": model, "size": "1024x1024"});
         http.post(&url).json(&body).send().await?.bytes().await?;
         let worker = stack.worker_pids[0];
         let before = peak_rss_mib(worker).unwrap_or(f64::NAN);
@@ -598,17 +609,17 @@ async fn large_images(opts: &Opts) -> anyhow::Result<Section> {
         for t in tasks {
             ok += usize::from(t.await.unwrap_or(false));
         }
-        anyhow::ensure!(ok == n, "{format}: only {ok} of {n} succeeded");
+        anyhow::ensure!(ok == n, "{label}: only {ok} of {n} succeeded");
         let peak = peak_rss_mib(worker).unwrap_or(f64::NAN);
         let per = (peak - before) / n as f64;
         s.row(vec![
-            format.into(),
+            label.into(),
             format!("{before:.1}"),
             format!("{peak:.1}"),
             format!("{per:.1}"),
             format!("{:.2}", per / (size as f64 / 1024.0 / 1024.0)),
         ]);
-        eprintln!("bench:   {format}: worker {before:.1} -> {peak:.1} MiB");
+        eprintln!("bench:   {label}: worker {before:.1} -> {peak:.1} MiB");
     }
     Ok(s)
 }
@@ -655,9 +666,11 @@ async fn litellm(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Result<Sectio
         duration.as_secs()
     ));
     let http = client(256)?;
-    let direct_body = json!({"model": "dall-e-3", "prompt": "A lighthouse at dusk", "size": "1024x1024", "response_format": "b64_json"});
+    // GPT image models answer base64 only and refuse `response_format` (LiteLLM refuses it for them too).
+    let direct_body =
+        json!({"model": "gpt-image-2", "prompt": "A lighthouse at dusk", "size": "1024x1024"});
     let ours_body =
-        json!({"prompt": "A lighthouse at dusk", "provider": "dalle3", "size": "1024x1024"});
+        json!({"prompt": "A lighthouse at dusk", "model": "gpt-image-2", "size": "1024x1024"});
     let (mut ours_line, mut lite_line, mut direct_line) = (Vec::new(), Vec::new(), Vec::new());
     for clients in [1usize, 16, 64] {
         let run = |url: String, key: &'static str, body: serde_json::Value| {

@@ -83,6 +83,9 @@ impl Stack {
             ("QUEUE_NAME".into(), format!("bench-{tag}")),
             ("OPENAI_API_KEY".into(), API_KEY.into()),
             ("OPENAI_BASE_URL".into(), format!("{emulator}/v1")),
+            // Inert without FLUX_API_KEY / BFL_API_KEY: a scenario that wants those providers adds the key.
+            ("FLUX_BASE_URL".into(), format!("{emulator}/v1")),
+            ("BFL_BASE_URL".into(), format!("{emulator}/bfl/v1")),
             (
                 "LOCAL_STORAGE_PATH".into(),
                 dir.join("images").display().to_string(),
@@ -166,10 +169,20 @@ impl Stack {
         Ok(pid)
     }
 
+    /// Sets the knobs of the emulator's OpenAI protocol (the GPT image models).
     pub async fn emulator_config(&self, knobs: serde_json::Value) -> anyhow::Result<()> {
+        self.emulator_config_for("openai", knobs).await
+    }
+
+    /// Sets the knobs of one emulator protocol: openai, azure, flux (Together) or bfl.
+    pub async fn emulator_config_for(
+        &self,
+        protocol: &str,
+        knobs: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let r = reqwest::Client::new()
             .put(format!("{}/emulator/config", self.emulator))
-            .json(&serde_json::json!({ "openai": knobs }))
+            .json(&serde_json::json!({ protocol: knobs }))
             .send()
             .await?;
         if !r.status().is_success() {
