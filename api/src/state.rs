@@ -35,7 +35,7 @@ pub struct Inner {
     pub wait_max: Duration,
     pub public_base_url: Option<String>,
     pub idempotency_ttl: Duration,
-    pub environment: String,
+    pub environment: imagegen_shared::config::Environment,
     pub waiters: Arc<Waiters>,
     pub metrics: PrometheusHandle,
     /// Callers must present an API key or a token (ENABLE_AUTHENTICATION).
@@ -173,7 +173,7 @@ impl AppState {
                 .public_base_url
                 .as_ref()
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
-            environment: args.core.environment.clone(),
+            environment: args.core.environment,
             authentication: args.enable_authentication,
             oidc,
             separate_metrics: args.api_metrics_port.is_some(),

@@ -115,7 +115,7 @@ pub async fn run_with(
         .collect();
     allowed.extend(routes.download_hosts());
     // Production downloads must be encrypted; plain http is for emulators and tests.
-    let require_https = args.core.environment.eq_ignore_ascii_case("production");
+    let require_https = args.core.environment.is_production();
     let downloader =
         Downloader::new(allowed, args.max_image_bytes, timeout)?.require_https(require_https);
 

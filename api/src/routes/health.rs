@@ -128,7 +128,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     );
     let view = HealthView {
         status: if healthy { "healthy" } else { "unhealthy" }.to_owned(),
-        environment: state.environment.clone(),
+        environment: state.environment.to_string(),
         version: env!("CARGO_PKG_VERSION"),
         components,
     };
@@ -148,7 +148,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         // Shutting down: tell the load balancer to stop sending at once, whatever the dependencies say.
         let view = HealthView {
             status: "stopping".to_owned(),
-            environment: state.environment.clone(),
+            environment: state.environment.to_string(),
             version: env!("CARGO_PKG_VERSION"),
             components: BTreeMap::new(),
         };
@@ -158,7 +158,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let healthy = all_healthy(&components);
     let view = HealthView {
         status: if healthy { "ready" } else { "not_ready" }.to_owned(),
-        environment: state.environment.clone(),
+        environment: state.environment.to_string(),
         version: env!("CARGO_PKG_VERSION"),
         components,
     };

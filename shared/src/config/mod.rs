@@ -33,16 +33,48 @@ impl ConfigError {
     }
 }
 
+/// Where this deployment runs. `production` tightens what is allowed (provider result URLs must be https).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Test,
+    Staging,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Staging => "staging",
+            Environment::Production => "production",
+        }
+    }
+
+    pub fn is_production(self) -> bool {
+        self == Environment::Production
+    }
+}
+
+impl std::fmt::Display for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct CoreArgs {
-    /// development, staging or production; shown by /health.
+    /// development, test, staging or production (any case); shown by /health. production requires https result URLs.
     #[arg(
         long,
         env = "ENVIRONMENT",
         value_name = "ENVIRONMENT",
-        default_value = "development"
+        default_value = "development",
+        ignore_case = true
     )]
-    pub environment: String,
+    pub environment: Environment,
     /// trace, debug, info, warn or error (any case), or a tracing filter such as `info,sqlx=warn`.
     #[arg(
         long,
