@@ -112,7 +112,8 @@ impl AppState {
         stopping: CancellationToken,
     ) -> anyhow::Result<Self> {
         let providers = args.providers.settings()?;
-        let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let storage = ImageStorage::from_settings(&args.storage.settings()?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let keyword_filter = args
             .enable_content_moderation
             .then(|| KeywordFilter::from_csv(&args.blocked_words));

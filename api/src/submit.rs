@@ -9,8 +9,8 @@ use imagegen_shared::db::idempotency::{Existing, KeyClaim, KeyError};
 use imagegen_shared::db::jobs::Inserted;
 use imagegen_shared::db::{self, BatchRecord, JobRecord, NewJob};
 use imagegen_shared::domain::{
-    BatchId, FailureCode, GenerateBody, GenerationRequest, JobId, JobStatus, LifecycleNotice, Moderation,
-    ModerationSource, ModerationStage, ProviderId, ValidationErrors, resolve,
+    BatchId, FailureCode, GenerateBody, GenerationRequest, JobId, JobStatus, LifecycleNotice,
+    Moderation, ModerationSource, ModerationStage, ProviderId, ValidationErrors, resolve,
 };
 use imagegen_shared::queue::JobMessage;
 use sha2::{Digest, Sha256};

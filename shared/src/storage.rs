@@ -7,7 +7,8 @@
 //! Large images go up as multipart uploads cut from the one buffer the worker holds; a failed upload is aborted, so
 //! nothing half-written stays behind.
 
-use crate::config::{PublicUrls, S3Encryption, StorageArgs, StorageBackend};
+use crate::config::storage::{S3Sse, StorageSettings, StorageTarget};
+use crate::config::{PublicUrls, StorageBackend};
 use crate::domain::{ImageId, JobId};
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, Utc};
@@ -180,160 +181,109 @@ fn retry_config() -> RetryConfig {
     }
 }
 
-/// The parts of an Azure connection string we use.
-#[derive(Debug, Default)]
-struct ConnectionString {
-    account: Option<String>,
-    key: Option<String>,
-    blob_endpoint: Option<String>,
-    development: bool,
-}
-
-fn parse_connection_string(raw: &str) -> ConnectionString {
-    let mut parsed = ConnectionString::default();
-    for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((name, value)) = part.split_once('=') else {
-            continue;
-        };
-        match name.trim() {
-            "AccountName" => parsed.account = Some(value.trim().to_owned()),
-            "AccountKey" => parsed.key = Some(value.trim().to_owned()),
-            "BlobEndpoint" => {
-                parsed.blob_endpoint = Some(value.trim().trim_end_matches('/').to_owned())
-            }
-            "UseDevelopmentStorage" => {
-                parsed.development = value.trim().eq_ignore_ascii_case("true")
-            }
-            _ => {}
-        }
-    }
-    parsed
-}
-
 impl ImageStorage {
-    /// Builds the backend from configuration; nothing touches the network yet (see [`ImageStorage::verify`]).
-    pub fn from_args(args: &StorageArgs) -> Result<Self, StorageError> {
-        args.validate()
-            .map_err(|e| StorageError::Config(e.to_string()))?;
-        let signed_ttl = Duration::from_secs(args.storage_signed_url_ttl_secs);
-        let wants_signer = args.storage_public_urls == PublicUrls::Signed;
+    /// Builds the backend from its settings; nothing touches the network yet (see [`ImageStorage::verify`]).
+    pub fn from_settings(settings: &StorageSettings) -> Result<Self, StorageError> {
+        let signed_ttl = settings.signed_url_ttl;
+        let wants_signer = settings.public_urls == PublicUrls::Signed;
         let storage =
-            match args.storage_backend {
-                StorageBackend::Local => {
-                    std::fs::create_dir_all(&args.local_storage_path).map_err(|e| {
+            match &settings.target {
+                StorageTarget::Local { root } => {
+                    std::fs::create_dir_all(root).map_err(|e| {
                         StorageError::Config(format!(
                             "LOCAL_STORAGE_PATH: cannot create {}: {e}",
-                            args.local_storage_path.display()
+                            root.display()
                         ))
                     })?;
-                    let fs = LocalFileSystem::new_with_prefix(&args.local_storage_path)
+                    let fs = LocalFileSystem::new_with_prefix(root)
                         .map_err(|e| StorageError::Config(format!("LOCAL_STORAGE_PATH: {e}")))?;
                     Self::plain(
                         Arc::new(fs),
                         StorageBackend::Local,
-                        format!("local:{}", args.local_storage_path.display()),
+                        format!("local:{}", root.display()),
                     )
                 }
-                StorageBackend::Memory => Self::memory(),
-                StorageBackend::S3 => {
-                    let bucket = args.s3_bucket.clone().unwrap_or_default();
+                StorageTarget::Memory => Self::memory(),
+                StorageTarget::S3(s3) => {
                     let mut builder = AmazonS3Builder::from_env()
-                        .with_bucket_name(&bucket)
+                        .with_bucket_name(&s3.bucket)
                         .with_client_options(client_options())
                         .with_retry(retry_config());
-                    if let Some(region) = &args.aws_region {
+                    if let Some(region) = &s3.region {
                         builder = builder.with_region(region);
                     }
-                    if let (Some(id), Some(secret)) =
-                        (&args.aws_access_key_id, &args.aws_secret_access_key)
-                    {
+                    if let Some(credentials) = &s3.credentials {
                         builder = builder
-                            .with_access_key_id(id)
-                            .with_secret_access_key(secret.expose_secret());
-                        if let Some(token) = &args.aws_session_token {
+                            .with_access_key_id(&credentials.access_key_id)
+                            .with_secret_access_key(credentials.secret_access_key.expose_secret());
+                        if let Some(token) = &credentials.session_token {
                             builder = builder.with_token(token.expose_secret());
                         }
                     }
-                    if let Some(endpoint) = &args.s3_endpoint {
+                    if let Some(endpoint) = &s3.endpoint {
                         builder = builder
                             .with_endpoint(endpoint.as_str().trim_end_matches('/'))
                             .with_allow_http(endpoint.scheme() == "http")
                             .with_virtual_hosted_style_request(false);
                     }
-                    builder = match args.s3_sse {
-                        S3Encryption::None => builder,
-                        S3Encryption::SseS3 => {
+                    builder = match &s3.encryption {
+                        S3Sse::None => builder,
+                        S3Sse::SseS3 => {
                             let key: AmazonS3ConfigKey = "aws_server_side_encryption"
                                 .parse()
                                 .map_err(|e| StorageError::Config(format!("S3_SSE: {e}")))?;
                             builder.with_config(key, "AES256")
                         }
-                        S3Encryption::SseKms => builder.with_sse_kms_encryption(
-                            args.s3_sse_kms_key_id.clone().unwrap_or_default(),
-                        ),
+                        S3Sse::SseKms(key_id) => {
+                            builder.with_sse_kms_encryption(key_id.clone().unwrap_or_default())
+                        }
                     };
-                    let s3 =
+                    let store =
                         Arc::new(builder.build().map_err(|e| {
                             StorageError::Config(format!("STORAGE_BACKEND=s3: {e}"))
                         })?);
-                    let prefix = args.s3_prefix.trim_matches('/');
                     Self {
-                        store: s3.clone(),
-                        signer: wants_signer.then_some(s3 as Arc<dyn Signer>),
+                        store: store.clone(),
+                        signer: wants_signer.then_some(store as Arc<dyn Signer>),
                         signed_ttl,
                         backend: StorageBackend::S3,
-                        prefix: if prefix.is_empty() {
+                        prefix: if s3.prefix.is_empty() {
                             String::new()
                         } else {
-                            format!("{prefix}/")
+                            format!("{}/", s3.prefix)
                         },
-                        location: format!("s3://{bucket}/{prefix}"),
+                        location: format!("s3://{}/{}", s3.bucket, s3.prefix),
                     }
                 }
-                StorageBackend::Azure => {
-                    let container = args.azure_storage_container.trim().to_owned();
+                StorageTarget::Azure(azure) => {
                     let mut builder = MicrosoftAzureBuilder::from_env()
-                        .with_container_name(&container)
+                        .with_container_name(&azure.container)
                         .with_client_options(client_options())
                         .with_retry(retry_config());
-                    let connection = args
-                        .azure_storage_connection_string
-                        .as_ref()
-                        .map(|c| parse_connection_string(c.expose_secret()))
-                        .unwrap_or_default();
-                    let emulator = args.azure_storage_use_emulator || connection.development;
-                    if emulator {
+                    if azure.use_emulator {
                         builder = builder.with_use_emulator(true);
                     }
-                    if let Some(account) = connection
-                        .account
-                        .as_ref()
-                        .or(args.azure_storage_account.as_ref())
-                    {
+                    if let Some(account) = &azure.account {
                         builder = builder.with_account(account);
                     }
-                    if let Some(key) = connection.key.clone().or_else(|| {
-                        args.azure_storage_access_key
-                            .as_ref()
-                            .map(|k| k.expose_secret().to_owned())
-                    }) {
-                        builder = builder.with_access_key(key);
+                    if let Some(key) = &azure.access_key {
+                        builder = builder.with_access_key(key.expose_secret());
                     }
-                    if let Some(endpoint) = connection.blob_endpoint.clone() {
+                    if let Some(endpoint) = &azure.blob_endpoint {
                         builder = builder
                             .with_allow_http(endpoint.starts_with("http://"))
-                            .with_endpoint(endpoint);
+                            .with_endpoint(endpoint.clone());
                     }
-                    let azure = Arc::new(builder.build().map_err(|e| {
+                    let store = Arc::new(builder.build().map_err(|e| {
                         StorageError::Config(format!("STORAGE_BACKEND=azure: {e}"))
                     })?);
                     Self {
-                        store: azure.clone(),
-                        signer: wants_signer.then_some(azure as Arc<dyn Signer>),
+                        store: store.clone(),
+                        signer: wants_signer.then_some(store as Arc<dyn Signer>),
                         signed_ttl,
                         backend: StorageBackend::Azure,
                         prefix: String::new(),
-                        location: format!("azure container {container}"),
+                        location: format!("azure container {}", azure.container),
                     }
                 }
             };
@@ -668,9 +618,10 @@ mod tests {
     #[tokio::test]
     async fn local_backend_writes_image_and_sidecar_and_deletes_both() {
         let dir = std::env::temp_dir().join(format!("imagegen-storage-{}", uuid::Uuid::new_v4()));
-        let mut args = StorageArgs::for_backend(StorageBackend::Local);
+        let mut args = crate::config::StorageArgs::for_backend(StorageBackend::Local);
         args.local_storage_path = dir.clone();
-        let storage = ImageStorage::from_args(&args).expect("local storage");
+        let storage =
+            ImageStorage::from_settings(&args.settings().expect("valid")).expect("local storage");
         storage.check().await.expect("healthy");
         let id = ImageId::new();
         let key = ImageStorage::key_for(id, Utc::now(), "png");

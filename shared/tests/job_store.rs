@@ -2,7 +2,9 @@
 //! job finish exactly once.
 
 use imagegen_shared::db::{self, Db, JobFailure, NewImage, NewJob};
-use imagegen_shared::domain::{FailureCode, GenerationRequest, ImageId, JobId, JobStatus, ProviderId};
+use imagegen_shared::domain::{
+    FailureCode, GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
+};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -348,19 +350,30 @@ fn served() -> db::Served {
 #[sqlx::test(migrations = "../migrations")]
 async fn unknown_failure_codes_from_other_versions_read_back(pool: PgPool) {
     let db = Db::from(pool.clone());
-    let job = db::jobs::insert(&db, &new_job("alice")).await.expect("insert");
+    let job = db::jobs::insert(&db, &new_job("alice"))
+        .await
+        .expect("insert");
     sqlx::query("UPDATE jobs SET status = 'failed', error_code = 'budget_exceeded' WHERE id = $1")
         .bind(job.id)
         .execute(&pool)
         .await
         .expect("update");
-    let read = db::jobs::get_job(&db, "alice", job.id).await.expect("read").expect("job");
-    assert_eq!(read.error_code, Some(FailureCode::Unknown("budget_exceeded".into())));
+    let read = db::jobs::get_job(&db, "alice", job.id)
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(
+        read.error_code,
+        Some(FailureCode::Unknown("budget_exceeded".into()))
+    );
     sqlx::query("UPDATE jobs SET error_code = 'storage_error' WHERE id = $1")
         .bind(job.id)
         .execute(&pool)
         .await
         .expect("update");
-    let read = db::jobs::get_job(&db, "alice", job.id).await.expect("read").expect("job");
+    let read = db::jobs::get_job(&db, "alice", job.id)
+        .await
+        .expect("read")
+        .expect("job");
     assert_eq!(read.error_code, Some(FailureCode::StorageError));
 }

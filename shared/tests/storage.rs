@@ -77,7 +77,8 @@ impl Drop for TempDir {
 
 async fn storage(backend: StorageBackend) -> (ImageStorage, Option<TempDir>) {
     let (args, dir) = args(backend);
-    let storage = ImageStorage::from_args(&args).expect("storage config");
+    let storage =
+        ImageStorage::from_settings(&args.settings().expect("settings")).expect("storage config");
     if let Err(e) = storage.verify().await {
         panic!(
             "{backend:?} storage is not reachable ({e}); scripts/services.sh starts moto and Azurite for the tests"
@@ -245,7 +246,8 @@ async fn signed_urls_fetch_the_object(backend: StorageBackend) {
     let (mut args, _dir) = args(backend);
     args.storage_public_urls = PublicUrls::Signed;
     args.storage_signed_url_ttl_secs = 60;
-    let storage = ImageStorage::from_args(&args).expect("storage");
+    let storage =
+        ImageStorage::from_settings(&args.settings().expect("settings")).expect("storage");
     let id = ImageId::new();
     let key = ImageStorage::key_for(id, Utc::now(), "png");
     let bytes = pattern(5000);
@@ -278,7 +280,7 @@ async fn azure_signed_urls_fetch_the_object() {
 async fn signed_urls_need_a_cloud_backend() {
     let (mut args, _dir) = args(StorageBackend::Local);
     args.storage_public_urls = PublicUrls::Signed;
-    let err = ImageStorage::from_args(&args).expect_err("refused");
+    let err = args.settings().expect_err("refused");
     assert!(err.to_string().contains("STORAGE_PUBLIC_URLS"), "{err}");
 }
 
@@ -287,7 +289,7 @@ async fn signed_urls_need_a_cloud_backend() {
 async fn a_missing_bucket_or_container_fails_start_up_clearly() {
     let (mut s3, _) = args(StorageBackend::S3);
     s3.s3_bucket = Some(format!("missing-{}", uuid::Uuid::new_v4().simple()));
-    let err = ImageStorage::from_args(&s3)
+    let err = ImageStorage::from_settings(&s3.settings().expect("settings"))
         .expect("config")
         .verify()
         .await
@@ -296,7 +298,7 @@ async fn a_missing_bucket_or_container_fails_start_up_clearly() {
 
     let (mut azure, _) = args(StorageBackend::Azure);
     azure.azure_storage_container = format!("missing-{}", uuid::Uuid::new_v4().simple());
-    let err = ImageStorage::from_args(&azure)
+    let err = ImageStorage::from_settings(&azure.settings().expect("settings"))
         .expect("config")
         .verify()
         .await
@@ -305,6 +307,6 @@ async fn a_missing_bucket_or_container_fails_start_up_clearly() {
 
     let mut incomplete = StorageArgs::for_backend(StorageBackend::S3);
     incomplete.s3_bucket = None;
-    let err = ImageStorage::from_args(&incomplete).expect_err("no bucket");
+    let err = incomplete.settings().expect_err("no bucket");
     assert!(err.to_string().contains("S3_BUCKET"), "{err}");
 }

@@ -90,7 +90,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let provider_settings = args.providers.settings()?;
-    let storage = ImageStorage::from_args(&args.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let storage = ImageStorage::from_settings(&args.storage.settings()?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     storage.verify().await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let timeout = provider_settings.timeout;

@@ -34,7 +34,9 @@ impl ConfigError {
 }
 
 /// Where this deployment runs. `production` tightens what is allowed (provider result URLs must be https).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     Development,

@@ -252,6 +252,151 @@ impl StorageArgs {
     }
 }
 
+/// Where the images go, validated: what `ImageStorage::from_settings` builds from. Built once at start-up by
+/// `StorageArgs::settings`.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub target: StorageTarget,
+    pub public_urls: PublicUrls,
+    pub signed_url_ttl: std::time::Duration,
+    /// IMAGE_RETENTION_DAYS as a duration.
+    pub retention: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StorageTarget {
+    Local { root: PathBuf },
+    Memory,
+    S3(S3Settings),
+    Azure(AzureBlobSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Empty, or without leading and trailing slashes.
+    pub prefix: String,
+    pub region: Option<String>,
+    pub credentials: Option<S3Credentials>,
+    pub endpoint: Option<Url>,
+    pub encryption: S3Sse,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    pub session_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Sse {
+    None,
+    SseS3,
+    /// With a key id, or the account's default KMS key.
+    SseKms(Option<String>),
+}
+
+/// Azure Blob settings, the connection string (if any) already read into its parts.
+#[derive(Debug, Clone)]
+pub struct AzureBlobSettings {
+    pub container: String,
+    pub account: Option<String>,
+    pub access_key: Option<SecretString>,
+    pub blob_endpoint: Option<String>,
+    pub use_emulator: bool,
+}
+
+/// The parts of an Azure connection string we use.
+#[derive(Debug, Default)]
+struct ConnectionString {
+    account: Option<String>,
+    key: Option<String>,
+    blob_endpoint: Option<String>,
+    development: bool,
+}
+
+fn parse_connection_string(raw: &str) -> ConnectionString {
+    let mut parsed = ConnectionString::default();
+    for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = part.split_once('=') else {
+            continue;
+        };
+        match name.trim() {
+            "AccountName" => parsed.account = Some(value.trim().to_owned()),
+            "AccountKey" => parsed.key = Some(value.trim().to_owned()),
+            "BlobEndpoint" => {
+                parsed.blob_endpoint = Some(value.trim().trim_end_matches('/').to_owned())
+            }
+            "UseDevelopmentStorage" => {
+                parsed.development = value.trim().eq_ignore_ascii_case("true")
+            }
+            _ => {}
+        }
+    }
+    parsed
+}
+
+impl StorageArgs {
+    /// The settings, once every rule holds (see `validate`).
+    pub fn settings(&self) -> Result<StorageSettings, ConfigError> {
+        use secrecy::ExposeSecret;
+        self.validate()?;
+        let target = match self.storage_backend {
+            StorageBackend::Local => StorageTarget::Local {
+                root: self.local_storage_path.clone(),
+            },
+            StorageBackend::Memory => StorageTarget::Memory,
+            StorageBackend::S3 => StorageTarget::S3(S3Settings {
+                bucket: self.s3_bucket.clone().unwrap_or_default().trim().to_owned(),
+                prefix: self.s3_prefix.trim_matches('/').to_owned(),
+                region: self.aws_region.clone(),
+                credentials: match (&self.aws_access_key_id, &self.aws_secret_access_key) {
+                    (Some(id), Some(secret)) => Some(S3Credentials {
+                        access_key_id: id.clone(),
+                        secret_access_key: secret.clone(),
+                        session_token: self.aws_session_token.clone(),
+                    }),
+                    _ => None,
+                },
+                endpoint: self.s3_endpoint.clone(),
+                encryption: match self.s3_sse {
+                    S3Encryption::None => S3Sse::None,
+                    S3Encryption::SseS3 => S3Sse::SseS3,
+                    S3Encryption::SseKms => S3Sse::SseKms(self.s3_sse_kms_key_id.clone()),
+                },
+            }),
+            StorageBackend::Azure => {
+                let connection = self
+                    .azure_storage_connection_string
+                    .as_ref()
+                    .map(|c| parse_connection_string(c.expose_secret()))
+                    .unwrap_or_default();
+                StorageTarget::Azure(AzureBlobSettings {
+                    container: self.azure_storage_container.trim().to_owned(),
+                    account: connection
+                        .account
+                        .or_else(|| self.azure_storage_account.clone()),
+                    access_key: connection
+                        .key
+                        .map(SecretString::from)
+                        .or_else(|| self.azure_storage_access_key.clone()),
+                    blob_endpoint: connection.blob_endpoint,
+                    use_emulator: self.azure_storage_use_emulator || connection.development,
+                })
+            }
+        };
+        Ok(StorageSettings {
+            target,
+            public_urls: self.storage_public_urls,
+            signed_url_ttl: std::time::Duration::from_secs(self.storage_signed_url_ttl_secs),
+            retention: self
+                .image_retention_days
+                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +410,68 @@ mod tests {
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied())).expect("parses")
+    }
+
+    #[test]
+    fn settings_read_connection_strings_and_encryption() {
+        use secrecy::ExposeSecret;
+        let s = parse(&[
+            "--storage-backend",
+            "azure",
+            "--azure-storage-connection-string",
+            "AccountName=acct;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:10000/acct/",
+        ])
+        .storage
+        .settings()
+        .expect("valid");
+        let StorageTarget::Azure(azure) = s.target else {
+            panic!("azure")
+        };
+        assert_eq!(azure.account.as_deref(), Some("acct"));
+        assert_eq!(
+            azure
+                .access_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned())
+                .as_deref(),
+            Some("a2V5")
+        );
+        assert_eq!(
+            azure.blob_endpoint.as_deref(),
+            Some("http://127.0.0.1:10000/acct")
+        );
+        let s = parse(&[
+            "--storage-backend",
+            "s3",
+            "--s3-bucket",
+            "b",
+            "--s3-prefix",
+            "/img/",
+            "--s3-sse",
+            "sse-kms",
+            "--image-retention-days",
+            "2",
+        ])
+        .storage
+        .settings()
+        .expect("valid");
+        let StorageTarget::S3(s3) = s.target else {
+            panic!("s3")
+        };
+        assert_eq!(
+            (s3.prefix.as_str(), s3.encryption),
+            ("img", S3Sse::SseKms(None))
+        );
+        assert_eq!(
+            s.retention,
+            Some(std::time::Duration::from_secs(2 * 86_400))
+        );
+        assert!(
+            parse(&["--storage-backend", "s3"])
+                .storage
+                .settings()
+                .is_err()
+        );
     }
 
     #[test]

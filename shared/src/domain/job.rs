@@ -128,7 +128,9 @@ impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for FailureCode
 where
     String: sqlx::Decode<'r, DB>,
 {
-    fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+    fn decode(
+        value: <DB as sqlx::Database>::ValueRef<'r>,
+    ) -> Result<Self, sqlx::error::BoxDynError> {
         Ok(FailureCode::parse(&String::decode(value)?))
     }
 }
