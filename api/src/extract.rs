@@ -31,7 +31,7 @@ where
                     ApiError::InvalidBody(format!("Malformed JSON: {}", e.body_text()))
                 }
                 other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::PayloadTooLarge(crate::MAX_BODY_BYTES)
+                    ApiError::PayloadTooLarge(crate::config::MAX_BODY_BYTES)
                 }
                 other => ApiError::InvalidBody(other.body_text()),
             }),

@@ -16,6 +16,16 @@ use utoipa::openapi::security::{SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Header, OpenApi as Document, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
+/// `GET /openapi.json` and Swagger UI at `/docs` (assets built into the binary, no CDN), describing this service:
+/// whether it asks for credentials (ENABLE_AUTHENTICATION) and the batch size it accepts (BATCH_MAX_REQUESTS).
+/// Built here and handed to `routes::router`, so the routes need not know the document.
+pub fn docs_router(authentication: bool, batch_max: usize) -> axum::Router<crate::state::AppState> {
+    axum::Router::new().merge(
+        utoipa_swagger_ui::SwaggerUi::new("/docs")
+            .url("/openapi.json", document(authentication, batch_max)),
+    )
+}
+
 /// Names of the security schemes in `components.securitySchemes`.
 pub const BEARER_SCHEME: &str = "bearer";
 pub const API_KEY_SCHEME: &str = "api_key";

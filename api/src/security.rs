@@ -40,6 +40,10 @@ pub fn cors(origins: &str, authentication: bool) -> Result<Option<CorsLayer>, Co
             HeaderName::from_static("ratelimit-limit"),
             HeaderName::from_static("ratelimit-remaining"),
             HeaderName::from_static("ratelimit-reset"),
+            // A request for a deprecated or retired model says so in these.
+            header::WARNING,
+            HeaderName::from_static("deprecation"),
+            HeaderName::from_static("sunset"),
         ])
         .max_age(std::time::Duration::from_secs(600));
     if list == ["*"] {

@@ -1,13 +1,13 @@
 //! Shared state of one API process.
 
-use crate::ApiArgs;
+use crate::config::ApiSettings;
+use crate::moderation::KeywordFilter;
 use crate::waiters::Waiters;
 use imagegen_shared::backends::Backends;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::db::Db;
 use imagegen_shared::domain::Offer;
 use imagegen_shared::limits::FleetLimits;
-use imagegen_shared::moderation::KeywordFilter;
 use imagegen_shared::queue::JobQueue;
 use imagegen_shared::storage::ImageStorage;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -48,7 +48,7 @@ pub struct Inner {
     pub generate_role: String,
     pub admin_role: String,
     /// Per-owner counters (rate limit, image quota), shared by the fleet.
-    pub owners: imagegen_shared::owner_limits::OwnerLimits,
+    pub owners: crate::owner_limits::OwnerLimits,
     /// RATE_LIMIT_PER_MINUTE, IMAGE_QUOTA_PER_DAY, MAX_ACTIVE_JOBS_PER_OWNER; 0 = none.
     pub rate_limit_per_minute: u64,
     pub image_quota_per_day: u64,
@@ -107,81 +107,63 @@ impl AppState {
     }
 
     pub fn new(
-        args: &ApiArgs,
+        settings: &ApiSettings,
         backends: Backends,
         stopping: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let providers = args.providers.settings()?;
-        let storage = ImageStorage::from_settings(&args.storage.settings()?)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let keyword_filter = args
-            .enable_content_moderation
-            .then(|| KeywordFilter::from_csv(&args.blocked_words));
+        let providers = settings.providers.clone();
+        let storage =
+            ImageStorage::from_settings(&settings.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let keyword_filter = settings
+            .blocked_words
+            .as_deref()
+            .map(KeywordFilter::from_csv);
         let today = imagegen_shared::domain::today();
-        let offer = providers.offer_on(args.max_images_per_request, today);
+        let offer = providers.offer_on(settings.max_images_per_request, today);
         for warning in providers.retirement_warnings(today) {
             tracing::warn!("{warning}");
         }
-        let link_signer = if args.enable_authentication {
-            use secrecy::ExposeSecret;
-            let key = args
-                .download_signing_key
-                .clone()
-                .filter(|k| k.expose_secret().len() >= 32)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "DOWNLOAD_SIGNING_KEY: required with ENABLE_AUTHENTICATION, at least 32 characters \
-                         (the same on every API replica)"
-                    )
-                })?;
-            Some(Arc::new(crate::links::LinkSigner::new(
-                key,
-                Duration::from_secs(args.download_link_ttl_secs),
-            )))
-        } else {
-            None
-        };
-        let oidc = match crate::auth::oidc::OidcConfig::from_args(&args.oidc)? {
-            Some(config) if args.enable_authentication => {
-                Some(Arc::new(crate::auth::oidc::OidcVerifier::new(config)?))
-            }
-            Some(_) => {
-                tracing::warn!(
-                    "a token issuer is configured but ENABLE_AUTHENTICATION is off: every caller is anonymous"
-                );
-                None
-            }
+        let auth = &settings.auth;
+        let link_signer = auth
+            .link_signing
+            .as_ref()
+            .map(|(key, ttl)| Arc::new(crate::links::LinkSigner::new(key.clone(), *ttl)));
+        let oidc = match &auth.oidc {
+            Some(config) => Some(Arc::new(crate::auth::oidc::OidcVerifier::new(
+                config.clone(),
+            )?)),
             None => None,
+        };
+        let owners = match backends.redis_with_prefix() {
+            Some((conn, prefix)) => crate::owner_limits::OwnerLimits::new(conn, prefix),
+            None => crate::owner_limits::OwnerLimits::local(),
         };
         Ok(Self(Arc::new(Inner {
             pool: backends.db,
             queue: backends.queue,
             fleet: backends.limits,
-            owners: backends.owners,
-            rate_limit_per_minute: u64::from(args.rate_limit_per_minute),
-            image_quota_per_day: u64::from(args.image_quota_per_day),
-            max_active_jobs_per_owner: i64::from(args.max_active_jobs_per_owner),
+            owners,
+            rate_limit_per_minute: settings.limits.requests_per_minute,
+            image_quota_per_day: settings.limits.images_per_day,
+            max_active_jobs_per_owner: settings.limits.active_jobs,
             storage,
             offer: std::sync::RwLock::new((today, Arc::new(offer))),
-            max_images_per_request: args.max_images_per_request,
+            max_images_per_request: settings.max_images_per_request,
             providers,
             keyword_filter,
-            batch_max_requests: usize::from(args.batch_max_requests),
-            wait_default: Duration::from_secs(args.wait_default_secs),
-            wait_max: Duration::from_secs(args.wait_max_secs),
-            idempotency_ttl: Duration::from_secs(args.idempotency_ttl_secs),
-            public_base_url: args
-                .public_base_url
-                .as_ref()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
-            environment: args.core.environment,
-            authentication: args.enable_authentication,
+            batch_max_requests: settings.batch_max_requests,
+            wait_default: settings.wait_default,
+            wait_max: settings.wait_max,
+            idempotency_ttl: settings.idempotency_ttl,
+            public_base_url: settings.public_base_url.clone(),
+            environment: settings.environment,
+            authentication: auth.enabled,
             oidc,
-            separate_metrics: args.api_metrics_port.is_some(),
-            generate_role: args.oidc.auth_generate_role.clone(),
-            admin_role: args.oidc.auth_admin_role.clone(),
+            separate_metrics: settings.metrics_port.is_some(),
+            generate_role: auth.generate_role.clone(),
+            admin_role: auth.admin_role.clone(),
             link_signer,
-            cors: crate::security::cors(&args.cors_origins, args.enable_authentication)?,
+            cors: settings.cors.clone(),
             waiters: Arc::new(Waiters::default()),
             metrics: metrics_handle(),
             stopping,

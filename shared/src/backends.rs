@@ -1,10 +1,9 @@
 //! The three stores every process shares: the job store (database), the job queue and the fleet's provider
-//! limits. Deployments put them in Postgres and Redis; the standalone mode may keep the queue and limits in
+//! limits (and the Redis connection behind the last two, which the API's per-owner limits use too). Deployments put them in Postgres and Redis; the standalone mode may keep the queue and limits in
 //! process and the database in a SQLite file. The API and the workers take a [`Backends`] and never ask which.
 
 use crate::db::{self, Db};
 use crate::limits::FleetLimits;
-use crate::owner_limits::OwnerLimits;
 use crate::queue::{JobQueue, redis_connection};
 use anyhow::Context;
 
@@ -13,8 +12,8 @@ pub struct Backends {
     pub db: Db,
     pub queue: JobQueue,
     pub limits: FleetLimits,
-    /// Per-owner rate limits and quotas.
-    pub owners: OwnerLimits,
+    /// The Redis behind the queue and limits, and the deployment's key prefix (`None`: all in process).
+    redis: Option<(redis::aio::ConnectionManager, String)>,
 }
 
 impl Backends {
@@ -28,32 +27,35 @@ impl Backends {
     ) -> anyhow::Result<Self> {
         let db =
             db::connect_lazy(database_url, max_connections).context("DATABASE_URL: invalid")?;
-        let (queue, limits, owners) = match redis_url {
+        let (queue, limits, redis) = match redis_url {
             Some(url) => {
                 let (client, conn) = redis_connection(url).context("REDIS_URL: invalid")?;
                 (
                     JobQueue::redis(Some(client), conn.clone(), queue_name),
                     FleetLimits::new(conn.clone(), queue_name),
-                    OwnerLimits::new(conn, queue_name),
+                    Some((conn, queue_name.to_owned())),
                 )
             }
-            None => (
-                JobQueue::local(),
-                FleetLimits::local(),
-                OwnerLimits::local(),
-            ),
+            None => (JobQueue::local(), FleetLimits::local(), None),
         };
         Ok(Self {
             db,
             queue,
             limits,
-            owners,
+            redis,
         })
     }
 
     /// The Redis connection behind the queue (`None` in process), for the apalis consumer.
     pub fn redis_connection(&self) -> Option<redis::aio::ConnectionManager> {
-        self.queue.redis_connection()
+        self.redis.as_ref().map(|(conn, _)| conn.clone())
+    }
+
+    /// The Redis connection and the deployment's key prefix (QUEUE_NAME), for other fleet-wide state.
+    pub fn redis_with_prefix(&self) -> Option<(redis::aio::ConnectionManager, &str)> {
+        self.redis
+            .as_ref()
+            .map(|(conn, prefix)| (conn.clone(), prefix.as_str()))
     }
 
     /// Where each store lives, for the start-up log.

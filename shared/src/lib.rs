@@ -8,8 +8,6 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod limits;
-pub mod moderation;
-pub mod owner_limits;
 pub mod queue;
 pub mod storage;
 pub mod telemetry;

@@ -2,7 +2,6 @@
 
 pub mod admin;
 pub mod batches;
-pub mod docs;
 pub mod generate;
 pub mod health;
 pub mod images;
@@ -26,7 +25,8 @@ use imagegen_shared::domain::{FailureCode, JobStatus};
 /// What a client should wait before polling a job that is still running.
 pub const POLL_RETRY_AFTER_SECS: u64 = 2;
 
-pub fn router(state: AppState) -> Router {
+/// Every route, with `docs` (the OpenAPI document and its UI, `openapi::docs_router`) among the open ones.
+pub fn router(state: AppState, docs: Router<AppState>) -> Router {
     // The owner's endpoints: credentials checked once (`identify`, outermost), then counted against
     // RATE_LIMIT_PER_MINUTE. Health, metrics, docs and providers are open and unlimited.
     let owned = Router::new()
@@ -53,12 +53,12 @@ pub fn router(state: AppState) -> Router {
     }
     let api = api
         .route_layer(axum::middleware::from_fn(middleware::http_metrics))
-        .merge(docs::router(state.authentication, state.batch_max_requests));
+        .merge(docs);
     let cors = state.cors.clone();
     let app = api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(crate::config::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(middleware::header_limit))
         .layer(axum::middleware::from_fn(middleware::correlation))
         .layer(axum::middleware::from_fn(crate::security::headers))

@@ -12,7 +12,9 @@ pub use model::{
     Family, ModelSpec, ModelStatus, Price, Serving, SizeParam, SizeRules, SizeSpec, TokenPrices,
 };
 
-use crate::domain::{ModelId, ProviderId, Quality, Size};
+use crate::domain::options::{Quality, Size};
+use crate::domain::prompt::MAX_PROMPT_CHARS;
+use crate::domain::provider::{ModelId, ProviderId};
 use chrono::NaiveDate;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -230,11 +232,8 @@ fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result
     if m.max_images == 0 || m.images_per_call == 0 || m.images_per_call > m.max_images {
         return Err("need 1 <= images_per_call <= max_images".into());
     }
-    if m.max_prompt_chars == 0 || m.max_prompt_chars > crate::domain::MAX_PROMPT_CHARS as u32 {
-        return Err(format!(
-            "max_prompt_chars must be 1..={}",
-            crate::domain::MAX_PROMPT_CHARS
-        ));
+    if m.max_prompt_chars == 0 || m.max_prompt_chars > MAX_PROMPT_CHARS as u32 {
+        return Err(format!("max_prompt_chars must be 1..={}", MAX_PROMPT_CHARS));
     }
     let dates = [
         ("released_on", m.released_on),

@@ -1,8 +1,9 @@
 //! One catalogue entry: what a model accepts, who serves it under which id, what it costs and when it retires.
 
-use crate::domain::{
-    Background, ImageSize, ModelId, ModerationLevel, OutputFormat, ProviderId, Quality, Size, Style,
+use crate::domain::options::{
+    Background, ImageSize, ModerationLevel, OutputFormat, Quality, Size, Style,
 };
+use crate::domain::provider::{ModelId, ProviderId};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

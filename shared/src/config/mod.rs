@@ -11,7 +11,7 @@ pub use providers::{
     AzureAuth, AzurePath, AzureSettings, BflRegion, BflSettings, FluxProtocol, FluxSettings,
     OpenAiSettings, ProviderArgs, ProviderSettings,
 };
-pub use storage::{PublicUrls, S3Encryption, StorageArgs, StorageBackend};
+pub use storage::{PublicUrls, S3Encryption, StorageArgs, StorageBackend, StorageSettings};
 
 use clap::Args;
 use secrecy::SecretString;

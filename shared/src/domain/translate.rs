@@ -2,11 +2,10 @@
 //! that offers less of the same model (Azure: no webp). Everything is read from the catalogue: sizes by shape and
 //! area within the target's list or rules, quality by rank, options the target lacks dropped. Every change is noted.
 
-use super::options::{Background, OutputFormat, Size};
+use super::options::{Background, ImageSize, OutputFormat, Size};
 use super::provider::ProviderId;
 use super::request::GenerationRequest;
 use crate::catalogue::{Catalogue, ModelSpec};
-use crate::domain::ImageSize;
 
 /// The listed size whose aspect ratio is nearest, then whose area is nearest.
 pub fn nearest_listed(size: ImageSize, list: &[ImageSize]) -> Option<ImageSize> {

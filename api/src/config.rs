@@ -1,0 +1,410 @@
+//! The API role's configuration: `ApiArgs` as read from the environment (every variable is also a `--flag`), and
+//! `ApiSettings`, the same validated once at start-up (`ApiArgs::settings`), which is all the rest of the API reads.
+//! A bad value stops start-up with one line naming the variable.
+
+use crate::auth::oidc::{OidcArgs, OidcConfig};
+use clap::Args;
+use imagegen_shared::config::{
+    ConfigError, CoreArgs, DatabaseArgs, Environment, ProviderArgs, ProviderSettings, RedisArgs,
+    StorageArgs, StorageSettings,
+};
+use secrecy::SecretString;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub core: CoreArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "API_HOST",
+        value_name = "API_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub api_host: String,
+    /// Port to listen on.
+    #[arg(
+        long,
+        env = "API_PORT",
+        value_name = "API_PORT",
+        default_value_t = 8003
+    )]
+    pub api_port: u16,
+    /// Most images one request may ask for (a provider's own maximum still applies).
+    #[arg(long, env = "MAX_IMAGES_PER_REQUEST", value_name = "MAX_IMAGES_PER_REQUEST", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub max_images_per_request: u8,
+    /// Check prompts against BLOCKED_WORDS.
+    #[arg(long, env = "ENABLE_CONTENT_MODERATION", value_name = "ENABLE_CONTENT_MODERATION", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub enable_content_moderation: bool,
+    /// Comma-separated words or phrases that block a prompt.
+    #[arg(
+        long,
+        env = "BLOCKED_WORDS",
+        value_name = "BLOCKED_WORDS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub blocked_words: String,
+    /// Most requests in one batch.
+    #[arg(long, env = "BATCH_MAX_REQUESTS", value_name = "BATCH_MAX_REQUESTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub batch_max_requests: u16,
+    /// How long wait mode holds a request when the client does not say (`Prefer: wait=N`).
+    #[arg(
+        long,
+        env = "WAIT_DEFAULT_SECS",
+        value_name = "WAIT_DEFAULT_SECS",
+        default_value_t = 60
+    )]
+    pub wait_default_secs: u64,
+    /// The longest any request is held.
+    #[arg(long, env = "WAIT_MAX_SECS", value_name = "WAIT_MAX_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub wait_max_secs: u64,
+    /// How long an Idempotency-Key is remembered.
+    #[arg(long, env = "IDEMPOTENCY_TTL", value_name = "IDEMPOTENCY_TTL", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub idempotency_ttl_secs: u64,
+    /// After SIGTERM, keep serving this many seconds with /health/ready answering 503, so load balancers stop
+    /// sending before connections are refused (Kubernetes: a few seconds; 0 stops accepting at once).
+    #[arg(long, env = "API_SHUTDOWN_DELAY_SECS", value_name = "API_SHUTDOWN_DELAY_SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub api_shutdown_delay_secs: u64,
+    /// Require credentials on the API (an API key from `imagegen keys create`, or a token from AZURE_AD_* /
+    /// OIDC_*); false serves everyone as `anonymous`. Health, metrics, docs and the provider list stay open.
+    #[arg(long, env = "ENABLE_AUTHENTICATION", value_name = "ENABLE_AUTHENTICATION", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub enable_authentication: bool,
+    #[command(flatten)]
+    pub oidc: OidcArgs,
+    /// Key of the signed download links handed out while authentication is on (32 characters or more; the same on
+    /// every API replica).
+    #[arg(
+        long,
+        env = "DOWNLOAD_SIGNING_KEY",
+        value_name = "DOWNLOAD_SIGNING_KEY",
+        hide_env_values = true
+    )]
+    pub download_signing_key: Option<secrecy::SecretString>,
+    /// How long a signed download link works, in seconds.
+    #[arg(long, env = "DOWNLOAD_LINK_TTL_SECS", value_name = "DOWNLOAD_LINK_TTL_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(60..=604_800))]
+    pub download_link_ttl_secs: u64,
+    /// Requests per minute one owner may make to /api/v1 across the API fleet (0: no limit).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_PER_MINUTE",
+        value_name = "RATE_LIMIT_PER_MINUTE",
+        default_value_t = 0
+    )]
+    pub rate_limit_per_minute: u32,
+    /// Images one owner may request per day, UTC (0: no limit).
+    #[arg(
+        long,
+        env = "IMAGE_QUOTA_PER_DAY",
+        value_name = "IMAGE_QUOTA_PER_DAY",
+        default_value_t = 0
+    )]
+    pub image_quota_per_day: u32,
+    /// Jobs one owner may have queued or running at once (0: no limit).
+    #[arg(
+        long,
+        env = "MAX_ACTIVE_JOBS_PER_OWNER",
+        value_name = "MAX_ACTIVE_JOBS_PER_OWNER",
+        default_value_t = 0
+    )]
+    pub max_active_jobs_per_owner: u32,
+    /// Browser origins allowed to call the API (CORS), comma-separated exact origins such as
+    /// https://app.example.com; `*` only while authentication is off; empty: no cross-origin access.
+    #[arg(
+        long,
+        env = "CORS_ORIGINS",
+        value_name = "CORS_ORIGINS",
+        default_value = ""
+    )]
+    pub cors_origins: String,
+    /// Serve /metrics on this port of API_HOST instead of API_PORT (keeps metrics off the public listener);
+    /// unset: /metrics is on API_PORT.
+    #[arg(long, env = "API_METRICS_PORT", value_name = "API_METRICS_PORT")]
+    pub api_metrics_port: Option<u16>,
+    /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
+    #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<url::Url>,
+}
+
+/// The API's settings, validated.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub environment: Environment,
+    pub host: String,
+    pub port: u16,
+    /// Serve /metrics on its own port (on `host`) instead of with the API.
+    pub metrics_port: Option<u16>,
+    pub providers: ProviderSettings,
+    pub storage: StorageSettings,
+    pub max_images_per_request: u8,
+    /// BLOCKED_WORDS, when ENABLE_CONTENT_MODERATION is on.
+    pub blocked_words: Option<String>,
+    pub batch_max_requests: usize,
+    pub wait_default: Duration,
+    pub wait_max: Duration,
+    pub idempotency_ttl: Duration,
+    pub shutdown_delay: Duration,
+    pub auth: AuthSettings,
+    pub limits: OwnerLimitSettings,
+    /// CORS_ORIGINS, checked (exact origins; `*` only without authentication).
+    pub cors: Option<tower_http::cors::CorsLayer>,
+    /// Without a trailing slash.
+    pub public_base_url: Option<String>,
+}
+
+/// Who may call, and how.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// ENABLE_AUTHENTICATION.
+    pub enabled: bool,
+    /// The token issuer, when one is configured and authentication is on.
+    pub oidc: Option<OidcConfig>,
+    pub generate_role: String,
+    pub admin_role: String,
+    /// DOWNLOAD_SIGNING_KEY and the links' lifetime (authentication on only).
+    pub link_signing: Option<(SecretString, Duration)>,
+}
+
+/// Per-owner limits; 0 is none.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerLimitSettings {
+    pub requests_per_minute: u64,
+    pub images_per_day: u64,
+    pub active_jobs: i64,
+}
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The shortest DOWNLOAD_SIGNING_KEY accepted.
+const MIN_SIGNING_KEY_CHARS: usize = 32;
+
+impl ApiArgs {
+    /// Every setting checked, each error naming its variable.
+    pub fn settings(&self) -> anyhow::Result<ApiSettings> {
+        use secrecy::ExposeSecret;
+        let providers = self.providers.settings()?;
+        let storage = self.storage.settings()?;
+        if self.wait_default_secs > self.wait_max_secs {
+            return Err(ConfigError::new(
+                "WAIT_DEFAULT_SECS",
+                format!(
+                    "{} is above WAIT_MAX_SECS ({})",
+                    self.wait_default_secs, self.wait_max_secs
+                ),
+            )
+            .into());
+        }
+        if self.api_metrics_port.is_some_and(|p| p == self.api_port) {
+            return Err(ConfigError::new("API_METRICS_PORT", "must differ from API_PORT").into());
+        }
+        let link_signing = if self.enable_authentication {
+            let key = self
+                .download_signing_key
+                .clone()
+                .filter(|k| k.expose_secret().chars().count() >= MIN_SIGNING_KEY_CHARS)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "DOWNLOAD_SIGNING_KEY",
+                        format!(
+                            "required with ENABLE_AUTHENTICATION, at least {MIN_SIGNING_KEY_CHARS} characters \
+                             (the same on every API replica)"
+                        ),
+                    )
+                })?;
+            Some((key, Duration::from_secs(self.download_link_ttl_secs)))
+        } else {
+            None
+        };
+        let oidc = match OidcConfig::from_args(&self.oidc)? {
+            Some(config) if self.enable_authentication => Some(config),
+            Some(_) => {
+                tracing::warn!(
+                    "a token issuer is configured but ENABLE_AUTHENTICATION is off: every caller is anonymous"
+                );
+                None
+            }
+            None => None,
+        };
+        let cors = crate::security::cors(&self.cors_origins, self.enable_authentication)
+            .map_err(|e| ConfigError::new("CORS_ORIGINS", e.to_string()))?;
+        Ok(ApiSettings {
+            environment: self.core.environment,
+            host: self.api_host.clone(),
+            port: self.api_port,
+            metrics_port: self.api_metrics_port,
+            providers,
+            storage,
+            max_images_per_request: self.max_images_per_request,
+            blocked_words: self
+                .enable_content_moderation
+                .then(|| self.blocked_words.clone()),
+            batch_max_requests: usize::from(self.batch_max_requests),
+            wait_default: Duration::from_secs(self.wait_default_secs),
+            wait_max: Duration::from_secs(self.wait_max_secs),
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
+            shutdown_delay: Duration::from_secs(self.api_shutdown_delay_secs),
+            auth: AuthSettings {
+                enabled: self.enable_authentication,
+                oidc,
+                generate_role: self.oidc.auth_generate_role.clone(),
+                admin_role: self.oidc.auth_admin_role.clone(),
+                link_signing,
+            },
+            limits: OwnerLimitSettings {
+                requests_per_minute: u64::from(self.rate_limit_per_minute),
+                images_per_day: u64::from(self.image_quota_per_day),
+                active_jobs: i64::from(self.max_active_jobs_per_owner),
+            },
+            cors,
+            public_base_url: self
+                .public_base_url
+                .as_ref()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        api: ApiArgs,
+    }
+
+    /// Settings end up in panics, logs and error reports through `Debug`: no secret may show there.
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let secrets = [
+            "sk-openai-SECRET1",
+            "azure-key-SECRET2",
+            "aad-token-SECRET3",
+            "flux-key-SECRET4",
+            "signing-key-SECRET5-of-at-least-32-chars",
+            "dbpass-SECRET6",
+            "redispass-SECRET7",
+            "aws-SECRET8",
+            "azure-storage-SECRET9",
+        ];
+        let cli = Cli::try_parse_from([
+            "imagegen",
+            "--database-url",
+            &format!("postgres://app:{}@db:5432/imagegen", secrets[5]),
+            "--redis-url",
+            &format!("redis://:{}@redis:6379", secrets[6]),
+            "--openai-api-key",
+            secrets[0],
+            "--azure-openai-api-key",
+            secrets[1],
+            "--azure-openai-ad-token",
+            secrets[2],
+            "--flux-api-key",
+            secrets[3],
+            "--download-signing-key",
+            secrets[4],
+            "--aws-secret-access-key",
+            secrets[7],
+            "--azure-storage-access-key",
+            secrets[8],
+        ])
+        .expect("arguments parse");
+        let debug = format!("{:?}", cli.api);
+        for secret in secrets {
+            assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
+        }
+        assert!(debug.contains("postgres://app:REDACTED@db:5432/imagegen"));
+    }
+
+    fn settings_error(extra: &[&str]) -> String {
+        let mut args = vec![
+            "imagegen",
+            "--database-url",
+            "postgres://db/x",
+            "--redis-url",
+            "redis://r",
+            "--openai-api-key",
+            "k",
+        ];
+        args.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(args).expect("arguments parse");
+        cli.api.settings().expect_err("refused").to_string()
+    }
+
+    /// Each cross-field rule stops start-up with a line naming the variable.
+    #[test]
+    fn bad_settings_name_their_variable() {
+        let cases: [(&[&str], &str); 7] = [
+            (&["--enable-authentication", "true"], "DOWNLOAD_SIGNING_KEY"),
+            (
+                &[
+                    "--enable-authentication",
+                    "true",
+                    "--download-signing-key",
+                    "short",
+                ],
+                "DOWNLOAD_SIGNING_KEY",
+            ),
+            (
+                &["--wait-default-secs", "400", "--wait-max-secs", "300"],
+                "WAIT_DEFAULT_SECS",
+            ),
+            (&["--api-metrics-port", "8003"], "API_METRICS_PORT"),
+            (
+                &[
+                    "--cors-origins",
+                    "*",
+                    "--enable-authentication",
+                    "true",
+                    "--download-signing-key",
+                    &"k".repeat(40),
+                ],
+                "CORS_ORIGINS",
+            ),
+            (&["--default-model", "nope"], "DEFAULT_MODEL"),
+            (&["--storage-backend", "s3"], "S3_BUCKET"),
+        ];
+        for (extra, variable) in cases {
+            let message = settings_error(extra);
+            assert!(message.contains(variable), "{extra:?}: {message}");
+        }
+        let cli = Cli::try_parse_from([
+            "imagegen",
+            "--database-url",
+            "postgres://db/x",
+            "--redis-url",
+            "redis://r",
+            "--openai-api-key",
+            "k",
+            "--public-base-url",
+            "https://images.example.com/",
+        ])
+        .expect("arguments parse");
+        let settings = cli.api.settings().expect("valid");
+        assert_eq!(
+            settings.public_base_url.as_deref(),
+            Some("https://images.example.com")
+        );
+        assert!(settings.auth.link_signing.is_none() && settings.blocked_words.is_some());
+    }
+}
