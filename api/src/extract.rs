@@ -39,6 +39,49 @@ where
     }
 }
 
+/// An id type a path names, and what it is called when no such thing exists (`Job not found`).
+pub trait PathResource: std::str::FromStr {
+    const WHAT: &'static str;
+}
+
+impl PathResource for imagegen_shared::domain::JobId {
+    const WHAT: &'static str = "Job";
+}
+
+impl PathResource for imagegen_shared::domain::BatchId {
+    const WHAT: &'static str = "Batch";
+}
+
+impl PathResource for imagegen_shared::domain::ImageId {
+    const WHAT: &'static str = "Image";
+}
+
+/// API keys are named by a bare uuid.
+impl PathResource for uuid::Uuid {
+    const WHAT: &'static str = "API key";
+}
+
+/// The `{id}` of a path, parsed: an id that is not even well formed names nothing, so it is a 404 in our shape.
+pub struct PathId<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathId<T>
+where
+    T: PathResource + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound(T::WHAT))?;
+        raw.parse()
+            .map(Self)
+            .map_err(|_| ApiError::NotFound(T::WHAT))
+    }
+}
+
 /// `axum::extract::Query`, but a query string that does not parse is a `validation_failed` (400) in our shape,
 /// naming the parameter, rather than axum's plain-text rejection.
 pub struct AppQuery<T>(pub T);

@@ -45,6 +45,27 @@ pub fn accept(
     })
 }
 
+/// One request, from the client's body to a queued job: checked against the model catalogue (`accept`, with the
+/// `Cancel-After` header), bound to its `Idempotency-Key` for `endpoint`, recorded and queued. Generate and jobs both
+/// submit through here; the notices are the caller's to put on its answer (`lifecycle_headers`).
+#[tracing::instrument(skip_all, fields(endpoint, job_id))]
+pub async fn submit_request(
+    state: &AppState,
+    owner: &str,
+    correlation_id: &str,
+    headers: &axum::http::HeaderMap,
+    endpoint: &'static str,
+    body: GenerateBody,
+) -> Result<(JobRecord, Vec<LifecycleNotice>), ApiError> {
+    tracing::Span::current().record("endpoint", endpoint);
+    let Accepted { request, notices } =
+        accept(state, body, crate::extract::cancel_after(headers)?)?;
+    let idempotency = Idempotency::from_headers(headers, endpoint, &request)?;
+    let job = submit_job(state, owner, correlation_id, request, idempotency.as_ref()).await?;
+    tracing::Span::current().record("job_id", tracing::field::display(job.id));
+    Ok((job, notices))
+}
+
 /// Every item of a batch accepted, or every problem named by its item.
 pub fn accept_all(
     state: &AppState,
@@ -222,6 +243,7 @@ fn key_error(e: KeyError) -> ApiError {
     }
 }
 
+#[tracing::instrument(skip_all, fields(model = %request.model, job_id))]
 pub async fn submit_job(
     state: &AppState,
     owner: &str,
@@ -267,11 +289,13 @@ pub async fn submit_job(
         return Err(e.into());
     }
     metrics::counter!("imagegen_jobs_submitted_total", "model" => model.to_string()).increment(1);
+    tracing::Span::current().record("job_id", tracing::field::display(record.id));
     tracing::info!(job_id = %record.id, %model, provider = %record.provider, "job queued");
     Ok(record)
 }
 
 /// Records the whole batch in one transaction, then queues its unblocked items.
+#[tracing::instrument(skip_all, fields(items = requests.len(), batch_id))]
 pub async fn submit_batch(
     state: &AppState,
     owner: &str,
@@ -319,6 +343,7 @@ pub async fn submit_batch(
         metrics::counter!("imagegen_jobs_submitted_total", "model" => record.request.0.model.to_string())
             .increment(1);
     }
+    tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
     tracing::info!(%batch_id, items = records.len(), "batch queued");
     Ok((batch, records))
 }

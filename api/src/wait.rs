@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The job once it is terminal, or as it stands when `wait` runs out (or the server is stopping).
+#[tracing::instrument(level = "debug", skip_all, fields(job_id = %id, wait_ms = wait.as_millis()))]
 pub async fn wait_for_job(
     state: &AppState,
     owner: &str,
@@ -33,6 +34,7 @@ pub async fn wait_for_job(
 }
 
 /// Every job of a batch, once all are terminal or the wait runs out.
+#[tracing::instrument(level = "debug", skip_all, fields(batch_id = %batch, wait_ms = wait.as_millis()))]
 pub async fn wait_for_batch(
     state: &AppState,
     owner: &str,

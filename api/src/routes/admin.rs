@@ -1,13 +1,13 @@
 //! Admin endpoints (AUTH_ADMIN_ROLE): API keys for machines, managed over HTTP as `imagegen keys` does on the CLI.
 //! `POST /api/v1/admin/keys` (the key is shown once), `GET /api/v1/admin/keys`, `DELETE /api/v1/admin/keys/{id}`.
 
-use super::jobs::parse_id;
 use crate::auth::Admin;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::AppJson;
+use crate::extract::PathId;
 use crate::state::AppState;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, post};
 use chrono::{DateTime, Utc};
@@ -155,9 +155,8 @@ pub async fn list_keys(
 pub async fn revoke_key(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    Path(id): Path<String>,
+    PathId(id): PathId<uuid::Uuid>,
 ) -> Result<axum::Json<RevokedKeyView>, ApiError> {
-    let id: uuid::Uuid = parse_id(&id, "API key")?;
     if api_keys::revoke(&state.pool, &id.to_string()).await? != 1 {
         return Err(ApiError::NotFound("API key"));
     }

@@ -2,15 +2,16 @@
 
 use super::base_url;
 use super::generate::batch_response;
-use super::jobs::{WaitQuery, parse_id};
+use super::jobs::WaitQuery;
 use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::AppQuery;
+use crate::extract::PathId;
 use crate::state::AppState;
 use crate::views::{BatchView, batch_view};
 use crate::wait::wait_for_batch;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
@@ -34,12 +35,11 @@ pub fn router() -> Router<AppState> {
 pub async fn get_batch(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    PathId(id): PathId<BatchId>,
     AppQuery(query): AppQuery<WaitQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let hold = query.hold(state.wait_max)?;
-    let id: BatchId = parse_id(&id, "Batch")?;
     let batch = db::batches::get_batch(&state.pool, &owner, id)
         .await?
         .ok_or(ApiError::NotFound("Batch"))?;

@@ -5,7 +5,7 @@ use crate::auth::Submitter;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppJson, CorrelationId, WaitPreference, cancel_after};
 use crate::state::AppState;
-use crate::submit::{Idempotency, accept, accept_all, lifecycle_headers, submit_batch, submit_job};
+use crate::submit::{Idempotency, accept_all, lifecycle_headers, submit_batch, submit_request};
 use crate::views::{BatchView, JobView, batch_view};
 use crate::wait::{wait_for_batch, wait_for_job};
 use axum::Router;
@@ -56,18 +56,8 @@ pub async fn generate(
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let accepted_request = accept(&state, body, cancel_after(&headers)?)?;
-    let notices = accepted_request.notices;
-    let request = accepted_request.request;
-    let idempotency = Idempotency::from_headers(&headers, "generate", &request)?;
-    let job = submit_job(
-        &state,
-        &owner,
-        &correlation_id,
-        request,
-        idempotency.as_ref(),
-    )
-    .await?;
+    let (job, notices) =
+        submit_request(&state, &owner, &correlation_id, &headers, "generate", body).await?;
     let base = base_url(&state, &headers);
     let mut response =
         match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {

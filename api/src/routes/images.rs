@@ -2,15 +2,15 @@
 //! `DELETE /api/v1/images/{id}` (object, metadata and row).
 
 use super::base_url;
-use super::jobs::parse_id;
 use crate::auth::Owner;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::AppQuery;
+use crate::extract::PathId;
 use crate::state::AppState;
 use crate::views::{ImageView, image_view};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,10 +34,9 @@ pub fn router() -> Router<AppState> {
 pub async fn get_image(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    PathId(id): PathId<ImageId>,
     headers: HeaderMap,
 ) -> Result<axum::Json<ImageView>, ApiError> {
-    let id: ImageId = parse_id(&id, "Image")?;
     let image = db::images::get_image(&state.pool, &owner, id)
         .await?
         .ok_or(ApiError::NotFound("Image"))?;
@@ -74,12 +73,11 @@ pub async fn get_image(
     ))]
 pub async fn download_image(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ImageId>,
     AppQuery(link): AppQuery<SignedLink>,
     principal: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id: ImageId = parse_id(&id, "Image")?;
     let expires = link
         .expires
         .as_deref()
@@ -288,9 +286,8 @@ pub struct DeletedView {
 pub async fn delete_image(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    PathId(id): PathId<ImageId>,
 ) -> Result<axum::Json<DeletedView>, ApiError> {
-    let id: ImageId = parse_id(&id, "Image")?;
     let image = db::images::get_image(&state.pool, &owner, id)
         .await?
         .ok_or(ApiError::NotFound("Image"))?;

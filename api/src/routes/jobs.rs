@@ -5,13 +5,12 @@ use super::{accepted, base_url, load_job_view};
 use crate::auth::{Owner, Submitter};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::AppQuery;
-use crate::extract::{AppJson, CorrelationId, cancel_after};
+use crate::extract::{AppJson, CorrelationId, PathId};
 use crate::state::AppState;
-use crate::submit::{Idempotency, submit_job};
 use crate::views::{JobListView, JobView, job_view};
 use crate::wait::wait_for_job;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,10 +31,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/jobs", post(create_job).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
-}
-
-pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
-    raw.parse().map_err(|_| ApiError::NotFound(what))
 }
 
 /// Submit a generation job; answers 202 at once.
@@ -62,17 +57,9 @@ pub async fn create_job(
     headers: HeaderMap,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let crate::submit::Accepted { request, notices } =
-        crate::submit::accept(&state, body, cancel_after(&headers)?)?;
-    let idempotency = Idempotency::from_headers(&headers, "jobs", &request)?;
-    let job = submit_job(
-        &state,
-        &owner,
-        &correlation_id,
-        request,
-        idempotency.as_ref(),
-    )
-    .await?;
+    let (job, notices) =
+        crate::submit::submit_request(&state, &owner, &correlation_id, &headers, "jobs", body)
+            .await?;
     let mut response = accepted(load_job_view(&state, &base_url(&state, &headers), &job).await?);
     crate::submit::lifecycle_headers(&notices, response.headers_mut());
     Ok(response)
@@ -129,12 +116,11 @@ fn etag(job: &JobRecord) -> String {
 pub async fn get_job(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    PathId(id): PathId<JobId>,
     AppQuery(query): AppQuery<WaitQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let hold = query.hold(state.wait_max)?;
-    let id: JobId = parse_id(&id, "Job")?;
     let job = match hold {
         Some(wait) => wait_for_job(&state, &owner, id, wait).await?,
         None => db::jobs::get_job(&state.pool, &owner, id).await?,
@@ -175,10 +161,9 @@ pub async fn get_job(
 pub async fn cancel_job(
     State(state): State<AppState>,
     Owner(owner): Owner,
-    Path(id): Path<String>,
+    PathId(id): PathId<JobId>,
     headers: HeaderMap,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let id: JobId = parse_id(&id, "Job")?;
     let Some(job) = db::jobs::cancel(
         &state.pool,
         &owner,
