@@ -347,3 +347,56 @@ pub async fn submit_batch(
     tracing::info!(%batch_id, items = records.len(), "batch queued");
     Ok((batch, records))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imagegen_shared::catalogue::ModelStatus;
+    use imagegen_shared::domain::ModelId;
+
+    #[test]
+    fn lifecycle_notices_become_deprecation_sunset_and_warning_headers() {
+        let day = |s: &str| s.parse::<chrono::NaiveDate>().ok();
+        let notices = [
+            LifecycleNotice {
+                model: ModelId::new("dall-e-3"),
+                status: ModelStatus::Retired,
+                deprecated_on: day("2025-11-14"),
+                retires_on: day("2026-05-12"),
+                served_by: Some(ModelId::new("gpt-image-2")),
+            },
+            LifecycleNotice {
+                model: ModelId::new("gpt-image-1.5"),
+                status: ModelStatus::Deprecated,
+                deprecated_on: None,
+                retires_on: day("2026-12-16"),
+                served_by: None,
+            },
+        ];
+        let mut headers = axum::http::HeaderMap::new();
+        lifecycle_headers(&notices, &mut headers);
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        // 2025-11-14T00:00:00Z and, without a deprecation date, the retirement itself.
+        assert_eq!(all("deprecation"), ["@1763078400", "@1797379200"]);
+        assert_eq!(
+            all("sunset"),
+            [
+                "Tue, 12 May 2026 00:00:00 GMT",
+                "Wed, 16 Dec 2026 00:00:00 GMT"
+            ]
+        );
+        assert_eq!(
+            all("warning"),
+            [
+                r#"299 imagegen "model dall-e-3 is retired; served by gpt-image-2""#,
+                r#"299 imagegen "model gpt-image-1.5 is deprecated and retires on 2026-12-16""#
+            ]
+        );
+    }
+}

@@ -12,7 +12,7 @@ pub use model::{
     Family, ModelSpec, ModelStatus, Price, Serving, SizeParam, SizeRules, SizeSpec, TokenPrices,
 };
 
-use crate::domain::options::{Quality, Size};
+use crate::domain::options::Quality;
 use crate::domain::prompt::MAX_PROMPT_CHARS;
 use crate::domain::provider::{ModelId, ProviderId};
 use chrono::NaiveDate;
@@ -353,15 +353,6 @@ fn toml_to_json(value: toml::Value) -> serde_json::Value {
         toml::Value::Table(t) => {
             J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
         }
-    }
-}
-
-/// Requests naming `Size::Auto` for a model that cannot take it get the model's default.
-pub fn concrete_size(model: &ModelSpec, size: Size) -> Size {
-    if model.accepts_size(size) {
-        size
-    } else {
-        model.sizes.default
     }
 }
 
