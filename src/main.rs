@@ -289,7 +289,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Command::Worker(args) => {
             telemetry::init(&args.core.log_level)?;
-            imagegen_worker::run(*args, shutdown_signal()).await
+            imagegen_worker::run(args.settings()?, shutdown_signal()).await
         }
         Command::Migrate(args) => {
             telemetry::init(&args.core.log_level)?;

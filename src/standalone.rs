@@ -235,6 +235,13 @@ pub async fn run(
         ));
     }
 
+    // Checked before either half starts, so a bad worker setting does not leave the API up alone.
+    let worker = if run_worker {
+        Some(worker.settings()?)
+    } else {
+        None
+    };
+
     // Either half ending (an error, or the signal) stops the other.
     let api_task = async {
         let result = imagegen_api::serve(
@@ -248,12 +255,12 @@ pub async fn run(
         result
     };
     let worker_task = async {
-        if !run_worker {
+        let Some(worker) = worker else {
             tracing::info!(
                 "STANDALONE_WORKER=false: no workers; jobs wait for the next start with workers"
             );
             return Ok(());
-        }
+        };
         let result = imagegen_worker::consumer::run_with(
             worker,
             backends.clone(),

@@ -137,7 +137,7 @@ async fn a_job_is_claimed_once_and_completed_once_on(db: Db) {
         moderation: None,
     };
     assert!(
-        db::jobs::complete_unsuccessful(&db, job.id, "w1", &failure, &meta)
+        db::jobs::complete_unsuccessful(&db, job.id, "w1", &failure, &[])
             .await
             .expect("fail")
             .is_none()

@@ -1,9 +1,11 @@
-//! Wires the job handler to the apalis-redis queue and owns the process lifecycle (restart on Redis trouble,
-//! graceful shutdown).
+//! Wires the job handler to the queue (apalis-redis, or the standalone mode's in-process queue) and owns the
+//! process lifecycle: builds the job context from `WorkerSettings`, starts the periodic chores (reconciler,
+//! retention, queue promotion and vacuum), consumes until shutdown (restarting on Redis trouble), then drains.
+//! `run(settings, shutdown)` connects the stores the settings name; `run_with` takes stores shared with the API.
 
-use crate::WorkerArgs;
+use crate::config::WorkerSettings;
 use crate::download::Downloader;
-use crate::process::{self, JobContext, ProcessError};
+use crate::job::{self, JobContext, ProcessError, RunningJobs};
 use crate::providers::ImageProvider;
 use crate::providers::azure::AzureClient;
 use crate::providers::bfl::BflClient;
@@ -12,6 +14,7 @@ use crate::providers::images_api::ResponseFormat;
 use crate::providers::openai::OpenAiClient;
 use crate::retry::Backoff;
 use crate::routing::Routes;
+use crate::ticker;
 use anyhow::Context;
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis::prelude::{Event, WorkerContext};
@@ -23,7 +26,6 @@ use imagegen_shared::backends::Backends;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
-use imagegen_shared::limits::LimitSettings;
 use imagegen_shared::queue::{JobMessage, apalis_config};
 use imagegen_shared::queue::{JobQueue, Signal};
 use imagegen_shared::storage::ImageStorage;
@@ -45,21 +47,11 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_EVERY: Duration = Duration::from_secs(600);
 const VACUUM_AFTER: Duration = Duration::from_secs(3600);
 
-fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_owned());
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
-}
-
 async fn handle_message(
     message: JobMessage,
     ctx: Data<Arc<JobContext>>,
 ) -> Result<(), BoxDynError> {
-    match process::handle(ctx.0.clone(), message).await {
+    match job::handle(ctx.0.clone(), message).await {
         Ok(_) => Ok(()),
         // Returned to apalis so the message comes back later (it reschedules failed tasks with a growing delay).
         Err(e @ (ProcessError::Busy(_) | ProcessError::Db(_) | ProcessError::Released(_))) => {
@@ -69,66 +61,51 @@ async fn handle_message(
     }
 }
 
-/// Builds everything from configuration, then consumes the queue until `shutdown` resolves.
+/// Connects to the stores `settings` name, then consumes the queue until `shutdown` resolves.
 pub async fn run(
-    args: WorkerArgs,
+    settings: WorkerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let backends = Backends::connect(
-        &args.database.database_url,
-        args.database.database_max_connections,
-        Some(&args.redis.redis_url),
-        &args.redis.queue_name,
+        &settings.database.database_url,
+        settings.database.database_max_connections,
+        Some(&settings.redis.redis_url),
+        &settings.redis.queue_name,
     )?;
-    run_with(args, backends, shutdown).await
+    run_with(settings, backends, shutdown).await
 }
 
 /// Consumes the queue of `backends` until `shutdown` resolves (the standalone mode shares them with its API).
 pub async fn run_with(
-    args: WorkerArgs,
+    settings: WorkerSettings,
     backends: Backends,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let provider_settings = args.providers.settings()?;
-    let storage = ImageStorage::from_settings(&args.storage.settings()?)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let storage =
+        ImageStorage::from_settings(&settings.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
     storage.verify().await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let timeout = provider_settings.timeout;
-    let routes = build_routes(&args, &provider_settings)?;
-    let concurrency_limits = args.fleet.concurrency(&provider_settings.catalogue)?;
-    let limit_settings = ProviderId::ALL
-        .iter()
-        .map(|p| {
-            let settings = LimitSettings {
-                concurrency: concurrency_limits.get(p).copied().unwrap_or(0),
-                breaker_failures: args.fleet.breaker_failures,
-                breaker_cooldown: Duration::from_secs(args.fleet.breaker_cooldown_secs),
-                permit_ttl: args.fleet.permit_ttl(),
-            };
-            (*p, settings)
-        })
-        .collect();
-    let mut allowed: Vec<String> = args
-        .download_allowed_hosts
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    let routes = build_routes(&settings.providers, settings.download.response_format)?;
+    let mut allowed = settings.download.allowed_hosts.clone();
     allowed.extend(routes.download_hosts());
     // Production downloads must be encrypted; plain http is for emulators and tests.
-    let require_https = args.core.environment.is_production();
-    let downloader =
-        Downloader::new(allowed, args.max_image_bytes, timeout)?.require_https(require_https);
+    let require_https = settings.environment.is_production();
+    let downloader = Downloader::new(
+        allowed,
+        settings.download.max_image_bytes,
+        settings.providers.timeout,
+    )?
+    .require_https(require_https);
 
-    if let Some(port) = args.worker_metrics_port {
+    if let Some(port) = settings.metrics_port {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(SocketAddr::from(([0, 0, 0, 0], port)))
             .install()
             .context("WORKER_METRICS_PORT: could not serve metrics")?;
     }
 
-    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
-    let concurrency = usize::try_from(args.worker_concurrency).unwrap_or(1);
+    let worker_id = settings.worker_id.clone();
+    let concurrency = settings.concurrency;
     let abandon = CancellationToken::new();
     let ctx = Arc::new(JobContext {
         pool: backends.db.clone(),
@@ -137,10 +114,10 @@ pub async fn run_with(
         downloader,
         queue: backends.queue.clone(),
         limits: backends.limits.clone(),
-        limit_settings,
-        in_progress: Mutex::new(std::collections::HashMap::new()),
+        limit_settings: settings.limits.clone(),
+        running: RunningJobs::default(),
         worker_id: worker_id.clone(),
-        lease: Duration::from_secs(args.job_lease_secs),
+        lease: settings.lease,
         backoff: Backoff::default(),
         abandon: abandon.clone(),
     });
@@ -149,7 +126,7 @@ pub async fn run_with(
     {
         let stopping = stopping.clone();
         let abandon = abandon.clone();
-        let grace = Duration::from_secs(args.shutdown_grace_secs);
+        let grace = settings.shutdown_grace;
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!(
@@ -170,47 +147,44 @@ pub async fn run_with(
         stopping.clone(),
     ));
 
-    if let Some(days) = args.storage.image_retention_days {
-        let settings = crate::retention::RetentionSettings {
-            age: Duration::from_secs(u64::from(days) * 86_400),
+    if let Some(age) = settings.storage.retention {
+        let retention = crate::retention::RetentionSettings {
+            age,
             every: RETENTION_EVERY,
         };
         tracing::info!(
-            days,
+            days = age.as_secs() / 86_400,
             "image retention on: finished jobs and their images are deleted after that age"
         );
         tokio::spawn(crate::retention::run(
             ctx.pool.clone(),
             ctx.storage.clone(),
-            settings,
+            retention,
             stopping.clone(),
         ));
     }
 
-    if args.reconcile_enabled {
-        let settings = crate::reconciler::ReconcilerSettings {
-            every: Duration::from_secs(args.reconcile_interval_secs),
-            queued_after: Duration::from_secs(args.reconcile_queued_after),
-        };
+    if let Some(reconcile) = settings.reconcile.clone() {
         tokio::spawn(crate::reconciler::run(
             ctx.pool.clone(),
             ctx.queue.clone(),
             ctx.storage.clone(),
-            settings,
+            reconcile,
             stopping.clone(),
         ));
     }
 
-    tracing::info!(%worker_id, concurrency, queue = %args.redis.queue_name, stores = %backends.describe(), "worker started");
+    let queue_name = settings.redis.queue_name.as_str();
+    tracing::info!(%worker_id, concurrency, queue = %queue_name, stores = %backends.describe(), "worker started");
     match backends.redis_connection() {
         Some(redis) => {
             tokio::spawn(vacuum_queue(
                 RedisStorage::<JobMessage>::new(redis.clone())
-                    .with_config(apalis_config(&args.redis.queue_name, 1)),
+                    .with_config(apalis_config(queue_name, 1)),
                 stopping.clone(),
             ));
             tokio::spawn(promote_due_loop(ctx.queue.clone(), stopping.clone()));
-            consume_redis(&args, redis, ctx, concurrency, running, stopping).await;
+            consume_redis(queue_name, redis, ctx, concurrency, running, stopping).await;
         }
         None => consume_local(ctx, concurrency, stopping).await,
     }
@@ -220,13 +194,8 @@ pub async fn run_with(
 
 /// Keeps apalis' scheduled set from piling up past what its fetch script can promote (see `JobQueue::promote_due`).
 async fn promote_due_loop(queue: JobQueue, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(PROMOTE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = ticker::every(PROMOTE_EVERY, &stop);
+    while ticks.next().await {
         match queue.promote_due().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(moved = n, "promoted a pile-up of due queue messages"),
@@ -237,7 +206,7 @@ async fn promote_due_loop(queue: JobQueue, stop: CancellationToken) {
 
 /// apalis on Redis: rebuilt whenever Redis goes away, until `stopping`.
 async fn consume_redis(
-    args: &WorkerArgs,
+    queue_name: &str,
     redis: ConnectionManager,
     ctx: Arc<JobContext>,
     concurrency: usize,
@@ -246,7 +215,7 @@ async fn consume_redis(
 ) {
     loop {
         let backend = RedisStorage::<JobMessage>::new(redis.clone())
-            .with_config(apalis_config(&args.redis.queue_name, concurrency));
+            .with_config(apalis_config(queue_name, concurrency));
         let worker = WorkerBuilder::new(ctx.worker_id.as_str())
             .backend(backend)
             .data(ctx.clone())
@@ -308,7 +277,7 @@ async fn consume_local(ctx: Arc<JobContext>, concurrency: usize, stopping: Cance
         let ctx = ctx.clone();
         running.spawn(async move {
             let _slot = slot;
-            if let Err(e) = process::handle(ctx.clone(), message.clone()).await {
+            if let Err(e) = job::handle(ctx.clone(), message.clone()).await {
                 if matches!(e, ProcessError::Released(_)) {
                     return;
                 }
@@ -359,12 +328,8 @@ async fn listen_for_work(
 /// every job ever run. Postgres keeps the real record, so an hour of queue history is plenty.
 async fn vacuum_queue(mut storage: RedisStorage<JobMessage>, stop: CancellationToken) {
     use apalis_core::backend::Vacuum;
-    let mut tick = tokio::time::interval(VACUUM_EVERY);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = ticker::every(VACUUM_EVERY, &stop);
+    while ticks.next().await {
         match storage.vacuum_before(VACUUM_AFTER).await {
             Ok(n) if n > 0 => tracing::debug!(removed = n, "vacuumed finished queue messages"),
             Ok(_) => {}
@@ -374,30 +339,27 @@ async fn vacuum_queue(mut storage: RedisStorage<JobMessage>, stop: CancellationT
 }
 
 /// One client per configured provider; the routes are built per job from the offer (`Routes::chain`).
-fn build_routes(args: &WorkerArgs, settings: &ProviderSettings) -> anyhow::Result<Routes> {
+fn build_routes(
+    settings: &ProviderSettings,
+    response_format: ResponseFormat,
+) -> anyhow::Result<Routes> {
     let timeout = settings.timeout;
     let mut clients: Vec<Arc<dyn ImageProvider>> = Vec::new();
     for provider in settings.configured() {
         let client: Arc<dyn ImageProvider> = match provider {
             ProviderId::OpenAi => match &settings.openai {
-                Some(openai) => Arc::new(OpenAiClient::new(
-                    openai.clone(),
-                    timeout,
-                    args.openai_response_format,
-                )?),
+                Some(openai) => {
+                    Arc::new(OpenAiClient::new(openai.clone(), timeout, response_format)?)
+                }
                 None => continue,
             },
             ProviderId::AzureOpenAi => match &settings.azure {
-                Some(azure) => Arc::new(AzureClient::new(
-                    azure.clone(),
-                    timeout,
-                    args.openai_response_format,
-                )?),
+                Some(azure) => Arc::new(AzureClient::new(azure.clone(), timeout, response_format)?),
                 None => continue,
             },
             ProviderId::Flux => match &settings.flux {
                 Some(flux) => {
-                    let inline = args.openai_response_format == ResponseFormat::B64Json;
+                    let inline = response_format == ResponseFormat::B64Json;
                     Arc::new(FluxClient::new(flux.clone(), timeout, inline)?)
                 }
                 None => continue,

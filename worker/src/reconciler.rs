@@ -6,8 +6,8 @@
 //! - `running` jobs whose lease expired (their worker died) go back to `queued` and are pushed again, or fail once
 //!   their attempts are used up.
 //!
-//! Every worker runs it; a Postgres advisory lock lets one pass run at a time across the fleet (see `db::reconcile`). Duplicate messages
-//! are harmless: a worker claims a job only if it is still queued (or its lease expired).
+//! Every worker runs it; a Postgres advisory lock lets one pass run at a time across the fleet (see `db::reconcile`).
+//! Duplicate messages are harmless: a worker claims a job only if it is still queued (or its lease expired).
 
 use imagegen_shared::db::{self, Db};
 use imagegen_shared::domain::JobStatus;
@@ -102,6 +102,7 @@ pub async fn sweep_orphans(pool: &Db, storage: &ImageStorage) -> Result<usize, d
     Ok(removed.len())
 }
 
+/// Runs a pass and an orphan sweep every `settings.every` until `stop`.
 pub async fn run(
     pool: Db,
     queue: JobQueue,
@@ -109,12 +110,8 @@ pub async fn run(
     settings: ReconcilerSettings,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(settings.every);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = crate::ticker::every(settings.every, &stop);
+    while ticks.next().await {
         match reconcile_once(&pool, &queue, &settings).await {
             Ok(Some((stale, expired, failed))) if stale + expired + failed > 0 => {
                 tracing::info!(stale, expired, failed, "reconciler re-queued lost work");

@@ -88,18 +88,15 @@ async fn sweep_locked(
     Ok(swept)
 }
 
+/// Runs a pass every `settings.every` (the first at once) until `stop`.
 pub async fn run(
     db: Db,
     storage: ImageStorage,
     settings: RetentionSettings,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(settings.every);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = crate::ticker::every(settings.every, &stop);
+    while ticks.next().await {
         match sweep_once(&db, &storage, settings.age).await {
             Ok(Some(swept)) if swept.jobs > 0 || swept.failed > 0 => tracing::info!(
                 jobs = swept.jobs,

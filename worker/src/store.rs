@@ -1,16 +1,26 @@
 //! Copying a provider's pictures into our storage: decode or download (allow-listed hosts only), check the bytes
 //! are an image, read its real dimensions, hash it, store it with its metadata. All or nothing per answer.
+//!
+//! Callers hand over what it needs as a [`StoreContext`] (the job context has `store()` for that).
 
-use crate::download::DownloadError;
-use crate::process::JobContext;
+use crate::download::{DownloadError, Downloader};
 use crate::providers::{GeneratedImage, ImageSource, ProviderOutput};
 use base64::Engine;
 use bytes::Bytes;
 use chrono::Utc;
-use imagegen_shared::db::{self, JobRecord, NewImage};
+use imagegen_shared::db::{self, Db, JobRecord, NewImage};
 use imagegen_shared::domain::{GenerationRequest, ImageId};
 use imagegen_shared::storage::{ImageMetadata, ImageStorage, StorageError, sniff_image};
 use sha2::{Digest, Sha256};
+
+/// What storing needs: where the bytes go, the intent log, the downloader for result URLs, and who writes.
+#[derive(Clone, Copy)]
+pub struct StoreContext<'a> {
+    pub pool: &'a Db,
+    pub storage: &'a ImageStorage,
+    pub downloader: &'a Downloader,
+    pub worker_id: &'a str,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,8 +47,10 @@ impl StoreError {
 
 /// Copies every picture of one provider answer into storage; on any failure removes what it stored.
 /// `request` is what the serving route was asked (after any translation); `route` names it in the metadata.
+/// Errors are the caller's to log (they are a failed attempt).
+#[tracing::instrument(skip_all, fields(images = output.images.len()))]
 pub async fn store_all(
-    ctx: &JobContext,
+    ctx: StoreContext<'_>,
     job: &JobRecord,
     request: &GenerationRequest,
     route: &str,
@@ -57,8 +69,9 @@ pub async fn store_all(
     Ok(stored)
 }
 
+#[tracing::instrument(skip_all, fields(position))]
 async fn store_one(
-    ctx: &JobContext,
+    ctx: StoreContext<'_>,
     job: &JobRecord,
     request: &GenerationRequest,
     route: &str,
@@ -107,11 +120,11 @@ async fn store_one(
         created_at,
     };
     // The intent first: should this worker die before the job's success is recorded, the reconciler finds the object.
-    db::pending::record(&ctx.pool, &key, job.id, &ctx.worker_id)
+    db::pending::record(ctx.pool, &key, job.id, ctx.worker_id)
         .await
         .map_err(StoreError::Db)?;
     if let Err(e) = ctx.storage.put_image(&key, bytes, &metadata).await {
-        let _ = db::pending::forget(&ctx.pool, std::slice::from_ref(&key)).await;
+        let _ = db::pending::forget(ctx.pool, std::slice::from_ref(&key)).await;
         return Err(StoreError::Storage(e));
     }
     Ok(NewImage {
@@ -130,7 +143,8 @@ async fn store_one(
 
 /// Deletes objects this worker stored but will not record; an object that cannot be deleted stays in the intent
 /// log, and the reconciler tries again.
-pub async fn remove_objects(ctx: &JobContext, images: &[NewImage]) {
+#[tracing::instrument(skip_all, fields(images = images.len()))]
+pub async fn remove_objects(ctx: StoreContext<'_>, images: &[NewImage]) {
     let mut removed = Vec::with_capacity(images.len());
     for image in images {
         match ctx.storage.delete_image(&image.storage_key).await {
@@ -140,7 +154,7 @@ pub async fn remove_objects(ctx: &JobContext, images: &[NewImage]) {
             }
         }
     }
-    if let Err(e) = db::pending::forget(&ctx.pool, &removed).await {
+    if let Err(e) = db::pending::forget(ctx.pool, &removed).await {
         tracing::warn!(error = %e, "could not clear the intent log; the reconciler will");
     }
 }

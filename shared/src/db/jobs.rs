@@ -1,9 +1,17 @@
-//! `jobs` table: insert, read (always scoped to the owner), and the worker's conditional transitions.
+//! `jobs` table: insert, read (always scoped to the owner), and every state transition, each a conditional UPDATE:
+//! the worker's (claim, attempt, complete, release, deadline cancel), the client's cancel, and the reconciler's
+//! (deadline cancel of queued jobs, expired leases failed or requeued), which run inside its transaction (`Conn`).
+//!
+//! Longer than the house's ~500 lines on purpose: every transition of a job, whoever makes it, is in this one file,
+//! so the state machine reads in one place and a second copy of a transition (or one that moves a job backwards)
+//! shows here.
 
 use super::DbError;
 use super::images::{ImageRecord, NewImage};
-use super::{Db, on_db};
-use crate::domain::{BatchId, FailureCode, GenerationRequest, JobId, JobStatus, Moderation};
+use super::{Conn, Db, on_conn, on_db};
+use crate::domain::{
+    AttemptRecord, BatchId, FailureCode, GenerationRequest, JobId, JobStatus, Moderation,
+};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use std::time::Duration;
@@ -65,8 +73,12 @@ pub struct Served {
     pub translations: Vec<String>,
 }
 
-/// What a job canceled by its deadline says (the worker and the reconciler both write it).
-pub const DEADLINE_MESSAGE: &str = "The job's deadline passed before it could start";
+/// What a job canceled by its deadline says (whether the worker or the reconciler cancels it).
+const DEADLINE_MESSAGE: &str = "The job's deadline passed before it could start";
+
+/// What a running job whose worker died says once its attempts are used up.
+const LEASE_EXPIRED_MESSAGE: &str =
+    "The worker running this job stopped and its attempts are used up";
 
 /// How a job ended when it did not succeed.
 #[derive(Debug, Clone)]
@@ -318,8 +330,36 @@ pub async fn complete_succeeded(
     })
 }
 
-/// Ends a running job without images (failed or moderated). `None` when it was no longer this worker's.
+/// Ends a running job without images (failed or moderated), keeping its retry history. `None` when it was no
+/// longer this worker's.
 pub async fn complete_unsuccessful(
+    db: &Db,
+    id: JobId,
+    worker_id: &str,
+    failure: &JobFailure,
+    history: &[AttemptRecord],
+) -> Result<Option<JobRecord>, DbError> {
+    let meta = serde_json::json!({ "retries": history });
+    end_without_images(db, id, worker_id, failure, &meta).await
+}
+
+/// Cancels a job this worker claimed after its deadline passed, before any provider call. `None` when it was no
+/// longer this worker's.
+pub async fn cancel_claimed_past_deadline(
+    db: &Db,
+    id: JobId,
+    worker_id: &str,
+) -> Result<Option<JobRecord>, DbError> {
+    let failure = JobFailure {
+        status: JobStatus::Canceled,
+        code: FailureCode::DeadlineExceeded,
+        message: DEADLINE_MESSAGE.into(),
+        moderation: None,
+    };
+    end_without_images(db, id, worker_id, &failure, &serde_json::json!({})).await
+}
+
+async fn end_without_images(
     db: &Db,
     id: JobId,
     worker_id: &str,
@@ -451,4 +491,140 @@ pub async fn active_count(db: &Db, owner: &str) -> Result<i64, DbError> {
         .await?
     });
     Ok(n)
+}
+
+// The reconciler's transitions, run inside its pass (one transaction under an advisory lock, see `db::reconcile`).
+// Each takes at most `batch` rows, skipping rows another pass has locked.
+
+/// Queued jobs whose deadline passed never start: canceled. Their waiters learn it when they next read.
+pub(crate) async fn cancel_queued_past_deadline(
+    conn: Conn<'_>,
+    batch: i64,
+) -> Result<Vec<JobId>, DbError> {
+    let rows: Vec<(JobId,)> = on_conn!(conn, |c, sql| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'canceled', error_code = $2, error_message = $3, finished_at = {now}, \
+                updated_at = {now} \
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND deadline_at <= {now} AND attempts = 0 \
+                          LIMIT $1 {skip}) \
+             RETURNING id",
+            now = sql.now,
+            skip = sql.skip_locked(),
+        )))
+        .bind(batch)
+        .bind(FailureCode::DeadlineExceeded)
+        .bind(DEADLINE_MESSAGE)
+        .fetch_all(&mut *c)
+        .await?
+    });
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Running jobs whose lease expired (their worker died) with no attempts left: failed.
+pub(crate) async fn fail_expired_out_of_attempts(
+    conn: Conn<'_>,
+    batch: i64,
+) -> Result<Vec<JobId>, DbError> {
+    let rows: Vec<(JobId,)> = on_conn!(conn, |c, sql| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'failed', error_code = $2, error_message = $3, \
+                lease_until = NULL, finished_at = {now}, updated_at = {now} \
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < {now} \
+                          AND attempts >= max_attempts LIMIT $1 {skip}) \
+             RETURNING id",
+            now = sql.now,
+            skip = sql.skip_locked(),
+        )))
+        .bind(batch)
+        .bind(FailureCode::ProviderError)
+        .bind(LEASE_EXPIRED_MESSAGE)
+        .fetch_all(&mut *c)
+        .await?
+    });
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Running jobs whose lease expired: back to queued, to be pushed again. Returns (id, correlation id).
+pub(crate) async fn requeue_expired_leases(
+    conn: Conn<'_>,
+    batch: i64,
+) -> Result<Vec<(JobId, String)>, DbError> {
+    let rows = on_conn!(conn, |c, sql| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = {now} \
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < {now} LIMIT $1 {skip}) \
+             RETURNING id, correlation_id",
+            now = sql.now,
+            skip = sql.skip_locked(),
+        )))
+        .bind(batch)
+        .fetch_all(&mut *c)
+        .await?
+    });
+    Ok(rows)
+}
+
+/// How many jobs are queued.
+pub(crate) async fn queued_count(conn: Conn<'_>) -> Result<i64, DbError> {
+    let n = on_conn!(conn, |c, sql| {
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'")
+            .fetch_one(&mut *c)
+            .await?
+    });
+    Ok(n)
+}
+
+/// Up to `limit` queued jobs nobody touched for `untouched_for`, oldest first, marked touched now (so the next
+/// pass does not pick them again at once): to be pushed again. Returns (id, correlation id).
+pub(crate) async fn touch_stale_queued(
+    conn: Conn<'_>,
+    untouched_for: Duration,
+    limit: i64,
+) -> Result<Vec<(JobId, String)>, DbError> {
+    let rows = on_conn!(conn, |c, sql| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET updated_at = {now} \
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND updated_at < {before} \
+                          ORDER BY updated_at LIMIT $2 {skip}) \
+             RETURNING id, correlation_id",
+            now = sql.now,
+            before = sql.now_minus("$1"),
+            skip = sql.skip_locked(),
+        )))
+        .bind(untouched_for.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?
+    });
+    Ok(rows)
+}
+
+/// Every running job back to queued (a single process restarting: their worker was this process).
+pub(crate) async fn requeue_all_running(conn: Conn<'_>) -> Result<(), DbError> {
+    on_conn!(conn, |c, sql| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = {now} \
+             WHERE status = 'running'",
+            now = sql.now,
+        )))
+        .execute(&mut *c)
+        .await?;
+    });
+    Ok(())
+}
+
+/// The oldest `limit` queued jobs, (id, correlation id).
+pub(crate) async fn oldest_queued(
+    conn: Conn<'_>,
+    limit: i64,
+) -> Result<Vec<(JobId, String)>, DbError> {
+    let rows = on_conn!(conn, |c, sql| {
+        sqlx::query_as(
+            "SELECT id, correlation_id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await?
+    });
+    Ok(rows)
 }

@@ -167,6 +167,45 @@ macro_rules! on_db {
 }
 pub(crate) use on_db;
 
+/// A connection inside a transaction the caller opened, on either database: how a query function of one table's
+/// module joins a transaction opened elsewhere (the reconciler's pass runs `jobs` updates under its advisory lock).
+/// Inside an `on_db!` body, `Conn::from(&mut *tx)` picks the right variant.
+pub(crate) enum Conn<'c> {
+    Postgres(&'c mut sqlx::PgConnection),
+    Sqlite(&'c mut sqlx::SqliteConnection),
+}
+
+impl<'c> From<&'c mut sqlx::PgConnection> for Conn<'c> {
+    fn from(conn: &'c mut sqlx::PgConnection) -> Self {
+        Conn::Postgres(conn)
+    }
+}
+
+impl<'c> From<&'c mut sqlx::SqliteConnection> for Conn<'c> {
+    fn from(conn: &'c mut sqlx::SqliteConnection) -> Self {
+        Conn::Sqlite(conn)
+    }
+}
+
+/// `on_db!` for a [`Conn`]: `$conn` bound to the concrete connection, `$sql` to its [`Dialect`].
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident, $sql:ident| $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Postgres($c) => {
+                #[allow(unused_variables)]
+                let $sql = &$crate::db::POSTGRES;
+                $body
+            }
+            $crate::db::Conn::Sqlite($c) => {
+                #[allow(unused_variables)]
+                let $sql = &$crate::db::SQLITE;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_conn;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database unavailable: {0}")]

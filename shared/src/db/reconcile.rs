@@ -1,8 +1,9 @@
 //! The reconciler's pass over unfinished jobs, in one transaction that only one process at a time may run
-//! (a Postgres advisory lock; SQLite has a single process and a single writer).
+//! (a Postgres advisory lock; SQLite has a single process and a single writer). The transitions themselves are
+//! `db::jobs`'; this module holds the lock, the transaction and how many stale jobs to pick.
 
-use super::{Db, DbError, on_db};
-use crate::domain::{FailureCode, JobId};
+use super::{Conn, Db, DbError, jobs, on_db};
+use crate::domain::JobId;
 use std::time::Duration;
 
 /// Any fixed number works; it only has to be the same across the fleet.
@@ -40,64 +41,20 @@ pub async fn pass(
                 return Ok(None);
             }
         }
-        let now = sql.now;
-        let skip = sql.skip_locked();
-        // Queued jobs whose deadline passed never start; their waiters learn it when they next read.
-        let past_deadline: Vec<(JobId,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'canceled', error_code = $2, error_message = $3, finished_at = {now}, \
-                updated_at = {now} \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND deadline_at <= {now} AND attempts = 0 \
-                          LIMIT $1 {skip}) \
-             RETURNING id"
-        )))
-        .bind(batch)
-        .bind(FailureCode::DeadlineExceeded)
-        .bind(crate::db::jobs::DEADLINE_MESSAGE)
-        .fetch_all(&mut *tx)
-        .await?;
-        let failed: Vec<(JobId,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'failed', error_code = $2, \
-                error_message = 'The worker running this job stopped and its attempts are used up', \
-                lease_until = NULL, finished_at = {now}, updated_at = {now} \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < {now} \
-                          AND attempts >= max_attempts LIMIT $1 {skip}) \
-             RETURNING id"
-        )))
-        .bind(batch)
-        .bind(FailureCode::ProviderError)
-        .fetch_all(&mut *tx)
-        .await?;
-        let expired: Vec<(JobId, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = {now} \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < {now} LIMIT $1 {skip}) \
-             RETURNING id, correlation_id"
-        )))
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await?;
-        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'")
-            .fetch_one(&mut *tx)
-            .await?;
+        let past_deadline = jobs::cancel_queued_past_deadline(Conn::from(&mut *tx), batch).await?;
+        let failed = jobs::fail_expired_out_of_attempts(Conn::from(&mut *tx), batch).await?;
+        let expired = jobs::requeue_expired_leases(Conn::from(&mut *tx), batch).await?;
+        let queued = jobs::queued_count(Conn::from(&mut *tx)).await?;
         let missing = (queued - i64::try_from(expired.len()).unwrap_or(0) - held).clamp(0, batch);
-        let stale: Vec<(JobId, String)> = if missing == 0 {
+        let stale = if missing == 0 {
             Vec::new()
         } else {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "UPDATE jobs SET updated_at = {now} \
-                 WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND updated_at < {before} \
-                              ORDER BY updated_at LIMIT $2 {skip}) \
-                 RETURNING id, correlation_id",
-                before = sql.now_minus("$1"),
-            )))
-            .bind(queued_after.as_secs_f64())
-            .bind(missing)
-            .fetch_all(&mut *tx)
-            .await?
+            jobs::touch_stale_queued(Conn::from(&mut *tx), queued_after, missing).await?
         };
         tx.commit().await?;
         Ok(Some(Pass {
-            past_deadline: past_deadline.into_iter().map(|(id,)| id).collect(),
-            failed: failed.into_iter().map(|(id,)| id).collect(),
+            past_deadline,
+            failed,
             expired,
             stale,
         }))
@@ -109,19 +66,8 @@ pub async fn pass(
 pub async fn resume_after_restart(db: &Db, batch: i64) -> Result<Vec<(JobId, String)>, DbError> {
     on_db!(db, |pool, sql| {
         let mut tx = pool.begin_with(sql.begin).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_until = NULL, updated_at = {now} \
-             WHERE status = 'running'",
-            now = sql.now,
-        )))
-        .execute(&mut *tx)
-        .await?;
-        let queued: Vec<(JobId, String)> = sqlx::query_as(
-            "SELECT id, correlation_id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT $1",
-        )
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await?;
+        jobs::requeue_all_running(Conn::from(&mut *tx)).await?;
+        let queued = jobs::oldest_queued(Conn::from(&mut *tx), batch).await?;
         tx.commit().await?;
         Ok(queued)
     })

@@ -1,5 +1,6 @@
 //! Domain types: parsed once at the edge ("parse, don't validate") so deeper code never re-checks a prompt or size.
 
+pub mod attempt;
 pub mod ids;
 pub mod job;
 pub mod offer;
@@ -10,6 +11,7 @@ pub mod request;
 pub mod resolve;
 pub mod translate;
 
+pub use attempt::AttemptRecord;
 pub use ids::{BatchId, ImageId, JobId};
 pub use job::{FailureCode, JobStatus, Moderation, ModerationSource, ModerationStage};
 pub use offer::{Offer, ProviderModels, today};

@@ -1,0 +1,117 @@
+//! What every job of one worker process shares (`JobContext`, built once by the consumer), the registry of the jobs
+//! running here (so a client's cancel can stop one at once), and the lease keeper that holds a claimed job's lease
+//! while it runs.
+
+use crate::config::ProviderLimits;
+use crate::download::Downloader;
+use crate::retry::Backoff;
+use crate::routing::Routes;
+use crate::store::StoreContext;
+use imagegen_shared::db::{self, Db};
+use imagegen_shared::domain::JobId;
+use imagegen_shared::limits::FleetLimits;
+use imagegen_shared::queue::JobQueue;
+use imagegen_shared::storage::ImageStorage;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Everything a job needs, shared by all jobs of one worker process.
+pub struct JobContext {
+    pub pool: Db,
+    pub storage: ImageStorage,
+    pub routes: Routes,
+    pub downloader: Downloader,
+    pub queue: JobQueue,
+    pub limits: FleetLimits,
+    pub limit_settings: ProviderLimits,
+    pub worker_id: String,
+    pub lease: Duration,
+    pub backoff: Backoff,
+    /// Cancelled when the shutdown grace period is over: jobs still running give themselves back to the queue.
+    pub abandon: CancellationToken,
+    pub running: RunningJobs,
+}
+
+impl JobContext {
+    /// What copying pictures into storage needs.
+    pub fn store(&self) -> StoreContext<'_> {
+        StoreContext {
+            pool: &self.pool,
+            storage: &self.storage,
+            downloader: &self.downloader,
+            worker_id: &self.worker_id,
+        }
+    }
+
+    /// A client canceled the job: if it runs here, stop it now (the provider call is dropped, nothing is kept).
+    pub fn stop_if_running(&self, id: JobId) {
+        self.running.stop(id);
+    }
+}
+
+/// The jobs this process is running, each with the token that stops it (a client's cancel, a lost lease).
+#[derive(Default)]
+pub struct RunningJobs(Mutex<HashMap<JobId, CancellationToken>>);
+
+impl RunningJobs {
+    /// Records `id` as running here until the returned guard is dropped; the token is cancelled by `stop`.
+    pub fn register(&self, id: JobId, token: CancellationToken) -> Registration<'_> {
+        self.lock().insert(id, token);
+        Registration { jobs: self, id }
+    }
+
+    fn stop(&self, id: JobId) {
+        if let Some(token) = self.lock().get(&id) {
+            tracing::info!(job_id = %id, "job canceled by its client; stopping");
+            token.cancel();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, CancellationToken>> {
+        // A panic elsewhere while holding the lock leaves the map itself intact.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removes a job from [`RunningJobs`] however its run ends.
+pub struct Registration<'a> {
+    jobs: &'a RunningJobs,
+    id: JobId,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.jobs.lock().remove(&self.id);
+    }
+}
+
+/// Keeps the lease alive while the job runs (abort the handle when it ends); cancels `lost` if another worker took
+/// the job over.
+pub fn spawn_lease_keeper(
+    ctx: Arc<JobContext>,
+    id: JobId,
+    lost: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let keep = async move {
+        let mut tick = tokio::time::interval(ctx.lease / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match db::jobs::extend_lease(&ctx.pool, id, &ctx.worker_id, ctx.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("lease lost; another worker owns the job now");
+                    lost.cancel();
+                    return;
+                }
+                // A blip: the lease is several ticks long, so the next tick can still save it.
+                Err(e) => tracing::warn!(error = %e, "could not extend lease"),
+            }
+        }
+    };
+    // Under the job's span, so its warnings say which job.
+    tokio::spawn(keep.in_current_span())
+}

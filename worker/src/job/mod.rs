@@ -1,0 +1,125 @@
+//! One job, start to finish: claim it in Postgres with a lease; walk its routes (its provider first, then failover
+//! targets) asking the fleet-wide limits for admission; call, retrying what is worth retrying (every attempt counted
+//! in Postgres, per route); copy the pictures into our storage; only then mark the job succeeded, conditionally, so
+//! a job delivered twice is completed once; publish the event that wakes waiters.
+//!
+//! A job whose route is saturated or paused does not hold a worker slot: it goes back to the queue with a delay.
+//!
+//! The consumer calls [`handle`] per queue message with the process's [`JobContext`]. The steps live in their own
+//! modules: `context` (shared state, running jobs, the lease keeper), `route_run` (one route: admit, call,
+//! on_failure), `failure` (what a failed attempt means), `finish` (the terminal writes and hand-backs).
+
+mod context;
+mod failure;
+mod finish;
+mod outcome;
+mod route_run;
+
+pub use context::{JobContext, RunningJobs};
+pub use outcome::{Outcome, ProcessError};
+
+use context::spawn_lease_keeper;
+use failure::AttemptError;
+use finish::{finish_past_deadline, finish_unsuccessful, publish_finished};
+use imagegen_shared::db::{self, JobFailure, JobRecord};
+use imagegen_shared::domain::{AttemptRecord, FailureCode, JobStatus};
+use imagegen_shared::queue::JobMessage;
+use route_run::{JobRun, RouteResult, RouteRun};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Runs the job a queue message names, in a `job` span that every step's span and log line nests under.
+pub async fn handle(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, ProcessError> {
+    let span = tracing::info_span!("job", job_id = %message.job_id, correlation_id = %message.correlation_id,
+        worker_id = %ctx.worker_id);
+    run(ctx, message).instrument(span).await
+}
+
+async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, ProcessError> {
+    let id = message.job_id;
+    let Some(job) = claim(&ctx, &message).await? else {
+        return match db::jobs::get_job_unscoped(&ctx.pool, id).await? {
+            Some(job) if job.status == JobStatus::Running => Err(ProcessError::Busy(id)),
+            Some(job) => {
+                tracing::info!(status = %job.status, "job already settled; message dropped");
+                Ok(Outcome::NotOurs)
+            }
+            None => {
+                tracing::warn!("queued message for a job that does not exist");
+                Ok(Outcome::NotOurs)
+            }
+        };
+    };
+    tracing::info!(provider = %job.provider, attempts = job.attempts, "job claimed");
+    // Not started by its deadline: it ends canceled without any provider call.
+    if job.attempts == 0 && job.deadline_at.is_some_and(|d| d <= chrono::Utc::now()) {
+        let outcome = finish_past_deadline(&ctx, &job).await?;
+        publish_finished(&ctx, id, &outcome).await;
+        return Ok(outcome);
+    }
+    let lost = CancellationToken::new();
+    let _registered = ctx.running.register(id, lost.clone());
+    let keeper = spawn_lease_keeper(ctx.clone(), id, lost.clone());
+    let job_run = JobRun {
+        ctx: &ctx,
+        job: &job,
+        message: &message,
+        lost: &lost,
+        started: Instant::now(),
+    };
+    let result = generate(&job_run).await;
+    keeper.abort();
+    let outcome = result?;
+    publish_finished(&ctx, id, &outcome).await;
+    Ok(outcome)
+}
+
+/// Takes the job for this worker with a lease; `None` when it is not ours to run (see `db::jobs::claim_job`).
+#[tracing::instrument(skip_all, err)]
+async fn claim(ctx: &JobContext, message: &JobMessage) -> Result<Option<JobRecord>, ProcessError> {
+    Ok(db::jobs::claim_job(&ctx.pool, message.job_id, &ctx.worker_id, ctx.lease).await?)
+}
+
+/// Walks the job's routes in order until one ends the job; when none can, the job fails with the last error.
+async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
+    let (ctx, job) = (job_run.ctx, job_run.job);
+    let request = &job.request.0;
+    let (chain, skipped) = ctx.routes.chain(request, imagegen_shared::domain::today());
+    let mut history: Vec<AttemptRecord> = skipped
+        .into_iter()
+        .map(|s| AttemptRecord::skipped(s.key, s.why))
+        .collect();
+    if chain.is_empty() {
+        let failure = JobFailure {
+            status: JobStatus::Failed,
+            code: FailureCode::ProviderNotConfigured,
+            message: format!("No worker is configured for model {}", request.model),
+            moderation: None,
+        };
+        return finish_unsuccessful(ctx, job, &failure, &history).await;
+    }
+    let mut last: Option<AttemptError> = None;
+    for route in &chain {
+        match RouteRun::new(job_run, route, &mut history).run().await? {
+            RouteResult::Done(outcome) => return Ok(outcome),
+            RouteResult::Next(err) => {
+                if err.is_some() {
+                    last = err;
+                }
+            }
+        }
+    }
+    let failure = match &last {
+        Some(e) => e.failure(e.retryable()),
+        None => JobFailure {
+            status: JobStatus::Failed,
+            code: FailureCode::ProviderError,
+            message: "Every provider that could serve this job is unavailable (circuit open)"
+                .into(),
+            moderation: None,
+        },
+    };
+    finish_unsuccessful(ctx, job, &failure, &history).await
+}

@@ -1,0 +1,30 @@
+//! How handling one queue message ends: what the queue consumer reads to acknowledge a message or have it delivered
+//! again. Every step of a job returns these, so they sit apart from the steps.
+
+use imagegen_shared::db::DbError;
+use imagegen_shared::domain::{JobId, JobStatus};
+
+/// How handling one queue message ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// This worker took the job to a terminal state.
+    Finished(JobStatus),
+    /// Nothing to do: the job is already finished, gone, or was taken over by another worker.
+    NotOurs,
+    /// Its route was saturated or paused: the job went back to the queue, due again after a delay.
+    Deferred,
+}
+
+/// Why a message could not be handled now; each comes back later.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Postgres trouble: the message should come back later.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Another worker holds a live lease; look again once it could have expired.
+    #[error("job {0} is held by another worker")]
+    Busy(JobId),
+    /// The worker is shutting down and gave the job back to the queue.
+    #[error("job {0} released at shutdown")]
+    Released(JobId),
+}
