@@ -31,8 +31,8 @@ pub fn accept(
     header_deadline: Option<u32>,
 ) -> Result<Accepted, ApiError> {
     let offer = state.offer();
-    let mut request = GenerationRequest::parse(body, &offer).map_err(ApiError::Validation)?;
-    request.deadline_secs = request.deadline_secs.or(header_deadline);
+    let request =
+        GenerationRequest::parse(body, &offer, header_deadline).map_err(ApiError::Validation)?;
     let resolved = resolve(request, &offer, imagegen_shared::domain::today())?;
     for notice in &resolved.notices {
         metrics::counter!("imagegen_deprecated_model_requests_total", "model" => notice.model.to_string(),
@@ -131,9 +131,9 @@ pub fn lifecycle_headers(notices: &[LifecycleNotice], headers: &mut axum::http::
 fn first_provider(state: &AppState, request: &GenerationRequest) -> ProviderId {
     let offer = state.offer();
     request
-        .provider
+        .provider()
         .or_else(|| {
-            offer.catalogue.get(request.model.as_str()).and_then(|m| {
+            offer.catalogue.get(request.model().as_str()).and_then(|m| {
                 offer
                     .routes_for(m, imagegen_shared::domain::today())
                     .first()
@@ -152,7 +152,7 @@ fn new_job(
     let blocked = state
         .keyword_filter
         .as_ref()
-        .and_then(|f| f.check(request.prompt.as_str()));
+        .and_then(|f| f.check(request.prompt().as_str()));
     if let Some(hit) = &blocked {
         // The term goes to the log for operators, never to the client.
         tracing::info!(term = %hit.term, "prompt blocked by keyword moderation");
@@ -175,7 +175,7 @@ fn new_job(
             categories: None,
         }),
         error: blocked.map(|_| (FailureCode::ContentBlocked, BLOCKED_MESSAGE.to_owned())),
-        deadline_secs: request.deadline_secs,
+        deadline_secs: request.deadline_secs(),
         request,
     }
 }
@@ -243,7 +243,7 @@ fn key_error(e: KeyError) -> ApiError {
     }
 }
 
-#[tracing::instrument(skip_all, fields(model = %request.model, job_id))]
+#[tracing::instrument(skip_all, fields(model = %request.model(), job_id))]
 pub async fn submit_job(
     state: &AppState,
     owner: &str,
@@ -251,9 +251,9 @@ pub async fn submit_job(
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
-    let model = request.model.clone();
+    let model = request.model().clone();
     // Checked for every submission, replays included: a key must not become a way around the quota.
-    crate::rate_limit::check_submission(state, owner, 1, u64::from(request.num_images)).await?;
+    crate::rate_limit::check_submission(state, owner, 1, u64::from(request.num_images())).await?;
     let job = new_job(state, owner, correlation_id, request);
     let record = match idempotency {
         None => db::jobs::insert(&state.pool, &job).await?,
@@ -303,7 +303,7 @@ pub async fn submit_batch(
     requests: Vec<GenerationRequest>,
     idempotency: Option<&Idempotency>,
 ) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
-    let images = requests.iter().map(|r| u64::from(r.num_images)).sum();
+    let images = requests.iter().map(|r| u64::from(r.num_images())).sum();
     crate::rate_limit::check_submission(state, owner, requests.len(), images).await?;
     let jobs: Vec<NewJob> = requests
         .into_iter()
@@ -340,7 +340,7 @@ pub async fn submit_batch(
             }
             return Err(e.into());
         }
-        metrics::counter!("imagegen_jobs_submitted_total", "model" => record.request.0.model.to_string())
+        metrics::counter!("imagegen_jobs_submitted_total", "model" => record.request.0.model().to_string())
             .increment(1);
     }
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));

@@ -173,20 +173,20 @@ pub fn job_view(
         batch_id: job.batch_id,
         batch_index: job.batch_index,
         status: job.status,
-        model: req.model.clone(),
-        requested_model: req.requested_model.clone(),
+        model: req.model().clone(),
+        requested_model: req.requested_model().cloned(),
         provider: job.provider.clone(),
-        prompt: req.prompt.as_str().to_owned(),
-        size: req.size.to_string(),
-        num_images: req.num_images,
-        quality: req.quality.map(|q| q.as_str().to_owned()),
-        style: req.style.map(|s| s.as_str().to_owned()),
-        seed: req.seed,
-        background: req.background.map(|b| b.as_str().to_owned()),
-        output_format: req.output_format.map(|f| f.as_str().to_owned()),
-        output_compression: req.output_compression,
-        moderation_level: req.moderation.map(|m| m.as_str().to_owned()),
-        allow_failover: req.allow_failover,
+        prompt: req.prompt().as_str().to_owned(),
+        size: req.size().to_string(),
+        num_images: req.num_images(),
+        quality: req.quality().map(|q| q.as_str().to_owned()),
+        style: req.style().map(|s| s.as_str().to_owned()),
+        seed: req.seed(),
+        background: req.background().map(|b| b.as_str().to_owned()),
+        output_format: req.output_format().map(|f| f.as_str().to_owned()),
+        output_compression: req.output_compression(),
+        moderation_level: req.moderation().map(|m| m.as_str().to_owned()),
+        allow_failover: req.allow_failover(),
         sandbox: served_provider(job).is_some_and(|p| sandbox.contains(&p)),
         images: images
             .iter()
@@ -200,7 +200,7 @@ pub fn job_view(
         provider_details: job.provider_meta.as_ref().map(|m| m.0.clone()),
         served_by: job.served_by.clone(),
         translations: req
-            .translations
+            .translations()
             .iter()
             .chain(job.translations.iter().flat_map(|t| t.0.iter()))
             .cloned()

@@ -73,17 +73,17 @@ impl Routes {
         };
         let catalogue = &offer.catalogue;
         let mut targets: Vec<(ProviderId, ModelId)> = Vec::new();
-        if let Some(model) = catalogue.get(request.model.as_str()) {
+        if let Some(model) = catalogue.get(request.model().as_str()) {
             let mut own = offer.routes_for(model, today);
-            if let Some(pinned) = request.provider {
+            if let Some(pinned) = request.provider() {
                 own.sort_by_key(|p| *p != pinned);
-                if !request.allow_failover {
+                if !request.allow_failover() {
                     own.retain(|p| *p == pinned);
                 }
             }
             targets.extend(own.into_iter().map(|p| (p, model.id.clone())));
         }
-        if request.allow_failover {
+        if request.allow_failover() {
             for provider in offer.providers.iter() {
                 let Some(default) = &provider.default_model else {
                     continue;
@@ -92,7 +92,7 @@ impl Routes {
                 let live = catalogue
                     .get(default.as_str())
                     .is_some_and(|m| offer.routes_for(m, today).contains(&provider.provider));
-                if live && !targets.contains(&target) && *default != request.model {
+                if live && !targets.contains(&target) && default != request.model() {
                     targets.push(target);
                 }
             }
@@ -193,7 +193,7 @@ mod tests {
     }
 
     fn request(offer: &Offer, body: GenerateBody) -> GenerationRequest {
-        let parsed = GenerationRequest::parse(body, offer).expect("valid");
+        let parsed = GenerationRequest::parse(body, offer, None).expect("valid");
         resolve(parsed, offer, today()).expect("served").request
     }
 
@@ -272,15 +272,15 @@ mod tests {
         assert_eq!(chain[1].translations, ["output_format webp -> png"]);
         let flux = &chain[2];
         assert!(
-            flux.model.accepts_size(flux.request.size),
+            flux.model.accepts_size(flux.request.size()),
             "{}",
-            flux.request.size
+            flux.request.size()
         );
         let bfl = &chain[3];
         assert!(
-            bfl.model.accepts_size(bfl.request.size),
+            bfl.model.accepts_size(bfl.request.size()),
             "{}",
-            bfl.request.size
+            bfl.request.size()
         );
     }
 

@@ -102,13 +102,13 @@ async fn store_one(
     let id = ImageId::new();
     let created_at = Utc::now();
     let key = ImageStorage::key_for(id, created_at, ext);
-    let seed = image.seed.or(request.seed.map(i64::from));
+    let seed = image.seed.or(request.seed().map(i64::from));
     let size_bytes = bytes.len() as u64;
     let metadata = ImageMetadata {
         image_id: id,
         job_id: job.id,
         owner: job.owner.clone(),
-        prompt: request.prompt.as_str().to_owned(),
+        prompt: request.prompt().as_str().to_owned(),
         revised_prompt: image.revised_prompt.clone(),
         provider: route.to_owned(),
         width,

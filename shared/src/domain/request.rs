@@ -68,43 +68,99 @@ pub struct GenerateBody {
     pub deadline_seconds: Option<i64>,
 }
 
-/// A request every part of which has been checked: this is what is stored on the job and run by a worker.
+/// A request every part of which has been checked: this is what is stored on the job and run by a worker. Made only
+/// by `parse` (from a client's body), by `resolve`/`translate` (for another model) or read back from the job store,
+/// so holding one means it was checked; read it through its accessors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GenerationRequest {
-    pub prompt: Prompt,
+    pub(crate) prompt: Prompt,
     /// The model that serves it (after any replacement of a retired one).
-    pub model: ModelId,
+    pub(crate) model: ModelId,
     /// The provider the client asked for, if any: its routes go first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<ProviderId>,
-    pub size: Size,
-    pub num_images: u8,
+    pub(crate) provider: Option<ProviderId>,
+    pub(crate) size: Size,
+    pub(crate) num_images: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality: Option<Quality>,
+    pub(crate) quality: Option<Quality>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub style: Option<Style>,
+    pub(crate) style: Option<Style>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u32>,
+    pub(crate) seed: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub background: Option<Background>,
+    pub(crate) background: Option<Background>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_format: Option<OutputFormat>,
+    pub(crate) output_format: Option<OutputFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_compression: Option<u8>,
+    pub(crate) output_compression: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moderation: Option<ModerationLevel>,
-    pub allow_failover: bool,
+    pub(crate) moderation: Option<ModerationLevel>,
+    pub(crate) allow_failover: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline_secs: Option<u32>,
+    pub(crate) deadline_secs: Option<u32>,
     /// The model the client named, when another one serves it (a retired model's replacement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested_model: Option<ModelId>,
+    pub(crate) requested_model: Option<ModelId>,
     /// Every change made at submission to suit the serving model, e.g. `size 1792x1024 -> 1536x1024`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub translations: Vec<String>,
+    pub(crate) translations: Vec<String>,
     /// The model came from a seed provider name (`flux_schnell`), which any provider of its family may serve.
     #[serde(skip)]
-    pub via_seed_name: bool,
+    pub(crate) via_seed_name: bool,
+}
+
+impl GenerationRequest {
+    pub fn prompt(&self) -> &Prompt {
+        &self.prompt
+    }
+    pub fn model(&self) -> &ModelId {
+        &self.model
+    }
+    /// The provider the client asked for, if any.
+    pub fn provider(&self) -> Option<ProviderId> {
+        self.provider
+    }
+    pub fn size(&self) -> Size {
+        self.size
+    }
+    pub fn num_images(&self) -> u8 {
+        self.num_images
+    }
+    pub fn quality(&self) -> Option<Quality> {
+        self.quality
+    }
+    pub fn style(&self) -> Option<Style> {
+        self.style
+    }
+    pub fn seed(&self) -> Option<u32> {
+        self.seed
+    }
+    pub fn background(&self) -> Option<Background> {
+        self.background
+    }
+    pub fn output_format(&self) -> Option<OutputFormat> {
+        self.output_format
+    }
+    pub fn output_compression(&self) -> Option<u8> {
+        self.output_compression
+    }
+    pub fn moderation(&self) -> Option<ModerationLevel> {
+        self.moderation
+    }
+    pub fn allow_failover(&self) -> bool {
+        self.allow_failover
+    }
+    /// Seconds from submission by which the job must have started (the body's `deadline_seconds`, else the
+    /// `Cancel-After` header).
+    pub fn deadline_secs(&self) -> Option<u32> {
+        self.deadline_secs
+    }
+    pub fn requested_model(&self) -> Option<&ModelId> {
+        self.requested_model.as_ref()
+    }
+    pub fn translations(&self) -> &[String] {
+        &self.translations
+    }
 }
 
 /// The request as stored by any version: jobs written before the model catalogue named only a seed provider
@@ -359,7 +415,12 @@ fn choose_model(
 
 impl GenerationRequest {
     /// Checks `body` against the model it names (retired or not: what happens then is `resolve`'s decision).
-    pub fn parse(body: GenerateBody, offer: &Offer) -> Result<Self, ValidationErrors> {
+    /// `cancel_after` is the `Cancel-After` header's deadline, used when the body sets none.
+    pub fn parse(
+        body: GenerateBody,
+        offer: &Offer,
+        cancel_after: Option<u32>,
+    ) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
 
         let prompt = Prompt::try_from(body.prompt.clone())
@@ -539,7 +600,7 @@ impl GenerationRequest {
         match (prompt, size, num_images) {
             (Some(prompt), Some(size), Some(num_images)) if errors.0.is_empty() => Ok(Self {
                 allow_failover: body.allow_failover.unwrap_or(true),
-                deadline_secs,
+                deadline_secs: deadline_secs.or(cancel_after),
                 prompt,
                 model: model.id.clone(),
                 provider: pinned,

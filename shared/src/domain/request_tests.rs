@@ -51,7 +51,7 @@ fn fields(err: ValidationErrors) -> Vec<String> {
 
 #[test]
 fn defaults_fill_what_is_missing() {
-    let req = GenerationRequest::parse(body(" a cat "), &offer_with(&[])).expect("valid");
+    let req = GenerationRequest::parse(body(" a cat "), &offer_with(&[]), None).expect("valid");
     assert_eq!(req.prompt.as_str(), "a cat");
     assert_eq!(req.model.as_str(), "gpt-image-2");
     assert_eq!(req.provider, None);
@@ -73,7 +73,7 @@ fn gpt_image_takes_every_field() {
     b.output_compression = Some(80);
     b.moderation = Some("low".into());
     b.num_images = Some(3);
-    let req = GenerationRequest::parse(b, &offer_with(&[])).expect("valid");
+    let req = GenerationRequest::parse(b, &offer_with(&[]), None).expect("valid");
     assert_eq!(req.output_compression, Some(80));
     assert_eq!(req.output_format, Some(crate::domain::OutputFormat::Webp));
 
@@ -85,7 +85,7 @@ fn gpt_image_takes_every_field() {
     b.style = Some("vivid".into());
     b.seed = Some(1);
     assert_eq!(
-        fields(GenerationRequest::parse(b, &offer_with(&[])).expect_err("invalid")),
+        fields(GenerationRequest::parse(b, &offer_with(&[]), None).expect_err("invalid")),
         ["style", "background", "output_compression", "seed"]
     );
 }
@@ -97,7 +97,7 @@ fn flux_takes_seed_and_several_images_but_no_quality() {
     b.size = Some("1536x1024".into());
     b.num_images = Some(4);
     b.seed = Some(42);
-    let req = GenerationRequest::parse(b, &offer_with(&[])).expect("valid");
+    let req = GenerationRequest::parse(b, &offer_with(&[]), None).expect("valid");
     assert_eq!(req.model.as_str(), "flux-schnell");
     assert_eq!(
         (req.num_images, req.seed, req.quality, req.style),
@@ -109,7 +109,7 @@ fn flux_takes_seed_and_several_images_but_no_quality() {
     b.quality = Some("hd".into());
     b.style = Some("vivid".into());
     assert_eq!(
-        fields(GenerationRequest::parse(b, &offer_with(&[])).expect_err("invalid")),
+        fields(GenerationRequest::parse(b, &offer_with(&[]), None).expect_err("invalid")),
         ["quality", "style"]
     );
 }
@@ -123,7 +123,7 @@ fn dalle3_checks_its_own_rules_before_any_replacement() {
     b.seed = Some(1);
     b.quality = Some("ultra".into());
     b.style = Some("noir".into());
-    let errs = GenerationRequest::parse(b, &offer_with(&[])).expect_err("invalid");
+    let errs = GenerationRequest::parse(b, &offer_with(&[]), None).expect_err("invalid");
     assert!(
         errs.0[1].message.contains("makes one image per request"),
         "{errs}"
@@ -135,7 +135,7 @@ fn dalle3_checks_its_own_rules_before_any_replacement() {
 
     let mut b = body("a cat");
     b.provider = Some("dalle3".into());
-    let req = GenerationRequest::parse(b, &offer_with(&[])).expect("valid");
+    let req = GenerationRequest::parse(b, &offer_with(&[]), None).expect("valid");
     assert_eq!(
         (req.model.as_str(), req.quality, req.style),
         ("dall-e-3", Some(Quality::Standard), Some(Style::Vivid))
@@ -149,7 +149,7 @@ fn service_limit_caps_num_images() {
     let mut b = body("waves");
     b.model = Some("flux-schnell".into());
     b.num_images = Some(3);
-    let errs = GenerationRequest::parse(b, &offer).expect_err("over the service limit");
+    let errs = GenerationRequest::parse(b, &offer, None).expect_err("over the service limit");
     assert!(errs.0[0].message.contains("between 1 and 2"), "{errs}");
 }
 
@@ -158,7 +158,7 @@ fn provider_must_be_known_enabled_and_configured() {
     let offer = offer_with(&["--enabled-providers", "openai,azure_openai,flux"]);
     let mut b = body("a cat");
     b.provider = Some("bfl".into());
-    let e = GenerationRequest::parse(b.clone(), &offer)
+    let e = GenerationRequest::parse(b.clone(), &offer, None)
         .expect_err("disabled")
         .to_string();
     assert!(e.contains("not enabled"), "{e}");
@@ -166,12 +166,12 @@ fn provider_must_be_known_enabled_and_configured() {
     offer
         .providers
         .retain(|p| p.provider != crate::domain::ProviderId::Bfl);
-    let e = GenerationRequest::parse(b.clone(), &offer)
+    let e = GenerationRequest::parse(b.clone(), &offer, None)
         .expect_err("unconfigured")
         .to_string();
     assert!(e.contains("not configured"), "{e}");
     b.provider = Some("midjourney".into());
-    let e = GenerationRequest::parse(b.clone(), &offer)
+    let e = GenerationRequest::parse(b.clone(), &offer, None)
         .expect_err("unknown")
         .to_string();
     assert!(
@@ -180,7 +180,7 @@ fn provider_must_be_known_enabled_and_configured() {
     );
     b.provider = None;
     b.model = Some("midjourney-v7".into());
-    let e = GenerationRequest::parse(b, &offer)
+    let e = GenerationRequest::parse(b, &offer, None)
         .expect_err("unknown model")
         .to_string();
     assert!(e.contains("Unknown model"), "{e}");
@@ -190,7 +190,7 @@ fn provider_must_be_known_enabled_and_configured() {
 fn a_provider_alone_gets_its_default_model() {
     let mut b = body("a cat");
     b.provider = Some("bfl".into());
-    let req = GenerationRequest::parse(b, &offer_with(&[])).expect("valid");
+    let req = GenerationRequest::parse(b, &offer_with(&[]), None).expect("valid");
     assert_eq!(
         (req.model.as_str(), req.provider),
         ("flux-2-pro", Some(crate::domain::ProviderId::Bfl))
@@ -202,9 +202,9 @@ fn prompt_length_is_the_models() {
     let long = "a".repeat(5000);
     let mut b = body(&long);
     b.model = Some("gpt-image-2".into());
-    assert!(GenerationRequest::parse(b.clone(), &offer_with(&[])).is_ok());
+    assert!(GenerationRequest::parse(b.clone(), &offer_with(&[]), None).is_ok());
     b.model = Some("dall-e-3".into());
-    let e = GenerationRequest::parse(b, &offer_with(&[]))
+    let e = GenerationRequest::parse(b, &offer_with(&[]), None)
         .expect_err("too long")
         .to_string();
     assert!(e.contains("at most 4000"), "{e}");
@@ -215,7 +215,7 @@ fn empty_prompt_and_negative_seed_reported_together() {
     let mut b = body("   ");
     b.provider = Some("flux_schnell".into());
     b.seed = Some(-1);
-    let errs = GenerationRequest::parse(b, &offer_with(&[])).expect_err("invalid");
+    let errs = GenerationRequest::parse(b, &offer_with(&[]), None).expect_err("invalid");
     assert_eq!(fields(errs.clone()), ["prompt", "seed"]);
     assert_eq!(fields(errs.in_item(3)), ["[3].prompt", "[3].seed"]);
 }
@@ -252,7 +252,7 @@ fn unknown_fields_are_rejected() {
 
 #[test]
 fn stored_request_round_trips_and_old_rows_still_read() {
-    let req = GenerationRequest::parse(body("a cat"), &offer_with(&[])).expect("valid");
+    let req = GenerationRequest::parse(body("a cat"), &offer_with(&[]), None).expect("valid");
     let json = serde_json::to_value(&req).expect("serialise");
     assert_eq!(json["size"], "1024x1024");
     let back: GenerationRequest = serde_json::from_value(json).expect("deserialise");

@@ -203,7 +203,7 @@ mod tests {
     use crate::domain::{ImageSize, Quality, Size};
 
     fn parse(body: GenerateBody, offer: &Offer) -> GenerationRequest {
-        GenerationRequest::parse(body, offer).expect("valid")
+        GenerationRequest::parse(body, offer, None).expect("valid")
     }
 
     fn dalle3(size: &str) -> GenerateBody {

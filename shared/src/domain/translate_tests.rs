@@ -13,7 +13,7 @@ fn request(model: &str, size: &str, n: i64, seed: Option<i64>) -> GenerationRequ
         seed,
         ..GenerateBody::default()
     };
-    GenerationRequest::parse(body, &offer_with(&[])).expect("valid")
+    GenerationRequest::parse(body, &offer_with(&[]), None).expect("valid")
 }
 
 fn spec(id: &str) -> std::sync::Arc<crate::catalogue::ModelSpec> {
@@ -163,6 +163,6 @@ fn a_prompt_too_long_for_the_target_cannot_go_there() {
         model: Some("gpt-image-2".into()),
         ..GenerateBody::default()
     };
-    let req = GenerationRequest::parse(body, &offer_with(&[])).expect("valid");
+    let req = GenerationRequest::parse(body, &offer_with(&[]), None).expect("valid");
     assert!(translate(&req, &spec("flux-schnell"), None, &c).is_err());
 }

@@ -95,7 +95,7 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
         let failure = JobFailure {
             status: JobStatus::Failed,
             code: FailureCode::ProviderNotConfigured,
-            message: format!("No worker is configured for model {}", request.model),
+            message: format!("No worker is configured for model {}", request.model()),
             moderation: None,
         };
         return finish_unsuccessful(ctx, job, &failure, &history).await;

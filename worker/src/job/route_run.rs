@@ -431,7 +431,7 @@ impl<'a> RouteRun<'a> {
 /// aspect-ratio models choose their own pixels, so only an exact width x height ask is compared).
 fn size_mismatches(route: &Route, images: &[NewImage]) -> Vec<String> {
     let request = &route.request;
-    let asked = request.size.exact().filter(|_| {
+    let asked = request.size().exact().filter(|_| {
         route
             .model
             .serves
@@ -447,7 +447,10 @@ fn size_mismatches(route: &Route, images: &[NewImage]) -> Vec<String> {
         .map(|i| {
             format!(
                 "image {} is {}x{}, asked {}",
-                i.position, i.width, i.height, request.size
+                i.position,
+                i.width,
+                i.height,
+                request.size()
             )
         })
         .collect()

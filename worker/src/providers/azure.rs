@@ -178,7 +178,7 @@ impl ImageProvider for AzureClient {
     }
 
     async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
-        super::split_calls(call.request.num_images, call.model.images_per_call, |n| {
+        super::split_calls(call.request.num_images(), call.model.images_per_call, |n| {
             self.call_once(call, n)
         })
         .await

@@ -146,7 +146,7 @@ impl BflClient {
     ) -> Result<(GeneratedImage, Value), ProviderError> {
         let started = Instant::now();
         let req = call.request;
-        let size = req.size.exact().unwrap_or(
+        let size = req.size().exact().unwrap_or(
             call.model
                 .sizes
                 .default
@@ -164,12 +164,12 @@ impl BflClient {
             SizeParam::AspectRatio => (None, None, Some(size.ratio_string())),
         };
         let body = SubmitBody {
-            prompt: req.prompt.as_str(),
+            prompt: req.prompt().as_str(),
             width,
             height,
             aspect_ratio,
             seed,
-            output_format: req.output_format.map_or("png", |f| f.as_str()),
+            output_format: req.output_format().map_or("png", |f| f.as_str()),
         };
         let submit_url = self
             .base
@@ -325,8 +325,8 @@ impl ImageProvider for BflClient {
     }
 
     async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
-        let seed = call.request.seed.unwrap_or_else(rand::random);
-        let tasks = (0..u32::from(call.request.num_images))
+        let seed = call.request.seed().unwrap_or_else(rand::random);
+        let tasks = (0..u32::from(call.request.num_images()))
             .map(|i| self.run_task(call, seed.wrapping_add(i)));
         let results = try_join_all(tasks).await?;
         let (images, tasks): (Vec<_>, Vec<_>) = results.into_iter().unzip();

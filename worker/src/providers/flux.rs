@@ -143,10 +143,10 @@ impl ImageProvider for FluxClient {
 
     async fn generate(&self, call: &Call<'_>) -> Result<ProviderOutput, ProviderError> {
         // Without a seed the picture could never be made again; draw one and record it.
-        let seed = call.request.seed.unwrap_or_else(rand::random);
+        let seed = call.request.seed().unwrap_or_else(rand::random);
         let per_call = call.model.images_per_call;
         let calls = std::sync::atomic::AtomicU32::new(0);
-        super::split_calls(call.request.num_images, per_call, |n| {
+        super::split_calls(call.request.num_images(), per_call, |n| {
             // Each call's pictures take the seeds after the previous call's.
             let first = calls.fetch_add(u32::from(n), std::sync::atomic::Ordering::Relaxed);
             self.call_once(call, n, seed.wrapping_add(first))
@@ -165,19 +165,19 @@ impl FluxClient {
         let started = Instant::now();
         let req = call.request;
         let size = req
-            .size
+            .size()
             .exact()
             .unwrap_or(imagegen_shared::domain::ImageSize::new(1024, 1024));
         let body = FluxRequest {
             model: call.provider_model,
-            prompt: req.prompt.as_str(),
+            prompt: req.prompt().as_str(),
             width: size.width,
             height: size.height,
             steps: STEPS,
             n,
             seed,
             response_format: if self.inline { "base64" } else { "url" },
-            output_format: req.output_format.map_or("png", |f| f.as_str()),
+            output_format: req.output_format().map_or("png", |f| f.as_str()),
         };
         let request = self
             .http

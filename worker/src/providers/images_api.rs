@@ -56,23 +56,26 @@ pub fn request_body<'a>(
     let gpt_image = model.family == Family::GptImage;
     CreateImageRequest {
         model: model_name,
-        prompt: req.prompt.as_str(),
+        prompt: req.prompt().as_str(),
         n,
-        size: req.size.to_string(),
-        quality: req.quality.map(|q| q.as_str()),
+        size: req.size().to_string(),
+        quality: req.quality().map(|q| q.as_str()),
         style: if gpt_image {
             None
         } else {
-            req.style.map(|s| s.as_str())
+            req.style().map(|s| s.as_str())
         },
         response_format: (!gpt_image).then_some(match format {
             ResponseFormat::B64Json => "b64_json",
             ResponseFormat::Url => "url",
         }),
-        background: req.background.filter(|_| gpt_image).map(|b| b.as_str()),
-        output_format: req.output_format.filter(|_| gpt_image).map(|f| f.as_str()),
-        output_compression: req.output_compression.filter(|_| gpt_image),
-        moderation: req.moderation.filter(|_| gpt_image).map(|m| m.as_str()),
+        background: req.background().filter(|_| gpt_image).map(|b| b.as_str()),
+        output_format: req
+            .output_format()
+            .filter(|_| gpt_image)
+            .map(|f| f.as_str()),
+        output_compression: req.output_compression().filter(|_| gpt_image),
+        moderation: req.moderation().filter(|_| gpt_image).map(|m| m.as_str()),
     }
 }
 
@@ -208,25 +211,25 @@ pub fn sum_usage<'a>(
 mod tests {
     use super::*;
     use imagegen_shared::catalogue::Catalogue;
-    use imagegen_shared::domain::{Background, ModelId, OutputFormat, Quality, Size, Style};
 
-    fn request(model: &str) -> GenerationRequest {
-        serde_json::from_value(
-            serde_json::json!({"prompt": "a cat", "model": model, "size": "1536x1024",
-            "num_images": 2, "allow_failover": true}),
-        )
-        .expect("request")
+    /// A stored request (as the job store reads one back) with `extra` fields.
+    fn request(model: &str, extra: serde_json::Value) -> GenerationRequest {
+        let mut json = serde_json::json!({"prompt": "a cat", "model": model, "size": "1536x1024",
+            "num_images": 2, "allow_failover": true});
+        if let (Some(j), Some(e)) = (json.as_object_mut(), extra.as_object()) {
+            j.extend(e.clone());
+        }
+        serde_json::from_value(json).expect("request")
     }
 
     #[test]
     fn gpt_image_bodies_carry_its_fields_and_no_dalle_ones() {
         let catalogue = Catalogue::builtin();
-        let mut req = request("gpt-image-2");
-        req.quality = Some(Quality::High);
-        req.style = Some(Style::Vivid);
-        req.background = Some(Background::Opaque);
-        req.output_format = Some(OutputFormat::Jpeg);
-        req.output_compression = Some(80);
+        let req = request(
+            "gpt-image-2",
+            serde_json::json!({"quality": "high", "style": "vivid", "background": "opaque", "output_format": "jpeg",
+                "output_compression": 80}),
+        );
         let model = catalogue.get("gpt-image-2").expect("model");
         let body = serde_json::to_value(request_body(
             &req,
@@ -241,7 +244,7 @@ mod tests {
             serde_json::json!({"model": "gpt-image-2", "prompt": "a cat", "n": 2, "size": "1536x1024", "quality": "high",
                 "background": "opaque", "output_format": "jpeg", "output_compression": 80})
         );
-        req.size = Size::Auto;
+        let req = request("gpt-image-2", serde_json::json!({"size": "auto"}));
         let body =
             serde_json::to_value(request_body(&req, model, None, 1, ResponseFormat::B64Json))
                 .expect("json");
@@ -252,10 +255,10 @@ mod tests {
     #[test]
     fn dalle_bodies_keep_style_and_response_format() {
         let catalogue = Catalogue::builtin();
-        let mut req = request("dall-e-3");
-        req.model = ModelId::new("dall-e-3");
-        req.style = Some(Style::Natural);
-        req.output_format = Some(OutputFormat::Png);
+        let req = request(
+            "dall-e-3",
+            serde_json::json!({"style": "natural", "output_format": "png"}),
+        );
         let model = catalogue.get("dall-e-3").expect("model");
         let body = serde_json::to_value(request_body(
             &req,
