@@ -161,8 +161,8 @@ fn new_job(
     NewJob {
         id: JobId::new(),
         provider: first_provider(state, &request),
-        owner: owner.to_owned(),
-        correlation_id: correlation_id.to_owned(),
+        owner: owner.into(),
+        correlation_id: correlation_id.into(),
         max_attempts: i32::try_from(state.providers.max_attempts).unwrap_or(i32::MAX),
         status: if blocked.is_some() {
             JobStatus::Moderated
@@ -183,7 +183,7 @@ fn new_job(
 fn message(job: &JobRecord) -> JobMessage {
     JobMessage {
         job_id: job.id,
-        correlation_id: job.correlation_id.clone(),
+        correlation_id: job.correlation_id.to_string(),
     }
 }
 

@@ -59,7 +59,7 @@ pub struct JobView {
     pub requested_model: Option<ModelId>,
     /// The provider first in line at submission (`openai`, `azure_openai`, `flux`, `bfl`); `served_by` names the
     /// route that made the images.
-    pub provider: String,
+    pub provider: ProviderId,
     pub prompt: String,
     /// WIDTHxHEIGHT, or `auto`
     pub size: String,
@@ -140,12 +140,10 @@ pub fn image_view(links: &Links, image: &ImageRecord) -> ImageView {
 
 /// The provider that served the job, else the one first in line.
 fn served_provider(job: &JobRecord) -> Option<ProviderId> {
-    job.served_by
-        .as_deref()
-        .and_then(|r| r.split(':').next())
-        .unwrap_or(&job.provider)
-        .parse()
-        .ok()
+    match job.served_by.as_deref().and_then(|r| r.split(':').next()) {
+        Some(served) => ProviderId::from_stored(served).ok(),
+        None => Some(job.provider),
+    }
 }
 
 /// `images` may hold other jobs' images too (a page fetched at once); only this job's are taken.
@@ -175,7 +173,7 @@ pub fn job_view(
         status: job.status,
         model: req.model().clone(),
         requested_model: req.requested_model().cloned(),
-        provider: job.provider.clone(),
+        provider: job.provider,
         prompt: req.prompt().as_str().to_owned(),
         size: req.size().to_string(),
         num_images: req.num_images(),
@@ -223,7 +221,7 @@ pub fn job_view(
         created_at: job.created_at,
         started_at: job.started_at,
         finished_at: job.finished_at,
-        correlation_id: job.correlation_id.clone(),
+        correlation_id: job.correlation_id.to_string(),
     }
 }
 
@@ -270,7 +268,7 @@ pub fn batch_view(
         pending,
         items,
         created_at: batch.created_at,
-        correlation_id: batch.correlation_id.clone(),
+        correlation_id: batch.correlation_id.to_string(),
     }
 }
 

@@ -107,7 +107,7 @@ async fn store_one(
     let metadata = ImageMetadata {
         image_id: id,
         job_id: job.id,
-        owner: job.owner.clone(),
+        owner: job.owner.to_string(),
         prompt: request.prompt().as_str().to_owned(),
         revised_prompt: image.revised_prompt.clone(),
         provider: route.to_owned(),

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRecord {
     pub id: BatchId,
-    pub owner: String,
-    pub correlation_id: String,
+    pub owner: crate::domain::OwnerId,
+    pub correlation_id: crate::domain::CorrelationId,
     pub item_count: i32,
     pub created_at: DateTime<Utc>,
 }

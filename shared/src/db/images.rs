@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 pub struct ImageRecord {
     pub id: ImageId,
     pub job_id: JobId,
-    pub owner: String,
+    pub owner: crate::domain::OwnerId,
     pub position: i32,
     pub storage_key: String,
     pub content_type: String,

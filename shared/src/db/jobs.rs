@@ -10,7 +10,8 @@ use super::DbError;
 use super::images::{ImageRecord, NewImage};
 use super::{Conn, Db, on_conn, on_db};
 use crate::domain::{
-    AttemptRecord, BatchId, FailureCode, GenerationRequest, JobId, JobStatus, Moderation,
+    AttemptRecord, BatchId, CorrelationId, FailureCode, GenerationRequest, JobId, JobStatus,
+    Moderation, OwnerId, ProviderId,
 };
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -19,12 +20,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRecord {
     pub id: JobId,
-    pub owner: String,
+    pub owner: OwnerId,
     pub batch_id: Option<BatchId>,
     pub batch_index: Option<i32>,
-    pub correlation_id: String,
+    pub correlation_id: CorrelationId,
     pub status: JobStatus,
-    pub provider: String,
+    /// The provider first in line at submission (seed-era rows' `dalle3`/`flux_schnell` read as openai/flux).
+    pub provider: ProviderId,
     pub request: Json<GenerationRequest>,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -53,8 +55,8 @@ pub struct JobRecord {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: JobId,
-    pub owner: String,
-    pub correlation_id: String,
+    pub owner: OwnerId,
+    pub correlation_id: CorrelationId,
     pub request: GenerationRequest,
     /// The provider first in line for it at submission (the `provider` column; `served_by` says who served it).
     pub provider: crate::domain::ProviderId,

@@ -12,7 +12,7 @@ pub mod resolve;
 pub mod translate;
 
 pub use attempt::AttemptRecord;
-pub use ids::{BatchId, ImageId, JobId};
+pub use ids::{BatchId, CorrelationId, ImageId, JobId, OwnerId};
 pub use job::{FailureCode, JobStatus, Moderation, ModerationSource, ModerationStage};
 pub use offer::{Offer, ProviderModels, today};
 pub use options::{Background, ImageSize, ModerationLevel, OutputFormat, Quality, Size, Style};

@@ -85,6 +85,52 @@ impl FromStr for ProviderId {
     }
 }
 
+impl ProviderId {
+    /// A stored provider name: today's ids, or the seed's names rows written before the catalogue hold.
+    pub fn from_stored(s: &str) -> Result<Self, UnknownProvider> {
+        match s {
+            "dalle3" => Ok(ProviderId::OpenAi),
+            "flux_schnell" => Ok(ProviderId::Flux),
+            other => other.parse(),
+        }
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for ProviderId {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for ProviderId {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <String as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+}
+
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for ProviderId
+where
+    String: sqlx::Decode<'r, DB>,
+{
+    fn decode(
+        value: <DB as sqlx::Database>::ValueRef<'r>,
+    ) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(ProviderId::from_stored(&String::decode(value)?)?)
+    }
+}
+
+impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for ProviderId
+where
+    String: sqlx::Encode<'q, DB>,
+{
+    fn encode_by_ref(
+        &self,
+        buf: &mut <DB as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        self.as_str().to_owned().encode_by_ref(buf)
+    }
+}
+
 /// A model's catalogue id (`gpt-image-2`, `flux-2-pro`). Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -127,6 +173,11 @@ mod tests {
             assert_eq!(serde_json::to_value(p).expect("json"), p.as_str());
         }
         assert!("midjourney".parse::<ProviderId>().is_err());
+        assert_eq!(ProviderId::from_stored("dalle3"), Ok(ProviderId::OpenAi));
+        assert_eq!(
+            ProviderId::from_stored("flux_schnell"),
+            Ok(ProviderId::Flux)
+        );
         assert_eq!(
             route_key(ProviderId::Bfl, &ModelId::new("flux-2-pro")),
             "bfl:flux-2-pro"

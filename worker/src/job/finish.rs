@@ -130,7 +130,7 @@ pub async fn release(ctx: &JobContext, job: &JobRecord) -> Result<Outcome, Proce
     if db::jobs::release_job(&ctx.pool, job.id, &ctx.worker_id).await? {
         let message = JobMessage {
             job_id: job.id,
-            correlation_id: job.correlation_id.clone(),
+            correlation_id: job.correlation_id.to_string(),
         };
         if let Err(e) = ctx.queue.push(message).await {
             tracing::warn!(error = %e, "could not re-queue the released job; the reconciler will");
