@@ -59,46 +59,51 @@ pub async fn per_minute(State(state): State<AppState>, req: Request, next: Next)
     response
 }
 
-/// Before jobs are recorded: the owner's active jobs and today's images, counting `images` more.
-pub async fn check_submission(
-    state: &AppState,
-    owner: &str,
-    jobs: usize,
-    images: u64,
-) -> Result<(), ApiError> {
-    let max_active = state.max_active_jobs_per_owner;
-    if max_active > 0 {
-        let active = imagegen_shared::db::jobs::active_count(&state.pool, owner).await?;
-        if active + i64::try_from(jobs).unwrap_or(i64::MAX) > max_active {
-            return Err(ApiError::RateLimited {
-                message: format!(
-                    "At most {max_active} jobs may be queued or running at once; {active} are. Retry when some finish"
-                ),
-                limit: u64::try_from(max_active).unwrap_or(0),
-                remaining: u64::try_from((max_active - active).max(0)).unwrap_or(0),
-                reset_secs: 5,
-            });
-        }
-    }
+/// Before jobs are recorded: counts `images` against the owner's daily quota (IMAGE_QUOTA_PER_DAY), refusing when
+/// over. A request that then records nothing (a replay found in a race, the active-jobs limit, an error) gives them
+/// back with `refund_image_quota`. The active-jobs limit is checked where the jobs are inserted, under a per-owner
+/// lock (`db::jobs::insert_admitted`), so concurrent submissions from several API processes cannot overshoot it.
+pub async fn spend_image_quota(state: &AppState, owner: &str, images: u64) -> Result<(), ApiError> {
     let quota = state.image_quota_per_day;
-    if quota > 0 {
-        let window = state
-            .owners
-            .count("images", owner, images, DAY)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("The quota store is unavailable: {e}")))?;
-        if window.count > quota {
-            state.owners.uncount("images", owner, images, DAY).await;
-            let used = window.count - images;
-            return Err(ApiError::RateLimited {
-                message: format!(
-                    "Daily quota of {quota} images reached ({used} used); it resets at midnight UTC"
-                ),
-                limit: quota,
-                remaining: quota.saturating_sub(used),
-                reset_secs: window.reset_secs,
-            });
-        }
+    if quota == 0 {
+        return Ok(());
+    }
+    let window = state
+        .owners
+        .count("images", owner, images, DAY)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("The quota store is unavailable: {e}")))?;
+    if window.count > quota {
+        state.owners.uncount("images", owner, images, DAY).await;
+        let used = window.count - images;
+        return Err(ApiError::RateLimited {
+            message: format!(
+                "Daily quota of {quota} images reached ({used} used); it resets at midnight UTC"
+            ),
+            limit: quota,
+            remaining: quota.saturating_sub(used),
+            reset_secs: window.reset_secs,
+        });
     }
     Ok(())
+}
+
+/// Gives back what `spend_image_quota` counted for a request that recorded nothing.
+pub async fn refund_image_quota(state: &AppState, owner: &str, images: u64) {
+    if state.image_quota_per_day > 0 {
+        state.owners.uncount("images", owner, images, DAY).await;
+    }
+}
+
+/// The answer when the owner already has MAX_ACTIVE_JOBS_PER_OWNER jobs queued or running (`active`).
+pub fn active_limit(state: &AppState, active: i64) -> ApiError {
+    let max_active = state.max_active_jobs_per_owner;
+    ApiError::RateLimited {
+        message: format!(
+            "At most {max_active} jobs may be queued or running at once; {active} are. Retry when some finish"
+        ),
+        limit: u64::try_from(max_active).unwrap_or(0),
+        remaining: u64::try_from((max_active - active).max(0)).unwrap_or(0),
+        reset_secs: 5,
+    }
 }

@@ -92,6 +92,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 impl AppState {
+    /// MAX_ACTIVE_JOBS_PER_OWNER, `None` when unlimited.
+    pub fn max_active_jobs(&self) -> Option<i64> {
+        (self.max_active_jobs_per_owner > 0).then_some(self.max_active_jobs_per_owner)
+    }
+
     /// Today's offer.
     pub fn offer(&self) -> Arc<Offer> {
         let today = imagegen_shared::domain::today();

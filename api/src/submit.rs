@@ -252,31 +252,36 @@ pub async fn submit_job(
     idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
     let model = request.model().clone();
-    // Checked for every submission, replays included: a key must not become a way around the quota.
-    crate::rate_limit::check_submission(state, owner, 1, u64::from(request.num_images())).await?;
+    // A replay returns its job and spends nothing: looked up before any limit or quota is touched.
+    if let Some(key) = idempotency
+        && let Some(existing) =
+            db::idempotency::lookup(&state.pool, owner, &key.key, &key.request_hash)
+                .await
+                .map_err(key_error)?
+    {
+        return replay_job(state, owner, existing).await;
+    }
+    let images = u64::from(request.num_images());
+    crate::rate_limit::spend_image_quota(state, owner, images).await?;
     let job = new_job(state, owner, correlation_id, request);
-    let record = match idempotency {
-        None => db::jobs::insert(&state.pool, &job).await?,
-        Some(key) => match db::jobs::insert_with_key(&state.pool, &job, &key.claim(owner, state))
-            .await
-            .map_err(key_error)?
-        {
-            Inserted::New(record) => record,
-            // The same request again: the same job, whatever state it is in (wait mode re-attaches to it).
-            Inserted::Existing(Existing::Job(id)) => {
-                let existing = db::jobs::get_job(&state.pool, owner, id)
-                    .await?
-                    .ok_or(ApiError::NotFound("Job"))?;
-                tracing::info!(job_id = %id, "idempotent replay");
-                if existing.error_code == Some(FailureCode::ContentBlocked) {
-                    return Err(ApiError::ContentBlocked {
-                        job_id: existing.id,
-                    });
+    let claim = idempotency.map(|k| k.claim(owner, state));
+    let inserted =
+        db::jobs::insert_admitted(&state.pool, &job, claim.as_ref(), state.max_active_jobs()).await;
+    let record = match inserted {
+        Ok(Inserted::New(record)) => record,
+        other => {
+            // Nothing new was recorded: the images were not spent after all.
+            crate::rate_limit::refund_image_quota(state, owner, images).await;
+            return match other.map_err(key_error)? {
+                Inserted::Existing(existing) => replay_job(state, owner, existing).await,
+                Inserted::OverActiveLimit { active } => {
+                    Err(crate::rate_limit::active_limit(state, active))
                 }
-                return Ok(existing);
-            }
-            Inserted::Existing(Existing::Batch(_)) => return Err(ApiError::IdempotencyMismatch),
-        },
+                Inserted::New(_) => Err(ApiError::Internal(anyhow::anyhow!(
+                    "unreachable insert outcome"
+                ))),
+            };
+        }
     };
     if record.status == JobStatus::Moderated {
         return Err(ApiError::ContentBlocked { job_id: record.id });
@@ -294,6 +299,42 @@ pub async fn submit_job(
     Ok(record)
 }
 
+/// The job an Idempotency-Key already stands for, whatever state it is in (wait mode re-attaches to it).
+async fn replay_job(
+    state: &AppState,
+    owner: &str,
+    existing: Existing,
+) -> Result<JobRecord, ApiError> {
+    let Existing::Job(id) = existing else {
+        return Err(ApiError::IdempotencyMismatch);
+    };
+    let job = db::jobs::get_job(&state.pool, owner, id)
+        .await?
+        .ok_or(ApiError::NotFound("Job"))?;
+    tracing::info!(job_id = %id, "idempotent replay");
+    if job.error_code == Some(FailureCode::ContentBlocked) {
+        return Err(ApiError::ContentBlocked { job_id: job.id });
+    }
+    Ok(job)
+}
+
+/// The batch an Idempotency-Key already stands for.
+async fn replay_batch(
+    state: &AppState,
+    owner: &str,
+    existing: Existing,
+) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
+    let Existing::Batch(id) = existing else {
+        return Err(ApiError::IdempotencyMismatch);
+    };
+    let batch = db::batches::get_batch(&state.pool, owner, id)
+        .await?
+        .ok_or(ApiError::NotFound("Batch"))?;
+    let jobs = db::jobs::jobs_in_batch(&state.pool, owner, id).await?;
+    tracing::info!(batch_id = %id, "idempotent replay");
+    Ok((batch, jobs))
+}
+
 /// Records the whole batch in one transaction, then queues its unblocked items.
 #[tracing::instrument(skip_all, fields(items = requests.len(), batch_id))]
 pub async fn submit_batch(
@@ -303,8 +344,17 @@ pub async fn submit_batch(
     requests: Vec<GenerationRequest>,
     idempotency: Option<&Idempotency>,
 ) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
+    // A replay returns its batch and spends nothing.
+    if let Some(key) = idempotency
+        && let Some(existing) =
+            db::idempotency::lookup(&state.pool, owner, &key.key, &key.request_hash)
+                .await
+                .map_err(key_error)?
+    {
+        return replay_batch(state, owner, existing).await;
+    }
     let images = requests.iter().map(|r| u64::from(r.num_images())).sum();
-    crate::rate_limit::check_submission(state, owner, requests.len(), images).await?;
+    crate::rate_limit::spend_image_quota(state, owner, images).await?;
     let jobs: Vec<NewJob> = requests
         .into_iter()
         .map(|r| new_job(state, owner, correlation_id, r))
@@ -318,20 +368,23 @@ pub async fn submit_batch(
         correlation_id,
         &jobs,
         claim.as_ref(),
+        state.max_active_jobs(),
     )
-    .await
-    .map_err(key_error)?;
+    .await;
     let (batch, records) = match inserted {
-        Inserted::New(rows) => rows,
-        Inserted::Existing(Existing::Batch(id)) => {
-            let batch = db::batches::get_batch(&state.pool, owner, id)
-                .await?
-                .ok_or(ApiError::NotFound("Batch"))?;
-            let jobs = db::jobs::jobs_in_batch(&state.pool, owner, id).await?;
-            tracing::info!(batch_id = %id, "idempotent replay");
-            return Ok((batch, jobs));
+        Ok(Inserted::New(rows)) => rows,
+        other => {
+            crate::rate_limit::refund_image_quota(state, owner, images).await;
+            return match other.map_err(key_error)? {
+                Inserted::Existing(existing) => replay_batch(state, owner, existing).await,
+                Inserted::OverActiveLimit { active } => {
+                    Err(crate::rate_limit::active_limit(state, active))
+                }
+                Inserted::New(_) => Err(ApiError::Internal(anyhow::anyhow!(
+                    "unreachable insert outcome"
+                ))),
+            };
         }
-        Inserted::Existing(Existing::Job(_)) => return Err(ApiError::IdempotencyMismatch),
     };
     for record in records.iter().filter(|r| r.status == JobStatus::Queued) {
         if let Err(e) = state.queue.push(message(record)).await {

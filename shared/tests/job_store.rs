@@ -377,3 +377,85 @@ async fn unknown_failure_codes_from_other_versions_read_back(pool: PgPool) {
         .expect("job");
     assert_eq!(read.error_code, Some(FailureCode::StorageError));
 }
+
+/// MAX_ACTIVE_JOBS_PER_OWNER holds under concurrent submissions (as from several API processes: each insert is its
+/// own connection), and a replay of a recorded job comes back even at the limit.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_active_jobs_limit_holds_under_concurrent_inserts(pool: PgPool) {
+    the_active_jobs_limit_holds_under_concurrent_inserts_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn the_active_jobs_limit_holds_under_concurrent_inserts_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    the_active_jobs_limit_holds_under_concurrent_inserts_on(db).await;
+}
+
+async fn the_active_jobs_limit_holds_under_concurrent_inserts_on(db: Db) {
+    use db::idempotency::{Existing, KeyClaim};
+    use db::jobs::Inserted;
+    let tries: Vec<_> = (0..12)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db::jobs::insert_admitted(&db, &new_job("alice"), None, Some(3)).await
+            })
+        })
+        .collect();
+    let mut recorded = 0;
+    let mut refused = 0;
+    for t in tries {
+        match t.await.expect("task").expect("insert") {
+            Inserted::New(_) => recorded += 1,
+            Inserted::OverActiveLimit { active } => {
+                assert_eq!(active, 3);
+                refused += 1;
+            }
+            Inserted::Existing(e) => panic!("no key, yet {e:?}"),
+        }
+    }
+    assert_eq!((recorded, refused), (3, 9));
+    assert_eq!(
+        db::jobs::active_count(&db, "alice").await.expect("count"),
+        3
+    );
+    // Another owner is not held back by alice's jobs.
+    assert!(matches!(
+        db::jobs::insert_admitted(&db, &new_job("bob"), None, Some(3))
+            .await
+            .expect("bob"),
+        Inserted::New(_)
+    ));
+
+    // A keyed job, then its replay at the limit: the same job, nothing new.
+    let key = KeyClaim {
+        owner: "bob",
+        key: "k1",
+        request_hash: "h1",
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let first = match db::jobs::insert_admitted(&db, &new_job("bob"), Some(&key), Some(2))
+        .await
+        .expect("first")
+    {
+        Inserted::New(job) => job,
+        other => panic!("{other:?}"),
+    };
+    let again = db::jobs::insert_admitted(&db, &new_job("bob"), Some(&key), Some(2))
+        .await
+        .expect("replay");
+    assert!(
+        matches!(again, Inserted::Existing(Existing::Job(id)) if id == first.id),
+        "{again:?}"
+    );
+    let found = db::idempotency::lookup(&db, "bob", "k1", "h1")
+        .await
+        .expect("lookup");
+    assert_eq!(found, Some(Existing::Job(first.id)));
+    assert!(
+        db::idempotency::lookup(&db, "bob", "k1", "other")
+            .await
+            .is_err(),
+        "another request under the key"
+    );
+}

@@ -24,10 +24,10 @@ pub async fn insert_batch(
     correlation_id: &str,
     jobs: &[NewJob],
 ) -> Result<(BatchRecord, Vec<JobRecord>), DbError> {
-    match insert_batch_with_key(db, id, owner, correlation_id, jobs, None).await {
+    match insert_batch_with_key(db, id, owner, correlation_id, jobs, None, None).await {
         Ok(Inserted::New(rows)) => Ok(rows),
-        Ok(Inserted::Existing(_)) => Err(DbError::Corrupt(
-            "a batch without a key cannot exist already".into(),
+        Ok(Inserted::Existing(_) | Inserted::OverActiveLimit { .. }) => Err(DbError::Corrupt(
+            "a batch without a key or a limit is always recorded".into(),
         )),
         Err(KeyError::Db(e)) => Err(e),
         Err(KeyError::Mismatch) => Err(DbError::Corrupt(
@@ -44,11 +44,26 @@ pub async fn insert_batch_with_key(
     correlation_id: &str,
     jobs: &[NewJob],
     key: Option<&KeyClaim<'_>>,
+    max_active: Option<i64>,
 ) -> Result<Inserted<(BatchRecord, Vec<JobRecord>)>, KeyError> {
     let item_count =
         i32::try_from(jobs.len()).map_err(|_| DbError::Corrupt("batch too large".into()))?;
+    // Blocked items are recorded finished; only the queued ones count against the limit.
+    let adding =
+        i64::try_from(jobs.iter().filter(|j| !j.status.is_terminal()).count()).unwrap_or(i64::MAX);
     on_db!(db, |pool, sql| {
         let mut tx = pool.begin_with(sql.begin).await?;
+        if let Some(active) = super::jobs::over_active_limit!(tx, sql, owner, adding, max_active) {
+            if let Some(key) = key
+                && let Some(existing) =
+                    super::idempotency::find!(tx, sql, key.owner, key.key, key.request_hash)
+            {
+                tx.rollback().await?;
+                return Ok(Inserted::Existing(existing));
+            }
+            tx.rollback().await?;
+            return Ok(Inserted::OverActiveLimit { active });
+        }
         let batch = sqlx::query_as::<_, BatchRecord>(
             "INSERT INTO batches (id, owner, correlation_id, item_count) VALUES ($1, $2, $3, $4) \
              RETURNING id, owner, correlation_id, item_count, created_at",

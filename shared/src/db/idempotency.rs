@@ -36,6 +36,50 @@ impl From<sqlx::Error> for KeyError {
     }
 }
 
+/// What `owner`'s `key` already stands for, if it is live: checked before anything is spent on a request, so a replay
+/// costs no quota and is never refused by a limit. The same key with another request is `Err(Mismatch)`.
+pub async fn lookup(
+    db: &super::Db,
+    owner: &str,
+    key: &str,
+    request_hash: &str,
+) -> Result<Option<Existing>, KeyError> {
+    super::on_db!(db, |pool, sql| {
+        let mut conn = pool.acquire().await?;
+        Ok(find!(conn, sql, owner, key, request_hash))
+    })
+}
+
+/// A live key's target inside a transaction (a macro: the connection's type differs per database); evaluates to
+/// `Option<Existing>` and returns `Err(KeyError::Mismatch)` from the caller for another request.
+macro_rules! find {
+    ($conn:expr, $sql:expr, $owner:expr, $key:expr, $hash:expr) => {{
+        let row: Option<(
+            String,
+            Option<$crate::domain::JobId>,
+            Option<$crate::domain::BatchId>,
+        )> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT request_hash, job_id, batch_id FROM idempotency_keys \
+                 WHERE owner = $1 AND key = $2 AND expires_at > {now}",
+            now = $sql.now,
+        )))
+        .bind($owner)
+        .bind($key)
+        .fetch_optional(&mut *$conn)
+        .await?;
+        match row {
+            None => None,
+            Some((hash, _, _)) if hash != $hash => {
+                return Err($crate::db::idempotency::KeyError::Mismatch);
+            }
+            Some((_, Some(j), _)) => Some($crate::db::idempotency::Existing::Job(j)),
+            Some((_, None, Some(b))) => Some($crate::db::idempotency::Existing::Batch(b)),
+            Some((_, None, None)) => None,
+        }
+    }};
+}
+pub(crate) use find;
+
 /// A macro because the transaction's type differs per database; evaluates to `Option<Existing>` and returns
 /// `Err(KeyError)` from the caller on a mismatch.
 macro_rules! claim {

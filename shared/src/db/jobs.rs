@@ -425,22 +425,74 @@ pub async fn insert(db: &Db, job: &NewJob) -> Result<JobRecord, DbError> {
     })
 }
 
-/// A new row, or the one an Idempotency-Key already stands for.
+/// A new row, the one an Idempotency-Key already stands for, or nothing because the owner is at its limit.
 #[derive(Debug)]
 pub enum Inserted<T> {
     New(T),
     Existing(super::idempotency::Existing),
+    /// MAX_ACTIVE_JOBS_PER_OWNER: this many of the owner's jobs are queued or running.
+    OverActiveLimit {
+        active: i64,
+    },
 }
 
-/// Records one job under an Idempotency-Key, in one transaction with the key.
-pub async fn insert_with_key(
+/// Inside an inserting transaction: whether `owner` may add `adding` active jobs under `max` (`None`: no limit).
+/// Postgres takes a transaction-scoped advisory lock on the owner first, so concurrent submissions from any number
+/// of API processes count one after another and cannot overshoot; SQLite's `BEGIN IMMEDIATE` already serialises
+/// writers. Evaluates to `Some(active)` when over the limit.
+macro_rules! over_active_limit {
+    ($tx:expr, $sql:expr, $owner:expr, $adding:expr, $max:expr) => {{
+        let max: Option<i64> = $max;
+        match max {
+            None => None,
+            Some(max) => {
+                if !$sql.is_sqlite() {
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 2231))")
+                        .bind($owner)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                let active: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
+                )
+                .bind($owner)
+                .fetch_one(&mut *$tx)
+                .await?;
+                (active + $adding > max).then_some(active)
+            }
+        }
+    }};
+}
+pub(crate) use over_active_limit;
+
+/// Records one job, under its Idempotency-Key when it has one and within the owner's active-jobs limit (`max_active`),
+/// in one transaction: a live key's job comes back untouched (no limit applies to a replay); over the limit nothing
+/// is written.
+pub async fn insert_admitted(
     db: &Db,
     job: &NewJob,
-    key: &super::idempotency::KeyClaim<'_>,
+    key: Option<&super::idempotency::KeyClaim<'_>>,
+    max_active: Option<i64>,
 ) -> Result<Inserted<JobRecord>, super::idempotency::KeyError> {
     on_db!(db, |pool, sql| {
         let mut tx = pool.begin_with(sql.begin).await?;
+        if let Some(active) = over_active_limit!(tx, sql, job.owner.as_str(), 1, max_active) {
+            // A replay is never refused: look for the key's job before saying no.
+            if let Some(key) = key
+                && let Some(existing) =
+                    super::idempotency::find!(tx, sql, key.owner, key.key, key.request_hash)
+            {
+                tx.rollback().await?;
+                return Ok(Inserted::Existing(existing));
+            }
+            tx.rollback().await?;
+            return Ok(Inserted::OverActiveLimit { active });
+        }
         let row = insert_job!(tx, sql, job, None);
+        let Some(key) = key else {
+            tx.commit().await?;
+            return Ok(Inserted::New(row));
+        };
         let existing =
             super::idempotency::claim!(tx, sql, key, super::idempotency::Existing::Job(row.id));
         match existing {

@@ -138,6 +138,10 @@ impl Dialect {
     }
 
     /// Locks rows picked by a sub-select against concurrent reconcilers (SQLite has one writer anyway).
+    pub fn is_sqlite(&self) -> bool {
+        self.sqlite
+    }
+
     pub fn skip_locked(&self) -> &'static str {
         if self.sqlite {
             ""
