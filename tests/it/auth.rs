@@ -1,13 +1,14 @@
 //! Bearer tokens from an OpenID Connect issuer (a test identity provider on loopback with its own RSA and EC keys),
 //! checked by the real API process: every refusal case, roles, key rotation, owner isolation; plus the admin key
-//! endpoints, /metrics on its own port and the header-size limit.
+//! endpoints, /metrics on its own port and the header-size limit; API keys from `imagegen keys` (owners isolated from
+//! each other, revocation, signed download links) and per-owner limits (requests per minute shared by the fleet,
+//! images per day, jobs at once).
 
-mod support;
-
+use crate::support::{self, Options, Reply, Stack, generate_body, kv, start};
 use imagegen_testkit::idp::{self, AUDIENCE, Kind, TENANT, TestIdp};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use support::{Options, Reply, Stack, generate_body, kv, start};
+use std::time::Duration;
 
 const SIGNING_KEY: &str = "auth-tests-signing-key-of-32-chars-or-more";
 
@@ -472,4 +473,319 @@ async fn open_service_limits_metrics_port_headers_and_admin(pool: PgPool) {
         .post("/api/v1/admin/keys", serde_json::json!({"owner": "x"}), &[])
         .await
         .assert_error(403, "forbidden");
+}
+
+/// ENABLE_AUTHENTICATION with API keys from `imagegen keys`: no key or a bad one is 401 (with WWW-Authenticate,
+/// never echoing the key), each owner sees only its own jobs and images (the other's ids are 404), a revoked key
+/// stops working at once; health stays open.
+#[sqlx::test(migrations = "./migrations")]
+async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            api_env: vec![
+                kv("ENABLE_AUTHENTICATION", "true"),
+                kv(
+                    "DOWNLOAD_SIGNING_KEY",
+                    "e2e-signing-key-of-at-least-32-chars",
+                ),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = stack.keys(&["create", "--owner", "alice"]).await;
+    let bob = stack
+        .keys(&["create", "--owner", "bob", "--name", "ci"])
+        .await;
+    assert!(alice.starts_with("igk_") && alice != bob, "{alice}");
+
+    // No credentials, a malformed one, an unknown key: 401 in the seed's shape, the key never echoed.
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "x"}), &[])
+        .await;
+    r.assert_error(401, "authentication_required");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="imagegen""#)
+    );
+    for bad in [
+        "Bearer igk_not-a-key",
+        "Bearer eyJhbGciOiJub25lIn0.e30.",
+        "Basic YWxpY2U6cHc=",
+    ] {
+        let r = stack
+            .post(
+                "/api/v1/jobs",
+                json!({"prompt": "x"}),
+                &[("Authorization", bad)],
+            )
+            .await;
+        assert_eq!(r.status, 401, "{bad}: {}", r.body);
+        assert!(!r.body.to_string().contains("igk_not-a-key"), "{}", r.body);
+    }
+    assert_eq!(
+        stack.get("/health/ready").await.status,
+        200,
+        "health needs no key"
+    );
+
+    // Alice's job and image; Bob sees neither, exactly like ids that do not exist.
+    let bearer_alice = format!("Bearer {alice}");
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            generate_body("alice's lighthouse"),
+            &[("Authorization", bearer_alice.as_str())],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let job_id = r.body["job_id"].as_str().expect("job id").to_owned();
+    let image_id = r.body["images"][0]["id"]
+        .as_str()
+        .expect("image id")
+        .to_owned();
+    for path in [
+        format!("/api/v1/jobs/{job_id}"),
+        format!("/api/v1/images/{image_id}"),
+        format!("/api/v1/images/{image_id}/download"),
+    ] {
+        let own = stack
+            .http
+            .get(stack.url(&path))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(own.status(), 200, "{path}");
+        let other = stack
+            .http
+            .get(stack.url(&path))
+            .header("X-API-Key", &bob)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(other.status(), 404, "{path}");
+    }
+    // Batches, cancel, delete and idempotency keys are scoped too.
+    let batch = stack
+        .http
+        .post(stack.url("/api/v1/generate/batch"))
+        .bearer_auth(&alice)
+        .header("Prefer", "respond-async")
+        .json(&json!([{"prompt": "batch item"}]))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(batch.status(), 202);
+    let batch: serde_json::Value = batch.json().await.expect("json");
+    let batch_id = batch["batch_id"].as_str().expect("batch id").to_owned();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/v1/batches/{batch_id}")),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/jobs/{job_id}/cancel"),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/images/{image_id}"),
+        ),
+    ] {
+        let other = stack
+            .http
+            .request(method.clone(), stack.url(&path))
+            .header("X-API-Key", &bob)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(other.status(), 404, "{method} {path}");
+    }
+    let keyed = |key: String| {
+        let (http, url) = (stack.http.clone(), stack.url("/api/v1/jobs"));
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .header("Idempotency-Key", "shared-key")
+                .json(&json!({"prompt": "same key"}))
+                .send()
+                .await
+                .expect("submit");
+            assert_eq!(r.status(), 202);
+            r.json::<serde_json::Value>().await.expect("json")["job_id"].clone()
+        }
+    };
+    assert_ne!(
+        keyed(alice.clone()).await,
+        keyed(bob.clone()).await,
+        "one key, two owners: two jobs"
+    );
+
+    // The image URL handed out is a signed link: it works without any header (an `<img src>`), and only as given.
+    let signed = r.body["images"][0]["url"].as_str().expect("url").to_owned();
+    assert!(signed.contains("signature="), "{signed}");
+    let plain = reqwest::Client::new();
+    let got = plain.get(&signed).send().await.expect("signed download");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "image/png");
+    let tampered = signed.replace("signature=", "signature=00");
+    assert_eq!(
+        plain.get(&tampered).send().await.expect("get").status(),
+        404
+    );
+    let unsigned = signed.split('?').next().expect("path").to_owned();
+    assert_eq!(
+        plain.get(&unsigned).send().await.expect("get").status(),
+        401
+    );
+    let later = signed.replace("expires=", "expires=9");
+    assert_eq!(
+        plain.get(&later).send().await.expect("get").status(),
+        404,
+        "the expiry is signed too"
+    );
+
+    let listed: serde_json::Value = stack
+        .http
+        .get(stack.url("/api/v1/jobs"))
+        .header("X-API-Key", &bob)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    // Bob's list holds only the job his own key made, none of Alice's.
+    let prompts: Vec<&str> = listed["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["prompt"].as_str())
+        .collect();
+    assert_eq!(prompts, ["same key"], "{listed}");
+
+    // Revoked: refused at once.
+    let prefix: String = alice.chars().take(10).collect();
+    stack.keys(&["revoke", &prefix]).await;
+    let r = stack
+        .http
+        .get(stack.url(&format!("/api/v1/jobs/{job_id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
+    let listing = stack.keys(&["list"]).await;
+    assert!(
+        listing.contains("alice") && listing.contains("bob"),
+        "{listing}"
+    );
+    assert!(!listing.contains(&bob), "keys are never listed");
+}
+
+/// Per-owner limits: requests per minute shared by two API processes (through Redis), images per day, and jobs
+/// queued or running at once; over a limit, 429 with Retry-After and RateLimit-* headers; health is never limited.
+#[sqlx::test(migrations = "./migrations")]
+async fn per_owner_limits_are_shared_and_answer_429(pool: PgPool) {
+    // Minute windows are fixed: start well inside one, so the count cannot reset halfway through the test.
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    let limits = vec![
+        kv("RATE_LIMIT_PER_MINUTE", "8"),
+        kv("IMAGE_QUOTA_PER_DAY", "3"),
+        kv("MAX_ACTIVE_JOBS_PER_OWNER", "2"),
+    ];
+    let stack = start(
+        &pool,
+        Options {
+            api_env: limits.clone(),
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    // Jobs in flight: two may wait, the third is refused.
+    for i in 0..2 {
+        let r = stack
+            .post("/api/v1/jobs", json!({"prompt": format!("job {i}")}), &[])
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert!(r.header("ratelimit-remaining").is_some());
+    }
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "one too many"}), &[])
+        .await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.header("retry-after").is_some() && r.header("ratelimit-limit") == Some("2"));
+    // Cancel one: room for one more job, which is the third image of the day; the fourth image is over the quota.
+    let listed = stack.get("/api/v1/jobs").await;
+    let first = listed.body["jobs"][0]["job_id"]
+        .as_str()
+        .expect("job")
+        .to_owned();
+    let c = stack
+        .post(&format!("/api/v1/jobs/{first}/cancel"), json!({}), &[])
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "third image"}), &[])
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let c = stack
+        .post(
+            &format!(
+                "/api/v1/jobs/{}/cancel",
+                r.body["job_id"].as_str().expect("id")
+            ),
+            json!({}),
+            &[],
+        )
+        .await;
+    assert_eq!(c.status, 200);
+    let r = stack
+        .post("/api/v1/jobs", json!({"prompt": "fourth image"}), &[])
+        .await;
+    r.assert_error(429, "rate_limited");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("quota"),
+        "{}",
+        r.body
+    );
+
+    // Requests per minute: 8 requests so far (jobs, list, cancels), the whole budget. Another API process
+    // on the same Redis refuses too (the count is the fleet's), while health stays open.
+    if support::standalone() {
+        let r = stack.get("/api/v1/jobs").await;
+        r.assert_error(429, "rate_limited");
+    } else {
+        let mut env = stack.env.clone();
+        env.extend([kv("API_HOST", "127.0.0.1"), kv("API_PORT", "0")]);
+        env.extend(limits);
+        let mut second = support::Proc::spawn("api-2", &["api"], &env);
+        let other = format!("http://{}", second.listening_addr().await);
+        let r = stack
+            .http
+            .get(format!("{other}/api/v1/jobs"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(
+            stack
+                .http
+                .get(format!("{other}/health/ready"))
+                .send()
+                .await
+                .expect("health")
+                .status(),
+            200
+        );
+    }
+    assert_eq!(stack.get("/health/live").await.status, 200);
 }

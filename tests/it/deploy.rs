@@ -2,12 +2,10 @@
 //! check command, migrations safe to run twice and at once, readiness that drops the moment a shutdown starts, and
 //! JSON logs on stdout only.
 
-mod support;
-
+use crate::support::{self, BIN, Options, Proc, kv, not_standalone, start};
 use sqlx::PgPool;
 use std::process::Stdio;
 use std::time::Duration;
-use support::{BIN, Options, Proc, kv, start};
 
 async fn healthcheck(url: &str) -> std::process::ExitStatus {
     tokio::process::Command::new(BIN)

@@ -2,12 +2,11 @@
 //! and Kontext on Black Forest Labs, a retired model served by its replacement (recorded, with headers) or refused,
 //! a deprecated one served with notice, and a model added by MODEL_CATALOG_FILE without a rebuild.
 
-mod support;
-
+use crate::support::{Options, Stack, azure, bfl, kv, start};
 use serde_json::json;
 use sqlx::PgPool;
-use support::{Options, Stack, kv, start};
 
+/// The bytes of an image link, which must answer 200 (unlike `support::download`, which returns any answer).
 async fn download(stack: &Stack, url: &str) -> Vec<u8> {
     let r = stack.http.get(url).send().await.expect("download");
     assert_eq!(r.status().as_u16(), 200);
@@ -17,43 +16,6 @@ async fn download(stack: &Stack, url: &str) -> Vec<u8> {
 fn dimensions(bytes: &[u8]) -> (usize, usize) {
     let size = imagesize::blob_size(bytes).expect("an image");
     (size.width, size.height)
-}
-
-fn azure(path: &str) -> Options {
-    let env = vec![
-        kv("OPENAI_API_KEY", ""),
-        kv("AZURE_OPENAI_API_KEY", support::API_KEY),
-        kv(
-            "AZURE_OPENAI_DEPLOYMENTS",
-            "gpt-image-2=img2-prod,gpt-image-1-mini=mini-prod",
-        ),
-        kv("AZURE_OPENAI_API_PATH", path),
-    ];
-    Options {
-        emulator_args: vec![
-            "--api-key".into(),
-            support::API_KEY.into(),
-            "--azure-deployment".into(),
-            "img2-prod=gpt-image-2,mini-prod=gpt-image-1-mini".into(),
-        ],
-        api_env: env.clone(),
-        worker_env: env,
-        azure_endpoint: true,
-        ..Options::default()
-    }
-}
-
-fn bfl() -> Options {
-    let env = vec![
-        kv("OPENAI_API_KEY", ""),
-        kv("BFL_API_KEY", support::API_KEY),
-    ];
-    Options {
-        api_env: env.clone(),
-        worker_env: env,
-        bfl_endpoint: true,
-        ..Options::default()
-    }
 }
 
 #[sqlx::test(migrations = "./migrations")]

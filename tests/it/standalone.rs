@@ -1,12 +1,10 @@
 //! The one-command start: `imagegen` with no role and no configuration, in an empty directory, runs the whole
 //! service on SQLite, an in-process queue and sandbox providers, and keeps its jobs and images across restarts.
 
-mod support;
-
+use crate::support::{self, Proc, kv, png_size};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
-use support::{Proc, kv, png_size};
 
 /// The one setting the test must choose: a free port, since tests run side by side.
 fn start(dir: &Path, port: u16) -> Proc {

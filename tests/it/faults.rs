@@ -1,14 +1,12 @@
 //! Fault injection: real processes under a load of jobs, one fault per case, then an audit from Postgres and
 //! storage: every accepted job terminal, none lost, none completed twice, no orphaned objects. Each case prints a
-//! summary line (see them with `cargo nextest run --test faults --no-capture`).
+//! summary line (see them with `cargo nextest run --test it faults:: --no-capture`).
 
-mod support;
-
+use crate::support::{self, Options, Stack, kv, start};
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use support::{Options, Stack, kv, start};
 
 const LOAD: usize = 120;
 

@@ -1,0 +1,18 @@
+//! The integration tests, one binary: the real `imagegen` binary started as processes (emulator, api, worker, or one
+//! standalone process) and driven over HTTP, one module per resource or concern. scripts/test.sh runs them all, then
+//! again in standalone mode (E2E_MODE=standalone) without the modules that need the api and worker processes on
+//! Postgres and Redis or do not use the stack at all: `fleet`, `faults`, `deploy` and `standalone`.
+
+mod support;
+
+mod auth;
+mod deploy;
+mod faults;
+mod fleet;
+mod generate;
+mod health;
+mod images;
+mod jobs;
+mod models;
+mod providers;
+mod standalone;
