@@ -789,3 +789,76 @@ async fn per_owner_limits_are_shared_and_answer_429(pool: PgPool) {
     }
     assert_eq!(stack.get("/health/live").await.status, 200);
 }
+
+/// A replay of an accepted request (same Idempotency-Key, same body) returns its job even at the active-jobs limit,
+/// and spends nothing of the daily quota.
+#[sqlx::test(migrations = "./migrations")]
+async fn an_idempotent_replay_at_the_limit_returns_its_job_and_spends_nothing(pool: PgPool) {
+    let limits = vec![
+        kv("IMAGE_QUOTA_PER_DAY", "2"),
+        kv("MAX_ACTIVE_JOBS_PER_OWNER", "1"),
+    ];
+    let stack = start(
+        &pool,
+        Options {
+            api_env: limits,
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let key = [("Idempotency-Key", "replay-1")];
+    let first = stack
+        .post("/api/v1/jobs", json!({"prompt": "a"}), &key)
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let id = first.body["job_id"].as_str().expect("id").to_owned();
+    for _ in 0..3 {
+        let again = stack
+            .post("/api/v1/jobs", json!({"prompt": "a"}), &key)
+            .await;
+        assert_eq!(
+            (again.status, again.body["job_id"].as_str()),
+            (202, Some(id.as_str())),
+            "{}",
+            again.body
+        );
+    }
+    // A new request is over the active-jobs limit...
+    stack
+        .post("/api/v1/jobs", json!({"prompt": "b"}), &[])
+        .await
+        .assert_error(429, "rate_limited");
+    // ...and once the first is canceled, it is the second image of the day: the replays spent none.
+    let c = stack
+        .post(&format!("/api/v1/jobs/{id}/cancel"), json!({}), &[])
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    let second = stack
+        .post("/api/v1/jobs", json!({"prompt": "b"}), &[])
+        .await;
+    assert_eq!(second.status, 202, "{}", second.body);
+    let c = stack
+        .post(
+            &format!(
+                "/api/v1/jobs/{}/cancel",
+                second.body["job_id"].as_str().expect("id")
+            ),
+            json!({}),
+            &[],
+        )
+        .await;
+    assert_eq!(c.status, 200);
+    let third = stack
+        .post("/api/v1/jobs", json!({"prompt": "c"}), &[])
+        .await;
+    third.assert_error(429, "rate_limited");
+    assert!(
+        third.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("quota"),
+        "{}",
+        third.body
+    );
+}

@@ -375,3 +375,50 @@ async fn a_worker_past_its_grace_period_hands_its_job_back_at_once(pool: PgPool)
         handed_back.elapsed()
     );
 }
+
+/// MAX_ACTIVE_JOBS_PER_OWNER holds for the fleet: concurrent submissions through two API processes never record
+/// more jobs than the limit.
+#[sqlx::test(migrations = "./migrations")]
+async fn concurrent_submissions_through_two_api_processes_never_exceed_the_active_limit(
+    pool: PgPool,
+) {
+    not_standalone!("needs a second API process");
+    let limits = vec![kv("MAX_ACTIVE_JOBS_PER_OWNER", "3")];
+    let stack = start(
+        &pool,
+        Options {
+            api_env: limits.clone(),
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut env = stack.env.clone();
+    env.extend([kv("API_HOST", "127.0.0.1"), kv("API_PORT", "0")]);
+    env.extend(limits);
+    let mut second = support::Proc::spawn("api-2", &["api"], &env);
+    let other = format!("http://{}", second.listening_addr().await);
+    let submissions = (0..16).map(|i| {
+        let http = stack.http.clone();
+        let url = if i % 2 == 0 {
+            stack.url("/api/v1/jobs")
+        } else {
+            format!("{other}/api/v1/jobs")
+        };
+        async move {
+            http.post(url)
+                .json(&json!({"prompt": format!("job {i}")}))
+                .send()
+                .await
+                .expect("submit")
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures::future::join_all(submissions).await;
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((accepted, refused), (3, 13), "{statuses:?}");
+    let listed = stack.get("/api/v1/jobs").await;
+    assert_eq!(listed.body["jobs"].as_array().map(Vec::len), Some(3));
+}
