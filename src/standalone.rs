@@ -181,7 +181,7 @@ pub async fn run(
 
     // Alone on its database with an in-process queue, this process is the whole fleet: whatever was unfinished
     // when it last stopped is its own and goes back on the queue now.
-    if backends.queue.is_local() && run_worker {
+    if backends.is_fleet_of_one() && run_worker {
         let unfinished = db::reconcile::resume_after_restart(&backends.db, RESUME_LIMIT)
             .await
             .context("resuming unfinished jobs")?;

@@ -3,7 +3,7 @@
 //! re-read Postgres: an event missed while disconnected costs one read, never a hang.
 
 use imagegen_shared::domain::JobId;
-use imagegen_shared::queue::Signal;
+use imagegen_shared::queue::signals::Signal;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,8 @@
 //! The three stores every process shares: the job store (database), the job queue and the fleet's provider
-//! limits (and the Redis connection behind the last two, which the API's per-owner limits use too). Deployments put them in Postgres and Redis; the standalone mode may keep the queue and limits in
-//! process and the database in a SQLite file. The API and the workers take a [`Backends`] and never ask which.
+//! limits (and the Redis connection behind the last two, which the API's per-owner limits use too). Deployments
+//! put them in Postgres and Redis; the standalone mode may keep the queue and limits in process and the database in
+//! a SQLite file. The API and the workers take a [`Backends`] and never ask which; only the standalone start-up
+//! asks whether it is the whole fleet ([`Backends::is_fleet_of_one`]).
 
 use crate::db::{self, Db};
 use crate::limits::FleetLimits;
@@ -46,9 +48,10 @@ impl Backends {
         })
     }
 
-    /// The Redis connection behind the queue (`None` in process), for the apalis consumer.
-    pub fn redis_connection(&self) -> Option<redis::aio::ConnectionManager> {
-        self.redis.as_ref().map(|(conn, _)| conn.clone())
+    /// This process is the whole fleet: its queue lives in process, so no other process can take its jobs, and
+    /// whatever was left unfinished when it last stopped is its own to resume (the standalone mode).
+    pub fn is_fleet_of_one(&self) -> bool {
+        self.redis.is_none()
     }
 
     /// The Redis connection and the deployment's key prefix (QUEUE_NAME), for other fleet-wide state.
@@ -63,11 +66,7 @@ impl Backends {
         format!(
             "database={} queue={}",
             self.db.kind(),
-            if self.queue.is_local() {
-                "in-process"
-            } else {
-                "redis"
-            }
+            self.queue.describe()
         )
     }
 }

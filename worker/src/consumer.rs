@@ -1,6 +1,6 @@
-//! Wires the job handler to the queue (apalis-redis, or the standalone mode's in-process queue) and owns the
-//! process lifecycle: builds the job context from `WorkerSettings`, starts the periodic chores (reconciler,
-//! retention, queue promotion and vacuum), consumes until shutdown (restarting on Redis trouble), then drains.
+//! Wires the job handler to the queue and owns the process lifecycle: builds the job context from
+//! `WorkerSettings`, starts the periodic chores (reconciler, retention), hands the queue `handle_message` until
+//! shutdown (`JobQueue::consume`: whichever backend it is, it brings its own chores and restarts), then drains.
 //! `run(settings, shutdown)` connects the stores the settings name; `run_with` takes stores shared with the API.
 
 use crate::config::WorkerSettings;
@@ -14,49 +14,34 @@ use crate::providers::images_api::ResponseFormat;
 use crate::providers::openai::OpenAiClient;
 use crate::retry::Backoff;
 use crate::routing::Routes;
-use crate::ticker;
 use anyhow::Context;
-use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
-use apalis::prelude::{Event, WorkerContext};
-use apalis_core::worker::ext::event_listener::EventListenerExt;
-use apalis_core::worker::ext::parallelize::ParallelizeExt;
-use apalis_redis::ConnectionManager;
-use apalis_redis::RedisStorage;
 use imagegen_shared::backends::Backends;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
-use imagegen_shared::queue::{JobMessage, apalis_config};
-use imagegen_shared::queue::{JobQueue, Signal};
+use imagegen_shared::queue::signals::Signal;
+use imagegen_shared::queue::{ConsumerSettings, Delivery, JobMessage};
 use imagegen_shared::storage::ImageStorage;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Pause before the queue consumer is rebuilt after Redis went away.
-const RESTART_DELAY: Duration = Duration::from_secs(2);
-/// How soon the in-process queue delivers again a job that could not finish (apalis-redis waits about as long).
-const LOCAL_RETRY_DELAY: Duration = Duration::from_secs(1);
-/// How often a worker checks the queue's scheduled set for a pile-up.
-const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// How often the retention pass looks for expired jobs (the first pass runs at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
-const VACUUM_EVERY: Duration = Duration::from_secs(600);
-const VACUUM_AFTER: Duration = Duration::from_secs(3600);
 
-async fn handle_message(
-    message: JobMessage,
-    ctx: Data<Arc<JobContext>>,
-) -> Result<(), BoxDynError> {
-    match job::handle(ctx.0.clone(), message).await {
-        Ok(_) => Ok(()),
-        // Returned to apalis so the message comes back later (it reschedules failed tasks with a growing delay).
+/// Runs the job a message names and tells the queue whether the message must come back.
+async fn handle_message(ctx: Arc<JobContext>, message: JobMessage) -> Delivery {
+    let job_id = message.job_id;
+    match job::handle(ctx, message).await {
+        Ok(_) => Delivery::Done,
+        // Not acknowledged: the in-process queue delivers it again after a second (apalis-redis does not while its
+        // acknowledgements are off; see `queue::redis`), and the reconciler finds the job in the database anyway.
+        // Released: the job was handed back with a fresh message already.
         Err(e @ (ProcessError::Busy(_) | ProcessError::Db(_) | ProcessError::Released(_))) => {
-            tracing::warn!(error = %e, "job not finished; the queue will deliver it again");
-            Err(e.into())
+            tracing::warn!(%job_id, error = %e, "job not finished; the queue will deliver it again");
+            Delivery::Redeliver
         }
     }
 }
@@ -85,7 +70,11 @@ pub async fn run_with(
         ImageStorage::from_settings(&settings.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
     storage.verify().await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let routes = build_routes(&settings.providers, settings.download.response_format)?;
+    let routes = build_routes(
+        &settings.providers,
+        settings.download.response_format,
+        settings.download.max_image_bytes,
+    )?;
     let mut allowed = settings.download.allowed_hosts.clone();
     allowed.extend(routes.download_hosts());
     // Production downloads must be encrypted; plain http is for emulators and tests.
@@ -139,10 +128,8 @@ pub async fn run_with(
         });
     }
 
-    let running: Arc<Mutex<Option<WorkerContext>>> = Arc::default();
-    tokio::spawn(listen_for_work(
+    tokio::spawn(listen_for_cancels(
         ctx.queue.signals(stopping.clone()),
-        running.clone(),
         ctx.clone(),
         stopping.clone(),
     ));
@@ -176,128 +163,26 @@ pub async fn run_with(
 
     let queue_name = settings.redis.queue_name.as_str();
     tracing::info!(%worker_id, concurrency, queue = %queue_name, stores = %backends.describe(), "worker started");
-    match backends.redis_connection() {
-        Some(redis) => {
-            tokio::spawn(vacuum_queue(
-                RedisStorage::<JobMessage>::new(redis.clone())
-                    .with_config(apalis_config(queue_name, 1)),
-                stopping.clone(),
-            ));
-            tokio::spawn(promote_due_loop(ctx.queue.clone(), stopping.clone()));
-            consume_redis(queue_name, redis, ctx, concurrency, running, stopping).await;
-        }
-        None => consume_local(ctx, concurrency, stopping).await,
-    }
+    let consumer = ConsumerSettings {
+        worker_id,
+        concurrency,
+    };
+    let queue = ctx.queue.clone();
+    queue
+        .consume(
+            consumer,
+            move |message| handle_message(ctx.clone(), message),
+            stopping,
+        )
+        .await;
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// Keeps apalis' scheduled set from piling up past what its fetch script can promote (see `JobQueue::promote_due`).
-async fn promote_due_loop(queue: JobQueue, stop: CancellationToken) {
-    let mut ticks = ticker::every(PROMOTE_EVERY, &stop);
-    while ticks.next().await {
-        match queue.promote_due().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(moved = n, "promoted a pile-up of due queue messages"),
-            Err(e) => tracing::debug!(error = %e, "could not promote due messages; will retry"),
-        }
-    }
-}
-
-/// apalis on Redis: rebuilt whenever Redis goes away, until `stopping`.
-async fn consume_redis(
-    queue_name: &str,
-    redis: ConnectionManager,
-    ctx: Arc<JobContext>,
-    concurrency: usize,
-    running: Arc<Mutex<Option<WorkerContext>>>,
-    stopping: CancellationToken,
-) {
-    loop {
-        let backend = RedisStorage::<JobMessage>::new(redis.clone())
-            .with_config(apalis_config(queue_name, concurrency));
-        let worker = WorkerBuilder::new(ctx.worker_id.as_str())
-            .backend(backend)
-            .data(ctx.clone())
-            .concurrency(concurrency)
-            .parallelize(tokio::spawn)
-            .on_event({
-                let running = running.clone();
-                move |ctx, event| {
-                    if matches!(event, Event::Start) {
-                        *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
-                    }
-                }
-            })
-            .build(handle_message);
-        let stop = stopping.clone();
-        let result = worker
-            .run_until(async move {
-                stop.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
-        if stopping.is_cancelled() {
-            break;
-        }
-        match result {
-            Ok(()) => tracing::warn!("queue consumer ended; restarting"),
-            Err(e) => {
-                tracing::warn!(error = %e, "queue consumer failed (is Redis up?); restarting")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(RESTART_DELAY) => {}
-            _ = stopping.cancelled() => break,
-        }
-    }
-}
-
-/// The in-process queue (standalone mode): up to `concurrency` jobs at once; a job that could not finish now
-/// (held elsewhere, database trouble) comes back after a short delay, like apalis' reschedule. At `stopping` no new
-/// job starts and the running ones finish (or hand themselves back at the end of the grace period).
-async fn consume_local(ctx: Arc<JobContext>, concurrency: usize, stopping: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut running = tokio::task::JoinSet::new();
-    loop {
-        let slot = tokio::select! {
-            _ = stopping.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
-        let message = tokio::select! {
-            _ = stopping.cancelled() => break,
-            message = ctx.queue.next_local() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        let ctx = ctx.clone();
-        running.spawn(async move {
-            let _slot = slot;
-            if let Err(e) = job::handle(ctx.clone(), message.clone()).await {
-                if matches!(e, ProcessError::Released(_)) {
-                    return;
-                }
-                tracing::warn!(error = %e, "job not finished; it will be delivered again");
-                if let Err(e) = ctx.queue.push_delayed(message, LOCAL_RETRY_DELAY).await {
-                    tracing::warn!(error = %e, "could not re-queue a job; the reconciler will");
-                }
-            }
-        });
-        while running.try_join_next().is_some() {}
-    }
-    while running.join_next().await.is_some() {}
-}
-
-/// Listens to the queue's signals: the API's "work queued" nudge wakes the idle apalis consumer so a job starts
-/// within milliseconds instead of at the next heartbeat, and a job canceled by a client stops at once here rather
-/// than at its next lease renewal. Without them both still happen, only later.
-async fn listen_for_work(
+/// A job canceled by a client stops at once here rather than at its next lease renewal (without the event it
+/// still stops then, only later).
+async fn listen_for_cancels(
     mut signals: tokio::sync::mpsc::Receiver<Signal>,
-    running: Arc<Mutex<Option<WorkerContext>>>,
     jobs: Arc<JobContext>,
     stop: CancellationToken,
 ) {
@@ -310,30 +195,8 @@ async fn listen_for_work(
             Some(Signal::Event(event)) if event.status == JobStatus::Canceled => {
                 jobs.stop_if_running(event.job_id);
             }
-            Some(Signal::Wake) => {
-                let ctx = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                // apalis offers no public "poll now"; a pause/resume pair wakes the consumer.
-                if let Some(ctx) = ctx.filter(|c| c.is_running()) {
-                    let _ = ctx.pause();
-                    let _ = ctx.resume();
-                }
-            }
             Some(_) => {}
             None => return,
-        }
-    }
-}
-
-/// apalis-redis keeps each finished message's payload and metadata until vacuumed; without this Redis grows with
-/// every job ever run. Postgres keeps the real record, so an hour of queue history is plenty.
-async fn vacuum_queue(mut storage: RedisStorage<JobMessage>, stop: CancellationToken) {
-    use apalis_core::backend::Vacuum;
-    let mut ticks = ticker::every(VACUUM_EVERY, &stop);
-    while ticks.next().await {
-        match storage.vacuum_before(VACUUM_AFTER).await {
-            Ok(n) if n > 0 => tracing::debug!(removed = n, "vacuumed finished queue messages"),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "queue vacuum failed; will retry"),
         }
     }
 }
@@ -342,25 +205,39 @@ async fn vacuum_queue(mut storage: RedisStorage<JobMessage>, stop: CancellationT
 fn build_routes(
     settings: &ProviderSettings,
     response_format: ResponseFormat,
+    max_image_bytes: u64,
 ) -> anyhow::Result<Routes> {
     let timeout = settings.timeout;
     let mut clients: Vec<Arc<dyn ImageProvider>> = Vec::new();
     for provider in settings.configured() {
         let client: Arc<dyn ImageProvider> = match provider {
             ProviderId::OpenAi => match &settings.openai {
-                Some(openai) => {
-                    Arc::new(OpenAiClient::new(openai.clone(), timeout, response_format)?)
-                }
+                Some(openai) => Arc::new(OpenAiClient::new(
+                    openai.clone(),
+                    timeout,
+                    response_format,
+                    max_image_bytes,
+                )?),
                 None => continue,
             },
             ProviderId::AzureOpenAi => match &settings.azure {
-                Some(azure) => Arc::new(AzureClient::new(azure.clone(), timeout, response_format)?),
+                Some(azure) => Arc::new(AzureClient::new(
+                    azure.clone(),
+                    timeout,
+                    response_format,
+                    max_image_bytes,
+                )?),
                 None => continue,
             },
             ProviderId::Flux => match &settings.flux {
                 Some(flux) => {
                     let inline = response_format == ResponseFormat::B64Json;
-                    Arc::new(FluxClient::new(flux.clone(), timeout, inline)?)
+                    Arc::new(FluxClient::new(
+                        flux.clone(),
+                        timeout,
+                        inline,
+                        max_image_bytes,
+                    )?)
                 }
                 None => continue,
             },

@@ -12,7 +12,7 @@ pub enum DownloadError {
     NotAllowed(String),
     #[error("result URL answered HTTP {0}")]
     Status(u16),
-    #[error("result image is larger than {0} bytes")]
+    #[error("result image is larger than MAX_IMAGE_BYTES ({0} bytes)")]
     TooLarge(u64),
     #[error("downloading the result failed: {0}")]
     Transport(#[from] reqwest::Error),
@@ -70,6 +70,11 @@ impl Downloader {
             max_bytes,
             require_https: false,
         })
+    }
+
+    /// MAX_IMAGE_BYTES: the largest picture accepted, downloaded or inline.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Refuses plain-http result URLs (production).

@@ -1,11 +1,11 @@
-//! The worker fleet: takes job ids off the Redis queue (apalis-redis), runs each job (see `job`), and stops
+//! The worker fleet: takes job ids off the queue (`JobQueue::consume`), runs each job (see `job`), and stops
 //! gracefully: on SIGTERM it takes no new jobs, lets running ones finish within a grace period, and gives back to
 //! the queue whatever is still running when that period ends.
 //!
 //! Start it with `run(args.settings()?, shutdown)` (or `run_with` on stores shared with the API). Modules:
 //! `config` (settings), `consumer` (the queue loop and the process lifecycle), `job` (one job, by step), `store`
 //! (pictures into storage), `providers` and `routing` (who is called), `download`, `retry`, and the periodic
-//! chores `reconciler` and `retention` (run by `ticker::every`).
+//! chores `reconciler` and `retention` (run by `imagegen_shared::ticker::every`).
 
 pub mod config;
 pub mod consumer;
@@ -17,7 +17,6 @@ pub mod retention;
 pub mod retry;
 pub mod routing;
 pub mod store;
-pub mod ticker;
 
 pub use config::{DownloadSettings, FleetArgs, ProviderLimits, WorkerArgs, WorkerSettings};
 pub use consumer::{run, run_with};

@@ -11,7 +11,7 @@
 
 use imagegen_shared::db::{self, Db};
 use imagegen_shared::domain::JobStatus;
-use imagegen_shared::events::JobEvent;
+use imagegen_shared::queue::signals::JobEvent;
 use imagegen_shared::queue::{JobMessage, JobQueue};
 use imagegen_shared::storage::ImageStorage;
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub async fn run(
     settings: ReconcilerSettings,
     stop: CancellationToken,
 ) {
-    let mut ticks = crate::ticker::every(settings.every, &stop);
+    let mut ticks = imagegen_shared::ticker::every(settings.every, &stop);
     while ticks.next().await {
         match reconcile_once(&pool, &queue, &settings).await {
             Ok(Some((stale, expired, failed))) if stale + expired + failed > 0 => {

@@ -95,7 +95,7 @@ pub async fn run(
     settings: RetentionSettings,
     stop: CancellationToken,
 ) {
-    let mut ticks = crate::ticker::every(settings.every, &stop);
+    let mut ticks = imagegen_shared::ticker::every(settings.every, &stop);
     while ticks.next().await {
         match sweep_once(&db, &storage, settings.age).await {
             Ok(Some(swept)) if swept.jobs > 0 || swept.failed > 0 => tracing::info!(

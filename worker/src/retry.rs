@@ -37,7 +37,24 @@ impl Backoff {
     }
 }
 
-/// `retry-after-ms` (Azure, OpenAI), then `retry-after` in seconds or as an HTTP date.
+/// The longest wait a provider's header is read as: anything longer (a huge number, infinity, a far date) is read
+/// as this. Above `MAX_RETRY_AFTER`, so such a hint still means "not waiting that long".
+pub const MAX_HINT: Duration = Duration::from_secs(86_400);
+
+/// A provider's wait of `secs` seconds, never panicking: NaN and negative waits are no hint; anything from
+/// `MAX_HINT` up (infinity included) is `MAX_HINT`.
+fn clamped_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    if secs >= MAX_HINT.as_secs_f64() {
+        return Some(MAX_HINT);
+    }
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// `retry-after-ms` (Azure, OpenAI), then `retry-after` in seconds or as an HTTP date. Every form is clamped to
+/// `MAX_HINT`; a value that is no usable wait (NaN, negative, a past date, text) is no hint.
 pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| {
         headers
@@ -45,19 +62,19 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(ms) = get("retry-after-ms")
+    if let Some(wait) = get("retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
+        .and_then(|ms| clamped_secs(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(wait);
     }
     let value = get("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return clamped_secs(secs);
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    wait.to_std().ok()
+    wait.to_std().ok().map(|w| w.min(MAX_HINT))
 }
 
 #[cfg(test)]
@@ -107,5 +124,62 @@ mod tests {
         );
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
+    }
+
+    fn hint(pairs: &[(&'static str, &str)]) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, HeaderValue::from_str(value).expect("header"));
+        }
+        parse_retry_after(&h)
+    }
+
+    /// Hostile or broken hints never panic; huge ones are clamped and, being above MAX_RETRY_AFTER, not honoured.
+    #[test]
+    fn hostile_hints_are_clamped_without_panicking() {
+        for value in [
+            "1e20",
+            "1e300",
+            "18446744073709551616",
+            "inf",
+            "+Infinity",
+            "86400",
+        ] {
+            assert_eq!(hint(&[("retry-after", value)]), Some(MAX_HINT), "{value}");
+        }
+        for value in ["1e30", "1e23", "inf", "18446744073709551615000"] {
+            assert_eq!(
+                hint(&[("retry-after-ms", value)]),
+                Some(MAX_HINT),
+                "{value}"
+            );
+        }
+        for value in ["-5", "-inf", "NaN", "nan", "-0.5", "soon", ""] {
+            assert_eq!(hint(&[("retry-after", value)]), None, "{value}");
+            assert_eq!(hint(&[("retry-after-ms", value)]), None, "{value}");
+        }
+        // A broken retry-after-ms falls back to retry-after.
+        assert_eq!(
+            hint(&[("retry-after-ms", "NaN"), ("retry-after", "4")]),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(
+            hint(&[("retry-after", "0.25")]),
+            Some(Duration::from_millis(250))
+        );
+        // Dates: far in the future is clamped, in the past is no hint.
+        assert_eq!(
+            hint(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]),
+            Some(MAX_HINT)
+        );
+        assert_eq!(
+            hint(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            None
+        );
+        let b = Backoff::default();
+        for value in ["1e20", "inf", "-5", "NaN"] {
+            let delay = b.delay(1, hint(&[("retry-after", value)]));
+            assert!(delay <= b.base, "{value}: {delay:?}");
+        }
     }
 }

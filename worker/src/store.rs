@@ -30,6 +30,9 @@ pub enum StoreError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     BadImage(String),
+    /// An inline picture larger than MAX_IMAGE_BYTES, refused before decoding.
+    #[error("the provider's picture is {bytes} bytes, larger than MAX_IMAGE_BYTES ({max} bytes)")]
+    TooLarge { bytes: u64, max: u64 },
     #[error(transparent)]
     Db(imagegen_shared::db::DbError),
 }
@@ -39,7 +42,7 @@ impl StoreError {
         match self {
             StoreError::Download(e) => e.is_retryable(),
             StoreError::Storage(_) => true,
-            StoreError::BadImage(_) => false,
+            StoreError::BadImage(_) | StoreError::TooLarge { .. } => false,
             StoreError::Db(_) => true,
         }
     }
@@ -79,10 +82,7 @@ async fn store_one(
     image: &GeneratedImage,
 ) -> Result<NewImage, StoreError> {
     let bytes: Bytes = match &image.source {
-        ImageSource::Base64(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64.as_bytes())
-            .map(Bytes::from)
-            .map_err(|e| StoreError::BadImage(format!("provider sent invalid base64: {e}")))?,
+        ImageSource::Base64(b64) => decode_inline(b64, ctx.downloader.max_bytes())?,
         ImageSource::Url(url) => ctx
             .downloader
             .fetch(url)
@@ -141,6 +141,28 @@ async fn store_one(
     })
 }
 
+/// The bytes of an inline (base64) picture; one whose decoded size would pass `max_bytes` (MAX_IMAGE_BYTES) is
+/// refused from its length, before anything is decoded.
+pub fn decode_inline(b64: &str, max_bytes: u64) -> Result<Bytes, StoreError> {
+    let bytes = decoded_len(b64);
+    if bytes > max_bytes {
+        return Err(StoreError::TooLarge {
+            bytes,
+            max: max_bytes,
+        });
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map(Bytes::from)
+        .map_err(|e| StoreError::BadImage(format!("provider sent invalid base64: {e}")))
+}
+
+/// How many bytes `b64` decodes to (exact for valid padded base64: 3 bytes per 4 characters, less the padding).
+fn decoded_len(b64: &str) -> u64 {
+    let chars = b64.trim_end_matches('=').len() as u64;
+    chars / 4 * 3 + (chars % 4).saturating_sub(1)
+}
+
 /// Deletes objects this worker stored but will not record; an object that cannot be deleted stays in the intent
 /// log, and the reconciler tries again.
 #[tracing::instrument(skip_all, fields(images = images.len()))]
@@ -156,5 +178,45 @@ pub async fn remove_objects(ctx: StoreContext<'_>, images: &[NewImage]) {
     }
     if let Err(e) = db::pending::forget(ctx.pool, &removed).await {
         tracing::warn!(error = %e, "could not clear the intent log; the reconciler will");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_pictures_past_max_image_bytes_are_refused_before_decoding() {
+        let encode = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        for n in 0..40 {
+            assert_eq!(decoded_len(&encode(n)), n as u64, "{n}");
+        }
+        assert_eq!(
+            decode_inline(&encode(1024), 1024).expect("fits").len(),
+            1024
+        );
+        let err = decode_inline(&encode(1025), 1024).expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                StoreError::TooLarge {
+                    bytes: 1025,
+                    max: 1024
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.retryable());
+        assert!(err.to_string().contains("MAX_IMAGE_BYTES"), "{err}");
+        // Refused from its length alone: this is not even base64, and decoding it would say so.
+        let junk = "!".repeat(64 * 1024);
+        assert!(matches!(
+            decode_inline(&junk, 1024),
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_inline("!!!!", 1024),
+            Err(StoreError::BadImage(_))
+        ));
     }
 }

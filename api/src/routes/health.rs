@@ -65,20 +65,15 @@ where
 }
 
 async fn components(state: &AppState) -> BTreeMap<String, ComponentHealth> {
-    let (database, redis, storage) = tokio::join!(
+    let (database, queue, storage) = tokio::join!(
         check(imagegen_shared::db::ping(&state.pool)),
         check(state.queue.ping()),
         check(state.storage.check())
     );
     let mut map = BTreeMap::new();
     map.insert("database".to_owned(), database);
-    // The standalone mode's queue lives in process: report it under its own name, not as Redis.
-    let queue = if state.queue.is_local() {
-        "queue"
-    } else {
-        "redis"
-    };
-    map.insert(queue.to_owned(), redis);
+    // `redis`, or `queue` for the standalone mode's in-process queue, which is no Redis.
+    map.insert(state.queue.health_name().to_owned(), queue);
     map.insert("storage".to_owned(), storage);
     map
 }

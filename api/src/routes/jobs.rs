@@ -183,7 +183,7 @@ pub async fn cancel_job(
     };
     tracing::info!(job_id = %id, "job canceled by the client");
     metrics::counter!("imagegen_jobs_finished_total", "status" => "canceled").increment(1);
-    let event = imagegen_shared::events::JobEvent {
+    let event = imagegen_shared::queue::signals::JobEvent {
         job_id: id,
         status: job.status,
     };

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 /// Everything a job needs, shared by all jobs of one worker process.
@@ -88,13 +89,14 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// Keeps the lease alive while the job runs (abort the handle when it ends); cancels `lost` if another worker took
-/// the job over.
+/// Keeps the lease alive while the job runs, until the handle is aborted or dropped (dropped too when the job's run
+/// panics, so the queue's catch-panic does not leave a lease renewed forever on a job nobody runs); cancels `lost`
+/// if another worker took the job over.
 pub fn spawn_lease_keeper(
     ctx: Arc<JobContext>,
     id: JobId,
     lost: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> AbortOnDropHandle<()> {
     let keep = async move {
         let mut tick = tokio::time::interval(ctx.lease / 3);
         tick.tick().await;
@@ -113,5 +115,5 @@ pub fn spawn_lease_keeper(
         }
     };
     // Under the job's span, so its warnings say which job.
-    tokio::spawn(keep.in_current_span())
+    AbortOnDropHandle::new(tokio::spawn(keep.in_current_span()))
 }

@@ -7,8 +7,8 @@ use super::outcome::{Outcome, ProcessError};
 use crate::store::remove_objects;
 use imagegen_shared::db::{self, DbError, JobFailure, JobRecord, NewImage, Served};
 use imagegen_shared::domain::{AttemptRecord, JobId, JobStatus};
-use imagegen_shared::events::JobEvent;
 use imagegen_shared::queue::JobMessage;
+use imagegen_shared::queue::signals::JobEvent;
 use std::time::{Duration, Instant};
 
 /// Writes the final state; Postgres errors here are retried, since the provider call (which costs money) already

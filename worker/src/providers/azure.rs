@@ -7,7 +7,7 @@
 //! Authenticated with `api-key` or an Entra ID bearer token. Answers carry content-filter annotations, and
 //! content-filter rejections (on the prompt or on the generated image) become `moderated` with their categories.
 
-use super::http::{self, error_body, header_str};
+use super::http::{self, AnswerCap, header_str};
 use super::images_api::{ResponseFormat, parse_images, request_body};
 use super::openai::SAFETY_PREFIX;
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
@@ -34,6 +34,8 @@ pub struct AzureClient {
     http: reqwest::Client,
     settings: AzureSettings,
     response_format: ResponseFormat,
+    /// MAX_IMAGE_BYTES: bounds how much of an answer is read.
+    max_image_bytes: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -71,11 +73,13 @@ impl AzureClient {
         settings: AzureSettings,
         timeout: Duration,
         response_format: ResponseFormat,
+        max_image_bytes: u64,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             http: http::http_client(timeout)?,
             settings,
             response_format,
+            max_image_bytes,
         })
     }
 
@@ -207,10 +211,11 @@ impl AzureClient {
             AzureAuth::ApiKey(key) => request.header("api-key", key.expose_secret()),
             AzureAuth::BearerToken(token) => request.bearer_auth(token.expose_secret()),
         };
-        let (status, headers, bytes) = http::send(LABEL, request).await?;
+        let (status, headers, bytes) =
+            http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
         let request_id = header_str(&headers, "apim-request-id").map(str::to_owned);
         if status != 200 {
-            let error = classify(status, &headers, error_body(&bytes));
+            let error = classify(status, &headers, &bytes);
             tracing::warn!(
                 status,
                 request_id,

@@ -6,7 +6,7 @@
 //! `cost` (credits) is recorded. A failed poll retries the poll, never the submission (which would be paid twice).
 //! The region is the base URL: `api.bfl.ai` (global), `api.eu.bfl.ai`, `api.us.bfl.ai`.
 
-use super::http::{self, error_body};
+use super::http::{self, AnswerCap};
 use super::{Call, GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -185,9 +185,9 @@ impl BflClient {
             .header("x-key", self.settings.api_key.expose_secret())
             .header("X-Correlation-ID", call.correlation_id)
             .json(&body);
-        let (status, headers, bytes) = http::send(LABEL, request).await?;
+        let (status, headers, bytes) = http::send(LABEL, request, AnswerCap::Short).await?;
         if status != 200 {
-            return Err(classify(status, &headers, error_body(&bytes)));
+            return Err(classify(status, &headers, &bytes));
         }
         let submitted: Submitted = serde_json::from_slice(&bytes).map_err(|e| {
             ProviderError::invalid_response(
@@ -212,17 +212,27 @@ impl BflClient {
                 });
             }
             tokio::time::sleep(POLL_INTERVAL).await;
-            let polled = self
+            let poll = self
                 .http
                 .get(polling_url.clone())
-                .header("x-key", self.settings.api_key.expose_secret())
-                .send()
-                .await;
-            let polled = match polled {
-                Ok(r) if r.status().is_success() => {
-                    r.json::<Polled>().await.map_err(|e| e.to_string())
+                .header("x-key", self.settings.api_key.expose_secret());
+            let polled = match http::send(LABEL, poll, AnswerCap::Short).await {
+                Ok((200, _, body)) => {
+                    serde_json::from_slice::<Polled>(&body).map_err(|e| e.to_string())
                 }
-                Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                Ok((status, _, _)) => Err(format!("HTTP {status}")),
+                // An answer past the cap: polling again would read the same again.
+                Err(ProviderError::Final {
+                    status,
+                    code,
+                    message,
+                }) => {
+                    return Err(ProviderError::Final {
+                        status,
+                        code,
+                        message: format!("{message} (polling task {})", submitted.id),
+                    });
+                }
                 Err(e) => Err(e.to_string()),
             };
             let polled = match polled {

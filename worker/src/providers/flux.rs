@@ -4,7 +4,7 @@
 //! `output_format`. Safety-checker refusals become `moderated` (stage output); the seed we send (the client's, or
 //! one we draw) is recorded so a picture can be reproduced.
 
-use super::http::{self, error_body, header_str};
+use super::http::{self, AnswerCap, header_str};
 use super::{Call, GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -25,6 +25,8 @@ pub struct FluxClient {
     endpoint: Url,
     settings: FluxSettings,
     inline: bool,
+    /// MAX_IMAGE_BYTES: bounds how much of an answer is read.
+    max_image_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -74,11 +76,13 @@ struct ErrorBody {
 }
 
 impl FluxClient {
-    /// `inline` asks for base64 (one round trip); otherwise URLs are downloaded at once.
+    /// `inline` asks for base64 (one round trip); otherwise URLs are downloaded at once. An answer is read up to
+    /// what its pictures of `max_image_bytes` (MAX_IMAGE_BYTES) each take as base64.
     pub fn new(
         settings: FluxSettings,
         timeout: Duration,
         inline: bool,
+        max_image_bytes: u64,
     ) -> Result<Self, reqwest::Error> {
         let http = http::http_client(timeout)?;
         let base = http::as_directory(&settings.base_url);
@@ -88,6 +92,7 @@ impl FluxClient {
             endpoint,
             settings,
             inline,
+            max_image_bytes,
         })
     }
 }
@@ -185,9 +190,10 @@ impl FluxClient {
             .bearer_auth(self.settings.api_key.expose_secret())
             .header("X-Correlation-ID", call.correlation_id)
             .json(&body);
-        let (status, headers, bytes) = http::send(LABEL, request).await?;
+        let (status, headers, bytes) =
+            http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
         if status != 200 {
-            let error = classify(status, &headers, error_body(&bytes));
+            let error = classify(status, &headers, &bytes);
             tracing::warn!(
                 status,
                 kind = error.kind(),

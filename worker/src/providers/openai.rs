@@ -3,7 +3,7 @@
 //! classification follows the openai-python client's rules, except that `insufficient_quota` is final and a
 //! retired or unknown model (404 `model_not_found`) says so.
 
-use super::http::{self, error_body, header_str};
+use super::http::{self, AnswerCap, header_str};
 use super::images_api::{ResponseFormat, parse_images, request_body};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
@@ -25,6 +25,8 @@ pub struct OpenAiClient {
     endpoint: Url,
     settings: OpenAiSettings,
     response_format: ResponseFormat,
+    /// MAX_IMAGE_BYTES: bounds how much of an answer is read.
+    max_image_bytes: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -47,6 +49,7 @@ impl OpenAiClient {
         settings: OpenAiSettings,
         timeout: Duration,
         response_format: ResponseFormat,
+        max_image_bytes: u64,
     ) -> Result<Self, reqwest::Error> {
         let http = http::http_client(timeout)?;
         let base = http::as_directory(&settings.base_url);
@@ -56,6 +59,7 @@ impl OpenAiClient {
             endpoint,
             settings,
             response_format,
+            max_image_bytes,
         })
     }
 }
@@ -168,10 +172,11 @@ impl OpenAiClient {
         if let Some(project) = &self.settings.project {
             request = request.header("OpenAI-Project", project);
         }
-        let (status, headers, bytes) = http::send(LABEL, request).await?;
+        let (status, headers, bytes) =
+            http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
         if status != 200 {
-            let error = classify(status, &headers, error_body(&bytes));
+            let error = classify(status, &headers, &bytes);
             tracing::warn!(
                 status,
                 request_id,

@@ -1,16 +1,18 @@
-//! apalis-redis promotes every due message inside one Lua `unpack`, which fails beyond about 8,000 values; a backlog
-//! that large would make every worker's fetch fail forever. `JobQueue::promote_due` moves a pile-up in chunks.
+//! Against the real Redis at $REDIS_URL. apalis-redis promotes every due message inside one Lua `unpack`, which
+//! fails beyond about 8,000 values; a backlog that large would make every worker's fetch fail forever.
+//! `RedisQueue::promote_due` moves a pile-up in chunks.
 
-use imagegen_shared::domain::JobId;
-use imagegen_shared::queue::{JobMessage, JobQueue, redis_connection};
+use super::{RedisQueue, redis_connection};
+use crate::domain::JobId;
+use crate::queue::message::JobMessage;
 
 #[tokio::test]
 async fn a_pile_up_of_due_messages_is_promoted_in_chunks() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let (client, conn) = redis_connection(&url).expect("redis");
     let name = format!("pileup-test-{}", uuid::Uuid::new_v4().simple());
-    let queue = JobQueue::redis(Some(client), conn.clone(), &name);
-    let config = queue.config().expect("a Redis queue").clone();
+    let queue = RedisQueue::new(Some(client), conn.clone(), &name);
+    let config = queue.config.clone();
     // 9,000 messages, as a burst of submissions leaves them while every worker is busy (pushed in parallel).
     let mut pushes = Vec::new();
     for chunk in 0..30 {

@@ -1,5 +1,6 @@
-//! The worker's periodic chores (queue promotion and vacuum, the reconciler, retention) share one loop shape: run
-//! now, then every `period`, until the stop token is cancelled. Each chore is a `while` over [`every`]:
+//! The periodic chores (the Redis queue's promotion and vacuum, the worker's reconciler and retention) share one
+//! loop shape: run now, then every `period`, until the stop token is cancelled. Each chore is a `while` over
+//! [`every`]:
 //!
 //! ```ignore
 //! let mut ticks = ticker::every(PERIOD, &stop);
