@@ -6,6 +6,9 @@
 //! prompt truncated to fit their size limits; the database keeps the full record, so storage is never scanned).
 //! Large images go up as multipart uploads cut from the one buffer the worker holds; a failed upload is aborted, so
 //! nothing half-written stays behind.
+//!
+//! Longer than ~500 lines on purpose: one type over four backends (keys, metadata, multipart uploads, signed
+//! URLs, the start-up check); its unit tests are here too.
 
 use crate::config::storage::{S3Sse, StorageSettings, StorageTarget};
 use crate::config::{PublicUrls, StorageBackend};

@@ -4,6 +4,9 @@
 //! keys) refreshes them at most once a minute, and every fetch is bounded in time and size. Only RS256 and ES256 are
 //! accepted, and only with a key of that family that the JWKS publishes (so `alg: none` and HS256 signed with the
 //! public key are refused). `iss`, `aud`, `exp` and `nbf` are checked with a one-minute leeway.
+//!
+//! Longer than ~500 lines on purpose: discovery, the key cache with its rotation rules and every token check are
+//! one security boundary, kept in one file so a reviewer reads it whole; its tests are most of the rest.
 
 use clap::Args;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};

@@ -6,6 +6,9 @@
 //! The seed's names still work: `dalle3` and `flux_schnell` in ENABLED_PROVIDERS, DEFAULT_PROVIDER, FAILOVER_ORDER
 //! and PROVIDER_CONCURRENCY stand for the providers of that model family (`dalle3`: openai and azure_openai;
 //! `flux_schnell`: flux and bfl).
+//!
+//! Longer than ~500 lines on purpose: most of it is the clap declarations of some thirty provider variables, each
+//! with its doc; the rules that tie them together read best next to them.
 
 use super::{ConfigError, non_empty, non_empty_secret};
 use crate::catalogue::{Catalogue, Family, ModelStatus};

@@ -1,6 +1,9 @@
 //! From what a client sent (`GenerateBody`) to what a worker runs (`GenerationRequest`): every field is checked
 //! against the model the client asked for (the catalogue says what it accepts) and the service's limits, and the
 //! model's defaults fill what the client left out. What happens when that model is retired is `resolve`'s part.
+//!
+//! Longer than ~500 lines on purpose: the body as written, the checked request with its accessors, the stored
+//! form old rows still read, and the one `parse` that turns the first into the second belong together.
 
 use super::offer::Offer;
 use super::options::{Background, ModerationLevel, OutputFormat, Quality, Size, Style};
