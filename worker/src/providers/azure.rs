@@ -8,8 +8,7 @@
 //! content-filter rejections (on the prompt or on the generated image) become `moderated` with their categories.
 
 use super::http::{self, AnswerCap, header_str};
-use super::images_api::{ResponseFormat, parse_images, request_body};
-use super::openai::SAFETY_PREFIX;
+use super::images_api::{ResponseFormat, SAFETY_PREFIX, parse_images, request_body};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;

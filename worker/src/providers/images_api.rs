@@ -10,6 +10,9 @@ use imagegen_shared::catalogue::{Family, ModelSpec};
 use imagegen_shared::domain::GenerationRequest;
 use serde::{Deserialize, Serialize};
 
+/// The prefix of OpenAI's and Azure's safety rejections (older ones carry no code, only this text).
+pub const SAFETY_PREFIX: &str = "Your request was rejected as a result of our safety system";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ResponseFormat {
     /// Inline base64: one round trip, nothing to download.

@@ -4,7 +4,7 @@
 //! retired or unknown model (404 `model_not_found`) says so.
 
 use super::http::{self, AnswerCap, header_str};
-use super::images_api::{ResponseFormat, parse_images, request_body};
+use super::images_api::{ResponseFormat, SAFETY_PREFIX, parse_images, request_body};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 const LABEL: &str = "OpenAI";
-/// The prefix older (code-less) safety rejections start with.
-pub const SAFETY_PREFIX: &str = "Your request was rejected as a result of our safety system";
 
 pub struct OpenAiClient {
     http: reqwest::Client,
