@@ -3,11 +3,11 @@
 //! concurrency and catch-panic, rebuilt after Redis trouble; the wake-up on a work nudge; the promotion of a
 //! scheduled-set pile-up; the vacuum of finished messages).
 //!
-//! Acknowledgements are off: apalis-redis 1.0 only records a task's outcome when it persists results, which
-//! [`apalis_config`] turns off. So a message the handler answers `Redeliver` to (or panics on) is not rescheduled
-//! by apalis; the job comes back through the reconciler (its row is still queued, or its lease expires). And a
-//! handled message stays in this worker's in-flight set, its payload and metadata in Redis, which the vacuum (it
-//! removes only finished messages) never reaches. Turning results on would make both work as the code intends.
+//! Acknowledgements: apalis-redis 1.0 only records a task's outcome (and so acknowledges it) when it persists
+//! results, which [`apalis_config`] therefore turns on. A message the handler answers `Redeliver` to (or panics on)
+//! is rescheduled by apalis with its growing delay; a handled one leaves the worker's in-flight set and is vacuumed
+//! an hour later. (Until 2026-11-28 results were off, so neither happened: handled messages piled up in Redis and
+//! handed-back jobs waited for the reconciler.)
 
 use super::message::{ConsumerSettings, Delivery, Handler, JobMessage, QueueError};
 use super::message::{panic_text, report_panic};
@@ -84,9 +84,10 @@ fn apalis_config(queue_name: &str, batch_size: usize) -> apalis_redis::Config {
         .batch_size(batch_size.max(1))
         .heartbeat_interval(HEARTBEAT_INTERVAL)
         .missed_heartbeats(MISSED_HEARTBEATS)
-        // Results live in the database; keeping them in Redis too would only grow memory. (This also turns off
-        // apalis' acknowledgements: see the module doc.)
-        .persist_results(false)
+        // In apalis-redis 1.0 this is also what acknowledges a task (`should_ack`): without it every handled
+        // message stayed in its worker's in-flight set with its payload for good, and a handed-back one was never
+        // rescheduled. The outcome it stores is tiny and the vacuum removes finished messages after an hour.
+        .persist_results(true)
 }
 
 #[derive(Clone)]
