@@ -174,7 +174,11 @@ async fn on_redis_a_panicking_job_is_caught_reported_and_delivered_again() {
         .query_async(&mut conn)
         .await
         .expect("keys");
-    assert_eq!(in_flight, Vec::<String>::new(), "every handled message acknowledged");
+    assert_eq!(
+        in_flight,
+        Vec::<String>::new(),
+        "every handled message acknowledged"
+    );
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{name}*"))
         .query_async(&mut conn)
