@@ -459,3 +459,39 @@ async fn the_active_jobs_limit_holds_under_concurrent_inserts_on(db: Db) {
         "another request under the key"
     );
 }
+
+/// Expired Idempotency-Keys are deleted by the reconciler's pass; live ones stay.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_reconciler_purges_expired_idempotency_keys(pool: PgPool) {
+    use db::idempotency::KeyClaim;
+    let db = Db::from(pool);
+    for (key, ttl) in [("old", 0), ("live", 3600)] {
+        let claim = KeyClaim {
+            owner: "alice",
+            key,
+            request_hash: "h",
+            ttl: Duration::from_secs(ttl),
+        };
+        db::jobs::insert_admitted(&db, &new_job("alice"), Some(&claim), None)
+            .await
+            .expect("insert");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let pass = db::reconcile::pass(&db, 0, Duration::from_secs(3600), 100)
+        .await
+        .expect("pass")
+        .expect("lock");
+    assert_eq!(pass.purged_keys, 1);
+    assert_eq!(
+        db::idempotency::lookup(&db, "alice", "old", "h")
+            .await
+            .expect("lookup"),
+        None
+    );
+    assert!(
+        db::idempotency::lookup(&db, "alice", "live", "h")
+            .await
+            .expect("lookup")
+            .is_some()
+    );
+}

@@ -287,6 +287,18 @@ async fn signed_urls_need_a_cloud_backend() {
 /// A missing bucket or container fails the start-up check with a message naming the backend, not the first upload.
 #[tokio::test]
 async fn a_missing_bucket_or_container_fails_start_up_clearly() {
+    // Both emulators are up and their test bucket and container answer: otherwise the failures below would prove
+    // nothing (an unreachable endpoint fails start-up too).
+    for backend in [StorageBackend::S3, StorageBackend::Azure] {
+        let (present, _) = args(backend);
+        ImageStorage::from_settings(&present.settings().expect("settings"))
+            .expect("config")
+            .verify()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{backend:?} emulator must be up with its test bucket: {e}")
+            });
+    }
     let (mut s3, _) = args(StorageBackend::S3);
     s3.s3_bucket = Some(format!("missing-{}", uuid::Uuid::new_v4().simple()));
     let err = ImageStorage::from_settings(&s3.settings().expect("settings"))

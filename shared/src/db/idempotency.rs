@@ -36,6 +36,23 @@ impl From<sqlx::Error> for KeyError {
     }
 }
 
+/// Deletes up to `batch` expired keys (run by the reconciler's pass): they answer nothing any more (a new claim
+/// overwrites them), so they would only take space.
+pub(crate) async fn purge_expired(conn: super::Conn<'_>, batch: i64) -> Result<u64, DbError> {
+    let removed = super::on_conn!(conn, |c, sql| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM idempotency_keys WHERE (owner, key) IN \
+             (SELECT owner, key FROM idempotency_keys WHERE expires_at <= {now} LIMIT $1)",
+            now = sql.now,
+        )))
+        .bind(batch)
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+    });
+    Ok(removed)
+}
+
 /// What `owner`'s `key` already stands for, if it is live: checked before anything is spent on a request, so a replay
 /// costs no quota and is never refused by a limit. The same key with another request is `Err(Mismatch)`.
 pub async fn lookup(

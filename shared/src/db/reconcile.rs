@@ -20,6 +20,8 @@ pub struct Pass {
     pub expired: Vec<(JobId, String)>,
     /// Queued jobs nobody touched for too long and that the queue seems to have lost: to be pushed again.
     pub stale: Vec<(JobId, String)>,
+    /// Expired Idempotency-Keys deleted.
+    pub purged_keys: u64,
 }
 
 /// One pass, or `None` when another process holds the lock. `held` is how many messages the queue holds; only as
@@ -51,12 +53,14 @@ pub async fn pass(
         } else {
             jobs::touch_stale_queued(Conn::from(&mut *tx), queued_after, missing).await?
         };
+        let purged_keys = super::idempotency::purge_expired(Conn::from(&mut *tx), batch).await?;
         tx.commit().await?;
         Ok(Some(Pass {
             past_deadline,
             failed,
             expired,
             stale,
+            purged_keys,
         }))
     })
 }
