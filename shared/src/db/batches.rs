@@ -53,17 +53,7 @@ pub async fn insert_batch_with_key(
         i64::try_from(jobs.iter().filter(|j| !j.status.is_terminal()).count()).unwrap_or(i64::MAX);
     on_db!(db, |pool, sql| {
         let mut tx = pool.begin_with(sql.begin).await?;
-        if let Some(active) = super::jobs::over_active_limit!(tx, sql, owner, adding, max_active) {
-            if let Some(key) = key
-                && let Some(existing) =
-                    super::idempotency::find!(tx, sql, key.owner, key.key, key.request_hash)
-            {
-                tx.rollback().await?;
-                return Ok(Inserted::Existing(existing));
-            }
-            tx.rollback().await?;
-            return Ok(Inserted::OverActiveLimit { active });
-        }
+        super::jobs::admit_or_return!(tx, sql, owner, adding, max_active, key);
         let batch = sqlx::query_as::<_, BatchRecord>(
             "INSERT INTO batches (id, owner, correlation_id, item_count) VALUES ($1, $2, $3, $4) \
              RETURNING id, owner, correlation_id, item_count, created_at",

@@ -439,31 +439,42 @@ pub enum Inserted<T> {
 /// Inside an inserting transaction: whether `owner` may add `adding` active jobs under `max` (`None`: no limit).
 /// Postgres takes a transaction-scoped advisory lock on the owner first, so concurrent submissions from any number
 /// of API processes count one after another and cannot overshoot; SQLite's `BEGIN IMMEDIATE` already serialises
-/// writers. Evaluates to `Some(active)` when over the limit.
-macro_rules! over_active_limit {
-    ($tx:expr, $sql:expr, $owner:expr, $adding:expr, $max:expr) => {{
+/// writers. Over the limit it rolls back and returns from the caller: with the job or batch `key` already stands for
+/// (a replay is never refused), else `OverActiveLimit`.
+macro_rules! admit_or_return {
+    ($tx:expr, $sql:expr, $owner:expr, $adding:expr, $max:expr, $key:expr) => {{
         let max: Option<i64> = $max;
-        match max {
-            None => None,
-            Some(max) => {
-                if !$sql.is_sqlite() {
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 2231))")
-                        .bind($owner)
-                        .execute(&mut *$tx)
-                        .await?;
-                }
-                let active: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
-                )
-                .bind($owner)
-                .fetch_one(&mut *$tx)
-                .await?;
-                (active + $adding > max).then_some(active)
+        if let Some(max) = max {
+            if !$sql.is_sqlite() {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 2231))")
+                    .bind($owner)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
+            )
+            .bind($owner)
+            .fetch_one(&mut *$tx)
+            .await?;
+            if active + $adding > max {
+                let key: Option<&$crate::db::idempotency::KeyClaim<'_>> = $key;
+                let replay = match key {
+                    Some(k) => {
+                        $crate::db::idempotency::find!($tx, $sql, k.owner, k.key, k.request_hash)
+                    }
+                    None => None,
+                };
+                $tx.rollback().await?;
+                return Ok(match replay {
+                    Some(existing) => $crate::db::jobs::Inserted::Existing(existing),
+                    None => $crate::db::jobs::Inserted::OverActiveLimit { active },
+                });
             }
         }
     }};
 }
-pub(crate) use over_active_limit;
+pub(crate) use admit_or_return;
 
 /// Records one job, under its Idempotency-Key when it has one and within the owner's active-jobs limit (`max_active`),
 /// in one transaction: a live key's job comes back untouched (no limit applies to a replay); over the limit nothing
@@ -476,18 +487,7 @@ pub async fn insert_admitted(
 ) -> Result<Inserted<JobRecord>, super::idempotency::KeyError> {
     on_db!(db, |pool, sql| {
         let mut tx = pool.begin_with(sql.begin).await?;
-        if let Some(active) = over_active_limit!(tx, sql, job.owner.as_str(), 1, max_active) {
-            // A replay is never refused: look for the key's job before saying no.
-            if let Some(key) = key
-                && let Some(existing) =
-                    super::idempotency::find!(tx, sql, key.owner, key.key, key.request_hash)
-            {
-                tx.rollback().await?;
-                return Ok(Inserted::Existing(existing));
-            }
-            tx.rollback().await?;
-            return Ok(Inserted::OverActiveLimit { active });
-        }
+        admit_or_return!(tx, sql, job.owner.as_str(), 1, max_active, key);
         let row = insert_job!(tx, sql, job, None);
         let Some(key) = key else {
             tx.commit().await?;
