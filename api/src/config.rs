@@ -9,6 +9,7 @@ use imagegen_shared::config::{
     StorageArgs, StorageSettings,
 };
 use secrecy::SecretString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
@@ -125,6 +126,13 @@ pub struct ApiArgs {
         default_value_t = 0
     )]
     pub max_active_jobs_per_owner: u32,
+    /// USD one owner may spend per UTC day, by default (per-owner and per-key budgets through the admin API);
+    /// unset: no limit. Over it, submissions get 402 `budget_exceeded`.
+    #[arg(long, env = "BUDGET_USD_PER_DAY", value_name = "USD")]
+    pub budget_usd_per_day: Option<f64>,
+    /// USD one owner may spend per UTC calendar month, by default; unset: no limit.
+    #[arg(long, env = "BUDGET_USD_PER_MONTH", value_name = "USD")]
+    pub budget_usd_per_month: Option<f64>,
     /// Browser origins allowed to call the API (CORS), comma-separated exact origins such as
     /// https://app.example.com; `*` only while authentication is off; empty: no cross-origin access.
     #[arg(
@@ -141,6 +149,16 @@ pub struct ApiArgs {
     /// Base of the download URLs handed to clients, e.g. https://images.example.com (default: from the Host header).
     #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<url::Url>,
+    /// Proxies believed about the client's scheme and host (X-Forwarded-Proto, X-Forwarded-Host) when
+    /// PUBLIC_BASE_URL is unset: comma-separated IP addresses or CIDR ranges, e.g. 10.0.0.0/8,127.0.0.1; empty:
+    /// forwarded headers are ignored.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_name = "TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
 }
 
 /// The API's settings, validated.
@@ -167,6 +185,8 @@ pub struct ApiSettings {
     pub cors: Option<tower_http::cors::CorsLayer>,
     /// Without a trailing slash.
     pub public_base_url: Option<String>,
+    /// TRUSTED_PROXIES: the peers whose X-Forwarded-Proto and X-Forwarded-Host are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Who may call, and how.
@@ -188,6 +208,11 @@ pub struct OwnerLimitSettings {
     pub requests_per_minute: u64,
     pub images_per_day: u64,
     pub active_jobs: i64,
+    /// Default budgets in micro-dollars (`None`: no limit).
+    pub budget_per_day: Option<i64>,
+    pub budget_per_month: Option<i64>,
+    /// LIMITS_ON_REDIS_ERROR for the per-minute limit.
+    pub on_redis_error: imagegen_shared::limits::FailMode,
 }
 
 /// Request bodies above this are refused with 413.
@@ -195,6 +220,106 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The shortest DOWNLOAD_SIGNING_KEY accepted.
 const MIN_SIGNING_KEY_CHARS: usize = 32;
+
+/// A budget in dollars as micro-dollars: finite, not negative, at most a billion dollars.
+pub fn budget(name: &str, usd: Option<f64>) -> anyhow::Result<Option<i64>> {
+    match usd {
+        None => Ok(None),
+        Some(v) if v.is_finite() && (0.0..=1e9).contains(&v) => {
+            Ok(Some(imagegen_shared::cost::micros(v)))
+        }
+        Some(v) => anyhow::bail!("{name}: {v} is not an amount of USD from 0 to 1000000000"),
+    }
+}
+
+/// TRUSTED_PROXIES: IP addresses and CIDR ranges, IPv4 or IPv6. Empty trusts no one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpRange>);
+
+/// One address range: `network` with its host bits cleared, and the prefix length (32 or 128 for one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// `10.1.2.3`, `10.0.0.0/8`, `::1`, `fd00::/8`. Host bits set under the prefix are cleared (`10.1.2.3/8` is
+    /// `10.0.0.0/8`).
+    fn parse(entry: &str) -> Option<Self> {
+        let (address, prefix) = match entry.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (entry, None),
+        };
+        let address: IpAddr = address.parse().ok()?;
+        let prefix = match prefix {
+            // One address: an IPv4-mapped IPv6 one (`::ffff:10.0.0.1`) stands for its IPv4 address.
+            None => return Some(Self::single(address.to_canonical())),
+            Some(p) if (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().ok()?
+            }
+            Some(_) => return None,
+        };
+        (prefix <= Self::bits(address)).then(|| Self {
+            network: Self::mask(address, prefix),
+            prefix,
+        })
+    }
+
+    fn single(address: IpAddr) -> Self {
+        Self {
+            network: address,
+            prefix: Self::bits(address),
+        }
+    }
+
+    fn bits(address: IpAddr) -> u8 {
+        if address.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// `address` with every bit after the first `prefix` cleared (`prefix` is at most `bits(address)`).
+    fn mask(address: IpAddr, prefix: u8) -> IpAddr {
+        match address {
+            IpAddr::V4(v4) => {
+                let keep = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & keep))
+            }
+            IpAddr::V6(v6) => {
+                let keep = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & keep))
+            }
+        }
+    }
+
+    fn contains(&self, address: IpAddr) -> bool {
+        address.is_ipv4() == self.network.is_ipv4()
+            && Self::mask(address, self.prefix) == self.network
+    }
+}
+
+impl TrustedProxies {
+    /// A comma-separated list of addresses and ranges; the error names the first bad entry.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                IpRange::parse(entry).ok_or_else(|| {
+                    format!(
+                        "`{entry}` is not an IP address or CIDR range (e.g. 10.0.0.0/8,127.0.0.1)"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    /// Whether a connection from `peer` comes from a trusted proxy (an IPv4-mapped IPv6 peer counts as IPv4).
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.0.iter().any(|range| range.contains(peer))
+    }
+}
 
 impl ApiArgs {
     /// Every setting checked, each error naming its variable.
@@ -263,12 +388,17 @@ impl ApiArgs {
                 requests_per_minute: u64::from(self.rate_limit_per_minute),
                 images_per_day: u64::from(self.image_quota_per_day),
                 active_jobs: i64::from(self.max_active_jobs_per_owner),
+                budget_per_day: budget("BUDGET_USD_PER_DAY", self.budget_usd_per_day)?,
+                budget_per_month: budget("BUDGET_USD_PER_MONTH", self.budget_usd_per_month)?,
+                on_redis_error: self.redis.limits_on_redis_error,
             },
             cors,
             public_base_url: self
                 .public_base_url
                 .as_ref()
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
+            trusted_proxies: TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?,
         })
     }
 }
@@ -409,6 +539,92 @@ mod tests {
         assert_eq!(
             cli.api.settings().expect("valid").wait_default,
             std::time::Duration::from_secs(10)
+        );
+    }
+
+    /// TRUSTED_PROXIES: addresses and CIDR ranges of both families, matched by prefix; a bad entry is named.
+    #[test]
+    fn trusted_proxies_are_addresses_and_ranges() {
+        use super::TrustedProxies;
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        let none = TrustedProxies::parse("").expect("empty");
+        assert!(!none.trusts(ip("127.0.0.1")) && none == TrustedProxies::default());
+        let list = TrustedProxies::parse(" 10.0.0.0/8, 127.0.0.1 ,192.168.1.77/30,fd00::/8,::1,")
+            .expect("valid");
+        for trusted in [
+            "10.0.0.0",
+            "10.255.255.255",
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "192.168.1.76",
+            "192.168.1.79",
+            "fd12:3456::1",
+            "::1",
+        ] {
+            assert!(list.trusts(ip(trusted)), "{trusted}");
+        }
+        for untrusted in [
+            "11.0.0.1",
+            "9.255.255.255",
+            "127.0.0.2",
+            "192.168.1.75",
+            "192.168.1.80",
+            "fe80::1",
+            "::2",
+            "::ffff:127.0.0.2",
+        ] {
+            assert!(!list.trusts(ip(untrusted)), "{untrusted}");
+        }
+        // Everyone, if asked for; and a mapped address given alone stands for its IPv4 address.
+        assert!(
+            TrustedProxies::parse("0.0.0.0/0")
+                .expect("valid")
+                .trusts(ip("203.0.113.9"))
+        );
+        assert!(
+            !TrustedProxies::parse("0.0.0.0/0")
+                .expect("valid")
+                .trusts(ip("2001:db8::1"))
+        );
+        assert!(
+            TrustedProxies::parse("::/0")
+                .expect("valid")
+                .trusts(ip("2001:db8::1"))
+        );
+        assert!(
+            TrustedProxies::parse("::ffff:10.0.0.1")
+                .expect("valid")
+                .trusts(ip("10.0.0.1"))
+        );
+        assert!(
+            TrustedProxies::parse("10.0.0.1/32")
+                .expect("valid")
+                .trusts(ip("10.0.0.1"))
+        );
+        for bad in [
+            "localhost",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/-1",
+            "10.0.0.0/8/8",
+            "10.0.0",
+            "10.0.0.0/8 10.0.0.1",
+            "/8",
+            "10.0.0.0/0008",
+        ] {
+            let message = TrustedProxies::parse(&format!("127.0.0.1,{bad}")).expect_err(bad);
+            assert!(message.contains(bad.trim()), "{bad}: {message}");
+        }
+        let message = settings_error(&["--trusted-proxies", "10.0.0.0/8,proxy.internal"]);
+        assert!(
+            message.starts_with("TRUSTED_PROXIES:")
+                && message.contains("proxy.internal")
+                && !message.contains('\n'),
+            "{message}"
         );
     }
 }

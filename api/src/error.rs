@@ -68,6 +68,12 @@ pub enum ApiError {
     /// The model asked for is retired and no replacement serves it here (MODEL_ALIASES=none, or none named): 410.
     #[error("{0}")]
     ModelRetired(imagegen_shared::domain::ResolveError),
+    /// A budget is spent: 402 `budget_exceeded` with the limit, what is spent and when it resets.
+    #[error("{message}")]
+    BudgetExceeded {
+        message: String,
+        detail: BudgetDetail,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -95,6 +101,22 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
     pub job_id: Option<JobId>,
+    /// With `budget_exceeded`: which budget, its limit, what is spent and when it resets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetDetail>,
+}
+
+/// The budget a submission ran into.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BudgetDetail {
+    /// `owner` (the caller's budget) or `api_key` (the presented key's own).
+    pub scope: &'static str,
+    pub period: imagegen_shared::budget::Period,
+    pub limit_usd: f64,
+    /// Spent and reserved by jobs still running, in this window.
+    pub spent_usd: f64,
+    /// When the window ends (midnight UTC, or the first of next month).
+    pub resets_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// An error on its way out; the middleware turns it into an `ErrorBody` once it knows the correlation id.
@@ -104,6 +126,7 @@ pub struct PendingError {
     pub message: String,
     pub details: Vec<FieldError>,
     pub job_id: Option<JobId>,
+    pub budget: Option<BudgetDetail>,
 }
 
 impl PendingError {
@@ -115,6 +138,7 @@ impl PendingError {
             correlation_id: correlation_id.to_owned(),
             details: self.details,
             job_id: self.job_id,
+            budget: self.budget,
         };
         (status, Json(body)).into_response()
     }
@@ -134,6 +158,7 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         422 => "validation_failed",
         429 => "rate_limited",
         431 => "headers_too_large",
+        402 => "budget_exceeded",
         503 => "service_unavailable",
         504 => "gateway_timeout",
         s if s >= 500 => "internal_error",
@@ -175,6 +200,7 @@ impl ApiError {
                 "headers_too_large",
             ),
             ApiError::ModelRetired(_) => (StatusCode::GONE, "model_retired"),
+            ApiError::BudgetExceeded { .. } => (StatusCode::PAYMENT_REQUIRED, "budget_exceeded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -275,11 +301,16 @@ impl IntoResponse for ApiError {
                 HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
             );
         }
+        let budget = match &self {
+            ApiError::BudgetExceeded { detail, .. } => Some(detail.clone()),
+            _ => None,
+        };
         response.extensions_mut().insert(PendingError {
             code,
             message,
             details,
             job_id,
+            budget,
         });
         response
     }

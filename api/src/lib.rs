@@ -3,6 +3,7 @@
 //! `run` serves it on a listener; `router` builds the app (tests and the future standalone mode use it directly).
 
 pub mod auth;
+pub mod budgets;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -115,7 +116,9 @@ pub async fn serve(
     let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, environment = %settings.environment, "api listening");
-    let app = router(state);
+    // Each request carries its connection's remote address (`ConnectInfo`): download links believe forwarded
+    // headers only from TRUSTED_PROXIES.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let stop_serving = stop.clone();
     let delay = settings.shutdown_delay;
     axum::serve(listener, app)

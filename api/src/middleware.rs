@@ -66,6 +66,7 @@ fn finish_errors(response: Response, correlation_id: &str) -> Response {
             message: status.canonical_reason().unwrap_or("Error").to_owned(),
             details: Vec::new(),
             job_id: None,
+            budget: None,
         };
         return rerender(response, pending, correlation_id);
     }

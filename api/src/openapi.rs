@@ -50,10 +50,13 @@ docs stay open. Signed download links work without a key.",
         routes::health::health, routes::health::ready, routes::health::live,
         routes::metrics::render,
         routes::admin::create_key, routes::admin::list_keys, routes::admin::revoke_key,
+        routes::usage::usage,
+        routes::budgets::list_budgets, routes::budgets::set_budget, routes::budgets::delete_budget,
+        routes::budgets::set_key_budget,
     ),
     components(schemas(ErrorBody)),
     modifiers(&OwnerSecurity),
-    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "health"), (name = "admin"))
+    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "usage"), (name = "health"), (name = "admin"))
 )]
 pub struct ApiDoc;
 
@@ -257,7 +260,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 13);
+        assert_eq!(owner_ops, 18);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(

@@ -27,8 +27,16 @@ pub async fn per_minute(State(state): State<AppState>, req: Request, next: Next)
     };
     let window = match state.owners.count("rpm", &owner, 1, MINUTE).await {
         Ok(w) => w,
+        // LIMITS_ON_REDIS_ERROR: refuse (closed) or let through uncounted (open; a submission fails at the queue
+        // anyway while Redis is down, reads go on).
+        Err(e) if state.limits_fail.is_closed() => {
+            tracing::warn!(error = %e, "rate limiter unavailable; request refused (fail closed)");
+            return ApiError::Unavailable(
+                "The rate limiter is unavailable; try again shortly".into(),
+            )
+            .into_response();
+        }
         Err(e) => {
-            // Without Redis the request would fail anyway at the queue; do not add a second failure mode.
             tracing::warn!(error = %e, "rate limiter unavailable; request not counted");
             return next.run(req).await;
         }

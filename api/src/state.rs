@@ -34,6 +34,8 @@ pub struct Inner {
     pub wait_default: Duration,
     pub wait_max: Duration,
     pub public_base_url: Option<String>,
+    /// TRUSTED_PROXIES: only their X-Forwarded-Proto and X-Forwarded-Host are believed.
+    pub trusted_proxies: crate::config::TrustedProxies,
     pub idempotency_ttl: Duration,
     pub environment: imagegen_shared::config::Environment,
     pub waiters: Arc<Waiters>,
@@ -53,6 +55,13 @@ pub struct Inner {
     pub rate_limit_per_minute: u64,
     pub image_quota_per_day: u64,
     pub max_active_jobs_per_owner: i64,
+    /// Budget counters (reserved here at submission, settled by whoever ends a job).
+    pub budgets: imagegen_shared::budget::BudgetLedger,
+    /// BUDGET_USD_PER_DAY and BUDGET_USD_PER_MONTH in micro-dollars (`None`: no default limit).
+    pub default_budget_per_day: Option<i64>,
+    pub default_budget_per_month: Option<i64>,
+    /// LIMITS_ON_REDIS_ERROR: the per-minute limit refuses (closed) or lets through (open) while Redis is down.
+    pub limits_fail: imagegen_shared::limits::FailMode,
     /// CORS_ORIGINS as a layer (`None`: no cross-origin access).
     pub cors: Option<tower_http::cors::CorsLayer>,
     /// Signs download links (authentication on only).
@@ -151,6 +160,10 @@ impl AppState {
             rate_limit_per_minute: settings.limits.requests_per_minute,
             image_quota_per_day: settings.limits.images_per_day,
             max_active_jobs_per_owner: settings.limits.active_jobs,
+            budgets: backends.budgets.clone(),
+            default_budget_per_day: settings.limits.budget_per_day,
+            default_budget_per_month: settings.limits.budget_per_month,
+            limits_fail: settings.limits.on_redis_error,
             storage,
             offer: std::sync::RwLock::new((today, Arc::new(offer))),
             max_images_per_request: settings.max_images_per_request,
@@ -161,6 +174,7 @@ impl AppState {
             wait_max: settings.wait_max,
             idempotency_ttl: settings.idempotency_ttl,
             public_base_url: settings.public_base_url.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
             environment: settings.environment,
             authentication: auth.enabled,
             oidc,

@@ -2,6 +2,7 @@
 //! Postgres, then queue. A job that cannot be queued is removed again and the client gets 503, so nothing is left
 //! half-accepted.
 
+use crate::auth::Submitter;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::http::HeaderMap;
@@ -51,7 +52,7 @@ pub fn accept(
 #[tracing::instrument(skip_all, fields(endpoint, job_id))]
 pub async fn submit_request(
     state: &AppState,
-    owner: &str,
+    submitter: &Submitter,
     correlation_id: &str,
     headers: &axum::http::HeaderMap,
     endpoint: &'static str,
@@ -61,7 +62,14 @@ pub async fn submit_request(
     let Accepted { request, notices } =
         accept(state, body, crate::extract::cancel_after(headers)?)?;
     let idempotency = Idempotency::from_headers(headers, endpoint, &request)?;
-    let job = submit_job(state, owner, correlation_id, request, idempotency.as_ref()).await?;
+    let job = submit_job(
+        state,
+        submitter,
+        correlation_id,
+        request,
+        idempotency.as_ref(),
+    )
+    .await?;
     tracing::Span::current().record("job_id", tracing::field::display(job.id));
     Ok((job, notices))
 }
@@ -145,10 +153,12 @@ fn first_provider(state: &AppState, request: &GenerationRequest) -> ProviderId {
 
 fn new_job(
     state: &AppState,
-    owner: &str,
+    submitter: &Submitter,
     correlation_id: &str,
     request: GenerationRequest,
+    reserved_usd_micros: i64,
 ) -> NewJob {
+    let owner = submitter.0.as_str();
     let blocked = state
         .keyword_filter
         .as_ref()
@@ -164,6 +174,7 @@ fn new_job(
         owner: owner.into(),
         correlation_id: correlation_id.into(),
         max_attempts: i32::try_from(state.providers.max_attempts).unwrap_or(i32::MAX),
+        max_calls: i32::try_from(state.providers.max_calls_per_job).unwrap_or(i32::MAX),
         status: if blocked.is_some() {
             JobStatus::Moderated
         } else {
@@ -174,8 +185,17 @@ fn new_job(
             source: ModerationSource::Keyword,
             categories: None,
         }),
-        error: blocked.map(|_| (FailureCode::ContentBlocked, BLOCKED_MESSAGE.to_owned())),
+        error: blocked
+            .as_ref()
+            .map(|_| (FailureCode::ContentBlocked, BLOCKED_MESSAGE.to_owned())),
         deadline_secs: request.deadline_secs(),
+        api_key_id: submitter.1.as_ref().map(|k| k.id),
+        // A blocked prompt is never run: nothing to reserve.
+        reserved_usd_micros: if blocked.is_some() {
+            0
+        } else {
+            reserved_usd_micros
+        },
         request,
     }
 }
@@ -246,11 +266,12 @@ fn key_error(e: KeyError) -> ApiError {
 #[tracing::instrument(skip_all, fields(model = %request.model(), job_id))]
 pub async fn submit_job(
     state: &AppState,
-    owner: &str,
+    submitter: &Submitter,
     correlation_id: &str,
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
+    let owner = submitter.0.as_str();
     let model = request.model().clone();
     // A replay returns its job and spends nothing: looked up before any limit or quota is touched.
     if let Some(key) = idempotency
@@ -261,17 +282,31 @@ pub async fn submit_job(
     {
         return replay_job(state, owner, existing).await;
     }
+    let estimate = crate::budgets::estimates(state, &[&request])[0];
+    let reservation = crate::budgets::reserve(state, owner, submitter.1.as_ref(), estimate).await?;
     let images = u64::from(request.num_images());
-    crate::rate_limit::spend_image_quota(state, owner, images).await?;
-    let job = new_job(state, owner, correlation_id, request);
+    if let Err(e) = crate::rate_limit::spend_image_quota(state, owner, images).await {
+        crate::budgets::release(state, reservation.as_ref()).await;
+        return Err(e);
+    }
+    let reserved = if reservation.is_some() { estimate } else { 0 };
+    let job = new_job(state, submitter, correlation_id, request, reserved);
+    // A blocked prompt is never run: its reservation goes back now.
+    let reservation = if job.status == JobStatus::Moderated {
+        crate::budgets::release(state, reservation.as_ref()).await;
+        None
+    } else {
+        reservation
+    };
     let claim = idempotency.map(|k| k.claim(owner, state));
     let inserted =
         db::jobs::insert_admitted(&state.pool, &job, claim.as_ref(), state.max_active_jobs()).await;
     let record = match inserted {
         Ok(Inserted::New(record)) => record,
         other => {
-            // Nothing new was recorded: the images were not spent after all.
+            // Nothing new was recorded: the images and the budget were not spent after all.
             crate::rate_limit::refund_image_quota(state, owner, images).await;
+            crate::budgets::release(state, reservation.as_ref()).await;
             return match other.map_err(key_error)? {
                 Inserted::Existing(existing) => replay_job(state, owner, existing).await,
                 Inserted::OverActiveLimit { active } => {
@@ -288,8 +323,12 @@ pub async fn submit_job(
     }
     if let Err(e) = state.queue.push(message(&record)).await {
         // Deleting the job also frees its Idempotency-Key (cascade), so the client's retry can succeed.
-        if let Err(undo) = db::jobs::delete_unstarted(&state.pool, record.id).await {
-            tracing::error!(job_id = %record.id, error = %undo, "could not undo a job that was never queued");
+        match db::jobs::delete_unstarted(&state.pool, record.id).await {
+            Ok(_) => crate::budgets::release(state, reservation.as_ref()).await,
+            Err(undo) => {
+                // The row stays (queued, reserved): the reconciler queues it and its budget settles when it ends.
+                tracing::error!(job_id = %record.id, error = %undo, "could not undo a job that was never queued");
+            }
         }
         return Err(e.into());
     }
@@ -339,11 +378,12 @@ async fn replay_batch(
 #[tracing::instrument(skip_all, fields(items = requests.len(), batch_id))]
 pub async fn submit_batch(
     state: &AppState,
-    owner: &str,
+    submitter: &Submitter,
     correlation_id: &str,
     requests: Vec<GenerationRequest>,
     idempotency: Option<&Idempotency>,
 ) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
+    let owner = submitter.0.as_str();
     // A replay returns its batch and spends nothing.
     if let Some(key) = idempotency
         && let Some(existing) =
@@ -353,12 +393,30 @@ pub async fn submit_batch(
     {
         return replay_batch(state, owner, existing).await;
     }
+    let mut estimates = crate::budgets::estimates(state, &requests.iter().collect::<Vec<_>>());
+    let total = estimates.iter().sum();
+    let reservation = crate::budgets::reserve(state, owner, submitter.1.as_ref(), total).await?;
+    if reservation.is_none() {
+        estimates.iter_mut().for_each(|e| *e = 0);
+    }
     let images = requests.iter().map(|r| u64::from(r.num_images())).sum();
-    crate::rate_limit::spend_image_quota(state, owner, images).await?;
+    if let Err(e) = crate::rate_limit::spend_image_quota(state, owner, images).await {
+        crate::budgets::release(state, reservation.as_ref()).await;
+        return Err(e);
+    }
     let jobs: Vec<NewJob> = requests
         .into_iter()
-        .map(|r| new_job(state, owner, correlation_id, r))
+        .zip(&estimates)
+        .map(|(r, estimate)| new_job(state, submitter, correlation_id, r, *estimate))
         .collect();
+    // Blocked items are never run: their part of the reservation goes back now.
+    let blocked: i64 = jobs
+        .iter()
+        .zip(&estimates)
+        .filter(|(j, _)| j.status == JobStatus::Moderated)
+        .map(|(_, e)| *e)
+        .sum();
+    let reservation = crate::budgets::shrink(state, reservation, blocked).await;
     let batch_id = BatchId::new();
     let claim = idempotency.map(|k| k.claim(owner, state));
     let inserted = db::batches::insert_batch_with_key(
@@ -375,6 +433,7 @@ pub async fn submit_batch(
         Ok(Inserted::New(rows)) => rows,
         other => {
             crate::rate_limit::refund_image_quota(state, owner, images).await;
+            crate::budgets::release(state, reservation.as_ref()).await;
             return match other.map_err(key_error)? {
                 Inserted::Existing(existing) => replay_batch(state, owner, existing).await,
                 Inserted::OverActiveLimit { active } => {
@@ -386,10 +445,22 @@ pub async fn submit_batch(
             };
         }
     };
-    for record in records.iter().filter(|r| r.status == JobStatus::Queued) {
+    let queued = records.iter().filter(|r| r.status == JobStatus::Queued);
+    for (pushed, record) in queued.enumerate() {
         if let Err(e) = state.queue.push(message(record)).await {
-            if let Err(undo) = db::batches::delete_batch(&state.pool, batch_id).await {
-                tracing::error!(%batch_id, error = %undo, "could not undo a batch that was not fully queued");
+            if pushed > 0 {
+                // Some items are queued and may be running (writing objects) already: deleting the batch would
+                // pull their rows from under them. The rest are recorded as queued in Postgres, the truth, and the
+                // reconciler queues them once Redis is back; the batch stands as accepted.
+                tracing::warn!(%batch_id, pushed, error = %e, "batch partly queued; the reconciler queues the rest");
+                break;
+            }
+            // Nothing queued, so nothing started: the batch is undone whole (its Idempotency-Key freed).
+            match db::batches::delete_batch(&state.pool, batch_id).await {
+                Ok(_) => crate::budgets::release(state, reservation.as_ref()).await,
+                Err(undo) => {
+                    tracing::error!(%batch_id, error = %undo, "could not undo a batch that was not queued")
+                }
             }
             return Err(e.into());
         }

@@ -2,6 +2,7 @@
 
 use crate::links::Links;
 use chrono::{DateTime, Utc};
+use imagegen_shared::cost::{Charge, Cost, CostView};
 use imagegen_shared::db::{BatchRecord, ImageRecord, JobRecord};
 use imagegen_shared::domain::{
     BatchId, ImageId, JobId, JobStatus, ModelId, Moderation, ProviderId,
@@ -23,6 +24,9 @@ pub struct ImageView {
     pub revised_prompt: Option<String>,
     pub seed: Option<i64>,
     pub created_at: DateTime<Utc>,
+    /// This picture's share of its job's cost (the job's cost split evenly over its pictures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostView>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -41,6 +45,7 @@ pub struct JobErrorView {
     "revised_prompt": null, "seed": null,
     "created_at": "2026-11-24T12:00:10Z"}], "attempts": 1, "generation_time_ms": 8123, "served_by": "openai:gpt-image-2",
     "usage": {"input_tokens": 9, "output_tokens": 4160, "total_tokens": 4169},
+    "cost": {"usd": 0.16645, "usd_micros": 166450, "basis": "tokens", "estimated": false},
     "created_at": "2026-11-24T12:00:00Z", "correlation_id": "abc123-def456-ghi789"}))]
 pub struct JobView {
     pub success: bool,
@@ -105,6 +110,11 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub usage: Option<serde_json::Value>,
+    /// What the job has cost so far: every charged provider call, failover attempts on other providers included.
+    pub cost: CostView,
+    /// Each charged provider call (on the single-job answers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub charges: Vec<Charge>,
     /// What the provider told us and what we changed to suit it (request ids, model, sizes sent, retries).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -123,7 +133,30 @@ pub struct JobView {
 }
 
 pub fn image_view(links: &Links, image: &ImageRecord) -> ImageView {
+    image_view_costed(links, image, None)
+}
+
+/// An image with its share of `job`'s cost: split evenly over `pictures`, the remainder on the first.
+pub fn image_view_costed(
+    links: &Links,
+    image: &ImageRecord,
+    job: Option<(&JobRecord, usize)>,
+) -> ImageView {
+    let cost = job.map(|(job, pictures)| {
+        let total = job.cost();
+        let n = i64::try_from(pictures.max(1)).unwrap_or(1);
+        let mut share = total.usd_micros / n;
+        if image.position == 0 {
+            share += total.usd_micros % n;
+        }
+        Cost {
+            usd_micros: share,
+            ..total
+        }
+        .view()
+    });
     ImageView {
+        cost,
         id: image.id,
         job_id: image.job_id,
         url: links.download(image.id, &image.owner),
@@ -186,11 +219,12 @@ pub fn job_view(
         moderation_level: req.moderation().map(|m| m.as_str().to_owned()),
         allow_failover: req.allow_failover(),
         sandbox: served_provider(job).is_some_and(|p| sandbox.contains(&p)),
-        images: images
-            .iter()
-            .filter(|i| i.job_id == job.id)
-            .map(|i| image_view(base, i))
-            .collect(),
+        images: {
+            let own: Vec<&ImageRecord> = images.iter().filter(|i| i.job_id == job.id).collect();
+            own.iter()
+                .map(|i| image_view_costed(base, i, Some((job, own.len()))))
+                .collect()
+        },
         attempts: job.attempts,
         error,
         moderation: job.moderation.as_ref().map(|m| m.0.clone()),
@@ -209,6 +243,8 @@ pub fn job_view(
             .and_then(|m| m.0.get("usage"))
             .filter(|u| !u.is_null())
             .cloned(),
+        cost: job.cost().view(),
+        charges: Vec::new(),
         cancel_reason: (job.status == JobStatus::Canceled).then(|| {
             if job.error_code == Some(imagegen_shared::domain::FailureCode::DeadlineExceeded) {
                 "deadline"
@@ -237,6 +273,8 @@ pub struct BatchView {
     pub failed: usize,
     pub pending: usize,
     pub items: Vec<JobView>,
+    /// What the batch's jobs have cost so far, together.
+    pub cost: CostView,
     pub created_at: DateTime<Utc>,
     pub correlation_id: String,
 }
@@ -267,6 +305,7 @@ pub fn batch_view(
         failed,
         pending,
         items,
+        cost: Cost::sum(jobs.iter().map(JobRecord::cost).collect::<Vec<_>>().iter()).view(),
         created_at: batch.created_at,
         correlation_id: batch.correlation_id.to_string(),
     }

@@ -298,12 +298,14 @@ async fn answer(
             }});
             (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
         }
-        Fate::Succeed if valid.stream => gpt_image::stream(valid, &knobs),
-        Fate::Succeed => {
+        Fate::Succeed | Fate::Corrupt if valid.stream => {
+            gpt_image::stream(valid, &knobs, fate == Fate::Corrupt)
+        }
+        Fate::Succeed | Fate::Corrupt => {
             let mut extra = Map::new();
             extra.insert("prompt_filter_results".into(), prompt_filters());
             extra.insert("content_filter_results".into(), safe_filters());
-            gpt_image::answer(&valid, &knobs, Some(&extra)).await
+            gpt_image::answer(&valid, &knobs, Some(&extra), fate == Fate::Corrupt).await
         }
     }
 }

@@ -11,10 +11,12 @@
 //! `Pending` (with `progress`) until `Ready` (with `result.sample`, a URL that expires after 10 minutes by default,
 //! `result.seed`, `result.prompt` and timing), `Request Moderated`, `Content Moderated` or `Error`; unknown ids are
 //! `Task not found`. FastAPI-style errors: 403 `{"detail": "Not authenticated"}`, 422 with a `detail` list, 429
-//! above 24 active tasks, 402 without credits.
+//! above 24 active tasks, 402 without credits. A corrupt task (the `corrupt_next` knob, drawn at submission) answers
+//! the submit with its `cost` as usual and polls to `Ready`, but its `sample` URL serves `crate::knobs::CORRUPT_BYTES`
+//! (as `image/jpeg` or `image/png`).
 
 use crate::Emulator;
-use crate::knobs::Fate;
+use crate::knobs::{CORRUPT_BYTES, Fate};
 use crate::models::{BflEndpoint, BflSizing, MEGAPIXEL};
 use crate::picture::{Format, Picture};
 use axum::body::Bytes;
@@ -251,7 +253,11 @@ pub async fn get_result(
             let (w, h) = size;
             let p = prompt.clone();
             let pad = emu.knobs_of(PROTOCOL).image_bytes;
+            let corrupt = fate == Fate::Corrupt;
             let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || {
+                if corrupt {
+                    return Some(CORRUPT_BYTES.to_vec());
+                }
                 let bytes = crate::picture::render(&Picture {
                     quality: 90,
                     ..Picture::new(&p, seed, w, h, format)

@@ -4,10 +4,11 @@
 //! longer offered and, like any other unknown model, answers 404 in Together's error shape. Takes `width`/`height`
 //! (multiples of 8, 64-2048), `steps` (1-12), `n` (1-4), `seed`, `response_format` (`url` | `base64`) and
 //! `output_format` (`jpeg` | `png`); answers `{"id", "model", "object": "list", "data": [{"index", "type",
-//! "url" | "b64_json"}]}`.
+//! "url" | "b64_json"}]}`. A corrupt answer (the `corrupt_next` knob) is the same with `crate::knobs::CORRUPT_BYTES` in
+//! place of every picture (base64, or served at the URL as `image/png` / `image/jpeg`).
 
 use crate::Emulator;
-use crate::knobs::Fate;
+use crate::knobs::{CORRUPT_BYTES, Fate};
 use crate::picture::{Format, Picture};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -201,15 +202,28 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
             "Image generation failed: NSFW content detected in the generated image. Try a different prompt.",
             None,
         ),
-        Fate::Succeed => succeed(emu, valid, knobs.url_ttl_s, knobs.image_bytes, headers).await,
+        Fate::Succeed | Fate::Corrupt => {
+            let corrupt = fate == Fate::Corrupt;
+            succeed(
+                emu,
+                valid,
+                knobs.url_ttl_s,
+                knobs.image_bytes,
+                corrupt,
+                headers,
+            )
+            .await
+        }
     }
 }
 
+/// The answer's pictures; `corrupt`: each is `CORRUPT_BYTES` instead.
 async fn succeed(
     emu: &Emulator,
     valid: Valid,
     url_ttl_s: u64,
     pad: u64,
+    corrupt: bool,
     headers: &HeaderMap,
 ) -> Response {
     let host = headers
@@ -228,6 +242,9 @@ async fn succeed(
         );
         let format = if jpeg { Format::Jpeg } else { Format::Png };
         let rendered = tokio::task::spawn_blocking(move || {
+            if corrupt {
+                return Some(CORRUPT_BYTES.to_vec());
+            }
             let picture = Picture {
                 quality: 85,
                 ..Picture::new(&prompt, seed, w, h, format)

@@ -19,9 +19,10 @@
 //! 1024x1536 408 / 1584 / 6240; other sizes scaled by pixel count from the 1024x1024 figures; xhigh 1.5x and max 2x
 //! high), times n. With `stream: true`, a `text/event-stream` of `image_generation.partial_image` events
 //! (`partial_images` per picture) and one `image_generation.completed` event (with that picture's usage) per
-//! picture.
+//! picture. A corrupt answer (the `corrupt_next` knob) is the same, usage included, with `crate::knobs::CORRUPT_BYTES`
+//! in place of every picture (partial ones too).
 
-use crate::knobs::Knobs;
+use crate::knobs::{CORRUPT_BYTES, Knobs};
 use crate::models::{Family, ImageModel};
 use crate::openai::error;
 use crate::picture::{Format, Picture};
@@ -478,8 +479,12 @@ fn picture(req: &Request, index: u32, block: u32) -> Picture {
     }
 }
 
-/// Renders picture `index` (seed = index) off the async threads; `None` if the encoder failed.
-async fn render(req: &Request, index: u32, block: u32, pad: u64) -> Option<String> {
+/// Renders picture `index` (seed = index) off the async threads; `None` if the encoder failed. A corrupt answer's
+/// picture is `CORRUPT_BYTES` instead.
+async fn render(req: &Request, index: u32, block: u32, pad: u64, corrupt: bool) -> Option<String> {
+    if corrupt {
+        return Some(base64::engine::general_purpose::STANDARD.encode(CORRUPT_BYTES));
+    }
     let p = picture(req, index, block);
     let bytes = tokio::task::spawn_blocking(move || {
         let bytes = crate::picture::render(&p);
@@ -505,11 +510,17 @@ fn render_failed() -> Response {
     )
 }
 
-/// The JSON answer; `extra` adds fields to every `data` item (Azure's filter results).
-pub async fn answer(req: &Request, knobs: &Knobs, extra: Option<&Map<String, Value>>) -> Response {
+/// The JSON answer; `extra` adds fields to every `data` item (Azure's filter results). `corrupt`: every picture is
+/// `CORRUPT_BYTES`, the rest (usage included) as usual.
+pub async fn answer(
+    req: &Request,
+    knobs: &Knobs,
+    extra: Option<&Map<String, Value>>,
+    corrupt: bool,
+) -> Response {
     let mut data = Vec::with_capacity(req.n as usize);
     for index in 0..req.n {
-        let Some(b64) = render(req, index, 1, knobs.image_bytes).await else {
+        let Some(b64) = render(req, index, 1, knobs.image_bytes, corrupt).await else {
             return render_failed();
         };
         let mut item = Map::new();
@@ -549,7 +560,7 @@ fn events(req: &Request) -> Vec<Event> {
     out
 }
 
-async fn event_bytes(req: &Request, event: Event, pad: u64) -> String {
+async fn event_bytes(req: &Request, event: Event, pad: u64, corrupt: bool) -> String {
     let common = |b64: String| {
         json!({
             "b64_json": b64,
@@ -564,14 +575,18 @@ async fn event_bytes(req: &Request, event: Event, pad: u64) -> String {
         Event::Partial { image, index } => {
             // Coarse first, finer with each partial image.
             let block = 8u32 << (req.partial_images - 1 - index).min(8);
-            let b64 = render(req, image, block, 0).await.unwrap_or_default();
+            let b64 = render(req, image, block, 0, corrupt)
+                .await
+                .unwrap_or_default();
             let mut body = common(b64);
             body["type"] = json!("image_generation.partial_image");
             body["partial_image_index"] = json!(index);
             ("image_generation.partial_image", body)
         }
         Event::Completed { image } => {
-            let b64 = render(req, image, 1, pad).await.unwrap_or_default();
+            let b64 = render(req, image, 1, pad, corrupt)
+                .await
+                .unwrap_or_default();
             let mut body = common(b64);
             body["type"] = json!("image_generation.completed");
             body["usage"] = usage(req, 1);
@@ -581,13 +596,14 @@ async fn event_bytes(req: &Request, event: Event, pad: u64) -> String {
     format!("event: {name}\ndata: {body}\n\n")
 }
 
-/// The `text/event-stream` answer: each event is sent as soon as its picture is rendered.
-pub fn stream(req: Request, knobs: &Knobs) -> Response {
+/// The `text/event-stream` answer: each event is sent as soon as its picture is rendered. `corrupt`: every picture
+/// is `CORRUPT_BYTES`.
+pub fn stream(req: Request, knobs: &Knobs, corrupt: bool) -> Response {
     let pad = knobs.image_bytes;
     let queue = events(&req).into_iter();
     let body = futures::stream::unfold((req, queue), move |(req, mut queue)| async move {
         let event = queue.next()?;
-        let bytes = event_bytes(&req, event, pad).await;
+        let bytes = event_bytes(&req, event, pad, corrupt).await;
         Some((
             Ok::<_, std::convert::Infallible>(Bytes::from(bytes)),
             (req, queue),

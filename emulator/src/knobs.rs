@@ -1,4 +1,5 @@
-//! Per-protocol knobs (latency, injected errors, 429s, hangs, moderation, URL lifetime) and request statistics.
+//! Per-protocol knobs (latency, injected errors, 429s, hangs, moderation, corrupt pictures, URL lifetime) and
+//! request statistics.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,6 +29,10 @@ pub struct Knobs {
     pub hang_next: u32,
     /// The next N requests are refused by the safety system.
     pub moderate_next: u32,
+    /// The next N requests succeed as far as the provider is concerned (they are charged: a normal 200 answer with
+    /// `usage` / `cost`), but every picture in the answer is not an image: base64 of `CORRUPT_BYTES`, or for URL
+    /// answers a URL serving those bytes with an image content type.
+    pub corrupt_next: u32,
     /// Pad each picture to at least this many bytes (0 = its natural size), for memory tests: a private PNG chunk,
     /// JPEG comment segments or a WebP XMP chunk, all skipped by decoders.
     pub image_bytes: u64,
@@ -48,6 +53,7 @@ impl Default for Knobs {
             rate_limit_next: 0,
             hang_next: 0,
             moderate_next: 0,
+            corrupt_next: 0,
             image_bytes: 0,
         }
     }
@@ -60,17 +66,25 @@ pub enum Fate {
     RateLimit,
     Error(u16),
     Moderate,
+    /// Answered and charged like a success, but every picture is `CORRUPT_BYTES`.
+    Corrupt,
     Succeed,
 }
+
+/// What a corrupt answer carries in place of each picture: a few bytes of text, no image format's signature.
+pub const CORRUPT_BYTES: &[u8] = b"emulator: this is not an image\n";
 
 /// A prompt containing this word (any case) is refused by the emulated safety system, deterministically.
 pub const MODERATE_WORD: &str = "emulator-moderate";
 
 impl Fate {
     /// Applies the trigger word at the moderation step: hangs, 429s and injected errors drawn for the request still
-    /// come first, as the real services check rate limits before they look at a prompt.
+    /// come first, as the real services check rate limits before they look at a prompt; a refused prompt makes no
+    /// picture, corrupt or not.
     pub fn moderated_if_triggered(self, prompt: &str) -> Fate {
-        if self == Fate::Succeed && prompt.to_lowercase().contains(MODERATE_WORD) {
+        if matches!(self, Fate::Succeed | Fate::Corrupt)
+            && prompt.to_lowercase().contains(MODERATE_WORD)
+        {
             Fate::Moderate
         } else {
             self
@@ -89,7 +103,7 @@ fn take(counter: &mut u32) -> bool {
 
 impl Knobs {
     /// Draws the fate of the next request (counters first, then probabilities), in the order a real service
-    /// would fail: hang, rate limit, server error, moderation.
+    /// would fail: hang, rate limit, server error, moderation, then a corrupt answer (a request that got through).
     pub fn draw(&mut self) -> Fate {
         let roll = |p: f64| p > 0.0 && rand::random::<f64>() < p;
         if take(&mut self.hang_next) || roll(self.hang_rate) {
@@ -100,6 +114,8 @@ impl Knobs {
             Fate::Error(self.error_status)
         } else if take(&mut self.moderate_next) || roll(self.moderation_rate) {
             Fate::Moderate
+        } else if take(&mut self.corrupt_next) {
+            Fate::Corrupt
         } else {
             Fate::Succeed
         }
@@ -137,6 +153,23 @@ mod tests {
     }
 
     #[test]
+    fn corrupt_answers_come_last_and_run_out() {
+        let mut k = Knobs {
+            corrupt_next: 1,
+            fail_next: 1,
+            ..Knobs::default()
+        };
+        assert_eq!(k.draw(), Fate::Error(500), "a failure is not charged");
+        assert_eq!(k.draw(), Fate::Corrupt);
+        assert_eq!(k.draw(), Fate::Succeed);
+        assert_eq!(k.corrupt_next, 0);
+        assert!(
+            crate::picture::dimensions(CORRUPT_BYTES).is_none(),
+            "not an image"
+        );
+    }
+
+    #[test]
     fn the_trigger_word_moderates_only_what_would_succeed() {
         let word = "a Emulator-Moderate scene";
         assert_eq!(Fate::Succeed.moderated_if_triggered(word), Fate::Moderate);
@@ -153,5 +186,10 @@ mod tests {
             Fate::RateLimit
         );
         assert_eq!(Fate::Hang.moderated_if_triggered(word), Fate::Hang);
+        assert_eq!(Fate::Corrupt.moderated_if_triggered(word), Fate::Moderate);
+        assert_eq!(
+            Fate::Corrupt.moderated_if_triggered("a scene"),
+            Fate::Corrupt
+        );
     }
 }

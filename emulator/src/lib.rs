@@ -8,8 +8,8 @@
 //!
 //! `models` says which models each serves and until when (compared with today's date, or `--today`). Pictures are
 //! deterministic (`picture`: PNG, JPEG or WebP at exactly the answered size); result URLs are served from memory
-//! until they expire (`files`). Per-protocol knobs inject latency, errors, 429s, hangs and moderation, and
-//! `/emulator/stats` counts what each protocol saw.
+//! until they expire (`files`). Per-protocol knobs inject latency, errors, 429s, hangs, moderation and corrupt
+//! (charged, not-an-image) answers, and `/emulator/stats` counts what each protocol saw.
 //!
 //! Control plane: `PUT /emulator/config` `{"<protocol>": {partial knobs}}` (a JSON body, whatever its
 //! `Content-Type`), `GET /emulator/config`, `GET /emulator/stats`, `GET /emulator/timeline`, `POST /emulator/reset`.

@@ -4,7 +4,8 @@
 //! and unknown models answer 404 `model_not_found`, as does a request without `model` (OpenAI's default is
 //! dall-e-2). Fields, answer, usage and streaming are `crate::gpt_image`'s. Auth (401 `invalid_api_key`), the
 //! knobs' 429s, 5xx, hangs and content-policy refusals, and the `x-request-id` / `openai-processing-ms` headers
-//! are as the real API's. Together's FLUX models share the path and are routed to `crate::flux` by their `model`.
+//! are as the real API's; the `corrupt_next` knob answers a charged 200 whose pictures are not images. Together's
+//! FLUX models share the path and are routed to `crate::flux` by their `model`.
 
 use crate::Emulator;
 use crate::gpt_image;
@@ -261,8 +262,14 @@ async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
             };
             invalid(message, None, Some("content_policy_violation"))
         }
-        Fate::Succeed if valid.stream => gpt_image::stream(valid, &knobs),
-        Fate::Succeed => gpt_image::answer(&valid, &knobs, None).await,
+        Fate::Succeed | Fate::Corrupt => {
+            let corrupt = fate == Fate::Corrupt;
+            if valid.stream {
+                gpt_image::stream(valid, &knobs, corrupt)
+            } else {
+                gpt_image::answer(&valid, &knobs, None, corrupt).await
+            }
+        }
     }
 }
 

@@ -988,6 +988,154 @@ async fn moderation_by_trigger_word_and_knob() {
 }
 
 #[tokio::test]
+async fn a_corrupt_answer_is_charged_but_is_not_an_image() {
+    let h = start(&[]).await;
+    let body =
+        json!({"model": "gpt-image-2", "prompt": "a corrupt lighthouse", "n": 2, "quality": "low"});
+    let normal = h.generate(body.clone()).await;
+    assert_eq!(normal.status, 200, "{}", normal.json);
+
+    h.config(json!({"openai": {"corrupt_next": 1}})).await;
+    let a = h.generate(body.clone()).await;
+    assert_eq!(
+        a.status, 200,
+        "a success as far as the provider is concerned: {}",
+        a.json
+    );
+    assert!(header(&a.headers, "x-request-id").is_some());
+    assert_eq!(a.json["usage"], normal.json["usage"], "charged as usual");
+    assert_eq!(a.json["usage"]["output_tokens"], 2 * 272);
+    assert_eq!(a.json["data"].as_array().map(Vec::len), Some(2));
+    for i in 0..2 {
+        let bytes = a.image(i);
+        assert_eq!(bytes, knobs::CORRUPT_BYTES, "picture {i}");
+        assert!(
+            png::Decoder::new(std::io::Cursor::new(&bytes[..]))
+                .read_info()
+                .is_err(),
+            "picture {i} does not decode as PNG"
+        );
+        assert_eq!(picture::dimensions(&bytes), None);
+    }
+    let (_, cfg) = h.get_json("/emulator/config").await;
+    assert_eq!(cfg["openai"]["corrupt_next"], 0, "the counter ran out");
+
+    let b = h.generate(body).await;
+    assert_eq!(b.status, 200, "{}", b.json);
+    assert_eq!(
+        png_dims(&b.image(0)),
+        (1024, 1024),
+        "the next one is normal"
+    );
+    assert_eq!(b.image(1), normal.image(1));
+    assert_eq!(b.json["usage"], normal.json["usage"]);
+
+    // An injected failure comes first and leaves the counter alone; a prompt refused by the trigger word uses one
+    // up (its fate was drawn when it arrived), like `moderate_next`.
+    h.config(json!({"openai": {"corrupt_next": 2, "fail_next": 1}}))
+        .await;
+    assert_eq!(h.generate(gpt("x")).await.status, 500);
+    assert_eq!(h.generate(gpt("emulator-moderate")).await.status, 400);
+    assert_eq!(h.generate(gpt("x")).await.png(), knobs::CORRUPT_BYTES);
+    assert_eq!(
+        h.generate(gpt("x")).await.png(),
+        render_png("x", 0, 1024, 1024)
+    );
+
+    // Streamed: every event's picture is garbage; the completed event keeps its usage.
+    h.config(json!({"openai": {"corrupt_next": 1}})).await;
+    let (status, _, events) = h
+        .stream(
+            "/v1/images/generations",
+            &[("authorization", "Bearer k")],
+            json!({"model": "gpt-image-2", "prompt": "x", "stream": true, "partial_images": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 2);
+    for (_, data) in &events {
+        assert_eq!(
+            decode(data["b64_json"].as_str().expect("b64")),
+            knobs::CORRUPT_BYTES
+        );
+    }
+    assert_eq!(events[1].1["usage"]["output_tokens"], 1056);
+}
+
+#[tokio::test]
+async fn corrupt_answers_on_azure_together_and_bfl() {
+    let h = start(&[]).await;
+    h.config(json!({"azure": {"corrupt_next": 1}, "flux": {"corrupt_next": 1}, "bfl": {"corrupt_next": 1}}))
+        .await;
+
+    let a = h.azure("d", "preview", azure_body("a harbour")).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert!(
+        a.json["usage"]["total_tokens"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
+    assert_eq!(
+        a.json["data"][0]["content_filter_results"]["violence"]["filtered"],
+        false
+    );
+    assert_eq!(a.image(0), knobs::CORRUPT_BYTES);
+    assert_eq!(a.image(1), knobs::CORRUPT_BYTES);
+    let a = h.azure("d", "preview", azure_body("a harbour")).await;
+    assert!(
+        a.image(0).starts_with(&[0xFF, 0xD8]),
+        "the next one is a JPEG"
+    );
+
+    let a = h.generate(schnell("a red fox")).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let url = a.json["data"][0]["url"].as_str().expect("url");
+    let (status, headers, bytes) = h.fetch(url).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("image/png"),
+        "claims to be an image"
+    );
+    assert_eq!(bytes, knobs::CORRUPT_BYTES);
+    let a = h.generate(schnell("a red fox")).await;
+    let (_, _, bytes) = h
+        .fetch(a.json["data"][0]["url"].as_str().expect("url"))
+        .await;
+    assert_eq!(png_dims(&bytes), (512, 384), "the next one is a picture");
+
+    let a = h
+        .bfl_submit("flux-2-pro", json!({"prompt": "a fjord"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["cost"], 3.0, "charged as usual");
+    let done = h
+        .bfl_wait(a.json["polling_url"].as_str().expect("url"))
+        .await;
+    assert_eq!(done["status"], "Ready", "{done}");
+    let (status, headers, bytes) = h
+        .fetch(done["result"]["sample"].as_str().expect("sample"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("image/jpeg"));
+    assert_eq!(bytes, knobs::CORRUPT_BYTES);
+    let a = h
+        .bfl_submit("flux-2-pro", json!({"prompt": "a fjord"}))
+        .await;
+    let done = h
+        .bfl_wait(a.json["polling_url"].as_str().expect("url"))
+        .await;
+    let (_, _, bytes) = h
+        .fetch(done["result"]["sample"].as_str().expect("sample"))
+        .await;
+    assert_eq!(
+        picture::dimensions(&bytes),
+        Some((1024, 1024)),
+        "the next one is a picture"
+    );
+}
+
+#[tokio::test]
 async fn a_hung_request_is_dropped_when_the_client_gives_up() {
     let h = start(&[]).await;
     h.config(json!({"openai": {"hang_next": 1}})).await;

@@ -4,6 +4,7 @@
 //! a SQLite file. The API and the workers take a [`Backends`] and never ask which; only the standalone start-up
 //! asks whether it is the whole fleet ([`Backends::is_fleet_of_one`]).
 
+use crate::budget::BudgetLedger;
 use crate::db::{self, Db};
 use crate::limits::FleetLimits;
 use crate::queue::{JobQueue, redis_connection};
@@ -14,6 +15,8 @@ pub struct Backends {
     pub db: Db,
     pub queue: JobQueue,
     pub limits: FleetLimits,
+    /// Budget counters: reserved by the API at submission, settled by whoever ends a job.
+    pub budgets: BudgetLedger,
     /// The Redis behind the queue and limits, and the deployment's key prefix (`None`: all in process).
     redis: Option<(redis::aio::ConnectionManager, String)>,
 }
@@ -29,21 +32,28 @@ impl Backends {
     ) -> anyhow::Result<Self> {
         let db =
             db::connect_lazy(database_url, max_connections).context("DATABASE_URL: invalid")?;
-        let (queue, limits, redis) = match redis_url {
+        let (queue, limits, budgets, redis) = match redis_url {
             Some(url) => {
                 let (client, conn) = redis_connection(url).context("REDIS_URL: invalid")?;
                 (
                     JobQueue::redis(Some(client), conn.clone(), queue_name),
                     FleetLimits::new(conn.clone(), queue_name),
+                    BudgetLedger::redis(conn.clone(), queue_name),
                     Some((conn, queue_name.to_owned())),
                 )
             }
-            None => (JobQueue::local(), FleetLimits::local(), None),
+            None => (
+                JobQueue::local(),
+                FleetLimits::local(),
+                BudgetLedger::local(),
+                None,
+            ),
         };
         Ok(Self {
             db,
             queue,
             limits,
+            budgets,
             redis,
         })
     }

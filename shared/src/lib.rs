@@ -3,8 +3,10 @@
 //! loop of periodic chores.
 
 pub mod backends;
+pub mod budget;
 pub mod catalogue;
 pub mod config;
+pub mod cost;
 pub mod db;
 pub mod domain;
 pub mod limits;

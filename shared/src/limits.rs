@@ -56,6 +56,23 @@ end
 return 0
 ";
 
+/// What a limit does when its store (Redis) cannot be reached (LIMITS_ON_REDIS_ERROR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FailMode {
+    /// Let the request or call through, uncounted: availability first. Without Redis the queue is down as well,
+    /// so nothing new is accepted meanwhile; what is already running goes on.
+    #[default]
+    Open,
+    /// Refuse it: the limit first.
+    Closed,
+}
+
+impl FailMode {
+    pub fn is_closed(self) -> bool {
+        self == FailMode::Closed
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {

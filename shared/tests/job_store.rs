@@ -45,10 +45,13 @@ fn new_job(owner: &str) -> NewJob {
         correlation_id: "corr-1".into(),
         request: request("a lighthouse"),
         max_attempts: 3,
+        max_calls: 3,
         status: JobStatus::Queued,
         moderation: None,
         error: None,
         deadline_secs: None,
+        api_key_id: None,
+        reserved_usd_micros: 0,
     }
 }
 

@@ -84,6 +84,42 @@ async fn readiness_follows_redis_and_submissions_get_503_while_it_is_down(pool: 
     );
 }
 
+/// LIMITS_ON_REDIS_ERROR: with Redis down, the per-minute limit lets requests through uncounted (`open`, the
+/// default) or refuses them with 503 and Retry-After (`closed`).
+#[sqlx::test(migrations = "./migrations")]
+async fn limits_fail_open_or_closed_as_configured_when_redis_is_down(pool: PgPool) {
+    not_standalone!("Redis itself is stopped");
+    let redis = support::PrivateRedis::start();
+    let mut stack = start(
+        &pool,
+        Options {
+            redis_url: redis.url(),
+            api_env: vec![kv("RATE_LIMIT_PER_MINUTE", "100")],
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(stack.get("/api/v1/jobs").await.status, 200);
+    redis.down();
+    let open = stack.get("/api/v1/jobs").await;
+    assert_eq!(open.status, 200, "open: through, uncounted: {}", open.body);
+
+    stack
+        .restart_api_with(&[kv("LIMITS_ON_REDIS_ERROR", "closed")])
+        .await;
+    let closed = stack.get("/api/v1/jobs").await;
+    closed.assert_error(503, "service_unavailable");
+    assert!(closed.header("retry-after").is_some());
+
+    redis.up();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stack.get("/api/v1/jobs").await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn sigterm_lets_a_running_job_finish(pool: PgPool) {
     not_standalone!("signals a separate worker process");

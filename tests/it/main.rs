@@ -1,11 +1,13 @@
 //! The integration tests, one binary: the real `imagegen` binary started as processes (emulator, api, worker, or one
 //! standalone process) and driven over HTTP, one module per resource or concern. scripts/test.sh runs them all, then
 //! again in standalone mode (E2E_MODE=standalone) without the modules that need the api and worker processes on
-//! Postgres and Redis or do not use the stack at all: `fleet`, `faults`, `deploy` and `standalone`.
+//! Postgres and Redis or do not use the stack at all: `fleet`, `faults`, `budgets`, `deploy` and `standalone`.
 
 mod support;
 
 mod auth;
+mod budgets;
+mod costs;
 mod deploy;
 mod faults;
 mod fleet;
@@ -15,4 +17,5 @@ mod images;
 mod jobs;
 mod models;
 mod providers;
+mod proxies;
 mod standalone;

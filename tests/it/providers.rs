@@ -457,6 +457,41 @@ async fn a_dalle3_outage_fails_over_to_flux_with_the_request_translated(pool: Pg
     );
 }
 
+/// Every provider call may be paid: JOB_MAX_PROVIDER_CALLS bounds a job's calls over all its routes, failover
+/// included, whatever PROVIDER_MAX_ATTEMPTS allows per route.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_failover_chain_makes_no_more_calls_than_the_jobs_budget(pool: PgPool) {
+    let mut options = dalle3_and_flux();
+    for env in [&mut options.api_env, &mut options.worker_env] {
+        env.extend([
+            kv("PROVIDER_MAX_ATTEMPTS", "2"),
+            kv("JOB_MAX_PROVIDER_CALLS", "3"),
+        ]);
+    }
+    let stack = start(&pool, options).await;
+    for protocol in ["openai", "flux"] {
+        stack
+            .emulator_config_for(protocol, json!({"error_rate": 1.0, "error_status": 500}))
+            .await;
+    }
+    let r = stack
+        .post("/api/v1/generate", generate_body("never works"), &[])
+        .await;
+    r.assert_error(502, "provider_error");
+    let job_id = r.body["job_id"].as_str().expect("job id");
+    let job = stack.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(job.body["attempts"], 3, "{}", job.body);
+    let stats = stack.emulator_stats().await;
+    assert_eq!(
+        (
+            stats["openai"]["requests"].as_u64(),
+            stats["flux"]["requests"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "two on openai (its route's attempts), one on flux (the budget's last): {stats}"
+    );
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn an_open_circuit_fails_over_at_once_and_closes_after_recovery(pool: PgPool) {
     let mut options = dalle3_and_flux();

@@ -103,7 +103,9 @@ pub async fn run_with(
         downloader,
         queue: backends.queue.clone(),
         limits: backends.limits.clone(),
+        budgets: backends.budgets.clone(),
         limit_settings: settings.limits.clone(),
+        limits_fail: settings.redis.limits_on_redis_error,
         running: RunningJobs::default(),
         worker_id: worker_id.clone(),
         lease: settings.lease,
@@ -156,6 +158,7 @@ pub async fn run_with(
             ctx.pool.clone(),
             ctx.queue.clone(),
             ctx.storage.clone(),
+            ctx.budgets.clone(),
             reconcile,
             stopping.clone(),
         ));

@@ -6,9 +6,13 @@
 //! - `running` jobs whose lease expired (their worker died) go back to `queued` and are pushed again, or fail once
 //!   their attempts are used up.
 //!
+//! - finished jobs whose budget reservation nobody settled (canceled by their client, failed here, or ended by a
+//!   worker that died before settling) are settled to their cost.
+//!
 //! Every worker runs it; a Postgres advisory lock lets one pass run at a time across the fleet (see `db::reconcile`).
 //! Duplicate messages are harmless: a worker claims a job only if it is still queued (or its lease expired).
 
+use imagegen_shared::budget::{BudgetError, BudgetLedger};
 use imagegen_shared::db::{self, Db};
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::queue::signals::JobEvent;
@@ -44,13 +48,19 @@ pub async fn reconcile_once(
     let Some(pass) = db::reconcile::pass(pool, held, settings.queued_after, BATCH).await? else {
         return Ok(None);
     };
-    for id in &pass.past_deadline {
+    // Waiters hear of every job the reconciler ends, as they do of the workers'.
+    let ended = (pass
+        .past_deadline
+        .iter()
+        .map(|id| (id, JobStatus::Canceled)))
+    .chain(pass.failed.iter().map(|id| (id, JobStatus::Failed)));
+    for (id, status) in ended {
         let event = JobEvent {
             job_id: *id,
-            status: JobStatus::Canceled,
+            status,
         };
         if let Err(e) = queue.publish_event(&event).await {
-            tracing::warn!(error = %e, "could not publish a deadline cancel");
+            tracing::warn!(error = %e, %status, "could not publish a job the reconciler ended");
         }
     }
     for (id, correlation_id) in pass.expired.iter().chain(pass.stale.iter()) {
@@ -102,11 +112,21 @@ pub async fn sweep_orphans(pool: &Db, storage: &ImageStorage) -> Result<usize, d
     Ok(removed.len())
 }
 
-/// Runs a pass and an orphan sweep every `settings.every` until `stop`.
+/// Settles the budget reservation of finished jobs nobody settled. Returns how many.
+pub async fn settle_unsettled(pool: &Db, budgets: &BudgetLedger) -> Result<usize, BudgetError> {
+    let ids = db::costs::unsettled_finished(pool, BATCH).await?;
+    for id in &ids {
+        imagegen_shared::budget::settle_job(pool, budgets, *id).await?;
+    }
+    Ok(ids.len())
+}
+
+/// Runs a pass, an orphan sweep and a settle sweep every `settings.every` until `stop`.
 pub async fn run(
     pool: Db,
     queue: JobQueue,
     storage: ImageStorage,
+    budgets: BudgetLedger,
     settings: ReconcilerSettings,
     stop: CancellationToken,
 ) {
@@ -126,6 +146,13 @@ pub async fn run(
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "orphan sweep failed; will retry"),
+        }
+        match settle_unsettled(&pool, &budgets).await {
+            Ok(n) if n > 0 => {
+                tracing::debug!(settled = n, "reconciler settled finished jobs' budgets")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "budget settle sweep failed; will retry"),
         }
     }
 }

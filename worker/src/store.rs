@@ -42,7 +42,10 @@ impl StoreError {
         match self {
             StoreError::Download(e) => e.is_retryable(),
             StoreError::Storage(_) => true,
-            StoreError::BadImage(_) | StoreError::TooLarge { .. } => false,
+            // A picture that does not decode is a provider glitch (charged, but another attempt or route may
+            // give a good one); one too large would be as large again.
+            StoreError::BadImage(_) => true,
+            StoreError::TooLarge { .. } => false,
             StoreError::Db(_) => true,
         }
     }

@@ -169,10 +169,13 @@ async fn run_one_job(base_url: &str) -> JobRecord {
             )
             .expect("valid"),
             max_attempts: 3,
+            max_calls: 3,
             status: JobStatus::Queued,
             moderation: None,
             error: None,
             deadline_secs: None,
+            api_key_id: None,
+            reserved_usd_micros: 0,
         },
     )
     .await

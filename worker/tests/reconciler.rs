@@ -16,10 +16,13 @@ fn new_job(max_attempts: i32) -> NewJob {
         correlation_id: "corr".into(),
         request: serde_json::from_value(serde_json::json!({"prompt": "a fox", "model": "gpt-image-2", "size": "1024x1024", "num_images": 1, "allow_failover": true})).expect("valid"),
         max_attempts,
+        max_calls: max_attempts,
         status: JobStatus::Queued,
         moderation: None,
         error: None,
         deadline_secs: None,
+        api_key_id: None,
+        reserved_usd_micros: 0,
     }
 }
 
@@ -111,6 +114,103 @@ async fn expired_leases_are_requeued_or_failed_when_out_of_attempts(pool: PgPool
         .expect("row");
     assert_eq!(spent.status, JobStatus::Failed);
     assert_eq!(queue.depth().await.expect("depth"), 1);
+}
+
+/// Waiters hear of a job the reconciler fails, as they do of a worker's.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_job_the_reconciler_fails_publishes_its_event(pool: PgPool) {
+    use imagegen_shared::queue::signals::Signal;
+    let db = Db::from(pool.clone());
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let (client, conn) = redis_connection(&url).expect("redis");
+    let queue = JobQueue::redis(
+        Some(client),
+        conn,
+        &format!("reconciler-test-{}", uuid::Uuid::new_v4().simple()),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut signals = queue.signals(stop.clone());
+    // Subscribed before the pass, so nothing is missed.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), signals.recv()).await {
+            Ok(Some(Signal::Connected)) => break,
+            Ok(Some(_)) => {}
+            other => panic!("no subscription: {other:?}"),
+        }
+    }
+    let spent = db::jobs::insert(&db, &new_job(1)).await.expect("insert");
+    db::jobs::claim_job(&db, spent.id, "dead-worker", Duration::from_millis(1))
+        .await
+        .expect("claim")
+        .expect("claimed");
+    db::jobs::record_attempt(&db, spent.id, "dead-worker", "openai:gpt-image-2")
+        .await
+        .expect("attempt");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, _, failed) = reconcile_once(&db, &queue, &SETTINGS)
+        .await
+        .expect("pass")
+        .expect("lock");
+    assert_eq!(failed, 1);
+    let event = loop {
+        match tokio::time::timeout(Duration::from_secs(5), signals.recv()).await {
+            Ok(Some(Signal::Event(e))) => break e,
+            Ok(Some(_)) => {}
+            other => panic!("no event: {other:?}"),
+        }
+    };
+    assert_eq!((event.job_id, event.status), (spent.id, JobStatus::Failed));
+    stop.cancel();
+}
+
+/// A worker that dies mid-failover (its first route's attempts used up, the job's budget not): the job goes back to
+/// the queue for the routes it has left, and waiters hear of a job the reconciler fails.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_job_with_calls_left_in_its_budget_is_requeued_not_failed(pool: PgPool) {
+    let db = Db::from(pool.clone());
+    let queue = queue();
+    let mid_failover = db::jobs::insert(
+        &db,
+        &NewJob {
+            max_calls: 4,
+            ..new_job(2)
+        },
+    )
+    .await
+    .expect("insert");
+    db::jobs::claim_job(
+        &db,
+        mid_failover.id,
+        "dead-worker",
+        Duration::from_millis(1),
+    )
+    .await
+    .expect("claim")
+    .expect("claimed");
+    for route in [
+        "openai:gpt-image-2",
+        "openai:gpt-image-2",
+        "flux:flux-schnell",
+    ] {
+        db::jobs::record_attempt(&db, mid_failover.id, "dead-worker", route)
+            .await
+            .expect("attempt");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, expired, failed) = reconcile_once(&db, &queue, &SETTINGS)
+        .await
+        .expect("pass")
+        .expect("lock");
+    assert_eq!(
+        (expired, failed),
+        (1, 0),
+        "3 calls of a budget of 4: its second route has calls left"
+    );
+    let job = db::jobs::get_job_unscoped(&db, mid_failover.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!((job.status, job.attempts), (JobStatus::Queued, 3));
 }
 
 #[sqlx::test(migrations = "../migrations")]

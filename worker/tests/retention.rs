@@ -19,10 +19,13 @@ fn new_job() -> NewJob {
         correlation_id: "corr".into(),
         request: serde_json::from_value(serde_json::json!({"prompt": "an old fox", "model": "gpt-image-2", "size": "1024x1024", "num_images": 1, "allow_failover": true})).expect("valid"),
         max_attempts: 3,
+        max_calls: 3,
         status: JobStatus::Queued,
         moderation: None,
         error: None,
         deadline_secs: None,
+        api_key_id: None,
+        reserved_usd_micros: 0,
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Principal {
     pub can_generate: bool,
     /// May use the admin endpoints (AUTH_ADMIN_ROLE; implies generating).
     pub is_admin: bool,
+    /// The API key presented, with its own budget (`None` for tokens and anonymous callers).
+    pub api_key: Option<api_keys::KeyIdentity>,
 }
 
 impl Principal {
@@ -34,6 +36,7 @@ impl Principal {
             owner: ANONYMOUS_OWNER.to_owned(),
             can_generate: true,
             is_admin: false,
+            api_key: None,
         }
     }
 }
@@ -71,11 +74,12 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Princ
     };
     // Logs say why a credential was refused; neither they nor the answer ever contain it.
     if credential.starts_with(api_keys::KEY_PREFIX) {
-        return match api_keys::owner_of(&state.pool, credential).await? {
-            Some(owner) => Ok(Principal {
-                owner,
+        return match api_keys::identify(&state.pool, credential).await? {
+            Some(key) => Ok(Principal {
+                owner: key.owner.clone(),
                 can_generate: true,
                 is_admin: false,
+                api_key: Some(key),
             }),
             None => {
                 tracing::info!(
@@ -104,6 +108,7 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Princ
             owner: identity.owner,
             can_generate: identity.can_generate,
             is_admin: identity.is_admin,
+            api_key: None,
         }),
         Err(oidc::TokenError::KeysUnavailable) => {
             tracing::warn!(
@@ -144,9 +149,21 @@ impl FromRequestParts<AppState> for Owner {
     }
 }
 
+/// The caller, whoever it is (for endpoints whose answer depends on the caller's role).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        principal(parts, state).await.map(Caller)
+    }
+}
+
 /// A caller allowed to generate images (403 otherwise); derefs to its owner name.
 #[derive(Debug, Clone)]
-pub struct Submitter(pub String);
+pub struct Submitter(pub String, pub Option<api_keys::KeyIdentity>);
 
 impl FromRequestParts<AppState> for Submitter {
     type Rejection = ApiError;
@@ -160,7 +177,7 @@ impl FromRequestParts<AppState> for Submitter {
                 state.generate_role
             )));
         }
-        Ok(Submitter(p.owner))
+        Ok(Submitter(p.owner, p.api_key))
     }
 }
 

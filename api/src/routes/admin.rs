@@ -39,6 +39,12 @@ pub struct CreateKeyBody {
     #[schema(minimum = 1, maximum = 3650)]
     #[serde(default)]
     pub expires_days: Option<u32>,
+    /// USD the key may spend per UTC day (its owner's budget applies as well); none: no limit of its own.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    /// USD the key may spend per UTC month.
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
 }
 
 /// A key as listed: never the key itself.
@@ -52,11 +58,18 @@ pub struct KeyView {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key's own budget in USD (`null`: none).
+    pub budget_usd_per_day: Option<f64>,
+    pub budget_usd_per_month: Option<f64>,
 }
 
 impl From<ApiKeyRecord> for KeyView {
     fn from(r: ApiKeyRecord) -> Self {
         Self {
+            budget_usd_per_day: r.budget_usd_micros_per_day.map(imagegen_shared::cost::usd),
+            budget_usd_per_month: r
+                .budget_usd_micros_per_month
+                .map(imagegen_shared::cost::usd),
             id: r.id,
             owner: r.owner,
             name: r.name,
@@ -122,8 +135,17 @@ pub async fn create_key(
             "expires_days: 1 to {MAX_EXPIRES_DAYS}"
         )));
     }
+    let per_day = crate::config::budget("budget_usd_per_day", body.budget_usd_per_day)
+        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let per_month = crate::config::budget("budget_usd_per_month", body.budget_usd_per_month)
+        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     let (key, _) = api_keys::generate();
-    let record = api_keys::create(&state.pool, owner, name, &key, body.expires_days).await?;
+    let mut record = api_keys::create(&state.pool, owner, name, &key, body.expires_days).await?;
+    if per_day.is_some() || per_month.is_some() {
+        record = api_keys::set_budget(&state.pool, record.id, per_day, per_month)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))?;
+    }
     tracing::info!(by = %admin, key_id = %record.id, owner = %record.owner, "API key created");
     Ok((
         StatusCode::CREATED,

@@ -38,6 +38,7 @@ pub async fn get_batch(
     PathId(id): PathId<BatchId>,
     AppQuery(query): AppQuery<WaitQuery>,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Response, ApiError> {
     let hold = query.hold(state.wait_max)?;
     let batch = db::batches::get_batch(&state.pool, &owner, id)
@@ -50,7 +51,7 @@ pub async fn get_batch(
     }
     let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;
     Ok(batch_response(batch_view(
-        &base_url(&state, &headers),
+        &base_url(&state, &headers, peer),
         &batch,
         &jobs,
         &images,

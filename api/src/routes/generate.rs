@@ -42,6 +42,7 @@ pub fn router() -> Router<AppState> {
         (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
         (status = 409, description = "The job was canceled (`job_canceled`): by the client or its deadline", body = ErrorBody),
         (status = 410, description = "The model is retired and MODEL_ALIASES=none (`model_retired`, naming its replacement)", body = ErrorBody),
+        (status = 402, description = "A budget is spent (`budget_exceeded`, with `budget`: its limit, what is spent, when it resets)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "The provider's safety system refused (`content_policy_violation`), or this Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),
@@ -51,14 +52,23 @@ pub fn router() -> Router<AppState> {
     ))]
 pub async fn generate(
     State(state): State<AppState>,
-    Submitter(owner): Submitter,
+    submitter: Submitter,
     CorrelationId(correlation_id): CorrelationId,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let (job, notices) =
-        submit_request(&state, &owner, &correlation_id, &headers, "generate", body).await?;
-    let base = base_url(&state, &headers);
+    let (job, notices) = submit_request(
+        &state,
+        &submitter,
+        &correlation_id,
+        &headers,
+        "generate",
+        body,
+    )
+    .await?;
+    let owner = submitter.0;
+    let base = base_url(&state, &headers, peer);
     let mut response =
         match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
             None => accepted(load_job_view(&state, &base, &job).await?),
@@ -94,6 +104,7 @@ pub async fn generate(
         (status = 202, description = "Some items still running; poll `Location`", body = BatchView,
             headers(("Location" = String, description = "The batch's URL"), ("Retry-After" = u64))),
         (status = 400, description = "An item is invalid, or the batch is empty or too large", body = ErrorBody),
+        (status = 402, description = "A budget is spent (`budget_exceeded`, with `budget`: its limit, what is spent, when it resets)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "This Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),
@@ -101,9 +112,10 @@ pub async fn generate(
     ))]
 pub async fn generate_batch(
     State(state): State<AppState>,
-    Submitter(owner): Submitter,
+    submitter: Submitter,
     CorrelationId(correlation_id): CorrelationId,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AppJson(items): AppJson<Vec<GenerateBody>>,
 ) -> Result<Response, ApiError> {
     if items.is_empty() || items.len() > state.batch_max_requests {
@@ -122,13 +134,14 @@ pub async fn generate_batch(
     let idempotency = Idempotency::from_headers(&headers, "generate/batch", &requests)?;
     let (batch, jobs) = submit_batch(
         &state,
-        &owner,
+        &submitter,
         &correlation_id,
         requests,
         idempotency.as_ref(),
     )
     .await?;
-    let base = base_url(&state, &headers);
+    let owner = submitter.0;
+    let base = base_url(&state, &headers, peer);
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let jobs =
         match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {

@@ -1,10 +1,12 @@
 //! Health: `/health/` (every component), `/health/ready` (503 while Postgres or Redis is unreachable) and
-//! `/health/live` (the process answers).
+//! `/health/live` (the process answers). A failed check's own message (which may name a host, a user or a path) is
+//! shown only to a caller with a valid credential, or to everyone when authentication is off (a private
+//! deployment); others see a generic `unavailable` or `timed out`.
 
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -15,6 +17,10 @@ use utoipa::ToSchema;
 
 /// A health probe must answer quickly even when a dependency hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `error` of a failed or hung check as an anonymous caller sees it while authentication is on.
+const UNAVAILABLE: &str = "unavailable";
+const TIMED_OUT: &str = "timed out";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,6 +36,8 @@ pub struct ComponentHealth {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// Why the check failed: the dependency's own message when authentication is off or the request carries a
+    /// valid credential, else `unavailable` or `timed out`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -43,7 +51,18 @@ pub struct HealthView {
     pub components: BTreeMap<String, ComponentHealth>,
 }
 
-async fn check<F, E>(f: F) -> ComponentHealth
+/// Whether this caller may read the dependencies' own error messages: always with authentication off, else only
+/// with a valid credential (any principal; an API key or a token, checked as on `/api/v1`).
+async fn shows_details(state: &AppState, headers: &HeaderMap) -> bool {
+    !state.authentication
+        || matches!(
+            tokio::time::timeout(CHECK_TIMEOUT, crate::auth::authenticate(headers, state)).await,
+            Ok(Ok(_))
+        )
+}
+
+/// One dependency's check; `detailed`: its error message as it is, else only `unavailable` or `timed out`.
+async fn check<F, E>(f: F, detailed: bool) -> ComponentHealth
 where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -51,11 +70,13 @@ where
     let started = Instant::now();
     let (status, error) = match tokio::time::timeout(CHECK_TIMEOUT, f).await {
         Ok(Ok(())) => ("healthy", None),
-        Ok(Err(e)) => ("unhealthy", Some(e.to_string())),
-        Err(_) => (
+        Ok(Err(e)) if detailed => ("unhealthy", Some(e.to_string())),
+        Ok(Err(_)) => ("unhealthy", Some(UNAVAILABLE.to_owned())),
+        Err(_) if detailed => (
             "unhealthy",
             Some(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
         ),
+        Err(_) => ("unhealthy", Some(TIMED_OUT.to_owned())),
     };
     ComponentHealth {
         status: status.to_owned(),
@@ -64,11 +85,11 @@ where
     }
 }
 
-async fn components(state: &AppState) -> BTreeMap<String, ComponentHealth> {
+async fn components(state: &AppState, detailed: bool) -> BTreeMap<String, ComponentHealth> {
     let (database, queue, storage) = tokio::join!(
-        check(imagegen_shared::db::ping(&state.pool)),
-        check(state.queue.ping()),
-        check(state.storage.check())
+        check(imagegen_shared::db::ping(&state.pool), detailed),
+        check(state.queue.ping(), detailed),
+        check(state.storage.check(), detailed)
     );
     let mut map = BTreeMap::new();
     map.insert("database".to_owned(), database);
@@ -83,10 +104,15 @@ fn all_healthy(map: &BTreeMap<String, ComponentHealth>) -> bool {
 }
 
 /// Overall health, component by component.
+///
+/// Open to everyone. A failed component's `error` is the dependency's own message only when authentication is off
+/// (ENABLE_AUTHENTICATION=false) or the request carries a valid credential (an API key or a token, as on `/api/v1`;
+/// any caller). Otherwise it is generic: `unavailable`, or `timed out` when the check got no answer in time.
 #[utoipa::path(get, path = "/health/", tag = "health",
     responses((status = 200, body = HealthView), (status = 503, description = "A dependency is down", body = HealthView)))]
-pub async fn health(State(state): State<AppState>) -> Response {
-    let mut components = components(&state).await;
+pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let detailed = shows_details(&state, &headers).await;
+    let mut components = components(&state, detailed).await;
     let healthy = all_healthy(&components);
     for id in &state.providers.enabled {
         let configured = state.providers.is_configured(*id);
@@ -136,9 +162,12 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// Ready to take traffic: the database, the queue and storage answer, and no shutdown has begun.
+///
+/// Errors are shown as on `/health/`: generic unless authentication is off or the request carries a valid
+/// credential.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, body = HealthView), (status = 503, body = HealthView)))]
-pub async fn ready(State(state): State<AppState>) -> Response {
+pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if state.stopping.is_cancelled() {
         // Shutting down: tell the load balancer to stop sending at once, whatever the dependencies say.
         let view = HealthView {
@@ -149,7 +178,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         };
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(view)).into_response();
     }
-    let components = components(&state).await;
+    let detailed = shows_details(&state, &headers).await;
+    let components = components(&state, detailed).await;
     let healthy = all_healthy(&components);
     let view = HealthView {
         status: if healthy { "ready" } else { "not_ready" }.to_owned(),

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::AppQuery;
 use crate::extract::PathId;
 use crate::state::AppState;
-use crate::views::{ImageView, image_view};
+use crate::views::{ImageView, image_view_costed};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -36,11 +36,24 @@ pub async fn get_image(
     Owner(owner): Owner,
     PathId(id): PathId<ImageId>,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<axum::Json<ImageView>, ApiError> {
     let image = db::images::get_image(&state.pool, &owner, id)
         .await?
         .ok_or(ApiError::NotFound("Image"))?;
-    Ok(axum::Json(image_view(&base_url(&state, &headers), &image)))
+    // With its share of the job's cost (the job's pictures split it evenly).
+    let job = db::jobs::get_job(&state.pool, &owner, image.job_id).await?;
+    let pictures = match &job {
+        Some(j) => db::images::images_for_jobs(&state.pool, &owner, &[j.id])
+            .await?
+            .len(),
+        None => 1,
+    };
+    Ok(axum::Json(image_view_costed(
+        &base_url(&state, &headers, peer),
+        &image,
+        job.as_ref().map(|j| (j, pictures)),
+    )))
 }
 
 /// Download a stored image.

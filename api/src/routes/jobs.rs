@@ -46,21 +46,24 @@ pub fn router() -> Router<AppState> {
             headers(("Location" = String, description = "The job's URL"), ("Retry-After" = u64))),
         (status = 400, description = "Invalid request (`validation_failed`) or blocked prompt (`content_blocked`)", body = ErrorBody),
         (status = 410, description = "The model is retired and MODEL_ALIASES=none (`model_retired`, naming its replacement)", body = ErrorBody),
+        (status = 402, description = "A budget is spent (`budget_exceeded`, with `budget`: its limit, what is spent, when it resets)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "This Idempotency-Key was used with another request (`idempotency_key_reused`)", body = ErrorBody),
     ))]
 pub async fn create_job(
     State(state): State<AppState>,
-    Submitter(owner): Submitter,
+    submitter: Submitter,
     CorrelationId(correlation_id): CorrelationId,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
     let (job, notices) =
-        crate::submit::submit_request(&state, &owner, &correlation_id, &headers, "jobs", body)
+        crate::submit::submit_request(&state, &submitter, &correlation_id, &headers, "jobs", body)
             .await?;
-    let mut response = accepted(load_job_view(&state, &base_url(&state, &headers), &job).await?);
+    let mut response =
+        accepted(load_job_view(&state, &base_url(&state, &headers, peer), &job).await?);
     crate::submit::lifecycle_headers(&notices, response.headers_mut());
     Ok(response)
 }
@@ -119,6 +122,7 @@ pub async fn get_job(
     PathId(id): PathId<JobId>,
     AppQuery(query): AppQuery<WaitQuery>,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Response, ApiError> {
     let hold = query.hold(state.wait_max)?;
     let job = match hold {
@@ -134,7 +138,8 @@ pub async fn get_job(
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        axum::Json(load_job_view(&state, &base_url(&state, &headers), &job).await?).into_response()
+        axum::Json(load_job_view(&state, &base_url(&state, &headers, peer), &job).await?)
+            .into_response()
     };
     if let Ok(v) = HeaderValue::from_str(&tag) {
         response.headers_mut().insert(header::ETAG, v);
@@ -163,6 +168,7 @@ pub async fn cancel_job(
     Owner(owner): Owner,
     PathId(id): PathId<JobId>,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let Some(job) = db::jobs::cancel(
         &state.pool,
@@ -190,8 +196,12 @@ pub async fn cancel_job(
     if let Err(e) = state.queue.publish_event(&event).await {
         tracing::warn!(error = %e, "could not publish the cancel event; waiters see it when their wait ends");
     }
+    // Its reservation goes back now (a charge its worker still records is counted then).
+    if let Err(e) = imagegen_shared::budget::settle_job(&state.pool, &state.budgets, id).await {
+        tracing::warn!(error = %e, "could not settle the canceled job's budget; the reconciler will");
+    }
     Ok(axum::Json(
-        load_job_view(&state, &base_url(&state, &headers), &job).await?,
+        load_job_view(&state, &base_url(&state, &headers, peer), &job).await?,
     ))
 }
 
@@ -229,6 +239,7 @@ pub async fn list_jobs(
     Owner(owner): Owner,
     AppQuery(query): AppQuery<ListQuery>,
     headers: HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<axum::Json<JobListView>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -243,7 +254,7 @@ pub async fn list_jobs(
     jobs.truncate(usize::try_from(limit).unwrap_or(0));
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;
-    let base = base_url(&state, &headers);
+    let base = base_url(&state, &headers, peer);
     let next_cursor = if more {
         jobs.last().map(encode_cursor)
     } else {

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod batches;
+pub mod budgets;
 pub mod generate;
 pub mod health;
 pub mod images;
@@ -9,6 +10,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod providers;
+pub mod usage;
 
 use crate::error::ApiError;
 use crate::links::Links;
@@ -35,6 +37,8 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(batches::router())
         .merge(images::router())
         .merge(admin::router())
+        .merge(usage::router())
+        .merge(budgets::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::rate_limit::per_minute,
@@ -80,27 +84,81 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Where our links point (PUBLIC_BASE_URL, else the Host the client used), signed when authentication is on.
-pub fn base_url(state: &AppState, headers: &HeaderMap) -> Links {
+/// Where our links point (PUBLIC_BASE_URL, else the client's scheme and host), signed when authentication is on.
+/// `peer` is the connection's remote address (`ConnectInfo`): it decides whether forwarded headers are believed.
+pub fn base_url(state: &AppState, headers: &HeaderMap, peer: std::net::SocketAddr) -> Links {
     Links {
-        base: public_base(state, headers),
+        base: public_base(state, headers, peer.ip()),
         signer: state.link_signer.clone(),
     }
 }
 
-fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+/// PUBLIC_BASE_URL; else `X-Forwarded-Proto` (`http` or `https`) and `X-Forwarded-Host` when `peer` is one of
+/// TRUSTED_PROXIES (their first value: the one the client's side of the proxy chain set); else `http` and the `Host`
+/// header. A host is used only when it is a well-formed `host[:port]` (a DNS name, an IPv4 address or a bracketed
+/// IPv6 address): a bad forwarded host falls back to `Host`, a bad `Host` to `localhost`.
+fn public_base(state: &AppState, headers: &HeaderMap, peer: std::net::IpAddr) -> String {
+    /// `name[:port]` or `[v6][:port]`: DNS labels of letters, digits, `-` and `_`, and a port up to 65535. Never
+    /// spaces, slashes, `@`, quotes, control characters or anything else a URL would read differently.
+    fn well_formed(host: &str) -> bool {
+        let (name, port) = match host.strip_prefix('[') {
+            Some(bracketed) => {
+                let Some((v6, rest)) = bracketed.split_once(']') else {
+                    return false;
+                };
+                if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                match rest {
+                    "" => (None, None),
+                    _ => match rest.strip_prefix(':') {
+                        Some(port) => (None, Some(port)),
+                        None => return false,
+                    },
+                }
+            }
+            None => match host.split_once(':') {
+                Some((name, port)) => (Some(name), Some(port)),
+                None => (Some(host), None),
+            },
+        };
+        let label = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        name.is_none_or(|n| n.len() <= 253 && n.split('.').all(label))
+            && port.is_none_or(|p| {
+                (1..=5).contains(&p.len())
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && p.parse::<u16>().is_ok()
+            })
+    }
     if let Some(base) = &state.public_base_url {
         return base.clone();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(str::trim)
+    };
+    // Only a trusted proxy's word counts; a client may send these headers too.
+    let forwarded = |name: &str| {
+        if state.trusted_proxies.trusts(peer) {
+            value(name).and_then(|v| v.split(',').next()).map(str::trim)
+        } else {
+            None
+        }
+    };
+    let scheme = match forwarded("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let host = forwarded("x-forwarded-host")
+        .filter(|h| well_formed(h))
+        .or_else(|| value(header::HOST.as_str()).filter(|h| well_formed(h)))
         .unwrap_or("localhost");
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .filter(|p| *p == "https" || *p == "http")
-        .unwrap_or("http");
     format!("{scheme}://{host}")
 }
 
@@ -115,7 +173,11 @@ pub async fn load_job_view(
     } else {
         Vec::new()
     };
-    Ok(job_view(base, job, &images, &state.providers.sandbox))
+    let mut view = job_view(base, job, &images, &state.providers.sandbox);
+    if job.cost_usd_micros > 0 || job.cost_basis != "none" {
+        view.charges = db::costs::charges_of(&state.pool, job.id).await?;
+    }
+    Ok(view)
 }
 
 /// 202 with the job, where to poll it, and when.

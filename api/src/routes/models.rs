@@ -62,6 +62,7 @@ pub struct ModelView {
     pub output_compression: bool,
     pub moderation: Vec<ModerationLevel>,
     pub typical_generation_time: String,
+    /// The price in force today (what a job started now is charged at).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
 }
@@ -111,7 +112,7 @@ pub fn model_view(offer: &Offer, m: &ModelSpec, today: NaiveDate) -> ModelView {
         output_compression: m.output_compression,
         moderation: m.moderation.clone(),
         typical_generation_time: m.typical_generation_time.clone(),
-        price: m.price.clone(),
+        price: m.price_on(today).cloned(),
     }
 }
 

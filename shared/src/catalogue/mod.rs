@@ -9,7 +9,8 @@
 mod model;
 
 pub use model::{
-    Family, ModelSpec, ModelStatus, Price, Serving, SizeParam, SizeRules, SizeSpec, TokenPrices,
+    CreditTable, Family, ModelSpec, ModelStatus, Price, Serving, SizeParam, SizeRules, SizeSpec,
+    TokenPrices,
 };
 
 use crate::domain::options::Quality;
@@ -117,6 +118,15 @@ impl Catalogue {
                     ));
                 }
             };
+            let prices = match table.remove("prices") {
+                None => Vec::new(),
+                Some(toml::Value::Array(prices)) => prices,
+                Some(_) => {
+                    return Err(syntax(
+                        "`prices` must be an array of tables ([[prices]])".into(),
+                    ));
+                }
+            };
             let top: FileTop = from_toml(toml::Value::Table(table)).map_err(syntax)?;
             quality_ranks.extend(top.quality_ranks);
             legacy_providers.extend(top.legacy_providers);
@@ -141,6 +151,12 @@ impl Catalogue {
                     Some(slot) => slot.1 = entry,
                     None => raw.push((id, entry)),
                 }
+            }
+            for price in prices {
+                add_price(&mut raw, price).map_err(|message| CatalogueError::File {
+                    origin: (*origin).to_owned(),
+                    message,
+                })?;
             }
         }
         let mut models = Vec::with_capacity(raw.len());
@@ -217,6 +233,30 @@ impl Catalogue {
     }
 }
 
+/// Prices are finite and not negative, and say something.
+fn check_price(p: &Price) -> Result<(), String> {
+    let mut figures: Vec<f64> = Vec::new();
+    if let Some(t) = &p.per_million_tokens {
+        figures.extend([t.text_input, t.image_input, t.image_output]);
+    }
+    figures.extend(p.per_image.iter().flat_map(|t| t.values().copied()));
+    figures.extend(p.per_megapixel);
+    figures.extend(p.per_credit);
+    if let Some(c) = &p.credits {
+        figures.extend([c.first_mp, c.extra_mp]);
+    }
+    if figures.is_empty() {
+        return Err("names no figure".into());
+    }
+    if figures.iter().any(|f| !f.is_finite() || *f < 0.0) {
+        return Err("figures must be finite and not negative".into());
+    }
+    if p.credits.is_some() && p.per_credit.is_none() {
+        return Err("`credits` needs `per_credit`".into());
+    }
+    Ok(())
+}
+
 fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result<(), String> {
     let id = m.id.as_str();
     if id.is_empty()
@@ -234,6 +274,9 @@ fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result
     }
     if m.max_prompt_chars == 0 || m.max_prompt_chars > MAX_PROMPT_CHARS as u32 {
         return Err(format!("max_prompt_chars must be 1..={}", MAX_PROMPT_CHARS));
+    }
+    for p in &m.prices {
+        check_price(p).map_err(|e| format!("price from {}: {e}", p.effective_on))?;
     }
     let dates = [
         ("released_on", m.released_on),
@@ -337,6 +380,31 @@ fn resolve_extends(
 }
 
 /// TOML to a typed value through JSON, so dates arrive as `YYYY-MM-DD` strings that chrono reads.
+/// A `[[prices]]` entry (`model = "<id>"` and a price's fields): added to that model's price history, so a
+/// negotiated price is a few lines of an override file and the list price stays for the days before it.
+fn add_price(raw: &mut [(String, toml::Table)], price: toml::Value) -> Result<(), String> {
+    let toml::Value::Table(mut price) = price else {
+        return Err("each [[prices]] entry must be a table".into());
+    };
+    let Some(toml::Value::String(model)) = price.remove("model") else {
+        return Err("a [[prices]] entry needs `model = \"<id>\"`".into());
+    };
+    let Some((_, entry)) = raw
+        .iter_mut()
+        .find(|(id, _)| id.eq_ignore_ascii_case(&model))
+    else {
+        return Err(format!("[[prices]]: no model '{model}' in the catalogue"));
+    };
+    let mut history = match entry.remove("price") {
+        None => Vec::new(),
+        Some(toml::Value::Array(list)) => list,
+        Some(one) => vec![one],
+    };
+    history.push(toml::Value::Table(price));
+    entry.insert("price".into(), toml::Value::Array(history));
+    Ok(())
+}
+
 fn from_toml<T: serde::de::DeserializeOwned>(value: toml::Value) -> Result<T, String> {
     serde_json::from_value(toml_to_json(value)).map_err(|e| e.to_string())
 }

@@ -119,15 +119,26 @@ pub struct TokenPrices {
     pub image_output: f64,
 }
 
-/// A model's list price, in force from `effective_on`.
+/// A model's price, in force from `effective_on` (until a later one of the same model takes over).
+///
+/// What each figure is for: a job's cost comes from what the provider reported when it reports it (`usage` tokens
+/// at `per_million_tokens`, BFL's `cost` credits at `per_credit`); otherwise from the tables (`per_image`,
+/// `per_megapixel`, `credits`), and is then marked estimated. The tables also give the most a request can cost,
+/// which a budget reserves before the job is queued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     #[schema(value_type = String, format = Date)]
     pub effective_on: NaiveDate,
+    /// Not a price the provider published (a stand-in until it does, or our assumption): every cost computed from
+    /// it is marked estimated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_million_tokens: Option<TokenPrices>,
-    /// USD per image, keyed `quality/WxH`.
+    /// USD per image, keyed `quality/WxH` (`standard/1024x1024`; models without qualities: `WxH`). For
+    /// token-priced models, the provider's published per-image figures, used where no `usage` is reported and to
+    /// bound a request's cost; other sizes scale from the same quality's 1024x1024 figure by pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_image: Option<BTreeMap<String, f64>>,
     /// USD per megapixel of output.
@@ -136,6 +147,33 @@ pub struct Price {
     /// USD per provider credit (BFL reports each task's cost in credits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_credit: Option<f64>,
+    /// Credits one image takes, for estimates when the provider does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditTable>,
+}
+
+/// Credits per image: `first_mp` for the first megapixel (1024x1024 pixels) and `extra_mp` for each further one
+/// started; a flat-priced endpoint has `extra_mp = 0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditTable {
+    pub first_mp: f64,
+    #[serde(default)]
+    pub extra_mp: f64,
+}
+
+/// `price = {...}` or `price = [{...}, {...}]`: one price or its history.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Price>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Box<Price>),
+        Many(Vec<Price>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![*p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,11 +214,23 @@ pub struct ModelSpec {
     pub moderation: Vec<ModerationLevel>,
     pub serves: BTreeMap<ProviderId, Serving>,
     pub sizes: SizeSpec,
-    #[serde(default)]
-    pub price: Option<Price>,
+    /// The model's prices over time (the TOML key is `price`, one table or an array of them).
+    #[serde(default, rename = "price", deserialize_with = "one_or_many")]
+    pub prices: Vec<Price>,
 }
 
 impl ModelSpec {
+    /// The price in force on `day`: the latest `effective_on` not after it (a later entry wins a tie, so an override
+    /// file's negotiated price replaces the list price of the same day).
+    pub fn price_on(&self, day: NaiveDate) -> Option<&Price> {
+        self.prices
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.effective_on <= day)
+            .max_by_key(|(i, p)| (p.effective_on, *i))
+            .map(|(_, p)| p)
+    }
+
     /// Today's standing: retired from `retires_on`, deprecated from `deprecated_on` (or once a retirement is set).
     pub fn status_on(&self, today: NaiveDate) -> ModelStatus {
         if self.retires_on.is_some_and(|d| d <= today) {

@@ -111,6 +111,18 @@ pub struct RedisArgs {
         default_value = "imagegen"
     )]
     pub queue_name: String,
+    /// What the limits kept in Redis do when it cannot be reached: `open` lets the request (RATE_LIMIT_PER_MINUTE)
+    /// or the provider call (PROVIDER_CONCURRENCY, breakers) through uncounted; `closed` refuses it (503 with
+    /// Retry-After; a worker hands the job back to wait). Budgets and IMAGE_QUOTA_PER_DAY always fail closed.
+    #[arg(
+        long,
+        env = "LIMITS_ON_REDIS_ERROR",
+        value_name = "LIMITS_ON_REDIS_ERROR",
+        value_enum,
+        default_value = "open",
+        ignore_case = true
+    )]
+    pub limits_on_redis_error: crate::limits::FailMode,
 }
 
 /// A secret setting that is set and not blank, trimmed.

@@ -189,10 +189,16 @@ pub struct ProviderArgs {
     /// BFL's default model (default: the first current BFL model in the catalogue, flux-2-pro).
     #[arg(long, env = "BFL_MODEL", value_name = "BFL_MODEL")]
     pub bfl_model: Option<String>,
-    /// Provider calls per job before it fails (counted in Postgres, across workers).
+    /// Provider calls per route of a job (one provider serving one model) before it fails over to the next route
+    /// (counted in Postgres, across workers).
     #[arg(long, env = "PROVIDER_MAX_ATTEMPTS", value_name = "PROVIDER_MAX_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=20))]
     pub provider_max_attempts: u32,
+    /// Provider calls per job over all its routes, failover included (every call may be paid); 0: twice
+    /// PROVIDER_MAX_ATTEMPTS.
+    #[arg(long, env = "JOB_MAX_PROVIDER_CALLS", value_name = "JOB_MAX_PROVIDER_CALLS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=60))]
+    pub job_max_provider_calls: u32,
     /// Timeout of one provider call, in seconds.
     #[arg(long, env = "PROVIDER_TIMEOUT_SECS", value_name = "PROVIDER_TIMEOUT_SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=900))]
@@ -300,7 +306,9 @@ pub struct ProviderSettings {
     pub default_model: ModelId,
     pub aliases: BTreeMap<String, ModelId>,
     pub aliasing: bool,
+    /// Calls per route (PROVIDER_MAX_ATTEMPTS) and per job over all routes (JOB_MAX_PROVIDER_CALLS).
     pub max_attempts: u32,
+    pub max_calls_per_job: u32,
     pub timeout: Duration,
     /// Providers answered by the built-in emulator (standalone mode without their keys).
     pub sandbox: Vec<ProviderId>,
@@ -680,6 +688,10 @@ impl ProviderArgs {
             aliases,
             aliasing,
             max_attempts: self.provider_max_attempts,
+            max_calls_per_job: match self.job_max_provider_calls {
+                0 => self.provider_max_attempts * 2,
+                n => n,
+            },
             timeout: Duration::from_secs(self.provider_timeout_secs),
             sandbox: self.sandbox.clone(),
         };

@@ -17,6 +17,21 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// What the key may spend per UTC day and month (its owner's budget applies as well).
+    pub budget_usd_micros_per_day: Option<i64>,
+    pub budget_usd_micros_per_month: Option<i64>,
+}
+
+const KEY_COLUMNS: &str = "id, owner, name, prefix, created_at, expires_at, revoked_at, \
+    budget_usd_micros_per_day, budget_usd_micros_per_month";
+
+/// Who a presented key acts for, and the key's own budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    pub id: uuid::Uuid,
+    pub owner: String,
+    pub budget_usd_micros_per_day: Option<i64>,
+    pub budget_usd_micros_per_month: Option<i64>,
 }
 
 /// A new random key (`igk_` + 43 URL-safe characters, 256 bits) and the hash to store.
@@ -48,7 +63,7 @@ pub async fn create(
         sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO api_keys (id, owner, name, prefix, key_hash, expires_at) \
              VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 IS NULL THEN NULL ELSE {expires} END) \
-             RETURNING id, owner, name, prefix, created_at, expires_at, revoked_at",
+             RETURNING {KEY_COLUMNS}",
             expires = sql.now_plus("$6"),
         )))
         .bind(uuid::Uuid::now_v7())
@@ -65,11 +80,17 @@ pub async fn create(
 
 /// The owner of a key that exists, is not revoked and has not expired.
 pub async fn owner_of(db: &Db, key: &str) -> Result<Option<String>, DbError> {
+    Ok(identify(db, key).await?.map(|k| k.owner))
+}
+
+/// The key's identity and budget, if it exists, is not revoked and has not expired.
+pub async fn identify(db: &Db, key: &str) -> Result<Option<KeyIdentity>, DbError> {
     let wanted = hash(key);
-    let row: Option<(String, String)> = on_db!(db, |pool, sql| {
+    type Row = (uuid::Uuid, String, String, Option<i64>, Option<i64>);
+    let row: Option<Row> = on_db!(db, |pool, sql| {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT owner, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL \
-               AND (expires_at IS NULL OR expires_at > {now})",
+            "SELECT id, owner, key_hash, budget_usd_micros_per_day, budget_usd_micros_per_month FROM api_keys \
+             WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now})",
             now = sql.now,
         )))
         .bind(&wanted)
@@ -77,20 +98,45 @@ pub async fn owner_of(db: &Db, key: &str) -> Result<Option<String>, DbError> {
         .await?
     });
     Ok(row
-        .filter(|(_, stored)| constant_time_eq(stored.as_bytes(), wanted.as_bytes()))
-        .map(|(owner, _)| owner))
+        .filter(|(_, _, stored, _, _)| constant_time_eq(stored.as_bytes(), wanted.as_bytes()))
+        .map(|(id, owner, _, day, month)| KeyIdentity {
+            id,
+            owner,
+            budget_usd_micros_per_day: day,
+            budget_usd_micros_per_month: month,
+        }))
 }
 
 pub async fn list(db: &Db) -> Result<Vec<ApiKeyRecord>, DbError> {
     let rows = on_db!(db, |pool, sql| {
-        sqlx::query_as::<_, ApiKeyRecord>(
-            "SELECT id, owner, name, prefix, created_at, expires_at, revoked_at FROM api_keys \
-             ORDER BY owner, created_at",
-        )
+        sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY owner, created_at"
+        )))
         .fetch_all(pool)
         .await?
     });
     Ok(rows)
+}
+
+/// Sets a key's budget (replacing both limits; `None`: no limit of the key's own). `None` if no such key.
+pub async fn set_budget(
+    db: &Db,
+    id: uuid::Uuid,
+    per_day: Option<i64>,
+    per_month: Option<i64>,
+) -> Result<Option<ApiKeyRecord>, DbError> {
+    let row = on_db!(db, |pool, sql| {
+        sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(format!(
+            "UPDATE api_keys SET budget_usd_micros_per_day = $2, budget_usd_micros_per_month = $3 \
+             WHERE id = $1 RETURNING {KEY_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(per_day)
+        .bind(per_month)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row)
 }
 
 /// Revokes the key with this id or prefix; returns how many keys that was (0 or 1; a prefix shared by several

@@ -29,7 +29,10 @@ pub struct JobRecord {
     pub provider: ProviderId,
     pub request: Json<GenerationRequest>,
     pub attempts: i32,
+    /// Calls per route.
     pub max_attempts: i32,
+    /// Calls over all routes (`None` for jobs recorded before the budget existed: `max_attempts`).
+    pub max_calls: Option<i32>,
     pub worker_id: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
     pub error_code: Option<FailureCode>,
@@ -49,6 +52,29 @@ pub struct JobRecord {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The API key it was submitted with (its budget applies too).
+    pub api_key_id: Option<uuid::Uuid>,
+    /// The sum of its charges so far, and how they were priced (see `db::costs`).
+    pub cost_usd_micros: i64,
+    pub cost_basis: String,
+    pub cost_estimated: bool,
+    /// What its budget reserved at submission; settled to the cost when the job ends.
+    pub reserved_usd_micros: i64,
+}
+
+impl JobRecord {
+    /// The job's budget of provider calls over all its routes.
+    pub fn call_budget(&self) -> i32 {
+        self.max_calls.unwrap_or(self.max_attempts)
+    }
+
+    pub fn cost(&self) -> crate::cost::Cost {
+        crate::cost::Cost {
+            usd_micros: self.cost_usd_micros,
+            basis: crate::cost::CostBasis::parse(&self.cost_basis),
+            estimated: self.cost_estimated,
+        }
+    }
 }
 
 /// A job about to be recorded. `status` is `queued`, or `moderated` when the API's keyword filter blocked it.
@@ -60,12 +86,17 @@ pub struct NewJob {
     pub request: GenerationRequest,
     /// The provider first in line for it at submission (the `provider` column; `served_by` says who served it).
     pub provider: crate::domain::ProviderId,
+    /// Calls per route, and over all routes.
     pub max_attempts: i32,
+    pub max_calls: i32,
     pub status: JobStatus,
     pub moderation: Option<Moderation>,
     pub error: Option<(FailureCode, String)>,
     /// Seconds from now by which the job must have started.
     pub deadline_secs: Option<u32>,
+    pub api_key_id: Option<uuid::Uuid>,
+    /// What the owner's (and key's) budget reserved for it; 0 when no budget applies.
+    pub reserved_usd_micros: i64,
 }
 
 /// Which route served a job and what was changed to suit it.
@@ -93,7 +124,8 @@ pub struct JobFailure {
 
 pub(crate) const JOB_COLUMNS: &str = "id, owner, batch_id, batch_index, correlation_id, status, provider, request, attempts, \
     max_attempts, worker_id, lease_until, error_code, error_message, moderation, provider_meta, generation_time_ms, \
-    served_by, translations, provider_attempts, deadline_at, created_at, updated_at, started_at, finished_at";
+    served_by, translations, provider_attempts, deadline_at, created_at, updated_at, started_at, finished_at, \
+    api_key_id, cost_usd_micros, cost_basis, cost_estimated, reserved_usd_micros, max_calls";
 
 fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
@@ -109,8 +141,10 @@ macro_rules! insert_job {
         let (code, message) = job.error.clone().unzip();
         sqlx::query_as::<_, $crate::db::jobs::JobRecord>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO jobs (id, owner, batch_id, batch_index, correlation_id, status, provider, request, \
-                max_attempts, moderation, error_code, error_message, finished_at, deadline_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, CASE WHEN $13 THEN {now} END, {deadline}) \
+                max_attempts, moderation, error_code, error_message, finished_at, deadline_at, api_key_id, \
+                reserved_usd_micros, budget_settled, max_calls) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, CASE WHEN $13 THEN {now} END, {deadline}, \
+                $15, $16, $13, $17) \
              RETURNING {columns}",
             now = $sql.now,
             deadline = $sql.now_plus("$14"),
@@ -130,6 +164,9 @@ macro_rules! insert_job {
         .bind(message)
         .bind(terminal)
         .bind(job.deadline_secs.map(f64::from))
+        .bind(job.api_key_id)
+        .bind(job.reserved_usd_micros)
+        .bind(job.max_calls)
         .fetch_one(&mut *$tx)
         .await?
     }};
@@ -574,7 +611,8 @@ pub(crate) async fn cancel_queued_past_deadline(
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
-/// Running jobs whose lease expired (their worker died) with no attempts left: failed.
+/// Running jobs whose lease expired (their worker died) with their budget of calls used up: failed. (One with
+/// calls left is requeued: the next worker goes on with the routes that have attempts left.)
 pub(crate) async fn fail_expired_out_of_attempts(
     conn: Conn<'_>,
     batch: i64,
@@ -584,7 +622,7 @@ pub(crate) async fn fail_expired_out_of_attempts(
             "UPDATE jobs SET status = 'failed', error_code = $2, error_message = $3, \
                 lease_until = NULL, finished_at = {now}, updated_at = {now} \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < {now} \
-                          AND attempts >= max_attempts LIMIT $1 {skip}) \
+                          AND attempts >= COALESCE(max_calls, max_attempts) LIMIT $1 {skip}) \
              RETURNING id",
             now = sql.now,
             skip = sql.skip_locked(),

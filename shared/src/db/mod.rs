@@ -7,6 +7,8 @@
 
 pub mod api_keys;
 pub mod batches;
+pub mod budgets;
+pub mod costs;
 pub mod idempotency;
 pub mod images;
 pub mod jobs;

@@ -27,7 +27,11 @@ pub struct JobContext {
     pub downloader: Downloader,
     pub queue: JobQueue,
     pub limits: FleetLimits,
+    /// Budget counters: a job's reservation is settled to its cost when it ends.
+    pub budgets: imagegen_shared::budget::BudgetLedger,
     pub limit_settings: ProviderLimits,
+    /// LIMITS_ON_REDIS_ERROR: whether a call waits (closed) or goes ahead (open) when the fleet limits are down.
+    pub limits_fail: imagegen_shared::limits::FailMode,
     pub worker_id: String,
     pub lease: Duration,
     pub backoff: Backoff,

@@ -140,11 +140,15 @@ pub async fn release(ctx: &JobContext, job: &JobRecord) -> Result<Outcome, Proce
     Err(ProcessError::Released(job.id))
 }
 
-/// Tells waiters (wait mode, batch streams) that the job finished; they re-read Postgres anyway if this is lost.
+/// Tells waiters (wait mode, batch streams) that the job finished (they re-read Postgres anyway if this is lost),
+/// and settles its budget reservation to its cost (the reconciler settles any this misses).
 #[tracing::instrument(skip_all)]
 pub async fn publish_finished(ctx: &JobContext, id: JobId, outcome: &Outcome) {
     if let Outcome::Finished(status) = *outcome {
         metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
+        if let Err(e) = imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id).await {
+            tracing::warn!(error = %e, "could not settle the job's budget; the reconciler will");
+        }
         let event = JobEvent { job_id: id, status };
         if let Err(e) = ctx.queue.publish_event(&event).await {
             // Waiters re-read Postgres when their wait ends or their subscription reconnects.

@@ -26,6 +26,7 @@ use imagegen_shared::domain::{AttemptRecord, FailureCode, JobStatus};
 use imagegen_shared::queue::JobMessage;
 use route_run::{JobRun, RouteResult, RouteRun};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -62,12 +63,14 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     let lost = CancellationToken::new();
     let _registered = ctx.running.register(id, lost.clone());
     let keeper = spawn_lease_keeper(ctx.clone(), id, lost.clone());
+    let calls = AtomicI32::new(job.attempts);
     let job_run = JobRun {
         ctx: &ctx,
         job: &job,
         message: &message,
         lost: &lost,
         started: Instant::now(),
+        calls: &calls,
     };
     let result = generate(&job_run).await;
     keeper.abort();
@@ -101,7 +104,16 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
         return finish_unsuccessful(ctx, job, &failure, &history).await;
     }
     let mut last: Option<AttemptError> = None;
+    let budget = job.call_budget();
     for route in &chain {
+        // Every call may be paid: the job's budget bounds them over all routes, failover included.
+        if job_run.calls.load(Ordering::Relaxed) >= budget {
+            history.push(AttemptRecord::skipped(
+                route.key.as_str(),
+                format!("the job's budget of {budget} provider calls is used up"),
+            ));
+            continue;
+        }
         match RouteRun::new(job_run, route, &mut history).run().await? {
             RouteResult::Done(outcome) => return Ok(outcome),
             RouteResult::Next(err) => {
@@ -116,8 +128,12 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
         None => JobFailure {
             status: JobStatus::Failed,
             code: FailureCode::ProviderError,
-            message: "Every provider that could serve this job is unavailable (circuit open)"
-                .into(),
+            message: if job_run.calls.load(Ordering::Relaxed) > 0 {
+                "Every route's attempts, or the job's budget of provider calls, are used up"
+            } else {
+                "Every provider that could serve this job is unavailable (circuit open)"
+            }
+            .into(),
             moderation: None,
         },
     };

@@ -13,10 +13,14 @@ use crate::providers::{Call, ProviderError, ProviderOutput};
 use crate::routing::Route;
 use crate::store::store_all;
 use imagegen_shared::catalogue::SizeParam;
+use imagegen_shared::cost::pricing::{Answer, price_answer};
+use imagegen_shared::db::costs::NewCharge;
 use imagegen_shared::db::{self, JobRecord, NewImage, RouteAttempt, Served};
 use imagegen_shared::domain::AttemptRecord;
+use imagegen_shared::domain::ImageSize;
 use imagegen_shared::limits::{Admission, LimitSettings};
 use imagegen_shared::queue::JobMessage;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +42,8 @@ pub struct JobRun<'a> {
     pub lost: &'a CancellationToken,
     /// When this worker started on the job: its generation time counts from here.
     pub started: Instant,
+    /// Provider calls the job has made so far, over all routes and workers (against its `call_budget`).
+    pub calls: &'a AtomicI32,
 }
 
 /// What happened on one route.
@@ -58,6 +64,7 @@ pub struct RouteRun<'a> {
     limits: &'a LimitSettings,
     lost: &'a CancellationToken,
     started: Instant,
+    calls: &'a AtomicI32,
     /// The job's history so far, shared by its routes.
     history: &'a mut Vec<AttemptRecord>,
     /// Attempts made on this route, by any worker.
@@ -114,6 +121,7 @@ impl<'a> RouteRun<'a> {
             message,
             lost,
             started,
+            calls,
         } = *job_run;
         let used = job
             .provider_attempts
@@ -129,6 +137,7 @@ impl<'a> RouteRun<'a> {
             limits: ctx.limit_settings.get(route.provider()),
             lost,
             started,
+            calls,
             history,
             used,
             saturated_since: None,
@@ -139,7 +148,7 @@ impl<'a> RouteRun<'a> {
     #[tracing::instrument(name = "route", skip_all, fields(route = %self.route.key))]
     pub async fn run(mut self) -> Result<RouteResult, ProcessError> {
         loop {
-            if self.used >= self.job.max_attempts {
+            if self.used >= self.job.max_attempts || self.budget_spent() {
                 return Ok(RouteResult::Next(None));
             }
             let permit = match self.admit().await? {
@@ -151,6 +160,7 @@ impl<'a> RouteRun<'a> {
                 return Ok(RouteResult::Done(Outcome::NotOurs));
             };
             self.used = attempt.on_route;
+            self.calls.store(attempt.total, Ordering::Relaxed);
             let made = match self.call(permit, attempt).await {
                 Called::Done(made) => made,
                 Called::Lost => return Ok(RouteResult::Done(Outcome::NotOurs)),
@@ -166,6 +176,11 @@ impl<'a> RouteRun<'a> {
                 },
             }
         }
+    }
+
+    /// The job's budget of provider calls over all its routes is used up.
+    fn budget_spent(&self) -> bool {
+        self.calls.load(Ordering::Relaxed) >= self.job.call_budget()
     }
 
     /// The fleet limits' key: the provider account's.
@@ -191,7 +206,12 @@ impl<'a> RouteRun<'a> {
             .await
         {
             Ok(a) => a,
-            // Without Redis there are no fleet limits to consult (and no queue either); go on rather than stall.
+            // Without Redis there are no fleet limits to consult (and no queue either): by LIMITS_ON_REDIS_ERROR,
+            // call without a permit (open) or hand the job back to wait for them (closed).
+            Err(e) if self.ctx.limits_fail.is_closed() => {
+                tracing::warn!(error = %e, route = self.key(), "fleet limits unavailable; job handed back (fail closed)");
+                return self.hand_back(jitter(SATURATED_DEFER * 4)).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, route = self.key(), "fleet limits unavailable; calling without a permit");
                 Admission::Granted
@@ -262,6 +282,8 @@ impl<'a> RouteRun<'a> {
         Called::Done(match answer {
             Ok(output) => {
                 let _ = self.ctx.limits.record_success(self.limit_key()).await;
+                // The provider charged for this answer whatever happens to its pictures next.
+                self.record_charge(&output, attempt).await;
                 store_all(
                     self.ctx.store(),
                     self.job,
@@ -300,6 +322,66 @@ impl<'a> RouteRun<'a> {
                 Err(AttemptError::Provider(e))
             }
         })
+    }
+
+    /// Records what the answer cost (before its pictures are stored: the money is spent either way). A charge
+    /// that cannot be written is logged, never fails the job: the pictures are worth more than the record.
+    async fn record_charge(&self, output: &ProviderOutput, attempt: RouteAttempt) {
+        let request = &self.route.request;
+        let echoed = output
+            .meta
+            .get("size")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| s.parse::<ImageSize>().ok());
+        let size = request
+            .size()
+            .exact()
+            .or(echoed)
+            .unwrap_or(ImageSize::new(1024, 1024));
+        let answer = Answer {
+            usage: output.usage.as_ref(),
+            credits: output
+                .meta
+                .get("cost_credits")
+                .and_then(serde_json::Value::as_f64),
+            quality: output
+                .meta
+                .get("quality")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|q| q.parse().ok())
+                .or(request.quality()),
+            sizes: vec![size; output.images.len()],
+        };
+        let cost = price_answer(&self.route.model, imagegen_shared::domain::today(), &answer);
+        let provider = self.route.provider();
+        let charge = NewCharge {
+            job_id: self.job.id,
+            attempt: attempt.total,
+            owner: self.job.owner.as_str(),
+            api_key_id: self.job.api_key_id,
+            provider: provider.as_str(),
+            model: self.route.model.id.as_str(),
+            cost,
+            images: i32::try_from(output.images.len()).unwrap_or(i32::MAX),
+        };
+        match db::costs::record_charge(&self.ctx.pool, &charge).await {
+            Ok(None) => {}
+            // The job's budget was settled meanwhile (its client canceled it): the counters get the charge now.
+            Ok(Some(late)) => {
+                if let Err(e) = self.ctx.budgets.settle(&late).await {
+                    tracing::warn!(error = %e, "could not count a late charge against the budget");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, usd_micros = cost.usd_micros, "could not record a provider charge");
+                return;
+            }
+        }
+        // A float total in USD (the metrics crate's counters are integers; Prometheus' rate() reads it alike).
+        metrics::gauge!("imagegen_cost_usd_total", "provider" => provider.as_str(), "model" => self.route.model.id.to_string())
+            .increment(imagegen_shared::cost::usd(cost.usd_micros));
+        metrics::counter!("imagegen_images_generated_total", "provider" => provider.as_str(), "model" => self.route.model.id.to_string())
+            .increment(output.images.len() as u64);
     }
 
     /// The provider call, renewing the fleet permit meanwhile, so a long call keeps its place and a dead worker's
@@ -397,7 +479,7 @@ impl<'a> RouteRun<'a> {
                 finish_unsuccessful(self.ctx, self.job, &failure, self.history.as_slice()).await?;
             return Ok(AfterFailure::Stop(RouteResult::Done(outcome)));
         }
-        if self.used >= self.job.max_attempts {
+        if self.used >= self.job.max_attempts || self.budget_spent() {
             return Ok(AfterFailure::Stop(RouteResult::Next(Some(e))));
         }
         // A provider that says when to come back pauses the whole fleet; this job waits off the worker.
