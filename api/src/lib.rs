@@ -10,6 +10,7 @@ pub mod extract;
 pub mod links;
 pub mod middleware;
 pub mod moderation;
+pub mod openai;
 pub mod openapi;
 pub mod owner_limits;
 pub mod rate_limit;

@@ -33,9 +33,10 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(CorrelationId(id.clone()));
     let span = tracing::info_span!("request", correlation_id = %id, method = %req.method(), path = %req.uri().path());
+    let openai = crate::openai::error::is_openai_path(req.uri().path());
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
-    response = finish_errors(response, &id);
+    response = finish_errors(response, &id, openai);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
     }
@@ -49,11 +50,12 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
     response
 }
 
-/// Gives every error response the seed's shape with the correlation id, whoever produced it.
-fn finish_errors(response: Response, correlation_id: &str) -> Response {
+/// Gives every error response the seed's shape with the correlation id, whoever produced it (on the
+/// OpenAI-compatible `/v1` paths, OpenAI's shape instead; the correlation id is in the header there).
+fn finish_errors(response: Response, correlation_id: &str, openai: bool) -> Response {
     let status = response.status();
     if let Some(pending) = response.extensions().get::<PendingError>().cloned() {
-        return rerender(response, pending, correlation_id);
+        return rerender(response, pending, correlation_id, openai);
     }
     let is_json = response
         .headers()
@@ -68,15 +70,24 @@ fn finish_errors(response: Response, correlation_id: &str) -> Response {
             job_id: None,
             budget: None,
         };
-        return rerender(response, pending, correlation_id);
+        return rerender(response, pending, correlation_id, openai);
     }
     response
 }
 
 /// Replaces an error response's body with ours, keeping its status and headers (Retry-After, Allow, ...).
-fn rerender(response: Response, pending: PendingError, correlation_id: &str) -> Response {
+fn rerender(
+    response: Response,
+    pending: PendingError,
+    correlation_id: &str,
+    openai: bool,
+) -> Response {
     let (parts, _body) = response.into_parts();
-    let mut rendered = pending.render(parts.status, correlation_id);
+    let mut rendered = if openai {
+        crate::openai::error::render(parts.status, &pending)
+    } else {
+        pending.render(parts.status, correlation_id)
+    };
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             rendered.headers_mut().insert(name.clone(), value.clone());

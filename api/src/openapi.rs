@@ -53,10 +53,11 @@ docs stay open. Signed download links work without a key.",
         routes::usage::usage,
         routes::budgets::list_budgets, routes::budgets::set_budget, routes::budgets::delete_budget,
         routes::budgets::set_key_budget,
+        crate::openai::images::generations, crate::openai::models::list,
     ),
     components(schemas(ErrorBody)),
     modifiers(&OwnerSecurity),
-    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "usage"), (name = "health"), (name = "admin"))
+    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "usage"), (name = "openai", description = "OpenAI-compatible: point an OpenAI SDK's base URL at `/v1`"), (name = "health"), (name = "admin"))
 )]
 pub struct ApiDoc;
 
@@ -98,8 +99,11 @@ pub fn document(authentication: bool, batch_max: usize) -> Document {
 }
 
 /// Whether `path` is one of the caller's endpoints (scoped to an owner, authenticated, rate limited).
+/// Endpoints that need credentials (when authentication is on): the owner's, and the OpenAI-compatible ones (whose
+/// error answers are documented in OpenAI's shape on the handlers themselves).
 fn is_owner_route(path: &str) -> bool {
-    path.starts_with("/api/v1/") && !matches!(path, "/api/v1/providers" | "/api/v1/models")
+    (path.starts_with("/api/v1/") && !matches!(path, "/api/v1/providers" | "/api/v1/models"))
+        || path.starts_with("/v1/")
 }
 
 struct OwnerSecurity;
@@ -260,7 +264,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 18);
+        assert_eq!(owner_ops, 20);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(

@@ -16,6 +16,7 @@ mod health;
 mod images;
 mod jobs;
 mod models;
+mod openai;
 mod providers;
 mod proxies;
 mod standalone;

@@ -39,6 +39,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(admin::router())
         .merge(usage::router())
         .merge(budgets::router())
+        .merge(crate::openai::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::rate_limit::per_minute,

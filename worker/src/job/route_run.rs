@@ -328,11 +328,16 @@ impl<'a> RouteRun<'a> {
     /// that cannot be written is logged, never fails the job: the pictures are worth more than the record.
     async fn record_charge(&self, output: &ProviderOutput, attempt: RouteAttempt) {
         let request = &self.route.request;
-        let echoed = output
-            .meta
-            .get("size")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|s| s.parse::<ImageSize>().ok());
+        // What the provider said it made (`answered`: the options a GPT image answer echoes).
+        let answered = |key: &str| {
+            output
+                .meta
+                .get("answered")
+                .and_then(|a| a.get(key))
+                .or_else(|| output.meta.get(key))
+                .and_then(serde_json::Value::as_str)
+        };
+        let echoed = answered("size").and_then(|s| s.parse::<ImageSize>().ok());
         let size = request
             .size()
             .exact()
@@ -344,10 +349,7 @@ impl<'a> RouteRun<'a> {
                 .meta
                 .get("cost_credits")
                 .and_then(serde_json::Value::as_f64),
-            quality: output
-                .meta
-                .get("quality")
-                .and_then(serde_json::Value::as_str)
+            quality: answered("quality")
                 .and_then(|q| q.parse().ok())
                 .or(request.quality()),
             sizes: vec![size; output.images.len()],

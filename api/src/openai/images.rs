@@ -1,0 +1,433 @@
+//! `POST /v1/images/generations`: OpenAI's Images API on our pipeline. The body is OpenAI's; it becomes the same
+//! request `/api/v1/generate` takes and runs the same way in wait mode (recorded, limited, budgeted, stored, costed),
+//! and the answer is OpenAI's shape with our stored pictures (`b64_json`) or our own signed links (`url`). The job's
+//! id is in `x-imagegen-job-id`, the correlation id in `x-request-id` as well. A client that goes away does not stop
+//! the job: it finishes and stays in `/api/v1/jobs`.
+//!
+//! `stream: true` answers server-sent events named as OpenAI names them: one `image_generation.completed` per
+//! picture (the last with `usage`) once the job ends. Partial pictures are not passed through yet.
+
+use crate::auth::Submitter;
+use crate::error::ApiError;
+use crate::extract::{AppJson, CorrelationId};
+use crate::routes::{base_url, finished_job_response};
+use crate::state::AppState;
+use crate::submit::{lifecycle_headers, submit_request};
+use crate::wait::wait_for_job;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures::StreamExt;
+use imagegen_shared::catalogue::Family;
+use imagegen_shared::db::{self, ImageRecord, JobRecord};
+use imagegen_shared::domain::{GenerateBody, JobStatus, ProviderId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use utoipa::ToSchema;
+
+/// OpenAI's image generation body (`openai.images.generate`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageGenerationBody {
+    /// A catalogue model id (`gpt-image-2`, `dall-e-3` (served by its replacement), `flux-2-pro`, ...), or a
+    /// provider id (`openai`, `azure_openai`, `flux`, `bfl`, `dalle3`, `flux_schnell`) for its default model.
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: String,
+    /// Pictures, 1 to the model's maximum.
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub quality: Option<String>,
+    #[serde(default)]
+    pub style: Option<String>,
+    #[serde(default)]
+    pub background: Option<String>,
+    #[serde(default)]
+    pub output_format: Option<String>,
+    #[serde(default)]
+    pub output_compression: Option<i64>,
+    #[serde(default)]
+    pub moderation: Option<String>,
+    /// `b64_json` or `url` (our own signed download link); default `b64_json`, `url` for DALL-E models.
+    #[serde(default)]
+    pub response_format: Option<String>,
+    /// The end user, for abuse tracing; logged, not sent on.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// 0 to 3; accepted (partial pictures are not passed through yet).
+    #[serde(default)]
+    pub partial_images: Option<i64>,
+}
+
+/// One picture of the answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiImage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b64_json: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revised_prompt: Option<String>,
+}
+
+/// OpenAI's `ImagesResponse`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImagesResponse {
+    pub created: i64,
+    pub data: Vec<OpenAiImage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    B64,
+    Url,
+}
+
+/// The body as `/api/v1/generate` takes it, and how pictures are to be answered.
+fn translate(
+    state: &AppState,
+    body: ImageGenerationBody,
+) -> Result<(GenerateBody, Format), ApiError> {
+    let offer = state.offer();
+    let (model, provider) = match body.model.as_deref().map(str::trim) {
+        None | Some("") => (None, None),
+        Some(m) if m.parse::<ProviderId>().is_ok() || offer.catalogue.legacy_model(m).is_some() => {
+            (None, Some(m.to_owned()))
+        }
+        Some(m) => (Some(m.to_owned()), None),
+    };
+    if let Some(p) = body.partial_images
+        && !(0..=3).contains(&p)
+    {
+        return Err(invalid("partial_images", "partial_images must be 0 to 3"));
+    }
+    let format = match body.response_format.as_deref() {
+        Some("b64_json") => Format::B64,
+        Some("url") => Format::Url,
+        Some(other) => {
+            return Err(invalid(
+                "response_format",
+                &format!("response_format must be 'b64_json' or 'url', not '{other}'"),
+            ));
+        }
+        None => {
+            let family = model
+                .as_deref()
+                .and_then(|m| offer.catalogue.get(m))
+                .map(|m| m.family);
+            if family == Some(Family::DallE) {
+                Format::Url
+            } else {
+                Format::B64
+            }
+        }
+    };
+    if let Some(user) = &body.user {
+        tracing::info!(end_user = %user.chars().take(64).collect::<String>(), "OpenAI-compatible request");
+    }
+    Ok((
+        GenerateBody {
+            prompt: body.prompt,
+            model,
+            provider,
+            size: body.size,
+            quality: body.quality,
+            style: body.style,
+            num_images: body.n,
+            background: body.background,
+            output_format: body.output_format,
+            output_compression: body.output_compression,
+            moderation: body.moderation,
+            ..GenerateBody::default()
+        },
+        format,
+    ))
+}
+
+fn invalid(field: &str, message: &str) -> ApiError {
+    ApiError::Validation(imagegen_shared::domain::ValidationErrors(vec![
+        imagegen_shared::domain::FieldError {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        },
+    ]))
+}
+
+/// Create image (OpenAI-compatible).
+///
+/// OpenAI's `POST /v1/images/generations`: point an OpenAI SDK's `base_url` at this service (`.../v1`) and use an
+/// API key of ours. Runs as `POST /api/v1/generate` in wait mode; errors are in OpenAI's shape.
+#[utoipa::path(post, path = "/v1/images/generations", tag = "openai", request_body = ImageGenerationBody,
+    responses(
+        (status = 200, description = "The pictures; with `stream: true`, server-sent events (`image_generation.completed`)",
+            content((ImagesResponse = "application/json"), (String = "text/event-stream")),
+            headers(("x-imagegen-job-id" = String, description = "The job behind the answer"))),
+        (status = 400, description = "Invalid request or content policy (`invalid_request_error`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 401, description = "No or a bad credential (`invalid_api_key`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 403, description = "Not allowed to generate (`forbidden`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 405, description = "Not POST (`method_not_allowed`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 409, description = "The job was canceled (`job_canceled`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 422, description = "An Idempotency-Key used with another request (`idempotency_key_reused`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 500, description = "The images could not be stored (`storage_error`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 503, description = "Database, queue or provider unavailable (`service_unavailable`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 404, description = "A retired model with no replacement here (`model_not_found`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 429, description = "Rate limit, or budget spent (`insufficient_quota`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 502, description = "The provider failed (`server_error`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 504, description = "Still running after WAIT_MAX_SECS; the job goes on (`x-imagegen-job-id`)", body = crate::openai::error::OpenAiErrorBody),
+    ))]
+pub async fn generations(
+    State(state): State<AppState>,
+    submitter: Submitter,
+    CorrelationId(correlation_id): CorrelationId,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<ImageGenerationBody>,
+) -> Result<Response, ApiError> {
+    let stream = body.stream.unwrap_or(false);
+    let (body, format) = translate(&state, body)?;
+    let (job, notices) = submit_request(
+        &state,
+        &submitter,
+        &correlation_id,
+        &headers,
+        "v1/images/generations",
+        body,
+    )
+    .await?;
+    let owner = submitter.0;
+    let job_id = job.id;
+    let links = base_url(&state, &headers, peer);
+    let mut response = if stream {
+        Sse::new(stream_events(state.clone(), owner, job, format, links)).into_response()
+    } else {
+        let job = wait_for_job(&state, &owner, job.id, state.wait_max)
+            .await?
+            .ok_or(ApiError::NotFound("Job"))?;
+        match answer(&state, &owner, &job, format, &links).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    };
+    lifecycle_headers(&notices, response.headers_mut());
+    for (name, value) in [
+        ("x-imagegen-job-id", job_id.to_string()),
+        ("x-request-id", correlation_id),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+/// An option the provider echoed (`provider_meta.answered`), else the one asked for unless `auto`.
+fn echoed(job: &JobRecord, key: &str, asked: Option<String>) -> Option<String> {
+    job.provider_meta
+        .as_ref()
+        .and_then(|m| m.0.get("answered").and_then(|a| a.get(key)))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or(asked)
+        .filter(|v| v != "auto")
+}
+
+/// A job that ended: its pictures in OpenAI's shape, or its failure as an error. Still running after the wait: 504
+/// naming the job, which goes on.
+async fn answer(
+    state: &AppState,
+    owner: &str,
+    job: &JobRecord,
+    format: Format,
+    links: &crate::links::Links,
+) -> Result<Response, ApiError> {
+    match job.status {
+        JobStatus::Succeeded => {}
+        JobStatus::Queued | JobStatus::Running => {
+            return Err(ApiError::JobUnsuccessful {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: "timeout".into(),
+                message: format!(
+                    "Still running after {} s; it goes on: GET /api/v1/jobs/{}",
+                    state.wait_max.as_secs(),
+                    job.id
+                ),
+                job_id: job.id,
+            });
+        }
+        _ => return finished_job_response(state, links, job).await,
+    }
+    let mut images = db::images::images_for_jobs(&state.pool, owner, &[job.id]).await?;
+    images.sort_by_key(|i| i.position);
+    let mut data = Vec::with_capacity(images.len());
+    for image in &images {
+        data.push(picture(state, owner, image, format, links).await?);
+    }
+    Ok(axum::Json(images_response(job, data)).into_response())
+}
+
+fn images_response(job: &JobRecord, data: Vec<OpenAiImage>) -> ImagesResponse {
+    let req = &job.request.0;
+    ImagesResponse {
+        created: job.finished_at.unwrap_or(job.created_at).timestamp(),
+        data,
+        background: echoed(
+            job,
+            "background",
+            req.background().map(|b| b.as_str().to_owned()),
+        ),
+        output_format: echoed(
+            job,
+            "output_format",
+            req.output_format().map(|f| f.as_str().to_owned()),
+        ),
+        quality: echoed(job, "quality", req.quality().map(|q| q.as_str().to_owned())),
+        size: echoed(job, "size", Some(req.size().to_string())),
+        usage: job
+            .provider_meta
+            .as_ref()
+            .and_then(|m| m.0.get("usage"))
+            .filter(|u| !u.is_null())
+            .cloned(),
+    }
+}
+
+/// One stored picture: its bytes in base64, or our own download link.
+async fn picture(
+    state: &AppState,
+    owner: &str,
+    image: &ImageRecord,
+    format: Format,
+    links: &crate::links::Links,
+) -> Result<OpenAiImage, ApiError> {
+    let (b64_json, url) = match format {
+        Format::Url => (None, Some(links.download(image.id, owner))),
+        Format::B64 => {
+            let bytes = state
+                .storage
+                .get(&image.storage_key)
+                .await
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading a stored picture: {e}")))?
+                .bytes()
+                .await
+                .map_err(|e| {
+                    ApiError::Internal(anyhow::anyhow!("reading a stored picture: {e}"))
+                })?;
+            (
+                Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                None,
+            )
+        }
+    };
+    Ok(OpenAiImage {
+        b64_json,
+        url,
+        revised_prompt: image.revised_prompt.clone(),
+    })
+}
+
+/// The events of a streamed request: once the job ends, one `image_generation.completed` per picture (the last
+/// with `usage`), or one `error` event in OpenAI's error shape.
+fn stream_events(
+    state: AppState,
+    owner: String,
+    job: JobRecord,
+    format: Format,
+    links: crate::links::Links,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    futures::stream::once(async move {
+        let events = match completed_events(&state, &owner, &job, format, &links).await {
+            Ok(events) => events,
+            Err(e) => vec![error_event(e)],
+        };
+        futures::stream::iter(events.into_iter().map(Ok))
+    })
+    .flatten()
+}
+
+async fn completed_events(
+    state: &AppState,
+    owner: &str,
+    job: &JobRecord,
+    format: Format,
+    links: &crate::links::Links,
+) -> Result<Vec<Event>, ApiError> {
+    let job = wait_for_job(state, owner, job.id, state.wait_max)
+        .await?
+        .ok_or(ApiError::NotFound("Job"))?;
+    let response = answer(state, owner, &job, format, links).await?;
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
+    let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.into()))?;
+    let pictures = body["data"].as_array().cloned().unwrap_or_default();
+    let last = pictures.len().saturating_sub(1);
+    let mut events = Vec::with_capacity(pictures.len());
+    for (i, p) in pictures.into_iter().enumerate() {
+        let mut data = serde_json::json!({
+            "type": "image_generation.completed",
+            "created_at": body["created"],
+            "b64_json": p.get("b64_json").cloned().unwrap_or(Value::Null),
+            "size": body.get("size").cloned().unwrap_or(Value::Null),
+            "quality": body.get("quality").cloned().unwrap_or(Value::Null),
+            "background": body.get("background").cloned().unwrap_or(Value::Null),
+            "output_format": body.get("output_format").cloned().unwrap_or(Value::Null),
+        });
+        if i == last
+            && let Some(usage) = body.get("usage")
+        {
+            data["usage"] = usage.clone();
+        }
+        if let Some(url) = p.get("url") {
+            data["url"] = url.clone();
+        }
+        events.push(
+            Event::default()
+                .event("image_generation.completed")
+                .data(data.to_string()),
+        );
+    }
+    Ok(events)
+}
+
+/// A failure after the stream started, as the OpenAI SDKs read it (they raise `APIError` on an `error` event).
+fn error_event(e: ApiError) -> Event {
+    let response = e.into_response();
+    let status = response.status();
+    let pending = response
+        .extensions()
+        .get::<crate::error::PendingError>()
+        .cloned();
+    let error = match pending {
+        Some(p) => crate::openai::error::body(status, &p).error,
+        None => crate::openai::error::OpenAiError {
+            message: "An internal error occurred".into(),
+            kind: "server_error".into(),
+            param: None,
+            code: None,
+        },
+    };
+    let body = serde_json::json!({"type": "error", "error": error});
+    Event::default().event("error").data(body.to_string())
+}
