@@ -179,7 +179,8 @@ async fn a_streamed_request_answers_server_sent_events(pool: PgPool) {
     let events: Vec<Value> = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).expect("json event"))
+        .map(|d| serde_json::from_str::<Value>(d).expect("json event"))
+        .filter(|e| e["type"] != "image_generation.partial_image")
         .collect();
     assert_eq!(events.len(), 2, "{text:.300}");
     assert_eq!(text.matches("event: image_generation.completed").count(), 2);
@@ -192,6 +193,53 @@ async fn a_streamed_request_answers_server_sent_events(pool: PgPool) {
         events[1]["usage"]["total_tokens"].as_u64() > Some(0),
         "usage on the last"
     );
+}
+
+/// Partial pictures stream through from the provider (the worker passes them on) before the completed one.
+#[sqlx::test(migrations = "./migrations")]
+async fn partial_pictures_stream_through_before_the_completed_one(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    // The provider answers a moment later, so the request is listening before the first partial.
+    stack.emulator_config(json!({"latency_ms": 400})).await;
+    let r = stack
+        .http
+        .post(stack.url("/v1/images/generations"))
+        .json(&json!({"model": "gpt-image-2", "prompt": "a kite", "stream": true, "partial_images": 2}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("body");
+    let types: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            serde_json::from_str::<Value>(d).expect("json")["type"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "image_generation.partial_image",
+            "image_generation.partial_image",
+            "image_generation.completed"
+        ],
+        "{text:.400}"
+    );
+    let first: Value = serde_json::from_str(
+        text.lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("an event"),
+    )
+    .expect("json");
+    assert_eq!(first["partial_image_index"], 0);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(first["b64_json"].as_str().expect("b64"))
+        .expect("base64");
+    assert_eq!(png_size(&bytes), (1024, 1024), "a whole (coarse) picture");
 }
 
 #[sqlx::test(migrations = "./migrations")]

@@ -4,8 +4,10 @@
 //! id is in `x-imagegen-job-id`, the correlation id in `x-request-id` as well. A client that goes away does not stop
 //! the job: it finishes and stays in `/api/v1/jobs`.
 //!
-//! `stream: true` answers server-sent events named as OpenAI names them: one `image_generation.completed` per
-//! picture (the last with `usage`) once the job ends. Partial pictures are not passed through yet.
+//! `stream: true` answers server-sent events named as OpenAI names them: with `partial_images`, each partial picture
+//! a provider that streams (OpenAI's GPT image models) makes, as the worker passes it on; then one
+//! `image_generation.completed` per picture (the last with `usage`) once the job ends. A provider that does not
+//! stream makes no partials: the completed events come all the same.
 
 use crate::auth::Submitter;
 use crate::error::ApiError;
@@ -19,7 +21,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use futures::StreamExt;
 use imagegen_shared::catalogue::Family;
 use imagegen_shared::db::{self, ImageRecord, JobRecord};
 use imagegen_shared::domain::{GenerateBody, JobStatus, ProviderId};
@@ -63,7 +64,7 @@ pub struct ImageGenerationBody {
     pub user: Option<String>,
     #[serde(default)]
     pub stream: Option<bool>,
-    /// 0 to 3; accepted (partial pictures are not passed through yet).
+    /// 0 to 3 partial pictures per picture while streaming (from providers that stream them).
     #[serde(default)]
     pub partial_images: Option<i64>,
 }
@@ -158,6 +159,12 @@ fn translate(
             output_format: body.output_format,
             output_compression: body.output_compression,
             moderation: body.moderation,
+            // Streamed requests pass partial pictures on from providers that stream them.
+            partial_images: if body.stream.unwrap_or(false) {
+                u8::try_from(body.partial_images.unwrap_or(0)).unwrap_or(0)
+            } else {
+                0
+            },
             ..GenerateBody::default()
         },
         format,
@@ -347,8 +354,9 @@ async fn picture(
     })
 }
 
-/// The events of a streamed request: once the job ends, one `image_generation.completed` per picture (the last
-/// with `usage`), or one `error` event in OpenAI's error shape.
+/// The events of a streamed request: each partial picture the provider streams, as it arrives
+/// (`image_generation.partial_image`), then once the job ends one `image_generation.completed` per picture (the last
+/// with `usage`), or one `error` event in OpenAI's error shape. A client that goes away stops the events, not the job.
 fn stream_events(
     state: AppState,
     owner: String,
@@ -356,14 +364,72 @@ fn stream_events(
     format: Format,
     links: crate::links::Links,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
-    futures::stream::once(async move {
-        let events = match completed_events(&state, &owner, &job, format, &links).await {
-            Ok(events) => events,
-            Err(e) => vec![error_event(e)],
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(8);
+    tokio::spawn(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_guard = stop.clone().drop_guard();
+        let mut partials = if job.request.0.partial_images() > 0 {
+            match state.queue.partials(job.id, stop.clone()).await {
+                Ok(rx) => Some(rx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for partial pictures; completed ones only");
+                    None
+                }
+            }
+        } else {
+            None
         };
-        futures::stream::iter(events.into_iter().map(Ok))
+        let finished = completed_events(&state, &owner, &job, format, &links);
+        tokio::pin!(finished);
+        let events = loop {
+            let frame = async {
+                match partials.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                done = &mut finished => break match done {
+                    Ok(events) => events,
+                    Err(e) => vec![error_event(e)],
+                },
+                frame = frame => match frame {
+                    Some(frame) => {
+                        if tx.send(partial_event(&job, &frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => partials = None,
+                },
+            }
+        };
+        for event in events {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
     })
-    .flatten()
+}
+
+/// A partial picture as OpenAI streams it.
+fn partial_event(job: &JobRecord, frame: &imagegen_shared::queue::partials::PartialFrame) -> Event {
+    let req = &job.request.0;
+    let data = serde_json::json!({
+        "type": "image_generation.partial_image",
+        "b64_json": frame.b64_json,
+        "partial_image_index": frame.partial_image_index,
+        "created_at": chrono::Utc::now().timestamp(),
+        "size": req.size().to_string(),
+        "quality": req.quality().map_or("auto", |q| q.as_str()),
+        "background": req.background().map_or("auto", |b| b.as_str()),
+        "output_format": req.output_format().map_or("png", |f| f.as_str()),
+    });
+    Event::default()
+        .event("image_generation.partial_image")
+        .data(data.to_string())
 }
 
 async fn completed_events(

@@ -69,6 +69,10 @@ pub struct GenerateBody {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 86_400)]
     pub deadline_seconds: Option<i64>,
+    /// Partial pictures to stream (the OpenAI-compatible endpoint sets it; not part of this body's JSON).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub partial_images: u8,
 }
 
 /// A request every part of which has been checked: this is what is stored on the job and run by a worker. Made only
@@ -107,10 +111,21 @@ pub struct GenerationRequest {
     /// Every change made at submission to suit the serving model, e.g. `size 1792x1024 -> 1536x1024`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) translations: Vec<String>,
+    /// Partial pictures to stream while generating (0 to 3; the OpenAI-compatible `stream` requests). A provider
+    /// that streams is asked for them and the worker passes them on; one that does not simply makes none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) partial_images: u8,
     /// The model came from a seed provider name (`flux_schnell`), which any provider of its family may serve.
     #[serde(skip)]
     pub(crate) via_seed_name: bool,
 }
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+/// The most partial pictures a request may ask for (OpenAI's bound).
+pub const MAX_PARTIAL_IMAGES: u8 = 3;
 
 impl GenerationRequest {
     pub fn prompt(&self) -> &Prompt {
@@ -164,6 +179,14 @@ impl GenerationRequest {
     pub fn translations(&self) -> &[String] {
         &self.translations
     }
+    pub fn partial_images(&self) -> u8 {
+        self.partial_images
+    }
+    /// Asks for `n` partial pictures (held to 0..=3).
+    pub fn with_partial_images(mut self, n: u8) -> Self {
+        self.partial_images = n.min(MAX_PARTIAL_IMAGES);
+        self
+    }
 }
 
 /// The request as stored by any version: jobs written before the model catalogue named only a seed provider
@@ -199,6 +222,8 @@ struct StoredRequest {
     requested_model: Option<ModelId>,
     #[serde(default)]
     translations: Vec<String>,
+    #[serde(default)]
+    partial_images: u8,
 }
 
 impl<'de> Deserialize<'de> for GenerationRequest {
@@ -235,6 +260,7 @@ impl<'de> Deserialize<'de> for GenerationRequest {
             deadline_secs: s.deadline_secs,
             requested_model: s.requested_model,
             translations: s.translations,
+            partial_images: s.partial_images.min(MAX_PARTIAL_IMAGES),
             via_seed_name: false,
         })
     }
@@ -618,6 +644,7 @@ impl GenerationRequest {
                 moderation,
                 requested_model: None,
                 translations: Vec::new(),
+                partial_images: body.partial_images.min(MAX_PARTIAL_IMAGES),
                 via_seed_name: body.model.is_none()
                     && body
                         .provider

@@ -24,6 +24,7 @@ pub(super) struct LocalQueue {
     /// Messages pushed and not yet taken (delayed ones included).
     depth: AtomicU64,
     events: broadcast::Sender<JobEvent>,
+    pub(super) partials: super::partials::LocalPartials,
 }
 
 impl LocalQueue {
@@ -35,6 +36,7 @@ impl LocalQueue {
             receiver: Mutex::new(receiver),
             depth: AtomicU64::new(0),
             events,
+            partials: super::partials::LocalPartials::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 mod local;
 mod message;
+pub mod partials;
 mod redis;
 pub mod signals;
 
@@ -145,6 +146,29 @@ impl JobQueue {
         match &self.backend {
             Backend::Redis(q) => q.ping().await,
             Backend::Local(_) => Ok(()),
+        }
+    }
+
+    /// Publishes a partial picture of a running job (best effort: see `partials`).
+    pub async fn publish_partial(&self, frame: &partials::PartialFrame) -> Result<(), QueueError> {
+        match &self.backend {
+            Backend::Redis(q) => q.publish_partial(frame).await,
+            Backend::Local(q) => {
+                q.partials.publish(frame);
+                Ok(())
+            }
+        }
+    }
+
+    /// Listens to one job's partial pictures until `stop` (or the receiver is dropped); subscribed on return.
+    pub async fn partials(
+        &self,
+        job: crate::domain::JobId,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<partials::PartialFrame>, QueueError> {
+        match &self.backend {
+            Backend::Redis(q) => q.partials(job, stop).await,
+            Backend::Local(q) => Ok(q.partials.subscribe(job, stop)),
         }
     }
 

@@ -181,6 +181,27 @@ impl RedisQueue {
         Ok(())
     }
 
+    pub(super) async fn publish_partial(
+        &self,
+        frame: &super::partials::PartialFrame,
+    ) -> Result<(), QueueError> {
+        super::partials::publish_redis(&self.conn, &self.queue_name, frame).await?;
+        Ok(())
+    }
+
+    pub(super) async fn partials(
+        &self,
+        job: crate::domain::JobId,
+        stop: CancellationToken,
+    ) -> Result<mpsc::Receiver<super::partials::PartialFrame>, QueueError> {
+        match self.client.clone() {
+            Some(client) => {
+                Ok(super::partials::subscribe_redis(client, &self.queue_name, job, stop).await?)
+            }
+            None => Ok(mpsc::channel(1).1),
+        }
+    }
+
     pub(super) fn signals(&self, stop: CancellationToken) -> mpsc::Receiver<Signal> {
         match self.client.clone() {
             Some(client) => signals::subscribe_redis(client, &self.queue_name, Listen::All, stop),

@@ -394,29 +394,27 @@ impl<'a> RouteRun<'a> {
         permit: &Permit,
     ) -> Called<Result<ProviderOutput, ProviderError>> {
         let started = Instant::now();
-        let call = Call {
-            model: &self.route.model,
-            provider_model: &self.route.provider_model,
-            request: &self.route.request,
-            correlation_id: &self.job.correlation_id,
+        // Partial pictures asked for (OpenAI-compatible streaming): passed on to the job's listeners as they come.
+        let (partials, forwarder) = if self.route.request.partial_images() > 0 {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            (
+                Some(tx),
+                Some(tokio::spawn(forward_partials(
+                    self.ctx.queue.clone(),
+                    self.job.id,
+                    rx,
+                ))),
+            )
+        } else {
+            (None, None)
         };
-        let call = self.route.client.generate(&call);
-        tokio::pin!(call);
-        let ttl = self.limits.permit_ttl;
-        let mut renew = tokio::time::interval(ttl / 3);
-        renew.tick().await;
-        let result = loop {
-            tokio::select! {
-                r = &mut call => break Called::Done(r),
-                _ = renew.tick() => {
-                    if let Err(e) = self.ctx.limits.renew(self.limit_key(), &permit.id, ttl).await {
-                        tracing::warn!(error = %e, "could not renew the fleet permit");
-                    }
-                }
-                _ = self.lost.cancelled() => break Called::Lost,
-                _ = self.ctx.abandon.cancelled() => break Called::Abandoned,
-            }
-        };
+        let result = self.call_renewing(permit, partials.as_ref()).await;
+        // The sender goes with the call: the forwarder ends once it has published what it holds.
+        drop(partials);
+        if let Some(forwarder) = forwarder {
+            // Whatever it still holds goes out before the job is finished (the answer follows the partials).
+            let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
+        }
         let label = self.route.key.clone();
         metrics::histogram!("imagegen_provider_call_seconds", "route" => label.clone())
             .record(started.elapsed().as_secs_f64());
@@ -429,6 +427,38 @@ impl<'a> RouteRun<'a> {
                 .increment(1);
         }
         result
+    }
+
+    /// The call itself, renewing the permit while it runs.
+    async fn call_renewing(
+        &self,
+        permit: &Permit,
+        partials: Option<&crate::providers::stream::PartialSink>,
+    ) -> Called<Result<ProviderOutput, ProviderError>> {
+        let call = Call {
+            model: &self.route.model,
+            provider_model: &self.route.provider_model,
+            request: &self.route.request,
+            correlation_id: &self.job.correlation_id,
+            partials,
+        };
+        let call = self.route.client.generate(&call);
+        tokio::pin!(call);
+        let ttl = self.limits.permit_ttl;
+        let mut renew = tokio::time::interval(ttl / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut call => break Called::Done(r),
+                _ = renew.tick() => {
+                    if let Err(e) = self.ctx.limits.renew(self.limit_key(), &permit.id, ttl).await {
+                        tracing::warn!(error = %e, "could not renew the fleet permit");
+                    }
+                }
+                _ = self.lost.cancelled() => break Called::Lost,
+                _ = self.ctx.abandon.cancelled() => break Called::Abandoned,
+            }
+        }
     }
 
     /// Records the job succeeded with `made`: what the provider said, the history, the attempt count, usage, and
@@ -538,6 +568,25 @@ fn size_mismatches(route: &Route, images: &[NewImage]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Publishes a call's partial pictures for the job's listeners until the call ends (its sender is dropped).
+async fn forward_partials(
+    queue: imagegen_shared::queue::JobQueue,
+    job_id: imagegen_shared::domain::JobId,
+    mut rx: tokio::sync::mpsc::Receiver<crate::providers::stream::PartialPicture>,
+) {
+    while let Some(p) = rx.recv().await {
+        let frame = imagegen_shared::queue::partials::PartialFrame {
+            job_id,
+            image_index: p.image_index,
+            partial_image_index: p.partial_image_index,
+            b64_json: p.b64_json,
+        };
+        if let Err(e) = queue.publish_partial(&frame).await {
+            tracing::debug!(error = %e, "could not publish a partial picture");
+        }
+    }
 }
 
 /// Around `around`: between half of it and one and a half times it.

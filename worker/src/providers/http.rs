@@ -121,6 +121,37 @@ pub async fn send(
     }
 }
 
+/// An answer as read: its body (an error, or a 200 to parse), or already parsed while it streamed in.
+pub enum Answer {
+    Body(Bytes),
+    Parsed(super::images_api::ParsedImages),
+}
+
+/// Sends a provider call whose 200 answer is a stream `read` consumes (bounding it itself); any other status is read
+/// as by `send`, up to `MAX_ERROR_BODY`.
+pub async fn send_streaming<F, Fut>(
+    label: &str,
+    request: reqwest::RequestBuilder,
+    read: F,
+) -> Result<(u16, HeaderMap, Answer), ProviderError>
+where
+    F: FnOnce(reqwest::Response) -> Fut,
+    Fut: std::future::Future<Output = Result<super::images_api::ParsedImages, ProviderError>>,
+{
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(label, &e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    if status != 200 {
+        let (body, _) = read_capped(label, &mut response, MAX_ERROR_BODY).await?;
+        return Ok((status, headers, Answer::Body(body)));
+    }
+    let parsed = read(response).await?;
+    Ok((status, headers, Answer::Parsed(parsed)))
+}
+
 /// Reads at most `limit` bytes of `response`, chunk by chunk; `false` when the body went on past `limit` (what
 /// fitted is returned, the rest is never read: dropping the response closes the connection).
 pub async fn read_capped(

@@ -46,6 +46,11 @@ pub struct CreateImageRequest<'a> {
     pub output_compression: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moderation: Option<&'static str>,
+    /// Streamed answers with partial pictures (GPT image models; see `providers::stream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial_images: Option<u8>,
 }
 
 /// The body for `n` pictures of `req` on `model` (named `model_name` on the wire, when the path does not name it).
@@ -79,6 +84,8 @@ pub fn request_body<'a>(
             .map(|f| f.as_str()),
         output_compression: req.output_compression().filter(|_| gpt_image),
         moderation: req.moderation().filter(|_| gpt_image).map(|m| m.as_str()),
+        stream: None,
+        partial_images: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod flux;
 pub mod http;
 pub mod images_api;
 pub mod openai;
+pub mod stream;
 
 use async_trait::async_trait;
 use imagegen_shared::catalogue::ModelSpec;
@@ -49,6 +50,8 @@ pub struct Call<'a> {
     /// The request as translated for this model and provider.
     pub request: &'a GenerationRequest,
     pub correlation_id: &'a str,
+    /// Where partial pictures go when the request asks for them and the provider streams (`stream`).
+    pub partials: Option<&'a stream::PartialSink>,
 }
 
 /// A provider failure, classified once where the wire protocol is known.

@@ -8,6 +8,7 @@ use super::images_api::{ResponseFormat, SAFETY_PREFIX, parse_images, request_bod
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
+use imagegen_shared::catalogue::Family;
 use imagegen_shared::config::OpenAiSettings;
 use imagegen_shared::domain::{ModerationStage, ProviderId};
 use reqwest::header::HeaderMap;
@@ -151,13 +152,21 @@ impl ImageProvider for OpenAiClient {
 impl OpenAiClient {
     async fn call_once(&self, call: &Call<'_>, n: u8) -> Result<ProviderOutput, ProviderError> {
         let started = Instant::now();
-        let body = request_body(
+        let mut body = request_body(
             call.request,
             call.model,
             Some(call.provider_model),
             n,
             self.response_format,
         );
+        // Partial pictures asked for and someone to hand them to: stream (GPT image models only).
+        let sink = call
+            .partials
+            .filter(|_| call.request.partial_images() > 0 && call.model.family == Family::GptImage);
+        if sink.is_some() {
+            body.stream = Some(true);
+            body.partial_images = Some(call.request.partial_images());
+        }
         let mut request = self
             .http
             .post(self.endpoint.clone())
@@ -170,28 +179,46 @@ impl OpenAiClient {
         if let Some(project) = &self.settings.project {
             request = request.header("OpenAI-Project", project);
         }
-        let (status, headers, bytes) =
-            http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
+        let (status, headers, answer) = match sink {
+            Some(sink) => {
+                // Every partial is a whole picture: the cap counts them too.
+                let frames = n.saturating_mul(1 + call.request.partial_images());
+                let cap = AnswerCap::images(frames, self.max_image_bytes);
+                http::send_streaming(LABEL, request, |response| {
+                    super::stream::read_image_events(LABEL, response, cap, n, sink)
+                })
+                .await?
+            }
+            None => {
+                let (status, headers, bytes) =
+                    http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
+                (status, headers, http::Answer::Body(bytes))
+            }
+        };
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
-        if status != 200 {
-            let error = classify(status, &headers, &bytes);
-            tracing::warn!(
-                status,
-                request_id,
-                kind = error.kind(),
-                code = error.code(),
-                model = call.provider_model,
-                "openai call failed"
-            );
-            return Err(error);
-        }
-        let parsed = parse_images(LABEL, status, &bytes, n)?;
+        let parsed = match answer {
+            http::Answer::Body(bytes) if status != 200 => {
+                let error = classify(status, &headers, &bytes);
+                tracing::warn!(
+                    status,
+                    request_id,
+                    kind = error.kind(),
+                    code = error.code(),
+                    model = call.provider_model,
+                    "openai call failed"
+                );
+                return Err(error);
+            }
+            http::Answer::Body(bytes) => parse_images(LABEL, status, &bytes, n)?,
+            http::Answer::Parsed(parsed) => parsed,
+        };
         let meta = serde_json::json!({
             "provider": "openai",
             "model": call.provider_model,
             "request_id": request_id,
             "processing_ms": header_str(&headers, "openai-processing-ms").and_then(|v| v.parse::<u64>().ok()),
             "answered": parsed.echoed,
+            "streamed": sink.is_some(),
             "elapsed_ms": http::elapsed_ms(started),
         });
         Ok(ProviderOutput {
