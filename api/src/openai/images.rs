@@ -98,6 +98,17 @@ pub struct ImagesResponse {
     pub usage: Option<Value>,
 }
 
+/// One server-sent event of a streamed answer (`stream: true`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageStreamEvent {
+    /// `image_generation.partial_image`, `image_generation.completed` or `error`.
+    pub event: String,
+    /// The event as JSON: its `type` (the event's name), `b64_json`, `partial_image_index` (partials), `size`,
+    /// `quality`, `background`, `output_format`, `created_at`, and `usage` on the last completed picture; an
+    /// `error` event carries `error` in OpenAI's error shape.
+    pub data: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     B64,
@@ -187,7 +198,7 @@ fn invalid(field: &str, message: &str) -> ApiError {
 #[utoipa::path(post, path = "/v1/images/generations", tag = "openai", request_body = ImageGenerationBody,
     responses(
         (status = 200, description = "The pictures; with `stream: true`, server-sent events (`image_generation.completed`)",
-            content((ImagesResponse = "application/json"), (String = "text/event-stream")),
+            content((ImagesResponse = "application/json"), (ImageStreamEvent = "text/event-stream")),
             headers(("x-imagegen-job-id" = String, description = "The job behind the answer"))),
         (status = 400, description = "Invalid request or content policy (`invalid_request_error`)", body = crate::openai::error::OpenAiErrorBody),
         (status = 401, description = "No or a bad credential (`invalid_api_key`)", body = crate::openai::error::OpenAiErrorBody),

@@ -40,9 +40,11 @@ pub struct CreateKeyBody {
     #[serde(default)]
     pub expires_days: Option<u32>,
     /// USD the key may spend per UTC day (its owner's budget applies as well); none: no limit of its own.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     #[serde(default)]
     pub budget_usd_per_day: Option<f64>,
     /// USD the key may spend per UTC month.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     #[serde(default)]
     pub budget_usd_per_month: Option<f64>,
 }

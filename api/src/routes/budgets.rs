@@ -32,10 +32,10 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct BudgetBody {
     #[serde(default)]
-    #[schema(minimum = 0, example = 5.0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 5.0)]
     pub usd_per_day: Option<f64>,
     #[serde(default)]
-    #[schema(minimum = 0, example = 100.0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 100.0)]
     pub usd_per_month: Option<f64>,
 }
 

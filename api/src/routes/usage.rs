@@ -100,7 +100,15 @@ pub async fn usage(
     AppQuery(q): AppQuery<UsageQuery>,
 ) -> Result<axum::Json<UsageReport>, ApiError> {
     let now = Utc::now();
-    let from = match &q.from {
+    // An empty parameter is as good as none.
+    let given = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let (q_from, q_to, q_owner) = (given(&q.from), given(&q.to), given(&q.owner));
+    let from = match &q_from {
         Some(v) => parse_bound("from", v)?,
         None => {
             let today = now.date_naive();
@@ -110,7 +118,7 @@ pub async fn usage(
                 .and_utc()
         }
     };
-    let to = match &q.to {
+    let to = match &q_to {
         Some(v) => parse_bound("to", v)?,
         None => now,
     };
@@ -122,7 +130,7 @@ pub async fn usage(
             "A report covers at most {MAX_RANGE_DAYS} days"
         )));
     }
-    let owner = match q.owner.as_deref().map(str::trim) {
+    let owner = match q_owner.as_deref() {
         None => caller.owner.clone(),
         Some(o) if o == caller.owner => caller.owner.clone(),
         Some(o) => {
