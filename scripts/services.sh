@@ -4,10 +4,16 @@
 # container imagegen-test). Starts each, and installs it (Debian packages, PyPI, npm), only when it does not answer.
 # Says what it does. Idempotent. An emulator that cannot be installed is reported and skipped; the storage tests
 # that need it then fail saying so.
+#
+# With SERVICES_STARTED naming a file, each service this run starts itself (not one that already answered) is
+# appended to it, one line each: `pid NAME PID` for a process started in its own session (so `kill -- -PID` stops
+# it and its children), or `left NAME HOW-TO-STOP` for one handed to its own manager (Postgres, Redis).
+# scripts/test.sh uses it to stop what it started.
 set -euo pipefail
 
 PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_PORT=6379
 say() { echo "services: $*" >&2; }
+started() { if [ -n "${SERVICES_STARTED:-}" ]; then echo "$*" >>"$SERVICES_STARTED"; fi; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
@@ -27,7 +33,9 @@ ensure_postgres() {
   if command -v pg_ctlcluster >/dev/null && [ -n "$(ls /etc/postgresql 2>/dev/null)" ]; then
     local version; version=$(ls /etc/postgresql | sort -V | tail -n1)
     say "starting postgres cluster $version/main"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    if as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start; then
+      started left postgres "pg_ctlcluster $version main stop"
+    fi
   fi
   if ! wait_for postgres pg_up 2>/dev/null; then
     # No packaged cluster: run a private one with trust auth for local tests.
@@ -38,6 +46,7 @@ ensure_postgres() {
       as_root su postgres -c "$bin/initdb -D $dir -A trust -U postgres" >/dev/null
     fi
     as_root su postgres -c "$bin/pg_ctl -D $dir -l $dir/log -o '-c listen_addresses=$PG_HOST -p $PG_PORT -k $dir' start" >/dev/null
+    started left postgres "su postgres -c '$bin/pg_ctl -D $dir stop'"
     wait_for postgres pg_up
   fi
   say "postgres is up on $PG_HOST:$PG_PORT"
@@ -53,6 +62,7 @@ ensure_redis() {
   mkdir -p /var/tmp/imagegen-redis
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
     --dir /var/tmp/imagegen-redis --logfile /var/tmp/imagegen-redis/redis.log
+  started left redis "redis-cli -p $REDIS_PORT shutdown nosave"
   wait_for redis redis_up
   say "redis is up on 127.0.0.1:$REDIS_PORT"
 }
@@ -60,7 +70,8 @@ ensure_redis() {
 tcp_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 moto_up() { tcp_up "$MOTO_PORT"; }
 azurite_up() { tcp_up "$AZURITE_PORT"; }
-MOTO_PORT=5000 AZURITE_PORT=10000 TEST_CONTAINER=imagegen-test
+# The tests expect these ports; they can be changed only to check this script without touching running emulators.
+MOTO_PORT=${MOTO_PORT:-5000} AZURITE_PORT=${AZURITE_PORT:-10000} TEST_CONTAINER=imagegen-test
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 AZURITE_ACCOUNT=devstoreaccount1
 AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
@@ -75,6 +86,7 @@ ensure_moto() {
     fi
     say "starting moto's S3 server on 127.0.0.1:$MOTO_PORT"
     setsid nohup moto_server -H 127.0.0.1 -p "$MOTO_PORT" >/var/tmp/imagegen-moto.log 2>&1 < /dev/null &
+    started pid moto $!
     wait_for moto moto_up || { say "ERROR: moto did not start (see /var/tmp/imagegen-moto.log)"; return 0; }
   fi
   # Bucket for the tests (moto takes an unsigned PUT; an existing bucket answers 200 or 409, both fine).
@@ -93,6 +105,7 @@ ensure_azurite() {
     say "starting Azurite (blob) on 127.0.0.1:$AZURITE_PORT"
     setsid nohup azurite-blob --blobHost 127.0.0.1 --blobPort "$AZURITE_PORT" --inMemoryPersistence \
       --skipApiVersionCheck --loose --disableTelemetry >/var/tmp/imagegen-azurite.log 2>&1 < /dev/null &
+    started pid azurite $!
     wait_for azurite azurite_up || { say "ERROR: Azurite did not start (see /var/tmp/imagegen-azurite.log)"; return 0; }
   fi
   # Container for the tests: object_store cannot create one, so sign a Create Container call (Shared Key).

@@ -2,10 +2,32 @@
 # The one test command: starts (or installs) Postgres and Redis if they are not running, then runs every test of
 # the workspace (unit, integration against real Postgres/Redis, end-to-end against the real binaries).
 # Extra arguments go to the test runner, e.g. `scripts/test.sh generate::wait_mode`.
+# On exit it stops the storage emulators (moto, Azurite) it started itself, not ones that were already running
+# (KEEP_SERVICES=1 leaves them up for the next run); Postgres and Redis, if it started them, stay up and it says how
+# to stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/services.sh
+started=$(mktemp)
+stop_started() {
+  local kind name what
+  while read -r kind name what; do
+    if [[ "$kind" == pid && "${KEEP_SERVICES:-}" != 1 ]]; then
+      echo "test: stopping $name (pid $what), started by this run" >&2
+      kill -- "-$what" 2>/dev/null || true
+    elif [[ "$kind" == pid ]]; then
+      echo "test: $name is still running (started by this run, KEEP_SERVICES=1); stop it with: kill -- -$what" >&2
+    else
+      echo "test: $name is still running (started by this run); stop it with: $what" >&2
+    fi
+  done <"$started"
+  rm -f "$started"
+}
+trap stop_started EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+SERVICES_STARTED="$started" scripts/services.sh
 
 # sqlx::test creates (and drops) one database per test on this server.
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -13,9 +35,10 @@ export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
 # The end-to-end suite (one test binary, `it`: tests/it/main.rs) runs twice: api + worker processes on Postgres and
 # Redis, then one `imagegen standalone` process on SQLite with its in-process queue (E2E_MODE=standalone). The second
-# run leaves out, by filter, the modules whose tests need several processes or Redis itself (fleet, faults, budgets) or never
+# run leaves out, by filter, the modules whose tests need several processes or Redis itself (fleet, faults, budgets,
+# shutdown) or never use the stack (deploy, standalone), so what it counts as passed did run.
 # use the stack (deploy, standalone), so what it counts as passed did run.
-not_standalone=(fleet faults budgets deploy standalone)
+not_standalone=(fleet faults budgets deploy standalone shutdown)
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@" || status=$?

@@ -11,6 +11,8 @@ use imagegen_shared::config::{CoreArgs, DatabaseArgs};
 use imagegen_shared::{db, telemetry};
 use imagegen_worker::WorkerArgs;
 use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,26 +100,89 @@ struct MigrateArgs {
     database: DatabaseArgs,
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// After a second shutdown signal, how long the process waits for its running jobs to be handed back to the queue
+/// before it exits anyway (their leases then expire and the reconciler re-queues them).
+const FORCED_EXIT_AFTER: Duration = Duration::from_secs(5);
+
+/// The shutdown signals, SIGTERM or Ctrl-C (SIGINT): the first begins a graceful shutdown (workers take no new
+/// jobs and let running ones finish within their grace period), a second during it cuts it short (running jobs go
+/// back to the queue now and the process exits).
+struct Signals {
+    first: CancellationToken,
+    second: CancellationToken,
+}
+
+impl Signals {
+    /// Listens from now on (the handlers are installed before this returns).
+    fn listen() -> Signals {
+        let signals = Signals {
+            first: CancellationToken::new(),
+            second: CancellationToken::new(),
+        };
+        let tokens = [signals.first.clone(), signals.second.clone()];
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).ok();
+            let mut int = signal(SignalKind::interrupt()).ok();
+            tokio::spawn(async move {
+                for token in tokens {
+                    tokio::select! {
+                        () = next(&mut term) => {}
+                        () = next(&mut int) => {}
+                    }
+                    token.cancel();
+                }
+            });
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        tokio::spawn(async move {
+            for token in tokens {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                token.cancel();
+            }
+        });
+        signals
     }
+
+    /// Resolves on the first signal.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.first.clone().cancelled_owned()
+    }
+
+    /// Resolves on the second signal.
+    fn force(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.second.clone().cancelled_owned()
+    }
+
+    /// Runs `role` to its end, but no longer than FORCED_EXIT_AFTER past a second signal.
+    async fn bounded(&self, role: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+        let forced = async {
+            self.second.cancelled().await;
+            tokio::time::sleep(FORCED_EXIT_AFTER).await;
+        };
+        tokio::select! {
+            result = role => result,
+            () = forced => anyhow::bail!(
+                "still stopping {}s after the second shutdown signal; exiting anyway (jobs not handed back are \
+                 re-queued when their leases expire)",
+                FORCED_EXIT_AFTER.as_secs()
+            ),
+        }
+    }
+}
+
+/// The next delivery of a signal; never, if its handler could not be installed.
+#[cfg(unix)]
+async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(s) = signal
+        && s.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// clap's errors span several lines; configuration errors must be one line naming the variable.
@@ -271,8 +336,13 @@ enum Role {
 }
 
 async fn run(role: Role) -> anyhow::Result<()> {
+    // Only the long-running roles take over SIGINT and SIGTERM: Ctrl-C still stops `migrate` and `keys` at once.
     let command = match role {
-        Role::Standalone(args) => return standalone::run(*args, shutdown_signal()).await,
+        Role::Standalone(args) => {
+            let signals = Signals::listen();
+            let run = standalone::run(*args, signals.shutdown(), signals.force());
+            return signals.bounded(run).await;
+        }
         Role::Other(command) => command,
     };
     match command {
@@ -285,11 +355,26 @@ async fn run(role: Role) -> anyhow::Result<()> {
             let listener = imagegen_api::bind(&addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("API_PORT: cannot listen on {addr}: {e}"))?;
-            imagegen_api::run(*args, listener, shutdown_signal()).await
+            let signals = Signals::listen();
+            let api = imagegen_api::run(*args, listener, signals.shutdown());
+            // No jobs to hand back here: a second signal ends the shutdown delay and the open requests at once.
+            tokio::select! {
+                result = api => result,
+                () = signals.second.cancelled() => {
+                    tracing::warn!("second shutdown signal: exiting now, without waiting for open requests");
+                    Ok(())
+                }
+            }
         }
         Command::Worker(args) => {
             telemetry::init(&args.core.log_level)?;
-            imagegen_worker::run(args.settings()?, shutdown_signal()).await
+            let signals = Signals::listen();
+            let worker = imagegen_worker::consumer::run_forceable(
+                args.settings()?,
+                signals.shutdown(),
+                signals.force(),
+            );
+            signals.bounded(worker).await
         }
         Command::Migrate(args) => {
             telemetry::init(&args.core.log_level)?;
@@ -308,7 +393,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Command::Emulator(args) => {
             telemetry::init("info")?;
-            imagegen_emulator::run(args, shutdown_signal())
+            imagegen_emulator::run(args, Signals::listen().shutdown())
                 .await
                 .map_err(Into::into)
         }

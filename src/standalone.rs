@@ -124,9 +124,12 @@ fn is_blank(value: &Option<secrecy::SecretString>) -> bool {
         .is_none_or(|v| v.expose_secret().trim().is_empty())
 }
 
+/// Runs until `shutdown` resolves, then stops gracefully; `force` (a second signal) ends the workers' grace period
+/// at once, their running jobs handed back to the queue.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    force: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let Settings {
         mut api,
@@ -242,15 +245,28 @@ pub async fn run(
         None
     };
 
+    // A second signal: the workers hand their running jobs back at once, and the API stops without draining.
+    let forced = CancellationToken::new();
+    {
+        let forced = forced.clone();
+        tokio::spawn(async move {
+            force.await;
+            forced.cancel();
+        });
+    }
+
     // Either half ending (an error, or the signal) stops the other.
     let api_task = async {
-        let result = imagegen_api::serve(
+        let serve = imagegen_api::serve(
             api,
             backends.clone(),
             listener,
             stop.clone().cancelled_owned(),
-        )
-        .await;
+        );
+        let result = tokio::select! {
+            result = serve => result,
+            () = forced.cancelled() => Ok(()),
+        };
         stop.cancel();
         result
     };
@@ -261,10 +277,11 @@ pub async fn run(
             );
             return Ok(());
         };
-        let result = imagegen_worker::consumer::run_with(
+        let result = imagegen_worker::consumer::run_with_forceable(
             worker,
             backends.clone(),
             stop.clone().cancelled_owned(),
+            forced.clone().cancelled_owned(),
         )
         .await;
         stop.cancel();

@@ -25,10 +25,10 @@ where
             Err(rejection) => Err(match rejection {
                 JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
                 JsonRejection::JsonDataError(e) => {
-                    ApiError::InvalidBody(format!("Invalid request body: {}", e.body_text()))
+                    ApiError::InvalidBody(format!("Invalid request body: {}", cause(&e)))
                 }
                 JsonRejection::JsonSyntaxError(e) => {
-                    ApiError::InvalidBody(format!("Malformed JSON: {}", e.body_text()))
+                    ApiError::InvalidBody(format!("Malformed JSON: {}", cause(&e)))
                 }
                 other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                     ApiError::PayloadTooLarge(crate::config::MAX_BODY_BYTES)
@@ -37,6 +37,14 @@ where
             }),
         }
     }
+}
+
+/// What went wrong with a body, without axum's own preamble ("Failed to parse the request body as JSON: ..."), which
+/// would say again what our prefix says.
+fn cause(rejection: &dyn std::error::Error) -> String {
+    rejection
+        .source()
+        .map_or_else(|| rejection.to_string(), ToString::to_string)
 }
 
 /// An id type a path names, and what it is called when no such thing exists (`Job not found`).
@@ -181,6 +189,35 @@ impl WaitPreference {
 
 #[cfg(test)]
 mod tests {
+    use super::AppJson;
+    use crate::error::ApiError;
+    use axum::extract::FromRequest;
+
+    async fn body_error(body: &'static str) -> String {
+        let req = axum::http::Request::post("/")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .expect("request");
+        match AppJson::<std::collections::BTreeMap<String, u32>>::from_request(req, &()).await {
+            Err(ApiError::InvalidBody(message)) => message,
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("{body} was accepted"),
+        }
+    }
+
+    #[tokio::test]
+    async fn body_errors_say_what_is_wrong_once() {
+        let malformed = body_error("{nope").await;
+        assert!(malformed.starts_with("Malformed JSON: "), "{malformed}");
+        assert!(malformed.contains("line 1 column 2"), "{malformed}");
+        let invalid = body_error(r#"{"n": "x"}"#).await;
+        assert!(invalid.starts_with("Invalid request body: "), "{invalid}");
+        assert!(invalid.contains("invalid type"), "{invalid}");
+        for message in [malformed, invalid] {
+            assert!(!message.contains("Failed to"), "{message}");
+            assert!(!message.contains("request body as JSON"), "{message}");
+        }
+    }
     use super::*;
     use axum::http::HeaderValue;
 

@@ -16,14 +16,92 @@ use utoipa::openapi::security::{SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Header, OpenApi as Document, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-/// `GET /openapi.json` and Swagger UI at `/docs` (assets built into the binary, no CDN), describing this service:
-/// whether it asks for credentials (ENABLE_AUTHENTICATION) and the batch size it accepts (BATCH_MAX_REQUESTS).
-/// Built here and handed to `routes::router`, so the routes need not know the document.
-pub fn docs_router(authentication: bool, batch_max: usize) -> axum::Router<crate::state::AppState> {
-    axum::Router::new().merge(
-        utoipa_swagger_ui::SwaggerUi::new("/docs")
-            .url("/openapi.json", document(authentication, batch_max)),
-    )
+/// `GET /openapi.json` and Swagger UI at `/docs` and `/docs/` (the same page, so `curl /docs` shows it rather than a
+/// redirect; assets under `/docs/`, built into the binary, no CDN), describing this service: whether it asks for
+/// credentials (ENABLE_AUTHENTICATION) and the batch size it accepts (BATCH_MAX_REQUESTS). The UI's online validator
+/// is off (`validatorUrl: "none"`), so the page never calls out. Built here and handed to `routes::router`, so the
+/// routes need not know the document.
+pub fn docs_router<S: Clone + Send + Sync + 'static>(
+    authentication: bool,
+    batch_max: usize,
+) -> axum::Router<S> {
+    use axum::extract::Path;
+    use axum::routing::get;
+    use std::sync::Arc;
+
+    let document = Arc::new(document(authentication, batch_max));
+    let config = Arc::new(utoipa_swagger_ui::Config::new([OPENAPI_PATH]).validator_url("none"));
+    let page = {
+        let config = config.clone();
+        move || {
+            let config = config.clone();
+            async move { docs_page(config) }
+        }
+    };
+    axum::Router::new()
+        .route(
+            OPENAPI_PATH,
+            get(move || {
+                let document = document.clone();
+                async move { axum::Json(document) }
+            }),
+        )
+        .route("/docs", get(page.clone()))
+        .route("/docs/", get(page))
+        .route(
+            "/docs/{*asset}",
+            get(move |Path(asset): Path<String>| {
+                let config = config.clone();
+                async move { docs_asset(&asset, config) }
+            }),
+        )
+}
+
+/// Where the OpenAPI document is served.
+const OPENAPI_PATH: &str = "/openapi.json";
+
+/// Swagger UI's page. Its links are relative (`./swagger-ui.css`), which from `/docs` would point at the root, so
+/// the page names its base.
+fn docs_page(
+    config: std::sync::Arc<utoipa_swagger_ui::Config<'static>>,
+) -> axum::response::Response {
+    use axum::response::{Html, IntoResponse};
+    match utoipa_swagger_ui::serve("index.html", config) {
+        Ok(Some(file)) => {
+            let html = String::from_utf8_lossy(&file.bytes).replacen(
+                "<head>",
+                "<head>\n    <base href=\"/docs/\">",
+                1,
+            );
+            Html(html).into_response()
+        }
+        Ok(None) => http::StatusCode::NOT_FOUND.into_response(),
+        Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// One of Swagger UI's files under `/docs/` (`swagger-initializer.js` carries the configuration).
+fn docs_asset(
+    asset: &str,
+    config: std::sync::Arc<utoipa_swagger_ui::Config<'static>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+    match utoipa_swagger_ui::serve(asset, config) {
+        Ok(Some(file)) if file.gzpipped => (
+            [
+                (CONTENT_TYPE, file.content_type),
+                (CONTENT_ENCODING, "gzip".to_owned()),
+            ],
+            file.bytes.into_owned(),
+        )
+            .into_response(),
+        Ok(Some(file)) => {
+            ([(CONTENT_TYPE, file.content_type)], file.bytes.into_owned()).into_response()
+        }
+        Ok(None) => http::StatusCode::NOT_FOUND.into_response(),
+        Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// Names of the security schemes in `components.securitySchemes`.
@@ -236,6 +314,56 @@ fn integer_header(description: &str) -> Header {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn get(router: &axum::Router, path: &str) -> (u16, String, String) {
+        use tower::ServiceExt;
+        let request = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = router.clone().oneshot(request).await.expect("answer");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (
+            status,
+            content_type,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn docs_page_is_served_with_and_without_the_slash_and_never_calls_out() {
+        let router: axum::Router = docs_router(false, 10);
+        for path in ["/docs", "/docs/"] {
+            let (status, content_type, html) = get(&router, path).await;
+            assert_eq!(status, 200, "{path}");
+            assert!(
+                content_type.starts_with("text/html"),
+                "{path}: {content_type}"
+            );
+            assert!(html.contains("swagger-ui"), "{path}: {html}");
+            // From /docs, the page's relative links must still reach /docs/...
+            assert!(html.contains(r#"<base href="/docs/">"#), "{path}: {html}");
+        }
+        let (status, _, js) = get(&router, "/docs/swagger-initializer.js").await;
+        assert_eq!(status, 200);
+        assert!(js.contains(r#""validatorUrl": "none""#), "{js}");
+        assert!(js.contains(r#""url": "/openapi.json""#), "{js}");
+        let (status, content_type, _) = get(&router, "/docs/swagger-ui.css").await;
+        assert_eq!((status, content_type.as_str()), (200, "text/css"));
+        assert_eq!(get(&router, "/docs/nope.js").await.0, 404);
+        let (status, _, spec) = get(&router, "/openapi.json").await;
+        assert_eq!(status, 200);
+        let spec: serde_json::Value = serde_json::from_str(&spec).expect("json");
+        assert!(spec["paths"].get("/api/v1/jobs").is_some());
+    }
 
     #[test]
     fn owner_routes_need_credentials_and_document_auth_failures() {

@@ -117,9 +117,7 @@ impl Waiters {
                     tracing::warn!("job event subscription lost; reconnecting");
                 }
                 Some(Signal::Event(event)) => {
-                    // Every API replica sees every event: aggregate with max(), not sum().
-                    metrics::counter!("imagegen_jobs_finished_total", "status" => event.status.as_str())
-                        .increment(1);
+                    // Not counted here: imagegen_jobs_finished_total is counted once, by whoever ended the job.
                     self.wake(event.job_id);
                 }
                 Some(Signal::Wake) => {}

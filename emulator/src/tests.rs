@@ -1301,6 +1301,21 @@ async fn config_takes_json_whatever_the_content_type() {
         .await
         .expect("config");
     assert_eq!(r.status().as_u16(), 400, "not JSON");
+
+    // Reset takes no body, but one sent anyway (JSON or not, whatever its type) is no reason to refuse.
+    for content_type in [None, Some("application/json"), Some("text/plain")] {
+        let mut req = h.http.post(format!("{}/emulator/reset", h.base)).body("{}");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let r = req.send().await.expect("reset");
+        assert_eq!(r.status().as_u16(), 204, "{content_type:?}");
+    }
+    assert_eq!(
+        h.get_json("/emulator/config").await.1["openai"],
+        json!(Knobs::default()),
+        "reset"
+    );
 }
 
 fn schnell(prompt: &str) -> Value {

@@ -1,7 +1,7 @@
 //! The integration tests, one binary: the real `imagegen` binary started as processes (emulator, api, worker, or one
 //! standalone process) and driven over HTTP, one module per resource or concern. scripts/test.sh runs them all, then
 //! again in standalone mode (E2E_MODE=standalone) without the modules that need the api and worker processes on
-//! Postgres and Redis or do not use the stack at all: `fleet`, `faults`, `budgets`, `deploy` and `standalone`.
+//! Postgres and Redis or do not use the stack at all: `fleet`, `faults`, `budgets`, `shutdown`, `deploy` and `standalone`.
 
 mod support;
 
@@ -15,8 +15,10 @@ mod generate;
 mod health;
 mod images;
 mod jobs;
+mod metrics;
 mod models;
 mod openai;
 mod providers;
 mod proxies;
+mod shutdown;
 mod standalone;

@@ -190,8 +190,10 @@ async fn a_streamed_request_answers_server_sent_events(pool: PgPool) {
             .all(|e| e["type"] == "image_generation.completed" && e["b64_json"].is_string())
     );
     assert!(
-        events[1]["usage"]["total_tokens"].as_u64() > Some(0),
-        "usage on the last"
+        events
+            .iter()
+            .all(|e| e["usage"]["total_tokens"].as_u64() > Some(0)),
+        "usage on every completed event (each picture's share)"
     );
 }
 

@@ -51,13 +51,23 @@ pub async fn run(
     settings: WorkerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_forceable(settings, shutdown, std::future::pending()).await
+}
+
+/// `run`, with `force` cutting the shutdown grace period short (a second signal): the jobs still running are
+/// handed back to the queue at once, as at the end of the grace period, and the worker stops.
+pub async fn run_forceable(
+    settings: WorkerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    force: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let backends = Backends::connect(
         &settings.database.database_url,
         settings.database.database_max_connections,
         Some(&settings.redis.redis_url),
         &settings.redis.queue_name,
     )?;
-    run_with(settings, backends, shutdown).await
+    run_with_forceable(settings, backends, shutdown, force).await
 }
 
 /// Consumes the queue of `backends` until `shutdown` resolves (the standalone mode shares them with its API).
@@ -65,6 +75,16 @@ pub async fn run_with(
     settings: WorkerSettings,
     backends: Backends,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_forceable(settings, backends, shutdown, std::future::pending()).await
+}
+
+/// `run_with`, with `force` cutting the shutdown grace period short (see `run_forceable`).
+pub async fn run_with_forceable(
+    settings: WorkerSettings,
+    backends: Backends,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    force: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let storage =
         ImageStorage::from_settings(&settings.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -125,7 +145,13 @@ pub async fn run_with(
                 "shutting down: no new jobs; running jobs may finish"
             );
             stopping.cancel();
-            tokio::time::sleep(grace).await;
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = force => tracing::warn!(
+                    "second shutdown signal: not waiting out the grace period; running jobs handed back to the \
+                     queue now"
+                ),
+            }
             abandon.cancel();
         });
     }

@@ -55,6 +55,8 @@ pub async fn reconcile_once(
         .map(|id| (id, JobStatus::Canceled)))
     .chain(pass.failed.iter().map(|id| (id, JobStatus::Failed)));
     for (id, status) in ended {
+        // The reconciler ended it, so it counts it (the API does not count job events).
+        metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
         let event = JobEvent {
             job_id: *id,
             status,

@@ -6,7 +6,7 @@
 //!
 //! `stream: true` answers server-sent events named as OpenAI names them: with `partial_images`, each partial picture
 //! a provider that streams (OpenAI's GPT image models) makes, as the worker passes it on; then one
-//! `image_generation.completed` per picture (the last with `usage`) once the job ends. A provider that does not
+//! `image_generation.completed` per picture (each with its share of `usage`) once the job ends. A provider that does not
 //! stream makes no partials: the completed events come all the same.
 
 use crate::auth::Submitter;
@@ -62,6 +62,13 @@ pub struct ImageGenerationBody {
     /// The end user, for abuse tracing; logged, not sent on.
     #[serde(default)]
     pub user: Option<String>,
+    /// The end user as newer SDKs name it (`user`'s successor); logged, not sent on.
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
+    /// `low`, `medium` or `high`: accepted for compatibility; not sent on (the catalogue's models take no such
+    /// option).
+    #[serde(default)]
+    pub complexity: Option<String>,
     #[serde(default)]
     pub stream: Option<bool>,
     /// 0 to 3 partial pictures per picture while streaming (from providers that stream them).
@@ -154,7 +161,15 @@ fn translate(
             }
         }
     };
-    if let Some(user) = &body.user {
+    if let Some(c) = body.complexity.as_deref()
+        && !["low", "medium", "high"].contains(&c)
+    {
+        return Err(invalid(
+            "complexity",
+            &format!("complexity must be 'low', 'medium' or 'high', not '{c}'"),
+        ));
+    }
+    if let Some(user) = body.safety_identifier.as_ref().or(body.user.as_ref()) {
         tracing::info!(end_user = %user.chars().take(64).collect::<String>(), "OpenAI-compatible request");
     }
     Ok((
@@ -366,8 +381,9 @@ async fn picture(
 }
 
 /// The events of a streamed request: each partial picture the provider streams, as it arrives
-/// (`image_generation.partial_image`), then once the job ends one `image_generation.completed` per picture (the last
-/// with `usage`), or one `error` event in OpenAI's error shape. A client that goes away stops the events, not the job.
+/// (`image_generation.partial_image`), then once the job ends one `image_generation.completed` per picture (each
+/// with its share of `usage`), or one `error` event in OpenAI's error shape. A client that goes away stops the
+/// events, not the job.
 fn stream_events(
     state: AppState,
     owner: String,
@@ -459,7 +475,7 @@ async fn completed_events(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
     let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.into()))?;
     let pictures = body["data"].as_array().cloned().unwrap_or_default();
-    let last = pictures.len().saturating_sub(1);
+    let count = pictures.len();
     let mut events = Vec::with_capacity(pictures.len());
     for (i, p) in pictures.into_iter().enumerate() {
         let mut data = serde_json::json!({
@@ -471,10 +487,9 @@ async fn completed_events(
             "background": body.get("background").cloned().unwrap_or(Value::Null),
             "output_format": body.get("output_format").cloned().unwrap_or(Value::Null),
         });
-        if i == last
-            && let Some(usage) = body.get("usage")
-        {
-            data["usage"] = usage.clone();
+        // Each picture's share of the job's usage (the SDKs require it on every completed event).
+        if let Some(usage) = body.get("usage") {
+            data["usage"] = usage_share(usage, count, i);
         }
         if let Some(url) = p.get("url") {
             data["url"] = url.clone();
@@ -486,6 +501,31 @@ async fn completed_events(
         );
     }
     Ok(events)
+}
+
+/// Picture `i` of `n`'s share of `usage`: every count divided evenly, the remainder on the last picture.
+fn usage_share(usage: &Value, n: usize, i: usize) -> Value {
+    match usage {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), usage_share(v, n, i)))
+                .collect(),
+        ),
+        Value::Number(v) => match v.as_u64() {
+            Some(total) => {
+                let n = n.max(1) as u64;
+                let base = total / n;
+                let share = if i as u64 + 1 == n {
+                    total - base * (n - 1)
+                } else {
+                    base
+                };
+                Value::from(share)
+            }
+            None => usage.clone(),
+        },
+        other => other.clone(),
+    }
 }
 
 /// A failure after the stream started, as the OpenAI SDKs read it (they raise `APIError` on an `error` event).

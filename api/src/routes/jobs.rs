@@ -188,7 +188,9 @@ pub async fn cancel_job(
         };
     };
     tracing::info!(job_id = %id, "job canceled by the client");
-    metrics::counter!("imagegen_jobs_finished_total", "status" => "canceled").increment(1);
+    // This API ended the job, so it counts it (once: nobody counts job events; its worker, if it was running,
+    // finds it no longer its own).
+    metrics::counter!("imagegen_jobs_finished_total", "status" => job.status.as_str()).increment(1);
     let event = imagegen_shared::queue::signals::JobEvent {
         job_id: id,
         status: job.status,

@@ -145,6 +145,7 @@ pub async fn release(ctx: &JobContext, job: &JobRecord) -> Result<Outcome, Proce
 #[tracing::instrument(skip_all)]
 pub async fn publish_finished(ctx: &JobContext, id: JobId, outcome: &Outcome) {
     if let Outcome::Finished(status) = *outcome {
+        // Counted by the component that ended the job, here this worker (the API does not count job events).
         metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
         if let Err(e) = imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id).await {
             tracing::warn!(error = %e, "could not settle the job's budget; the reconciler will");
