@@ -49,8 +49,11 @@ enum Command {
 struct KeysArgs {
     #[command(flatten)]
     core: CoreArgs,
-    #[command(flatten)]
-    database: DatabaseArgs,
+    /// The database the API uses; by default the standalone mode's SQLite file (./data/imagegen.db), as the service
+    /// started without DATABASE_URL uses.
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL",
+          default_value = standalone::DEFAULT_DATABASE_URL)]
+    database_url: String,
     #[command(subcommand)]
     action: KeysAction,
 }
@@ -272,7 +275,7 @@ fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
 /// `imagegen keys ...`: on the same database the API uses (migrated first, which is idempotent).
 async fn keys(args: KeysArgs) -> anyhow::Result<()> {
     use imagegen_shared::db::api_keys;
-    let db = db::connect_lazy(&args.database.database_url, 2)
+    let db = db::connect_lazy(&args.database_url, 2)
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
     db::migrate(&db)
         .await

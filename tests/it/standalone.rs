@@ -243,3 +243,59 @@ async fn given_postgres_and_redis_it_uses_them(pool: sqlx::PgPool) {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `imagegen keys` without DATABASE_URL works on the standalone mode's own SQLite file, so the key it makes is
+/// accepted by the service started in the same directory.
+#[tokio::test]
+async fn keys_default_to_the_standalone_database() {
+    let dir = tempdir();
+    let keys = |args: &[&str]| {
+        let out = std::process::Command::new(support::BIN)
+            .arg("keys")
+            .args(args)
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LOG_LEVEL", "warn")
+            .output()
+            .expect("imagegen keys");
+        assert!(
+            out.status.success(),
+            "imagegen keys {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let key = keys(&["create", "--owner", "team-x"]);
+    assert!(key.starts_with("igk_"), "{key}");
+    assert!(keys(&["list"]).contains("team-x"));
+    let port = support::free_port();
+    let mut service = Proc::spawn_in(
+        Some(&dir),
+        "imagegen",
+        &[],
+        &[
+            kv("API_PORT", port.to_string()),
+            kv("ENABLE_AUTHENTICATION", "true"),
+            kv(
+                "DOWNLOAD_SIGNING_KEY",
+                "standalone-keys-signing-key-of-32-chars",
+            ),
+        ],
+    );
+    let base = wait_listening(&mut service, port).await;
+    let http = reqwest::Client::new();
+    let jobs = http
+        .get(format!("{base}/api/v1/jobs"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        jobs.status(),
+        200,
+        "the key made without DATABASE_URL is the service's"
+    );
+    drop(service);
+    let _ = std::fs::remove_dir_all(&dir);
+}
