@@ -213,7 +213,14 @@ pub async fn run(
     tracing::info!(
         url = %format!("http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(addr)),
         stores = %backends.describe(),
-        storage = ?api.storage.storage_backend,
+        storage = %api
+            .storage
+            .settings()
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                imagegen_shared::storage::ImageStorage::from_settings(&s).map_err(|e| e.to_string())
+            })
+            .map_or_else(|e| e, |s| s.location().to_owned()),
         workers = run_worker,
         "standalone: API and workers in one process"
     );

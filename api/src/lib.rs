@@ -116,7 +116,8 @@ pub async fn serve(
     let signals = state.queue.signals(stop.clone());
     let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
     let addr = listener.local_addr().context("listener address")?;
-    tracing::info!(%addr, environment = %settings.environment, "api listening");
+    tracing::info!(%addr, environment = %settings.environment, storage = %state.storage.location(),
+        "api listening");
     // Each request carries its connection's remote address (`ConnectInfo`): download links believe forwarded
     // headers only from TRUSTED_PROXIES.
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

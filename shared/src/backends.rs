@@ -19,6 +19,9 @@ pub struct Backends {
     pub budgets: BudgetLedger,
     /// The Redis behind the queue and limits, and the deployment's key prefix (`None`: all in process).
     redis: Option<(redis::aio::ConnectionManager, String)>,
+    /// Where the database and the queue are, for the start-up log: the SQLite file's absolute path, or the URLs
+    /// without their passwords.
+    locations: (String, String),
 }
 
 impl Backends {
@@ -32,6 +35,18 @@ impl Backends {
     ) -> anyhow::Result<Self> {
         let db =
             db::connect_lazy(database_url, max_connections).context("DATABASE_URL: invalid")?;
+        let db_location = match db::sqlite_path(database_url) {
+            Some(path) => std::path::absolute(path)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| path.to_owned()),
+            None => crate::config::redacted_url(database_url),
+        };
+        let queue_location = redis_url.map_or_else(String::new, |url| {
+            format!(
+                " {} (prefix {queue_name})",
+                crate::config::redacted_url(url)
+            )
+        });
         let (queue, limits, budgets, redis) = match redis_url {
             Some(url) => {
                 let (client, conn) = redis_connection(url).context("REDIS_URL: invalid")?;
@@ -55,6 +70,7 @@ impl Backends {
             limits,
             budgets,
             redis,
+            locations: (db_location, queue_location),
         })
     }
 
@@ -71,12 +87,14 @@ impl Backends {
             .map(|(conn, prefix)| (conn.clone(), prefix.as_str()))
     }
 
-    /// Where each store lives, for the start-up log.
+    /// Where each store lives, for the start-up log (paths resolved, no secrets).
     pub fn describe(&self) -> String {
         format!(
-            "database={} queue={}",
+            "database={} {} queue={}{}",
             self.db.kind(),
-            self.queue.describe()
+            self.locations.0,
+            self.queue.describe(),
+            self.locations.1
         )
     }
 }

@@ -200,10 +200,12 @@ impl ImageStorage {
                     })?;
                     let fs = LocalFileSystem::new_with_prefix(root)
                         .map_err(|e| StorageError::Config(format!("LOCAL_STORAGE_PATH: {e}")))?;
+                    // The resolved directory, so the start-up log says where the pictures really go.
+                    let shown = std::path::absolute(root).unwrap_or_else(|_| root.clone());
                     Self::plain(
                         Arc::new(fs),
                         StorageBackend::Local,
-                        format!("local:{}", root.display()),
+                        format!("local:{}", shown.display()),
                     )
                 }
                 StorageTarget::Memory => Self::memory(),

@@ -48,6 +48,26 @@ async fn an_empty_environment_runs_everything_and_keeps_jobs_across_restarts() {
 
     let mut first = start(&dir, port);
     let base = wait_listening(&mut first, port).await;
+    // The start-up line says where everything is: the SQLite file and the pictures' directory, resolved.
+    let output = first.output();
+    let started = output
+        .lines()
+        .find(|l| l.contains("standalone: API and workers"))
+        .unwrap_or_else(|| panic!("no start-up line in:\n{output}"));
+    let started: serde_json::Value = serde_json::from_str(started).expect("JSON log line");
+    let dir_text = dir.display().to_string();
+    assert!(
+        started["stores"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("{dir_text}/data/imagegen.db"))),
+        "{started}"
+    );
+    assert!(
+        started["storage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("local:{dir_text}"))),
+        "{started}"
+    );
     let providers: serde_json::Value = http
         .get(format!("{base}/api/v1/providers"))
         .send()
@@ -219,7 +239,8 @@ async fn given_postgres_and_redis_it_uses_them(pool: sqlx::PgPool) {
     );
     let base = wait_listening(&mut proc, port).await;
     assert!(
-        proc.output().contains("database=postgres queue=redis"),
+        proc.output().contains("database=postgres postgres://")
+            && proc.output().contains("queue=redis redis://"),
         "{}",
         proc.output()
     );

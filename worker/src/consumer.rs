@@ -191,7 +191,8 @@ pub async fn run_with_forceable(
     }
 
     let queue_name = settings.redis.queue_name.as_str();
-    tracing::info!(%worker_id, concurrency, queue = %queue_name, stores = %backends.describe(), "worker started");
+    tracing::info!(%worker_id, concurrency, queue = %queue_name, stores = %backends.describe(),
+        storage = %ctx.storage.location(), "worker started");
     let consumer = ConsumerSettings {
         worker_id,
         concurrency,
