@@ -244,6 +244,41 @@ async fn partial_pictures_stream_through_before_the_completed_one(pool: PgPool) 
     assert_eq!(png_size(&bytes), (1024, 1024), "a whole (coarse) picture");
 }
 
+/// Azure OpenAI streams GPT image answers too: its partial pictures come through the same way.
+#[sqlx::test(migrations = "./migrations")]
+async fn partial_pictures_stream_through_from_azure_too(pool: PgPool) {
+    let stack = start(&pool, crate::support::azure_options()).await;
+    stack
+        .emulator_config_for("azure", json!({"latency_ms": 400}))
+        .await;
+    let r = stack
+        .http
+        .post(stack.url("/v1/images/generations"))
+        .json(&json!({"model": "gpt-image-2", "prompt": "a kite", "stream": true, "partial_images": 1}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("body");
+    assert_eq!(
+        text.matches("event: image_generation.partial_image")
+            .count(),
+        1,
+        "{text:.300}"
+    );
+    assert_eq!(
+        text.matches("event: image_generation.completed").count(),
+        1,
+        "{text:.300}"
+    );
+    let jobs = stack.get("/api/v1/jobs").await;
+    assert_eq!(
+        jobs.body["jobs"][0]["served_by"], "azure_openai:gpt-image-2",
+        "{}",
+        jobs.body
+    );
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn the_model_list_is_openais_shape(pool: PgPool) {
     let stack = start(&pool, Options::default()).await;

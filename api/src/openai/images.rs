@@ -5,7 +5,7 @@
 //! the job: it finishes and stays in `/api/v1/jobs`.
 //!
 //! `stream: true` answers server-sent events named as OpenAI names them: with `partial_images`, each partial picture
-//! a provider that streams (OpenAI's GPT image models) makes, as the worker passes it on; then one
+//! a provider that streams (GPT image models on OpenAI and Azure OpenAI) makes, as the worker passes it on; then one
 //! `image_generation.completed` per picture (each with its share of `usage`) once the job ends. A provider that does not
 //! stream makes no partials: the completed events come all the same.
 

@@ -12,6 +12,7 @@ use super::images_api::{ResponseFormat, SAFETY_PREFIX, parse_images, request_bod
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
+use imagegen_shared::catalogue::Family;
 use imagegen_shared::config::{AzureAuth, AzurePath, AzureSettings};
 use imagegen_shared::domain::{ModerationStage, ProviderId};
 use reqwest::header::HeaderMap;
@@ -194,13 +195,21 @@ impl AzureClient {
         let deployment = call.provider_model;
         // On the v1 path `model` names the deployment; on the deployments path the URL does.
         let model_field = (self.settings.path == AzurePath::V1).then_some(deployment);
-        let body = request_body(
+        let mut body = request_body(
             call.request,
             call.model,
             model_field,
             n,
             self.response_format,
         );
+        // Partial pictures asked for and someone to hand them to: stream (GPT image models only).
+        let sink = call
+            .partials
+            .filter(|_| call.request.partial_images() > 0 && call.model.family == Family::GptImage);
+        if sink.is_some() {
+            body.stream = Some(true);
+            body.partial_images = Some(call.request.partial_images());
+        }
         let request = self
             .http
             .post(self.endpoint(deployment))
@@ -210,22 +219,40 @@ impl AzureClient {
             AzureAuth::ApiKey(key) => request.header("api-key", key.expose_secret()),
             AzureAuth::BearerToken(token) => request.bearer_auth(token.expose_secret()),
         };
-        let (status, headers, bytes) =
-            http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
+        let (status, headers, answer) = match sink {
+            Some(sink) => {
+                // Every partial is a whole picture: the cap counts them too.
+                let frames = n.saturating_mul(1 + call.request.partial_images());
+                let cap = AnswerCap::images(frames, self.max_image_bytes);
+                http::send_streaming(LABEL, request, |response| {
+                    super::stream::read_image_events(LABEL, response, cap, n, sink)
+                })
+                .await?
+            }
+            None => {
+                let (status, headers, bytes) =
+                    http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
+                (status, headers, http::Answer::Body(bytes))
+            }
+        };
         let request_id = header_str(&headers, "apim-request-id").map(str::to_owned);
-        if status != 200 {
-            let error = classify(status, &headers, &bytes);
-            tracing::warn!(
-                status,
-                request_id,
-                kind = error.kind(),
-                code = error.code(),
-                deployment,
-                "azure openai call failed"
-            );
-            return Err(error);
-        }
-        let parsed = parse_images(LABEL, status, &bytes, n)?;
+        let parsed = match answer {
+            http::Answer::Body(bytes) if status != 200 => {
+                let error = classify(status, &headers, &bytes);
+                tracing::warn!(
+                    status,
+                    request_id,
+                    kind = error.kind(),
+                    code = error.code(),
+                    deployment,
+                    "azure openai call failed"
+                );
+                return Err(error);
+            }
+            http::Answer::Body(bytes) => parse_images(LABEL, status, &bytes, n)?,
+            // A streamed answer's filter verdicts arrive as errors (a filtered picture is never completed).
+            http::Answer::Parsed(parsed) => parsed,
+        };
         // A 200 can still carry an image the output filter flagged.
         if let Some(flagged) = parsed.items.iter().find_map(|(_, m)| {
             m.content_filter_results
@@ -254,6 +281,7 @@ impl AzureClient {
             "region": header_str(&headers, "x-ms-region"),
             "filters": filters,
             "answered": parsed.echoed,
+            "streamed": sink.is_some(),
             "elapsed_ms": http::elapsed_ms(started),
         });
         Ok(ProviderOutput {
