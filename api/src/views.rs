@@ -132,12 +132,8 @@ pub struct JobView {
     pub correlation_id: String,
 }
 
-pub fn image_view(links: &Links, image: &ImageRecord) -> ImageView {
-    image_view_costed(links, image, None)
-}
-
-/// An image with its share of `job`'s cost: split evenly over `pictures`, the remainder on the first.
-pub fn image_view_costed(
+/// An image, with its share of `job`'s cost when given: split evenly over `pictures`, the remainder on the first.
+pub fn image_view(
     links: &Links,
     image: &ImageRecord,
     job: Option<(&JobRecord, usize)>,
@@ -222,7 +218,7 @@ pub fn job_view(
         images: {
             let own: Vec<&ImageRecord> = images.iter().filter(|i| i.job_id == job.id).collect();
             own.iter()
-                .map(|i| image_view_costed(base, i, Some((job, own.len()))))
+                .map(|i| image_view(base, i, Some((job, own.len()))))
                 .collect()
         },
         attempts: job.attempts,

@@ -259,7 +259,7 @@ pub async fn generations(
             .await?
             .ok_or(ApiError::NotFound("Job"))?;
         match answer(&state, &owner, &job, format, &links).await {
-            Ok(r) => r,
+            Ok(r) => axum::Json(r).into_response(),
             Err(e) => e.into_response(),
         }
     };
@@ -294,7 +294,7 @@ async fn answer(
     job: &JobRecord,
     format: Format,
     links: &crate::links::Links,
-) -> Result<Response, ApiError> {
+) -> Result<ImagesResponse, ApiError> {
     match job.status {
         JobStatus::Succeeded => {}
         JobStatus::Queued | JobStatus::Running => {
@@ -309,7 +309,15 @@ async fn answer(
                 job_id: job.id,
             });
         }
-        _ => return finished_job_response(state, links, job).await,
+        // Failed, moderated or canceled: the same error as wait mode's.
+        _ => {
+            finished_job_response(state, links, job).await?;
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "job {} ended {} without an error",
+                job.id,
+                job.status
+            )));
+        }
     }
     let mut images = db::images::images_for_jobs(&state.pool, owner, &[job.id]).await?;
     images.sort_by_key(|i| i.position);
@@ -317,7 +325,7 @@ async fn answer(
     for image in &images {
         data.push(picture(state, owner, image, format, links).await?);
     }
-    Ok(axum::Json(images_response(job, data)).into_response())
+    Ok(images_response(job, data))
 }
 
 fn images_response(job: &JobRecord, data: Vec<OpenAiImage>) -> ImagesResponse {
@@ -469,30 +477,25 @@ async fn completed_events(
     let job = wait_for_job(state, owner, job.id, state.wait_max)
         .await?
         .ok_or(ApiError::NotFound("Job"))?;
-    let response = answer(state, owner, &job, format, links).await?;
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
-    let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.into()))?;
-    let pictures = body["data"].as_array().cloned().unwrap_or_default();
-    let count = pictures.len();
-    let mut events = Vec::with_capacity(pictures.len());
-    for (i, p) in pictures.into_iter().enumerate() {
+    let answer = answer(state, owner, &job, format, links).await?;
+    let count = answer.data.len();
+    let mut events = Vec::with_capacity(count);
+    for (i, picture) in answer.data.iter().enumerate() {
         let mut data = serde_json::json!({
             "type": "image_generation.completed",
-            "created_at": body["created"],
-            "b64_json": p.get("b64_json").cloned().unwrap_or(Value::Null),
-            "size": body.get("size").cloned().unwrap_or(Value::Null),
-            "quality": body.get("quality").cloned().unwrap_or(Value::Null),
-            "background": body.get("background").cloned().unwrap_or(Value::Null),
-            "output_format": body.get("output_format").cloned().unwrap_or(Value::Null),
+            "created_at": answer.created,
+            "b64_json": picture.b64_json,
+            "size": answer.size,
+            "quality": answer.quality,
+            "background": answer.background,
+            "output_format": answer.output_format,
         });
         // Each picture's share of the job's usage (the SDKs require it on every completed event).
-        if let Some(usage) = body.get("usage") {
+        if let Some(usage) = &answer.usage {
             data["usage"] = usage_share(usage, count, i);
         }
-        if let Some(url) = p.get("url") {
-            data["url"] = url.clone();
+        if let Some(url) = &picture.url {
+            data["url"] = Value::from(url.as_str());
         }
         events.push(
             Event::default()

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::AppQuery;
 use crate::extract::PathId;
 use crate::state::AppState;
-use crate::views::{ImageView, image_view_costed};
+use crate::views::{ImageView, image_view};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -49,7 +49,7 @@ pub async fn get_image(
             .len(),
         None => 1,
     };
-    Ok(axum::Json(image_view_costed(
+    Ok(axum::Json(image_view(
         &base_url(&state, &headers, peer),
         &image,
         job.as_ref().map(|j| (j, pictures)),

@@ -78,11 +78,6 @@ pub async fn create(
     Ok(row)
 }
 
-/// The owner of a key that exists, is not revoked and has not expired.
-pub async fn owner_of(db: &Db, key: &str) -> Result<Option<String>, DbError> {
-    Ok(identify(db, key).await?.map(|k| k.owner))
-}
-
 /// The key's identity and budget, if it exists, is not revoked and has not expired.
 pub async fn identify(db: &Db, key: &str) -> Result<Option<KeyIdentity>, DbError> {
     let wanted = hash(key);

@@ -183,6 +183,47 @@ pub fn parse_images(
     })
 }
 
+/// Asks `body` for a streamed answer when the call wants partial pictures and has somewhere to hand them (GPT image
+/// models only); returns that place.
+pub fn stream_partials<'a>(
+    call: &super::Call<'a>,
+    body: &mut CreateImageRequest<'_>,
+) -> Option<&'a super::stream::PartialSink> {
+    let sink = call
+        .partials
+        .filter(|_| call.request.partial_images() > 0 && call.model.family == Family::GptImage)?;
+    body.stream = Some(true);
+    body.partial_images = Some(call.request.partial_images());
+    Some(sink)
+}
+
+/// Sends an Images API call for `n` pictures: streamed to `sink` (the cap counting every partial, each a whole
+/// picture) or read whole.
+pub async fn send_images(
+    label: &str,
+    request: reqwest::RequestBuilder,
+    sink: Option<&super::stream::PartialSink>,
+    partials: u8,
+    n: u8,
+    max_image_bytes: u64,
+) -> Result<(u16, reqwest::header::HeaderMap, super::http::Answer), ProviderError> {
+    use super::http::{self, AnswerCap};
+    match sink {
+        Some(sink) => {
+            let cap = AnswerCap::images(n.saturating_mul(1 + partials), max_image_bytes);
+            http::send_streaming(label, request, |response| {
+                super::stream::read_image_events(label, response, cap, n, sink)
+            })
+            .await
+        }
+        None => {
+            let (status, headers, bytes) =
+                http::send(label, request, AnswerCap::images(n, max_image_bytes)).await?;
+            Ok((status, headers, http::Answer::Body(bytes)))
+        }
+    }
+}
+
 /// Token usage of several calls added up, field by field (nested details too); `None` when no call reported any.
 pub fn sum_usage<'a>(
     usages: impl Iterator<Item = &'a serde_json::Value>,

@@ -3,12 +3,13 @@
 //! classification follows the openai-python client's rules, except that `insufficient_quota` is final and a
 //! retired or unknown model (404 `model_not_found`) says so.
 
-use super::http::{self, AnswerCap, header_str};
-use super::images_api::{ResponseFormat, SAFETY_PREFIX, parse_images, request_body};
+use super::http::{self, header_str};
+use super::images_api::{
+    ResponseFormat, SAFETY_PREFIX, parse_images, request_body, send_images, stream_partials,
+};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
-use imagegen_shared::catalogue::Family;
 use imagegen_shared::config::OpenAiSettings;
 use imagegen_shared::domain::{ModerationStage, ProviderId};
 use reqwest::header::HeaderMap;
@@ -159,14 +160,8 @@ impl OpenAiClient {
             n,
             self.response_format,
         );
-        // Partial pictures asked for and someone to hand them to: stream (GPT image models only).
-        let sink = call
-            .partials
-            .filter(|_| call.request.partial_images() > 0 && call.model.family == Family::GptImage);
-        if sink.is_some() {
-            body.stream = Some(true);
-            body.partial_images = Some(call.request.partial_images());
-        }
+        // Partial pictures asked for and someone to hand them to: a streamed answer.
+        let sink = stream_partials(call, &mut body);
         let mut request = self
             .http
             .post(self.endpoint.clone())
@@ -179,22 +174,15 @@ impl OpenAiClient {
         if let Some(project) = &self.settings.project {
             request = request.header("OpenAI-Project", project);
         }
-        let (status, headers, answer) = match sink {
-            Some(sink) => {
-                // Every partial is a whole picture: the cap counts them too.
-                let frames = n.saturating_mul(1 + call.request.partial_images());
-                let cap = AnswerCap::images(frames, self.max_image_bytes);
-                http::send_streaming(LABEL, request, |response| {
-                    super::stream::read_image_events(LABEL, response, cap, n, sink)
-                })
-                .await?
-            }
-            None => {
-                let (status, headers, bytes) =
-                    http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
-                (status, headers, http::Answer::Body(bytes))
-            }
-        };
+        let (status, headers, answer) = send_images(
+            LABEL,
+            request,
+            sink,
+            call.request.partial_images(),
+            n,
+            self.max_image_bytes,
+        )
+        .await?;
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
         let parsed = match answer {
             http::Answer::Body(bytes) if status != 200 => {
