@@ -6,6 +6,7 @@ pub mod auth;
 pub mod budgets;
 pub mod config;
 pub mod error;
+pub mod event_streams;
 pub mod extract;
 pub mod links;
 pub mod middleware;

@@ -121,7 +121,7 @@ docs stay open. Signed download links work without a key.",
     paths(
         routes::generate::generate, routes::generate::generate_batch,
         routes::jobs::create_job, routes::jobs::get_job, routes::jobs::list_jobs, routes::jobs::cancel_job,
-        routes::batches::get_batch,
+        routes::batches::get_batch, routes::events::job_events, routes::events::batch_events,
         routes::images::get_image, routes::images::download_image, routes::images::delete_image,
         routes::providers::list_providers,
         routes::models::list_models,
@@ -392,7 +392,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 20);
+        assert_eq!(owner_ops, 22);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Waiting without polling. One subscription per API process (Redis pub/sub, or in process) receives job events and wakes the requests
-//! waiting on those jobs (wait mode, long-polls). After every (re)subscription all waiters are woken once so they
+//! waiting on those jobs (wait mode, long-polls) and feeds the live event streams (`event_streams`). After every (re)subscription all waiters are woken once so they
 //! re-read Postgres: an event missed while disconnected costs one read, never a hang.
 
+use crate::event_streams::EventStreams;
 use imagegen_shared::domain::JobId;
 use imagegen_shared::queue::signals::Signal;
 use std::collections::HashMap;
@@ -17,6 +18,8 @@ type JobWaiters = Vec<(u64, Arc<Notify>)>;
 pub struct Waiters {
     /// A waiter on a batch appears under each of its jobs.
     map: Mutex<HashMap<JobId, JobWaiters>>,
+    /// Live event streams, fed from the same subscription.
+    pub streams: Arc<EventStreams>,
     next_id: AtomicU64,
     subscribed: AtomicBool,
 }
@@ -111,6 +114,7 @@ impl Waiters {
                     tracing::info!("subscribed to job events");
                     // Anything published while we were away is lost: have every waiter look again.
                     self.wake_all();
+                    self.streams.catch_up_all();
                 }
                 Some(Signal::Disconnected) => {
                     self.subscribed.store(false, Ordering::Relaxed);
@@ -118,7 +122,11 @@ impl Waiters {
                 }
                 Some(Signal::Event(event)) => {
                     // Not counted here: imagegen_jobs_finished_total is counted once, by whoever ended the job.
-                    self.wake(event.job_id);
+                    // Waiters care only for the end; progress is for event streams.
+                    if event.is_terminal() {
+                        self.wake(event.job_id);
+                    }
+                    self.streams.dispatch(&event);
                 }
                 Some(Signal::Wake) => {}
                 None => {

@@ -9,6 +9,7 @@ mod auth;
 mod budgets;
 mod costs;
 mod deploy;
+mod events;
 mod faults;
 mod fleet;
 mod generate;

@@ -52,15 +52,12 @@ pub async fn reconcile_once(
     let ended = (pass
         .past_deadline
         .iter()
-        .map(|id| (id, JobStatus::Canceled)))
-    .chain(pass.failed.iter().map(|id| (id, JobStatus::Failed)));
-    for (id, status) in ended {
+        .map(|job| (job, JobStatus::Canceled)))
+    .chain(pass.failed.iter().map(|job| (job, JobStatus::Failed)));
+    for ((id, batch), status) in ended {
         // The reconciler ended it, so it counts it (the API does not count job events).
         metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
-        let event = JobEvent {
-            job_id: *id,
-            status,
-        };
+        let event = JobEvent::status(*id, *batch, status);
         if let Err(e) = queue.publish_event(&event).await {
             tracing::warn!(error = %e, %status, "could not publish a job the reconciler ended");
         }

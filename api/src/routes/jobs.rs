@@ -191,10 +191,7 @@ pub async fn cancel_job(
     // This API ended the job, so it counts it (once: nobody counts job events; its worker, if it was running,
     // finds it no longer its own).
     metrics::counter!("imagegen_jobs_finished_total", "status" => job.status.as_str()).increment(1);
-    let event = imagegen_shared::queue::signals::JobEvent {
-        job_id: id,
-        status: job.status,
-    };
+    let event = imagegen_shared::queue::signals::JobEvent::status(id, job.batch_id, job.status);
     if let Err(e) = state.queue.publish_event(&event).await {
         tracing::warn!(error = %e, "could not publish the cancel event; waiters see it when their wait ends");
     }

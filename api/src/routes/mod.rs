@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod batches;
 pub mod budgets;
+pub mod events;
 pub mod generate;
 pub mod health;
 pub mod images;
@@ -35,6 +36,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(generate::router())
         .merge(jobs::router())
         .merge(batches::router())
+        .merge(events::router())
         .merge(images::router())
         .merge(admin::router())
         .merge(usage::router())

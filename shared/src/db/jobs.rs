@@ -591,14 +591,14 @@ pub async fn active_count(db: &Db, owner: &str) -> Result<i64, DbError> {
 pub(crate) async fn cancel_queued_past_deadline(
     conn: Conn<'_>,
     batch: i64,
-) -> Result<Vec<JobId>, DbError> {
-    let rows: Vec<(JobId,)> = on_conn!(conn, |c, sql| {
+) -> Result<Vec<(JobId, Option<BatchId>)>, DbError> {
+    let rows = on_conn!(conn, |c, sql| {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'canceled', error_code = $2, error_message = $3, finished_at = {now}, \
                 updated_at = {now} \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND deadline_at <= {now} AND attempts = 0 \
                           LIMIT $1 {skip}) \
-             RETURNING id",
+             RETURNING id, batch_id",
             now = sql.now,
             skip = sql.skip_locked(),
         )))
@@ -608,7 +608,7 @@ pub(crate) async fn cancel_queued_past_deadline(
         .fetch_all(&mut *c)
         .await?
     });
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(rows)
 }
 
 /// Running jobs whose lease expired (their worker died) with their budget of calls used up: failed. (One with
@@ -616,14 +616,14 @@ pub(crate) async fn cancel_queued_past_deadline(
 pub(crate) async fn fail_expired_out_of_attempts(
     conn: Conn<'_>,
     batch: i64,
-) -> Result<Vec<JobId>, DbError> {
-    let rows: Vec<(JobId,)> = on_conn!(conn, |c, sql| {
+) -> Result<Vec<(JobId, Option<BatchId>)>, DbError> {
+    let rows = on_conn!(conn, |c, sql| {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'failed', error_code = $2, error_message = $3, \
                 lease_until = NULL, finished_at = {now}, updated_at = {now} \
              WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_until < {now} \
                           AND attempts >= COALESCE(max_calls, max_attempts) LIMIT $1 {skip}) \
-             RETURNING id",
+             RETURNING id, batch_id",
             now = sql.now,
             skip = sql.skip_locked(),
         )))
@@ -633,7 +633,7 @@ pub(crate) async fn fail_expired_out_of_attempts(
         .fetch_all(&mut *c)
         .await?
     });
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(rows)
 }
 
 /// Running jobs whose lease expired: back to queued, to be pushed again. Returns (id, correlation id).

@@ -3,7 +3,7 @@
 //! `db::jobs`'; this module holds the lock, the transaction and how many stale jobs to pick.
 
 use super::{Conn, Db, DbError, jobs, on_db};
-use crate::domain::JobId;
+use crate::domain::{BatchId, JobId};
 use std::time::Duration;
 
 /// Any fixed number works; it only has to be the same across the fleet.
@@ -13,9 +13,9 @@ const LOCK_KEY: i64 = 0x1_6e_67_65_6e;
 #[derive(Debug, Default)]
 pub struct Pass {
     /// Queued jobs whose deadline passed: now canceled.
-    pub past_deadline: Vec<JobId>,
+    pub past_deadline: Vec<(JobId, Option<BatchId>)>,
     /// Running jobs whose lease expired with no attempts left: now failed.
-    pub failed: Vec<JobId>,
+    pub failed: Vec<(JobId, Option<BatchId>)>,
     /// Running jobs whose lease expired: back to queued, to be pushed again (id, correlation id).
     pub expired: Vec<(JobId, String)>,
     /// Queued jobs nobody touched for too long and that the queue seems to have lost: to be pushed again.

@@ -25,6 +25,7 @@ pub(super) struct LocalQueue {
     depth: AtomicU64,
     events: broadcast::Sender<JobEvent>,
     pub(super) partials: super::partials::LocalPartials,
+    pub(super) history: super::history::LocalHistory,
 }
 
 impl LocalQueue {
@@ -37,6 +38,7 @@ impl LocalQueue {
             depth: AtomicU64::new(0),
             events,
             partials: super::partials::LocalPartials::default(),
+            history: super::history::LocalHistory::default(),
         }
     }
 
@@ -63,9 +65,11 @@ impl LocalQueue {
         self.depth.load(Ordering::Relaxed)
     }
 
-    pub(super) fn publish_event(&self, event: &JobEvent) {
+    pub(super) fn publish_event(&self, event: &JobEvent) -> JobEvent {
+        let event = self.history.record(event);
         // No subscriber yet is fine: events are hints.
         let _ = self.events.send(event.clone());
+        event
     }
 
     pub(super) fn signals(&self, stop: CancellationToken) -> mpsc::Receiver<Signal> {

@@ -9,8 +9,9 @@
 //! handler, log it with the job's id, count it (`imagegen_job_panics_total`) and treat it as `Redeliver`.
 //!
 //! Files: `message` (the types both backends share), `redis` (all of apalis), `local` (in process), `signals`
-//! (job events and work nudges).
+//! (job events and work nudges), `history` (each job's recent events, for resumable event streams).
 
+pub mod history;
 mod local;
 mod message;
 pub mod partials;
@@ -130,14 +131,24 @@ impl JobQueue {
         }
     }
 
-    /// Tells every API process's waiters (and every worker) that a job changed (see [`signals`]).
-    pub async fn publish_event(&self, event: &JobEvent) -> Result<(), QueueError> {
+    /// Tells every API process's waiters and event streams (and every worker) that a job changed (see
+    /// [`signals`]), keeping the event in the job's history (see [`history`]); returns it with its ids.
+    pub async fn publish_event(&self, event: &JobEvent) -> Result<JobEvent, QueueError> {
         match &self.backend {
             Backend::Redis(q) => q.publish_event(event).await,
-            Backend::Local(q) => {
-                q.publish_event(event);
-                Ok(())
-            }
+            Backend::Local(q) => Ok(q.publish_event(event)),
+        }
+    }
+
+    /// The kept events of a job or batch after `after` (all of them without it), oldest first.
+    pub async fn history(
+        &self,
+        stream: history::Stream,
+        after: Option<&str>,
+    ) -> Result<Vec<JobEvent>, QueueError> {
+        match &self.backend {
+            Backend::Redis(q) => q.history(stream, after).await,
+            Backend::Local(q) => Ok(q.history.read(stream, after)),
         }
     }
 

@@ -170,9 +170,16 @@ impl RedisQueue {
         Ok(active + scheduled)
     }
 
-    pub(super) async fn publish_event(&self, event: &JobEvent) -> Result<(), QueueError> {
-        signals::publish(&self.conn, &self.queue_name, event).await?;
-        Ok(())
+    pub(super) async fn publish_event(&self, event: &JobEvent) -> Result<JobEvent, QueueError> {
+        Ok(signals::publish(&self.conn, &self.queue_name, event).await?)
+    }
+
+    pub(super) async fn history(
+        &self,
+        stream: super::history::Stream,
+        after: Option<&str>,
+    ) -> Result<Vec<JobEvent>, QueueError> {
+        Ok(super::history::read_redis(&self.conn, &self.queue_name, stream, after).await?)
     }
 
     pub(super) async fn ping(&self) -> Result<(), QueueError> {

@@ -6,7 +6,7 @@
 //! On Redis they travel over pub/sub (`{queue}:events`, `{queue}:wake`); in process over a broadcast channel.
 //! Subscribe with [`super::JobQueue::signals`], publish with [`super::JobQueue::publish_event`].
 
-use crate::domain::{JobId, JobStatus};
+use crate::domain::{BatchId, JobId, JobStatus};
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -19,10 +19,74 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 /// Signals buffered for a slow subscriber.
 const SIGNAL_BUFFER: usize = 1024;
 
+/// A job changed: its status now, and (for live event streams) what happened. Ids are given on publish, from the
+/// job's (and its batch's) event history (see `history`), so a stream can resume after a reconnect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobEvent {
     pub job_id: JobId,
     pub status: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<BatchId>,
+    /// What happened beyond the status (absent: a bare status change, such as the end of the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// This event's id in the job's history (`<ms>-<seq>`); absent when it was published without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// This event's id in its batch's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_event_id: Option<String>,
+}
+
+impl JobEvent {
+    /// A bare status change of `job_id` (of batch `batch_id`, if any).
+    pub fn status(job_id: JobId, batch_id: Option<BatchId>, status: JobStatus) -> Self {
+        Self {
+            job_id,
+            status,
+            batch_id,
+            progress: None,
+            id: None,
+            batch_event_id: None,
+        }
+    }
+
+    /// A job's progress: running, or back in the queue when it was requeued.
+    pub fn progress(job_id: JobId, batch_id: Option<BatchId>, progress: Progress) -> Self {
+        let status = match progress {
+            Progress::Requeued { .. } => JobStatus::Queued,
+            _ => JobStatus::Running,
+        };
+        Self {
+            progress: Some(progress),
+            ..Self::status(job_id, batch_id, status)
+        }
+    }
+
+    /// Whether this event ends the job (what waiters wake for).
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+}
+
+/// What a running (or requeued) job is doing, for live event streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Progress {
+    /// A provider call starts: `route` is `provider:model`, `attempt` the job's call count.
+    Attempt { route: String, attempt: i32 },
+    /// That call failed and the same route is tried again after `retry_in_ms`.
+    Retrying {
+        route: String,
+        attempt: i32,
+        code: String,
+        message: String,
+        retry_in_ms: u64,
+    },
+    /// The job moves on to another route.
+    Failover { from: String, to: String },
+    /// The job went back to the queue (a busy or paused provider, a worker stopping) for about `retry_in_ms`.
+    Requeued { reason: String, retry_in_ms: u64 },
 }
 
 /// What a subscriber to the queue's signals hears (see [`super::JobQueue::signals`]).
@@ -48,26 +112,13 @@ pub(super) fn wake_channel(queue_name: &str) -> String {
     format!("{queue_name}:wake")
 }
 
-/// Publishes a job event on Redis.
+/// Records a job event in its history and publishes it on Redis (see `history`); returns it with its ids.
 pub(super) async fn publish(
     conn: &ConnectionManager,
     queue_name: &str,
     event: &JobEvent,
-) -> Result<(), redis::RedisError> {
-    let payload = serde_json::to_string(event).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "serialise job event",
-            e.to_string(),
-        ))
-    })?;
-    let mut conn = conn.clone();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(channel(queue_name))
-        .arg(payload)
-        .query_async(&mut conn)
-        .await?;
-    Ok(())
+) -> Result<JobEvent, redis::RedisError> {
+    super::history::publish_redis(conn, queue_name, &channel(queue_name), event).await
 }
 
 /// Which channels a Redis subscription listens to.

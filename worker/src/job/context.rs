@@ -11,6 +11,7 @@ use imagegen_shared::db::{self, Db};
 use imagegen_shared::domain::JobId;
 use imagegen_shared::limits::FleetLimits;
 use imagegen_shared::queue::JobQueue;
+use imagegen_shared::queue::signals::{JobEvent, Progress};
 use imagegen_shared::storage::ImageStorage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
+
+/// The longest a progress event may hold its job up.
+const PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Everything a job needs, shared by all jobs of one worker process.
 pub struct JobContext {
@@ -48,6 +52,17 @@ impl JobContext {
             storage: &self.storage,
             downloader: &self.downloader,
             worker_id: &self.worker_id,
+        }
+    }
+
+    /// Tells live event streams what a running job is doing. Best effort and bounded: a slow Redis never holds the
+    /// job up (the stream still sees the job's end, published with its state change).
+    pub async fn progress(&self, job: &db::JobRecord, progress: Progress) {
+        let event = JobEvent::progress(job.id, job.batch_id, progress);
+        match tokio::time::timeout(PROGRESS_TIMEOUT, self.queue.publish_event(&event)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not publish job progress"),
+            Err(_) => tracing::debug!("publishing job progress timed out"),
         }
     }
 

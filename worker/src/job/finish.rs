@@ -6,9 +6,9 @@ use super::context::JobContext;
 use super::outcome::{Outcome, ProcessError};
 use crate::store::remove_objects;
 use imagegen_shared::db::{self, DbError, JobFailure, JobRecord, NewImage, Served};
-use imagegen_shared::domain::{AttemptRecord, JobId, JobStatus};
+use imagegen_shared::domain::{AttemptRecord, JobStatus};
 use imagegen_shared::queue::JobMessage;
-use imagegen_shared::queue::signals::JobEvent;
+use imagegen_shared::queue::signals::{JobEvent, Progress};
 use std::time::{Duration, Instant};
 
 /// Writes the final state; Postgres errors here are retried, since the provider call (which costs money) already
@@ -115,6 +115,11 @@ pub async fn defer(
         tracing::error!(error = %e, "could not re-queue a deferred job");
     }
     metrics::counter!("imagegen_jobs_deferred_total").increment(1);
+    let requeued = Progress::Requeued {
+        reason: "the provider is busy or paused".into(),
+        retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+    };
+    ctx.progress(job, requeued).await;
     tracing::debug!(
         delay_ms = delay.as_millis() as u64,
         "route busy or paused; job deferred"
@@ -143,14 +148,15 @@ pub async fn release(ctx: &JobContext, job: &JobRecord) -> Result<Outcome, Proce
 /// Tells waiters (wait mode, batch streams) that the job finished (they re-read Postgres anyway if this is lost),
 /// and settles its budget reservation to its cost (the reconciler settles any this misses).
 #[tracing::instrument(skip_all)]
-pub async fn publish_finished(ctx: &JobContext, id: JobId, outcome: &Outcome) {
+pub async fn publish_finished(ctx: &JobContext, job: &JobRecord, outcome: &Outcome) {
+    let id = job.id;
     if let Outcome::Finished(status) = *outcome {
         // Counted by the component that ended the job, here this worker (the API does not count job events).
         metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
         if let Err(e) = imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id).await {
             tracing::warn!(error = %e, "could not settle the job's budget; the reconciler will");
         }
-        let event = JobEvent { job_id: id, status };
+        let event = JobEvent::status(id, job.batch_id, status);
         if let Err(e) = ctx.queue.publish_event(&event).await {
             // Waiters re-read Postgres when their wait ends or their subscription reconnects.
             tracing::warn!(error = %e, "could not publish job event");

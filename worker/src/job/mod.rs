@@ -24,6 +24,7 @@ use finish::{finish_past_deadline, finish_unsuccessful, publish_finished};
 use imagegen_shared::db::{self, JobFailure, JobRecord};
 use imagegen_shared::domain::{AttemptRecord, FailureCode, JobStatus};
 use imagegen_shared::queue::JobMessage;
+use imagegen_shared::queue::signals::Progress;
 use route_run::{JobRun, RouteResult, RouteRun};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -57,7 +58,7 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     // Not started by its deadline: it ends canceled without any provider call.
     if job.attempts == 0 && job.deadline_at.is_some_and(|d| d <= chrono::Utc::now()) {
         let outcome = finish_past_deadline(&ctx, &job).await?;
-        publish_finished(&ctx, id, &outcome).await;
+        publish_finished(&ctx, &job, &outcome).await;
         return Ok(outcome);
     }
     let lost = CancellationToken::new();
@@ -75,7 +76,7 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     let result = generate(&job_run).await;
     keeper.abort();
     let outcome = result?;
-    publish_finished(&ctx, id, &outcome).await;
+    publish_finished(&ctx, &job, &outcome).await;
     Ok(outcome)
 }
 
@@ -105,6 +106,7 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
     }
     let mut last: Option<AttemptError> = None;
     let budget = job.call_budget();
+    let mut previous: Option<&str> = None;
     for route in &chain {
         // Every call may be paid: the job's budget bounds them over all routes, failover included.
         if job_run.calls.load(Ordering::Relaxed) >= budget {
@@ -114,11 +116,19 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
             ));
             continue;
         }
+        if let Some(from) = previous {
+            let failover = Progress::Failover {
+                from: from.to_owned(),
+                to: route.key.to_string(),
+            };
+            ctx.progress(job, failover).await;
+        }
         match RouteRun::new(job_run, route, &mut history).run().await? {
             RouteResult::Done(outcome) => return Ok(outcome),
             RouteResult::Next(err) => {
                 if err.is_some() {
                     last = err;
+                    previous = Some(route.key.as_str());
                 }
             }
         }

@@ -20,6 +20,7 @@ use imagegen_shared::domain::AttemptRecord;
 use imagegen_shared::domain::ImageSize;
 use imagegen_shared::limits::{Admission, LimitSettings};
 use imagegen_shared::queue::JobMessage;
+use imagegen_shared::queue::signals::Progress;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -161,6 +162,11 @@ impl<'a> RouteRun<'a> {
             };
             self.used = attempt.on_route;
             self.calls.store(attempt.total, Ordering::Relaxed);
+            let started = Progress::Attempt {
+                route: self.key().to_owned(),
+                attempt: attempt.total,
+            };
+            self.ctx.progress(self.job, started).await;
             let made = match self.call(permit, attempt).await {
                 Called::Done(made) => made,
                 Called::Lost => return Ok(RouteResult::Done(Outcome::NotOurs)),
@@ -531,6 +537,15 @@ impl<'a> RouteRun<'a> {
             .ctx
             .backoff
             .delay(u32::try_from(self.used).unwrap_or(1), None);
+        let failure = e.failure(true);
+        let retrying = Progress::Retrying {
+            route: route.to_owned(),
+            attempt: attempt.total,
+            code: failure.code.to_string(),
+            message: failure.message,
+            retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.ctx.progress(self.job, retrying).await;
         tokio::select! {
             _ = tokio::time::sleep(delay) => Ok(AfterFailure::Retry),
             _ = self.lost.cancelled() => Ok(AfterFailure::Stop(RouteResult::Done(Outcome::NotOurs))),
