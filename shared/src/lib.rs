@@ -10,10 +10,12 @@ pub mod cost;
 pub mod db;
 pub mod domain;
 pub mod limits;
+pub mod net_guard;
 pub mod queue;
 pub mod storage;
 pub mod telemetry;
 pub mod ticker;
+pub mod webhooks;
 
 /// Every process answers to the same owner until authentication lands; all reads are already scoped by it.
 pub const ANONYMOUS_OWNER: &str = "anonymous";
