@@ -24,6 +24,8 @@ pub struct ApiArgs {
     pub providers: ProviderArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::config::WebhookArgs,
     /// Address to listen on.
     #[arg(
         long,
@@ -187,6 +189,7 @@ pub struct ApiSettings {
     pub public_base_url: Option<String>,
     /// TRUSTED_PROXIES: the peers whose X-Forwarded-Proto and X-Forwarded-Host are believed.
     pub trusted_proxies: TrustedProxies,
+    pub webhooks: crate::webhooks::config::WebhookSettings,
 }
 
 /// Who may call, and how.
@@ -399,6 +402,7 @@ impl ApiArgs {
                 .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             trusted_proxies: TrustedProxies::parse(&self.trusted_proxies)
                 .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?,
+            webhooks: self.webhooks.settings()?,
         })
     }
 }

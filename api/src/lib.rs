@@ -22,6 +22,7 @@ pub mod submit;
 pub mod views;
 pub mod wait;
 pub mod waiters;
+pub mod webhooks;
 
 use anyhow::Context;
 use imagegen_shared::backends::Backends;
@@ -116,6 +117,7 @@ pub async fn serve(
     }
     let signals = state.queue.signals(stop.clone());
     let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
+    let webhooks = tokio::spawn(webhooks::dispatcher::run(state.clone(), stop.clone()));
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, environment = %settings.environment, storage = %state.storage.location(),
         "api listening");
@@ -142,6 +144,7 @@ pub async fn serve(
         .context("serving HTTP")?;
     stop.cancel();
     let _ = listen.await;
+    let _ = webhooks.await;
     if let Some(server) = metrics_server {
         let _ = server.await;
     }

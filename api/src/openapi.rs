@@ -122,6 +122,9 @@ docs stay open. Signed download links work without a key.",
         routes::generate::generate, routes::generate::generate_batch,
         routes::jobs::create_job, routes::jobs::get_job, routes::jobs::list_jobs, routes::jobs::cancel_job,
         routes::batches::get_batch, routes::events::job_events, routes::events::batch_events,
+        routes::webhooks::create_endpoint, routes::webhooks::list_endpoints, routes::webhooks::delete_endpoint,
+        routes::webhooks::rotate_endpoint, routes::webhooks::get_secret, routes::webhooks::rotate_secret,
+        routes::webhooks::list_deliveries, routes::webhooks::replay_delivery,
         routes::images::get_image, routes::images::download_image, routes::images::delete_image,
         routes::providers::list_providers,
         routes::models::list_models,
@@ -135,7 +138,7 @@ docs stay open. Signed download links work without a key.",
     ),
     components(schemas(ErrorBody)),
     modifiers(&OwnerSecurity),
-    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "usage"), (name = "openai", description = "OpenAI-compatible: point an OpenAI SDK's base URL at `/v1`"), (name = "health"), (name = "admin"))
+    tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "usage"), (name = "webhooks", description = "Signed webhooks (Standard Webhooks): endpoints, secrets, deliveries"), (name = "openai", description = "OpenAI-compatible: point an OpenAI SDK's base URL at `/v1`"), (name = "health"), (name = "admin"))
 )]
 pub struct ApiDoc;
 
@@ -392,7 +395,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 22);
+        assert_eq!(owner_ops, 30);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(

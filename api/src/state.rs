@@ -66,6 +66,8 @@ pub struct Inner {
     pub cors: Option<tower_http::cors::CorsLayer>,
     /// Signs download links (authentication on only).
     pub link_signer: Option<Arc<crate::links::LinkSigner>>,
+    /// WEBHOOK_*: where deliveries may go, their schedule and limits.
+    pub webhooks: Arc<crate::webhooks::config::WebhookSettings>,
     /// Cancelled at shutdown: waiting requests answer 202 at once.
     pub stopping: CancellationToken,
 }
@@ -182,6 +184,7 @@ impl AppState {
             generate_role: auth.generate_role.clone(),
             admin_role: auth.admin_role.clone(),
             link_signer,
+            webhooks: Arc::new(settings.webhooks.clone()),
             cors: settings.cors.clone(),
             waiters: Arc::new(Waiters::default()),
             metrics: metrics_handle(),

@@ -34,6 +34,9 @@ pub fn accept(
     let offer = state.offer();
     let request =
         GenerationRequest::parse(body, &offer, header_deadline).map_err(ApiError::Validation)?;
+    if let Some(hook) = request.webhook() {
+        crate::webhooks::check_scheme(&hook.url, &state.webhooks, "webhook_url")?;
+    }
     let resolved = resolve(request, &offer, imagegen_shared::domain::today())?;
     for notice in &resolved.notices {
         metrics::counter!("imagegen_deprecated_model_requests_total", "model" => notice.model.to_string(),
@@ -55,13 +58,18 @@ pub async fn submit_request(
     submitter: &Submitter,
     correlation_id: &str,
     headers: &axum::http::HeaderMap,
+    peer: std::net::SocketAddr,
     endpoint: &'static str,
     body: GenerateBody,
 ) -> Result<(JobRecord, Vec<LifecycleNotice>), ApiError> {
     tracing::Span::current().record("endpoint", endpoint);
-    let Accepted { request, notices } =
-        accept(state, body, crate::extract::cancel_after(headers)?)?;
+    let Accepted {
+        mut request,
+        notices,
+    } = accept(state, body, crate::extract::cancel_after(headers)?)?;
     let idempotency = Idempotency::from_headers(headers, endpoint, &request)?;
+    // After the key's hash: where the client reached us is not part of what it asked.
+    request.set_webhook_link_base(crate::routes::base_url(state, headers, peer).base);
     let job = submit_job(
         state,
         submitter,

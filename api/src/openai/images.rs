@@ -245,6 +245,7 @@ pub async fn generations(
         &submitter,
         &correlation_id,
         &headers,
+        peer,
         "v1/images/generations",
         body,
     )

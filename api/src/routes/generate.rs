@@ -63,6 +63,7 @@ pub async fn generate(
         &submitter,
         &correlation_id,
         &headers,
+        peer,
         "generate",
         body,
     )
@@ -130,8 +131,12 @@ pub async fn generate_batch(
         .iter()
         .flat_map(|a| a.notices.clone())
         .collect();
-    let requests: Vec<_> = accepted_items.into_iter().map(|a| a.request).collect();
+    let mut requests: Vec<_> = accepted_items.into_iter().map(|a| a.request).collect();
     let idempotency = Idempotency::from_headers(&headers, "generate/batch", &requests)?;
+    let links_base = base_url(&state, &headers, peer).base;
+    for request in &mut requests {
+        request.set_webhook_link_base(links_base.clone());
+    }
     let (batch, jobs) = submit_batch(
         &state,
         &submitter,

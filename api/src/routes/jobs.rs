@@ -59,9 +59,16 @@ pub async fn create_job(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let (job, notices) =
-        crate::submit::submit_request(&state, &submitter, &correlation_id, &headers, "jobs", body)
-            .await?;
+    let (job, notices) = crate::submit::submit_request(
+        &state,
+        &submitter,
+        &correlation_id,
+        &headers,
+        peer,
+        "jobs",
+        body,
+    )
+    .await?;
     let mut response =
         accepted(load_job_view(&state, &base_url(&state, &headers, peer), &job).await?);
     crate::submit::lifecycle_headers(&notices, response.headers_mut());

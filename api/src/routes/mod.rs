@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod models;
 pub mod providers;
 pub mod usage;
+pub mod webhooks;
 
 use crate::error::ApiError;
 use crate::links::Links;
@@ -37,6 +38,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(jobs::router())
         .merge(batches::router())
         .merge(events::router())
+        .merge(webhooks::router())
         .merge(images::router())
         .merge(admin::router())
         .merge(usage::router())

@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod pending;
 pub mod reconcile;
 pub mod retention;
+pub mod webhooks;
 
 pub use batches::BatchRecord;
 pub use images::{ImageRecord, NewImage};

@@ -10,6 +10,7 @@ use super::options::{Background, ModerationLevel, OutputFormat, Quality, Size, S
 use super::prompt::Prompt;
 use super::provider::{ModelId, ProviderId};
 use crate::catalogue::ModelSpec;
+use crate::webhooks::target::{WebhookTarget, check_events, check_url};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -69,6 +70,15 @@ pub struct GenerateBody {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 86_400)]
     pub deadline_seconds: Option<i64>,
+    /// Where to POST the job's events (signed as Standard Webhooks specifies, with the secret of `GET
+    /// /api/v1/webhooks/secret`): https (http only where the service allows it).
+    #[serde(default)]
+    #[schema(max_length = 2048)]
+    pub webhook_url: Option<String>,
+    /// Which events the webhook hears: `job.started`, `job.succeeded`, `job.failed`, `job.canceled`,
+    /// `job.moderated`, `batch.completed`; default: all but `job.started`.
+    #[serde(default)]
+    pub webhook_events: Option<Vec<String>>,
     /// Partial pictures to stream (the OpenAI-compatible endpoint sets it; not part of this body's JSON).
     #[serde(skip)]
     #[schema(ignore)]
@@ -115,6 +125,9 @@ pub struct GenerationRequest {
     /// that streams is asked for them and the worker passes them on; one that does not simply makes none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) partial_images: u8,
+    /// The request's own webhook (read by the database's outbox trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) webhook: Option<WebhookTarget>,
     /// The model came from a seed provider name (`flux_schnell`), which any provider of its family may serve.
     #[serde(skip)]
     pub(crate) via_seed_name: bool,
@@ -182,6 +195,15 @@ impl GenerationRequest {
     pub fn partial_images(&self) -> u8 {
         self.partial_images
     }
+    pub fn webhook(&self) -> Option<&WebhookTarget> {
+        self.webhook.as_ref()
+    }
+    /// Where the webhook's image links point (the API sets it from the request's host).
+    pub fn set_webhook_link_base(&mut self, base: String) {
+        if let Some(hook) = self.webhook.as_mut() {
+            hook.link_base = Some(base);
+        }
+    }
     /// Asks for `n` partial pictures (held to 0..=3).
     pub fn with_partial_images(mut self, n: u8) -> Self {
         self.partial_images = n.min(MAX_PARTIAL_IMAGES);
@@ -224,6 +246,8 @@ struct StoredRequest {
     translations: Vec<String>,
     #[serde(default)]
     partial_images: u8,
+    #[serde(default)]
+    webhook: Option<WebhookTarget>,
 }
 
 impl<'de> Deserialize<'de> for GenerationRequest {
@@ -261,8 +285,37 @@ impl<'de> Deserialize<'de> for GenerationRequest {
             requested_model: s.requested_model,
             translations: s.translations,
             partial_images: s.partial_images.min(MAX_PARTIAL_IMAGES),
+            webhook: s.webhook,
             via_seed_name: false,
         })
+    }
+}
+
+/// The request's own webhook, checked: `webhook_events` without `webhook_url` is an error.
+fn parse_webhook(body: &GenerateBody, errors: &mut ValidationErrors) -> Option<WebhookTarget> {
+    let events = match check_events(body.webhook_events.as_deref()) {
+        Ok(events) => events,
+        Err(e) => {
+            errors.push("webhook_events", e);
+            return None;
+        }
+    };
+    let Some(url) = &body.webhook_url else {
+        if body.webhook_events.is_some() {
+            errors.push("webhook_events", "needs webhook_url");
+        }
+        return None;
+    };
+    match check_url(url) {
+        Ok(_) => Some(WebhookTarget {
+            url: url.clone(),
+            events,
+            link_base: None,
+        }),
+        Err(e) => {
+            errors.push("webhook_url", e);
+            None
+        }
     }
 }
 
@@ -626,8 +679,11 @@ impl GenerationRequest {
             }
         };
 
+        let webhook = parse_webhook(&body, &mut errors);
+
         match (prompt, size, num_images) {
             (Some(prompt), Some(size), Some(num_images)) if errors.0.is_empty() => Ok(Self {
+                webhook,
                 allow_failover: body.allow_failover.unwrap_or(true),
                 deadline_secs: deadline_secs.or(cancel_after),
                 prompt,
