@@ -24,6 +24,8 @@ pub enum Exit {
 pub struct Failure {
     pub exit: Exit,
     pub message: String,
+    /// The answer's `Retry-After` (429, 503), for callers that try again.
+    pub retry_after: Option<Duration>,
 }
 
 impl Failure {
@@ -31,6 +33,7 @@ impl Failure {
         Failure {
             exit,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -165,8 +168,16 @@ impl Client {
             return Ok(response);
         }
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        Err(Failure::answer(status, &body))
+        let mut failure = Failure::answer(status, &body);
+        failure.retry_after = retry_after;
+        Err(failure)
     }
 
     /// A JSON answer, with the response headers.

@@ -1,6 +1,6 @@
 //! Following a job to its end: its event stream (`GET /api/v1/jobs/{id}/events`, server-sent events) first; when
-//! the service has none (404) or the stream breaks, polling `GET /api/v1/jobs/{id}` every second (or as
-//! `Retry-After` says).
+//! the service has none (404) or the stream breaks, polling `GET /api/v1/jobs/{id}` (at most once a second, long-polled;
+//! `Retry-After` honoured).
 
 use super::client::{Client, Exit, Failure};
 use futures::StreamExt;
@@ -148,22 +148,30 @@ async fn stream(
     }
 }
 
-/// Polls the job until it ends.
+/// Polls the job until it ends: at most once a second, each request held up to two seconds by the service
+/// (`?wait=2`) so the end is seen at once; after a 429 or 503, as `Retry-After` says.
 async fn poll(
     client: &Client,
     id: &str,
     on_update: &mut dyn FnMut(Update<'_>),
 ) -> Result<Value, Failure> {
-    let path = format!("/api/v1/jobs/{id}");
+    let hold = if client.timeout() > Duration::from_secs(4) {
+        2
+    } else {
+        0
+    };
+    let path = format!("/api/v1/jobs/{id}?wait={hold}");
     let mut failures = 0;
     loop {
-        let (job, headers) = match client.json(Method::GET, &path, None).await {
-            Ok(answer) => answer,
+        let asked = tokio::time::Instant::now();
+        let job = match client.json(Method::GET, &path, None).await {
+            Ok((job, _)) => job,
             Err(f)
                 if matches!(f.exit, Exit::Network | Exit::Limited) && failures < POLL_RETRIES =>
             {
                 failures += 1;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                let pause = f.retry_after.unwrap_or(Duration::from_secs(2));
+                tokio::time::sleep(pause.min(Duration::from_secs(60))).await;
                 continue;
             }
             Err(f) => return Err(f),
@@ -174,12 +182,7 @@ async fn poll(
             return Ok(job);
         }
         on_update(Update::Status(&job));
-        let after = headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(Duration::from_secs(1), Duration::from_secs);
-        tokio::time::sleep(after.clamp(Duration::from_millis(500), Duration::from_secs(5))).await;
+        tokio::time::sleep_until(asked + Duration::from_secs(1)).await;
     }
 }
 

@@ -2,7 +2,7 @@
 //
 // Live status comes from the job's event stream (GET /api/v1/jobs/{id}/events, server-sent events) read with
 // fetch() so the credentials can go in a header; when the stream is not there (404) or breaks, the page polls
-// GET /api/v1/jobs/{id} instead (every second, or as Retry-After says).
+// GET /api/v1/jobs/{id} instead (at most once a second, long-polled with ?wait=2; Retry-After honoured).
 "use strict";
 (() => {
   const KEY_STORAGE = "imagegen.apiKey";
@@ -451,23 +451,26 @@
     }
   }
 
-  /** Polls the job until it ends (every second, or as Retry-After asks). */
+  /** Polls the job until it ends: at most once a second, each request held up to 2 s by the service (?wait=2) so
+   *  the end shows at once; after a 429 or 503, as Retry-After says. */
   async function pollJob(id, signal, seen) {
+    let failures = 0;
     for (;;) {
-      let result;
+      const asked = Date.now();
+      let job;
       try {
-        result = await api("/api/v1/jobs/" + encodeURIComponent(id), { signal, cache: "no-store" });
+        ({ data: job } = await api("/api/v1/jobs/" + encodeURIComponent(id) + "?wait=2", { signal, cache: "no-store" }));
       } catch (e) {
-        if (e.name === "AbortError" || (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 429)) throw e;
-        await sleep(2000, signal);
+        const transient = e instanceof ApiError && (e.status === 0 || e.status === 429 || e.status >= 500);
+        if (e.name === "AbortError" || !transient || ++failures > 5) throw e;
+        await sleep(Math.min((e.retryAfter || 2) * 1000, 60000), signal);
         continue;
       }
-      const job = result.data;
+      failures = 0;
       if (TERMINAL.has(job.status)) return job;
       const route = job.status === "running" && job.provider ? { provider: job.provider, attempt: job.attempts || undefined } : {};
       onEvent("status", Object.assign({ status: job.status }, route), seen);
-      const after = Number(result.response.headers.get("Retry-After"));
-      await sleep(Math.min(Math.max(after > 0 ? after * 1000 : 1000, 500), 5000), signal);
+      await sleep(Math.max(0, 1000 - (Date.now() - asked)), signal);
     }
   }
 
