@@ -1,7 +1,9 @@
 //! `imagegen`: one binary, several roles. `api` and `worker` are deployed and scaled separately; `migrate` applies
 //! the database schema; `emulator` serves faithful local copies of the providers' APIs for tests and sandboxes.
 //! With no role (or `standalone`) it runs the API and the workers in one process on embedded defaults.
+//! `generate`, `jobs`, `models` and `usage` are a command-line client of a running service (`cli`).
 
+mod cli;
 mod standalone;
 
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +45,13 @@ enum Command {
     Healthcheck(HealthcheckArgs),
     /// Manage API keys (ENABLE_AUTHENTICATION): create (printed once), list, revoke.
     Keys(KeysArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +243,15 @@ fn main() -> ExitCode {
         return healthcheck(args);
     }
     let command = match cli.command.unwrap_or(Command::Standalone) {
+        Command::Client(command) => return runtime.block_on(cli::run(command)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "imagegen", &mut script);
+            // A closed pipe is not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+            return ExitCode::SUCCESS;
+        }
         Command::Standalone => match standalone::parse() {
             Ok(args) => Role::Standalone(Box::new(args)),
             Err(e) => {
@@ -349,8 +367,13 @@ async fn run(role: Role) -> anyhow::Result<()> {
         Role::Other(command) => command,
     };
     match command {
-        Command::Standalone | Command::Healthcheck(_) => {
-            anyhow::bail!("standalone and healthcheck run before the runtime starts")
+        Command::Standalone
+        | Command::Healthcheck(_)
+        | Command::Client(_)
+        | Command::Completions { .. } => {
+            anyhow::bail!(
+                "standalone, healthcheck and the client commands run before the runtime starts"
+            )
         }
         Command::Api(args) => {
             telemetry::init(&args.core.log_level)?;

@@ -19,6 +19,7 @@ pub mod routes;
 pub mod security;
 pub mod state;
 pub mod submit;
+pub mod ui;
 pub mod views;
 pub mod wait;
 pub mod waiters;

@@ -72,7 +72,7 @@ pub fn cors(origins: &str, authentication: bool) -> Result<Option<CorsLayer>, Co
 }
 
 /// Security headers on every answer. The API serves JSON and images only, so nothing may run or frame it; the
-/// Swagger UI page (/docs) is left to its own needs.
+/// Swagger UI page (/docs) is left to its own needs, and the playground (/, /ui) brings its own policy.
 pub async fn headers(req: Request, next: Next) -> Response {
     let docs = req.uri().path().starts_with("/docs");
     let mut response = next.run(req).await;
@@ -87,10 +87,13 @@ pub async fn headers(req: Request, next: Next) -> Response {
     );
     if !docs {
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
-        );
+        // The playground's pages set their own (`ui::CONTENT_SECURITY_POLICY`); everything else gets this one.
+        if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
+            );
+        }
     }
     response
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod auth;
 mod budgets;
+mod cli;
 mod costs;
 mod deploy;
 mod events;
@@ -19,6 +20,7 @@ mod jobs;
 mod metrics;
 mod models;
 mod openai;
+mod playground;
 mod providers;
 mod proxies;
 mod shutdown;

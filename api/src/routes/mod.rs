@@ -56,7 +56,8 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(owned)
         .merge(providers::router())
         .merge(models::router())
-        .merge(health::router());
+        .merge(health::router())
+        .merge(crate::ui::router());
     if !state.separate_metrics {
         api = api.merge(metrics::router());
     }
