@@ -20,6 +20,8 @@ pub struct Waiters {
     map: Mutex<HashMap<JobId, JobWaiters>>,
     /// Live event streams, fed from the same subscription.
     pub streams: Arc<EventStreams>,
+    /// Rung when a job ends or starts: the webhook dispatcher looks for new deliveries at once.
+    pub webhook_bell: Arc<Notify>,
     next_id: AtomicU64,
     subscribed: AtomicBool,
 }
@@ -125,6 +127,9 @@ impl Waiters {
                     // Waiters care only for the end; progress is for event streams.
                     if event.is_terminal() {
                         self.wake(event.job_id);
+                    }
+                    if event.is_terminal() || event.progress.is_none() {
+                        self.webhook_bell.notify_one();
                     }
                     self.streams.dispatch(&event);
                 }

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// How often an idle dispatcher looks for due deliveries.
-const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often an idle dispatcher looks for due deliveries (retries falling due); a job's end, heard on the job-event
+/// channel, has it look at once.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Deliveries in flight at once from one process to one owner's receivers.
 const PER_OWNER: usize = 4;
 /// Bytes of a receiver's answer kept (for the delivery record); the rest is not read.
@@ -76,6 +77,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
         resolver,
         per_owner: Mutex::new(HashMap::new()),
     });
+    let bell = dispatcher.state.waiters.webhook_bell.clone();
     loop {
         let claimed = dispatcher.claim().await;
         let full = claimed.as_ref().is_ok_and(|n| *n > 0);
@@ -86,6 +88,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = bell.notified() => {}
             }
         } else if stop.is_cancelled() {
             return;

@@ -83,7 +83,7 @@ pub async fn expired_jobs(
     Ok(jobs)
 }
 
-/// Deletes jobs (their image rows and idempotency keys go with them) and batches left empty. Intent-log rows stay:
+/// Deletes jobs (their image rows, idempotency keys and webhook deliveries go with them) and batches left empty. Intent-log rows stay:
 /// the reconciler's orphan sweep deletes any object they name whose job is gone.
 pub async fn delete_jobs(db: &Db, jobs: &[JobId]) -> Result<u64, DbError> {
     if jobs.is_empty() {
@@ -98,6 +98,10 @@ pub async fn delete_jobs(db: &Db, jobs: &[JobId]) -> Result<u64, DbError> {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            sqlx::query("DELETE FROM webhook_deliveries WHERE job_id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "DELETE FROM batches b WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)",
             )
@@ -116,6 +120,14 @@ pub async fn delete_jobs(db: &Db, jobs: &[JobId]) -> Result<u64, DbError> {
                 query = query.bind(*job);
             }
             let n = query.execute(&mut *tx).await?.rows_affected();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM webhook_deliveries WHERE {}",
+                super::SQLITE.in_list("job_id", 1, jobs.len())
+            )));
+            for job in jobs {
+                query = query.bind(*job);
+            }
+            query.execute(&mut *tx).await?;
             sqlx::query(
                 "DELETE FROM batches WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = batches.id)",
             )
