@@ -6,6 +6,7 @@ mod auth;
 mod load;
 mod report;
 mod stack;
+mod streams;
 
 use anyhow::Context;
 use clap::Parser;
@@ -18,20 +19,20 @@ use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(about = "imagegen benchmarks (see scripts/bench.sh)")]
-struct Opts {
+pub struct Opts {
     /// Shorter runs and the smaller wait-mode scale only (under five minutes on 2 cores).
     #[arg(long)]
-    quick: bool,
+    pub quick: bool,
     /// The imagegen binary to run.
     #[arg(long, default_value = "target/release/imagegen")]
-    bin: String,
+    pub bin: String,
     /// Where the report goes.
     #[arg(long, default_value = "bench/results")]
     out: std::path::PathBuf,
     /// Skip the LiteLLM comparison.
     #[arg(long)]
     no_litellm: bool,
-    /// Run only these scenarios (1-7), e.g. --only 1,3.
+    /// Run only these scenarios (1-8), e.g. --only 1,3.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -44,7 +45,7 @@ fn ms(v: f64) -> String {
     }
 }
 
-fn client(max_idle: usize) -> anyhow::Result<reqwest::Client> {
+pub fn client(max_idle: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(max_idle)
         .timeout(Duration::from_secs(330))
@@ -99,6 +100,10 @@ async fn main() -> anyhow::Result<()> {
     if wants(7) {
         eprintln!("bench: 7. authentication cost");
         sections.push(auth::auth_cost(&opts).await?);
+    }
+    if wants(8) {
+        eprintln!("bench: 8. live event streams at scale");
+        sections.push(streams::event_streams(&opts).await?);
     }
     let preamble = machine(&opts, started.elapsed());
     let md = report::markdown("imagegen benchmarks", &preamble, &sections);
