@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod owner_limits;
 pub mod rate_limit;
 pub mod routes;
+pub mod sandbox;
 pub mod security;
 pub mod state;
 pub mod submit;
@@ -85,7 +86,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let settings = args.settings()?;
+    let mut settings = args.settings()?;
+    sandbox::detect(&mut settings.providers).await;
     let stop = CancellationToken::new();
     let state = AppState::new(&settings, backends, stop.clone())?;
     state
@@ -113,6 +115,7 @@ pub async fn serve(
     if let Some(oidc) = state.oidc.clone() {
         tokio::spawn(async move { oidc.warm_up().await });
     }
+    let key_invalidations = tokio::spawn(state.key_cache.clone().listen(stop.clone()));
     let signals = state.queue.signals(stop.clone());
     let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
     let addr = listener.local_addr().context("listener address")?;
@@ -141,6 +144,7 @@ pub async fn serve(
         .context("serving HTTP")?;
     stop.cancel();
     let _ = listen.await;
+    let _ = key_invalidations.await;
     if let Some(server) = metrics_server {
         let _ = server.await;
     }
