@@ -91,6 +91,25 @@ pub struct ApiArgs {
     pub enable_authentication: bool,
     #[command(flatten)]
     pub oidc: OidcArgs,
+    /// Failed authentications (no credentials, an unknown key, a bad token) one client address may make per
+    /// minute across the API fleet; over it, 429 before any credential is looked up (0: no limit). The address
+    /// comes from X-Forwarded-For only behind TRUSTED_PROXIES.
+    #[arg(
+        long,
+        env = "AUTH_FAILURES_PER_MINUTE",
+        value_name = "AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub auth_failures_per_minute: u32,
+    /// Seconds a valid API key is remembered without a database lookup (0: looked up every time). A revocation
+    /// through the admin API applies at once on every replica; `imagegen keys revoke` and expiry within this.
+    #[arg(long, env = "API_KEY_CACHE_SECS", value_name = "API_KEY_CACHE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub api_key_cache_secs: u64,
+    /// Seconds an unknown, revoked or expired API key is remembered as such (0: looked up every time).
+    #[arg(long, env = "API_KEY_NEGATIVE_CACHE_SECS", value_name = "API_KEY_NEGATIVE_CACHE_SECS",
+          default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub api_key_negative_cache_secs: u64,
     /// Key of the signed download links handed out while authentication is on (32 characters or more; the same on
     /// every API replica).
     #[arg(
@@ -203,6 +222,11 @@ pub struct AuthSettings {
     pub admin_role: String,
     /// DOWNLOAD_SIGNING_KEY and the links' lifetime (authentication on only).
     pub link_signing: Option<(SecretString, Duration)>,
+    /// AUTH_FAILURES_PER_MINUTE per client address (0: none).
+    pub failures_per_minute: u64,
+    /// API_KEY_CACHE_SECS and API_KEY_NEGATIVE_CACHE_SECS.
+    pub key_cache: Duration,
+    pub key_negative_cache: Duration,
 }
 
 /// Per-owner limits; 0 is none.
@@ -386,6 +410,9 @@ impl ApiArgs {
                 generate_role: self.oidc.auth_generate_role.clone(),
                 admin_role: self.oidc.auth_admin_role.clone(),
                 link_signing,
+                failures_per_minute: u64::from(self.auth_failures_per_minute),
+                key_cache: Duration::from_secs(self.api_key_cache_secs),
+                key_negative_cache: Duration::from_secs(self.api_key_negative_cache_secs),
             },
             limits: OwnerLimitSettings {
                 requests_per_minute: u64::from(self.rate_limit_per_minute),

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod owner_limits;
 pub mod rate_limit;
 pub mod routes;
+pub mod sandbox;
 pub mod security;
 pub mod state;
 pub mod submit;
@@ -88,7 +89,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let settings = args.settings()?;
+    let mut settings = args.settings()?;
+    sandbox::detect(&mut settings.providers).await;
     let stop = CancellationToken::new();
     let state = AppState::new(&settings, backends, stop.clone())?;
     state
@@ -116,6 +118,7 @@ pub async fn serve(
     if let Some(oidc) = state.oidc.clone() {
         tokio::spawn(async move { oidc.warm_up().await });
     }
+    let key_invalidations = tokio::spawn(state.key_cache.clone().listen(stop.clone()));
     let signals = state.queue.signals(stop.clone());
     let listen = tokio::spawn(state.waiters.clone().listen(signals, stop.clone()));
     let webhooks = tokio::spawn(webhooks::dispatcher::run(state.clone(), stop.clone()));
@@ -146,6 +149,7 @@ pub async fn serve(
     stop.cancel();
     let _ = listen.await;
     let _ = webhooks.await;
+    let _ = key_invalidations.await;
     if let Some(server) = metrics_server {
         let _ = server.await;
     }

@@ -64,6 +64,10 @@ pub struct Inner {
     pub limits_fail: imagegen_shared::limits::FailMode,
     /// CORS_ORIGINS as a layer (`None`: no cross-origin access).
     pub cors: Option<tower_http::cors::CorsLayer>,
+    /// API keys' verdicts, cached briefly and forgotten on revocation across the fleet.
+    pub key_cache: Arc<crate::auth::keys::KeyCache>,
+    /// Failed authentications per client address (AUTH_FAILURES_PER_MINUTE).
+    pub auth_failures: crate::auth::failures::FailedAuth,
     /// Signs download links (authentication on only).
     pub link_signer: Option<Arc<crate::links::LinkSigner>>,
     /// WEBHOOK_*: where deliveries may go, their schedule and limits.
@@ -150,11 +154,25 @@ impl AppState {
             )?)),
             None => None,
         };
+        let key_cache = Arc::new(match backends.redis_client_with_prefix() {
+            Some((client, conn, prefix)) => crate::auth::keys::KeyCache::redis(
+                auth.key_cache,
+                auth.key_negative_cache,
+                client,
+                conn,
+                prefix,
+            ),
+            None => crate::auth::keys::KeyCache::local(auth.key_cache, auth.key_negative_cache),
+        });
         let owners = match backends.redis_with_prefix() {
             Some((conn, prefix)) => crate::owner_limits::OwnerLimits::new(conn, prefix),
             None => crate::owner_limits::OwnerLimits::local(),
         };
+        let auth_failures =
+            crate::auth::failures::FailedAuth::new(auth.failures_per_minute, owners.clone());
         Ok(Self(Arc::new(Inner {
+            key_cache,
+            auth_failures,
             pool: backends.db,
             queue: backends.queue,
             fleet: backends.limits,

@@ -291,7 +291,20 @@ impl Emulator {
             .with_state(self.clone())
             .merge(files)
             .method_not_allowed_fallback(wrong_method)
+            .layer(axum::middleware::map_response(identify))
     }
+}
+
+/// Every answer names the emulator, so the service can tell a provider it points at is a sandbox (no real
+/// provider sends this header). The API looks for it at start-up (`imagegen_api::sandbox`).
+pub const IDENTITY_HEADER: &str = "x-imagegen-emulator";
+
+async fn identify(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        IDENTITY_HEADER,
+        axum::http::HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
+    response
 }
 
 /// OpenAI's answer to a path it does not serve.

@@ -19,6 +19,8 @@ pub struct Backends {
     pub budgets: BudgetLedger,
     /// The Redis behind the queue and limits, and the deployment's key prefix (`None`: all in process).
     redis: Option<(redis::aio::ConnectionManager, String)>,
+    /// The client behind that connection, for pub/sub subscriptions of the API's own.
+    redis_client: Option<redis::Client>,
     /// Where the database and the queue are, for the start-up log: the SQLite file's absolute path, or the URLs
     /// without their passwords.
     locations: (String, String),
@@ -47,20 +49,22 @@ impl Backends {
                 crate::config::redacted_url(url)
             )
         });
-        let (queue, limits, budgets, redis) = match redis_url {
+        let (queue, limits, budgets, redis, redis_client) = match redis_url {
             Some(url) => {
                 let (client, conn) = redis_connection(url).context("REDIS_URL: invalid")?;
                 (
-                    JobQueue::redis(Some(client), conn.clone(), queue_name),
+                    JobQueue::redis(Some(client.clone()), conn.clone(), queue_name),
                     FleetLimits::new(conn.clone(), queue_name),
                     BudgetLedger::redis(conn.clone(), queue_name),
                     Some((conn, queue_name.to_owned())),
+                    Some(client),
                 )
             }
             None => (
                 JobQueue::local(),
                 FleetLimits::local(),
                 BudgetLedger::local(),
+                None,
                 None,
             ),
         };
@@ -70,6 +74,7 @@ impl Backends {
             limits,
             budgets,
             redis,
+            redis_client,
             locations: (db_location, queue_location),
         })
     }
@@ -85,6 +90,18 @@ impl Backends {
         self.redis
             .as_ref()
             .map(|(conn, prefix)| (conn.clone(), prefix.as_str()))
+    }
+
+    /// The Redis client, the connection and the deployment's key prefix, for a subscription of one's own.
+    pub fn redis_client_with_prefix(
+        &self,
+    ) -> Option<(redis::Client, redis::aio::ConnectionManager, &str)> {
+        match (&self.redis_client, &self.redis) {
+            (Some(client), Some((conn, prefix))) => {
+                Some((client.clone(), conn.clone(), prefix.as_str()))
+            }
+            _ => None,
+        }
     }
 
     /// Where each store lives, for the start-up log (paths resolved, no secrets).

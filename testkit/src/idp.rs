@@ -74,7 +74,32 @@ impl TestIdp {
                 "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             });
             let jwks_state = state.clone();
+            // Entra's layout too, with this server as the authority host: `/<tenant>/v2.0/.well-known/...`; the
+            // multi-tenant aliases' document names the issuer template, as Entra's does.
+            let authority = issuer.clone();
+            let entra_discovery = move |axum::extract::Path(tenant): axum::extract::Path<
+                String,
+            >| {
+                let authority = authority.clone();
+                async move {
+                    let named =
+                        if ["common", "organizations", "consumers"].contains(&tenant.as_str()) {
+                            "{tenantid}".to_owned()
+                        } else {
+                            tenant
+                        };
+                    axum::Json(json!({
+                        "issuer": format!("{authority}/{named}/v2.0"),
+                        "jwks_uri": format!("{authority}/discovery/keys"),
+                        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+                    }))
+                }
+            };
             axum::Router::new()
+                .route(
+                    "/{tenant}/v2.0/.well-known/openid-configuration",
+                    axum::routing::get(entra_discovery),
+                )
                 .route(
                     "/.well-known/openid-configuration",
                     axum::routing::get(move || {
@@ -145,6 +170,11 @@ impl TestIdp {
             "iss": self.issuer, "aud": AUDIENCE, "sub": format!("sub-{oid}"), "oid": oid, "tid": TENANT,
             "iat": now, "nbf": now - 5, "exp": now + 600, "roles": roles,
         })
+    }
+
+    /// Entra's v2.0 issuer for tenant `tid`, with this server as the authority host (AZURE_AD_AUTHORITY_HOST).
+    pub fn entra_issuer(&self, tid: &str) -> String {
+        format!("{}/{tid}/v2.0", self.issuer)
     }
 
     /// A token signed by key `kid` (RS256 for RSA keys, ES256 for EC keys), its header naming `kid`.

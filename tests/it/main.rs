@@ -1,11 +1,14 @@
 //! The integration tests, one binary: the real `imagegen` binary started as processes (emulator, api, worker, or one
 //! standalone process) and driven over HTTP, one module per resource or concern. scripts/test.sh runs them all, then
 //! again in standalone mode (E2E_MODE=standalone) without the modules that need the api and worker processes on
-//! Postgres and Redis or do not use the stack at all: `fleet`, `faults`, `budgets`, `shutdown`, `deploy` and `standalone`.
+//! Postgres and Redis or do not use the stack at all: `fleet`, `auth_fleet`, `faults`, `budgets`, `shutdown`, `deploy` and
+//! `standalone`.
 
 mod support;
 
 mod auth;
+mod auth_fleet;
+mod auth_limits;
 mod budgets;
 mod cli;
 mod costs;
@@ -23,5 +26,6 @@ mod openai;
 mod playground;
 mod providers;
 mod proxies;
+mod sandbox;
 mod shutdown;
 mod standalone;

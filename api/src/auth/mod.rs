@@ -5,11 +5,13 @@
 //! `identify` (a middleware on the owner's routes) checks the credential once and leaves the [`Principal`] in the
 //! request's extensions; the extractors `Owner`, `Submitter` and `Admin` read it.
 
+pub mod failures;
+pub mod keys;
 pub mod oidc;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
@@ -43,21 +45,57 @@ impl Principal {
 
 /// Checks the request's credential once for the handlers behind it. A request without any credential goes on:
 /// a signed download link needs none, and the handlers' extractors answer 401 for everything else.
+///
+/// Failed authentications count against the client's address (`failures`); over AUTH_FAILURES_PER_MINUTE the
+/// address gets 429 before its credential is looked up, unless that credential is one already known to be valid.
 pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if state.authentication && credential(req.headers()).is_none() {
+    if !state.authentication {
+        req.extensions_mut().insert(Principal::anonymous());
         return next.run(req).await;
     }
-    match authenticate(req.headers(), &state).await {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let client = failures::client_address(peer, req.headers(), &state.trusted_proxies);
+    if credential(req.headers()).is_none() {
+        if let Some(refusal) = state.auth_failures.refusal(client) {
+            return refusal.into_response();
+        }
+        let response = next.run(req).await;
+        if response.status() == axum::http::StatusCode::UNAUTHORIZED
+            && let Some(refusal) = state.auth_failures.failed(client).await
+        {
+            return refusal.into_response();
+        }
+        return response;
+    }
+    match check(req.headers(), &state, Some(client)).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
+        Err(e @ ApiError::Unauthorized { .. }) => match state.auth_failures.failed(client).await {
+            Some(refusal) => refusal.into_response(),
+            None => e.into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }
 
 /// The principal a request's credentials stand for.
 pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
+    check(headers, state, None).await
+}
+
+/// `authenticate`, for a request from `client` (`Some(None)`: an unknown address) when failed authentications are
+/// limited: an address over the limit is refused (429) unless its credential is cached as valid.
+async fn check(
+    headers: &HeaderMap,
+    state: &AppState,
+    client: Option<Option<std::net::IpAddr>>,
+) -> Result<Principal, ApiError> {
+    let throttled = || client.and_then(|c| state.auth_failures.refusal(c));
     if !state.authentication {
         return Ok(Principal::anonymous());
     }
@@ -74,7 +112,7 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Princ
     };
     // Logs say why a credential was refused; neither they nor the answer ever contain it.
     if credential.starts_with(api_keys::KEY_PREFIX) {
-        return match api_keys::identify(&state.pool, credential).await? {
+        return match api_key(state, credential, throttled).await? {
             Some(key) => Ok(Principal {
                 owner: key.owner.clone(),
                 can_generate: true,
@@ -103,6 +141,17 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Princ
             invalid_token: true,
         });
     };
+    if let Some(identity) = oidc.cached(credential) {
+        return Ok(Principal {
+            owner: identity.owner,
+            can_generate: identity.can_generate,
+            is_admin: identity.is_admin,
+            api_key: None,
+        });
+    }
+    if let Some(refusal) = throttled() {
+        return Err(refusal);
+    }
     match oidc.verify(credential).await {
         Ok(identity) => Ok(Principal {
             owner: identity.owner,
@@ -127,6 +176,39 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Princ
             })
         }
     }
+}
+
+/// The key's identity, from the cache (`keys`) or else the database; `None`: unknown, revoked or expired.
+/// `throttled` is asked before the database: an address over its failure limit gets no lookup.
+async fn api_key(
+    state: &AppState,
+    key: &str,
+    throttled: impl Fn() -> Option<ApiError>,
+) -> Result<Option<api_keys::KeyIdentity>, ApiError> {
+    let hash = api_keys::hash(key);
+    match state.key_cache.get(&hash) {
+        Some(keys::Verdict::Valid(identity)) => return Ok(Some(identity)),
+        Some(keys::Verdict::Refused) => return Ok(None),
+        None => {}
+    }
+    if let Some(refusal) = throttled() {
+        return Err(refusal);
+    }
+    let epoch = state.key_cache.epoch();
+    let found = api_keys::identify_hash(&state.pool, &hash).await;
+    let outcome = match &found {
+        Ok(Some(_)) => "valid",
+        Ok(None) => "refused",
+        Err(_) => "error",
+    };
+    metrics::counter!("imagegen_auth_key_lookups_total", "outcome" => outcome).increment(1);
+    let found = found?;
+    let verdict = match &found {
+        Some(identity) => keys::Verdict::Valid(identity.clone()),
+        None => keys::Verdict::Refused,
+    };
+    state.key_cache.put(&hash, verdict, epoch);
+    Ok(found)
 }
 
 /// The principal `identify` left, else checked now (routes outside that middleware).

@@ -41,6 +41,21 @@ pub struct OidcArgs {
     /// Microsoft Entra ID tenant (directory) id whose access tokens are accepted (with ENABLE_AUTHENTICATION).
     #[arg(long, env = "AZURE_AD_TENANT_ID", value_name = "AZURE_AD_TENANT_ID")]
     pub azure_ad_tenant_id: Option<String>,
+    /// With AZURE_AD_TENANT_ID=common or organizations (a multi-tenant app): the tenant ids (GUIDs),
+    /// comma-separated, whose tokens are accepted; each token's issuer must be its own tenant's (`tid`).
+    #[arg(
+        long,
+        env = "AZURE_AD_ALLOWED_TENANTS",
+        value_name = "AZURE_AD_ALLOWED_TENANTS"
+    )]
+    pub azure_ad_allowed_tenants: Option<String>,
+    /// Entra's authority host (another cloud, e.g. https://login.microsoftonline.us; http on loopback for tests).
+    #[arg(
+        long,
+        env = "AZURE_AD_AUTHORITY_HOST",
+        value_name = "AZURE_AD_AUTHORITY_HOST"
+    )]
+    pub azure_ad_authority_host: Option<String>,
     /// Client (application) id of the API's Entra app registration: the audience its tokens carry.
     #[arg(long, env = "AZURE_AD_CLIENT_ID", value_name = "AZURE_AD_CLIENT_ID")]
     pub azure_ad_client_id: Option<String>,
@@ -75,10 +90,33 @@ pub struct OidcConfig {
     pub issuer: String,
     /// Entra's v1 access tokens (an app registration's default) carry `https://sts.windows.net/<tenant>/`.
     pub extra_issuers: Vec<String>,
+    /// A multi-tenant Entra app: the tenants accepted (lowercase GUIDs) and the authority host; `issuer` is then
+    /// the alias's (`<host>/common/v2.0`), and each token must carry the issuer of its own `tid`.
+    pub tenants: Option<MultiTenant>,
     pub audiences: Vec<String>,
     pub generate_role: String,
     pub admin_role: String,
 }
+
+/// The tenants a multi-tenant Entra app accepts.
+#[derive(Debug, Clone)]
+pub struct MultiTenant {
+    pub authority: String,
+    pub allowed: Vec<String>,
+}
+
+impl MultiTenant {
+    /// The issuers a token of tenant `tid` carries: v2.0 (`<host>/<tid>/v2.0`) and v1 (`sts.windows.net`).
+    fn issuers_of(&self, tid: &str) -> [String; 2] {
+        [
+            format!("{}/{tid}/v2.0", self.authority),
+            format!("https://sts.windows.net/{tid}/"),
+        ]
+    }
+}
+
+/// Entra's authority host: AZURE_AD_AUTHORITY_HOST or the public cloud's, without a trailing slash.
+const ENTRA_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
@@ -89,21 +127,71 @@ impl OidcConfig {
     pub fn from_args(args: &OidcArgs) -> anyhow::Result<Option<Self>> {
         let tenant = non_empty(&args.azure_ad_tenant_id);
         let client = non_empty(&args.azure_ad_client_id);
+        let authority = match non_empty(&args.azure_ad_authority_host) {
+            Some(host) => {
+                check_fetchable(host)
+                    .map_err(|e| anyhow::anyhow!("AZURE_AD_AUTHORITY_HOST: {e}"))?;
+                host.trim_end_matches('/').to_owned()
+            }
+            None => ENTRA_AUTHORITY.to_owned(),
+        };
+        let allowed = non_empty(&args.azure_ad_allowed_tenants);
+        let multi_tenant =
+            tenant.is_some_and(|t| ENTRA_MULTI_TENANT.contains(&t.to_ascii_lowercase().as_str()));
+        if allowed.is_some() && (!multi_tenant || non_empty(&args.oidc_issuer).is_some()) {
+            anyhow::bail!(
+                "AZURE_AD_ALLOWED_TENANTS: only for a multi-tenant app (AZURE_AD_TENANT_ID=common or organizations, \
+                 without OIDC_ISSUER)"
+            );
+        }
+        let mut tenants = None;
         let (issuer, extra_issuers) = match (non_empty(&args.oidc_issuer), tenant) {
             (Some(issuer), _) => (issuer.to_owned(), Vec::new()),
+            (None, Some(alias)) if multi_tenant => {
+                let Some(allowed) = allowed else {
+                    anyhow::bail!(
+                        "AZURE_AD_TENANT_ID={alias} (a multi-tenant app) needs AZURE_AD_ALLOWED_TENANTS: the tenant ids \
+                         whose tokens are accepted"
+                    );
+                };
+                let allowed = allowed
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| {
+                        uuid::Uuid::parse_str(t)
+                            .map(|u| u.hyphenated().to_string())
+                            .map_err(|_| {
+                                anyhow::anyhow!(
+                                    "AZURE_AD_ALLOWED_TENANTS: `{t}` is not a tenant id (a GUID, as tokens' tid)"
+                                )
+                            })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                if allowed.is_empty() {
+                    anyhow::bail!("AZURE_AD_ALLOWED_TENANTS: no tenant id given");
+                }
+                tenants = Some(MultiTenant {
+                    authority: authority.clone(),
+                    allowed,
+                });
+                (
+                    format!("{authority}/{}/v2.0", alias.to_ascii_lowercase()),
+                    Vec::new(),
+                )
+            }
             (None, Some(tenant)) => {
-                if ENTRA_MULTI_TENANT.contains(&tenant.to_ascii_lowercase().as_str())
-                    || !tenant
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                if !tenant
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
                 {
                     anyhow::bail!(
-                        "AZURE_AD_TENANT_ID: give your tenant's id (a GUID) or primary domain; multi-tenant aliases \
-                         such as `common` are not supported"
+                        "AZURE_AD_TENANT_ID: give your tenant's id (a GUID) or primary domain, or `common` / \
+                         `organizations` with AZURE_AD_ALLOWED_TENANTS"
                     );
                 }
                 (
-                    format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+                    format!("{authority}/{tenant}/v2.0"),
                     vec![format!("https://sts.windows.net/{tenant}/")],
                 )
             }
@@ -141,6 +229,7 @@ impl OidcConfig {
         Ok(Some(Self {
             issuer,
             extra_issuers,
+            tenants,
             audiences,
             generate_role: role("AUTH_GENERATE_ROLE", &args.auth_generate_role)?,
             admin_role: role("AUTH_ADMIN_ROLE", &args.auth_admin_role)?,
@@ -194,6 +283,8 @@ pub enum TokenError {
     NotYetValid,
     #[error("The token was not issued by the configured issuer")]
     Issuer,
+    #[error("The token's tenant is not one this API accepts")]
+    Tenant,
     #[error("The token is not meant for this API (audience)")]
     Audience,
     #[error("The token lacks the claim {0}")]
@@ -235,6 +326,9 @@ struct Claims {
     /// Checked by jsonwebtoken; kept to know how long the verdict may be cached.
     #[serde(default)]
     exp: Option<u64>,
+    /// Checked by jsonwebtoken against every accepted issuer; a multi-tenant app checks it against `tid`'s.
+    #[serde(default)]
+    iss: Option<String>,
     sub: Option<String>,
     oid: Option<String>,
     tid: Option<String>,
@@ -329,16 +423,25 @@ impl OidcVerifier {
         }
     }
 
-    /// Checks a token's algorithm, signature and claims; returns who it stands for.
-    pub async fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
+    /// Who a token stands for if it was checked before and has not expired (no signature check, no fetch).
+    pub fn cached(&self, token: &str) -> Option<TokenIdentity> {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some((identity, until)) = self.verified_cache().get(&digest)
-            && now <= *until
-        {
-            return Ok(identity.clone());
+        match self.verified_cache().get(&digest) {
+            Some((identity, until)) if now <= *until => Some(identity.clone()),
+            _ => None,
         }
+    }
+
+    /// Checks a token's algorithm, signature and claims; returns who it stands for.
+    pub async fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
+        use sha2::Digest;
+        if let Some(identity) = self.cached(token) {
+            return Ok(identity);
+        }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
         let (identity, exp) = self.check(token).await?;
         let mut cache = self.verified_cache();
         if cache.len() >= VERIFIED_CACHE_MAX {
@@ -376,12 +479,34 @@ impl OidcVerifier {
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.validate_exp = true;
-        let mut issuers = vec![self.config.issuer.clone()];
-        issuers.extend(self.config.extra_issuers.iter().cloned());
+        let issuers: Vec<String> = match &self.config.tenants {
+            // Any allowed tenant's issuer here; below, the one of the token's own tenant.
+            Some(m) => m.allowed.iter().flat_map(|t| m.issuers_of(t)).collect(),
+            None => {
+                let mut issuers = vec![self.config.issuer.clone()];
+                issuers.extend(self.config.extra_issuers.iter().cloned());
+                issuers
+            }
+        };
         validation.set_issuer(&issuers);
         validation.set_audience(&self.config.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)?;
+        if let Some(m) = &self.config.tenants {
+            let tid = data
+                .claims
+                .tid
+                .as_deref()
+                .ok_or_else(|| TokenError::MissingClaim("tid".into()))?
+                .to_ascii_lowercase();
+            if !m.allowed.contains(&tid) {
+                return Err(TokenError::Tenant);
+            }
+            let iss = data.claims.iss.as_deref().unwrap_or_default();
+            if !m.issuers_of(&tid).iter().any(|i| i == iss) {
+                return Err(TokenError::Issuer);
+            }
+        }
         let exp = data.claims.exp.unwrap_or(0);
         Ok((self.identity(data.claims)?, exp))
     }
@@ -520,11 +645,16 @@ impl OidcVerifier {
     async fn fetch_keys(&self) -> Result<HashMap<String, std::sync::Arc<VerifyingKey>>, String> {
         let discovery_url = self.config.discovery_url();
         let discovery: Discovery = self.fetch_json(&discovery_url).await?;
-        // OpenID Connect Discovery 1.0 §4.3: the document must name the issuer it was fetched for.
-        if discovery.issuer.trim_end_matches('/') != self.config.issuer.trim_end_matches('/') {
+        // OpenID Connect Discovery 1.0 §4.3: the document must name the issuer it was fetched for. Entra's
+        // multi-tenant document names a template, `<host>/{tenantid}/v2.0`.
+        let expected = match &self.config.tenants {
+            Some(m) => format!("{}/{{tenantid}}/v2.0", m.authority),
+            None => self.config.issuer.clone(),
+        };
+        if discovery.issuer.trim_end_matches('/') != expected.trim_end_matches('/') {
             return Err(format!(
-                "the discovery document names issuer {} instead of {}",
-                discovery.issuer, self.config.issuer
+                "the discovery document names issuer {} instead of {expected}",
+                discovery.issuer
             ));
         }
         let jwks_uri =
@@ -681,6 +811,66 @@ mod tests {
             OidcConfig::from_args(&args(|_| {}))
                 .expect("valid")
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn multi_tenant_apps_need_an_allow_list_of_tenant_ids() {
+        let t1 = "72F988BF-86F1-41AF-91AB-2D7CD011DB47";
+        let c = OidcConfig::from_args(&args(|a| {
+            a.azure_ad_tenant_id = Some("organizations".into());
+            a.azure_ad_client_id = Some("client".into());
+            a.azure_ad_allowed_tenants = Some(format!(" {t1} ,")); // GUIDs as Entra writes `tid`: lowercase
+        }))
+        .expect("valid")
+        .expect("configured");
+        assert_eq!(
+            c.issuer,
+            "https://login.microsoftonline.com/organizations/v2.0"
+        );
+        let m = c.tenants.expect("multi-tenant");
+        assert_eq!(m.allowed, vec![t1.to_ascii_lowercase()]);
+        assert_eq!(
+            m.issuers_of(&m.allowed[0]),
+            [
+                "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
+                    .to_owned(),
+                "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/".to_owned()
+            ]
+        );
+        let err = |tenant: &str, allowed: Option<&str>| {
+            OidcConfig::from_args(&args(|a| {
+                a.azure_ad_tenant_id = Some(tenant.into());
+                a.azure_ad_client_id = Some("client".into());
+                a.azure_ad_allowed_tenants = allowed.map(str::to_owned);
+            }))
+            .expect_err("refused")
+            .to_string()
+        };
+        assert!(err("common", None).contains("AZURE_AD_ALLOWED_TENANTS"));
+        assert!(err("common", Some("contoso.com")).contains("contoso.com"));
+        assert!(err("common", Some(" , ")).contains("no tenant"));
+        assert!(err(t1, Some(t1)).contains("only for a multi-tenant app"));
+        let sovereign = OidcConfig::from_args(&args(|a| {
+            a.azure_ad_tenant_id = Some(t1.into());
+            a.azure_ad_client_id = Some("client".into());
+            a.azure_ad_authority_host = Some("https://login.microsoftonline.us/".into());
+        }))
+        .expect("valid")
+        .expect("configured");
+        assert_eq!(
+            sovereign.issuer,
+            format!("https://login.microsoftonline.us/{t1}/v2.0")
+        );
+        assert!(
+            OidcConfig::from_args(&args(|a| {
+                a.azure_ad_tenant_id = Some(t1.into());
+                a.azure_ad_client_id = Some("client".into());
+                a.azure_ad_authority_host = Some("http://login.example.com".into());
+            }))
+            .expect_err("plain http")
+            .to_string()
+            .contains("AZURE_AD_AUTHORITY_HOST")
         );
     }
 

@@ -171,7 +171,7 @@ pub async fn list_keys(
     }))
 }
 
-/// Revoke an API key: it stops working at once.
+/// Revoke an API key: it stops working at once, on every API replica.
 #[utoipa::path(delete, path = "/api/v1/admin/keys/{id}", tag = "admin",
     params(("id" = String, Path, format = Uuid, description = "The key's id")),
     responses((status = 200, body = RevokedKeyView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -184,6 +184,8 @@ pub async fn revoke_key(
     if api_keys::revoke(&state.pool, &id.to_string()).await? != 1 {
         return Err(ApiError::NotFound("API key"));
     }
+    // Forgotten by every API process's key cache (through Redis), not only this one's.
+    state.key_cache.changed(id).await;
     tracing::info!(by = %admin, key_id = %id, "API key revoked");
     Ok(axum::Json(RevokedKeyView {
         success: true,

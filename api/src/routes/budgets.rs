@@ -159,6 +159,8 @@ pub async fn set_key_budget(
     let record = api_keys::set_budget(&state.pool, id, per_day, per_month)
         .await?
         .ok_or(ApiError::NotFound("API key"))?;
+    // Cached identities carry the key's budget: every API process forgets this one.
+    state.key_cache.changed(id).await;
     tracing::info!(by = %admin, key_id = %id, per_day, per_month, "key budget set");
     Ok(axum::Json(record.into()))
 }

@@ -80,7 +80,11 @@ pub async fn create(
 
 /// The key's identity and budget, if it exists, is not revoked and has not expired.
 pub async fn identify(db: &Db, key: &str) -> Result<Option<KeyIdentity>, DbError> {
-    let wanted = hash(key);
+    identify_hash(db, &hash(key)).await
+}
+
+/// `identify`, given the key's hash (`hash`).
+pub async fn identify_hash(db: &Db, wanted: &str) -> Result<Option<KeyIdentity>, DbError> {
     type Row = (uuid::Uuid, String, String, Option<i64>, Option<i64>);
     let row: Option<Row> = on_db!(db, |pool, sql| {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -88,7 +92,7 @@ pub async fn identify(db: &Db, key: &str) -> Result<Option<KeyIdentity>, DbError
              WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now})",
             now = sql.now,
         )))
-        .bind(&wanted)
+        .bind(wanted)
         .fetch_optional(pool)
         .await?
     });
