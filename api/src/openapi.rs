@@ -136,7 +136,7 @@ docs stay open. Signed download links work without a key.",
         routes::budgets::set_key_budget,
         crate::openai::images::generations, crate::openai::models::list,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, crate::routes::events::ProgressEventView)),
     modifiers(&OwnerSecurity),
     tags((name = "generation"), (name = "jobs"), (name = "images"), (name = "usage"), (name = "webhooks", description = "Signed webhooks (Standard Webhooks): endpoints, secrets, deliveries"), (name = "openai", description = "OpenAI-compatible: point an OpenAI SDK's base URL at `/v1`"), (name = "health"), (name = "admin"))
 )]

@@ -44,6 +44,19 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/batches/{id}/events", get(batch_events))
 }
 
+/// The `data` of any event of a stream: a `status`, `retrying` or `failover` event's fields are those of
+/// [`ProgressEventView`]; a job's end carries the job (as `GET /api/v1/jobs/{id}`), `completed` the batch (as `GET
+/// /api/v1/batches/{id}`), `partial_image` the picture so far (`index`, `partial_image_index`, `b64_json`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StreamEventData {
+    /// The job the event is about (every event but `completed`).
+    pub job_id: Option<JobId>,
+    /// The batch (`completed`, and the jobs of a batch).
+    pub batch_id: Option<BatchId>,
+    /// The job's status (or the batch's, `completed`).
+    pub status: Option<String>,
+}
+
 /// The `data` of a `status`, `retrying` or `failover` event (the end of a job carries the job itself).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProgressEventView {
@@ -85,10 +98,10 @@ pub struct ProgressEventView {
 /// `Last-Event-ID` to resume after that event.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = String, Path, format = Uuid, description = "Job id"),
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]+-[0-9]+$",
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,20}(-[0-9]{1,20})?$",
             description = "Resume after this event (an `id:` this stream sent)")),
     responses(
-        (status = 200, description = "The job's events", content_type = "text/event-stream", body = ProgressEventView),
+        (status = 200, description = "The job's events", content_type = "text/event-stream", body = StreamEventData),
         (status = 204, description = "Resumed after the job's last event: nothing more will come"),
         (status = 400, description = "A malformed `Last-Event-ID`", body = ErrorBody),
         (status = 404, description = "No such job (for this caller)", body = ErrorBody),
@@ -127,10 +140,10 @@ pub async fn job_events(
 /// `completed` with the batch as `GET /api/v1/batches/{id}` shows it, and the stream ends.
 #[utoipa::path(get, path = "/api/v1/batches/{id}/events", tag = "generation",
     params(("id" = String, Path, format = Uuid, description = "Batch id"),
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]+-[0-9]+$",
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,20}(-[0-9]{1,20})?$",
             description = "Resume after this event (an `id:` this stream sent)")),
     responses(
-        (status = 200, description = "The batch's events", content_type = "text/event-stream", body = ProgressEventView),
+        (status = 200, description = "The batch's events", content_type = "text/event-stream", body = StreamEventData),
         (status = 204, description = "Resumed after the batch's last event: nothing more will come"),
         (status = 400, description = "A malformed `Last-Event-ID`", body = ErrorBody),
         (status = 404, description = "No such batch (for this caller)", body = ErrorBody),
@@ -161,20 +174,18 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("last-event-id") else {
         return Ok(None);
     };
-    let well_formed = value.to_str().ok().filter(|v| {
-        v.split_once('-').is_some_and(|(a, b)| {
-            !a.is_empty()
-                && !b.is_empty()
-                && a.len() <= 20
-                && b.len() <= 20
-                && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
-        })
+    let number = |n: &str| !n.is_empty() && n.len() <= 20 && n.bytes().all(|c| c.is_ascii_digit());
+    let well_formed = value.to_str().ok().and_then(|v| match v.split_once('-') {
+        Some((a, b)) if number(a) && number(b) => Some(v.to_owned()),
+        // A bare number is the first part of an id: the events after it.
+        None if number(v) => Some(format!("{v}-0")),
+        _ => None,
     });
     match well_formed {
-        Some(v) => Ok(Some(v.to_owned())),
+        Some(v) => Ok(Some(v)),
         None => Err(ApiError::Validation(ValidationErrors::one(
             "Last-Event-ID",
-            "must be an event id this stream sent (digits-digits)",
+            "must be an event id this stream sent (digits, or digits-digits)",
         ))),
     }
 }

@@ -180,6 +180,8 @@ fn overlap_secs(state: &AppState) -> f64 {
     responses(
         (status = 201, description = "Registered; keep `secret` to verify deliveries", body = EndpointView),
         (status = 400, description = "A bad URL or event type (`validation_failed`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Body not sent as `application/json` (`unsupported_media_type`)", body = ErrorBody),
     ))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
