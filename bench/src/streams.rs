@@ -34,11 +34,16 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
         let stack = Stack::start(&opts.bin, 2, &extra).await?;
         stack.emulator_config(json!({"latency_ms": 5000})).await?;
         let http = client(n)?;
-        let body = json!({"prompt": "A lighthouse at dusk", "model": "gpt-image-2", "size": "1024x1024"});
+        let body =
+            json!({"prompt": "A lighthouse at dusk", "model": "gpt-image-2", "size": "1024x1024"});
         let mut ids = Vec::with_capacity(n);
         let submits = futures::stream::iter(0..n)
             .map(|_| {
-                let (h, url, body) = (http.clone(), format!("{}/api/v1/jobs", stack.api), body.clone());
+                let (h, url, body) = (
+                    http.clone(),
+                    format!("{}/api/v1/jobs", stack.api),
+                    body.clone(),
+                );
                 async move {
                     let r = h.post(url).json(&body).send().await.ok()?;
                     let v: serde_json::Value = r.json().await.ok()?;
@@ -56,7 +61,10 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
             if i > 0 && i % 250 == 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let (h, url) = (http.clone(), format!("{}/api/v1/jobs/{id}/events", stack.api));
+            let (h, url) = (
+                http.clone(),
+                format!("{}/api/v1/jobs/{id}/events", stack.api),
+            );
             tasks.push(tokio::spawn(async move {
                 let Ok(r) = h.get(url).send().await else {
                     return false;
