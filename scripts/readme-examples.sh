@@ -112,7 +112,8 @@ for block in "${blocks[@]}"; do
     command curl --fail-with-body "$@"
   }'
 
-  if ! (cd "$WORK" && "${clean_env[@]}" bash -euo pipefail -c "$prelude
+  # `imagegen` on the PATH, as for someone who installed it.
+  if ! (cd "$WORK" && "${clean_env[@]}" PATH="$(dirname "$BIN"):$PATH" bash -euo pipefail -c "$prelude
 $text" >"$WORK/out.txt" 2>&1); then
     echo "readme-examples: FAILED $(basename "$README"):$line:" >&2
     sed 's/^/  | /' <<<"$text" >&2
