@@ -1,6 +1,7 @@
 //! Signed webhooks (Standard Webhooks): the settings (`config`) and the dispatcher that sends the outbox's
 //! deliveries (`dispatcher`). The endpoints that manage them are in `routes::webhooks`; the outbox itself is written
-//! by the database (see `db::webhooks`).
+//! by the database (see `db::webhooks` and the `webhooks` migration), so every path that ends a job (worker, API
+//! cancel, reconciler) queues its deliveries without knowing of them.
 
 pub mod config;
 pub mod dispatcher;
