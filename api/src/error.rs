@@ -33,6 +33,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
+    /// A webhook delivery a dispatcher is sending right now (409 `delivery_in_flight`).
+    #[error("This delivery is being sent right now; replay it once that attempt ends")]
+    DeliveryInFlight,
     #[error("This Idempotency-Key was already used with a different request")]
     IdempotencyMismatch,
     #[error("{0}")]
@@ -180,6 +183,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "job_not_cancelable"),
+            ApiError::DeliveryInFlight => (StatusCode::CONFLICT, "delivery_in_flight"),
             ApiError::IdempotencyMismatch => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }

@@ -1,8 +1,8 @@
 //! The integration tests, one binary: the real `imagegen` binary started as processes (emulator, api, worker, or one
 //! standalone process) and driven over HTTP, one module per resource or concern. scripts/test.sh runs them all, then
 //! again in standalone mode (E2E_MODE=standalone) without the modules that need the api and worker processes on
-//! Postgres and Redis or do not use the stack at all: `fleet`, `auth_fleet`, `faults`, `budgets`, `shutdown`, `deploy` and
-//! `standalone`.
+//! Postgres and Redis or do not use the stack at all: `fleet`, `auth_fleet`, `webhooks_fleet`, `faults`, `budgets`,
+//! `shutdown`, `deploy` and `standalone`.
 
 mod support;
 
@@ -29,3 +29,5 @@ mod proxies;
 mod sandbox;
 mod shutdown;
 mod standalone;
+mod webhooks;
+mod webhooks_fleet;

@@ -390,15 +390,18 @@ pub async fn list_deliveries(
     responses(
         (status = 202, description = "Queued to be sent again", body = DeliveryView),
         (status = 404, description = "No such delivery (for this caller)", body = ErrorBody),
+        (status = 409, description = "It is being sent right now (`delivery_in_flight`); replay it once that attempt ends", body = ErrorBody),
     ))]
 pub async fn replay_delivery(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let delivery = webhooks::replay(&state.pool, &owner, &id)
-        .await?
-        .ok_or(ApiError::NotFound("Delivery"))?;
+    let delivery = match webhooks::replay(&state.pool, &owner, &id).await? {
+        webhooks::Replay::Queued(delivery) => *delivery,
+        webhooks::Replay::InFlight => return Err(ApiError::DeliveryInFlight),
+        webhooks::Replay::NotFound => return Err(ApiError::NotFound("Delivery")),
+    };
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(DeliveryView::of(delivery, Vec::new())),

@@ -118,7 +118,8 @@ impl Dispatcher {
         let lease = (self.settings.timeout + Duration::from_secs(30)).as_secs_f64();
         let claimed = db::webhooks::claim_due(
             &self.state.pool,
-            i64::try_from(free.min(PER_OWNER * 8)).unwrap_or(1),
+            i64::try_from(free).unwrap_or(1),
+            i64::try_from(PER_OWNER).unwrap_or(1),
             lease,
             &busy,
         )

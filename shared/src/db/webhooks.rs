@@ -200,35 +200,45 @@ pub async fn rotate_owner_secret(
     Ok(row)
 }
 
-/// Takes up to `limit` due deliveries for this dispatcher for `lease_secs`, counting the attempt, skipping the
-/// owners in `busy` (their receivers already have as many deliveries in flight here as they may). Rows another
-/// dispatcher holds are skipped, so each attempt is made by one dispatcher.
+/// Takes up to `limit` due deliveries for this dispatcher for `lease_secs`, counting the attempt: at most
+/// `per_owner` of any one owner, and none of the owners in `busy` (their receivers already have as many deliveries
+/// in flight here as they may), so one owner's backlog never takes every slot. Rows another dispatcher holds are
+/// skipped, so each attempt is made by one dispatcher.
 pub async fn claim_due(
     db: &Db,
     limit: i64,
+    per_owner: i64,
     lease_secs: f64,
     busy: &[String],
 ) -> Result<Vec<DeliveryRecord>, DbError> {
     let query = |sql: &super::Dialect| {
         format!(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = {lease}, updated_at = {now} \
-             WHERE id IN (SELECT id FROM webhook_deliveries \
+            "WITH due AS (SELECT id, owner, next_attempt_at FROM webhook_deliveries \
                  WHERE status = 'pending' AND next_attempt_at <= {now} \
                    AND (lease_until IS NULL OR lease_until < {now}) AND NOT ({busy}) \
-                 ORDER BY next_attempt_at LIMIT $1 {skip}) \
+                 ORDER BY next_attempt_at LIMIT $4 {skip}), \
+             ranked AS (SELECT id, next_attempt_at, \
+                 row_number() OVER (PARTITION BY owner ORDER BY next_attempt_at) AS rn FROM due) \
+             UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = {lease}, updated_at = {now} \
+             WHERE id IN (SELECT id FROM ranked WHERE rn <= $5 ORDER BY next_attempt_at LIMIT $1) \
                AND status = 'pending' AND (lease_until IS NULL OR lease_until < {now}) \
              RETURNING {DELIVERY_COLUMNS}",
             lease = sql.now_plus("$2"),
             now = sql.now,
-            busy = sql.in_list("owner", 3, busy.len()),
+            busy = sql.in_list("owner", 6, busy.len()),
             skip = sql.skip_locked(),
         )
     };
+    // Looked at: enough rows for `limit` even when a few owners hold most of the due ones.
+    let window = (limit * 8).max(64);
     let rows = match db {
         Db::Postgres(pool) => {
             sqlx::query_as::<_, DeliveryRecord>(sqlx::AssertSqlSafe(query(&super::POSTGRES)))
                 .bind(limit)
                 .bind(lease_secs)
+                .bind(0_i64)
+                .bind(window)
+                .bind(per_owner)
                 .bind(busy)
                 .fetch_all(pool)
                 .await?
@@ -237,7 +247,10 @@ pub async fn claim_due(
             let mut q =
                 sqlx::query_as::<_, DeliveryRecord>(sqlx::AssertSqlSafe(query(&super::SQLITE)))
                     .bind(limit)
-                    .bind(lease_secs);
+                    .bind(lease_secs)
+                    .bind(0_i64)
+                    .bind(window)
+                    .bind(per_owner);
             for owner in busy {
                 q = q.bind(owner);
             }
@@ -257,7 +270,8 @@ pub enum AttemptEnd {
     },
     /// Given up: attempts used up, or refused for good.
     Failed,
-    /// The receiver answered 410: its endpoint is disabled, and so is this delivery.
+    /// The receiver answered 410: the delivery failed and its endpoint (if registered) is disabled, with every
+    /// delivery still pending to it.
     Gone,
 }
 
@@ -276,7 +290,7 @@ pub async fn record_attempt(
         AttemptEnd::Delivered => ("succeeded", None),
         AttemptEnd::Retry { secs } => ("pending", Some(*secs)),
         AttemptEnd::Failed => ("failed", None),
-        AttemptEnd::Gone => ("disabled", None),
+        AttemptEnd::Gone => ("failed", None),
     };
     on_db!(db, |pool, sql| {
         let mut tx = pool.begin_with(sql.begin).await?;
@@ -405,19 +419,47 @@ pub async fn list_deliveries(
         .collect())
 }
 
-/// Sends a delivery again from the start of the schedule (same message id). `None`: no such delivery of this owner.
-pub async fn replay(db: &Db, owner: &str, id: &str) -> Result<Option<DeliveryRecord>, DbError> {
-    let row = on_db!(db, |pool, sql| {
-        sqlx::query_as::<_, DeliveryRecord>(sqlx::AssertSqlSafe(format!(
+/// What [`replay`] did.
+#[derive(Debug)]
+pub enum Replay {
+    Queued(Box<DeliveryRecord>),
+    /// A dispatcher is sending it right now: replaying would make that attempt twice.
+    InFlight,
+    NotFound,
+}
+
+/// Sends a delivery again from the start of the schedule (same message id), unless a dispatcher holds it now.
+pub async fn replay(db: &Db, owner: &str, id: &str) -> Result<Replay, DbError> {
+    let (row, exists) = on_db!(db, |pool, sql| {
+        let row = sqlx::query_as::<_, DeliveryRecord>(sqlx::AssertSqlSafe(format!(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = {now}, \
                 lease_until = NULL, updated_at = {now} \
-             WHERE id = $1 AND owner = $2 RETURNING {DELIVERY_COLUMNS}",
+             WHERE id = $1 AND owner = $2 AND (lease_until IS NULL OR lease_until < {now}) \
+             RETURNING {DELIVERY_COLUMNS}",
             now = sql.now,
         )))
         .bind(id)
         .bind(owner)
         .fetch_optional(pool)
-        .await?
+        .await?;
+        let exists = match row {
+            Some(_) => true,
+            None => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM webhook_deliveries WHERE id = $1 AND owner = $2",
+                )
+                .bind(id)
+                .bind(owner)
+                .fetch_one(pool)
+                .await?
+                    > 0
+            }
+        };
+        (row, exists)
     });
-    Ok(row)
+    Ok(match (row, exists) {
+        (Some(row), _) => Replay::Queued(Box::new(row)),
+        (None, true) => Replay::InFlight,
+        (None, false) => Replay::NotFound,
+    })
 }

@@ -5,6 +5,7 @@
 mod client;
 mod options;
 mod process;
+pub mod receiver;
 mod servers;
 mod stack;
 
