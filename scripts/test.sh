@@ -33,10 +33,14 @@ SERVICES_STARTED="$started" scripts/services.sh
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
+# The webhook tests verify deliveries with the Standard Webhooks reference verifier (Python, PyPI): installed once
+# here, not by tests racing each other.
+scripts/verify-webhooks.sh --prepare
+
 # The end-to-end suite (one test binary, `it`: tests/it/main.rs) runs twice: api + worker processes on Postgres and
 # Redis, then one `imagegen standalone` process on SQLite with its in-process queue (E2E_MODE=standalone). The second
-# run leaves out, by filter, the modules whose tests need several processes or Redis itself (fleet, auth_fleet, faults, budgets,
-# shutdown) or never use the stack (deploy, standalone), so what it counts as passed did run.
+# run leaves out, by filter, the modules whose tests need several processes or Redis itself (fleet, auth_fleet,
+# webhooks_fleet, faults, budgets, shutdown) or never use the stack (deploy, standalone), so what it counts as passed did run.
 not_standalone=(fleet auth_fleet webhooks_fleet faults budgets deploy standalone shutdown)
 status=0
 if cargo nextest --version >/dev/null 2>&1; then

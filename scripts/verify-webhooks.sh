@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Verifies webhook deliveries (JSON lines, from the file given or standard input) with the Standard Webhooks reference
 # verifier, the `standardwebhooks` package from PyPI (pinned below); see scripts/verify-webhooks.py for the format.
-# Prints "verified N deliveries" and exits 0 only if every line verified.
+# Prints "verified N deliveries" and exits 0 only if every line verified. `--prepare` only installs it.
 #
 # The package goes into the CI tools' virtualenv (IMAGEGEN_CI_VENV, default /var/tmp/imagegen-ci-venv), never the
 # system Python.
@@ -22,4 +22,6 @@ if [ "$installed" != "$STANDARDWEBHOOKS_VERSION" ]; then
   "$VENV/bin/python" -m pip install -q "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >/dev/null \
     || { say "ERROR: could not install standardwebhooks $STANDARDWEBHOOKS_VERSION from PyPI"; exit 2; }
 fi
+# --prepare: only make sure the verifier is installed (scripts/test.sh, before tests run it in parallel).
+[ "${1:-}" = "--prepare" ] && exit 0
 exec "$VENV/bin/python" "$HERE/verify-webhooks.py" "$@"
