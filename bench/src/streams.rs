@@ -54,6 +54,12 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
             .collect::<Vec<_>>()
             .await;
         ids.extend(submits.into_iter().flatten());
+        if ids.len() < n {
+            s.note(format!(
+                "{n} streams: only {} of the submissions were accepted",
+                ids.len()
+            ));
+        }
         let before = peak_rss_mib(stack.api_pid).unwrap_or(f64::NAN);
         let t0 = Instant::now();
         let mut tasks = Vec::with_capacity(ids.len());
@@ -66,22 +72,46 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
                 format!("{}/api/v1/jobs/{id}/events", stack.api),
             );
             tasks.push(tokio::spawn(async move {
-                let Ok(r) = h.get(url).send().await else {
-                    return false;
+                let r = match h.get(url).send().await {
+                    Ok(r) if r.status().is_success() => r,
+                    Ok(r) => return format!("HTTP {}", r.status().as_u16()),
+                    Err(e) => {
+                        return format!(
+                            "connect: {}",
+                            std::error::Error::source(&e)
+                                .map_or_else(|| e.to_string(), ToString::to_string)
+                        );
+                    }
                 };
                 let mut body = r.bytes_stream();
                 let mut text = String::new();
-                while let Some(Ok(chunk)) = body.next().await {
-                    text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(chunk) = body.next().await {
+                    match chunk {
+                        Ok(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                        Err(e) => return format!("stream broke: {e}"),
+                    }
                 }
-                text.contains("event: succeeded")
+                if text.contains("event: succeeded") {
+                    "ok".to_owned()
+                } else {
+                    let last = text
+                        .lines()
+                        .rev()
+                        .find(|l| l.starts_with("event: "))
+                        .unwrap_or("no event");
+                    format!("ended after {last}")
+                }
             }));
         }
-        let mut ok = 0;
+        let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
         for t in tasks {
-            if t.await.unwrap_or(false) {
-                ok += 1;
-            }
+            let outcome = t.await.unwrap_or_else(|_| "panicked".to_owned());
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+        let ok = outcomes.remove("ok").unwrap_or(0);
+        if !outcomes.is_empty() {
+            s.note(format!("{n} streams, failures by kind: {outcomes:?}"));
+            eprintln!("bench:   failures: {outcomes:?}");
         }
         let wall = t0.elapsed().as_secs_f64();
         let peak = peak_rss_mib(stack.api_pid).unwrap_or(f64::NAN);
