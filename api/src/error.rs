@@ -23,6 +23,12 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("Request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// An edit input over a byte limit (413); `part` names it (`image[1]`, `mask`) when one part is.
+    #[error("{message}")]
+    InputTooLarge {
+        message: String,
+        part: Option<String>,
+    },
     #[error("Request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
     #[error("The prompt was blocked by content moderation")]
@@ -175,7 +181,9 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::InvalidBody(_) => {
                 (StatusCode::BAD_REQUEST, "validation_failed")
             }
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge(_) | ApiError::InputTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -223,6 +231,61 @@ pub fn failure_status(code: &imagegen_shared::domain::FailureCode) -> StatusCode
     }
 }
 
+/// An edit's inputs refused: 413 over a byte limit, else 400 with the part named in `details`.
+impl From<imagegen_shared::edit_inputs::EditInputError> for ApiError {
+    fn from(e: imagegen_shared::edit_inputs::EditInputError) -> Self {
+        let part = e.part();
+        if e.too_large() {
+            ApiError::InputTooLarge {
+                message: e.to_string(),
+                part,
+            }
+        } else {
+            ApiError::Validation(ValidationErrors::one(
+                part.as_deref().unwrap_or("image"),
+                e.to_string(),
+            ))
+        }
+    }
+}
+
+impl From<crate::edit_upload::UploadError> for ApiError {
+    fn from(e: crate::edit_upload::UploadError) -> Self {
+        use crate::edit_upload::UploadError;
+        let part = match &e {
+            UploadError::PartTooLarge { part, .. } => Some(part.clone()),
+            UploadError::TooManyImages => Some("image".to_owned()),
+            UploadError::TwoMasks => Some("mask".to_owned()),
+            UploadError::FieldNotText(field) => Some(field.clone()),
+            _ => None,
+        };
+        if e.too_large() {
+            ApiError::InputTooLarge {
+                message: e.to_string(),
+                part,
+            }
+        } else {
+            match part {
+                Some(p) => ApiError::Validation(ValidationErrors::one(&p, e.to_string())),
+                None => ApiError::InvalidBody(e.to_string()),
+            }
+        }
+    }
+}
+
+impl From<imagegen_shared::config::edits::ImageUrlError> for ApiError {
+    fn from(e: imagegen_shared::config::edits::ImageUrlError) -> Self {
+        use imagegen_shared::config::edits::ImageUrlError;
+        let index = match &e {
+            ImageUrlError::Invalid { index, .. } | ImageUrlError::Refused { index, .. } => *index,
+        };
+        ApiError::Validation(ValidationErrors::one(
+            &format!("image[{index}]"),
+            e.to_string(),
+        ))
+    }
+}
+
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         if e.is_unavailable() {
@@ -258,6 +321,13 @@ impl IntoResponse for ApiError {
             ApiError::ModelRetired(e) => vec![FieldError {
                 field: "model".into(),
                 message: e.to_string(),
+            }],
+            ApiError::InputTooLarge {
+                message,
+                part: Some(part),
+            } => vec![FieldError {
+                field: part.clone(),
+                message: message.clone(),
             }],
             _ => Vec::new(),
         };
@@ -317,5 +387,64 @@ impl IntoResponse for ApiError {
             budget,
         });
         response
+    }
+}
+
+#[cfg(test)]
+mod edit_error_tests {
+    use super::*;
+    use imagegen_shared::edit_inputs::{EditInputError, Part};
+
+    fn answer(e: ApiError) -> (u16, String, Vec<String>) {
+        let r = e.into_response();
+        let pending = r.extensions().get::<PendingError>().expect("pending");
+        (
+            r.status().as_u16(),
+            pending.code.clone(),
+            pending.details.iter().map(|d| d.field.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn edit_input_refusals_are_4xx_naming_the_part() {
+        let (status, code, fields) = answer(
+            EditInputError::MaskSizeMismatch {
+                mask_width: 1,
+                mask_height: 2,
+                width: 3,
+                height: 4,
+            }
+            .into(),
+        );
+        assert_eq!((status, code.as_str()), (400, "validation_failed"));
+        assert_eq!(fields, ["mask"]);
+        let (status, _, fields) = answer(
+            EditInputError::UnsupportedFormat {
+                part: Part::Image(2),
+            }
+            .into(),
+        );
+        assert_eq!((status, fields), (400, vec!["image[2]".to_owned()]));
+        let (status, code, fields) = answer(
+            EditInputError::ImageTooLarge {
+                part: Part::Image(0),
+                bytes: 10,
+                limit: 5,
+            }
+            .into(),
+        );
+        assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+        assert_eq!(fields, ["image[0]"]);
+        let (status, _, _) =
+            answer(crate::edit_upload::UploadError::RequestTooLarge { limit: 5 }.into());
+        assert_eq!(status, 413);
+        let (status, _, fields) = answer(
+            imagegen_shared::config::edits::ImageUrlError::Invalid {
+                index: 1,
+                message: "x".into(),
+            }
+            .into(),
+        );
+        assert_eq!((status, fields), (400, vec!["image[1]".to_owned()]));
     }
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod budgets;
 pub mod config;
+pub mod edit_upload;
 pub mod error;
 pub mod event_streams;
 pub mod extract;

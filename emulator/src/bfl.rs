@@ -51,6 +51,9 @@ const SAMPLE_TTL_S: u64 = 600;
 /// One submitted task; its outcome is drawn at submission and revealed once it is "ready".
 pub struct Task {
     prompt: String,
+    /// A digest of the reference images (an edit): the picture is drawn from it too, so an edit differs from a
+    /// generation of the same prompt and seed, and from an edit of other images.
+    inputs_digest: Option<String>,
     seed: u64,
     width: u32,
     height: u32,
@@ -71,6 +74,13 @@ fn authorised(emu: &Emulator, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .is_some_and(|k| !k.is_empty() && emu.accepts_key(k))
+}
+
+fn field_error_typed(field: &str, msg: &str, kind: &str) -> Response {
+    detail(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!([{"loc": ["body", field], "msg": msg, "type": kind}]),
+    )
 }
 
 fn field_error(field: &str, msg: &str) -> Response {
@@ -122,6 +132,10 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
         Some(Value::String(f)) if f == "png" => Format::Png,
         Some(_) => return field_error("output_format", "Input should be 'jpeg' or 'png'"),
     };
+    let inputs_digest = match check_inputs(endpoint, &obj) {
+        Ok(digest) => digest,
+        Err(r) => return *r,
+    };
     let seed = obj
         .get("seed")
         .and_then(Value::as_u64)
@@ -167,6 +181,7 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
         id.clone(),
         Task {
             prompt: prompt.to_owned(),
+            inputs_digest,
             seed,
             width,
             height,
@@ -209,7 +224,7 @@ pub async fn get_result(
     }
     let id = q.id.unwrap_or_default();
     let now = Instant::now();
-    let (ready, seed, prompt, size, format, fate, ready_at) = {
+    let (ready, seed, prompt, size, format, fate, ready_at, inputs_digest) = {
         let tasks = emu.bfl_tasks.lock().unwrap_or_else(|e| e.into_inner());
         let Some(t) = tasks.get(&id) else {
             return axum::Json(json!({"id": id, "status": "Task not found", "result": null}))
@@ -226,6 +241,7 @@ pub async fn get_result(
             t.format,
             t.fate,
             t.ready_at,
+            t.inputs_digest.clone(),
         )
     };
     if !ready || fate == Fate::Hang {
@@ -251,7 +267,11 @@ pub async fn get_result(
         }
         _ => {
             let (w, h) = size;
-            let p = prompt.clone();
+            // An edit's picture is drawn from its inputs as well as the prompt (the reported prompt stays as sent).
+            let p = match &inputs_digest {
+                Some(d) => format!("{prompt}\u{0}edit:{d}"),
+                None => prompt.clone(),
+            };
             let pad = emu.knobs_of(PROTOCOL).image_bytes;
             let corrupt = fate == Fate::Corrupt;
             let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || {
@@ -296,6 +316,62 @@ pub async fn get_result(
         tasks.values().filter(|t| t.result.is_none()).count(),
     );
     axum::Json(result).into_response()
+}
+
+/// The reference images of an edit: only the fields the endpoint takes (Kontext `input_image`..`input_image_4`,
+/// FLUX.2 up to `input_image_8`; others none), each an https/http URL or base64 (optionally a data URL) of a PNG,
+/// JPEG or WebP. Answers 422 as FastAPI would for a field it does not take or an image it cannot read; else a
+/// digest of the inputs (none when there are none).
+fn check_inputs(
+    endpoint: &crate::models::BflEndpoint,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<Option<String>, Box<Response>> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut any = false;
+    for (i, name) in INPUT_IMAGES[..8].iter().enumerate() {
+        let Some(value) = obj.get(*name).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        if i >= endpoint.input_images {
+            return Err(Box::new(field_error_typed(
+                name,
+                "Extra inputs are not permitted",
+                "extra_forbidden",
+            )));
+        }
+        let Some(text) = value.as_str().filter(|t| !t.is_empty()) else {
+            return Err(Box::new(field_error(
+                name,
+                "Input should be a valid string",
+            )));
+        };
+        if !(text.starts_with("https://") || text.starts_with("http://")) {
+            let data = text.split_once(";base64,").map_or(text, |(_, d)| d);
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|_| {
+                    Box::new(field_error(name, "Invalid base64 image: could not decode"))
+                })?;
+            let known = bytes.starts_with(b"\x89PNG\r\n\x1a\n")
+                || bytes.starts_with(&[0xFF, 0xD8, 0xFF])
+                || (bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP");
+            if !known {
+                return Err(Box::new(field_error(
+                    name,
+                    "Unsupported image format: expected PNG, JPEG or WebP",
+                )));
+            }
+        }
+        hasher.update(name.as_bytes());
+        hasher.update(text.as_bytes());
+        any = true;
+    }
+    Ok(any.then(|| hex_prefix(&hasher.finalize())))
+}
+
+fn hex_prefix(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Megapixels as our cost table counts them (1024x1024 = 1), to two decimals.

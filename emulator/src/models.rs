@@ -174,7 +174,7 @@ pub struct BflEndpoint {
     pub name: &'static str,
     pub sizing: BflSizing,
     pub cost: BflCost,
-    /// How many reference images it takes (`input_image`, `input_image_2`, ...); accepted and ignored.
+    /// How many reference images it takes (`input_image`, `input_image_2`, ...): an edit (Kontext 4, FLUX.2 8).
     pub input_images: usize,
 }
 
@@ -230,13 +230,13 @@ pub const BFL: &[BflEndpoint] = &[
         "flux-kontext-pro",
         BflSizing::AspectRatio,
         BflCost::Flat(4.0),
-        1,
+        4,
     ),
     bfl(
         "flux-kontext-max",
         BflSizing::AspectRatio,
         BflCost::Flat(8.0),
-        1,
+        4,
     ),
 ];
 

@@ -1861,3 +1861,70 @@ async fn bfl_validates_like_fastapi() {
     let (status, _) = h.get_json("/bfl/v1/get_result?id=nope").await;
     assert_eq!(status, 403, "polling needs the key too");
 }
+
+#[tokio::test]
+async fn bfl_edits_take_the_endpoints_reference_images_and_draw_from_them() {
+    let h = start(&[]).await;
+    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (one, two) = (
+        b64(render_png("one", 0, 64, 64)),
+        b64(render_png("two", 0, 64, 64)),
+    );
+    let mut samples = Vec::new();
+    for body in [
+        json!({"prompt": "a cat", "seed": 3, "output_format": "png"}),
+        json!({"prompt": "a cat", "seed": 3, "output_format": "png", "input_image": one, "input_image_2": two}),
+        json!({"prompt": "a cat", "seed": 3, "output_format": "png", "input_image": two, "input_image_2": one}),
+        json!({"prompt": "a cat", "seed": 3, "output_format": "png", "input_image": one, "input_image_2": two}),
+    ] {
+        let a = h.bfl_submit("flux-kontext-pro", body.clone()).await;
+        assert_eq!(a.status, 200, "{body}: {}", a.json);
+        let done = h
+            .bfl_wait(a.json["polling_url"].as_str().expect("url"))
+            .await;
+        assert_eq!(done["result"]["prompt"], "a cat");
+        let (_, _, bytes) = h
+            .fetch(done["result"]["sample"].as_str().expect("sample"))
+            .await;
+        samples.push(bytes);
+    }
+    assert_ne!(samples[0], samples[1], "an edit differs from a generation");
+    assert_ne!(samples[1], samples[2], "other inputs, another picture");
+    assert_eq!(samples[1], samples[3], "the same inputs, the same picture");
+
+    for (model, body, field) in [
+        (
+            "flux-kontext-pro",
+            json!({"input_image_5": one.clone()}),
+            "input_image_5",
+        ),
+        (
+            "flux-pro-1.1",
+            json!({"input_image": one.clone()}),
+            "input_image",
+        ),
+        (
+            "flux-2-pro",
+            json!({"input_image": b64(b"just text".to_vec())}),
+            "input_image",
+        ),
+        (
+            "flux-2-pro",
+            json!({"input_image_3": "%%% not base64"}),
+            "input_image_3",
+        ),
+    ] {
+        let mut body = body;
+        body["prompt"] = json!("edit");
+        let a = h.bfl_submit(model, body.clone()).await;
+        assert_eq!(a.status, 422, "{model} {body}: {}", a.json);
+        assert_eq!(a.json["detail"][0]["loc"][1], field, "{}", a.json);
+    }
+    let a = h
+        .bfl_submit(
+            "flux-2-pro",
+            json!({"prompt": "eight", "input_image_8": one}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+}

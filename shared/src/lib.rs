@@ -9,6 +9,7 @@ pub mod config;
 pub mod cost;
 pub mod db;
 pub mod domain;
+pub mod edit_inputs;
 pub mod limits;
 pub mod net_guard;
 pub mod queue;

@@ -354,6 +354,12 @@ impl Purpose {
         insecure_setting: "WEBHOOK_ALLOW_INSECURE",
         networks_setting: "WEBHOOK_ALLOWED_NETWORKS",
     };
+    /// Input images named by URL in an edit request, fetched by the worker.
+    pub const EDIT_IMAGES: Purpose = Purpose {
+        what: "edit image URLs",
+        insecure_setting: "EDIT_URL_ALLOW_INSECURE",
+        networks_setting: "EDIT_URL_ALLOWED_NETWORKS",
+    };
 }
 
 /// What may be reached.

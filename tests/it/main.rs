@@ -13,6 +13,7 @@ mod budgets;
 mod cli;
 mod costs;
 mod deploy;
+mod edits;
 mod events;
 mod faults;
 mod fleet;

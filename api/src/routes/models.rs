@@ -7,7 +7,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use chrono::NaiveDate;
-use imagegen_shared::catalogue::{Family, ModelSpec, ModelStatus, Price, Serving, SizeSpec};
+use imagegen_shared::catalogue::{
+    EditSpec, Family, ModelSpec, ModelStatus, Price, Serving, SizeSpec,
+};
 use imagegen_shared::domain::{
     Background, ModelId, ModerationLevel, Offer, OutputFormat, ProviderId, Quality, Style, today,
 };
@@ -50,6 +52,10 @@ pub struct ModelView {
     pub sizes: SizeSpec,
     pub max_images: u8,
     pub max_prompt_chars: u32,
+    /// What it takes as an edit (`POST /api/v1/edits`): input images at most, mask, input fidelity. Absent: it does
+    /// not edit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edits: Option<EditSpec>,
     pub qualities: Vec<Quality>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_quality: Option<Quality>,
@@ -102,6 +108,7 @@ pub fn model_view(offer: &Offer, m: &ModelSpec, today: NaiveDate) -> ModelView {
         sizes: m.sizes.clone(),
         max_images: m.max_images.min(offer.max_images_per_request),
         max_prompt_chars: m.max_prompt_chars,
+        edits: m.edits.clone(),
         qualities: m.qualities.clone(),
         default_quality: m.default_quality,
         styles: m.styles.clone(),

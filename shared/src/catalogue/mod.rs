@@ -9,11 +9,14 @@
 mod model;
 
 pub use model::{
-    CreditTable, Family, ModelSpec, ModelStatus, Price, Serving, SizeParam, SizeRules, SizeSpec,
-    TokenPrices,
+    CreditTable, EditSpec, Family, ModelSpec, ModelStatus, Price, Serving, SizeParam, SizeRules,
+    SizeSpec, TokenPrices,
 };
 
 use crate::domain::options::Quality;
+
+/// The most input images any model takes in one edit (OpenAI's GPT image models: 16).
+pub const MAX_EDIT_INPUTS: u8 = 16;
 use crate::domain::prompt::MAX_PROMPT_CHARS;
 use crate::domain::provider::{ModelId, ProviderId};
 use chrono::NaiveDate;
@@ -271,6 +274,13 @@ fn check_model(catalogue: &Catalogue, m: &ModelSpec, today: NaiveDate) -> Result
     }
     if m.max_images == 0 || m.images_per_call == 0 || m.images_per_call > m.max_images {
         return Err("need 1 <= images_per_call <= max_images".into());
+    }
+    if let Some(e) = &m.edits
+        && (e.max_input_images == 0 || e.max_input_images > MAX_EDIT_INPUTS)
+    {
+        return Err(format!(
+            "edits.max_input_images must be 1..={MAX_EDIT_INPUTS}"
+        ));
     }
     if m.max_prompt_chars == 0 || m.max_prompt_chars > MAX_PROMPT_CHARS as u32 {
         return Err(format!("max_prompt_chars must be 1..={}", MAX_PROMPT_CHARS));

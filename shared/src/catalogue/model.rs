@@ -110,6 +110,28 @@ pub struct SizeSpec {
     pub rules: Option<SizeRules>,
 }
 
+/// What a model takes as an edit (`POST /api/v1/edits`): input images, and whether a mask marks the area to change.
+/// Models without an `edits` table do not edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditSpec {
+    /// Input (reference) images per request, at most.
+    pub max_input_images: u8,
+    /// Whether a mask (a PNG with an alpha channel, transparent where to edit, the first image's size) is taken.
+    #[serde(default)]
+    pub mask: bool,
+    /// Whether `input_fidelity` (`high`|`low`: how closely the output keeps the inputs' details) is taken.
+    #[serde(default)]
+    pub input_fidelity: bool,
+}
+
+impl EditSpec {
+    /// Whether a request with `inputs` images (and a mask or not) can be sent to this model.
+    pub fn takes(&self, inputs: usize, mask: bool) -> bool {
+        inputs >= 1 && inputs <= usize::from(self.max_input_images) && (!mask || self.mask)
+    }
+}
+
 /// USD per 1M tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +236,9 @@ pub struct ModelSpec {
     pub moderation: Vec<ModerationLevel>,
     pub serves: BTreeMap<ProviderId, Serving>,
     pub sizes: SizeSpec,
+    /// What it takes as an edit; none: it does not edit.
+    #[serde(default)]
+    pub edits: Option<EditSpec>,
     /// The model's prices over time (the TOML key is `price`, one table or an array of them).
     #[serde(default, rename = "price", deserialize_with = "one_or_many")]
     pub prices: Vec<Price>,
@@ -248,6 +273,11 @@ impl ModelSpec {
             .get(&provider)
             .and_then(|s| s.output_formats.as_deref())
             .unwrap_or(&self.output_formats)
+    }
+
+    /// Whether it can edit with `inputs` images (and a mask or not).
+    pub fn edits_with(&self, inputs: usize, mask: bool) -> bool {
+        self.edits.as_ref().is_some_and(|e| e.takes(inputs, mask))
     }
 
     pub fn accepts_size(&self, size: Size) -> bool {

@@ -162,3 +162,52 @@ fn bad_files_name_the_entry_and_the_rule() {
     let e = check("not toml [");
     assert!(e.contains("extra.toml"), "{e}");
 }
+
+#[test]
+fn the_catalogue_says_which_models_edit_with_how_many_inputs_and_a_mask() {
+    let c = Catalogue::builtin();
+    for id in [
+        "gpt-image-2",
+        "gpt-image-2.5-flare",
+        "gpt-image-1.5",
+        "gpt-image-1-mini",
+    ] {
+        let m = c.get(id).expect(id);
+        assert!(m.edits_with(16, true), "{id}");
+        assert!(!m.edits_with(17, false), "{id}");
+        assert!(m.edits.as_ref().is_some_and(|e| e.input_fidelity), "{id}");
+    }
+    let kontext = c.get("flux-kontext-pro").expect("kontext");
+    assert!(kontext.edits_with(4, false));
+    assert!(!kontext.edits_with(5, false));
+    assert!(!kontext.edits_with(1, true), "no mask on Kontext");
+    for id in ["flux-2-pro", "flux-2-flex", "flux-2-klein-4b"] {
+        let m = c.get(id).expect(id);
+        assert!(m.edits_with(8, false) && !m.edits_with(9, false) && !m.edits_with(1, true));
+    }
+    for id in [
+        "dall-e-2",
+        "dall-e-3",
+        "flux-schnell",
+        "flux-pro-1.1",
+        "flux-dev",
+    ] {
+        assert!(c.get(id).expect(id).edits.is_none(), "{id} does not edit");
+    }
+    assert!(!c.get("gpt-image-2").expect("m").edits_with(0, false));
+}
+
+#[test]
+fn an_edit_table_out_of_range_is_refused() {
+    let e = Catalogue::parse_layers(&[
+        ("built-in", BUILTIN),
+        (
+            "extra.toml",
+            "[[models]]\nid = \"x\"\nextends = \"flux-2-pro\"\nedits = { max_input_images = 17 }\n",
+        ),
+    ])
+    .map_err(|e| e.to_string())
+    .and_then(|c| c.validate(day("2026-11-28")))
+    .expect_err("invalid");
+    assert!(e.contains("max_input_images"), "{e}");
+}

@@ -4,6 +4,7 @@
 //!
 //! `providers` holds the provider and model settings, `storage` the image storage's; this module the rest.
 
+pub mod edits;
 pub mod providers;
 pub mod storage;
 
