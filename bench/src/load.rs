@@ -84,3 +84,15 @@ where
         elapsed,
     }
 }
+
+/// Awaits every client task and counts their outcomes: how many answered `"ok"`, and the others by kind.
+pub async fn tally(
+    tasks: Vec<tokio::task::JoinHandle<String>>,
+) -> (usize, std::collections::BTreeMap<String, usize>) {
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
+    for t in tasks {
+        let outcome = t.await.unwrap_or_else(|_| "panicked".to_owned());
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    (outcomes.remove("ok").unwrap_or(0), outcomes)
+}

@@ -103,12 +103,7 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
                 }
             }));
         }
-        let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
-        for t in tasks {
-            let outcome = t.await.unwrap_or_else(|_| "panicked".to_owned());
-            *outcomes.entry(outcome).or_default() += 1;
-        }
-        let ok = outcomes.remove("ok").unwrap_or(0);
+        let (ok, outcomes) = crate::load::tally(tasks).await;
         if !outcomes.is_empty() {
             s.note(format!("{n} streams, failures by kind: {outcomes:?}"));
             eprintln!("bench:   failures: {outcomes:?}");
