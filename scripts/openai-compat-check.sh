@@ -45,7 +45,9 @@ fi
 
 # A no-op when the tests built it already.
 cargo build --locked --bin imagegen
-BIN="$ROOT/${CARGO_TARGET_DIR:-target}/debug/imagegen"
+TARGET="${CARGO_TARGET_DIR:-target}"
+case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
+BIN="$TARGET/debug/imagegen"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/imagegen-openai-compat.XXXXXX")
 EMULATOR_PID=""

@@ -27,7 +27,9 @@ fi
 
 # A no-op when the tests built it already.
 cargo build --locked --bin imagegen
-BIN="$ROOT/${CARGO_TARGET_DIR:-target}/debug/imagegen"
+TARGET="${CARGO_TARGET_DIR:-target}"
+case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
+BIN="$TARGET/debug/imagegen"
 
 LOG=$(mktemp "${TMPDIR:-/tmp}/imagegen-sdk-check.XXXXXX")
 EMULATOR_PID=""
