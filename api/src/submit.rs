@@ -205,6 +205,7 @@ fn new_job(
             reserved_usd_micros
         },
         request,
+        inputs: Vec::new(),
     }
 }
 

@@ -52,6 +52,7 @@ fn new_job(owner: &str) -> NewJob {
         deadline_secs: None,
         api_key_id: None,
         reserved_usd_micros: 0,
+        inputs: Vec::new(),
     }
 }
 

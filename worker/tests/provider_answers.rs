@@ -176,6 +176,7 @@ async fn run_one_job(base_url: &str) -> JobRecord {
             deadline_secs: None,
             api_key_id: None,
             reserved_usd_micros: 0,
+            inputs: Vec::new(),
         },
     )
     .await

@@ -23,6 +23,7 @@ fn new_job(max_attempts: i32) -> NewJob {
         deadline_secs: None,
         api_key_id: None,
         reserved_usd_micros: 0,
+        inputs: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@ fn new_job() -> NewJob {
         deadline_secs: None,
         api_key_id: None,
         reserved_usd_micros: 0,
+        inputs: Vec::new(),
     }
 }
 

@@ -97,6 +97,8 @@ pub struct NewJob {
     pub api_key_id: Option<uuid::Uuid>,
     /// What the owner's (and key's) budget reserved for it; 0 when no budget applies.
     pub reserved_usd_micros: i64,
+    /// An edit's inputs (already stored, or URLs for the worker to fetch), recorded in the job's transaction.
+    pub inputs: Vec<crate::db::job_inputs::JobInput>,
 }
 
 /// Which route served a job and what was changed to suit it.
@@ -139,7 +141,7 @@ macro_rules! insert_job {
         let batch: Option<($crate::domain::BatchId, i32)> = $batch;
         let terminal = job.status.is_terminal();
         let (code, message) = job.error.clone().unzip();
-        sqlx::query_as::<_, $crate::db::jobs::JobRecord>(sqlx::AssertSqlSafe(format!(
+        let record = sqlx::query_as::<_, $crate::db::jobs::JobRecord>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO jobs (id, owner, batch_id, batch_index, correlation_id, status, provider, request, \
                 max_attempts, moderation, error_code, error_message, finished_at, deadline_at, api_key_id, \
                 reserved_usd_micros, budget_settled, max_calls) \
@@ -168,7 +170,11 @@ macro_rules! insert_job {
         .bind(job.reserved_usd_micros)
         .bind(job.max_calls)
         .fetch_one(&mut *$tx)
-        .await?
+        .await?;
+        if !job.inputs.is_empty() {
+            $crate::db::job_inputs::insert_all($crate::db::Conn::from(&mut *$tx), &job.inputs).await?;
+        }
+        record
     }};
 }
 pub(crate) use insert_job;

@@ -11,6 +11,7 @@ pub mod budgets;
 pub mod costs;
 pub mod idempotency;
 pub mod images;
+pub mod job_inputs;
 pub mod jobs;
 pub mod pending;
 pub mod reconcile;

@@ -1,6 +1,7 @@
 //! Domain types: parsed once at the edge ("parse, don't validate") so deeper code never re-checks a prompt or size.
 
 pub mod attempt;
+pub mod edit;
 pub mod ids;
 pub mod job;
 pub mod offer;
@@ -12,6 +13,7 @@ pub mod resolve;
 pub mod translate;
 
 pub use attempt::AttemptRecord;
+pub use edit::{EditParams, InputFidelity};
 pub use ids::{BatchId, CorrelationId, ImageId, JobId, OwnerId};
 pub use job::{FailureCode, JobStatus, Moderation, ModerationSource, ModerationStage};
 pub use offer::{Offer, ProviderModels, today};

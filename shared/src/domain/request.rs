@@ -128,6 +128,9 @@ pub struct GenerationRequest {
     /// The request's own webhook (read by the database's outbox trigger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) webhook: Option<WebhookTarget>,
+    /// Set for an edit: the inputs it starts from (their bytes are the job's `job_inputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) edit: Option<super::EditParams>,
     /// The model came from a seed provider name (`flux_schnell`), which any provider of its family may serve.
     #[serde(skip)]
     pub(crate) via_seed_name: bool,
@@ -204,6 +207,15 @@ impl GenerationRequest {
             hook.link_base = Some(base);
         }
     }
+    /// The edit's inputs, when this is an edit.
+    pub fn edit(&self) -> Option<&super::EditParams> {
+        self.edit.as_ref()
+    }
+    /// Makes this an edit of the given inputs (checked against the model by the caller: `edit_inputs::check_count`).
+    pub fn with_edit(mut self, edit: super::EditParams) -> Self {
+        self.edit = Some(edit);
+        self
+    }
     /// Asks for `n` partial pictures (held to 0..=3).
     pub fn with_partial_images(mut self, n: u8) -> Self {
         self.partial_images = n.min(MAX_PARTIAL_IMAGES);
@@ -248,6 +260,8 @@ struct StoredRequest {
     partial_images: u8,
     #[serde(default)]
     webhook: Option<WebhookTarget>,
+    #[serde(default)]
+    edit: Option<super::EditParams>,
 }
 
 impl<'de> Deserialize<'de> for GenerationRequest {
@@ -286,6 +300,7 @@ impl<'de> Deserialize<'de> for GenerationRequest {
             translations: s.translations,
             partial_images: s.partial_images.min(MAX_PARTIAL_IMAGES),
             webhook: s.webhook,
+            edit: s.edit,
             via_seed_name: false,
         })
     }
@@ -701,6 +716,7 @@ impl GenerationRequest {
                 requested_model: None,
                 translations: Vec::new(),
                 partial_images: body.partial_images.min(MAX_PARTIAL_IMAGES),
+                edit: None,
                 via_seed_name: body.model.is_none()
                     && body
                         .provider

@@ -447,6 +447,7 @@ impl<'a> RouteRun<'a> {
             request: &self.route.request,
             correlation_id: &self.job.correlation_id,
             partials,
+            edit: None,
         };
         let call = self.route.client.generate(&call);
         tokio::pin!(call);

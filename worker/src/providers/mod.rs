@@ -52,6 +52,26 @@ pub struct Call<'a> {
     pub correlation_id: &'a str,
     /// Where partial pictures go when the request asks for them and the provider streams (`stream`).
     pub partials: Option<&'a stream::PartialSink>,
+    /// An edit's input bytes (loaded from storage once per attempt); `None` for text-to-image.
+    pub edit: Option<&'a EditInputs>,
+}
+
+/// One input image of an edit, as stored with its job.
+#[derive(Debug, Clone)]
+pub struct InputBytes {
+    pub bytes: bytes::Bytes,
+    /// `image/png`, `image/jpeg` or `image/webp` (from the decoded header at submission or fetch).
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The inputs an edit sends: images in the order given, the mask, and `input_fidelity` (GPT image models).
+#[derive(Debug, Clone)]
+pub struct EditInputs {
+    pub images: Vec<InputBytes>,
+    pub mask: Option<InputBytes>,
+    pub input_fidelity: Option<imagegen_shared::domain::InputFidelity>,
 }
 
 /// A provider failure, classified once where the wire protocol is known.
