@@ -404,8 +404,10 @@ impl Feed {
             if self.done {
                 return None;
             }
+            // The catch-up and the handling of an event are boxed: an idle stream then holds only this small
+            // select, not their (much larger) state machines.
             let step = if self.subscription.behind.take() {
-                self.catch_up().await
+                Box::pin(self.catch_up()).await
             } else {
                 let partial = async {
                     match self.partials.as_mut() {
@@ -415,7 +417,7 @@ impl Feed {
                 };
                 tokio::select! {
                     event = self.subscription.events.recv() => match event {
-                        Some(event) => self.accept(event).await,
+                        Some(event) => Box::pin(self.accept(event)).await,
                         None => return None,
                     },
                     () = self.subscription.behind.asked() => Ok(()),
