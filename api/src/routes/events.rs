@@ -416,10 +416,7 @@ impl Feed {
                     }
                 };
                 tokio::select! {
-                    event = self.subscription.events.recv() => match event {
-                        Some(event) => Box::pin(self.accept(event)).await,
-                        None => return None,
-                    },
+                    event = self.subscription.events.recv() => Box::pin(self.accept(event)).await,
                     () = self.subscription.behind.asked() => Ok(()),
                     frame = partial => {
                         match frame {

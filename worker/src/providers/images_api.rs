@@ -150,11 +150,25 @@ pub fn parse_images(
 /// never held whole. Bounded by `cap` as `http::send` bounds it.
 pub async fn read_images(
     label: &str,
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     cap: super::http::AnswerCap,
     expected: u8,
     max_image_bytes: u64,
 ) -> Result<ParsedImages, ProviderError> {
+    let status = response.status().as_u16();
+    let reader = read_answer(label, response, cap, expected, max_image_bytes).await?;
+    assemble(label, status, reader, expected)
+}
+
+/// Feeds a 200 answer of `expected` pictures through a [`B64FieldReader`], within `cap`; the caller parses what it
+/// kept (`B64FieldReader::finish`). Any host whose answer carries `b64_json` strings can use it (FLUX hosts do).
+pub async fn read_answer(
+    label: &str,
+    mut response: reqwest::Response,
+    cap: super::http::AnswerCap,
+    expected: u8,
+    max_image_bytes: u64,
+) -> Result<B64FieldReader, ProviderError> {
     let status = response.status().as_u16();
     let limit = cap.bytes();
     let length = response.content_length();
@@ -177,10 +191,12 @@ pub async fn read_images(
             .feed(&chunk)
             .map_err(|e| extract_error(label, status, e))?;
     }
-    assemble(label, status, reader, expected)
+    Ok(reader)
 }
 
-fn extract_error(label: &str, status: u16, e: ExtractError) -> ProviderError {
+/// The failure a [`B64FieldReader`] error is: a picture past MAX_IMAGE_BYTES is final, anything else an invalid
+/// (retryable) answer.
+pub fn extract_error(label: &str, status: u16, e: ExtractError) -> ProviderError {
     match e {
         // As large again on another attempt: final, like an answer past the cap.
         ExtractError::TooLarge { bytes, max, .. } => ProviderError::Final {
