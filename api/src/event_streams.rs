@@ -5,10 +5,10 @@
 
 use imagegen_shared::queue::history::Stream;
 use imagegen_shared::queue::signals::JobEvent;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Events buffered per stream before it must catch up from the history instead.
 const STREAM_BUFFER: usize = 16;
@@ -16,9 +16,46 @@ const STREAM_BUFFER: usize = 16;
 /// One open stream's end of the registry.
 struct Listener {
     id: u64,
-    events: mpsc::Sender<JobEvent>,
+    events: Arc<Inbox>,
     /// Set when an event could not be buffered or the subscription was re-established: read the history.
     behind: Arc<CatchUp>,
+}
+
+/// A stream's buffered events. Not a tokio mpsc channel: that allocates a block of 32 slots per channel up front,
+/// a few KiB per open stream; this queue is empty (unallocated) while nothing is pending, which is nearly always.
+#[derive(Default)]
+pub struct Inbox {
+    queue: Mutex<VecDeque<JobEvent>>,
+    bell: Notify,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<JobEvent>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Buffers `event`; `false` when the buffer is full.
+    fn push(&self, event: &JobEvent) -> bool {
+        let mut queue = self.lock();
+        if queue.len() >= STREAM_BUFFER {
+            return false;
+        }
+        queue.push_back(event.clone());
+        drop(queue);
+        self.bell.notify_one();
+        true
+    }
+
+    /// The next event. Cancel-safe: an event is taken only when it is returned.
+    pub async fn recv(&self) -> JobEvent {
+        loop {
+            if let Some(event) = self.lock().pop_front() {
+                return event;
+            }
+            // A push between the check and here leaves a permit, so this returns at once.
+            self.bell.notified().await;
+        }
+    }
 }
 
 /// Whether a stream must catch up from the history, and the bell that says so.
@@ -56,7 +93,7 @@ pub struct Subscription {
     streams: Arc<EventStreams>,
     key: Stream,
     id: u64,
-    pub events: mpsc::Receiver<JobEvent>,
+    pub events: Arc<Inbox>,
     pub behind: Arc<CatchUp>,
 }
 
@@ -81,11 +118,11 @@ impl EventStreams {
     /// Registers a stream of `key`'s events; what is published from now on reaches it.
     pub fn subscribe(self: &Arc<Self>, key: Stream) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let inbox = Arc::new(Inbox::default());
         let behind = Arc::new(CatchUp::default());
         self.lock().entry(key).or_default().push(Listener {
             id,
-            events: tx,
+            events: inbox.clone(),
             behind: behind.clone(),
         });
         metrics::gauge!("imagegen_event_streams_open").increment(1.0);
@@ -93,7 +130,7 @@ impl EventStreams {
             streams: self.clone(),
             key,
             id,
-            events: rx,
+            events: inbox,
             behind,
         }
     }
@@ -105,7 +142,7 @@ impl EventStreams {
             std::iter::once(Stream::Job(event.job_id)).chain(event.batch_id.map(Stream::Batch));
         for key in keys {
             for listener in map.get(&key).into_iter().flatten() {
-                if listener.events.try_send(event.clone()).is_err() {
+                if !listener.events.push(event) {
                     listener.behind.raise();
                 }
             }
@@ -138,17 +175,35 @@ mod tests {
     async fn events_reach_their_job_and_batch_streams_and_a_full_one_catches_up() {
         let streams = Arc::new(EventStreams::default());
         let (job, batch) = (JobId::new(), BatchId::new());
-        let mut by_job = streams.subscribe(Stream::Job(job));
-        let mut by_batch = streams.subscribe(Stream::Batch(batch));
+        let by_job = streams.subscribe(Stream::Job(job));
+        let by_batch = streams.subscribe(Stream::Batch(batch));
         let other = streams.subscribe(Stream::Job(JobId::new()));
         let event = JobEvent::status(job, Some(batch), JobStatus::Running);
         streams.dispatch(&event);
-        assert_eq!(by_job.events.recv().await, Some(event.clone()));
-        assert_eq!(by_batch.events.recv().await, Some(event.clone()));
+        assert_eq!(by_job.events.recv().await, event);
+        assert_eq!(by_batch.events.recv().await, event);
         for _ in 0..=STREAM_BUFFER {
             streams.dispatch(&event);
         }
         assert!(by_job.behind.take(), "a full buffer asks for a catch-up");
+        // What fitted is there, in order, and a recv that waits wakes for the next push.
+        for _ in 0..STREAM_BUFFER {
+            assert_eq!(by_job.events.recv().await, event);
+        }
+        let waiting = tokio::spawn({
+            let inbox = by_job.events.clone();
+            async move { inbox.recv().await }
+        });
+        tokio::task::yield_now().await;
+        let later = JobEvent::status(job, Some(batch), JobStatus::Succeeded);
+        streams.dispatch(&later);
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+                .await
+                .expect("woken")
+                .expect("task"),
+            later
+        );
         assert!(!other.behind.take());
         streams.catch_up_all();
         assert!(other.behind.take());

@@ -20,7 +20,8 @@ pub async fn wait_for_job(
     // Registered before the first read, so an event that lands during the read is not lost.
     let guard = state.waiters.register(&[id]);
     loop {
-        let job = db::jobs::get_job(&state.pool, owner, id).await?;
+        // Boxed: the read's state lives only while it runs, not for the whole wait.
+        let job = Box::pin(db::jobs::get_job(&state.pool, owner, id)).await?;
         match &job {
             Some(j) if !j.status.is_terminal() && Instant::now() < deadline => {}
             _ => return Ok(job),
@@ -45,7 +46,7 @@ pub async fn wait_for_batch(
     let deadline = Instant::now() + wait;
     let guard = state.waiters.register(jobs);
     loop {
-        let records = db::jobs::jobs_in_batch(&state.pool, owner, batch).await?;
+        let records = Box::pin(db::jobs::jobs_in_batch(&state.pool, owner, batch)).await?;
         if records.iter().all(|j| j.status.is_terminal()) || Instant::now() >= deadline {
             return Ok(records);
         }

@@ -1,8 +1,10 @@
 //! Downloads of provider result URLs: only to the provider's hosts (an allow-list), over http(s), with a size cap
 //! and a timeout, and never following redirects to somewhere else.
 
-use bytes::{Bytes, BytesMut};
+use crate::providers::inline_b64::InlineImage;
+use bytes::BytesMut;
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 use std::time::Duration;
 use url::Url;
 
@@ -95,7 +97,9 @@ impl Downloader {
                 .is_some_and(|host| self.allowed.iter().any(|p| host_matches(p, host)))
     }
 
-    pub async fn fetch(&self, raw: &str) -> Result<Bytes, DownloadError> {
+    /// The picture at `raw`, hashed as it streams in; its buffer is sized from Content-Length so it is not grown by
+    /// copying.
+    pub async fn fetch(&self, raw: &str) -> Result<InlineImage, DownloadError> {
         let url =
             Url::parse(raw).map_err(|_| DownloadError::NotAllowed("unparseable URL".into()))?;
         if !self.is_allowed(&url) {
@@ -114,16 +118,22 @@ impl Downloader {
         {
             return Err(DownloadError::TooLarge(self.max_bytes));
         }
-        let mut body = BytesMut::new();
+        let expected = response.content_length().unwrap_or(0).min(self.max_bytes);
+        let mut body = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+        let mut hash = Sha256::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if (body.len() + chunk.len()) as u64 > self.max_bytes {
                 return Err(DownloadError::TooLarge(self.max_bytes));
             }
+            hash.update(&chunk);
             body.extend_from_slice(&chunk);
         }
-        Ok(body.freeze())
+        Ok(InlineImage {
+            bytes: body.freeze(),
+            sha256: hash.finalize().into(),
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 //! Callers hand over what it needs as a [`StoreContext`] (the job context has `store()` for that).
 
 use crate::download::{DownloadError, Downloader};
+use crate::providers::inline_b64::InlineImage;
 use crate::providers::{GeneratedImage, ImageSource, ProviderOutput};
 use base64::Engine;
 use bytes::Bytes;
@@ -84,7 +85,9 @@ async fn store_one(
     position: i32,
     image: &GeneratedImage,
 ) -> Result<NewImage, StoreError> {
-    let bytes: Bytes = match &image.source {
+    // Decoded (or downloaded) and hashed on the way in wherever the answer allowed it: never a second pass.
+    let InlineImage { bytes, sha256 } = match &image.source {
+        ImageSource::Decoded(inline) => inline.clone(),
         ImageSource::Base64(b64) => decode_inline(b64, ctx.downloader.max_bytes())?,
         ImageSource::Url(url) => ctx
             .downloader
@@ -101,7 +104,7 @@ async fn store_one(
         u32::try_from(dims.width).map_err(|_| StoreError::BadImage("image too wide".into()))?,
         u32::try_from(dims.height).map_err(|_| StoreError::BadImage("image too tall".into()))?,
     );
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = hex::encode(sha256);
     let id = ImageId::new();
     let created_at = Utc::now();
     let key = ImageStorage::key_for(id, created_at, ext);
@@ -144,9 +147,9 @@ async fn store_one(
     })
 }
 
-/// The bytes of an inline (base64) picture; one whose decoded size would pass `max_bytes` (MAX_IMAGE_BYTES) is
-/// refused from its length, before anything is decoded.
-pub fn decode_inline(b64: &str, max_bytes: u64) -> Result<Bytes, StoreError> {
+/// The bytes of an inline (base64) picture, hashed; one whose decoded size would pass `max_bytes` (MAX_IMAGE_BYTES)
+/// is refused from its length, before anything is decoded.
+pub fn decode_inline(b64: &str, max_bytes: u64) -> Result<InlineImage, StoreError> {
     let bytes = decoded_len(b64);
     if bytes > max_bytes {
         return Err(StoreError::TooLarge {
@@ -154,10 +157,12 @@ pub fn decode_inline(b64: &str, max_bytes: u64) -> Result<Bytes, StoreError> {
             max: max_bytes,
         });
     }
-    base64::engine::general_purpose::STANDARD
+    let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.as_bytes())
         .map(Bytes::from)
-        .map_err(|e| StoreError::BadImage(format!("provider sent invalid base64: {e}")))
+        .map_err(|e| StoreError::BadImage(format!("provider sent invalid base64: {e}")))?;
+    let sha256 = Sha256::digest(&bytes).into();
+    Ok(InlineImage { bytes, sha256 })
 }
 
 /// How many bytes `b64` decodes to (exact for valid padded base64: 3 bytes per 4 characters, less the padding).
@@ -195,7 +200,10 @@ mod tests {
             assert_eq!(decoded_len(&encode(n)), n as u64, "{n}");
         }
         assert_eq!(
-            decode_inline(&encode(1024), 1024).expect("fits").len(),
+            decode_inline(&encode(1024), 1024)
+                .expect("fits")
+                .bytes
+                .len(),
             1024
         );
         let err = decode_inline(&encode(1025), 1024).expect_err("too large");

@@ -259,7 +259,8 @@ async fn a_200_mib_answer_is_cut_off_at_the_cap_and_fails_the_job_without_retrie
 }
 
 /// A well-formed answer whose picture is just over MAX_IMAGE_BYTES gets past the answer's cap (base64 of the limit
-/// plus room for the JSON) but is refused before decoding, and the job fails without a retry.
+/// plus room for the JSON) but is refused while it is decoded (its bytes dropped at the limit), and the job fails
+/// without a retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_picture_over_max_image_bytes_fails_the_job_without_retries() {
     let provider = Arc::new(Provider::default());

@@ -404,8 +404,10 @@ impl Feed {
             if self.done {
                 return None;
             }
+            // The catch-up and the handling of an event are boxed: an idle stream then holds only this small
+            // select, not their (much larger) state machines.
             let step = if self.subscription.behind.take() {
-                self.catch_up().await
+                Box::pin(self.catch_up()).await
             } else {
                 let partial = async {
                     match self.partials.as_mut() {
@@ -414,10 +416,7 @@ impl Feed {
                     }
                 };
                 tokio::select! {
-                    event = self.subscription.events.recv() => match event {
-                        Some(event) => self.accept(event).await,
-                        None => return None,
-                    },
+                    event = self.subscription.events.recv() => Box::pin(self.accept(event)).await,
                     () = self.subscription.behind.asked() => Ok(()),
                     frame = partial => {
                         match frame {

@@ -58,7 +58,10 @@ pub async fn generate(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let (job, notices) = submit_request(
+    // Memory per waiter: every step is boxed, so a request that waits holds only the small wait future (not the
+    // submission's or the answer's state machines, which are far larger), and the request's headers and job row
+    // (whose bytes keep hyper's read buffer alive) are dropped before the wait.
+    let (job, notices) = Box::pin(submit_request(
         &state,
         &submitter,
         &correlation_id,
@@ -66,24 +69,27 @@ pub async fn generate(
         peer,
         "generate",
         body,
-    )
+    ))
     .await?;
     let owner = submitter.0;
     let base = base_url(&state, &headers, peer);
-    let mut response =
-        match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
-            None => accepted(load_job_view(&state, &base, &job).await?),
-            Some(wait) => {
-                let job = wait_for_job(&state, &owner, job.id, wait)
-                    .await?
-                    .ok_or(ApiError::NotFound("Job"))?;
-                // A job that ended without images is an error answer; it carries the notices all the same.
-                match finished_job_response(&state, &base, &job).await {
-                    Ok(r) => r,
-                    Err(e) => e.into_response(),
-                }
+    let wait = WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max);
+    drop(headers);
+    let mut response = match wait {
+        None => accepted(Box::pin(load_job_view(&state, &base, &job)).await?),
+        Some(wait) => {
+            let id = job.id;
+            drop(job);
+            let job = Box::pin(wait_for_job(&state, &owner, id, wait))
+                .await?
+                .ok_or(ApiError::NotFound("Job"))?;
+            // A job that ended without images is an error answer; it carries the notices all the same.
+            match Box::pin(finished_job_response(&state, &base, &job)).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
             }
-        };
+        }
+    };
     lifecycle_headers(&notices, response.headers_mut());
     Ok(response)
 }
@@ -137,20 +143,21 @@ pub async fn generate_batch(
     for request in &mut requests {
         request.set_webhook_link_base(links_base.clone());
     }
-    let (batch, jobs) = submit_batch(
+    // Boxed, as in `generate`: a waiting batch holds only the wait's state.
+    let (batch, jobs) = Box::pin(submit_batch(
         &state,
         &submitter,
         &correlation_id,
         requests,
         idempotency.as_ref(),
-    )
+    ))
     .await?;
     let owner = submitter.0;
     let base = base_url(&state, &headers, peer);
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let jobs =
         match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
-            Some(wait) => wait_for_batch(&state, &owner, batch.id, &ids, wait).await?,
+            Some(wait) => Box::pin(wait_for_batch(&state, &owner, batch.id, &ids, wait)).await?,
             None => jobs,
         };
     let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;

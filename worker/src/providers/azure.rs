@@ -237,7 +237,9 @@ impl AzureClient {
                 );
                 return Err(error);
             }
-            http::Answer::Body(bytes) => parse_images(LABEL, status, &bytes, n)?,
+            http::Answer::Body(bytes) => {
+                parse_images(LABEL, status, &bytes, n, self.max_image_bytes)?
+            }
             // A streamed answer's filter verdicts arrive as errors (a filtered picture is never completed).
             http::Answer::Parsed(parsed) => parsed,
         };

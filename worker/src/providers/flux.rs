@@ -5,6 +5,8 @@
 //! one we draw) is recorded so a picture can be reproduced.
 
 use super::http::{self, AnswerCap, header_str};
+use super::images_api;
+use super::inline_b64::{Extracted, InlineImage, placeholder_index};
 use super::{Call, GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -190,19 +192,30 @@ impl FluxClient {
             .bearer_auth(self.settings.api_key.expose_secret())
             .header("X-Correlation-ID", call.correlation_id)
             .json(&body);
-        let (status, headers, bytes) =
-            http::send(LABEL, request, AnswerCap::images(n, self.max_image_bytes)).await?;
-        if status != 200 {
-            let error = classify(status, &headers, &bytes);
-            tracing::warn!(
-                status,
-                kind = error.kind(),
-                code = error.code(),
-                "flux call failed"
-            );
-            return Err(error);
-        }
-        let parsed: FluxResponse = serde_json::from_slice(&bytes).map_err(|e| {
+        // Base64 answers are decoded and hashed while they stream in (`inline_b64`), never held whole.
+        let cap = AnswerCap::images(n, self.max_image_bytes);
+        let (status, headers, answer) = http::send_streaming(LABEL, request, |response| {
+            images_api::read_answer(LABEL, response, cap, n, self.max_image_bytes)
+        })
+        .await?;
+        let reader = match answer {
+            http::Answer::Parsed(reader) => reader,
+            http::Answer::Body(bytes) => {
+                let error = classify(status, &headers, &bytes);
+                tracing::warn!(
+                    status,
+                    kind = error.kind(),
+                    code = error.code(),
+                    "flux call failed"
+                );
+                return Err(error);
+            }
+        };
+        let Extracted { skeleton, images } = reader
+            .finish()
+            .map_err(|e| images_api::extract_error(LABEL, status, e))?;
+        let mut decoded: Vec<Option<InlineImage>> = images.into_iter().map(Some).collect();
+        let parsed: FluxResponse = serde_json::from_slice(&skeleton).map_err(|e| {
             ProviderError::invalid_response(
                 LABEL,
                 status,
@@ -215,7 +228,10 @@ impl FluxClient {
             .enumerate()
             .filter_map(|(i, item)| {
                 let source = match (item.b64_json, item.url) {
-                    (Some(b64), _) => ImageSource::Base64(b64),
+                    (Some(b64), _) => match placeholder_index(&b64) {
+                        Some(k) => ImageSource::Decoded(decoded.get_mut(k)?.take()?),
+                        None => ImageSource::Base64(b64),
+                    },
                     (None, Some(url)) => ImageSource::Url(url),
                     (None, None) => return None,
                 };

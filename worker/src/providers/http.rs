@@ -122,21 +122,21 @@ pub async fn send(
 }
 
 /// An answer as read: its body (an error, or a 200 to parse), or already parsed while it streamed in.
-pub enum Answer {
+pub enum Answer<T = super::images_api::ParsedImages> {
     Body(Bytes),
-    Parsed(super::images_api::ParsedImages),
+    Parsed(T),
 }
 
 /// Sends a provider call whose 200 answer is a stream `read` consumes (bounding it itself); any other status is read
 /// as by `send`, up to `MAX_ERROR_BODY`.
-pub async fn send_streaming<F, Fut>(
+pub async fn send_streaming<T, F, Fut>(
     label: &str,
     request: reqwest::RequestBuilder,
     read: F,
-) -> Result<(u16, HeaderMap, Answer), ProviderError>
+) -> Result<(u16, HeaderMap, Answer<T>), ProviderError>
 where
     F: FnOnce(reqwest::Response) -> Fut,
-    Fut: std::future::Future<Output = Result<super::images_api::ParsedImages, ProviderError>>,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
 {
     let mut response = request
         .send()

@@ -5,6 +5,7 @@
 //!   and echoes `size`, `quality`, `background` and `output_format`.
 //! - DALL-E: `size`, `quality`, `style`, `response_format`.
 
+use super::inline_b64::{B64FieldReader, ExtractError, Extracted, InlineImage, placeholder_index};
 use super::{GeneratedImage, ImageSource, ProviderError};
 use imagegen_shared::catalogue::{Family, ModelSpec};
 use imagegen_shared::domain::GenerationRequest;
@@ -130,22 +131,109 @@ pub struct ParsedImages {
     pub echoed: serde_json::Value,
 }
 
-/// The pictures of a 200 answer; an answer without the pictures asked for is worth another attempt.
+/// The pictures of a 200 answer read whole; an answer without the pictures asked for is worth another attempt.
 pub fn parse_images(
     label: &str,
     status: u16,
     body: &[u8],
     expected: u8,
+    max_image_bytes: u64,
 ) -> Result<ParsedImages, ProviderError> {
-    let parsed: ImagesResponse = serde_json::from_slice(body).map_err(|e| {
+    let mut reader = B64FieldReader::new(max_image_bytes);
+    reader
+        .feed(body)
+        .map_err(|e| extract_error(label, status, e))?;
+    assemble(label, status, reader, expected)
+}
+
+/// Reads a 200 answer chunk by chunk, decoding and hashing its pictures as they arrive (`inline_b64`): the body is
+/// never held whole. Bounded by `cap` as `http::send` bounds it.
+pub async fn read_images(
+    label: &str,
+    response: reqwest::Response,
+    cap: super::http::AnswerCap,
+    expected: u8,
+    max_image_bytes: u64,
+) -> Result<ParsedImages, ProviderError> {
+    let status = response.status().as_u16();
+    let reader = read_answer(label, response, cap, expected, max_image_bytes).await?;
+    assemble(label, status, reader, expected)
+}
+
+/// Feeds a 200 answer of `expected` pictures through a [`B64FieldReader`], within `cap`; the caller parses what it
+/// kept (`B64FieldReader::finish`). Any host whose answer carries `b64_json` strings can use it (FLUX hosts do).
+pub async fn read_answer(
+    label: &str,
+    mut response: reqwest::Response,
+    cap: super::http::AnswerCap,
+    expected: u8,
+    max_image_bytes: u64,
+) -> Result<B64FieldReader, ProviderError> {
+    let status = response.status().as_u16();
+    let limit = cap.bytes();
+    let length = response.content_length();
+    if length.is_some_and(|len| len > limit as u64) {
+        return Err(cap.exceeded(label, status));
+    }
+    let mut reader = B64FieldReader::new(max_image_bytes)
+        .with_length_hint(length.map(|len| len / u64::from(expected.max(1))));
+    let mut read = 0usize;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| super::http::transport_error(label, &e))?
+    {
+        read = read.saturating_add(chunk.len());
+        if read > limit {
+            return Err(cap.exceeded(label, status));
+        }
+        reader
+            .feed(&chunk)
+            .map_err(|e| extract_error(label, status, e))?;
+    }
+    Ok(reader)
+}
+
+/// The failure a [`B64FieldReader`] error is: a picture past MAX_IMAGE_BYTES is final, anything else an invalid
+/// (retryable) answer.
+pub fn extract_error(label: &str, status: u16, e: ExtractError) -> ProviderError {
+    match e {
+        // As large again on another attempt: final, like an answer past the cap.
+        ExtractError::TooLarge { bytes, max, .. } => ProviderError::Final {
+            status: Some(status),
+            code: Some("image_too_large".into()),
+            message: format!(
+                "{label}'s picture is {bytes} bytes, larger than MAX_IMAGE_BYTES ({max} bytes)"
+            ),
+        },
+        other => ProviderError::invalid_response(label, status, format_args!("with {other}")),
+    }
+}
+
+/// The answer from its skeleton and decoded pictures.
+fn assemble(
+    label: &str,
+    status: u16,
+    reader: B64FieldReader,
+    expected: u8,
+) -> Result<ParsedImages, ProviderError> {
+    let Extracted { skeleton, images } = reader
+        .finish()
+        .map_err(|e| extract_error(label, status, e))?;
+    let parsed: ImagesResponse = serde_json::from_slice(&skeleton).map_err(|e| {
         ProviderError::invalid_response(label, status, format_args!("with an unreadable body: {e}"))
     })?;
+    let mut images: Vec<Option<InlineImage>> = images.into_iter().map(Some).collect();
     let items: Vec<_> = parsed
         .data
         .into_iter()
         .filter_map(|item| {
             let source = match (item.b64_json, item.url) {
-                (Some(b64), _) => ImageSource::Base64(b64),
+                // A value the reader left in place (an escaped key) is decoded when stored.
+                (Some(b64), _) => match placeholder_index(&b64) {
+                    Some(i) => ImageSource::Decoded(images.get_mut(i)?.take()?),
+                    None => ImageSource::Base64(b64),
+                },
                 (None, Some(url)) => ImageSource::Url(url),
                 (None, None) => return None,
             };
@@ -198,7 +286,7 @@ pub fn stream_partials<'a>(
 }
 
 /// Sends an Images API call for `n` pictures: streamed to `sink` (the cap counting every partial, each a whole
-/// picture) or read whole.
+/// picture) or read as it arrives, its pictures decoded on the way (`read_images`).
 pub async fn send_images(
     label: &str,
     request: reqwest::RequestBuilder,
@@ -217,9 +305,11 @@ pub async fn send_images(
             .await
         }
         None => {
-            let (status, headers, bytes) =
-                http::send(label, request, AnswerCap::images(n, max_image_bytes)).await?;
-            Ok((status, headers, http::Answer::Body(bytes)))
+            let cap = AnswerCap::images(n, max_image_bytes);
+            http::send_streaming(label, request, |response| {
+                read_images(label, response, cap, n, max_image_bytes)
+            })
+            .await
         }
     }
 }
@@ -329,12 +419,25 @@ mod tests {
         let body = serde_json::json!({"created": 1, "data": [{"b64_json": "aGk="}], "size": "1536x1024", "quality": "high",
             "background": "opaque", "output_format": "png",
             "usage": {"input_tokens": 10, "input_tokens_details": {"image_tokens": 0, "text_tokens": 10}, "output_tokens": 6240, "total_tokens": 6250}});
-        let parsed =
-            parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 1).expect("parsed");
+        let parsed = parse_images(
+            "x",
+            200,
+            &serde_json::to_vec(&body).expect("json"),
+            1,
+            1 << 20,
+        )
+        .expect("parsed");
         assert_eq!(parsed.echoed["quality"], "high");
         assert_eq!(parsed.usage.as_ref().expect("usage")["output_tokens"], 6240);
         assert!(
-            parse_images("x", 200, &serde_json::to_vec(&body).expect("json"), 2).is_err(),
+            parse_images(
+                "x",
+                200,
+                &serde_json::to_vec(&body).expect("json"),
+                2,
+                1 << 20
+            )
+            .is_err(),
             "one of two images"
         );
         let sum = sum_usage([parsed.usage.clone().expect("u"), parsed.usage.expect("u")].iter())

@@ -9,6 +9,7 @@ pub mod bfl;
 pub mod flux;
 pub mod http;
 pub mod images_api;
+pub mod inline_b64;
 pub mod openai;
 pub mod stream;
 
@@ -20,8 +21,10 @@ use std::time::Duration;
 /// Where a generated picture can be fetched from.
 #[derive(Debug, Clone)]
 pub enum ImageSource {
-    /// Base64 bytes inline in the provider's answer.
+    /// Base64 bytes inline in the provider's answer, still encoded (streamed partial answers).
     Base64(String),
+    /// Inline bytes already decoded (and hashed) while the answer was read (`inline_b64`).
+    Decoded(inline_b64::InlineImage),
     /// An expiring URL on the provider's hosts; it must be downloaded at once.
     Url(String),
 }

@@ -197,7 +197,9 @@ impl OpenAiClient {
                 );
                 return Err(error);
             }
-            http::Answer::Body(bytes) => parse_images(LABEL, status, &bytes, n)?,
+            http::Answer::Body(bytes) => {
+                parse_images(LABEL, status, &bytes, n, self.max_image_bytes)?
+            }
             http::Answer::Parsed(parsed) => parsed,
         };
         let meta = serde_json::json!({
