@@ -309,6 +309,7 @@ mod tests {
         let (routes, offer) = routes(&["--failover-order", "flux,bfl"]);
         let body = GenerateBody {
             prompt: "a cat".into(),
+            model: Some("gpt-image-2".into()),
             ..GenerateBody::default()
         };
         let edit = |images, mask| {
