@@ -65,7 +65,10 @@ fn input_images(edit: Option<&super::EditInputs>) -> std::collections::BTreeMap<
                 0 => "input_image".to_owned(),
                 i => format!("input_image_{}", i + 1),
             };
-            (name, base64::engine::general_purpose::STANDARD.encode(&image.bytes))
+            (
+                name,
+                base64::engine::general_purpose::STANDARD.encode(&image.bytes),
+            )
         })
         .collect()
 }

@@ -11,7 +11,9 @@ use url::Url;
 /// The edits endpoint beside a generations endpoint (query, such as Azure's `api-version`, kept).
 pub fn edits_url(generations: &Url) -> Url {
     let mut url = generations.clone();
-    let path = url.path().replacen("/images/generations", "/images/edits", 1);
+    let path = url
+        .path()
+        .replacen("/images/generations", "/images/edits", 1);
     url.set_path(&path);
     url
 }
@@ -100,8 +102,10 @@ mod tests {
 
     #[test]
     fn edits_sit_beside_generations_with_the_query_kept() {
-        let url = Url::parse("https://r.openai.azure.com/openai/deployments/d/images/generations?api-version=v")
-            .expect("url");
+        let url = Url::parse(
+            "https://r.openai.azure.com/openai/deployments/d/images/generations?api-version=v",
+        )
+        .expect("url");
         assert_eq!(
             edits_url(&url).as_str(),
             "https://r.openai.azure.com/openai/deployments/d/images/edits?api-version=v"
@@ -110,10 +114,11 @@ mod tests {
 
     #[test]
     fn the_form_carries_the_generation_fields_and_input_fidelity() {
-        let req: GenerationRequest = serde_json::from_value(serde_json::json!({"prompt": "make it blue",
+        let req: GenerationRequest =
+            serde_json::from_value(serde_json::json!({"prompt": "make it blue",
             "model": "gpt-image-2", "size": "1024x1024", "num_images": 1, "allow_failover": true,
             "quality": "high", "output_format": "webp", "output_compression": 70}))
-        .expect("request");
+            .expect("request");
         let catalogue = Catalogue::builtin();
         let model = catalogue.get("gpt-image-2").expect("model");
         let mut body = request_body(&req, model, Some("gpt-image-2"), 2, ResponseFormat::B64Json);
@@ -124,12 +129,7 @@ mod tests {
             input_fidelity: Some(InputFidelity::High),
         };
         let fields = text_fields(&body, &edit).expect("fields");
-        let get = |n: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         assert_eq!(get("model"), Some("gpt-image-2"));
         assert_eq!(get("prompt"), Some("make it blue"));
         assert_eq!(get("n"), Some("2"));
