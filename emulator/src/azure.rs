@@ -130,7 +130,72 @@ pub async fn generations(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(&emu, Route::Deployment(deployment), query, &headers, &body).await
+    handle(
+        &emu,
+        Route::Deployment(deployment),
+        query,
+        &headers,
+        &body,
+        None,
+    )
+    .await
+}
+
+/// `POST /openai/deployments/{deployment}/images/edits`.
+pub async fn edits(
+    State(emu): State<Emulator>,
+    Path(deployment): Path<String>,
+    Query(query): Query<VersionQuery>,
+    headers: HeaderMap,
+    multipart: axum::extract::Multipart,
+) -> Response {
+    edit(
+        &emu,
+        Route::Deployment(deployment),
+        query,
+        &headers,
+        multipart,
+    )
+    .await
+}
+
+/// `POST /openai/v1/images/edits`.
+pub async fn edits_v1(
+    State(emu): State<Emulator>,
+    Query(query): Query<VersionQuery>,
+    headers: HeaderMap,
+    multipart: axum::extract::Multipart,
+) -> Response {
+    edit(&emu, Route::V1, query, &headers, multipart).await
+}
+
+/// An edit: the form's files checked (`gpt_image_edit`), then handled as a generation of its fields.
+async fn edit(
+    emu: &Emulator,
+    route: Route,
+    query: VersionQuery,
+    headers: &HeaderMap,
+    multipart: axum::extract::Multipart,
+) -> Response {
+    if !accepted(emu, headers) {
+        // `handle` answers the 401 in Azure's words.
+        return handle(emu, route, query, headers, b"{}", None).await;
+    }
+    let mut form = match crate::gpt_image_edit::read_form(multipart).await {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let inputs = match crate::gpt_image_edit::check(&mut form) {
+        Ok(i) => i,
+        Err(r) => return *r,
+    };
+    emu.record_edit(inputs.record(
+        PROTOCOL,
+        crate::openai::correlation_id(headers),
+        &form.fields,
+    ));
+    let body = Value::Object(form.fields).to_string();
+    handle(emu, route, query, headers, body.as_bytes(), Some(&inputs)).await
 }
 
 /// `POST /openai/v1/images/generations`.
@@ -140,7 +205,7 @@ pub async fn generations_v1(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(&emu, Route::V1, query, &headers, &body).await
+    handle(&emu, Route::V1, query, &headers, &body, None).await
 }
 
 async fn handle(
@@ -149,9 +214,10 @@ async fn handle(
     query: VersionQuery,
     headers: &HeaderMap,
     body: &[u8],
+    edit: Option<&crate::gpt_image_edit::Inputs>,
 ) -> Response {
     let _flight = emu.begin(PROTOCOL);
-    let mut response = answer(emu, route, query, headers, body).await;
+    let mut response = answer(emu, route, query, headers, body, edit).await;
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
         h.insert("apim-request-id", v);
@@ -238,11 +304,15 @@ async fn answer(
     query: VersionQuery,
     headers: &HeaderMap,
     body: &[u8],
+    edit: Option<&crate::gpt_image_edit::Inputs>,
 ) -> Response {
-    let (version, valid) = match admit(emu, &route, query, headers, body) {
+    let (version, mut valid) = match admit(emu, &route, query, headers, body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
+    if let Some(edit) = edit {
+        edit.apply(&mut valid);
+    }
     let (fate, knobs) = emu.draw(PROTOCOL);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;

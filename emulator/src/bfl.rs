@@ -136,6 +136,17 @@ fn submit_inner(emu: &Emulator, model: &str, headers: &HeaderMap, body: &[u8]) -
         Ok(digest) => digest,
         Err(r) => return *r,
     };
+    if inputs_digest.is_some() {
+        emu.record_edit(crate::gpt_image_edit::EditRecord {
+            protocol: PROTOCOL,
+            correlation_id: crate::openai::correlation_id(headers),
+            model: Some(model.to_owned()),
+            prompt: prompt.to_owned(),
+            images: input_digests(&obj),
+            mask: None,
+            input_fidelity: None,
+        });
+    }
     let seed = obj
         .get("seed")
         .and_then(Value::as_u64)
@@ -368,6 +379,27 @@ fn check_inputs(
         any = true;
     }
     Ok(any.then(|| hex_prefix(&hasher.finalize())))
+}
+
+/// SHA-256 (hex) of each reference image in field order: of its bytes when inline, of the URL otherwise.
+fn input_digests(obj: &serde_json::Map<String, Value>) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    INPUT_IMAGES
+        .iter()
+        .filter_map(|name| obj.get(*name).and_then(Value::as_str))
+        .filter(|t| !t.is_empty())
+        .map(|text| {
+            let data = text.split_once(";base64,").map_or(text, |(_, d)| d);
+            let bytes = if text.starts_with("https://") || text.starts_with("http://") {
+                text.as_bytes().to_vec()
+            } else {
+                base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .unwrap_or_default()
+            };
+            hex::encode(Sha256::digest(&bytes))
+        })
+        .collect()
 }
 
 fn hex_prefix(digest: &[u8]) -> String {

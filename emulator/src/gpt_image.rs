@@ -78,7 +78,7 @@ pub enum Host {
 }
 
 /// A valid GPT image request, with every `auto` resolved.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {
     pub prompt: String,
     pub n: u32,
@@ -90,6 +90,10 @@ pub struct Request {
     pub compression: Option<u8>,
     pub stream: bool,
     pub partial_images: u32,
+    /// Added to each picture's seed (an edit's: derived from its inputs, `gpt_image_edit`).
+    pub seed_base: u64,
+    /// An edit's input image tokens, counted in `usage`.
+    pub input_image_tokens: u64,
 }
 
 impl Request {
@@ -426,6 +430,8 @@ pub fn validate(
         compression,
         stream,
         partial_images,
+        seed_base: 0,
+        input_image_tokens: 0,
     })
 }
 
@@ -455,11 +461,12 @@ pub fn text_tokens(prompt: &str) -> u64 {
 
 /// The `usage` object for `pictures` pictures of this request.
 pub fn usage(req: &Request, pictures: u32) -> Value {
-    let input = text_tokens(&req.prompt);
+    let text = text_tokens(&req.prompt);
+    let input = text + req.input_image_tokens;
     let output = image_tokens(req.width, req.height, req.quality) * u64::from(pictures);
     json!({
         "input_tokens": input,
-        "input_tokens_details": {"image_tokens": 0, "text_tokens": input},
+        "input_tokens_details": {"image_tokens": req.input_image_tokens, "text_tokens": text},
         "output_tokens": output,
         "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
         "total_tokens": input + output,
@@ -469,7 +476,7 @@ pub fn usage(req: &Request, pictures: u32) -> Value {
 fn picture(req: &Request, index: u32, block: u32) -> Picture {
     Picture {
         prompt: req.prompt.clone(),
-        seed: u64::from(index),
+        seed: req.seed_base.wrapping_add(u64::from(index)),
         width: req.width,
         height: req.height,
         format: req.format,

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod files;
 pub mod flux;
 pub mod gpt_image;
+pub mod gpt_image_edit;
 pub mod knobs;
 pub mod models;
 pub mod openai;
@@ -31,6 +32,7 @@ pub use knobs::{Fate, Knobs, Stats};
 pub use picture::render_png;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -66,6 +68,8 @@ pub struct Inner {
     pub bfl_tasks: Mutex<std::collections::HashMap<String, bfl::Task>>,
     /// When each recent request arrived and was answered (benchmarks measure queueing around the provider call).
     timeline: Mutex<std::collections::VecDeque<TimelineEntry>>,
+    /// What each edit call received (`GET /emulator/edits`), oldest first.
+    edits: Mutex<std::collections::VecDeque<gpt_image_edit::EditRecord>>,
 }
 
 /// One request as the emulator saw it: its `X-Correlation-ID` (if any) and wall-clock times in microseconds.
@@ -79,6 +83,10 @@ pub struct TimelineEntry {
 
 /// Entries kept; older ones are dropped first.
 const TIMELINE_CAPACITY: usize = 100_000;
+/// The largest edit body taken.
+const EDIT_BODY_LIMIT: usize = 256 << 20;
+/// Edit records kept; older ones are dropped first.
+const EDITS_KEPT: usize = 1_000;
 
 pub fn unix_micros() -> u64 {
     std::time::SystemTime::now()
@@ -156,7 +164,23 @@ impl Emulator {
             files: Arc::new(files::Files::default()),
             bfl_tasks: Mutex::new(std::collections::HashMap::new()),
             timeline: Mutex::new(std::collections::VecDeque::new()),
+            edits: Mutex::new(std::collections::VecDeque::new()),
         }))
+    }
+
+    /// Notes what an edit call received (the newest `EDITS_KEPT`).
+    pub fn record_edit(&self, record: gpt_image_edit::EditRecord) {
+        let mut edits = self.edits.lock().unwrap_or_else(|e| e.into_inner());
+        if edits.len() >= EDITS_KEPT {
+            edits.pop_front();
+        }
+        edits.push_back(record);
+    }
+
+    /// The edit calls received so far, oldest first.
+    pub fn edit_records(&self) -> Vec<gpt_image_edit::EditRecord> {
+        let edits = self.edits.lock().unwrap_or_else(|e| e.into_inner());
+        edits.iter().cloned().collect()
     }
 
     /// Notes one request on the timeline.
@@ -277,6 +301,20 @@ impl Emulator {
                 post(azure::generations),
             )
             .route("/openai/v1/images/generations", post(azure::generations_v1))
+            // Edits carry up to 16 images: OpenAI takes up to 50 MB each.
+            .route(
+                "/v1/images/edits",
+                post(openai::edits).layer(DefaultBodyLimit::max(EDIT_BODY_LIMIT)),
+            )
+            .route(
+                "/openai/deployments/{deployment}/images/edits",
+                post(azure::edits).layer(DefaultBodyLimit::max(EDIT_BODY_LIMIT)),
+            )
+            .route(
+                "/openai/v1/images/edits",
+                post(azure::edits_v1).layer(DefaultBodyLimit::max(EDIT_BODY_LIMIT)),
+            )
+            .route("/emulator/edits", get(get_edits))
             .route("/bfl/v1/get_result", get(bfl::get_result))
             .route("/bfl/v1/{model}", post(bfl::submit))
             .route("/emulator/config", get(get_config).put(put_config))
@@ -394,7 +432,12 @@ async fn get_timeline(State(emu): State<Emulator>) -> axum::Json<Value> {
     axum::Json(json!(*timeline))
 }
 
+async fn get_edits(State(emu): State<Emulator>) -> axum::Json<Value> {
+    axum::Json(json!(emu.edit_records()))
+}
+
 async fn reset(State(emu): State<Emulator>) -> StatusCode {
+    emu.edits.lock().unwrap_or_else(|e| e.into_inner()).clear();
     emu.timeline
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -180,7 +180,7 @@ pub async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: 
     let arrived_us = crate::unix_micros();
     let _flight = emu.begin(PROTOCOL);
     let id = request_id();
-    let response = answer(&emu, &headers, &body).await;
+    let response = answer(&emu, &headers, &body, None).await;
     let response = with_openai_headers(response, &id, started);
     emu.record_status(PROTOCOL, response.status().as_u16());
     emu.record_timeline(crate::TimelineEntry {
@@ -195,14 +195,62 @@ pub async fn generations(State(emu): State<Emulator>, headers: HeaderMap, body: 
     response
 }
 
-async fn answer(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Response {
+/// `POST /v1/images/edits`: the form's files checked (`gpt_image_edit`), then answered as a generation of its
+/// fields whose pictures derive from the inputs.
+pub async fn edits(
+    State(emu): State<Emulator>,
+    headers: HeaderMap,
+    multipart: axum::extract::Multipart,
+) -> Response {
+    let started = Instant::now();
+    let _flight = emu.begin(PROTOCOL);
+    let id = request_id();
+    let response = match check_auth(&emu, &headers) {
+        Err(r) => *r,
+        Ok(()) => match crate::gpt_image_edit::read_form(multipart).await {
+            Err(r) => *r,
+            Ok(mut form) => match crate::gpt_image_edit::check(&mut form) {
+                Err(r) => *r,
+                Ok(inputs) => {
+                    emu.record_edit(inputs.record(
+                        PROTOCOL,
+                        correlation_id(&headers),
+                        &form.fields,
+                    ));
+                    let body = Value::Object(form.fields).to_string();
+                    answer(&emu, &headers, body.as_bytes(), Some(&inputs)).await
+                }
+            },
+        },
+    };
+    let response = with_openai_headers(response, &id, started);
+    emu.record_status(PROTOCOL, response.status().as_u16());
+    response
+}
+
+pub(crate) fn correlation_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn answer(
+    emu: &Emulator,
+    headers: &HeaderMap,
+    body: &[u8],
+    edit: Option<&crate::gpt_image_edit::Inputs>,
+) -> Response {
     if let Err(r) = check_auth(emu, headers) {
         return *r;
     }
-    let valid = match validate(emu, body) {
+    let mut valid = match validate(emu, body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
+    if let Some(edit) = edit {
+        edit.apply(&mut valid);
+    }
     let (fate, knobs) = emu.draw(PROTOCOL);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;

@@ -6,8 +6,9 @@
 use sha2::{Digest, Sha256};
 
 /// An encoding the providers answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Format {
+    #[default]
     Png,
     Jpeg,
     Webp,

@@ -39,7 +39,12 @@ async fn handle_message(ctx: Arc<JobContext>, message: JobMessage) -> Delivery {
         // Not acknowledged: the in-process queue delivers it again after a second (apalis-redis does not while its
         // acknowledgements are off; see `queue::redis`), and the reconciler finds the job in the database anyway.
         // Released: the job was handed back with a fresh message already.
-        Err(e @ (ProcessError::Busy(_) | ProcessError::Db(_) | ProcessError::Released(_))) => {
+        Err(
+            e @ (ProcessError::Busy(_)
+            | ProcessError::Db(_)
+            | ProcessError::Inputs(..)
+            | ProcessError::Released(_)),
+        ) => {
             tracing::warn!(%job_id, error = %e, "job not finished; the queue will deliver it again");
             Delivery::Redeliver
         }

@@ -303,4 +303,40 @@ mod tests {
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].key, "flux:flux-schnell");
     }
+
+    #[test]
+    fn an_edit_fails_over_only_to_models_that_take_its_inputs() {
+        let (routes, offer) = routes(&["--failover-order", "flux,bfl"]);
+        let body = GenerateBody {
+            prompt: "a cat".into(),
+            model: Some("gpt-image-2".into()),
+            ..GenerateBody::default()
+        };
+        let edit = |images, mask| {
+            request(&offer, body.clone()).with_edit(imagegen_shared::domain::EditParams {
+                images,
+                mask,
+                input_fidelity: None,
+            })
+        };
+        let (chain, skipped) = routes.chain(&edit(2, false), today());
+        assert_eq!(
+            keys(&chain),
+            [
+                "openai:gpt-image-2",
+                "azure_openai:gpt-image-2",
+                "bfl:flux-2-pro"
+            ]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].key, "flux:flux-schnell");
+        assert_eq!(skipped[0].why, "flux-schnell does not edit images");
+        // A mask: only the GPT image models take one.
+        let (chain, skipped) = routes.chain(&edit(1, true), today());
+        assert_eq!(
+            keys(&chain),
+            ["openai:gpt-image-2", "azure_openai:gpt-image-2"]
+        );
+        assert_eq!(skipped.len(), 2);
+    }
 }

@@ -324,4 +324,33 @@ mod tests {
         let err = resolve(parse(body, &offer), &offer, today()).expect_err("openai has no flux");
         assert!(err.to_string().contains("served by: bfl"), "{err}");
     }
+
+    #[test]
+    fn a_retired_models_replacement_must_take_the_edits_inputs() {
+        let day: chrono::NaiveDate = "2026-12-02".parse().expect("date");
+        let mut offer = offer_with(&["--model-aliases", "gpt-image-1-mini=flux-2-pro"]);
+        offer
+            .providers
+            .retain(|p| p.provider != crate::domain::ProviderId::AzureOpenAi);
+        let body = GenerateBody {
+            prompt: "a cat".into(),
+            model: Some("gpt-image-1-mini".into()),
+            ..GenerateBody::default()
+        };
+        let edit = |mask| crate::domain::EditParams {
+            images: 2,
+            mask,
+            input_fidelity: None,
+        };
+        let plain = parse(body.clone(), &offer).with_edit(edit(false));
+        let served = resolve(plain, &offer, day).expect("flux-2-pro takes 2 images");
+        assert_eq!(served.request.model.as_str(), "flux-2-pro");
+        let masked = parse(body, &offer).with_edit(edit(true));
+        let err = resolve(masked, &offer, day).expect_err("flux-2-pro takes no mask");
+        assert!(
+            matches!(&err, ResolveError::Retired { why: Some(w), .. } if w == "flux-2-pro takes no mask"),
+            "{err:?}"
+        );
+        assert!(err.to_string().ends_with("(flux-2-pro takes no mask)"), "{err}");
+    }
 }

@@ -38,8 +38,21 @@ pub fn fit_size(size: Size, target: &ModelSpec) -> Size {
     }
 }
 
+/// Why `target` cannot take an edit's inputs.
+fn edit_refusal(edit: &super::EditParams, target: &ModelSpec) -> String {
+    let t = &target.id;
+    match &target.edits {
+        None => format!("{t} does not edit images"),
+        Some(e) if edit.mask && !e.mask => format!("{t} takes no mask"),
+        Some(e) => format!(
+            "{t} takes 1 to {} input images; this edit has {}",
+            e.max_input_images, edit.images
+        ),
+    }
+}
+
 /// The request for `target` (served by `provider`, when known), with a note per change; `Err` when the target
-/// cannot take the request at all (its prompt is too long there).
+/// cannot take the request at all (its prompt is too long there, or it cannot edit with the request's inputs).
 pub fn translate(
     req: &GenerationRequest,
     target: &ModelSpec,
@@ -55,6 +68,19 @@ pub fn translate(
             "{t} takes prompts of at most {} characters; this one has {prompt_chars}",
             target.max_prompt_chars
         ));
+    }
+    if let Some(edit) = req.edit() {
+        if !edit.fits(target) {
+            return Err(edit_refusal(edit, target));
+        }
+        if let Some(f) = edit.input_fidelity
+            && !target.edits.as_ref().is_some_and(|e| e.input_fidelity)
+        {
+            let mut e = edit.clone();
+            e.input_fidelity = None;
+            out.edit = Some(e);
+            notes.push(format!("input_fidelity {} dropped ({t} takes none)", f.as_str()));
+        }
     }
     if req.model != target.id {
         out.model = target.id.clone();

@@ -166,3 +166,45 @@ fn a_prompt_too_long_for_the_target_cannot_go_there() {
     let req = GenerationRequest::parse(body, &offer_with(&[]), None).expect("valid");
     assert!(translate(&req, &spec("flux-schnell"), None, &c).is_err());
 }
+
+fn edit(model: &str, images: u8, mask: bool, fidelity: bool) -> GenerationRequest {
+    request(model, "1024x1024", 1, None).with_edit(crate::domain::EditParams {
+        images,
+        mask,
+        input_fidelity: fidelity.then_some(crate::domain::edit::InputFidelity::High),
+    })
+}
+
+#[test]
+fn an_edit_goes_only_to_a_model_that_takes_its_inputs() {
+    let c = Catalogue::builtin();
+    let two = edit("gpt-image-2", 2, false, false);
+    assert!(translate(&two, &spec("flux-kontext-pro"), None, &c).is_ok());
+    let err = translate(&two, &spec("flux-schnell"), None, &c).expect_err("no edits");
+    assert_eq!(err, "flux-schnell does not edit images");
+    let masked = edit("gpt-image-2", 1, true, false);
+    let err = translate(&masked, &spec("flux-2-pro"), None, &c).expect_err("no mask");
+    assert_eq!(err, "flux-2-pro takes no mask");
+    let five = edit("gpt-image-2", 5, false, false);
+    let err = translate(&five, &spec("flux-kontext-pro"), None, &c).expect_err("too many");
+    assert_eq!(
+        err,
+        "flux-kontext-pro takes 1 to 4 input images; this edit has 5"
+    );
+    assert!(translate(&five, &spec("flux-2-pro"), None, &c).is_ok());
+}
+
+#[test]
+fn input_fidelity_is_dropped_and_noted_where_not_taken() {
+    let c = Catalogue::builtin();
+    let req = edit("gpt-image-2", 1, false, true);
+    let (same, notes) = translate(&req, &spec("gpt-image-1.5"), None, &c).expect("fits");
+    assert!(same.edit().is_some_and(|e| e.input_fidelity.is_some()));
+    assert!(!notes.iter().any(|n| n.contains("input_fidelity")), "{notes:?}");
+    let (out, notes) = translate(&req, &spec("flux-2-pro"), None, &c).expect("fits");
+    assert_eq!(out.edit().map(|e| (e.images, e.input_fidelity)), Some((1, None)));
+    assert!(
+        notes.contains(&"input_fidelity high dropped (flux-2-pro takes none)".to_string()),
+        "{notes:?}"
+    );
+}

@@ -12,6 +12,7 @@
 mod context;
 mod failure;
 mod finish;
+mod inputs;
 mod outcome;
 mod route_run;
 
@@ -72,6 +73,7 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
         lost: &lost,
         started: Instant::now(),
         calls: &calls,
+        edit: None,
     };
     let result = generate(&job_run).await;
     keeper.abort();
@@ -90,6 +92,25 @@ async fn claim(ctx: &JobContext, message: &JobMessage) -> Result<Option<JobRecor
 async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
     let (ctx, job) = (job_run.ctx, job_run.job);
     let request = &job.request.0;
+    // Read once for all routes and retries of this run, so each sends the same bytes.
+    let edit = match inputs::load(&ctx.pool, &ctx.storage, job).await {
+        Ok(edit) => edit,
+        Err(inputs::InputError::Db(e)) => return Err(e.into()),
+        Err(inputs::InputError::Storage(e)) => return Err(ProcessError::Inputs(job.id, e)),
+        Err(inputs::InputError::Unusable(why)) => {
+            let failure = JobFailure {
+                status: JobStatus::Failed,
+                code: FailureCode::StorageError,
+                message: format!("The edit's inputs cannot be sent: {why}"),
+                moderation: None,
+            };
+            return finish_unsuccessful(ctx, job, &failure, &[]).await;
+        }
+    };
+    let job_run = &JobRun {
+        edit: edit.as_ref(),
+        ..*job_run
+    };
     let (chain, skipped) = ctx.routes.chain(request, imagegen_shared::domain::today());
     let mut history: Vec<AttemptRecord> = skipped
         .into_iter()

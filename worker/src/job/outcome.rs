@@ -24,6 +24,9 @@ pub enum ProcessError {
     /// Another worker holds a live lease; look again once it could have expired.
     #[error("job {0} is held by another worker")]
     Busy(JobId),
+    /// An edit's stored inputs could not be read now; the message comes back.
+    #[error("job {0}: {1}")]
+    Inputs(JobId, String),
     /// The worker is shutting down and gave the job back to the queue.
     #[error("job {0} released at shutdown")]
     Released(JobId),

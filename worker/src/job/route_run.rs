@@ -45,6 +45,8 @@ pub struct JobRun<'a> {
     pub started: Instant,
     /// Provider calls the job has made so far, over all routes and workers (against its `call_budget`).
     pub calls: &'a AtomicI32,
+    /// An edit's inputs, read once for the run (`job::inputs`); `None` for text-to-image.
+    pub edit: Option<&'a crate::providers::EditInputs>,
 }
 
 /// What happened on one route.
@@ -66,6 +68,7 @@ pub struct RouteRun<'a> {
     lost: &'a CancellationToken,
     started: Instant,
     calls: &'a AtomicI32,
+    edit: Option<&'a crate::providers::EditInputs>,
     /// The job's history so far, shared by its routes.
     history: &'a mut Vec<AttemptRecord>,
     /// Attempts made on this route, by any worker.
@@ -123,6 +126,7 @@ impl<'a> RouteRun<'a> {
             lost,
             started,
             calls,
+            edit,
         } = *job_run;
         let used = job
             .provider_attempts
@@ -139,6 +143,7 @@ impl<'a> RouteRun<'a> {
             lost,
             started,
             calls,
+            edit,
             history,
             used,
             saturated_since: None,
@@ -441,13 +446,18 @@ impl<'a> RouteRun<'a> {
         permit: &Permit,
         partials: Option<&crate::providers::stream::PartialSink>,
     ) -> Called<Result<ProviderOutput, ProviderError>> {
+        // `input_fidelity` as translated for this route (dropped where the model takes none).
+        let edit = self.edit.map(|e| crate::providers::EditInputs {
+            input_fidelity: self.route.request.edit().and_then(|p| p.input_fidelity),
+            ..e.clone()
+        });
         let call = Call {
             model: &self.route.model,
             provider_model: &self.route.provider_model,
             request: &self.route.request,
             correlation_id: &self.job.correlation_id,
             partials,
-            edit: None,
+            edit: edit.as_ref(),
         };
         let call = self.route.client.generate(&call);
         tokio::pin!(call);

@@ -11,6 +11,7 @@ use super::http::{self, header_str};
 use super::images_api::{
     ResponseFormat, SAFETY_PREFIX, parse_images, request_body, send_images, stream_partials,
 };
+use super::images_api_edit::{edit_form, edits_url};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -203,13 +204,23 @@ impl AzureClient {
             n,
             self.response_format,
         );
-        // Partial pictures asked for and someone to hand them to: a streamed answer.
-        let sink = stream_partials(call, &mut body);
+        // Partial pictures asked for and someone to hand them to: a streamed answer (never for an edit).
+        let sink = match call.edit {
+            None => stream_partials(call, &mut body),
+            Some(_) => None,
+        };
+        let url = match call.edit {
+            None => self.endpoint(deployment),
+            Some(_) => edits_url(&self.endpoint(deployment)),
+        };
         let request = self
             .http
-            .post(self.endpoint(deployment))
-            .header("X-Correlation-ID", call.correlation_id)
-            .json(&body);
+            .post(url)
+            .header("X-Correlation-ID", call.correlation_id);
+        let request = match call.edit {
+            None => request.json(&body),
+            Some(edit) => request.multipart(edit_form(&body, edit)?),
+        };
         let request = match &self.settings.auth {
             AzureAuth::ApiKey(key) => request.header("api-key", key.expose_secret()),
             AzureAuth::BearerToken(token) => request.bearer_auth(token.expose_secret()),

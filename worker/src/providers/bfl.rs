@@ -48,6 +48,29 @@ struct SubmitBody<'a> {
     aspect_ratio: Option<String>,
     seed: u32,
     output_format: &'static str,
+    /// An edit's reference images, base64: `input_image`, `input_image_2`.. (Kontext up to 4, FLUX.2 up to 8).
+    #[serde(flatten)]
+    input_images: std::collections::BTreeMap<String, String>,
+}
+
+/// The reference-image fields of an edit (no mask: routing sends masked edits only to models that take one).
+fn input_images(edit: Option<&super::EditInputs>) -> std::collections::BTreeMap<String, String> {
+    use base64::Engine;
+    edit.map(|e| e.images.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let name = match i {
+                0 => "input_image".to_owned(),
+                i => format!("input_image_{}", i + 1),
+            };
+            (
+                name,
+                base64::engine::general_purpose::STANDARD.encode(&image.bytes),
+            )
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -170,6 +193,7 @@ impl BflClient {
             aspect_ratio,
             seed,
             output_format: req.output_format().map_or("png", |f| f.as_str()),
+            input_images: input_images(call.edit),
         };
         let submit_url = self
             .base
@@ -387,5 +411,30 @@ mod tests {
             classify(500, &h, b"oops"),
             ProviderError::Retryable { .. }
         ));
+    }
+
+    #[test]
+    fn edit_images_are_input_image_then_numbered_from_2() {
+        let image = |b: &'static [u8]| crate::providers::InputBytes {
+            bytes: bytes::Bytes::from_static(b),
+            content_type: "image/png".into(),
+            width: 1,
+            height: 1,
+        };
+        let edit = crate::providers::EditInputs {
+            images: vec![image(b"a"), image(b"b"), image(b"c")],
+            mask: None,
+            input_fidelity: None,
+        };
+        let fields = input_images(Some(&edit));
+        assert_eq!(
+            fields.into_iter().collect::<Vec<_>>(),
+            [
+                ("input_image".to_owned(), "YQ==".to_owned()),
+                ("input_image_2".to_owned(), "Yg==".to_owned()),
+                ("input_image_3".to_owned(), "Yw==".to_owned())
+            ]
+        );
+        assert!(input_images(None).is_empty());
     }
 }

@@ -9,6 +9,7 @@ pub mod bfl;
 pub mod flux;
 pub mod http;
 pub mod images_api;
+pub mod images_api_edit;
 pub mod inline_b64;
 pub mod openai;
 pub mod stream;

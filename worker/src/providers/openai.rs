@@ -7,6 +7,7 @@ use super::http::{self, header_str};
 use super::images_api::{
     ResponseFormat, SAFETY_PREFIX, parse_images, request_body, send_images, stream_partials,
 };
+use super::images_api_edit::{edit_form, edits_url};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
@@ -160,14 +161,24 @@ impl OpenAiClient {
             n,
             self.response_format,
         );
-        // Partial pictures asked for and someone to hand them to: a streamed answer.
-        let sink = stream_partials(call, &mut body);
-        let mut request = self
+        // Partial pictures asked for and someone to hand them to: a streamed answer (never for an edit).
+        let sink = match call.edit {
+            None => stream_partials(call, &mut body),
+            Some(_) => None,
+        };
+        let url = match call.edit {
+            None => self.endpoint.clone(),
+            Some(_) => edits_url(&self.endpoint.clone()),
+        };
+        let request = self
             .http
-            .post(self.endpoint.clone())
+            .post(url)
             .bearer_auth(self.settings.api_key.expose_secret())
-            .header("X-Correlation-ID", call.correlation_id)
-            .json(&body);
+            .header("X-Correlation-ID", call.correlation_id);
+        let mut request = match call.edit {
+            None => request.json(&body),
+            Some(edit) => request.multipart(edit_form(&body, edit)?),
+        };
         if let Some(org) = &self.settings.organization {
             request = request.header("OpenAI-Organization", org);
         }
