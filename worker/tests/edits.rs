@@ -248,7 +248,7 @@ async fn an_openai_edit_sends_image_and_mask_and_its_retry_the_same_bytes() {
     let (emu, base) = emulator(1).await;
     let image = png(64, 64, false, 40);
     let mask = png(64, 64, true, 0);
-    let record = run_edit(&base, &[image.clone()], Some(&mask), false).await;
+    let record = run_edit(&base, std::slice::from_ref(&image), Some(&mask), false).await;
     assert_eq!(
         record.status,
         JobStatus::Succeeded,

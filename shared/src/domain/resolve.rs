@@ -351,6 +351,9 @@ mod tests {
             matches!(&err, ResolveError::Retired { why: Some(w), .. } if w == "flux-2-pro takes no mask"),
             "{err:?}"
         );
-        assert!(err.to_string().ends_with("(flux-2-pro takes no mask)"), "{err}");
+        assert!(
+            err.to_string().ends_with("(flux-2-pro takes no mask)"),
+            "{err}"
+        );
     }
 }

@@ -79,7 +79,10 @@ pub fn translate(
             let mut e = edit.clone();
             e.input_fidelity = None;
             out.edit = Some(e);
-            notes.push(format!("input_fidelity {} dropped ({t} takes none)", f.as_str()));
+            notes.push(format!(
+                "input_fidelity {} dropped ({t} takes none)",
+                f.as_str()
+            ));
         }
     }
     if req.model != target.id {

@@ -200,9 +200,15 @@ fn input_fidelity_is_dropped_and_noted_where_not_taken() {
     let req = edit("gpt-image-2", 1, false, true);
     let (same, notes) = translate(&req, &spec("gpt-image-1.5"), None, &c).expect("fits");
     assert!(same.edit().is_some_and(|e| e.input_fidelity.is_some()));
-    assert!(!notes.iter().any(|n| n.contains("input_fidelity")), "{notes:?}");
+    assert!(
+        !notes.iter().any(|n| n.contains("input_fidelity")),
+        "{notes:?}"
+    );
     let (out, notes) = translate(&req, &spec("flux-2-pro"), None, &c).expect("fits");
-    assert_eq!(out.edit().map(|e| (e.images, e.input_fidelity)), Some((1, None)));
+    assert_eq!(
+        out.edit().map(|e| (e.images, e.input_fidelity)),
+        Some((1, None))
+    );
     assert!(
         notes.contains(&"input_fidelity high dropped (flux-2-pro takes none)".to_string()),
         "{notes:?}"
