@@ -246,7 +246,7 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
         let pgb = {
             let (url, req, dir) = (
                 db_url.clone(),
-                request.to_string(),
+                serde_json::to_string_pretty(&request)?,
                 std::env::temp_dir().join(format!("imagegen-bench-pgbench-{}", stack.db)),
             );
             tokio::task::spawn_blocking(move || {
