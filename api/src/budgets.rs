@@ -9,6 +9,7 @@ use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use imagegen_shared::budget::{Exceeded, Limit, Period};
 use imagegen_shared::cost::{pricing, usd};
+use imagegen_shared::db::Session;
 use imagegen_shared::db::api_keys::KeyIdentity;
 use imagegen_shared::db::costs::Spender;
 use imagegen_shared::domain::GenerationRequest;
@@ -28,7 +29,17 @@ pub async fn limits_for(
     owner: &str,
     key: Option<&KeyIdentity>,
 ) -> Result<Vec<Limit>, ApiError> {
-    let row = imagegen_shared::db::budgets::get(&state.pool, owner).await?;
+    limits_in(state, &mut state.pool.session().await?, owner, key).await
+}
+
+/// [`limits_for`] read on a connection the caller holds (a submission's).
+pub async fn limits_in(
+    state: &AppState,
+    session: &mut Session,
+    owner: &str,
+    key: Option<&KeyIdentity>,
+) -> Result<Vec<Limit>, ApiError> {
+    let row = imagegen_shared::db::budgets::get_in(session, owner).await?;
     let (day, month) = match &row {
         Some(r) => (
             r.usd_micros_per_day.or(state.default_budget_per_day),
@@ -82,7 +93,15 @@ pub async fn reserve(
     key: Option<&KeyIdentity>,
     amount: i64,
 ) -> Result<Option<Reservation>, ApiError> {
-    let limits = limits_for(state, owner, key).await?;
+    reserve_within(state, limits_for(state, owner, key).await?, amount).await
+}
+
+/// Reserves `amount` against `limits` (read by [`limits_in`]); `None` when there are none.
+pub async fn reserve_within(
+    state: &AppState,
+    limits: Vec<Limit>,
+    amount: i64,
+) -> Result<Option<Reservation>, ApiError> {
     if limits.is_empty() {
         return Ok(None);
     }

@@ -282,17 +282,38 @@ pub async fn submit_job(
 ) -> Result<JobRecord, ApiError> {
     let owner = submitter.0.as_str();
     let model = request.model().clone();
+    // One connection for the key lookup, the budget row and the insert: under a burst each acquisition waits behind
+    // every other request, so a submission waits for the pool once. It is given back before anything else takes one
+    // (a replay's read, a budget counter's rebuild, the undo), so no request holds one while waiting for another.
+    let mut session = state.pool.session().await?;
     // A replay returns its job and spends nothing: looked up before any limit or quota is touched.
     if let Some(key) = idempotency
         && let Some(existing) =
-            db::idempotency::lookup(&state.pool, owner, &key.key, &key.request_hash)
+            db::idempotency::lookup_in(&mut session, owner, &key.key, &key.request_hash)
                 .await
                 .map_err(key_error)?
     {
+        drop(session);
         return replay_job(state, owner, existing).await;
     }
     let estimate = crate::budgets::estimates(state, &[&request])[0];
-    let reservation = crate::budgets::reserve(state, owner, submitter.1.as_ref(), estimate).await?;
+    let limits =
+        crate::budgets::limits_in(state, &mut session, owner, submitter.1.as_ref()).await?;
+    let reservation = if limits.is_empty() {
+        None
+    } else {
+        // Reserving may rebuild a counter from Postgres: not while holding the session.
+        drop(session);
+        let r = crate::budgets::reserve_within(state, limits, estimate).await?;
+        session = match state.pool.session().await {
+            Ok(s) => s,
+            Err(e) => {
+                crate::budgets::release(state, r.as_ref()).await;
+                return Err(e.into());
+            }
+        };
+        r
+    };
     let images = u64::from(request.num_images());
     if let Err(e) = crate::rate_limit::spend_image_quota(state, owner, images).await {
         crate::budgets::release(state, reservation.as_ref()).await;
@@ -309,7 +330,9 @@ pub async fn submit_job(
     };
     let claim = idempotency.map(|k| k.claim(owner, state));
     let inserted =
-        db::jobs::insert_admitted(&state.pool, &job, claim.as_ref(), state.max_active_jobs()).await;
+        db::jobs::insert_admitted_in(&mut session, &job, claim.as_ref(), state.max_active_jobs())
+            .await;
+    drop(session);
     let record = match inserted {
         Ok(Inserted::New(record)) => record,
         other => {

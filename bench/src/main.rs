@@ -4,6 +4,7 @@
 
 mod auth;
 mod load;
+mod pgbench;
 mod report;
 mod stack;
 mod streams;
@@ -176,14 +177,20 @@ fn machine(opts: &Opts, took: Duration) -> Vec<String> {
     ]
 }
 
-/// Scenario 1: `POST /api/v1/jobs` at 1..256 clients against a bare INSERT + LPUSH of the same row (the floor).
+/// Connections the floors open at most: Postgres allows 100 in all, and the API and other runs hold some.
+const MAX_FLOOR_CONNS: usize = 64;
+
+/// Scenario 1: `POST /api/v1/jobs` at 1..256 clients against `pgbench` inserting the same row and a bare
+/// INSERT + LPUSH of it (the floors), with as many connections as clients.
 async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Result<Section> {
     let stack = Stack::start(&opts.bin, 0, &[]).await?;
     let duration = Duration::from_secs(if opts.quick { 3 } else { 10 });
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&format!("{}/{}", stack::PG, stack.db))
-        .await?;
+    let db_url = format!("{}/{}", stack::PG, stack.db);
+    let api_pool = stack
+        .env
+        .iter()
+        .find(|(k, _)| k == "DATABASE_MAX_CONNECTIONS")
+        .map_or_else(|| "10 (the default)".to_owned(), |(_, v)| v.clone());
     let redis = redis::Client::open(stack::REDIS)?
         .get_connection_manager()
         .await?;
@@ -201,20 +208,24 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
             "p99 ms",
             "errors",
             "API CPU ms/req",
-            "floor req/s",
-            "floor p50 ms",
-            "floor p99 ms",
-            "imagegen / floor",
+            "pgbench INSERT tps",
+            "pgbench p99 ms",
+            "INSERT+LPUSH req/s",
+            "INSERT+LPUSH p99 ms",
+            "imagegen / pgbench",
+            "imagegen / INSERT+LPUSH",
         ],
     );
     s.note(format!(
         "`POST /api/v1/jobs` (validate, moderate, INSERT the job, push it on the apalis queue, nudge workers, answer \
-         202) from N closed-loop clients for {} s each, no workers running. The floor, in the same run on the same \
-         Postgres and Redis: our own program doing a bare INSERT of the same row plus an LPUSH, over a 10-connection \
-         pool (the API's default DATABASE_MAX_CONNECTIONS). 'API CPU ms/req' is the API process's user + system CPU \
-         time over the run divided by the requests it answered: with two cores shared by the load generator, \
-         Postgres, Redis and the API, CPU per request is what caps the rate.",
-        duration.as_secs()
+         202) from N closed-loop clients for {secs} s each, no workers running; the API's pool is \
+         DATABASE_MAX_CONNECTIONS={api_pool}. The floors, in the same run on the same scratch database, Postgres and \
+         Redis, with as many connections as clients (at most {MAX_FLOOR_CONNS}: this Postgres allows 100 in all): \
+         `pgbench -c N -j 2 -T {secs} -M prepared` running a single-row INSERT of the same job row, and our own \
+         program doing that INSERT plus an LPUSH. pgbench's p99 comes from its per-transaction log. 'API CPU ms/req' \
+         is the API process's user + system CPU time over the run divided by the requests it answered: with two \
+         cores shared by the load generator, Postgres, Redis and the API, CPU per request is what caps the rate.",
+        secs = duration.as_secs()
     ));
     let (mut ours_line, mut floor_line) = (Vec::new(), Vec::new());
     for clients in [1usize, 16, 64, 256] {
@@ -231,6 +242,25 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
         .await;
         let api_cpu_ms = (cpu_seconds(stack.api_pid).unwrap_or(f64::NAN) - cpu_before) * 1000.0
             / ours.ok().max(1) as f64;
+        let conns = clients.min(MAX_FLOOR_CONNS);
+        let pgb = {
+            let (url, req, dir) = (
+                db_url.clone(),
+                serde_json::to_string_pretty(&request)?,
+                std::env::temp_dir().join(format!("imagegen-bench-pgbench-{}", stack.db)),
+            );
+            tokio::task::spawn_blocking(move || {
+                let run = pgbench::insert_floor(&url, &req, conns, duration, &dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                run
+            })
+            .await??
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(u32::try_from(conns).unwrap_or(64))
+            .min_connections(u32::try_from(conns).unwrap_or(64))
+            .connect(&db_url)
+            .await?;
         let (pool2, redis2, key, req) = (
             pool.clone(),
             redis.clone(),
@@ -257,6 +287,7 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
             }
         })
         .await;
+        pool.close().await;
         ours_line.push((clients as f64, ours.pct_ms(50.0)));
         floor_line.push((clients as f64, floor.pct_ms(50.0)));
         s.row(vec![
@@ -266,14 +297,24 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
             ms(ours.pct_ms(99.0)),
             ours.errors.to_string(),
             format!("{api_cpu_ms:.2}"),
+            if pgb.failed > 0 {
+                format!("{:.0} ({} failed)", pgb.tps, pgb.failed)
+            } else {
+                format!("{:.0}", pgb.tps)
+            },
+            ms(pgb.p99_ms),
             format!("{:.0}", floor.rps()),
-            ms(floor.pct_ms(50.0)),
             ms(floor.pct_ms(99.0)),
+            format!("{:.2}", ours.rps() / pgb.tps.max(1e-9)),
             format!("{:.2}", ours.rps() / floor.rps().max(1e-9)),
         ]);
         eprintln!(
-            "bench:   {clients} clients: {:.0} req/s vs floor {:.0}",
+            "bench:   {clients} clients: {:.0} req/s (p99 {:.1} ms) vs pgbench {:.0} tps (p50 {:.1}, p99 {:.1} ms), INSERT+LPUSH {:.0}",
             ours.rps(),
+            ours.pct_ms(99.0),
+            pgb.tps,
+            pgb.p50_ms,
+            pgb.p99_ms,
             floor.rps()
         );
     }
@@ -286,7 +327,7 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
         points: ours_line,
     });
     series.push(Series {
-        label: "floor: INSERT+LPUSH".into(),
+        label: "floor: INSERT+LPUSH, a connection per client".into(),
         points: floor_line,
     });
     Ok(s)

@@ -499,3 +499,28 @@ async fn the_reconciler_purges_expired_idempotency_keys(pool: PgPool) {
             .is_some()
     );
 }
+
+/// The pool does not ping a connection busy a moment ago (a round trip per query saved), but one that sat idle past
+/// a second is checked first: one the server closed meanwhile (a restart, an idle-session timeout) is replaced
+/// instead of failing the query it was handed out for.
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_replaced_before_use() {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let Db::Postgres(pool) = db::connect_lazy(&url, 1).expect("pool") else {
+        panic!("DATABASE_URL is not a Postgres URL");
+    };
+    let pid = || sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&pool);
+    let first = pid().await.expect("first query");
+    let admin = PgPool::connect(&url).await.expect("admin connection");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&admin)
+        .await
+        .expect("terminate");
+    assert!(killed, "the pool's connection was not terminated");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let second = pid()
+        .await
+        .expect("the query after the idle connection was closed");
+    assert_ne!(first, second, "the closed connection was handed out again");
+}

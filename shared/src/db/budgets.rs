@@ -14,12 +14,20 @@ pub struct OwnerBudget {
 }
 
 pub async fn get(db: &Db, owner: &str) -> Result<Option<OwnerBudget>, DbError> {
-    let row = on_db!(db, |pool, sql| {
+    get_in(&mut db.session().await?, owner).await
+}
+
+/// [`get`] on a connection the caller holds (a submission's).
+pub async fn get_in(
+    session: &mut super::Session,
+    owner: &str,
+) -> Result<Option<OwnerBudget>, DbError> {
+    let row = super::on_session!(session, |conn, sql| {
         sqlx::query_as::<_, OwnerBudget>(
             "SELECT owner, usd_micros_per_day, usd_micros_per_month, updated_at FROM budgets WHERE owner = $1",
         )
         .bind(owner)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await?
     });
     Ok(row)

@@ -61,10 +61,23 @@ pub async fn lookup(
     key: &str,
     request_hash: &str,
 ) -> Result<Option<Existing>, KeyError> {
-    super::on_db!(db, |pool, sql| {
-        let mut conn = pool.acquire().await?;
-        Ok(find!(conn, sql, owner, key, request_hash))
-    })
+    lookup_in(&mut db.session().await?, owner, key, request_hash).await
+}
+
+/// [`lookup`] on a connection the caller holds (a submission's).
+pub async fn lookup_in(
+    session: &mut super::Session,
+    owner: &str,
+    key: &str,
+    request_hash: &str,
+) -> Result<Option<Existing>, KeyError> {
+    super::on_session!(session, |conn, sql| Ok(find!(
+        conn,
+        sql,
+        owner,
+        key,
+        request_hash
+    )))
 }
 
 /// A live key's target inside a transaction (a macro: the connection's type differs per database); evaluates to

@@ -528,8 +528,24 @@ pub async fn insert_admitted(
     key: Option<&super::idempotency::KeyClaim<'_>>,
     max_active: Option<i64>,
 ) -> Result<Inserted<JobRecord>, super::idempotency::KeyError> {
-    on_db!(db, |pool, sql| {
-        let mut tx = pool.begin_with(sql.begin).await?;
+    let mut session = db.session().await?;
+    insert_admitted_in(&mut session, job, key, max_active).await
+}
+
+/// [`insert_admitted`] on a connection the caller holds (a submission's, which read its key and budget on it).
+pub async fn insert_admitted_in(
+    session: &mut super::Session,
+    job: &NewJob,
+    key: Option<&super::idempotency::KeyClaim<'_>>,
+    max_active: Option<i64>,
+) -> Result<Inserted<JobRecord>, super::idempotency::KeyError> {
+    super::on_session!(session, |conn, sql| {
+        if max_active.is_none() && key.is_none() && job.inputs.is_empty() {
+            // Nothing to lock, count or claim: the INSERT alone, one round trip instead of BEGIN, INSERT, COMMIT.
+            let row = insert_job!(conn, sql, job, None);
+            return Ok(Inserted::New(row));
+        }
+        let mut tx = sqlx::Connection::begin_with(conn, sql.begin).await?;
         admit_or_return!(tx, sql, job.owner.as_str(), 1, max_active, key);
         let row = insert_job!(tx, sql, job, None);
         let Some(key) = key else {

@@ -30,6 +30,10 @@ use std::time::Duration;
 
 /// How long a request waits for a pooled connection before the API answers 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle longer than this is pinged before use (a Postgres restart or an idle-session timeout
+/// may have closed it). One busy just now is not: sqlx's default pings on every acquisition, which doubled the round
+/// trips of every single-statement query under load (see docs/performance.md).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// How long a SQLite writer waits for another writer before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -175,6 +179,45 @@ macro_rules! on_db {
 }
 pub(crate) use on_db;
 
+/// One pooled connection held for a sequence of queries: a submission's reads (Idempotency-Key, budget row) and its
+/// insert wait for the pool once, not once per query. Under a burst every acquisition queues behind all the others,
+/// so a request that acquires three times waits three queues' length (the 503s of bench scenario 3, issue 19).
+pub enum Session {
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+impl Db {
+    /// A connection from the pool, held until the session is dropped.
+    pub async fn session(&self) -> Result<Session, DbError> {
+        Ok(match self {
+            Db::Postgres(pool) => Session::Postgres(pool.acquire().await?),
+            Db::Sqlite(pool) => Session::Sqlite(pool.acquire().await?),
+        })
+    }
+}
+
+/// `on_db!` for a [`Session`]: `$conn` bound to the concrete `&mut` connection, `$sql` to its [`Dialect`].
+macro_rules! on_session {
+    ($session:expr, |$c:ident, $sql:ident| $body:expr) => {
+        match $session {
+            $crate::db::Session::Postgres(pooled) => {
+                let $c: &mut sqlx::PgConnection = &mut **pooled;
+                #[allow(unused_variables)]
+                let $sql = &$crate::db::POSTGRES;
+                $body
+            }
+            $crate::db::Session::Sqlite(pooled) => {
+                let $c: &mut sqlx::SqliteConnection = &mut **pooled;
+                #[allow(unused_variables)]
+                let $sql = &$crate::db::SQLITE;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_session;
+
 /// A connection inside a transaction the caller opened, on either database: how a query function of one table's
 /// module joins a transaction opened elsewhere (the reconciler's pass runs `jobs` updates under its advisory lock).
 /// Inside an `on_db!` body, `Conn::from(&mut *tx)` picks the right variant.
@@ -275,6 +318,15 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> 
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy(url)?;
     Ok(Db::Postgres(pool))
