@@ -68,23 +68,36 @@ pub async fn generate(
         body,
     )
     .await?;
-    let owner = submitter.0;
-    let base = base_url(&state, &headers, peer);
+    answer_job(&state, &submitter, &headers, peer, job, &notices).await
+}
+
+/// The answer to one submitted job, as generate gives it: wait mode (`Prefer: wait=N`) holds until it ends, else 202;
+/// with the model's lifecycle headers. Edits answer the same way.
+pub async fn answer_job(
+    state: &AppState,
+    submitter: &Submitter,
+    headers: &HeaderMap,
+    peer: std::net::SocketAddr,
+    job: imagegen_shared::db::JobRecord,
+    notices: &[imagegen_shared::domain::LifecycleNotice],
+) -> Result<Response, ApiError> {
+    let owner = &submitter.0;
+    let base = base_url(state, headers, peer);
     let mut response =
-        match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
-            None => accepted(load_job_view(&state, &base, &job).await?),
+        match WaitPreference::from_headers(headers).duration(state.wait_default, state.wait_max) {
+            None => accepted(load_job_view(state, &base, &job).await?),
             Some(wait) => {
-                let job = wait_for_job(&state, &owner, job.id, wait)
+                let job = wait_for_job(state, owner, job.id, wait)
                     .await?
                     .ok_or(ApiError::NotFound("Job"))?;
                 // A job that ended without images is an error answer; it carries the notices all the same.
-                match finished_job_response(&state, &base, &job).await {
+                match finished_job_response(state, &base, &job).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
                 }
             }
         };
-    lifecycle_headers(&notices, response.headers_mut());
+    lifecycle_headers(notices, response.headers_mut());
     Ok(response)
 }
 
