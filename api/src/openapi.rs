@@ -395,7 +395,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 30);
+        assert_eq!(owner_ops, 31);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(
