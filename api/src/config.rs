@@ -26,6 +26,8 @@ pub struct ApiArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub webhooks: crate::webhooks::config::WebhookArgs,
+    #[command(flatten)]
+    pub edits: imagegen_shared::config::edits::EditArgs,
     /// Address to listen on.
     #[arg(
         long,
@@ -209,6 +211,8 @@ pub struct ApiSettings {
     /// TRUSTED_PROXIES: the peers whose X-Forwarded-Proto and X-Forwarded-Host are believed.
     pub trusted_proxies: TrustedProxies,
     pub webhooks: crate::webhooks::config::WebhookSettings,
+    /// EDIT_*: input limits and the policy for image URLs.
+    pub edits: imagegen_shared::config::edits::EditSettings,
 }
 
 /// Who may call, and how.
@@ -430,6 +434,7 @@ impl ApiArgs {
             trusted_proxies: TrustedProxies::parse(&self.trusted_proxies)
                 .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?,
             webhooks: self.webhooks.settings()?,
+            edits: self.edits.settings()?,
         })
     }
 }

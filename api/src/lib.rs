@@ -6,6 +6,7 @@ pub mod auth;
 pub mod budgets;
 pub mod config;
 pub mod edit_upload;
+pub mod edits;
 pub mod error;
 pub mod event_streams;
 pub mod extract;

@@ -72,6 +72,8 @@ pub struct Inner {
     pub link_signer: Option<Arc<crate::links::LinkSigner>>,
     /// WEBHOOK_*: where deliveries may go, their schedule and limits.
     pub webhooks: Arc<crate::webhooks::config::WebhookSettings>,
+    /// EDIT_*: input limits and the policy for image URLs.
+    pub edits: imagegen_shared::config::edits::EditSettings,
     /// Cancelled at shutdown: waiting requests answer 202 at once.
     pub stopping: CancellationToken,
 }
@@ -203,6 +205,7 @@ impl AppState {
             admin_role: auth.admin_role.clone(),
             link_signer,
             webhooks: Arc::new(settings.webhooks.clone()),
+            edits: settings.edits.clone(),
             cors: settings.cors.clone(),
             waiters: Arc::new(Waiters::default()),
             metrics: metrics_handle(),

@@ -31,9 +31,23 @@ pub fn accept(
     body: GenerateBody,
     header_deadline: Option<u32>,
 ) -> Result<Accepted, ApiError> {
+    accept_with(state, body, header_deadline, None)
+}
+
+/// `accept` for an edit: the request carries `edit` before it is resolved, so a retired model is replaced by one
+/// that can take the inputs.
+pub fn accept_with(
+    state: &AppState,
+    body: GenerateBody,
+    header_deadline: Option<u32>,
+    edit: Option<imagegen_shared::domain::EditParams>,
+) -> Result<Accepted, ApiError> {
     let offer = state.offer();
-    let request =
+    let mut request =
         GenerationRequest::parse(body, &offer, header_deadline).map_err(ApiError::Validation)?;
+    if let Some(edit) = edit {
+        request = request.with_edit(edit);
+    }
     if let Some(hook) = request.webhook() {
         crate::webhooks::check_scheme(&hook.url, &state.webhooks, "webhook_url")?;
     }
@@ -272,13 +286,26 @@ fn key_error(e: KeyError) -> ApiError {
     }
 }
 
-#[tracing::instrument(skip_all, fields(model = %request.model(), job_id))]
 pub async fn submit_job(
     state: &AppState,
     submitter: &Submitter,
     correlation_id: &str,
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
+) -> Result<JobRecord, ApiError> {
+    submit_job_with(state, submitter, correlation_id, request, idempotency, &[]).await
+}
+
+/// `submit_job` with an edit's checked inputs: stored once the job's id is known, recorded in the job's own
+/// transaction, and removed again if the job is not recorded or cannot be queued.
+#[tracing::instrument(skip_all, fields(model = %request.model(), job_id))]
+pub async fn submit_job_with(
+    state: &AppState,
+    submitter: &Submitter,
+    correlation_id: &str,
+    request: GenerationRequest,
+    idempotency: Option<&Idempotency>,
+    inputs: &[crate::edits::StagedInput],
 ) -> Result<JobRecord, ApiError> {
     let owner = submitter.0.as_str();
     let model = request.model().clone();
@@ -320,7 +347,19 @@ pub async fn submit_job(
         return Err(e);
     }
     let reserved = if reservation.is_some() { estimate } else { 0 };
-    let job = new_job(state, submitter, correlation_id, request, reserved);
+    let mut job = new_job(state, submitter, correlation_id, request, reserved);
+    // A blocked prompt is never run: nothing of it is stored.
+    if !inputs.is_empty() && job.status != JobStatus::Moderated {
+        match crate::edits::store(state, job.id, owner, inputs).await {
+            Ok(rows) => job.inputs = rows,
+            Err(e) => {
+                crate::rate_limit::refund_image_quota(state, owner, images).await;
+                crate::budgets::release(state, reservation.as_ref()).await;
+                return Err(e);
+            }
+        }
+    }
+    let input_keys = crate::edits::keys(&job.inputs);
     // A blocked prompt is never run: its reservation goes back now.
     let reservation = if job.status == JobStatus::Moderated {
         crate::budgets::release(state, reservation.as_ref()).await;
@@ -336,7 +375,8 @@ pub async fn submit_job(
     let record = match inserted {
         Ok(Inserted::New(record)) => record,
         other => {
-            // Nothing new was recorded: the images and the budget were not spent after all.
+            // Nothing new was recorded: the images, the budget and the stored inputs were not spent after all.
+            crate::edits::discard(state, &input_keys).await;
             crate::rate_limit::refund_image_quota(state, owner, images).await;
             crate::budgets::release(state, reservation.as_ref()).await;
             return match other.map_err(key_error)? {
@@ -356,7 +396,10 @@ pub async fn submit_job(
     if let Err(e) = state.queue.push(message(&record)).await {
         // Deleting the job also frees its Idempotency-Key (cascade), so the client's retry can succeed.
         match db::jobs::delete_unstarted(&state.pool, record.id).await {
-            Ok(_) => crate::budgets::release(state, reservation.as_ref()).await,
+            Ok(_) => {
+                crate::edits::discard(state, &input_keys).await;
+                crate::budgets::release(state, reservation.as_ref()).await
+            }
             Err(undo) => {
                 // The row stays (queued, reserved): the reconciler queues it and its budget settles when it ends.
                 tracing::error!(job_id = %record.id, error = %undo, "could not undo a job that was never queued");
@@ -364,6 +407,7 @@ pub async fn submit_job(
         }
         return Err(e.into());
     }
+    crate::edits::settle(state, &input_keys).await;
     metrics::counter!("imagegen_jobs_submitted_total", "model" => model.to_string()).increment(1);
     tracing::Span::current().record("job_id", tracing::field::display(record.id));
     tracing::info!(job_id = %record.id, %model, provider = %record.provider, "job queued");

@@ -393,6 +393,36 @@ impl ImageStorage {
         Ok(())
     }
 
+    /// Writes an edit's input object (no sidecar: its facts are the job's `job_inputs` row). `delete_image` removes
+    /// it again.
+    pub async fn put_input(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let mut attributes = Attributes::new();
+        if !matches!(self.backend, StorageBackend::Local | StorageBackend::Memory) {
+            attributes.insert(
+                Attribute::ContentType,
+                AttributeValue::from(content_type.to_owned()),
+            );
+        }
+        let path = self.path(key);
+        if bytes.len() > MULTIPART_PART {
+            return self.put_multipart(&path, bytes, attributes).await;
+        }
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&path, PutPayload::from_bytes(bytes), options)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn put_multipart(
         &self,
         path: &Path,

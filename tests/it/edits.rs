@@ -1,9 +1,101 @@
 //! End to end, image edits: the catalogue says which models edit (input images at most, mask) in
-//! `GET /api/v1/models`.
+//! `GET /api/v1/models`; `POST /api/v1/edits` refuses bad inputs naming the part, with nothing stored or queued, and
+//! runs a good edit as generate runs a job.
 
-use crate::support::{Options, start};
+use crate::support::{Options, Reply, Stack, flux_options, kv, start};
 use serde_json::Value;
 use sqlx::PgPool;
+
+const BOUNDARY: &str = "imagegen-edit-test-boundary";
+
+/// A `w`x`h` PNG, RGBA when `alpha`, else RGB.
+fn png(w: u32, h: u32, alpha: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(if alpha {
+            png::ColorType::Rgba
+        } else {
+            png::ColorType::Rgb
+        });
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("png header");
+        let channels = if alpha { 4 } else { 3 };
+        let data = vec![128u8; (w * h * channels) as usize];
+        writer.write_image_data(&data).expect("png data");
+    }
+    out
+}
+
+/// A multipart body: `files` as (part name, file name, bytes), then text `fields`.
+fn multipart(files: &[(&str, &str, Vec<u8>)], fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, file, bytes) in files {
+        out.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\n\
+                 Content-Type: image/png\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in fields {
+        out.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    out
+}
+
+async fn post_edit(stack: &Stack, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Reply {
+    let mut req = stack
+        .http
+        .post(stack.url(path))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Reply::from(req.send().await.expect("request")).await
+}
+
+/// Nothing of a refused edit remains: no job, no input row, no input object.
+async fn assert_nothing_kept(stack: &Stack, pool: &PgPool) {
+    assert_eq!(stack.count(pool, "SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(
+        stack.count(pool, "SELECT count(*) FROM job_inputs").await,
+        0
+    );
+    assert_eq!(
+        stack
+            .count(pool, "SELECT count(*) FROM pending_objects")
+            .await,
+        0
+    );
+    let inputs = stack.storage_dir.join("inputs");
+    let left = std::fs::read_dir(&inputs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "input objects left in {}", inputs.display());
+}
+
+/// A 400 naming `part` in `details`.
+fn assert_names_part(r: &Reply, part: &str) {
+    r.assert_error(400, "validation_failed");
+    let details = r.body["details"].as_array().expect("details");
+    assert!(
+        details.iter().any(|d| d["field"] == part),
+        "{part} named: {}",
+        r.body
+    );
+}
 
 fn model<'a>(models: &'a Value, id: &str) -> &'a Value {
     models["models"]
@@ -40,4 +132,204 @@ async fn the_models_list_says_which_models_edit(pool: PgPool) {
             "{id} does not edit"
         );
     }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn bad_edit_inputs_are_refused_naming_the_part_and_nothing_is_kept(pool: PgPool) {
+    let stack = start(
+        &pool,
+        Options {
+            api_env: vec![kv("EDIT_MAX_IMAGE_BYTES", "20000")],
+            ..Options::default()
+        },
+    )
+    .await;
+    let prompt = ("prompt", "Make the door red");
+    let model = ("model", "gpt-image-2");
+    let image = png(64, 64, false);
+
+    // Text with a .png name is not an image.
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(
+            &[
+                ("image", "a.png", image.clone()),
+                (
+                    "image",
+                    "notes.png",
+                    b"just some text, not a picture".to_vec(),
+                ),
+            ],
+            &[prompt, model],
+        ),
+        &[],
+    )
+    .await;
+    assert_names_part(&r, "image[1]");
+
+    // A mask of another size than the first image.
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(
+            &[
+                ("image", "a.png", image.clone()),
+                ("mask", "m.png", png(32, 32, true)),
+            ],
+            &[prompt, model],
+        ),
+        &[],
+    )
+    .await;
+    assert_names_part(&r, "mask");
+
+    // A mask without an alpha channel.
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(
+            &[
+                ("image", "a.png", image.clone()),
+                ("mask", "m.png", png(64, 64, false)),
+            ],
+            &[prompt, model],
+        ),
+        &[],
+    )
+    .await;
+    assert_names_part(&r, "mask");
+
+    // An image over EDIT_MAX_IMAGE_BYTES: 413 naming it.
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(
+            &[
+                ("image", "a.png", image.clone()),
+                ("image", "big.png", vec![0u8; 30_000]),
+            ],
+            &[prompt, model],
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("image[1]")),
+        "{}",
+        r.body
+    );
+
+    // No images at all, and a JSON body on the multipart form.
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(&[], &[prompt, model]),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = stack
+        .post("/api/v1/edits", serde_json::json!({"prompt": "x"}), &[])
+        .await;
+    assert!(
+        r.status == 400 || r.status == 415,
+        "{} {}",
+        r.status,
+        r.body
+    );
+
+    assert_nothing_kept(&stack, &pool).await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn too_many_images_and_a_model_that_does_not_edit_are_refused(pool: PgPool) {
+    let stack = start(&pool, flux_options()).await;
+    let image = png(16, 16, false);
+    // flux-kontext-pro takes 4 images at most.
+    let five: Vec<_> = (0..5).map(|_| ("image", "a.png", image.clone())).collect();
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(
+            &five,
+            &[("prompt", "Red door"), ("model", "flux-kontext-pro")],
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("flux-kontext-pro"),
+        "{}",
+        r.body
+    );
+    // flux-schnell does not edit.
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(
+            &[("image", "a.png", image)],
+            &[("prompt", "Red door"), ("model", "flux-schnell")],
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.to_string().contains("does not edit"), "{}", r.body);
+    assert_nothing_kept(&stack, &pool).await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_multipart_edit_runs_end_to_end_with_its_inputs_recorded(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let r = post_edit(
+        &stack,
+        "/api/v1/edits",
+        multipart(
+            &[
+                ("image", "a.png", png(64, 64, false)),
+                ("mask", "m.png", png(64, 64, true)),
+            ],
+            &[
+                ("prompt", "Make the door red"),
+                ("model", "gpt-image-2"),
+                ("input_fidelity", "high"),
+            ],
+        ),
+        &[("prefer", "wait=60")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let job = r.body["job_id"].as_str().expect("job_id").to_owned();
+    assert_eq!(
+        stack
+            .count(
+                &pool,
+                &format!("SELECT count(*) FROM job_inputs WHERE storage_key LIKE 'inputs/{job}/%'")
+            )
+            .await,
+        2
+    );
+    assert!(
+        stack
+            .storage_dir
+            .join(format!("inputs/{job}/image-0.png"))
+            .exists()
+    );
+    assert!(
+        stack
+            .storage_dir
+            .join(format!("inputs/{job}/mask.png"))
+            .exists()
+    );
+    assert_eq!(
+        stack
+            .count(&pool, "SELECT count(*) FROM pending_objects")
+            .await,
+        0
+    );
 }

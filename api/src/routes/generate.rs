@@ -71,26 +71,40 @@ pub async fn generate(
         body,
     ))
     .await?;
-    let owner = submitter.0;
-    let base = base_url(&state, &headers, peer);
+    answer_job(&state, &submitter.0, headers, peer, job, &notices).await
+}
+
+/// The answer to one submitted job, as generate gives it: wait mode (`Prefer: wait=N`) holds until it ends, else 202;
+/// with the model's lifecycle headers. Edits answer the same way. Takes the headers and job row by value so they
+/// are dropped before waiting (their bytes keep hyper's read buffer alive), and boxes each step, so a waiting
+/// request holds only the small wait future.
+pub async fn answer_job(
+    state: &AppState,
+    owner: &str,
+    headers: HeaderMap,
+    peer: std::net::SocketAddr,
+    job: imagegen_shared::db::JobRecord,
+    notices: &[imagegen_shared::domain::LifecycleNotice],
+) -> Result<Response, ApiError> {
+    let base = base_url(state, &headers, peer);
     let wait = WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max);
     drop(headers);
     let mut response = match wait {
-        None => accepted(Box::pin(load_job_view(&state, &base, &job)).await?),
+        None => accepted(Box::pin(load_job_view(state, &base, &job)).await?),
         Some(wait) => {
             let id = job.id;
             drop(job);
-            let job = Box::pin(wait_for_job(&state, &owner, id, wait))
+            let job = Box::pin(wait_for_job(state, owner, id, wait))
                 .await?
                 .ok_or(ApiError::NotFound("Job"))?;
             // A job that ended without images is an error answer; it carries the notices all the same.
-            match Box::pin(finished_job_response(&state, &base, &job)).await {
+            match Box::pin(finished_job_response(state, &base, &job)).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
             }
         }
     };
-    lifecycle_headers(&notices, response.headers_mut());
+    lifecycle_headers(notices, response.headers_mut());
     Ok(response)
 }
 

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod batches;
 pub mod budgets;
+pub mod edits;
 pub mod events;
 pub mod generate;
 pub mod health;
@@ -35,6 +36,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
     // RATE_LIMIT_PER_MINUTE. Health, metrics, docs and providers are open and unlimited.
     let owned = Router::new()
         .merge(generate::router())
+        .merge(edits::router(&state))
         .merge(jobs::router())
         .merge(batches::router())
         .merge(events::router())

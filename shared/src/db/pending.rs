@@ -48,16 +48,27 @@ pub async fn forget(db: &Db, keys: &[String]) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Objects whose writer can no longer record them: the job is no longer running under that writer.
+/// The writer name the API records its edit inputs under (between writing them and inserting their job).
+pub const API_WRITER: &str = "api:edit-inputs";
+
+/// How long an API intent may wait for its job's insert before its object counts as abandoned (a crashed request).
+const API_GRACE_SECS: &str = "600.0";
+
+/// Objects whose writer can no longer record them: the job is no longer running under that worker, or (written by
+/// the API) no job was inserted within the grace period. An object a job's `job_inputs` names is never an orphan.
 pub async fn orphans(db: &Db, limit: i64) -> Result<Vec<String>, DbError> {
     let rows = on_db!(db, |pool, sql| {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT p.storage_key FROM pending_objects p LEFT JOIN jobs j ON j.id = p.job_id \
-             WHERE j.id IS NULL OR j.status <> 'running' OR j.worker_id {distinct} p.worker_id \
+             WHERE NOT EXISTS (SELECT 1 FROM job_inputs i WHERE i.storage_key = p.storage_key) \
+             AND ((p.worker_id = $2 AND j.id IS NULL AND p.created_at < {cutoff}) \
+               OR (p.worker_id <> $2 AND (j.id IS NULL OR j.status <> 'running' OR j.worker_id {distinct} p.worker_id))) \
              ORDER BY p.created_at LIMIT $1",
             distinct = sql.distinct,
+            cutoff = sql.now_minus(API_GRACE_SECS),
         )))
         .bind(limit)
+        .bind(API_WRITER)
         .fetch_all(pool)
         .await?
     });

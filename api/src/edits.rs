@@ -1,0 +1,223 @@
+//! An edit's inputs on the API side: checked against the model that serves the edit before anything is stored
+//! (`stage`), written under `inputs/<job_id>/` with an intent record first (`store`), and removed again when their
+//! job is not recorded or queued (`discard`). Recorded before queued, removed if it cannot be queued; a request that
+//! dies between the write and the insert leaves an intent the reconciler's orphan sweep reclaims.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use bytes::Bytes;
+use imagegen_shared::catalogue::ModelSpec;
+use imagegen_shared::db::job_inputs::{InputRole, JobInput};
+use imagegen_shared::db::{self, pending};
+use imagegen_shared::domain::{GenerateBody, JobId};
+use imagegen_shared::edit_inputs::{EditLimits, InputImage, check_inputs};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// One uploaded (or copied) input, checked, not yet stored.
+#[derive(Debug, Clone)]
+pub struct StagedInput {
+    pub role: InputRole,
+    pub position: i32,
+    pub bytes: Bytes,
+    pub image: InputImage,
+    pub sha256: String,
+    /// The service's own image it was copied from.
+    pub source_image: Option<uuid::Uuid>,
+}
+
+/// Checks the images and mask against `model` (count, format, size, mask) and stages them in order.
+pub fn stage(
+    model: &ModelSpec,
+    images: Vec<Bytes>,
+    mask: Option<Bytes>,
+    limits: &EditLimits,
+) -> Result<Vec<StagedInput>, ApiError> {
+    let refs: Vec<&[u8]> = images.iter().map(|b| b.as_ref()).collect();
+    let (checked, mask_checked) = check_inputs(model, &refs, mask.as_deref(), limits)?;
+    let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+    let mut staged: Vec<StagedInput> = images
+        .into_iter()
+        .zip(checked)
+        .enumerate()
+        .map(|(i, (bytes, image))| StagedInput {
+            role: InputRole::Image,
+            position: i32::try_from(i).unwrap_or(i32::MAX),
+            sha256: sha(&bytes),
+            bytes,
+            image,
+            source_image: None,
+        })
+        .collect();
+    if let (Some(bytes), Some(image)) = (mask, mask_checked) {
+        staged.push(StagedInput {
+            role: InputRole::Mask,
+            position: 0,
+            sha256: sha(&bytes),
+            bytes,
+            image,
+            source_image: None,
+        });
+    }
+    Ok(staged)
+}
+
+/// `inputs/<job_id>/image-<n>.<ext>` or `inputs/<job_id>/mask.<ext>`.
+pub fn input_key(job: JobId, input: &StagedInput) -> String {
+    let ext = input.image.format.extension();
+    match input.role {
+        InputRole::Image => format!("inputs/{job}/image-{}.{ext}", input.position),
+        InputRole::Mask => format!("inputs/{job}/mask.{ext}"),
+    }
+}
+
+/// Writes each input (its intent recorded first) and answers the rows to insert with the job. On a failure the
+/// objects already written are removed again.
+pub async fn store(
+    state: &AppState,
+    job: JobId,
+    owner: &str,
+    staged: &[StagedInput],
+) -> Result<Vec<JobInput>, ApiError> {
+    let mut rows = Vec::with_capacity(staged.len());
+    let mut written = Vec::with_capacity(staged.len());
+    for input in staged {
+        let key = input_key(job, input);
+        let result = async {
+            pending::record(&state.pool, &key, job, pending::API_WRITER).await?;
+            written.push(key.clone());
+            state
+                .storage
+                .put_input(&key, input.bytes.clone(), input.image.format.content_type())
+                .await
+                .map_err(|e| {
+                    ApiError::Unavailable(format!("Image storage cannot store an edit input: {e}"))
+                })
+        }
+        .await;
+        if let Err(e) = result {
+            discard(state, &written).await;
+            return Err(e);
+        }
+        rows.push(JobInput {
+            job_id: job,
+            owner: owner.to_owned(),
+            role: input.role,
+            position: input.position,
+            storage_key: Some(key),
+            source_url: None,
+            source_image: input.source_image,
+            content_type: Some(input.image.format.content_type().to_owned()),
+            size_bytes: i64::try_from(input.image.bytes).ok(),
+            sha256: Some(input.sha256.clone()),
+            width: i32::try_from(input.image.width).ok(),
+            height: i32::try_from(input.image.height).ok(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The stored inputs of `rows` (URL inputs have none yet).
+pub fn keys(rows: &[JobInput]) -> Vec<String> {
+    rows.iter().filter_map(|r| r.storage_key.clone()).collect()
+}
+
+/// Removes objects whose job was not recorded or queued. An object that cannot be deleted keeps its intent record,
+/// so the orphan sweep retries it.
+pub async fn discard(state: &AppState, keys: &[String]) {
+    let mut gone = Vec::with_capacity(keys.len());
+    for key in keys {
+        match state.storage.delete_image(key).await {
+            Ok(()) => gone.push(key.clone()),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "could not remove an edit input; the orphan sweep will")
+            }
+        }
+    }
+    if let Err(e) = pending::forget(&state.pool, &gone).await {
+        tracing::warn!(error = %e, "could not forget removed edit inputs");
+    }
+}
+
+/// The intents of inputs now named by their recorded job (the job's rows keep them from the sweep already).
+pub async fn settle(state: &AppState, keys: &[String]) {
+    if let Err(e) = db::pending::forget(&state.pool, keys).await {
+        tracing::warn!(error = %e, "could not forget the intents of recorded edit inputs");
+    }
+}
+
+/// The text fields of a multipart edit as generate's body: numbers and booleans parsed, `webhook_events` comma
+/// separated, an unknown field refused naming it.
+pub fn body_from_fields(mut fields: BTreeMap<String, String>) -> Result<GenerateBody, ApiError> {
+    const NUMBERS: [&str; 4] = [
+        "num_images",
+        "seed",
+        "output_compression",
+        "deadline_seconds",
+    ];
+    let mut map = serde_json::Map::new();
+    if let Some(events) = fields.remove("webhook_events") {
+        let list: Vec<serde_json::Value> = events
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| serde_json::Value::String(e.to_owned()))
+            .collect();
+        map.insert("webhook_events".into(), serde_json::Value::Array(list));
+    }
+    for (name, value) in fields {
+        let json = if NUMBERS.contains(&name.as_str()) {
+            let n: i64 = value.trim().parse().map_err(|_| {
+                ApiError::InvalidBody(format!("{name} must be an integer, got '{value}'"))
+            })?;
+            serde_json::Value::from(n)
+        } else if name == "allow_failover" {
+            let b: bool = value.trim().parse().map_err(|_| {
+                ApiError::InvalidBody(format!("{name} must be true or false, got '{value}'"))
+            })?;
+            serde_json::Value::Bool(b)
+        } else {
+            serde_json::Value::String(value)
+        };
+        map.insert(name, json);
+    }
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| ApiError::InvalidBody(format!("Invalid edit fields: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_become_generate_body_and_unknown_ones_are_refused() {
+        let fields: BTreeMap<String, String> = [
+            ("prompt", "a red door"),
+            ("num_images", "2"),
+            ("allow_failover", "false"),
+            ("webhook_events", "job.succeeded, job.failed"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let body = body_from_fields(fields).expect("body");
+        assert_eq!(body.prompt, "a red door");
+        assert_eq!(body.num_images, Some(2));
+        assert_eq!(body.allow_failover, Some(false));
+        assert_eq!(
+            body.webhook_events.as_deref(),
+            Some(&["job.succeeded".to_owned(), "job.failed".to_owned()][..])
+        );
+        let bad = BTreeMap::from([
+            ("prompt".to_owned(), "x".to_owned()),
+            ("colour".to_owned(), "red".to_owned()),
+        ]);
+        let e = body_from_fields(bad).expect_err("unknown");
+        assert!(e.to_string().contains("colour"), "{e}");
+        let bad = BTreeMap::from([
+            ("prompt".to_owned(), "x".to_owned()),
+            ("num_images".to_owned(), "two".to_owned()),
+        ]);
+        assert!(body_from_fields(bad).is_err());
+    }
+}
