@@ -86,6 +86,53 @@ async fn finished_job(db: &Db, storage: &ImageStorage) -> (JobId, String) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
+async fn an_expired_edit_job_takes_its_stored_inputs_with_it(pool: PgPool) {
+    let db = Db::from(pool.clone());
+    let storage = ImageStorage::memory();
+    let mut job = new_job();
+    let key = format!("inputs/{}/image-0.png", job.id);
+    storage
+        .put_input(&key, Bytes::from_static(b"png"), "image/png")
+        .await
+        .expect("put");
+    job.inputs = vec![db::job_inputs::JobInput {
+        job_id: job.id,
+        owner: "anonymous".into(),
+        role: db::job_inputs::InputRole::Image,
+        position: 0,
+        storage_key: Some(key.clone()),
+        source_url: None,
+        source_image: None,
+        content_type: Some("image/png".into()),
+        size_bytes: Some(3),
+        sha256: Some("00".into()),
+        width: Some(1),
+        height: Some(1),
+    }];
+    let job = db::jobs::insert(&db, &job).await.expect("insert");
+    sqlx::query(
+        "UPDATE jobs SET status = 'failed', finished_at = now() - interval '40 days', \
+            created_at = now() - interval '40 days' WHERE id = $1",
+    )
+    .bind(job.id)
+    .execute(&pool)
+    .await
+    .expect("age");
+
+    let swept = sweep_once(&db, &storage, 30 * DAY)
+        .await
+        .expect("sweep")
+        .expect("lock");
+    assert_eq!((swept.jobs, swept.objects, swept.failed), (1, 1, 0));
+    assert!(storage.get(&key).await.is_err(), "the input object is gone");
+    let inputs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_inputs")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(inputs, 0, "its row went with the job");
+}
+
+#[sqlx::test(migrations = "../migrations")]
 async fn expired_jobs_go_with_their_images_and_recent_ones_stay(pool: PgPool) {
     let db = Db::from(pool.clone());
     let storage = ImageStorage::memory();

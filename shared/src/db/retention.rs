@@ -53,7 +53,7 @@ pub async fn try_lock(db: &Db) -> Result<Option<RetentionLock>, DbError> {
     }
 }
 
-/// Finished jobs older than `age`, oldest first, with the storage keys of their images.
+/// Finished jobs older than `age`, oldest first, with the storage keys of their images and of an edit's stored inputs.
 pub async fn expired_jobs(
     db: &Db,
     age: Duration,
@@ -65,7 +65,9 @@ pub async fn expired_jobs(
                (SELECT id, finished_at FROM jobs \
                 WHERE status IN ('succeeded', 'failed', 'moderated', 'canceled') AND finished_at < {cutoff} \
                 ORDER BY finished_at LIMIT $2) j \
-             LEFT JOIN images i ON i.job_id = j.id ORDER BY j.finished_at, j.id",
+             LEFT JOIN (SELECT job_id, storage_key FROM images \
+                        UNION ALL SELECT job_id, storage_key FROM job_inputs WHERE storage_key IS NOT NULL) i \
+               ON i.job_id = j.id ORDER BY j.finished_at, j.id",
             cutoff = sql.now_minus("$1"),
         )))
         .bind(age.as_secs_f64())
