@@ -285,15 +285,16 @@ async fn too_many_images_and_a_model_that_does_not_edit_are_refused(pool: PgPool
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_multipart_edit_runs_end_to_end_with_its_inputs_recorded(pool: PgPool) {
+    use sha2::Digest;
     let stack = start(&pool, Options::default()).await;
+    let (image, mask) = (png(64, 64, false), png(64, 64, true));
+    let digest = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    let (image_sha, mask_sha) = (digest(&image), digest(&mask));
     let r = post_edit(
         &stack,
         "/api/v1/edits",
         multipart(
-            &[
-                ("image", "a.png", png(64, 64, false)),
-                ("mask", "m.png", png(64, 64, true)),
-            ],
+            &[("image", "a.png", image), ("mask", "m.png", mask)],
             &[
                 ("prompt", "Make the door red"),
                 ("model", "gpt-image-2"),
@@ -332,4 +333,24 @@ async fn a_multipart_edit_runs_end_to_end_with_its_inputs_recorded(pool: PgPool)
             .await,
         0
     );
+    // The provider received an edit of exactly these bytes (the emulator records every edit call).
+    let edits: Value = stack
+        .http
+        .get(format!("{}/emulator/edits", stack.emulator))
+        .send()
+        .await
+        .expect("emulator edits")
+        .json()
+        .await
+        .expect("edits json");
+    let calls = edits.as_array().expect("a list");
+    assert_eq!(calls.len(), 1, "{edits}");
+    assert_eq!(
+        calls[0]["images"],
+        serde_json::json!([image_sha]),
+        "{edits}"
+    );
+    assert_eq!(calls[0]["mask"], mask_sha, "{edits}");
+    assert_eq!(calls[0]["prompt"], "Make the door red", "{edits}");
+    assert_eq!(calls[0]["input_fidelity"], "high", "{edits}");
 }
