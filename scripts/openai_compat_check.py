@@ -25,7 +25,9 @@ import os
 import sys
 import traceback
 import urllib.parse
+import struct
 import urllib.request
+import zlib
 from typing import Any, Callable
 
 import openai
@@ -83,6 +85,23 @@ def contract(raw: Any) -> ImagesResponse:
     return parsed
 
 
+def png(width: int, height: int, alpha: bool) -> bytes:
+    """A small PNG made with the standard library: opaque grey, or RGBA with its left half transparent (a mask)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    channels = 4 if alpha else 3
+    rows = b""
+    for _ in range(height):
+        row = bytearray(b"\x00")
+        for x in range(width):
+            row += bytes([128, 128, 128]) + (bytes([0 if x < width // 2 else 255]) if alpha else b"")
+        rows += bytes(row)
+    header = struct.pack(">IIBBBBB", width, height, 8, 6 if alpha else 2, 0, 0, 0)
+    assert len(rows) == height * (1 + width * channels)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=os.environ.get("OPENAI_COMPAT_BASE"),
@@ -114,7 +133,7 @@ def main() -> int:
         return register
 
     # Every request counts against the main key's owner's RATE_LIMIT_PER_MINUTE (20 in openai-compat-check.sh): these
-    # checks make 16 with it, so the answer with the defaults is made once and shared by the checks that read it.
+    # checks make 18 with it, so the answer with the defaults is made once and shared by the checks that read it.
     shared: dict[str, Any] = {}
 
     def default_answer() -> Any:
@@ -360,6 +379,25 @@ def main() -> int:
         expect(job.get("status") == "succeeded", f"status {job.get('status')}")
         micros = (job.get("cost") or {}).get("usd_micros")
         expect(isinstance(micros, int) and micros > 0, f"cost {job.get('cost')}")
+
+    @check("images.edit: an image and a mask (multipart), b64_json in OpenAI's shape; a mask of the wrong size is a BadRequestError naming it")
+    def _edit() -> str | None:
+        raw = client.images.with_raw_response.edit(
+            model=MODEL, prompt="Make the door red", image=("door.png", png(64, 64, False), "image/png"),
+            mask=("mask.png", png(64, 64, True), "image/png"), input_fidelity="high")
+        r = contract(raw)
+        expect(r.data is not None and len(r.data) == 1, f"{len(r.data or [])} pictures")
+        got = image_size(base64.b64decode((r.data or [])[0].b64_json or ""))
+        expect(got[0] == "png", f"picture {got}")
+        try:
+            client.images.edit(model=MODEL, prompt="Make the door red",
+                               image=("door.png", png(64, 64, False), "image/png"),
+                               mask=("mask.png", png(32, 32, True), "image/png"))
+        except openai.BadRequestError as e:
+            expect("mask" in str(e), f"message {e}")
+        else:
+            raise AssertionError("a 32x32 mask on a 64x64 image was accepted")
+        return f"job {raw.headers.get('x-imagegen-job-id')}"
 
     print(f"openai-compat: openai {openai.__version__} (Python) against {base}/v1")
     passed = failed = 0

@@ -134,7 +134,7 @@ docs stay open. Signed download links work without a key.",
         routes::usage::usage,
         routes::budgets::list_budgets, routes::budgets::set_budget, routes::budgets::delete_budget,
         routes::budgets::set_key_budget,
-        crate::openai::images::generations, crate::openai::models::list,
+        crate::openai::images::generations, crate::openai::images::edits, crate::openai::models::list,
     ),
     components(schemas(ErrorBody, crate::routes::events::ProgressEventView)),
     modifiers(&OwnerSecurity),
@@ -395,7 +395,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 31);
+        assert_eq!(owner_ops, 32);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(

@@ -354,3 +354,73 @@ async fn a_multipart_edit_runs_end_to_end_with_its_inputs_recorded(pool: PgPool)
     assert_eq!(calls[0]["prompt"], "Make the door red", "{edits}");
     assert_eq!(calls[0]["input_fidelity"], "high", "{edits}");
 }
+
+#[sqlx::test]
+async fn the_openai_compatible_edit_answers_in_openai_shape(pool: PgPool) {
+    use sha2::Digest;
+    let stack = start(&pool, Options::default()).await;
+    let image = png(64, 64, false);
+    let image_sha = hex::encode(sha2::Sha256::digest(&image));
+    let r = post_edit(
+        &stack,
+        "/v1/images/edits",
+        multipart(
+            &[
+                ("image[]", "a.png", image),
+                ("mask", "m.png", png(64, 64, true)),
+            ],
+            &[
+                ("prompt", "Make the door red"),
+                ("model", "gpt-image-2"),
+                ("n", "1"),
+                ("input_fidelity", "low"),
+                ("user", "end-user-7"),
+            ],
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let data = r.body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "{}", r.body);
+    assert!(
+        data[0]["b64_json"].as_str().is_some_and(|b| !b.is_empty()),
+        "{}",
+        r.body
+    );
+    assert!(r.body["created"].as_i64().is_some(), "{}", r.body);
+    let edits: Value = stack
+        .http
+        .get(format!("{}/emulator/edits", stack.emulator))
+        .send()
+        .await
+        .expect("emulator edits")
+        .json()
+        .await
+        .expect("edits json");
+    assert_eq!(
+        edits[0]["images"],
+        serde_json::json!([image_sha]),
+        "{edits}"
+    );
+    assert_eq!(edits[0]["input_fidelity"], "low", "{edits}");
+
+    // A bad mask: OpenAI's error shape, naming the part; nothing more is queued.
+    let r = post_edit(
+        &stack,
+        "/v1/images/edits",
+        multipart(
+            &[
+                ("image", "a.png", png(64, 64, false)),
+                ("mask", "m.png", png(32, 32, true)),
+            ],
+            &[("prompt", "Make the door red"), ("model", "gpt-image-2")],
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("mask"), "{}", r.body);
+    assert_eq!(stack.count(&pool, "SELECT count(*) FROM jobs").await, 1);
+}

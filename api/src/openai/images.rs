@@ -276,6 +276,110 @@ pub async fn generations(
     Ok(response)
 }
 
+/// The OpenAI edit form's own fields, taken out of the text fields (`n` renamed `num_images`): how pictures are
+/// answered. Streaming is not offered for edits here.
+fn adapt_edit_fields(
+    state: &AppState,
+    fields: &mut std::collections::BTreeMap<String, String>,
+) -> Result<Format, ApiError> {
+    if let Some(n) = fields.remove("n") {
+        fields.insert("num_images".into(), n);
+    }
+    for ignored in ["user", "safety_identifier", "partial_images"] {
+        fields.remove(ignored);
+    }
+    if fields
+        .remove("stream")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return Err(invalid(
+            "stream",
+            "stream is not offered for edits here; send it without stream",
+        ));
+    }
+    let offer = state.offer();
+    if let Some(m) = fields.get("model").map(|m| m.trim().to_owned())
+        && (m.parse::<ProviderId>().is_ok() || offer.catalogue.legacy_model(&m).is_some())
+    {
+        fields.remove("model");
+        fields.insert("provider".into(), m);
+    }
+    match fields.remove("response_format").as_deref() {
+        None | Some("b64_json") => Ok(Format::B64),
+        Some("url") => Ok(Format::Url),
+        Some(other) => Err(invalid(
+            "response_format",
+            &format!("response_format must be 'b64_json' or 'url', not '{other}'"),
+        )),
+    }
+}
+
+/// Create image edit (OpenAI-compatible).
+///
+/// OpenAI's `POST /v1/images/edits` (multipart: `image` or `image[]`, `mask`, `prompt`, `model`, `n`, `size`,
+/// `quality`, `background`, `output_format`, `output_compression`, `input_fidelity`, `response_format`): runs as
+/// `POST /api/v1/edits` in wait mode and answers in OpenAI's shape; errors are in OpenAI's shape.
+#[utoipa::path(post, path = "/v1/images/edits", tag = "openai",
+    request_body(content = crate::routes::edits::EditForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The pictures", body = ImagesResponse,
+            headers(("x-imagegen-job-id" = String, description = "The job behind the answer"))),
+        (status = 400, description = "Invalid request or input, naming the part (`invalid_request_error`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 401, description = "No or a bad credential (`invalid_api_key`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 403, description = "Not allowed to generate (`forbidden`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 404, description = "A retired model with no replacement here (`model_not_found`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 405, description = "Not POST (`method_not_allowed`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 409, description = "The job was canceled (`job_canceled`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 413, description = "An image or the request is over EDIT_MAX_IMAGE_BYTES / EDIT_MAX_REQUEST_BYTES", body = crate::openai::error::OpenAiErrorBody),
+        (status = 415, description = "Body not sent as `multipart/form-data`", body = crate::openai::error::OpenAiErrorBody),
+        (status = 422, description = "An Idempotency-Key used with another request (`idempotency_key_reused`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 429, description = "Rate limit, or budget spent (`insufficient_quota`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 500, description = "The images could not be stored (`storage_error`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 502, description = "The provider failed (`server_error`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 503, description = "Database, queue or provider unavailable (`service_unavailable`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 504, description = "Still running after WAIT_MAX_SECS; the job goes on (`x-imagegen-job-id`)", body = crate::openai::error::OpenAiErrorBody),
+    ))]
+pub async fn edits(
+    State(state): State<AppState>,
+    submitter: Submitter,
+    CorrelationId(correlation_id): CorrelationId,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    let ((job, notices), format) = crate::routes::edits::submit_multipart(
+        &state,
+        &submitter,
+        &correlation_id,
+        peer,
+        request,
+        "v1/images/edits",
+        |fields| adapt_edit_fields(&state, fields),
+    )
+    .await?;
+    let owner = submitter.0;
+    let job_id = job.id;
+    let links = base_url(&state, &headers, peer);
+    drop(headers);
+    let job = Box::pin(wait_for_job(&state, &owner, job.id, state.wait_max))
+        .await?
+        .ok_or(ApiError::NotFound("Job"))?;
+    let mut response = match Box::pin(answer(&state, &owner, &job, format, &links)).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => e.into_response(),
+    };
+    lifecycle_headers(&notices, response.headers_mut());
+    for (name, value) in [
+        ("x-imagegen-job-id", job_id.to_string()),
+        ("x-request-id", correlation_id),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
 /// An option the provider echoed (`provider_meta.answered`), else the one asked for unless `auto`.
 fn echoed(job: &JobRecord, key: &str, asked: Option<String>) -> Option<String> {
     job.provider_meta

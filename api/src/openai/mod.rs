@@ -9,8 +9,14 @@ use crate::state::AppState;
 use axum::Router;
 use axum::routing::{get, post};
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/images/generations", post(images::generations))
+        .route(
+            "/v1/images/edits",
+            post(images::edits).layer(axum::extract::DefaultBodyLimit::max(
+                crate::routes::edits::body_limit(state),
+            )),
+        )
         .route("/v1/models", get(models::list))
 }

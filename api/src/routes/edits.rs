@@ -89,26 +89,36 @@ pub async fn edit(
     request: Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
-    let (job, notices) =
-        submit_multipart(&state, &submitter, &correlation_id, peer, request, "edits").await?;
+    let ((job, notices), ()) = submit_multipart(
+        &state,
+        &submitter,
+        &correlation_id,
+        peer,
+        request,
+        "edits",
+        |_| Ok(()),
+    )
+    .await?;
     answer_job(&state, &submitter.0, headers, peer, job, &notices).await
 }
 
-/// A multipart edit from its body to a queued job; `endpoint` binds the Idempotency-Key.
-pub async fn submit_multipart(
+/// A submitted edit: its job and the model's lifecycle notices.
+pub type SubmittedEdit = (
+    imagegen_shared::db::JobRecord,
+    Vec<imagegen_shared::domain::LifecycleNotice>,
+);
+
+/// A multipart edit from its body to a queued job; `endpoint` binds the Idempotency-Key. `adapt` sees the text fields
+/// first (the OpenAI-compatible form renames and takes out its own) and what it returns is handed back.
+pub async fn submit_multipart<T>(
     state: &AppState,
     submitter: &Submitter,
     correlation_id: &str,
     peer: SocketAddr,
     request: Request,
     endpoint: &'static str,
-) -> Result<
-    (
-        imagegen_shared::db::JobRecord,
-        Vec<imagegen_shared::domain::LifecycleNotice>,
-    ),
-    ApiError,
-> {
+    adapt: impl FnOnce(&mut std::collections::BTreeMap<String, String>) -> Result<T, ApiError>,
+) -> Result<(SubmittedEdit, T), ApiError> {
     let headers: HeaderMap = request.headers().clone();
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
@@ -121,6 +131,7 @@ pub async fn submit_multipart(
         .await
         .map_err(|e| ApiError::InvalidBody(e.body_text()))?;
     let mut upload = read_upload(multipart, &state.edits.limits).await?;
+    let adapted = adapt(&mut upload.fields)?;
     let input_fidelity = upload
         .fields
         .remove("input_fidelity")
@@ -169,5 +180,5 @@ pub async fn submit_multipart(
         &staged,
     )
     .await?;
-    Ok((job, notices))
+    Ok(((job, notices), adapted))
 }

@@ -45,7 +45,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(admin::router())
         .merge(usage::router())
         .merge(budgets::router())
-        .merge(crate::openai::router())
+        .merge(crate::openai::router(&state))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::rate_limit::per_minute,
