@@ -1,7 +1,9 @@
 //! `job_inputs`: the images and mask an edit job starts from. Written in the job's own transaction (so a job and its
 //! inputs exist together or not at all), each naming its stored object (`storage_key`, written before the row) or
-//! the https URL a worker fetches; the first fetch stores the bytes and sets `storage_key`, so a retry or failover
-//! sends the same bytes. Rows go with their job (ON DELETE CASCADE); retention deletes the objects they name.
+//! the https URL a worker is to fetch (not yet: the JSON form with URLs is not served), storing the bytes and setting
+//! `storage_key` on the first fetch so a retry or failover sends the same bytes. Rows go with their job (ON DELETE
+//! CASCADE); retention deletes the objects they name (`db::retention::expired_jobs` reads their keys with the
+//! images').
 
 use super::{Conn, Db, DbError, on_conn, on_db};
 use crate::domain::JobId;
@@ -40,17 +42,6 @@ pub struct JobInput {
     pub sha256: Option<String>,
     pub width: Option<i32>,
     pub height: Option<i32>,
-}
-
-/// What a fetched URL input turned out to be, once stored.
-#[derive(Debug, Clone)]
-pub struct FetchedInput<'a> {
-    pub storage_key: &'a str,
-    pub content_type: &'a str,
-    pub size_bytes: i64,
-    pub sha256: &'a str,
-    pub width: i32,
-    pub height: i32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -135,62 +126,4 @@ pub async fn load(db: &Db, job: JobId) -> Result<Vec<JobInput>, DbError> {
         .await?
     });
     rows.into_iter().map(JobInput::try_from).collect()
-}
-
-/// Records the stored copy of a fetched URL input. Only the first fetch sets it (a second worker racing on the same
-/// job loses and must use the stored one: `false`, and it deletes its own object).
-pub async fn record_fetched(
-    db: &Db,
-    job: JobId,
-    role: InputRole,
-    position: i32,
-    fetched: &FetchedInput<'_>,
-) -> Result<bool, DbError> {
-    let done = on_db!(db, |pool, sql| {
-        sqlx::query(
-            "UPDATE job_inputs SET storage_key = $4, content_type = $5, size_bytes = $6, sha256 = $7, width = $8, \
-                height = $9 \
-             WHERE job_id = $1 AND role = $2 AND position = $3 AND storage_key IS NULL",
-        )
-        .bind(job)
-        .bind(role.as_str())
-        .bind(position)
-        .bind(fetched.storage_key)
-        .bind(fetched.content_type)
-        .bind(fetched.size_bytes)
-        .bind(fetched.sha256)
-        .bind(fetched.width)
-        .bind(fetched.height)
-        .execute(pool)
-        .await?
-        .rows_affected()
-    });
-    Ok(done == 1)
-}
-
-/// The stored objects of `jobs`' inputs, for the retention and deletion paths (delete them with the job's images).
-pub async fn storage_keys_for_jobs(db: &Db, jobs: &[JobId]) -> Result<Vec<String>, DbError> {
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let keys = match db {
-        Db::Postgres(pool) => sqlx::query_scalar::<_, String>(
-            "SELECT storage_key FROM job_inputs WHERE job_id = ANY($1) AND storage_key IS NOT NULL",
-        )
-        .bind(jobs)
-        .fetch_all(pool)
-        .await?,
-        Db::Sqlite(pool) => {
-            let sql = super::SQLITE.in_list("job_id", 1, jobs.len());
-            let text = format!(
-                "SELECT storage_key FROM job_inputs WHERE {sql} AND storage_key IS NOT NULL"
-            );
-            let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(text));
-            for job in jobs {
-                q = q.bind(*job);
-            }
-            q.fetch_all(pool).await?
-        }
-    };
-    Ok(keys)
 }

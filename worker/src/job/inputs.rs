@@ -58,7 +58,7 @@ pub async fn load(
 async fn read(storage: &ImageStorage, row: &JobInput) -> Result<InputBytes, InputError> {
     let what = format!("input {} {}", row.role.as_str(), row.position);
     let Some(key) = &row.storage_key else {
-        // URL inputs are fetched and stored before the first call (`record_fetched`); none is here yet.
+        // URL inputs are to be fetched and stored before the first call; the API accepts none yet.
         return Err(InputError::Unusable(format!("{what} was never stored")));
     };
     let bytes = async { storage.get(key).await?.bytes().await.map_err(Into::into) }
