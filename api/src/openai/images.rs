@@ -264,7 +264,18 @@ pub async fn generations(
             Err(e) => e.into_response(),
         }
     };
-    lifecycle_headers(&notices, response.headers_mut());
+    answer_headers(&mut response, &notices, job_id, correlation_id);
+    Ok(response)
+}
+
+/// What every OpenAI-compatible answer carries: the model's lifecycle headers, the job behind it and the request id.
+fn answer_headers(
+    response: &mut Response,
+    notices: &[imagegen_shared::domain::LifecycleNotice],
+    job_id: imagegen_shared::domain::JobId,
+    correlation_id: String,
+) {
+    lifecycle_headers(notices, response.headers_mut());
     for (name, value) in [
         ("x-imagegen-job-id", job_id.to_string()),
         ("x-request-id", correlation_id),
@@ -273,7 +284,6 @@ pub async fn generations(
             response.headers_mut().insert(name, v);
         }
     }
-    Ok(response)
 }
 
 /// The OpenAI edit form's own fields, taken out of the text fields (`n` renamed `num_images`): how pictures are
@@ -368,15 +378,7 @@ pub async fn edits(
         Ok(r) => axum::Json(r).into_response(),
         Err(e) => e.into_response(),
     };
-    lifecycle_headers(&notices, response.headers_mut());
-    for (name, value) in [
-        ("x-imagegen-job-id", job_id.to_string()),
-        ("x-request-id", correlation_id),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, v);
-        }
-    }
+    answer_headers(&mut response, &notices, job_id, correlation_id);
     Ok(response)
 }
 
