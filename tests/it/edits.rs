@@ -9,7 +9,7 @@ use sqlx::PgPool;
 const BOUNDARY: &str = "imagegen-edit-test-boundary";
 
 /// A `w`x`h` PNG, RGBA when `alpha`, else RGB.
-fn png(w: u32, h: u32, alpha: bool) -> Vec<u8> {
+pub(crate) fn png(w: u32, h: u32, alpha: bool) -> Vec<u8> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, w, h);
@@ -28,7 +28,7 @@ fn png(w: u32, h: u32, alpha: bool) -> Vec<u8> {
 }
 
 /// A multipart body: `files` as (part name, file name, bytes), then text `fields`.
-fn multipart(files: &[(&str, &str, Vec<u8>)], fields: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn multipart(files: &[(&str, &str, Vec<u8>)], fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, file, bytes) in files {
         out.extend_from_slice(
@@ -53,7 +53,12 @@ fn multipart(files: &[(&str, &str, Vec<u8>)], fields: &[(&str, &str)]) -> Vec<u8
     out
 }
 
-async fn post_edit(stack: &Stack, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn post_edit(
+    stack: &Stack,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut req = stack
         .http
         .post(stack.url(path))

@@ -13,6 +13,7 @@ mod budgets;
 mod cli;
 mod costs;
 mod deploy;
+mod edit_failover;
 mod edits;
 mod events;
 mod faults;
