@@ -104,7 +104,8 @@ impl InputFetcher {
         settings: &EditSettings,
         resolver: Arc<dyn Resolver>,
     ) -> reqwest::Result<Self> {
-        let client = net_guard::guarded_client(&settings.url_policy, resolver.clone(), FETCH_TIMEOUT)?;
+        let client =
+            net_guard::guarded_client(&settings.url_policy, resolver.clone(), FETCH_TIMEOUT)?;
         Ok(Self {
             client,
             policy: settings.url_policy.clone(),
@@ -128,23 +129,27 @@ impl InputFetcher {
             .header(reqwest::header::ACCEPT, "image/png, image/jpeg, image/webp")
             .build()
             .map_err(|e| FetchError::Final(format!("the URL cannot be requested: {e}")))?;
-        let response =
-            match net_guard::send_checked(&self.client, request, &self.policy, self.resolver.as_ref())
-                .await
-            {
-                Ok(response) => response,
-                // A name that does not resolve now may resolve later; every other refusal is the address itself.
-                Err(SendError::Refused(refused @ Refused::Resolve { .. })) => {
-                    return Err(FetchError::Transient {
-                        message: refused.to_string(),
-                        retry_after: None,
-                    });
-                }
-                Err(SendError::Refused(refused)) => {
-                    return Err(FetchError::Final(format!("the URL is refused: {refused}")));
-                }
-                Err(SendError::Http(e)) => return Err(transport(&e)),
-            };
+        let response = match net_guard::send_checked(
+            &self.client,
+            request,
+            &self.policy,
+            self.resolver.as_ref(),
+        )
+        .await
+        {
+            Ok(response) => response,
+            // A name that does not resolve now may resolve later; every other refusal is the address itself.
+            Err(SendError::Refused(refused @ Refused::Resolve { .. })) => {
+                return Err(FetchError::Transient {
+                    message: refused.to_string(),
+                    retry_after: None,
+                });
+            }
+            Err(SendError::Refused(refused)) => {
+                return Err(FetchError::Final(format!("the URL is refused: {refused}")));
+            }
+            Err(SendError::Http(e)) => return Err(transport(&e)),
+        };
         let status = response.status().as_u16();
         match status {
             200 => {}
@@ -179,7 +184,10 @@ impl InputFetcher {
 /// A transfer that failed on the way: worth another try.
 fn transport(e: &reqwest::Error) -> FetchError {
     let message = if e.is_timeout() {
-        format!("fetching the image timed out (after at most {} s)", FETCH_TIMEOUT.as_secs())
+        format!(
+            "fetching the image timed out (after at most {} s)",
+            FETCH_TIMEOUT.as_secs()
+        )
     } else if e.is_connect() {
         "could not connect to the image's host".to_owned()
     } else {
@@ -390,7 +398,9 @@ async fn store_fetched(
         match ctx.storage.delete_image(&key).await {
             Ok(()) => forget_intent(ctx, &key).await,
             // The intent stays: the reconciler deletes the object once the job is not ours.
-            Err(e) => tracing::warn!(%key, error = %e, "could not remove a fetched input that lost its race"),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "could not remove a fetched input that lost its race")
+            }
         }
     } else {
         forget_intent(ctx, &key).await;
