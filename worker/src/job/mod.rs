@@ -98,6 +98,8 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
     // Read once for all routes and retries of this run, so each sends the same bytes (URL inputs fetched and stored
     // first). A client's cancel, a lost lease or the end of the shutdown grace period stops a slow fetch too.
     let loaded = tokio::select! {
+        // A finished load (every text-to-image job's at once) goes ahead as before.
+        biased;
         loaded = inputs::load(ctx, job) => loaded,
         _ = job_run.lost.cancelled() => return Ok(Outcome::NotOurs),
         _ = ctx.abandon.cancelled() => return finish::release(ctx, job).await,
