@@ -75,9 +75,14 @@ pub fn parse() -> Result<Settings, clap::Error> {
         sandbox: bool,
     }
     let flags = from_env::<Flags>(Mode::Flags)?;
+    let api = from_env::<ApiArgs>(Mode::Api)?;
+    let mut worker = from_env::<WorkerArgs>(Mode::Worker)?;
+    // One EDIT_* for both halves (each role parses it from the same variables): what the API accepts as a URL is
+    // what the worker fetches.
+    worker.edits = api.edits.clone();
     Ok(Settings {
-        api: from_env::<ApiArgs>(Mode::Api)?,
-        worker: from_env::<WorkerArgs>(Mode::Worker)?,
+        api,
+        worker,
         run_worker: flags.standalone_worker,
         sandbox: flags.sandbox,
     })

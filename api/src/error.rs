@@ -225,6 +225,8 @@ pub fn failure_status(code: &imagegen_shared::domain::FailureCode) -> StatusCode
         FailureCode::ContentBlocked => StatusCode::BAD_REQUEST,
         FailureCode::ContentPolicyViolation => StatusCode::UNPROCESSABLE_ENTITY,
         FailureCode::StorageError => StatusCode::INTERNAL_SERVER_ERROR,
+        // A URL input the worker found unusable: the request was well formed, its image was not.
+        FailureCode::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
         FailureCode::ProviderNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
         FailureCode::DeadlineExceeded | FailureCode::Canceled => StatusCode::CONFLICT,
         FailureCode::ProviderError | FailureCode::Unknown(_) => StatusCode::BAD_GATEWAY,

@@ -62,6 +62,13 @@ impl InputFormat {
         }
     }
 
+    /// The format a recorded content type names (what `content_type` wrote).
+    pub fn from_content_type(content_type: &str) -> Option<Self> {
+        [InputFormat::Png, InputFormat::Jpeg, InputFormat::Webp]
+            .into_iter()
+            .find(|f| f.content_type().eq_ignore_ascii_case(content_type.trim()))
+    }
+
     pub fn extension(self) -> &'static str {
         match self {
             InputFormat::Png => "png",

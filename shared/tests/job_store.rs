@@ -524,3 +524,71 @@ async fn a_connection_closed_while_idle_is_replaced_before_use() {
         .expect("the query after the idle connection was closed");
     assert_ne!(first, second, "the closed connection was handed out again");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_fetched_url_input_is_recorded_once_by_the_worker_holding_the_job(pool: PgPool) {
+    a_fetched_url_input_is_recorded_once_by_the_worker_holding_the_job_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn a_fetched_url_input_is_recorded_once_by_the_worker_holding_the_job_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    a_fetched_url_input_is_recorded_once_by_the_worker_holding_the_job_on(db).await;
+}
+
+/// `record_fetched` sets a URL input's object only while its `storage_key` is NULL and only for the worker that
+/// holds the job: of two racing fetches one wins, and a worker that lost its job records nothing.
+async fn a_fetched_url_input_is_recorded_once_by_the_worker_holding_the_job_on(db: Db) {
+    use db::job_inputs::{FetchedInput, InputRole, JobInput};
+    let mut job = new_job("alice");
+    job.inputs = vec![JobInput {
+        job_id: job.id,
+        owner: "alice".into(),
+        role: InputRole::Image,
+        position: 0,
+        storage_key: None,
+        source_url: Some("https://images.example/cat.png".into()),
+        source_image: None,
+        content_type: None,
+        size_bytes: None,
+        sha256: None,
+        width: None,
+        height: None,
+    }];
+    let id = job.id;
+    db::jobs::insert(&db, &job).await.expect("insert");
+    let fetched = |key: &str| FetchedInput {
+        storage_key: key.into(),
+        content_type: "image/png".into(),
+        size_bytes: 123,
+        sha256: "cd".into(),
+        width: 64,
+        height: 32,
+    };
+    let record = |worker: &'static str, key: &'static str| {
+        let db = db.clone();
+        async move {
+            db::job_inputs::record_fetched(&db, id, InputRole::Image, 0, worker, &fetched(key))
+                .await
+                .expect("record")
+        }
+    };
+    // Not claimed yet: nobody holds it.
+    assert!(!record("w1", "inputs/a.png").await);
+    db::jobs::claim_job(&db, id, "w1", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    assert!(!record("w2", "inputs/b.png").await, "not w2's job");
+    assert!(record("w1", "inputs/a.png").await);
+    assert!(!record("w1", "inputs/c.png").await, "recorded once");
+    let rows = db::job_inputs::load(&db, id).await.expect("load");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].storage_key.as_deref(), Some("inputs/a.png"));
+    assert_eq!(rows[0].content_type.as_deref(), Some("image/png"));
+    assert_eq!(
+        (rows[0].size_bytes, rows[0].width, rows[0].height),
+        (Some(123), Some(64), Some(32))
+    );
+    assert_eq!(rows[0].sha256.as_deref(), Some("cd"));
+}

@@ -1,11 +1,13 @@
 //! Fault injection: real processes under a load of jobs, one fault per case, then an audit from Postgres and
-//! storage: every accepted job terminal, none lost, none completed twice, no orphaned objects. Each case prints a
+//! storage: every accepted job terminal, none lost, none completed twice, no orphaned objects (an object is accounted
+//! for when it is a recorded image, or its sidecar, or an edit input a `job_inputs` row names). Each case prints a
 //! summary line (see them with `cargo nextest run --test it faults:: --no-capture`).
 
 use crate::support::{self, Options, Stack, kv, start};
+use futures::StreamExt;
 use serde_json::json;
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 const LOAD: usize = 120;
@@ -56,14 +58,25 @@ impl Audit {
     }
 }
 
-fn stored_image_ids(dir: &std::path::Path, out: &mut HashSet<String>) {
+/// Every stored object under `root`: its file stem (an image's id, for images and their sidecars) and its key (the
+/// path under the root, which edit inputs are recorded by).
+fn stored_objects(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut HashSet<(String, String)>,
+) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
-                stored_image_ids(&p, out);
+                stored_objects(root, &p, out);
             } else if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
-                out.insert(stem.to_owned());
+                let key = p
+                    .strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert((stem.to_owned(), key));
             }
         }
     }
@@ -104,7 +117,7 @@ async fn audit(pool: &PgPool, stack: &Stack, accepted: &[String], within: Durati
     .expect("duplicates");
     // Objects a dead worker left are deleted by the reconciler's sweep: give it a few passes.
     let sweep_deadline = Instant::now() + Duration::from_secs(10);
-    let (in_db, on_disk) = loop {
+    let orphans = loop {
         let in_db: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM images")
             .fetch_all(pool)
             .await
@@ -112,10 +125,22 @@ async fn audit(pool: &PgPool, stack: &Stack, accepted: &[String], within: Durati
             .into_iter()
             .map(|u| u.to_string())
             .collect();
+        let inputs: HashSet<String> = sqlx::query_scalar::<_, String>(
+            "SELECT storage_key FROM job_inputs WHERE storage_key IS NOT NULL",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("job inputs")
+        .into_iter()
+        .collect();
         let mut on_disk = HashSet::new();
-        stored_image_ids(&stack.storage_dir, &mut on_disk);
-        if on_disk.is_subset(&in_db) || Instant::now() > sweep_deadline {
-            break (in_db, on_disk);
+        stored_objects(&stack.storage_dir, &stack.storage_dir, &mut on_disk);
+        let orphans = on_disk
+            .iter()
+            .filter(|(stem, key)| !in_db.contains(stem) && !inputs.contains(key))
+            .count();
+        if orphans == 0 || Instant::now() > sweep_deadline {
+            break orphans;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
@@ -125,7 +150,7 @@ async fn audit(pool: &PgPool, stack: &Stack, accepted: &[String], within: Durati
         other_terminal,
         lost: accepted.len() - succeeded - other_terminal,
         duplicated: usize::try_from(duplicated).unwrap_or(usize::MAX),
-        orphans: on_disk.difference(&in_db).count(),
+        orphans,
     }
 }
 
@@ -369,4 +394,152 @@ async fn postgres_stopped_and_started_under_load() {
     let result = audit(&pool, &stack, &all, Duration::from_secs(90)).await;
     result.print("postgres-outage", recovered);
     result.assert_clean(60 + 20);
+}
+
+/// A `w`x`h` PNG filled with `fill` (RGBA when `alpha`): each edit job gets inputs of its own, so a job sent another
+/// job's bytes would show.
+fn filled_png(w: u32, h: u32, alpha: bool, fill: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(if alpha {
+            png::ColorType::Rgba
+        } else {
+            png::ColorType::Rgb
+        });
+        let mut writer = encoder.write_header().expect("png header");
+        let channels = if alpha { 4 } else { 3 };
+        writer
+            .write_image_data(&vec![fill; (w * h * channels) as usize])
+            .expect("png data");
+    }
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// SIGKILL a worker while it runs edit jobs (multipart uploads with a mask): the jobs it held are taken up by
+/// another worker, whose calls send the same stored inputs. Every provider call of every job (the emulator records
+/// each edit call with the SHA-256 of its inputs) carried exactly the image and mask that job was submitted with.
+#[sqlx::test(migrations = "./migrations")]
+async fn sigkill_a_worker_during_edits(pool: PgPool) {
+    const EDITS: usize = 30;
+    let options = Options {
+        worker_env: fast_recovery(),
+        ..Options::default()
+    };
+    let mut stack = start(&pool, options).await;
+    stack.emulator_config(json!({"latency_ms": 400})).await;
+    let posts = (0..EDITS).map(|i| {
+        let fill = u8::try_from(i).expect("small");
+        let (image, mask) = (
+            filled_png(64, 64, false, fill),
+            filled_png(64, 64, true, fill),
+        );
+        let shas = (sha256_hex(&image), sha256_hex(&mask));
+        let body = crate::edits::multipart(
+            &[("image", "a.png", image), ("mask", "m.png", mask)],
+            &[("prompt", &format!("edit {i}")), ("model", "gpt-image-2")],
+        );
+        let stack = &stack;
+        async move {
+            // A burst of uploads may find the database pool busy (503, "try again shortly"): as a client would.
+            for _ in 0..10 {
+                let r = crate::edits::post_edit(
+                    stack,
+                    "/api/v1/edits",
+                    body.clone(),
+                    &[("prefer", "respond-async")],
+                )
+                .await;
+                if r.status == 503 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                assert_eq!(r.status, 202, "{}", r.body);
+                return (r.body["job_id"].as_str().expect("job_id").to_owned(), shas);
+            }
+            panic!("edit {i} refused 10 times");
+        }
+    });
+    let submitted: HashMap<String, (String, String)> = futures::stream::iter(posts)
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let accepted: Vec<String> = submitted.keys().cloned().collect();
+    // Kill while calls are in flight: the emulator records an edit call when it arrives, and each takes 400 ms.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while edit_calls(&stack).await.len() < 3 {
+        assert!(Instant::now() < deadline, "no edit call started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fault = Instant::now();
+    let worker = stack.worker_proc.as_mut().expect("worker");
+    worker.signal("KILL");
+    worker.wait_exit(Duration::from_secs(10)).await;
+    let mut env = stack.env.clone();
+    env.extend(fast_recovery());
+    let _replacement = support::Proc::spawn("worker-2", &["worker"], &env);
+    let result = audit(&pool, &stack, &accepted, Duration::from_secs(90)).await;
+    result.print("sigkill-worker-edits", fault.elapsed());
+    result.assert_clean(EDITS);
+    assert_eq!(result.succeeded, EDITS);
+
+    // Each job's calls, by the correlation id the worker sends with them.
+    let jobs: HashMap<String, String> =
+        sqlx::query_as::<_, (String, String)>("SELECT correlation_id, id::text FROM jobs")
+            .fetch_all(&pool)
+            .await
+            .expect("jobs")
+            .into_iter()
+            .collect();
+    let mut calls_per_job: HashMap<String, usize> = HashMap::new();
+    for call in edit_calls(&stack).await {
+        let correlation = call["correlation_id"].as_str().expect("correlation id");
+        let job = jobs.get(correlation).expect("a call for a known job");
+        let (image, mask) = &submitted[job];
+        assert_eq!(call["images"], json!([image]), "job {job}: {call}");
+        assert_eq!(call["mask"], json!(mask), "job {job}: {call}");
+        *calls_per_job.entry(job.clone()).or_default() += 1;
+    }
+    assert_eq!(calls_per_job.len(), EDITS, "every job called the provider");
+    let retried = calls_per_job.values().filter(|n| **n > 1).count();
+    assert!(
+        retried > 0,
+        "no job was retried after the kill: {calls_per_job:?}"
+    );
+    // The stored inputs are what was uploaded.
+    let recorded: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT job_id::text, role, sha256 FROM job_inputs ORDER BY job_id, role")
+            .fetch_all(&pool)
+            .await
+            .expect("job inputs");
+    assert_eq!(recorded.len(), EDITS * 2);
+    for (job, role, sha) in recorded {
+        let (image, mask) = &submitted[&job];
+        assert_eq!(
+            &sha,
+            if role == "mask" { mask } else { image },
+            "{job} {role}"
+        );
+    }
+    eprintln!(
+        "fault-case sigkill-worker-edits: {retried} of {EDITS} jobs called the provider again after the kill"
+    );
+}
+
+/// What the emulator recorded of every edit call, oldest first.
+async fn edit_calls(stack: &Stack) -> Vec<serde_json::Value> {
+    stack
+        .http
+        .get(format!("{}/emulator/edits", stack.emulator))
+        .send()
+        .await
+        .expect("emulator edits")
+        .json::<Vec<serde_json::Value>>()
+        .await
+        .expect("edits json")
 }

@@ -6,6 +6,7 @@ use crate::providers::images_api::ResponseFormat;
 use crate::reconciler::ReconcilerSettings;
 use clap::Args;
 use imagegen_shared::catalogue::Catalogue;
+use imagegen_shared::config::edits::{EditArgs, EditSettings};
 use imagegen_shared::config::providers::providers_named;
 use imagegen_shared::config::{
     ConfigError, CoreArgs, DatabaseArgs, Environment, ProviderArgs, ProviderSettings, RedisArgs,
@@ -30,6 +31,9 @@ pub struct WorkerArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    /// EDIT_*: limits on edit inputs, and the address policy for inputs named by URL (fetched here).
+    #[command(flatten)]
+    pub edits: EditArgs,
     /// Run the reconciler in this worker (one pass at a time across the fleet, by advisory lock).
     #[arg(long, env = "RECONCILE_ENABLED", value_name = "RECONCILE_ENABLED", default_value = "true",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
@@ -198,6 +202,8 @@ pub struct WorkerSettings {
     /// `None` when RECONCILE_ENABLED is off.
     pub reconcile: Option<ReconcilerSettings>,
     pub download: DownloadSettings,
+    /// EDIT_*: what a URL input may be (limits) and where it may come from (address policy).
+    pub edits: EditSettings,
     pub metrics_port: Option<u16>,
 }
 
@@ -237,6 +243,7 @@ impl WorkerArgs {
                 max_image_bytes: self.max_image_bytes,
                 response_format: self.openai_response_format,
             },
+            edits: self.edits.settings()?,
             metrics_port: self.worker_metrics_port,
         })
     }
@@ -306,7 +313,7 @@ mod tests {
     /// Each bad value stops start-up with an error naming its variable.
     #[test]
     fn bad_settings_name_their_variable() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 8] = [
             (
                 &["--provider-concurrency", "openai"],
                 "PROVIDER_CONCURRENCY",
@@ -329,6 +336,11 @@ mod tests {
             ),
             (&["--default-model", "nope"], "DEFAULT_MODEL"),
             (&["--storage-backend", "s3"], "S3_BUCKET"),
+            // The worker reads EDIT_* too: it fetches URL inputs under the same limits and address policy.
+            (
+                &["--edit-url-allowed-networks", "10.0.0.0/99"],
+                "EDIT_URL_ALLOWED_NETWORKS",
+            ),
         ];
         for (extra, variable) in cases {
             let err = args(extra).settings().expect_err("refused");

@@ -5,7 +5,7 @@
 
 use crate::config::WorkerSettings;
 use crate::download::Downloader;
-use crate::job::{self, JobContext, ProcessError, RunningJobs};
+use crate::job::{self, InputFetcher, JobContext, ProcessError, RunningJobs};
 use crate::providers::ImageProvider;
 use crate::providers::azure::AzureClient;
 use crate::providers::bfl::BflClient;
@@ -136,6 +136,7 @@ pub async fn run_with_forceable(
         lease: settings.lease,
         backoff: Backoff::default(),
         abandon: abandon.clone(),
+        inputs: InputFetcher::new(&settings.edits).context("the edit input client")?,
     });
 
     let stopping = CancellationToken::new();

@@ -342,7 +342,7 @@ fn adapt_edit_fields(
         (status = 409, description = "The job was canceled (`job_canceled`)", body = crate::openai::error::OpenAiErrorBody),
         (status = 413, description = "An image or the request is over EDIT_MAX_IMAGE_BYTES / EDIT_MAX_REQUEST_BYTES", body = crate::openai::error::OpenAiErrorBody),
         (status = 415, description = "Body not sent as `multipart/form-data`", body = crate::openai::error::OpenAiErrorBody),
-        (status = 422, description = "An Idempotency-Key used with another request (`idempotency_key_reused`)", body = crate::openai::error::OpenAiErrorBody),
+        (status = 422, description = "An Idempotency-Key used with another request (`idempotency_key_reused`), or an input the worker could not use (`invalid_input`, naming the part)", body = crate::openai::error::OpenAiErrorBody),
         (status = 429, description = "Rate limit, or budget spent (`insufficient_quota`)", body = crate::openai::error::OpenAiErrorBody),
         (status = 500, description = "The images could not be stored (`storage_error`)", body = crate::openai::error::OpenAiErrorBody),
         (status = 502, description = "The provider failed (`server_error`)", body = crate::openai::error::OpenAiErrorBody),

@@ -1,7 +1,7 @@
 //! `job_inputs`: the images and mask an edit job starts from. Written in the job's own transaction (so a job and its
 //! inputs exist together or not at all), each naming its stored object (`storage_key`, written before the row) or
-//! the https URL a worker is to fetch (not yet: the JSON form with URLs is not served), storing the bytes and setting
-//! `storage_key` on the first fetch so a retry or failover sends the same bytes. Rows go with their job (ON DELETE
+//! the https URL a worker is to fetch; the first worker to fetch one stores the bytes and sets `storage_key` and
+//! the facts once (`record_fetched`), so every retry or failover sends the same bytes. Rows go with their job (ON DELETE
 //! CASCADE); retention deletes the objects they name (`db::retention::expired_jobs` reads their keys with the
 //! images').
 
@@ -126,4 +126,51 @@ pub async fn load(db: &Db, job: JobId) -> Result<Vec<JobInput>, DbError> {
         .await?
     });
     rows.into_iter().map(JobInput::try_from).collect()
+}
+
+/// What a worker found at an input's `source_url`, stored under `storage_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedInput {
+    pub storage_key: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// Records a fetched URL input on its row, only if no other attempt recorded one first (`storage_key IS NULL`) and
+/// the job is still running under `worker_id`, so two racing fetches settle on one object and a worker that lost
+/// the job never names an object the orphan sweep may be deleting. `false`: the caller deletes its own object and
+/// reads the row again.
+pub async fn record_fetched(
+    db: &Db,
+    job: JobId,
+    role: InputRole,
+    position: i32,
+    worker_id: &str,
+    fetched: &FetchedInput,
+) -> Result<bool, DbError> {
+    let changed = on_db!(db, |pool, sql| {
+        sqlx::query(
+            "UPDATE job_inputs SET storage_key = $5, content_type = $6, size_bytes = $7, sha256 = $8, \
+                width = $9, height = $10 \
+             WHERE job_id = $1 AND role = $2 AND position = $3 AND storage_key IS NULL \
+               AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = $1 AND j.worker_id = $4 AND j.status = 'running')",
+        )
+        .bind(job)
+        .bind(role.as_str())
+        .bind(position)
+        .bind(worker_id)
+        .bind(&fetched.storage_key)
+        .bind(&fetched.content_type)
+        .bind(fetched.size_bytes)
+        .bind(&fetched.sha256)
+        .bind(fetched.width)
+        .bind(fetched.height)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(changed == 1)
 }

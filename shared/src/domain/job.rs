@@ -54,6 +54,9 @@ pub enum FailureCode {
     ProviderNotConfigured,
     /// The pictures could not be stored.
     StorageError,
+    /// An edit's input cannot be used: a URL refused or not serving an image, too large, too many pixels, a mask
+    /// of the wrong size, or a stored input missing or damaged. Final: no provider is called.
+    InvalidInput,
     /// The job's deadline passed before it started.
     DeadlineExceeded,
     /// The client canceled it.
@@ -62,12 +65,13 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
-    const KNOWN: [FailureCode; 7] = [
+    const KNOWN: [FailureCode; 8] = [
         FailureCode::ContentBlocked,
         FailureCode::ContentPolicyViolation,
         FailureCode::ProviderError,
         FailureCode::ProviderNotConfigured,
         FailureCode::StorageError,
+        FailureCode::InvalidInput,
         FailureCode::DeadlineExceeded,
         FailureCode::Canceled,
     ];
@@ -79,6 +83,7 @@ impl FailureCode {
             FailureCode::ProviderError => "provider_error",
             FailureCode::ProviderNotConfigured => "provider_not_configured",
             FailureCode::StorageError => "storage_error",
+            FailureCode::InvalidInput => "invalid_input",
             FailureCode::DeadlineExceeded => "deadline_exceeded",
             FailureCode::Canceled => "canceled",
             FailureCode::Unknown(code) => code,

@@ -42,6 +42,8 @@ pub struct JobContext {
     /// Cancelled when the shutdown grace period is over: jobs still running give themselves back to the queue.
     pub abandon: CancellationToken,
     pub running: RunningJobs,
+    /// Fetches edit inputs named by URL (EDIT_*: limits and address policy).
+    pub inputs: super::input_fetch::InputFetcher,
 }
 
 impl JobContext {

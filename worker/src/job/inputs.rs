@@ -1,6 +1,9 @@
-//! An edit job's inputs, read once per attempt from the objects its `job_inputs` rows name, so every route and every
-//! retry sends the same bytes. A missing or damaged input cannot get better by trying again: it ends the job.
+//! An edit job's inputs, read once per run from the objects its `job_inputs` rows name, so every route and every
+//! retry sends the same bytes; inputs named by URL are fetched and stored first (`input_fetch`), once for the job.
+//! A missing, damaged or unusable input cannot get better by trying again: it ends the job (`invalid_input`).
 
+use super::context::JobContext;
+use super::input_fetch;
 use crate::providers::{EditInputs, InputBytes};
 use imagegen_shared::db::job_inputs::{self, InputRole, JobInput};
 use imagegen_shared::db::{DbError, JobRecord};
@@ -14,21 +17,25 @@ pub enum InputError {
     /// Storage could not be read now: the attempt is worth repeating.
     #[error("could not read the job's inputs from storage: {0}")]
     Storage(String),
-    /// An input cannot be sent (missing, damaged, not what was recorded): final.
+    /// An input cannot be sent (refused URL, not an image, too large, missing, damaged, ...): final.
     #[error("{0}")]
     Unusable(String),
+    /// The job stopped being this worker's while its inputs were fetched.
+    #[error("the job is no longer this worker's")]
+    NotOurs,
 }
 
-/// The inputs of `job` when it is an edit (`None` otherwise), with `input_fidelity` left to each route.
-pub async fn load(
-    pool: &imagegen_shared::db::Db,
-    storage: &ImageStorage,
-    job: &JobRecord,
-) -> Result<Option<EditInputs>, InputError> {
+/// The inputs of `job` when it is an edit (`None` otherwise), with `input_fidelity` left to each route. Inputs
+/// named by URL and not stored yet are fetched and stored first.
+pub async fn load(ctx: &JobContext, job: &JobRecord) -> Result<Option<EditInputs>, InputError> {
     let Some(edit) = job.request.0.edit() else {
         return Ok(None);
     };
-    let rows = job_inputs::load(pool, job.id).await?;
+    let (pool, storage) = (&ctx.pool, &ctx.storage);
+    let mut rows = job_inputs::load(pool, job.id).await?;
+    if rows.iter().any(|r| r.storage_key.is_none()) {
+        rows = input_fetch::fetch_missing(ctx, job, rows).await?;
+    }
     let mut images = Vec::new();
     let mut mask = None;
     for row in &rows {
@@ -58,7 +65,7 @@ pub async fn load(
 async fn read(storage: &ImageStorage, row: &JobInput) -> Result<InputBytes, InputError> {
     let what = format!("input {} {}", row.role.as_str(), row.position);
     let Some(key) = &row.storage_key else {
-        // URL inputs are to be fetched and stored before the first call; the API accepts none yet.
+        // `input_fetch` stores every URL input before this reads any.
         return Err(InputError::Unusable(format!("{what} was never stored")));
     };
     let bytes = async { storage.get(key).await?.bytes().await.map_err(Into::into) }

@@ -7,16 +7,19 @@
 //!
 //! The consumer calls [`handle`] per queue message with the process's [`JobContext`]. The steps live in their own
 //! modules: `context` (shared state, running jobs, the lease keeper), `route_run` (one route: admit, call,
-//! on_failure), `failure` (what a failed attempt means), `finish` (the terminal writes and hand-backs).
+//! on_failure), `failure` (what a failed attempt means), `finish` (the terminal writes and hand-backs), `inputs`
+//! (an edit's stored inputs, read once per run) and `input_fetch` (inputs named by URL, fetched and stored once).
 
 mod context;
 mod failure;
 mod finish;
+mod input_fetch;
 mod inputs;
 mod outcome;
 mod route_run;
 
 pub use context::{JobContext, RunningJobs};
+pub use input_fetch::{CapError, FetchError, InputFetcher, read_capped};
 pub use outcome::{Outcome, ProcessError};
 
 use context::spawn_lease_keeper;
@@ -92,15 +95,24 @@ async fn claim(ctx: &JobContext, message: &JobMessage) -> Result<Option<JobRecor
 async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
     let (ctx, job) = (job_run.ctx, job_run.job);
     let request = &job.request.0;
-    // Read once for all routes and retries of this run, so each sends the same bytes.
-    let edit = match inputs::load(&ctx.pool, &ctx.storage, job).await {
+    // Read once for all routes and retries of this run, so each sends the same bytes (URL inputs fetched and stored
+    // first). A client's cancel, a lost lease or the end of the shutdown grace period stops a slow fetch too.
+    let loaded = tokio::select! {
+        // A finished load (every text-to-image job's at once) goes ahead as before.
+        biased;
+        loaded = inputs::load(ctx, job) => loaded,
+        _ = job_run.lost.cancelled() => return Ok(Outcome::NotOurs),
+        _ = ctx.abandon.cancelled() => return finish::release(ctx, job).await,
+    };
+    let edit = match loaded {
         Ok(edit) => edit,
         Err(inputs::InputError::Db(e)) => return Err(e.into()),
         Err(inputs::InputError::Storage(e)) => return Err(ProcessError::Inputs(job.id, e)),
+        Err(inputs::InputError::NotOurs) => return Ok(Outcome::NotOurs),
         Err(inputs::InputError::Unusable(why)) => {
             let failure = JobFailure {
                 status: JobStatus::Failed,
-                code: FailureCode::StorageError,
+                code: FailureCode::InvalidInput,
                 message: format!("The edit's inputs cannot be sent: {why}"),
                 moderation: None,
             };
