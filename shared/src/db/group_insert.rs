@@ -87,6 +87,7 @@ impl GroupInsert {
                 state.rows += n as u64;
                 state.waiting.drain(..n).collect()
             };
+            metrics::histogram!("imagegen_submit_group_rows").record(batch.len() as f64);
             flush(&self.pool, batch).await;
         }
     }
