@@ -65,6 +65,11 @@ pub struct ApiArgs {
     #[arg(long, env = "BATCH_MAX_REQUESTS", value_name = "BATCH_MAX_REQUESTS", default_value_t = 10,
           value_parser = clap::value_parser!(u16).range(1..=100))]
     pub batch_max_requests: u16,
+    /// Record plain submissions that arrive together in one INSERT (group commit, Postgres only). On by default;
+    /// off records each with its own statement (for comparing the two).
+    #[arg(long, env = "SUBMIT_GROUP_COMMIT", value_name = "SUBMIT_GROUP_COMMIT", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub submit_group_commit: bool,
     /// How long wait mode holds a request when the client does not say (`Prefer: wait=N`).
     #[arg(
         long,
@@ -198,6 +203,7 @@ pub struct ApiSettings {
     /// BLOCKED_WORDS, when ENABLE_CONTENT_MODERATION is on.
     pub blocked_words: Option<String>,
     pub batch_max_requests: usize,
+    pub submit_group_commit: bool,
     pub wait_default: Duration,
     pub wait_max: Duration,
     pub idempotency_ttl: Duration,
@@ -403,6 +409,7 @@ impl ApiArgs {
                 .enable_content_moderation
                 .then(|| self.blocked_words.clone()),
             batch_max_requests: usize::from(self.batch_max_requests),
+            submit_group_commit: self.submit_group_commit,
             // A default above the cap is held to the cap (as every wait is).
             wait_default: Duration::from_secs(self.wait_default_secs.min(self.wait_max_secs)),
             wait_max: Duration::from_secs(self.wait_max_secs),

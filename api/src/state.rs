@@ -21,6 +21,8 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub pool: Db,
+    /// Plain submissions recorded together (group commit), on Postgres; `None` on SQLite.
+    pub group_insert: Option<Arc<imagegen_shared::db::group_insert::GroupInsert>>,
     pub queue: JobQueue,
     pub fleet: FleetLimits,
     pub storage: ImageStorage,
@@ -175,6 +177,12 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             key_cache,
             auth_failures,
+            group_insert: match &backends.db {
+                Db::Postgres(pool) => Some(imagegen_shared::db::group_insert::GroupInsert::new(
+                    pool.clone(),
+                )),
+                Db::Sqlite(_) => None,
+            },
             pool: backends.db,
             queue: backends.queue,
             fleet: backends.limits,

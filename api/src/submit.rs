@@ -368,10 +368,24 @@ pub async fn submit_job_with(
         reservation
     };
     let claim = idempotency.map(|k| k.claim(owner, state));
-    let inserted =
-        db::jobs::insert_admitted_in(&mut session, &job, claim.as_ref(), state.max_active_jobs())
-            .await;
-    drop(session);
+    let max_active = state.max_active_jobs();
+    let inserted = match &state.group_insert {
+        // Nothing to claim, count or record beside the row: recorded with the submissions arriving now.
+        Some(group) if claim.is_none() && max_active.is_none() && job.inputs.is_empty() => {
+            drop(session);
+            group
+                .insert(job)
+                .await
+                .map(Inserted::New)
+                .map_err(KeyError::Db)
+        }
+        _ => {
+            let inserted =
+                db::jobs::insert_admitted_in(&mut session, &job, claim.as_ref(), max_active).await;
+            drop(session);
+            inserted
+        }
+    };
     let record = match inserted {
         Ok(Inserted::New(record)) => record,
         other => {

@@ -184,6 +184,8 @@ const MAX_FLOOR_CONNS: usize = 64;
 /// INSERT + LPUSH of it (the floors), with as many connections as clients.
 async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Result<Section> {
     let stack = Stack::start(&opts.bin, 0, &[]).await?;
+    // The same API recording each submission with its own INSERT, for the group commit's A/B in the same run.
+    let single = Stack::start(&opts.bin, 0, &[("SUBMIT_GROUP_COMMIT", "false".to_owned())]).await?;
     let duration = Duration::from_secs(if opts.quick { 3 } else { 10 });
     let db_url = format!("{}/{}", stack::PG, stack.db);
     let api_pool = stack
@@ -208,6 +210,8 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
             "p99 ms",
             "errors",
             "API CPU ms/req",
+            "one INSERT each req/s",
+            "group / one each",
             "pgbench INSERT tps",
             "pgbench p99 ms",
             "INSERT+LPUSH req/s",
@@ -224,7 +228,9 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
          `pgbench -c N -j 2 -T {secs} -M prepared` running a single-row INSERT of the same job row, and our own \
          program doing that INSERT plus an LPUSH. pgbench's p99 comes from its per-transaction log. 'API CPU ms/req' \
          is the API process's user + system CPU time over the run divided by the requests it answered: with two \
-         cores shared by the load generator, Postgres, Redis and the API, CPU per request is what caps the rate.",
+         cores shared by the load generator, Postgres, Redis and the API, CPU per request is what caps the rate. \
+         'one INSERT each' is the same API with SUBMIT_GROUP_COMMIT=false (each submission its own statement and \
+         commit), run right after.",
         secs = duration.as_secs()
     ));
     let (mut ours_line, mut floor_line) = (Vec::new(), Vec::new());
@@ -242,6 +248,18 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
         .await;
         let api_cpu_ms = (cpu_seconds(stack.api_pid).unwrap_or(f64::NAN) - cpu_before) * 1000.0
             / ours.ok().max(1) as f64;
+        let one_each = {
+            let url = format!("{}/api/v1/jobs", single.api);
+            let body = json!({"prompt": "A lighthouse at dusk"});
+            let h = http.clone();
+            closed_loop(clients, duration, move |_| {
+                let (h, url, body) = (h.clone(), url.clone(), body.clone());
+                async move {
+                    matches!(h.post(url).json(&body).send().await, Ok(r) if r.status().as_u16() == 202)
+                }
+            })
+            .await
+        };
         let conns = clients.min(MAX_FLOOR_CONNS);
         let pgb = {
             let (url, req, dir) = (
@@ -297,6 +315,8 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
             ms(ours.pct_ms(99.0)),
             ours.errors.to_string(),
             format!("{api_cpu_ms:.2}"),
+            format!("{:.0}", one_each.rps()),
+            format!("{:.2}", ours.rps() / one_each.rps().max(1e-9)),
             if pgb.failed > 0 {
                 format!("{:.0} ({} failed)", pgb.tps, pgb.failed)
             } else {
@@ -309,9 +329,10 @@ async fn submit_throughput(opts: &Opts, series: &mut Vec<Series>) -> anyhow::Res
             format!("{:.2}", ours.rps() / floor.rps().max(1e-9)),
         ]);
         eprintln!(
-            "bench:   {clients} clients: {:.0} req/s (p99 {:.1} ms) vs pgbench {:.0} tps (p50 {:.1}, p99 {:.1} ms), INSERT+LPUSH {:.0}",
+            "bench:   {clients} clients: {:.0} req/s (p99 {:.1} ms; one INSERT each {:.0}) vs pgbench {:.0} tps (p50 {:.1}, p99 {:.1} ms), INSERT+LPUSH {:.0}",
             ours.rps(),
             ours.pct_ms(99.0),
+            one_each.rps(),
             pgb.tps,
             pgb.p50_ms,
             pgb.p99_ms,

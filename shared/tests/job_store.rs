@@ -592,3 +592,59 @@ async fn a_fetched_url_input_is_recorded_once_by_the_worker_holding_the_job_on(d
     );
     assert_eq!(rows[0].sha256.as_deref(), Some("cd"));
 }
+
+/// Group commit: submissions arriving together are recorded by one INSERT, each caller answered with its own row,
+/// written exactly as the single-row insert writes it (a deadline and a blocked job included).
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_plain_inserts_are_recorded_together_each_with_its_own_row(pool: PgPool) {
+    use imagegen_shared::db::group_insert::GroupInsert;
+    let group = GroupInsert::new(pool.clone());
+    let mut jobs: Vec<NewJob> = (0..40)
+        .map(|i| new_job(&format!("owner-{}", i % 3)))
+        .collect();
+    jobs[5].deadline_secs = Some(60);
+    jobs[7].status = JobStatus::Moderated;
+    jobs[7].error = Some((FailureCode::ContentBlocked, "blocked".into()));
+    let records = futures::future::join_all(jobs.iter().map(|j| group.insert(j.clone()))).await;
+    let (flushes, rows) = group.stats();
+    assert_eq!(rows, 40);
+    assert!(
+        flushes < 40,
+        "{flushes} flushes for 40 rows: nothing was grouped"
+    );
+    let db = Db::from(pool);
+    for (job, record) in jobs.iter().zip(records) {
+        let record = record.expect("recorded");
+        assert_eq!(record.id, job.id);
+        assert_eq!(record.owner, job.owner);
+        let stored = db::jobs::get_job(&db, &job.owner, job.id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.status, job.status);
+        assert_eq!(stored.request.0, job.request);
+        assert_eq!(stored.deadline_at.is_some(), job.deadline_secs.is_some());
+        assert_eq!(stored.finished_at.is_some(), job.status.is_terminal());
+    }
+}
+
+/// One bad row (an id already taken) fails only its own submission; the rest of its flush is recorded.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_bad_row_fails_only_its_own_submission(pool: PgPool) {
+    use imagegen_shared::db::group_insert::GroupInsert;
+    let db = Db::from(pool.clone());
+    let taken = db::jobs::insert(&db, &new_job("alice"))
+        .await
+        .expect("insert");
+    let group = GroupInsert::new(pool);
+    let mut jobs: Vec<NewJob> = (0..5).map(|_| new_job("bob")).collect();
+    jobs[2].id = taken.id;
+    let results = futures::future::join_all(jobs.iter().map(|j| group.insert(j.clone()))).await;
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.is_err(), i == 2, "row {i}: {result:?}");
+    }
+    let bobs = db::jobs::list_jobs(&db, "bob", None, 10)
+        .await
+        .expect("list");
+    assert_eq!(bobs.len(), 4);
+}
