@@ -293,7 +293,15 @@ pub async fn submit_job(
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
-    submit_job_with(state, submitter, correlation_id, request, idempotency, &[]).await
+    submit_job_with(
+        state,
+        submitter,
+        correlation_id,
+        request,
+        idempotency,
+        &crate::edits::StagedEdit::default(),
+    )
+    .await
 }
 
 /// `submit_job` with an edit's checked inputs: stored once the job's id is known, recorded in the job's own
@@ -305,7 +313,7 @@ pub async fn submit_job_with(
     correlation_id: &str,
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
-    inputs: &[crate::edits::StagedInput],
+    inputs: &crate::edits::StagedEdit,
 ) -> Result<JobRecord, ApiError> {
     let owner = submitter.0.as_str();
     let model = request.model().clone();

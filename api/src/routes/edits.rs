@@ -5,6 +5,7 @@
 use super::generate::answer_job;
 use crate::auth::Submitter;
 use crate::edit_upload::{FIELDS_BYTES, read_upload};
+use crate::edits::InputSource;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::CorrelationId;
 use crate::state::AppState;
@@ -58,9 +59,12 @@ pub struct EditForm {
 /// Edit images and wait for the result.
 ///
 /// As `POST /api/v1/generate` (`Prefer: wait=N` or `respond-async`, `Idempotency-Key`, `Cancel-After`), with the
-/// images to edit uploaded. Every refusal of an input names it (`image[1]`, `mask`) and nothing is stored or queued.
+/// images to edit uploaded (`multipart/form-data`) or named (`application/json`: `images` and `mask` as
+/// `{"image_id"}`, one of your images, or `{"image_url"}`, an https URL the worker fetches). Every refusal of an input
+/// names it (`image[1]`, `mask`) and nothing is stored or queued.
 #[utoipa::path(post, path = "/api/v1/edits", tag = "generation",
-    request_body(content = EditForm, content_type = "multipart/form-data"),
+    request_body(description = "The images uploaded (multipart), or named by id or https URL (JSON)",
+        content((EditForm = "multipart/form-data"), (crate::edit_json::EditJson = "application/json"))),
     params(("Prefer" = Option<String>, Header, nullable = false, description = "`wait=N` (seconds) or `respond-async`"),
            ("Idempotency-Key" = Option<String>, Header, nullable = false,
                description = "1 to 255 visible ASCII characters: the same key and request (inputs included) give the same job"),
@@ -76,7 +80,7 @@ pub struct EditForm {
         (status = 409, description = "The job was canceled (`job_canceled`)", body = ErrorBody),
         (status = 410, description = "The model is retired and MODEL_ALIASES=none (`model_retired`)", body = ErrorBody),
         (status = 413, description = "An image or the request is over EDIT_MAX_IMAGE_BYTES / EDIT_MAX_REQUEST_BYTES", body = ErrorBody),
-        (status = 415, description = "Body not sent as `multipart/form-data`", body = ErrorBody),
+        (status = 415, description = "Body neither `multipart/form-data` nor `application/json`", body = ErrorBody),
         (status = 422, description = "The provider's safety system refused, or this Idempotency-Key was used with another request", body = ErrorBody),
         (status = 502, description = "The provider failed (`provider_error`)", body = ErrorBody),
         (status = 503, description = "Database, queue or storage unavailable", body = ErrorBody),
@@ -89,17 +93,52 @@ pub async fn edit(
     request: Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
-    let ((job, notices), ()) = submit_multipart(
-        &state,
-        &submitter,
-        &correlation_id,
-        peer,
-        request,
-        "edits",
-        |_| Ok(()),
-    )
-    .await?;
+    let (job, notices) = if is_json(&headers) {
+        let body = axum::body::to_bytes(request.into_body(), crate::edit_json::MAX_JSON_BYTES)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(crate::edit_json::MAX_JSON_BYTES))?;
+        let edit = crate::edit_json::parse(&body)?;
+        let sources =
+            crate::edit_json::resolve(&state, &submitter.0, edit.images, edit.mask).await?;
+        submit_edit(
+            &state,
+            &submitter,
+            &correlation_id,
+            peer,
+            &headers,
+            "edits",
+            EditRequest {
+                body: edit.body,
+                input_fidelity: edit.input_fidelity,
+                sources,
+            },
+        )
+        .await?
+    } else {
+        submit_multipart(
+            &state,
+            &submitter,
+            &correlation_id,
+            peer,
+            request,
+            "edits",
+            |_| Ok(()),
+        )
+        .await?
+        .0
+    };
     answer_job(&state, &submitter.0, headers, peer, job, &notices).await
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
 }
 
 /// A submitted edit: its job and the model's lifecycle notices.
@@ -144,9 +183,64 @@ pub async fn submit_multipart<T>(
             ))
         })?;
     let body = crate::edits::body_from_fields(upload.fields)?;
-    let edit = EditParams {
-        images: u8::try_from(upload.images.len()).unwrap_or(u8::MAX),
-        mask: upload.mask.is_some(),
+    let uploaded = |bytes| InputSource::Bytes {
+        bytes,
+        source_image: None,
+    };
+    let edit = EditRequest {
+        body,
+        input_fidelity,
+        sources: Sources {
+            images: upload.images.into_iter().map(uploaded).collect(),
+            mask: upload.mask.map(uploaded),
+        },
+    };
+    let submitted = submit_edit(
+        state,
+        submitter,
+        correlation_id,
+        peer,
+        &headers,
+        endpoint,
+        edit,
+    )
+    .await?;
+    Ok((submitted, adapted))
+}
+
+/// An edit's images and mask, wherever each comes from.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub images: Vec<InputSource>,
+    pub mask: Option<InputSource>,
+}
+
+/// An edit as either form gives it: generate's fields, `input_fidelity` and the inputs.
+pub struct EditRequest {
+    pub body: imagegen_shared::domain::GenerateBody,
+    pub input_fidelity: Option<InputFidelity>,
+    pub sources: Sources,
+}
+
+/// An edit from its fields and inputs to a queued job: the model resolved, the inputs checked against it, the
+/// Idempotency-Key bound to the fields and the inputs (`endpoint` names the route), then submitted as a generation.
+pub async fn submit_edit(
+    state: &AppState,
+    submitter: &Submitter,
+    correlation_id: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    endpoint: &'static str,
+    edit: EditRequest,
+) -> Result<SubmittedEdit, ApiError> {
+    let EditRequest {
+        body,
+        input_fidelity,
+        sources,
+    } = edit;
+    let params = EditParams {
+        images: u8::try_from(sources.images.len()).unwrap_or(u8::MAX),
+        mask: sources.mask.is_some(),
         input_fidelity,
     };
     let Accepted {
@@ -155,8 +249,8 @@ pub async fn submit_multipart<T>(
     } = accept_with(
         state,
         body,
-        crate::extract::cancel_after(&headers)?,
-        Some(edit),
+        crate::extract::cancel_after(headers)?,
+        Some(params),
     )?;
     let offer = state.offer();
     let model = offer
@@ -166,11 +260,12 @@ pub async fn submit_multipart<T>(
         .ok_or_else(|| {
             ApiError::Internal(anyhow::anyhow!("resolved model not in the catalogue"))
         })?;
-    let staged = crate::edits::stage(&model, upload.images, upload.mask, &state.edits.limits)?;
+    let staged =
+        crate::edits::stage_sources(&model, sources.images, sources.mask, &state.edits.limits)?;
     // The key covers the inputs too: the same fields with other pictures are another request.
-    let digests: Vec<&str> = staged.iter().map(|s| s.sha256.as_str()).collect();
-    let idempotency = Idempotency::from_headers(&headers, endpoint, &(&request, &digests))?;
-    request.set_webhook_link_base(super::base_url(state, &headers, peer).base);
+    let identity = staged.identity();
+    let idempotency = Idempotency::from_headers(headers, endpoint, &(&request, &identity))?;
+    request.set_webhook_link_base(super::base_url(state, headers, peer).base);
     let job = submit_job_with(
         state,
         submitter,
@@ -180,5 +275,5 @@ pub async fn submit_multipart<T>(
         &staged,
     )
     .await?;
-    Ok(((job, notices), adapted))
+    Ok((job, notices))
 }
