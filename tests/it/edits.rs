@@ -666,3 +666,82 @@ async fn a_json_edit_of_an_image_url_is_fetched_by_the_worker_and_sent(pool: PgP
         1
     );
 }
+
+/// A batch of JSON edits: each item a job with its own inputs, answered as a generate batch; an invalid item
+/// rejects the whole batch naming it, with nothing recorded or stored.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_batch_of_edits_runs_each_with_its_own_inputs(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let (blue, blue_sha) = generated_image(&stack, "a blue door").await;
+    let (yellow, yellow_sha) = generated_image(&stack, "a yellow door").await;
+
+    let bad = stack
+        .post(
+            "/api/v1/edits/batch",
+            serde_json::json!([
+                {"prompt": "Make it red", "images": [{"image_id": blue}]},
+                {"prompt": "Make it red", "images": [{"image_id": uuid::Uuid::now_v7()}]},
+            ]),
+            &[("prefer", "wait=10")],
+        )
+        .await;
+    assert_names_part(&bad, "[1].image[0]");
+    assert_eq!(stack.count(&pool, "SELECT count(*) FROM jobs").await, 2);
+    assert_eq!(
+        stack.count(&pool, "SELECT count(*) FROM job_inputs").await,
+        0
+    );
+
+    let r = stack
+        .post(
+            "/api/v1/edits/batch",
+            serde_json::json!([
+                {"prompt": "Make it red", "model": "gpt-image-2", "images": [{"image_id": blue}]},
+                {"prompt": "Make it green", "model": "gpt-image-2", "images": [{"image_id": yellow}],
+                 "input_fidelity": "high"},
+            ]),
+            &[("prefer", "wait=60")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let jobs = r.body["items"].as_array().expect("items");
+    assert_eq!(jobs.len(), 2, "{}", r.body);
+    assert!(
+        jobs.iter().all(|j| j["status"] == "succeeded"),
+        "{}",
+        r.body
+    );
+    let mut sent: Vec<(String, Value)> = edit_calls(&stack)
+        .await
+        .into_iter()
+        .map(|c| {
+            (
+                c["prompt"].as_str().unwrap_or_default().to_owned(),
+                c["images"].clone(),
+            )
+        })
+        .collect();
+    sent.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        sent,
+        vec![
+            ("Make it green".to_owned(), serde_json::json!([yellow_sha])),
+            ("Make it red".to_owned(), serde_json::json!([blue_sha])),
+        ]
+    );
+    assert_eq!(
+        stack
+            .count(
+                &pool,
+                "SELECT count(*) FROM job_inputs WHERE storage_key LIKE 'inputs/%'"
+            )
+            .await,
+        2
+    );
+    assert_eq!(
+        stack
+            .count(&pool, "SELECT count(*) FROM pending_objects")
+            .await,
+        0
+    );
+}
