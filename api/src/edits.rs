@@ -1,7 +1,10 @@
 //! An edit's inputs on the API side: checked against the model that serves the edit before anything is stored
-//! (`stage`), written under `inputs/<job_id>/` with an intent record first (`store`), and removed again when their
-//! job is not recorded or queued (`discard`). Recorded before queued, removed if it cannot be queued; a request that
-//! dies between the write and the insert leaves an intent the reconciler's orphan sweep reclaims.
+//! (`stage`, `stage_sources`), written under `inputs/<job_id>/` with an intent record first (`store`), and removed
+//! again when their job is not recorded or queued (`discard`). Recorded before queued, removed if it cannot be
+//! queued; a request that dies between the write and the insert leaves an intent the reconciler's orphan sweep
+//! reclaims. Inputs named by https URL (the JSON form) are recorded as URLs: the worker fetches, checks and stores
+//! them before the first provider call (`worker/src/job/input_fetch.rs`); here only their address and count are
+//! checked.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -10,7 +13,10 @@ use imagegen_shared::catalogue::ModelSpec;
 use imagegen_shared::db::job_inputs::{InputRole, JobInput};
 use imagegen_shared::db::{self, pending};
 use imagegen_shared::domain::{GenerateBody, JobId};
-use imagegen_shared::edit_inputs::{EditLimits, InputImage, check_inputs};
+use imagegen_shared::edit_inputs::{
+    EditInputError, EditLimits, InputImage, Part, check_count, check_inputs, check_mask,
+    check_mask_format, inspect,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -24,6 +30,149 @@ pub struct StagedInput {
     pub sha256: String,
     /// The service's own image it was copied from.
     pub source_image: Option<uuid::Uuid>,
+}
+
+/// Where one input of an edit comes from.
+#[derive(Debug, Clone)]
+pub enum InputSource {
+    /// Uploaded, or copied from the caller's own image (`source_image`).
+    Bytes {
+        bytes: Bytes,
+        source_image: Option<uuid::Uuid>,
+    },
+    /// An https URL, already checked against EDIT_URL_* (`check_image_url`); the worker fetches it.
+    Url(url::Url),
+}
+
+/// One input named by URL, to be recorded for the worker to fetch.
+#[derive(Debug, Clone)]
+pub struct UrlInput {
+    pub role: InputRole,
+    pub position: i32,
+    pub url: url::Url,
+}
+
+/// An edit's checked inputs: the bytes to store with the job, and the URLs the worker is to fetch.
+#[derive(Debug, Clone, Default)]
+pub struct StagedEdit {
+    pub stored: Vec<StagedInput>,
+    pub urls: Vec<UrlInput>,
+}
+
+impl StagedEdit {
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty() && self.urls.is_empty()
+    }
+
+    /// What identifies the inputs for an Idempotency-Key: each stored one's sha256, each URL as written.
+    pub fn identity(&self) -> Vec<String> {
+        self.stored
+            .iter()
+            .map(|s| format!("{}:{}:{}", s.role.as_str(), s.position, s.sha256))
+            .chain(
+                self.urls
+                    .iter()
+                    .map(|u| format!("{}:{}:{}", u.role.as_str(), u.position, u.url)),
+            )
+            .collect()
+    }
+}
+
+/// Checks inputs from any source against `model` and stages them: bytes as an upload is checked (format, size,
+/// pixels, the mask against the first image), URLs by count only (their bytes are the worker's to check). With no
+/// URL among them this is exactly [`stage`].
+pub fn stage_sources(
+    model: &ModelSpec,
+    images: Vec<InputSource>,
+    mask: Option<InputSource>,
+    limits: &EditLimits,
+) -> Result<StagedEdit, ApiError> {
+    let has_url = images
+        .iter()
+        .chain(mask.iter())
+        .any(|s| matches!(s, InputSource::Url(_)));
+    if !has_url {
+        let bytes = |s: InputSource| match s {
+            InputSource::Bytes {
+                bytes,
+                source_image,
+            } => Some((bytes, source_image)),
+            InputSource::Url(_) => None,
+        };
+        let (images, sources): (Vec<Bytes>, Vec<Option<uuid::Uuid>>) =
+            images.into_iter().filter_map(bytes).unzip();
+        let (mask, mask_source) = mask.and_then(bytes).unzip();
+        let mut stored = stage(model, images, mask, limits)?;
+        for input in &mut stored {
+            input.source_image = match input.role {
+                InputRole::Image => usize::try_from(input.position)
+                    .ok()
+                    .and_then(|i| sources.get(i).copied().flatten()),
+                InputRole::Mask => mask_source.flatten(),
+            };
+        }
+        return Ok(StagedEdit {
+            stored,
+            urls: Vec::new(),
+        });
+    }
+    check_count(model, images.len(), mask.is_some())?;
+    let total: u64 = images
+        .iter()
+        .chain(mask.iter())
+        .map(|s| match s {
+            InputSource::Bytes { bytes, .. } => bytes.len() as u64,
+            InputSource::Url(_) => 0,
+        })
+        .sum();
+    if total > limits.max_request_bytes {
+        return Err(EditInputError::RequestTooLarge {
+            bytes: total,
+            limit: limits.max_request_bytes,
+        }
+        .into());
+    }
+    let mut staged = StagedEdit::default();
+    let mut first: Option<InputImage> = None;
+    let parts = images
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (Part::Image(i), InputRole::Image, i, s))
+        .chain(mask.map(|s| (Part::Mask, InputRole::Mask, 0, s)));
+    for (part, role, index, source) in parts {
+        let position = i32::try_from(index).unwrap_or(i32::MAX);
+        match source {
+            InputSource::Url(url) => staged.urls.push(UrlInput {
+                role,
+                position,
+                url,
+            }),
+            InputSource::Bytes {
+                bytes,
+                source_image,
+            } => {
+                let image = inspect(part, &bytes, limits)?;
+                if role == InputRole::Mask {
+                    // The size against a first image given by URL is the worker's to check, once it has it.
+                    match &first {
+                        Some(first) => check_mask(&image, first)?,
+                        None => check_mask_format(&image)?,
+                    }
+                } else if index == 0 {
+                    first = Some(image);
+                }
+                staged.stored.push(StagedInput {
+                    role,
+                    position,
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    bytes,
+                    image,
+                    source_image,
+                });
+            }
+        }
+    }
+    Ok(staged)
 }
 
 /// Checks the images and mask against `model` (count, format, size, mask) and stages them in order.
@@ -77,11 +226,11 @@ pub async fn store(
     state: &AppState,
     job: JobId,
     owner: &str,
-    staged: &[StagedInput],
+    staged: &StagedEdit,
 ) -> Result<Vec<JobInput>, ApiError> {
-    let mut rows = Vec::with_capacity(staged.len());
-    let mut written = Vec::with_capacity(staged.len());
-    for input in staged {
+    let mut rows = Vec::with_capacity(staged.stored.len() + staged.urls.len());
+    let mut written = Vec::with_capacity(staged.stored.len());
+    for input in &staged.stored {
         let key = input_key(job, input);
         let result = async {
             pending::record(&state.pool, &key, job, pending::API_WRITER).await?;
@@ -114,6 +263,20 @@ pub async fn store(
             height: i32::try_from(input.image.height).ok(),
         });
     }
+    rows.extend(staged.urls.iter().map(|input| JobInput {
+        job_id: job,
+        owner: owner.to_owned(),
+        role: input.role,
+        position: input.position,
+        storage_key: None,
+        source_url: Some(input.url.to_string()),
+        source_image: None,
+        content_type: None,
+        size_bytes: None,
+        sha256: None,
+        width: None,
+        height: None,
+    }));
     Ok(rows)
 }
 

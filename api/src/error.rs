@@ -278,13 +278,10 @@ impl From<crate::edit_upload::UploadError> for ApiError {
 impl From<imagegen_shared::config::edits::ImageUrlError> for ApiError {
     fn from(e: imagegen_shared::config::edits::ImageUrlError) -> Self {
         use imagegen_shared::config::edits::ImageUrlError;
-        let index = match &e {
-            ImageUrlError::Invalid { index, .. } | ImageUrlError::Refused { index, .. } => *index,
+        let part = match &e {
+            ImageUrlError::Invalid { part, .. } | ImageUrlError::Refused { part, .. } => *part,
         };
-        ApiError::Validation(ValidationErrors::one(
-            &format!("image[{index}]"),
-            e.to_string(),
-        ))
+        ApiError::Validation(ValidationErrors::one(&part.to_string(), e.to_string()))
     }
 }
 
@@ -442,7 +439,7 @@ mod edit_error_tests {
         assert_eq!(status, 413);
         let (status, _, fields) = answer(
             imagegen_shared::config::edits::ImageUrlError::Invalid {
-                index: 1,
+                part: Part::Image(1),
                 message: "x".into(),
             }
             .into(),

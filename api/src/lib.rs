@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod budgets;
 pub mod config;
+pub mod edit_json;
 pub mod edit_upload;
 pub mod edits;
 pub mod error;

@@ -119,7 +119,7 @@ With authentication on (ENABLE_AUTHENTICATION), every `/api/v1` endpoint but the
 docs stay open. Signed download links work without a key.",
          license(name = "Apache-2.0")),
     paths(
-        routes::generate::generate, routes::edits::edit, routes::generate::generate_batch,
+        routes::generate::generate, routes::edits::edit, routes::edits::edit_batch, routes::generate::generate_batch,
         routes::jobs::create_job, routes::jobs::get_job, routes::jobs::list_jobs, routes::jobs::cancel_job,
         routes::batches::get_batch, routes::events::job_events, routes::events::batch_events,
         routes::webhooks::create_endpoint, routes::webhooks::list_endpoints, routes::webhooks::delete_endpoint,
@@ -395,7 +395,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(owner_ops, 32);
+        assert_eq!(owner_ops, 33);
         let batch = &doc["paths"]["/api/v1/generate/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(

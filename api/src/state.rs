@@ -76,6 +76,8 @@ pub struct Inner {
     pub webhooks: Arc<crate::webhooks::config::WebhookSettings>,
     /// EDIT_*: input limits and the policy for image URLs.
     pub edits: imagegen_shared::config::edits::EditSettings,
+    /// Resolves the hosts of edit image URLs for the address check (the system's DNS; tests may inject their own).
+    pub url_resolver: Arc<dyn imagegen_shared::net_guard::Resolver>,
     /// Cancelled at shutdown: waiting requests answer 202 at once.
     pub stopping: CancellationToken,
 }
@@ -214,6 +216,7 @@ impl AppState {
             link_signer,
             webhooks: Arc::new(settings.webhooks.clone()),
             edits: settings.edits.clone(),
+            url_resolver: Arc::new(imagegen_shared::net_guard::SystemResolver),
             cors: settings.cors.clone(),
             waiters: Arc::new(Waiters::default()),
             metrics: metrics_handle(),

@@ -293,7 +293,15 @@ pub async fn submit_job(
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
 ) -> Result<JobRecord, ApiError> {
-    submit_job_with(state, submitter, correlation_id, request, idempotency, &[]).await
+    submit_job_with(
+        state,
+        submitter,
+        correlation_id,
+        request,
+        idempotency,
+        &crate::edits::StagedEdit::default(),
+    )
+    .await
 }
 
 /// `submit_job` with an edit's checked inputs: stored once the job's id is known, recorded in the job's own
@@ -305,7 +313,7 @@ pub async fn submit_job_with(
     correlation_id: &str,
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
-    inputs: &[crate::edits::StagedInput],
+    inputs: &crate::edits::StagedEdit,
 ) -> Result<JobRecord, ApiError> {
     let owner = submitter.0.as_str();
     let model = request.model().clone();
@@ -471,6 +479,7 @@ pub async fn submit_batch(
     submitter: &Submitter,
     correlation_id: &str,
     requests: Vec<GenerationRequest>,
+    inputs: Vec<crate::edits::StagedEdit>,
     idempotency: Option<&Idempotency>,
 ) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
     let owner = submitter.0.as_str();
@@ -494,10 +503,33 @@ pub async fn submit_batch(
         crate::budgets::release(state, reservation.as_ref()).await;
         return Err(e);
     }
-    let jobs: Vec<NewJob> = requests
+    let mut jobs: Vec<NewJob> = requests
         .into_iter()
         .zip(&estimates)
         .map(|(r, estimate)| new_job(state, submitter, correlation_id, r, *estimate))
+        .collect();
+    // An edit batch's inputs, stored per job before the batch is recorded (a blocked item's are never stored).
+    for (job, staged) in jobs.iter_mut().zip(&inputs) {
+        if staged.is_empty() || job.status == JobStatus::Moderated {
+            continue;
+        }
+        match crate::edits::store(state, job.id, owner, staged).await {
+            Ok(rows) => job.inputs = rows,
+            Err(e) => {
+                let stored: Vec<String> = jobs
+                    .iter()
+                    .flat_map(|j| crate::edits::keys(&j.inputs))
+                    .collect();
+                crate::edits::discard(state, &stored).await;
+                crate::rate_limit::refund_image_quota(state, owner, images).await;
+                crate::budgets::release(state, reservation.as_ref()).await;
+                return Err(e);
+            }
+        }
+    }
+    let input_keys: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| crate::edits::keys(&j.inputs))
         .collect();
     // Blocked items are never run: their part of the reservation goes back now.
     let blocked: i64 = jobs
@@ -522,6 +554,7 @@ pub async fn submit_batch(
     let (batch, records) = match inserted {
         Ok(Inserted::New(rows)) => rows,
         other => {
+            crate::edits::discard(state, &input_keys).await;
             crate::rate_limit::refund_image_quota(state, owner, images).await;
             crate::budgets::release(state, reservation.as_ref()).await;
             return match other.map_err(key_error)? {
@@ -547,7 +580,10 @@ pub async fn submit_batch(
             }
             // Nothing queued, so nothing started: the batch is undone whole (its Idempotency-Key freed).
             match db::batches::delete_batch(&state.pool, batch_id).await {
-                Ok(_) => crate::budgets::release(state, reservation.as_ref()).await,
+                Ok(_) => {
+                    crate::edits::discard(state, &input_keys).await;
+                    crate::budgets::release(state, reservation.as_ref()).await
+                }
                 Err(undo) => {
                     tracing::error!(%batch_id, error = %undo, "could not undo a batch that was not queued")
                 }
@@ -557,6 +593,7 @@ pub async fn submit_batch(
         metrics::counter!("imagegen_jobs_submitted_total", "model" => record.request.0.model().to_string())
             .increment(1);
     }
+    crate::edits::settle(state, &input_keys).await;
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
     tracing::info!(%batch_id, items = records.len(), "batch queued");
     Ok((batch, records))

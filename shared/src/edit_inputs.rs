@@ -322,12 +322,7 @@ pub fn check_inputs(
 
 /// The mask against the first image: a PNG, with alpha, the same size.
 pub fn check_mask(mask: &InputImage, first: &InputImage) -> Result<(), EditInputError> {
-    if mask.format != InputFormat::Png {
-        return Err(EditInputError::MaskNotPng);
-    }
-    if !mask.alpha {
-        return Err(EditInputError::MaskWithoutAlpha);
-    }
+    check_mask_format(mask)?;
     if (mask.width, mask.height) != (first.width, first.height) {
         return Err(EditInputError::MaskSizeMismatch {
             mask_width: mask.width,
@@ -342,3 +337,15 @@ pub fn check_mask(mask: &InputImage, first: &InputImage) -> Result<(), EditInput
 #[cfg(test)]
 #[path = "edit_inputs_tests.rs"]
 mod tests;
+
+/// What a mask must be whatever the first image: a PNG with an alpha channel (its size is checked against the first
+/// image once both are known; `check_mask`).
+pub fn check_mask_format(mask: &InputImage) -> Result<(), EditInputError> {
+    if mask.format != InputFormat::Png {
+        return Err(EditInputError::MaskNotPng);
+    }
+    if !mask.alpha {
+        return Err(EditInputError::MaskWithoutAlpha);
+    }
+    Ok(())
+}

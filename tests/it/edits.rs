@@ -429,3 +429,319 @@ async fn the_openai_compatible_edit_answers_in_openai_shape(pool: PgPool) {
     assert!(message.contains("mask"), "{}", r.body);
     assert_eq!(stack.count(&pool, "SELECT count(*) FROM jobs").await, 1);
 }
+
+/// A JSON edit (`application/json`), with the `prefer` headers given.
+async fn post_json_edit(stack: &Stack, body: Value, headers: &[(&str, &str)]) -> Reply {
+    stack.post("/api/v1/edits", body, headers).await
+}
+
+/// A picture of `prompt` generated on this stack: its id and sha256 (the emulator draws the same prompt alike).
+async fn generated_image(stack: &Stack, prompt: &str) -> (String, String) {
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            serde_json::json!({"prompt": prompt, "model": "gpt-image-2", "size": "1024x1024"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let image = &r.body["images"][0];
+    (
+        image["id"].as_str().expect("id").to_owned(),
+        image["sha256"].as_str().expect("sha256").to_owned(),
+    )
+}
+
+/// The emulator's record of every edit call.
+async fn edit_calls(stack: &Stack) -> Vec<Value> {
+    let edits: Value = stack
+        .http
+        .get(format!("{}/emulator/edits", stack.emulator))
+        .send()
+        .await
+        .expect("emulator edits")
+        .json()
+        .await
+        .expect("edits json");
+    edits.as_array().expect("a list").clone()
+}
+
+/// The JSON form naming one of the caller's own pictures: the picture is copied with the edit (stored under the
+/// job's inputs, its source recorded) and the provider is sent exactly its bytes.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_json_edit_of_an_image_already_in_the_service_runs_end_to_end(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let (image_id, sha) = generated_image(&stack, "a blue door").await;
+    let r = post_json_edit(
+        &stack,
+        serde_json::json!({"prompt": "Make the door red", "model": "gpt-image-2",
+            "images": [{"image_id": image_id}], "input_fidelity": "low"}),
+        &[("prefer", "wait=60")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.body);
+    let job = r.body["job_id"].as_str().expect("job_id");
+    let calls = edit_calls(&stack).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["images"], serde_json::json!([sha]));
+    assert_eq!(calls[0]["input_fidelity"], "low");
+    assert_eq!(
+        stack
+            .count(
+                &pool,
+                &format!(
+                    // (Ids by the key only: SQLite keeps uuids as blobs.)
+                    "SELECT count(*) FROM job_inputs WHERE source_image IS NOT NULL \
+                     AND storage_key LIKE 'inputs/{job}/%'"
+                )
+            )
+            .await,
+        1
+    );
+    // The same request again under the same Idempotency-Key is the same job; another picture is another request.
+    let body =
+        serde_json::json!({"prompt": "Make the door green", "images": [{"image_id": image_id}]});
+    let a = post_json_edit(
+        &stack,
+        body.clone(),
+        &[("idempotency-key", "k1"), ("prefer", "respond-async")],
+    )
+    .await;
+    let b = post_json_edit(
+        &stack,
+        body,
+        &[("idempotency-key", "k1"), ("prefer", "respond-async")],
+    )
+    .await;
+    assert_eq!(a.body["job_id"], b.body["job_id"], "{} {}", a.body, b.body);
+    let (other_id, _) = generated_image(&stack, "a yellow door").await;
+    let c = post_json_edit(
+        &stack,
+        serde_json::json!({"prompt": "Make the door green", "images": [{"image_id": other_id}]}),
+        &[("idempotency-key", "k1"), ("prefer", "respond-async")],
+    )
+    .await;
+    c.assert_error(422, "idempotency_key_reused");
+}
+
+/// JSON inputs that cannot be used are refused naming the part, and nothing of the edit is recorded or stored: an
+/// unknown image id, loopback and private URLs (the webhooks' address check), a mask given by a private URL, an
+/// input with both an id and a URL.
+#[sqlx::test(migrations = "./migrations")]
+async fn bad_json_inputs_are_refused_naming_the_part_and_nothing_is_kept(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let (image_id, _) = generated_image(&stack, "a blue door").await;
+    let cases = [
+        (
+            serde_json::json!([{"image_id": uuid::Uuid::now_v7()}]),
+            None,
+            "image[0]",
+        ),
+        (
+            serde_json::json!([{"image_url": "http://localhost/cat.png"}]),
+            None,
+            "image[0]",
+        ),
+        (
+            serde_json::json!([{"image_id": image_id}, {"image_url": "https://127.0.0.1/cat.png"}]),
+            None,
+            "image[1]",
+        ),
+        (
+            serde_json::json!([{"image_id": image_id}]),
+            Some(serde_json::json!({"image_url": "https://10.0.0.1/mask.png"})),
+            "mask",
+        ),
+        (
+            serde_json::json!([{"image_id": image_id, "image_url": "https://169.254.169.254/x.png"}]),
+            None,
+            "image[0]",
+        ),
+    ];
+    for (images, mask, part) in cases {
+        let mut body = serde_json::json!({"prompt": "Make the door red", "images": images});
+        if let Some(mask) = mask {
+            body["mask"] = mask;
+        }
+        let r = post_json_edit(&stack, body.clone(), &[("prefer", "wait=10")]).await;
+        assert_names_part(&r, part);
+        assert!(r.body["correlation_id"].is_string(), "{}", r.body);
+    }
+    // Only the generation that made the picture is recorded.
+    assert_eq!(stack.count(&pool, "SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(
+        stack.count(&pool, "SELECT count(*) FROM job_inputs").await,
+        0
+    );
+    assert_eq!(
+        stack
+            .count(&pool, "SELECT count(*) FROM pending_objects")
+            .await,
+        0
+    );
+    let inputs = stack.storage_dir.join("inputs");
+    assert_eq!(
+        std::fs::read_dir(&inputs).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+    // A body that is neither form.
+    let r = Reply::from(
+        stack
+            .http
+            .post(stack.url("/api/v1/edits"))
+            .header("content-type", "text/plain")
+            .body("draw")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, 415, "{}", r.body);
+}
+
+/// An image given by URL: accepted (EDIT_URL_ALLOW_INSECURE lets a loopback http host stand in for a public https
+/// one), fetched by the worker once, stored with the job, and sent to the provider byte for byte.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_json_edit_of_an_image_url_is_fetched_by_the_worker_and_sent(pool: PgPool) {
+    use sha2::Digest;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let picture = png(80, 48, false);
+    let sha = hex::encode(sha2::Sha256::digest(&picture));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let host = listener.local_addr().expect("addr");
+    let app = {
+        let (picture, hits) = (picture.clone(), hits.clone());
+        axum::Router::new().route(
+            "/cat.png",
+            axum::routing::get(move || {
+                let (picture, hits) = (picture.clone(), hits.clone());
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    ([("content-type", "image/png")], picture)
+                }
+            }),
+        )
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let insecure = vec![kv("EDIT_URL_ALLOW_INSECURE", "true")];
+    let stack = start(
+        &pool,
+        Options {
+            api_env: insecure.clone(),
+            worker_env: insecure,
+            ..Options::default()
+        },
+    )
+    .await;
+    let url = format!("http://{host}/cat.png");
+    let r = post_json_edit(
+        &stack,
+        serde_json::json!({"prompt": "Give the cat a hat", "model": "gpt-image-2",
+            "images": [{"image_url": url}]}),
+        &[("prefer", "wait=60")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.body);
+    let job = r.body["job_id"].as_str().expect("job_id");
+    let calls = edit_calls(&stack).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["images"], serde_json::json!([sha]));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        stack
+            .count(
+                &pool,
+                &format!(
+                    "SELECT count(*) FROM job_inputs WHERE source_url = '{url}' \
+                     AND sha256 = '{sha}' AND storage_key LIKE 'inputs/{job}/%'"
+                )
+            )
+            .await,
+        1
+    );
+}
+
+/// A batch of JSON edits: each item a job with its own inputs, answered as a generate batch; an invalid item
+/// rejects the whole batch naming it, with nothing recorded or stored.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_batch_of_edits_runs_each_with_its_own_inputs(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let (blue, blue_sha) = generated_image(&stack, "a blue door").await;
+    let (yellow, yellow_sha) = generated_image(&stack, "a yellow door").await;
+
+    let bad = stack
+        .post(
+            "/api/v1/edits/batch",
+            serde_json::json!([
+                {"prompt": "Make it red", "images": [{"image_id": blue}]},
+                {"prompt": "Make it red", "images": [{"image_id": uuid::Uuid::now_v7()}]},
+            ]),
+            &[("prefer", "wait=10")],
+        )
+        .await;
+    assert_names_part(&bad, "[1].image[0]");
+    assert_eq!(stack.count(&pool, "SELECT count(*) FROM jobs").await, 2);
+    assert_eq!(
+        stack.count(&pool, "SELECT count(*) FROM job_inputs").await,
+        0
+    );
+
+    let r = stack
+        .post(
+            "/api/v1/edits/batch",
+            serde_json::json!([
+                {"prompt": "Make it red", "model": "gpt-image-2", "images": [{"image_id": blue}]},
+                {"prompt": "Make it green", "model": "gpt-image-2", "images": [{"image_id": yellow}],
+                 "input_fidelity": "high"},
+            ]),
+            &[("prefer", "wait=60")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let jobs = r.body["items"].as_array().expect("items");
+    assert_eq!(jobs.len(), 2, "{}", r.body);
+    assert!(
+        jobs.iter().all(|j| j["status"] == "succeeded"),
+        "{}",
+        r.body
+    );
+    let mut sent: Vec<(String, Value)> = edit_calls(&stack)
+        .await
+        .into_iter()
+        .map(|c| {
+            (
+                c["prompt"].as_str().unwrap_or_default().to_owned(),
+                c["images"].clone(),
+            )
+        })
+        .collect();
+    sent.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        sent,
+        vec![
+            ("Make it green".to_owned(), serde_json::json!([yellow_sha])),
+            ("Make it red".to_owned(), serde_json::json!([blue_sha])),
+        ]
+    );
+    assert_eq!(
+        stack
+            .count(
+                &pool,
+                "SELECT count(*) FROM job_inputs WHERE storage_key LIKE 'inputs/%'"
+            )
+            .await,
+        2
+    );
+    assert_eq!(
+        stack
+            .count(&pool, "SELECT count(*) FROM pending_objects")
+            .await,
+        0
+    );
+}

@@ -163,21 +163,35 @@ pub async fn generate_batch(
         &submitter,
         &correlation_id,
         requests,
+        Vec::new(),
         idempotency.as_ref(),
     ))
     .await?;
-    let owner = submitter.0;
-    let base = base_url(&state, &headers, peer);
+    answer_batch(&state, &submitter.0, &headers, peer, batch, jobs, &notices).await
+}
+
+/// A submitted batch's answer: held until every item ends when the client asked to wait, else 202 with the batch so
+/// far; the models' lifecycle notices as headers.
+pub async fn answer_batch(
+    state: &AppState,
+    owner: &str,
+    headers: &HeaderMap,
+    peer: std::net::SocketAddr,
+    batch: db::BatchRecord,
+    jobs: Vec<db::JobRecord>,
+    notices: &[imagegen_shared::domain::LifecycleNotice],
+) -> Result<Response, ApiError> {
+    let base = base_url(state, headers, peer);
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     let jobs =
-        match WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max) {
-            Some(wait) => Box::pin(wait_for_batch(&state, &owner, batch.id, &ids, wait)).await?,
+        match WaitPreference::from_headers(headers).duration(state.wait_default, state.wait_max) {
+            Some(wait) => Box::pin(wait_for_batch(state, owner, batch.id, &ids, wait)).await?,
             None => jobs,
         };
-    let images = db::images::images_for_jobs(&state.pool, &owner, &ids).await?;
+    let images = db::images::images_for_jobs(&state.pool, owner, &ids).await?;
     let view = batch_view(&base, &batch, &jobs, &images, &state.providers.sandbox);
     let mut response = batch_response(view);
-    lifecycle_headers(&notices, response.headers_mut());
+    lifecycle_headers(notices, response.headers_mut());
     Ok(response)
 }
 

@@ -2,7 +2,7 @@
 //! the worker through `net_guard`, as webhooks are sent). Flattened into the API's and the worker's arguments.
 
 use super::ConfigError;
-use crate::edit_inputs::EditLimits;
+use crate::edit_inputs::{EditLimits, Part};
 use crate::net_guard::{AllowList, Policy, Purpose, Refused, Resolver, check_destination};
 use url::Url;
 
@@ -84,28 +84,28 @@ impl EditArgs {
 /// Why an image URL in an edit is refused before anything is queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageUrlError {
-    #[error("image[{index}] is not a URL: {message}")]
-    Invalid { index: usize, message: String },
-    #[error("image[{index}]: {refused}")]
-    Refused { index: usize, refused: Refused },
+    #[error("{part} is not a URL: {message}")]
+    Invalid { part: Part, message: String },
+    #[error("{part}: {refused}")]
+    Refused { part: Part, refused: Refused },
 }
 
 /// Checks an image URL as the worker will before fetching it (scheme, user info, every resolved address against
 /// the policy), so `http://localhost/...` or `https://127.0.0.1/...` is a 4xx at submission rather than a failed
 /// job. The worker checks again when it connects (the name may resolve differently by then).
 pub async fn check_image_url(
-    index: usize,
+    part: Part,
     text: &str,
     policy: &Policy,
     resolver: &dyn Resolver,
 ) -> Result<Url, ImageUrlError> {
     let url = Url::parse(text).map_err(|e| ImageUrlError::Invalid {
-        index,
+        part,
         message: e.to_string(),
     })?;
     check_destination(&url, policy, resolver)
         .await
-        .map_err(|refused| ImageUrlError::Refused { index, refused })?;
+        .map_err(|refused| ImageUrlError::Refused { part, refused })?;
     Ok(url)
 }
 
@@ -168,22 +168,36 @@ mod tests {
             "file:///etc/passwd",
             "https://user:pw@images.example/cat.png",
         ] {
-            let e = check_image_url(2, bad, &strict, &resolver)
+            let e = check_image_url(Part::Image(2), bad, &strict, &resolver)
                 .await
                 .expect_err(bad);
             assert!(e.to_string().starts_with("image[2]"), "{bad}: {e}");
         }
-        let e = check_image_url(0, "not a url", &strict, &resolver)
+        let e = check_image_url(Part::Image(0), "not a url", &strict, &resolver)
             .await
             .expect_err("invalid");
-        assert!(matches!(e, ImageUrlError::Invalid { index: 0, .. }), "{e}");
-        check_image_url(0, "https://images.example/cat.png", &strict, &resolver)
-            .await
-            .expect("public https");
+        assert!(
+            matches!(
+                e,
+                ImageUrlError::Invalid {
+                    part: Part::Image(0),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        check_image_url(
+            Part::Image(0),
+            "https://images.example/cat.png",
+            &strict,
+            &resolver,
+        )
+        .await
+        .expect("public https");
         let insecure = settings(&["--edit-url-allow-insecure", "true"])
             .expect("insecure")
             .url_policy;
-        check_image_url(0, "http://localhost/cat.png", &insecure, &resolver)
+        check_image_url(Part::Mask, "http://localhost/cat.png", &insecure, &resolver)
             .await
             .expect("loopback http for tests");
     }
