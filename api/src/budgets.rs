@@ -70,18 +70,34 @@ pub async fn limits_in(
     Ok(limits)
 }
 
-/// The most each request may cost, in micro-dollars (0 for a model the catalogue does not price).
-pub fn estimates(state: &AppState, requests: &[&GenerationRequest]) -> Vec<i64> {
+/// The most each request may cost, in micro-dollars (0 for a model the catalogue does not price); an edit's input
+/// images count too (`inputs`, by request; shorter than `requests` when the rest are no edits).
+pub fn estimates(
+    state: &AppState,
+    requests: &[&GenerationRequest],
+    inputs: &[&crate::edits::StagedEdit],
+) -> Vec<i64> {
     let offer = state.offer();
     let today = imagegen_shared::domain::today();
     requests
         .iter()
-        .map(|r| {
-            offer
-                .catalogue
-                .get(r.model().as_str())
-                .and_then(|m| pricing::max_cost(m, today, r))
-                .map_or(0, |c| c.usd_micros)
+        .enumerate()
+        .map(|(i, r)| {
+            let Some(model) = offer.catalogue.get(r.model().as_str()) else {
+                return 0;
+            };
+            let output = pricing::max_cost(model, today, r).map_or(0, |c| c.usd_micros);
+            let input = match (inputs.get(i), r.edit()) {
+                (Some(staged), Some(edit)) => pricing::max_input_cost(
+                    model,
+                    today,
+                    &staged.sizes(),
+                    edit.input_fidelity == Some(imagegen_shared::domain::InputFidelity::High),
+                    state.edits.limits.max_pixels,
+                ),
+                _ => 0,
+            };
+            output.saturating_add(input)
         })
         .collect()
 }

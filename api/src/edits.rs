@@ -64,6 +64,15 @@ impl StagedEdit {
         self.stored.is_empty() && self.urls.is_empty()
     }
 
+    /// Each input's (width, height), `None` for one the worker has yet to fetch.
+    pub fn sizes(&self) -> Vec<Option<(u32, u32)>> {
+        self.stored
+            .iter()
+            .map(|s| Some((s.image.width, s.image.height)))
+            .chain(self.urls.iter().map(|_| None))
+            .collect()
+    }
+
     /// What identifies the inputs for an Idempotency-Key: each stored one's sha256, each URL as written.
     pub fn identity(&self) -> Vec<String> {
         self.stored

@@ -331,7 +331,7 @@ pub async fn submit_job_with(
         drop(session);
         return replay_job(state, owner, existing).await;
     }
-    let estimate = crate::budgets::estimates(state, &[&request])[0];
+    let estimate = crate::budgets::estimates(state, &[&request], &[inputs])[0];
     let limits =
         crate::budgets::limits_in(state, &mut session, owner, submitter.1.as_ref()).await?;
     let reservation = if limits.is_empty() {
@@ -492,7 +492,11 @@ pub async fn submit_batch(
     {
         return replay_batch(state, owner, existing).await;
     }
-    let mut estimates = crate::budgets::estimates(state, &requests.iter().collect::<Vec<_>>());
+    let mut estimates = crate::budgets::estimates(
+        state,
+        &requests.iter().collect::<Vec<_>>(),
+        &inputs.iter().collect::<Vec<_>>(),
+    );
     let total = estimates.iter().sum();
     let reservation = crate::budgets::reserve(state, owner, submitter.1.as_ref(), total).await?;
     if reservation.is_none() {

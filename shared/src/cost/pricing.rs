@@ -89,6 +89,41 @@ pub fn max_cost(model: &ModelSpec, day: NaiveDate, request: &GenerationRequest) 
     )
 }
 
+/// Tokens one input image is counted as, at most: as a vision input is (85, plus 170 per started 512-pixel tile
+/// at the size given), twice with `input_fidelity` high (our assumption, as the emulator's: the providers do not
+/// publish the rule for image models). Providers that scale inputs down first count fewer.
+pub fn input_image_tokens(width: u32, height: u32, high_fidelity: bool) -> u64 {
+    let tiles = u64::from(width.div_ceil(512)) * u64::from(height.div_ceil(512));
+    (85 + 170 * tiles) * if high_fidelity { 2 } else { 1 }
+}
+
+/// The most an edit's input images (and mask) add to its cost on a token-priced model, at the image-input price;
+/// 0 where inputs are not priced by tokens. `sizes`: each input's (width, height), `None` when not known yet (an
+/// input the worker fetches by URL), counted as the largest allowed (`max_pixels`, square).
+pub fn max_input_cost(
+    model: &ModelSpec,
+    day: NaiveDate,
+    sizes: &[Option<(u32, u32)>],
+    high_fidelity: bool,
+    max_pixels: u64,
+) -> i64 {
+    let Some(tokens) = model
+        .price_on(day)
+        .and_then(|p| p.per_million_tokens.as_ref())
+    else {
+        return 0;
+    };
+    let side = u32::try_from(max_pixels.isqrt()).unwrap_or(u32::MAX);
+    let total: u64 = sizes
+        .iter()
+        .map(|s| {
+            let (w, h) = s.unwrap_or((side, side));
+            input_image_tokens(w, h, high_fidelity)
+        })
+        .sum();
+    i64::try_from((total * nano_per_token(tokens.image_input)).div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
 /// From the tables: per image (scaled by pixels off 1024x1024), per megapixel, or credits per image; plus
 /// `text_tokens` at the text input price when the model is priced per token.
 fn estimate(

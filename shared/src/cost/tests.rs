@@ -1,4 +1,4 @@
-use super::pricing::{Answer, max_cost, price_answer};
+use super::pricing::{Answer, input_image_tokens, max_cost, max_input_cost, price_answer};
 use super::{Cost, CostBasis};
 use crate::catalogue::{Catalogue, ModelSpec};
 use crate::domain::request::tests::{offer_with, today};
@@ -81,6 +81,54 @@ fn image_input_tokens_have_their_own_price() {
     );
     // 200 x $5/1M + 800 x $10/1M = $0.001 + $0.008.
     assert_eq!(cost.usd_micros, 9_000);
+}
+
+/// An edit's budget reservation counts its input images at the image-input price: as many tokens as the provider
+/// may count them as (so the reservation is not below the cost the usage later reports).
+#[test]
+fn an_edits_input_images_are_reserved_at_the_image_input_price() {
+    // 1024x1024: 4 tiles, 85 + 4 x 170 = 765 tokens, as the emulator's usage reports it; twice with high fidelity.
+    assert_eq!(input_image_tokens(1024, 1024, false), 765);
+    assert_eq!(input_image_tokens(1024, 1024, true), 1530);
+    assert_eq!(input_image_tokens(64, 64, false), 255);
+    let gpt = model("gpt-image-1");
+    // 765 + 255 tokens at $10/1M = $0.0102.
+    let two = [Some((1024, 1024)), Some((64, 64))];
+    assert_eq!(
+        max_input_cost(&gpt, today(), &two, false, 4096 * 4096),
+        10_200
+    );
+    assert_eq!(
+        max_input_cost(&gpt, today(), &two, true, 4096 * 4096),
+        20_400
+    );
+    // A URL input not fetched yet counts as the largest allowed: 4096x4096 is 64 tiles, 10,965 tokens.
+    assert_eq!(
+        max_input_cost(&gpt, today(), &[None], false, 4096 * 4096),
+        109_650
+    );
+    // gpt-image-1-mini's image input is $2.50/1M.
+    assert_eq!(
+        max_input_cost(
+            &model("gpt-image-1-mini"),
+            today(),
+            &[Some((1024, 1024))],
+            false,
+            1
+        ),
+        1_913
+    );
+    // Not priced by tokens (BFL's credits): nothing added here.
+    assert_eq!(
+        max_input_cost(
+            &model("flux-kontext-pro"),
+            today(),
+            &two,
+            false,
+            4096 * 4096
+        ),
+        0
+    );
 }
 
 #[test]
