@@ -130,7 +130,7 @@ impl B64FieldReader {
                     .position(|b| !is_b64_char(*b))
                     .unwrap_or(chunk.len() - i);
                 if run > 0 {
-                    self.picture_chars(&chunk[i..i + run])?;
+                    self.picture_run(&chunk[i..i + run])?;
                     i += run;
                     continue;
                 }
@@ -295,6 +295,46 @@ impl B64FieldReader {
         Ok(())
     }
 
+    /// Adds a run of alphabet characters (no `=`) to the current picture: whole groups are decoded straight from
+    /// the answer's bytes, only a group split across chunks is copied. The hot path of a picture, where
+    /// [`Self::picture_chars`] would copy and check every character.
+    fn picture_run(&mut self, mut run: &[u8]) -> Result<(), ExtractError> {
+        let index = self.images.len();
+        let max = self.max_image_bytes;
+        let Some(p) = self.picture.as_mut() else {
+            return Ok(());
+        };
+        if p.padding > 0 {
+            return Err(ExtractError::InvalidBase64 {
+                index,
+                why: "data after padding".into(),
+            });
+        }
+        p.chars += run.len() as u64;
+        if p.over {
+            return Ok(());
+        }
+        if !p.pending.is_empty() {
+            // Complete the group begun in an earlier chunk (or by an escaped character) first.
+            let take = ((4 - p.pending.len() % 4) % 4).min(run.len());
+            p.pending.extend_from_slice(&run[..take]);
+            run = &run[take..];
+            if p.pending.len() % 4 != 0 {
+                return Ok(());
+            }
+            decode_block(p, index, max)?;
+            if p.over {
+                return Ok(());
+            }
+        }
+        let whole = run.len() / 4 * 4;
+        decode_groups(p, &run[..whole], index, max)?;
+        if !p.over {
+            p.pending.extend_from_slice(&run[whole..]);
+        }
+        Ok(())
+    }
+
     fn end_picture(&mut self) -> Result<(), ExtractError> {
         let index = self.images.len();
         let Some(mut p) = self.picture.take() else {
@@ -329,7 +369,27 @@ fn decode_block(p: &mut Picture, index: usize, max: u64) -> Result<(), ExtractEr
     if whole == 0 {
         return Ok(());
     }
-    let room = whole / 4 * 3;
+    let mut pending = std::mem::take(&mut p.pending);
+    decode_groups(p, &pending[..whole], index, max)?;
+    if !p.over {
+        pending.drain(..whole);
+        p.pending = pending;
+    }
+    Ok(())
+}
+
+/// Decodes `groups` (whole 4-character groups) onto `p.out` and the hash; past `max`, the picture is only counted
+/// from then on.
+fn decode_groups(
+    p: &mut Picture,
+    groups: &[u8],
+    index: usize,
+    max: u64,
+) -> Result<(), ExtractError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let room = groups.len() / 4 * 3;
     if (p.out.len() + room - p.padding.min(2)) as u64 > max {
         // Counted from here on, so the error can say how large it was (the answer's cap bounds the reading).
         p.over = true;
@@ -340,19 +400,30 @@ fn decode_block(p: &mut Picture, index: usize, max: u64) -> Result<(), ExtractEr
     let start = p.out.len();
     p.out.resize(start + room, 0);
     let written = base64::engine::general_purpose::STANDARD
-        .decode_slice(&p.pending[..whole], &mut p.out[start..])
+        .decode_slice(groups, &mut p.out[start..])
         .map_err(|e| ExtractError::InvalidBase64 {
             index,
             why: e.to_string(),
         })?;
     p.out.truncate(start + written);
     p.hash.update(&p.out[start..]);
-    p.pending.drain(..whole);
     Ok(())
 }
 
+/// The base64 alphabet (padding aside), as a table: the run scan looks every byte of a picture up.
+const B64_ALPHABET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+        b += 1;
+    }
+    table
+};
+
 fn is_b64_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
+    B64_ALPHABET[usize::from(b)]
 }
 
 #[cfg(test)]
