@@ -107,13 +107,7 @@ pub fn accept_all(
     for (index, item) in items.into_iter().enumerate() {
         match accept(state, item, header_deadline) {
             Ok(a) => accepted.push(a),
-            Err(ApiError::Validation(e)) => errors.0.extend(e.in_item(index).0),
-            Err(ApiError::ModelRetired(e)) => errors.0.extend(
-                ValidationErrors::one("model", e.to_string())
-                    .in_item(index)
-                    .0,
-            ),
-            Err(other) => return Err(other),
+            Err(e) => collect_item_error(&mut errors, index, e)?,
         }
     }
     if errors.0.is_empty() {
@@ -121,6 +115,25 @@ pub fn accept_all(
     } else {
         Err(ApiError::Validation(errors))
     }
+}
+
+/// Keeps a batch item's refusal under its index (`[2].size`), so every problem of the batch is answered at once;
+/// any other error (storage, database) ends the batch now.
+pub fn collect_item_error(
+    errors: &mut ValidationErrors,
+    index: usize,
+    e: ApiError,
+) -> Result<(), ApiError> {
+    match e {
+        ApiError::Validation(e) => errors.0.extend(e.in_item(index).0),
+        ApiError::ModelRetired(e) => errors.0.extend(
+            ValidationErrors::one("model", e.to_string())
+                .in_item(index)
+                .0,
+        ),
+        other => return Err(other),
+    }
+    Ok(())
 }
 
 /// `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) for a model on its way out, and a `Warning` (299) saying what

@@ -2,10 +2,9 @@
 //! host's default model (flux-schnell, no edits) is passed over with the reason recorded; Black Forest Labs' FLUX.1
 //! Kontext takes the two reference images and serves the edit. Both calls carry exactly the uploaded bytes.
 
-use crate::edits::{multipart, png, post_edit};
-use crate::support::{API_KEY, Options, kv, start};
+use crate::edits::post_edit;
+use crate::support::{API_KEY, Options, kv, multipart, png, sha256_hex, start};
 use serde_json::Value;
-use sha2::Digest;
 use sqlx::PgPool;
 
 #[sqlx::test(migrations = "./migrations")]
@@ -32,8 +31,7 @@ async fn an_edit_fails_over_only_to_a_model_that_can_take_its_inputs(pool: PgPoo
         .emulator_config(serde_json::json!({"error_rate": 1.0, "error_status": 500}))
         .await;
     let (first, second) = (png(64, 64, false), png(96, 64, false));
-    let digest = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
-    let shas = serde_json::json!([digest(&first), digest(&second)]);
+    let shas = serde_json::json!([sha256_hex(&first), sha256_hex(&second)]);
     let r = post_edit(
         &stack,
         "/api/v1/edits",
@@ -82,18 +80,10 @@ async fn an_edit_fails_over_only_to_a_model_that_can_take_its_inputs(pool: PgPoo
     );
 
     // Both providers were sent exactly the uploaded images, in order.
-    let edits: Value = stack
-        .http
-        .get(format!("{}/emulator/edits", stack.emulator))
-        .send()
-        .await
-        .expect("emulator edits")
-        .json()
-        .await
-        .expect("edits json");
-    let calls = edits.as_array().expect("a list");
+    let calls = stack.emulator_edits().await;
+    let edits = Value::from(calls.clone());
     assert_eq!(calls.len(), 2, "{edits}");
-    for call in calls {
+    for call in &calls {
         assert_eq!(call["images"], shas, "{edits}");
     }
     assert_eq!(calls[0]["protocol"], "openai", "{edits}");

@@ -2,56 +2,9 @@
 //! `GET /api/v1/models`; `POST /api/v1/edits` refuses bad inputs naming the part, with nothing stored or queued, and
 //! runs a good edit as generate runs a job.
 
-use crate::support::{Options, Reply, Stack, flux_options, kv, start};
+use crate::support::{Options, Reply, Stack, flux_options, kv, multipart, png, sha256_hex, start};
 use serde_json::Value;
 use sqlx::PgPool;
-
-const BOUNDARY: &str = "imagegen-edit-test-boundary";
-
-/// A `w`x`h` PNG, RGBA when `alpha`, else RGB.
-pub(crate) fn png(w: u32, h: u32, alpha: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut out, w, h);
-        encoder.set_color(if alpha {
-            png::ColorType::Rgba
-        } else {
-            png::ColorType::Rgb
-        });
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().expect("png header");
-        let channels = if alpha { 4 } else { 3 };
-        let data = vec![128u8; (w * h * channels) as usize];
-        writer.write_image_data(&data).expect("png data");
-    }
-    out
-}
-
-/// A multipart body: `files` as (part name, file name, bytes), then text `fields`.
-pub(crate) fn multipart(files: &[(&str, &str, Vec<u8>)], fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, file, bytes) in files {
-        out.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\n\
-                 Content-Type: image/png\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(bytes);
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in fields {
-        out.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
-    out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    out
-}
 
 pub(crate) async fn post_edit(
     stack: &Stack,
@@ -59,18 +12,7 @@ pub(crate) async fn post_edit(
     body: Vec<u8>,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut req = stack
-        .http
-        .post(stack.url(path))
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    Reply::from(req.send().await.expect("request")).await
+    stack.post_multipart(path, body, headers).await
 }
 
 /// Nothing of a refused edit remains: no job, no input row, no input object.
@@ -290,11 +232,9 @@ async fn too_many_images_and_a_model_that_does_not_edit_are_refused(pool: PgPool
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_multipart_edit_runs_end_to_end_with_its_inputs_recorded(pool: PgPool) {
-    use sha2::Digest;
     let stack = start(&pool, Options::default()).await;
     let (image, mask) = (png(64, 64, false), png(64, 64, true));
-    let digest = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
-    let (image_sha, mask_sha) = (digest(&image), digest(&mask));
+    let (image_sha, mask_sha) = (sha256_hex(&image), sha256_hex(&mask));
     let r = post_edit(
         &stack,
         "/api/v1/edits",
@@ -339,16 +279,8 @@ async fn a_multipart_edit_runs_end_to_end_with_its_inputs_recorded(pool: PgPool)
         0
     );
     // The provider received an edit of exactly these bytes (the emulator records every edit call).
-    let edits: Value = stack
-        .http
-        .get(format!("{}/emulator/edits", stack.emulator))
-        .send()
-        .await
-        .expect("emulator edits")
-        .json()
-        .await
-        .expect("edits json");
-    let calls = edits.as_array().expect("a list");
+    let calls = stack.emulator_edits().await;
+    let edits = Value::from(calls.clone());
     assert_eq!(calls.len(), 1, "{edits}");
     assert_eq!(
         calls[0]["images"],
@@ -362,10 +294,9 @@ async fn a_multipart_edit_runs_end_to_end_with_its_inputs_recorded(pool: PgPool)
 
 #[sqlx::test]
 async fn the_openai_compatible_edit_answers_in_openai_shape(pool: PgPool) {
-    use sha2::Digest;
     let stack = start(&pool, Options::default()).await;
     let image = png(64, 64, false);
-    let image_sha = hex::encode(sha2::Sha256::digest(&image));
+    let image_sha = sha256_hex(&image);
     let r = post_edit(
         &stack,
         "/v1/images/edits",
@@ -394,15 +325,7 @@ async fn the_openai_compatible_edit_answers_in_openai_shape(pool: PgPool) {
         r.body
     );
     assert!(r.body["created"].as_i64().is_some(), "{}", r.body);
-    let edits: Value = stack
-        .http
-        .get(format!("{}/emulator/edits", stack.emulator))
-        .send()
-        .await
-        .expect("emulator edits")
-        .json()
-        .await
-        .expect("edits json");
+    let edits = Value::from(stack.emulator_edits().await);
     assert_eq!(
         edits[0]["images"],
         serde_json::json!([image_sha]),
@@ -452,20 +375,6 @@ async fn generated_image(stack: &Stack, prompt: &str) -> (String, String) {
     )
 }
 
-/// The emulator's record of every edit call.
-async fn edit_calls(stack: &Stack) -> Vec<Value> {
-    let edits: Value = stack
-        .http
-        .get(format!("{}/emulator/edits", stack.emulator))
-        .send()
-        .await
-        .expect("emulator edits")
-        .json()
-        .await
-        .expect("edits json");
-    edits.as_array().expect("a list").clone()
-}
-
 /// The JSON form naming one of the caller's own pictures: the picture is copied with the edit (stored under the
 /// job's inputs, its source recorded) and the provider is sent exactly its bytes.
 #[sqlx::test(migrations = "./migrations")]
@@ -482,7 +391,7 @@ async fn a_json_edit_of_an_image_already_in_the_service_runs_end_to_end(pool: Pg
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "succeeded", "{}", r.body);
     let job = r.body["job_id"].as_str().expect("job_id");
-    let calls = edit_calls(&stack).await;
+    let calls = stack.emulator_edits().await;
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["images"], serde_json::json!([sha]));
     assert_eq!(calls[0]["input_fidelity"], "low");
@@ -604,11 +513,10 @@ async fn bad_json_inputs_are_refused_naming_the_part_and_nothing_is_kept(pool: P
 /// one), fetched by the worker once, stored with the job, and sent to the provider byte for byte.
 #[sqlx::test(migrations = "./migrations")]
 async fn a_json_edit_of_an_image_url_is_fetched_by_the_worker_and_sent(pool: PgPool) {
-    use sha2::Digest;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let picture = png(80, 48, false);
-    let sha = hex::encode(sha2::Sha256::digest(&picture));
+    let sha = sha256_hex(&picture);
     let hits = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -649,7 +557,7 @@ async fn a_json_edit_of_an_image_url_is_fetched_by_the_worker_and_sent(pool: PgP
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "succeeded", "{}", r.body);
     let job = r.body["job_id"].as_str().expect("job_id");
-    let calls = edit_calls(&stack).await;
+    let calls = stack.emulator_edits().await;
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["images"], serde_json::json!([sha]));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -711,7 +619,8 @@ async fn a_batch_of_edits_runs_each_with_its_own_inputs(pool: PgPool) {
         "{}",
         r.body
     );
-    let mut sent: Vec<(String, Value)> = edit_calls(&stack)
+    let mut sent: Vec<(String, Value)> = stack
+        .emulator_edits()
         .await
         .into_iter()
         .map(|c| {

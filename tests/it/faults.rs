@@ -3,7 +3,7 @@
 //! for when it is a recorded image, or its sidecar, or an edit input a `job_inputs` row names). Each case prints a
 //! summary line (see them with `cargo nextest run --test it faults:: --no-capture`).
 
-use crate::support::{self, Options, Stack, kv, start};
+use crate::support::{self, Options, Stack, filled_png, kv, multipart, sha256_hex, start};
 use futures::StreamExt;
 use serde_json::json;
 use sqlx::PgPool;
@@ -396,31 +396,6 @@ async fn postgres_stopped_and_started_under_load() {
     result.assert_clean(60 + 20);
 }
 
-/// A `w`x`h` PNG filled with `fill` (RGBA when `alpha`): each edit job gets inputs of its own, so a job sent another
-/// job's bytes would show.
-fn filled_png(w: u32, h: u32, alpha: bool, fill: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut out, w, h);
-        encoder.set_color(if alpha {
-            png::ColorType::Rgba
-        } else {
-            png::ColorType::Rgb
-        });
-        let mut writer = encoder.write_header().expect("png header");
-        let channels = if alpha { 4 } else { 3 };
-        writer
-            .write_image_data(&vec![fill; (w * h * channels) as usize])
-            .expect("png data");
-    }
-    out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// SIGKILL a worker while it runs edit jobs (multipart uploads with a mask): the jobs it held are taken up by
 /// another worker, whose calls send the same stored inputs. Every provider call of every job (the emulator records
 /// each edit call with the SHA-256 of its inputs) carried exactly the image and mask that job was submitted with.
@@ -440,7 +415,7 @@ async fn sigkill_a_worker_during_edits(pool: PgPool) {
             filled_png(64, 64, true, fill),
         );
         let shas = (sha256_hex(&image), sha256_hex(&mask));
-        let body = crate::edits::multipart(
+        let body = multipart(
             &[("image", "a.png", image), ("mask", "m.png", mask)],
             &[("prompt", &format!("edit {i}")), ("model", "gpt-image-2")],
         );
@@ -448,13 +423,13 @@ async fn sigkill_a_worker_during_edits(pool: PgPool) {
         async move {
             // A burst of uploads may find the database pool busy (503, "try again shortly"): as a client would.
             for _ in 0..10 {
-                let r = crate::edits::post_edit(
-                    stack,
-                    "/api/v1/edits",
-                    body.clone(),
-                    &[("prefer", "respond-async")],
-                )
-                .await;
+                let r = stack
+                    .post_multipart(
+                        "/api/v1/edits",
+                        body.clone(),
+                        &[("prefer", "respond-async")],
+                    )
+                    .await;
                 if r.status == 503 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -472,7 +447,7 @@ async fn sigkill_a_worker_during_edits(pool: PgPool) {
     let accepted: Vec<String> = submitted.keys().cloned().collect();
     // Kill while calls are in flight: the emulator records an edit call when it arrives, and each takes 400 ms.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while edit_calls(&stack).await.len() < 3 {
+    while stack.emulator_edits().await.len() < 3 {
         assert!(Instant::now() < deadline, "no edit call started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -497,7 +472,7 @@ async fn sigkill_a_worker_during_edits(pool: PgPool) {
             .into_iter()
             .collect();
     let mut calls_per_job: HashMap<String, usize> = HashMap::new();
-    for call in edit_calls(&stack).await {
+    for call in stack.emulator_edits().await {
         let correlation = call["correlation_id"].as_str().expect("correlation id");
         let job = jobs.get(correlation).expect("a call for a known job");
         let (image, mask) = &submitted[job];
@@ -529,17 +504,4 @@ async fn sigkill_a_worker_during_edits(pool: PgPool) {
     eprintln!(
         "fault-case sigkill-worker-edits: {retried} of {EDITS} jobs called the provider again after the kill"
     );
-}
-
-/// What the emulator recorded of every edit call, oldest first.
-async fn edit_calls(stack: &Stack) -> Vec<serde_json::Value> {
-    stack
-        .http
-        .get(format!("{}/emulator/edits", stack.emulator))
-        .send()
-        .await
-        .expect("emulator edits")
-        .json::<Vec<serde_json::Value>>()
-        .await
-        .expect("edits json")
 }

@@ -359,13 +359,7 @@ pub async fn edit_batch(
         .await;
         match result {
             Ok(p) => prepared.push(p),
-            Err(ApiError::Validation(e)) => errors.0.extend(e.in_item(index).0),
-            Err(ApiError::ModelRetired(e)) => errors.0.extend(
-                ValidationErrors::one("model", e.to_string())
-                    .in_item(index)
-                    .0,
-            ),
-            Err(other) => return Err(other),
+            Err(e) => crate::submit::collect_item_error(&mut errors, index, e)?,
         }
     }
     if !errors.0.is_empty() {

@@ -3,6 +3,7 @@
 //! over HTTP like a client. Set TEST_LOG=1 to see the processes' logs.
 
 mod client;
+mod edit_inputs;
 mod options;
 mod process;
 pub mod receiver;
@@ -10,6 +11,7 @@ mod servers;
 mod stack;
 
 pub use client::{Reply, download, generate_body, png_size};
+pub use edit_inputs::{filled_png, multipart, png, sha256_hex};
 pub use options::{azure, azure_options, bfl, dalle3_and_flux, flux_options, storage_env};
 pub use process::{BIN, Proc, free_port};
 pub use servers::{PrivatePostgres, PrivateRedis};
