@@ -3,6 +3,7 @@
 //! ratio taken in the same run: these machines are shared and noisy. Run it with `scripts/bench.sh [--quick]`.
 
 mod auth;
+mod cpu_budget;
 mod load;
 mod pgbench;
 mod report;
@@ -33,12 +34,12 @@ pub struct Opts {
     /// Skip the LiteLLM comparison.
     #[arg(long)]
     no_litellm: bool,
-    /// Run only these scenarios (1-8), e.g. --only 1,3.
+    /// Run only these scenarios (1-9), e.g. --only 1,3.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
 }
 
-fn ms(v: f64) -> String {
+pub fn ms(v: f64) -> String {
     if v.is_nan() {
         "-".into()
     } else {
@@ -105,6 +106,10 @@ async fn main() -> anyhow::Result<()> {
     if wants(8) {
         eprintln!("bench: 8. live event streams at scale");
         sections.push(streams::event_streams(&opts).await?);
+    }
+    if wants(9) {
+        eprintln!("bench: 9. CPU per wait-mode job, by process");
+        sections.push(cpu_budget::cpu_per_job(&opts).await?);
     }
     let preamble = machine(&opts, started.elapsed());
     let md = report::markdown("imagegen benchmarks", &preamble, &sections);

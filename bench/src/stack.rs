@@ -23,6 +23,7 @@ pub struct Stack {
     pub api: String,
     pub emulator: String,
     pub api_pid: u32,
+    pub emulator_pid: u32,
     pub worker_pids: Vec<u32>,
     children: Vec<Child>,
     dir: std::path::PathBuf,
@@ -108,7 +109,7 @@ impl Stack {
             bail!("migrate failed");
         }
         let mut children = Vec::new();
-        children.push(spawn(
+        let emulator_child = spawn(
             bin,
             &[
                 "emulator",
@@ -119,7 +120,9 @@ impl Stack {
             ],
             &[],
             &dir.join("emulator.log"),
-        )?);
+        )?;
+        let emulator_pid = emulator_child.id();
+        children.push(emulator_child);
         let api = spawn(bin, &["api"], &env, &dir.join("api.log"))?;
         let api_pid = api.id();
         children.push(api);
@@ -130,6 +133,7 @@ impl Stack {
             api: format!("http://127.0.0.1:{api_port}"),
             emulator,
             api_pid,
+            emulator_pid,
             worker_pids: Vec::new(),
             children,
             dir,
