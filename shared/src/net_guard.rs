@@ -450,17 +450,29 @@ pub trait Resolver: Send + Sync {
     async fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>>;
 }
 
-/// The system's resolver (`getaddrinfo` via tokio).
+/// The system's resolver (`getaddrinfo` via tokio), bounded by [`RESOLVE_TIMEOUT`]: a submission checking an image
+/// URL, or a delivery, does not wait on a slow DNS server for longer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemResolver;
+
+/// The longest a name lookup may take.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl Resolver for SystemResolver {
     async fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        let mut ips: Vec<IpAddr> = tokio::net::lookup_host((host, 0))
-            .await?
-            .map(|addr| addr.ip())
-            .collect();
+        let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, 0)))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "resolving {host} took more than {} s",
+                        RESOLVE_TIMEOUT.as_secs()
+                    ),
+                )
+            })??;
+        let mut ips: Vec<IpAddr> = found.map(|addr| addr.ip()).collect();
         ips.dedup();
         Ok(ips)
     }
