@@ -79,7 +79,15 @@ impl Stack {
         let (api_port, emu_port) = (free_port(), free_port());
         let emulator = format!("http://127.0.0.1:{emu_port}");
         let mut env: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), format!("{PG}/{db}")),
+            // BENCH_DATABASE_PARAMS (e.g. `?sslmode=disable`) goes on the services' DATABASE_URL, for A/B runs of
+            // connection settings.
+            (
+                "DATABASE_URL".into(),
+                format!(
+                    "{PG}/{db}{}",
+                    std::env::var("BENCH_DATABASE_PARAMS").unwrap_or_default()
+                ),
+            ),
             ("REDIS_URL".into(), REDIS.into()),
             ("QUEUE_NAME".into(), format!("bench-{tag}")),
             ("OPENAI_API_KEY".into(), API_KEY.into()),
