@@ -392,4 +392,169 @@ mod tests {
         ]);
         assert!(body_from_fields(bad).is_err());
     }
+
+    fn picture(width: u32, height: u32, alpha: bool) -> Bytes {
+        let mut out = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut out, width, height);
+            let (color, channels) = if alpha {
+                (png::ColorType::Rgba, 4)
+            } else {
+                (png::ColorType::Rgb, 3)
+            };
+            encoder.set_color(color);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().expect("header");
+            writer
+                .write_image_data(&vec![90u8; (width * height) as usize * channels])
+                .expect("data");
+        }
+        Bytes::from(out)
+    }
+
+    fn gpt() -> ModelSpec {
+        imagegen_shared::catalogue::Catalogue::builtin()
+            .get("gpt-image-2")
+            .expect("gpt-image-2")
+            .as_ref()
+            .clone()
+    }
+
+    fn url(text: &str) -> InputSource {
+        InputSource::Url(url::Url::parse(text).expect("url"))
+    }
+
+    fn field(e: &ApiError) -> String {
+        match e {
+            ApiError::Validation(v) => v.0.iter().map(|d| d.field.clone()).collect(),
+            ApiError::InputTooLarge { part, .. } => part.clone().unwrap_or_default(),
+            other => panic!("not an input refusal: {other}"),
+        }
+    }
+
+    #[test]
+    fn mixed_inputs_store_the_bytes_and_leave_the_urls_to_the_worker() {
+        let source = uuid::Uuid::now_v7();
+        let first = picture(64, 48, false);
+        let staged = stage_sources(
+            &gpt(),
+            vec![
+                InputSource::Bytes {
+                    bytes: first.clone(),
+                    source_image: Some(source),
+                },
+                url("https://images.example/b.png"),
+            ],
+            Some(InputSource::Bytes {
+                bytes: picture(64, 48, true),
+                source_image: None,
+            }),
+            &EditLimits::default(),
+        )
+        .expect("staged");
+        let stored: Vec<_> = staged
+            .stored
+            .iter()
+            .map(|s| (s.role, s.position, s.source_image))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                (InputRole::Image, 0, Some(source)),
+                (InputRole::Mask, 0, None)
+            ]
+        );
+        assert_eq!(staged.stored[0].sha256, hex::encode(Sha256::digest(&first)));
+        assert_eq!(staged.urls.len(), 1);
+        assert_eq!(
+            (staged.urls[0].role, staged.urls[0].position),
+            (InputRole::Image, 1)
+        );
+        assert_eq!(
+            staged.sizes(),
+            [Some((64, 48)), Some((64, 48)), None],
+            "a URL input's size is not known before the worker fetches it"
+        );
+        // The Idempotency-Key covers a URL as written and a copied input by its bytes.
+        let identity = staged.identity();
+        assert!(
+            identity.contains(&"image:1:https://images.example/b.png".to_owned()),
+            "{identity:?}"
+        );
+        assert!(
+            identity.contains(&format!("image:0:{}", staged.stored[0].sha256)),
+            "{identity:?}"
+        );
+    }
+
+    #[test]
+    fn beside_urls_the_bytes_are_still_checked_and_the_count_is_the_models() {
+        let limits = EditLimits::default();
+        let bytes = |b: Bytes| InputSource::Bytes {
+            bytes: b,
+            source_image: None,
+        };
+        // A mask the first image's size, the first image given as bytes: checked now.
+        let e = stage_sources(
+            &gpt(),
+            vec![
+                bytes(picture(64, 48, false)),
+                url("https://a.example/b.png"),
+            ],
+            Some(bytes(picture(32, 24, true))),
+            &limits,
+        )
+        .expect_err("mask size");
+        assert_eq!(field(&e), "mask");
+        // The first image by URL: the mask's size waits for the worker, its format does not.
+        stage_sources(
+            &gpt(),
+            vec![url("https://a.example/a.png")],
+            Some(bytes(picture(32, 24, true))),
+            &limits,
+        )
+        .expect("size checked by the worker");
+        let e = stage_sources(
+            &gpt(),
+            vec![url("https://a.example/a.png")],
+            Some(bytes(picture(32, 24, false))),
+            &limits,
+        )
+        .expect_err("mask without alpha");
+        assert_eq!(field(&e), "mask");
+        // Not an image at all, beside a URL.
+        let e = stage_sources(
+            &gpt(),
+            vec![
+                url("https://a.example/a.png"),
+                bytes(Bytes::from_static(b"just text")),
+            ],
+            None,
+            &limits,
+        )
+        .expect_err("text");
+        assert_eq!(field(&e), "image[1]");
+        // One input more than the model takes, all URLs.
+        let max = gpt().edits.expect("edits").max_input_images;
+        let many = (0..=max)
+            .map(|i| url(&format!("https://a.example/{i}.png")))
+            .collect();
+        assert!(stage_sources(&gpt(), many, None, &limits).is_err());
+        // The request's byte allowance counts the bytes given, whatever else is a URL.
+        let small = EditLimits {
+            max_request_bytes: 100,
+            ..limits
+        };
+        let e = stage_sources(
+            &gpt(),
+            vec![
+                url("https://a.example/a.png"),
+                bytes(picture(64, 48, false)),
+            ],
+            None,
+            &small,
+        )
+        .expect_err("request too large");
+        assert!(matches!(e, ApiError::InputTooLarge { .. }), "{e}");
+    }
 }

@@ -654,3 +654,153 @@ async fn a_batch_of_edits_runs_each_with_its_own_inputs(pool: PgPool) {
         0
     );
 }
+
+/// An `image_id` is the caller's own: another owner's picture is refused exactly as one that does not exist (400
+/// naming the part, nothing recorded or stored). The owner's own edit copies the picture at submission, so deleting
+/// the original while the edit runs does not touch it: the first call fails, the original is deleted, and the retry
+/// still sends exactly the picture's bytes.
+#[sqlx::test(migrations = "./migrations")]
+async fn an_image_id_is_the_callers_own_and_the_edit_keeps_its_copy(pool: PgPool) {
+    use std::time::Duration;
+    let stack = start(
+        &pool,
+        Options {
+            api_env: vec![
+                kv("ENABLE_AUTHENTICATION", "true"),
+                kv(
+                    "DOWNLOAD_SIGNING_KEY",
+                    "e2e-signing-key-of-at-least-32-chars",
+                ),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = format!(
+        "Bearer {}",
+        stack.keys(&["create", "--owner", "alice"]).await
+    );
+    let bob = format!("Bearer {}", stack.keys(&["create", "--owner", "bob"]).await);
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            serde_json::json!({"prompt": "a blue door", "model": "gpt-image-2", "size": "1024x1024"}),
+            &[("authorization", alice.as_str())],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let image_id = r.body["images"][0]["id"].as_str().expect("id").to_owned();
+    let sha = r.body["images"][0]["sha256"]
+        .as_str()
+        .expect("sha256")
+        .to_owned();
+
+    // Bob names Alice's picture, as an image and as a mask.
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            serde_json::json!({"prompt": "a green door", "model": "gpt-image-2", "size": "1024x1024"}),
+            &[("authorization", bob.as_str())],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bob_image = r.body["images"][0]["id"].as_str().expect("id").to_owned();
+    for (body, part) in [
+        (
+            serde_json::json!({"prompt": "Make it red", "images": [{"image_id": image_id}]}),
+            "image[0]",
+        ),
+        (
+            serde_json::json!({"prompt": "Make it red", "images": [{"image_id": bob_image}],
+                "mask": {"image_id": image_id}}),
+            "mask",
+        ),
+    ] {
+        let r = post_json_edit(
+            &stack,
+            body,
+            &[("authorization", bob.as_str()), ("prefer", "wait=10")],
+        )
+        .await;
+        assert_names_part(&r, part);
+    }
+    assert_eq!(stack.count(&pool, "SELECT count(*) FROM jobs").await, 2);
+    assert_eq!(
+        stack.count(&pool, "SELECT count(*) FROM job_inputs").await,
+        0
+    );
+    assert_eq!(
+        stack
+            .count(&pool, "SELECT count(*) FROM pending_objects")
+            .await,
+        0
+    );
+
+    // Alice's edit: its first call fails (and is retried a moment later); the original goes meanwhile.
+    stack
+        .emulator_config(
+            serde_json::json!({"fail_next": 1, "error_status": 500, "latency_ms": 300}),
+        )
+        .await;
+    let r = post_json_edit(
+        &stack,
+        serde_json::json!({"prompt": "Make it red", "model": "gpt-image-2",
+            "images": [{"image_id": image_id}]}),
+        &[
+            ("authorization", alice.as_str()),
+            ("prefer", "respond-async"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job = r.body["job_id"].as_str().expect("job_id").to_owned();
+    stack.until_provider_busy("openai").await;
+    let deleted = stack
+        .http
+        .delete(stack.url(&format!("/api/v1/images/{image_id}")))
+        .header("authorization", alice.as_str())
+        .send()
+        .await
+        .expect("delete");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let r = Reply::from(
+            stack
+                .http
+                .get(stack.url(&format!("/api/v1/jobs/{job}?wait=10")))
+                .header("authorization", alice.as_str())
+                .send()
+                .await
+                .expect("poll"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let status = r.body["status"].as_str().unwrap_or_default().to_owned();
+        if !["queued", "running"].contains(&status.as_str()) {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job} never finished: {}",
+            r.body
+        );
+    };
+    assert_eq!(status, "succeeded");
+    let calls = stack.emulator_edits().await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["images"] == serde_json::json!([sha])),
+        "{calls:?}"
+    );
+    let r = stack
+        .http
+        .get(stack.url(&format!("/api/v1/images/{image_id}")))
+        .header("authorization", alice.as_str())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404, "the original is gone");
+}
