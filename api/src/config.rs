@@ -70,6 +70,11 @@ pub struct ApiArgs {
     #[arg(long, env = "SUBMIT_GROUP_COMMIT", value_name = "SUBMIT_GROUP_COMMIT", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub submit_group_commit: bool,
+    /// Most submissions recorded at once; under a burst the rest wait their turn, first come, first served, at a
+    /// few hundred bytes each (see docs/performance.md).
+    #[arg(long, env = "SUBMIT_CONCURRENCY", value_name = "SUBMIT_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub submit_concurrency: u16,
     /// How long wait mode holds a request when the client does not say (`Prefer: wait=N`).
     #[arg(
         long,
@@ -204,6 +209,7 @@ pub struct ApiSettings {
     pub blocked_words: Option<String>,
     pub batch_max_requests: usize,
     pub submit_group_commit: bool,
+    pub submit_concurrency: usize,
     pub wait_default: Duration,
     pub wait_max: Duration,
     pub idempotency_ttl: Duration,
@@ -410,6 +416,7 @@ impl ApiArgs {
                 .then(|| self.blocked_words.clone()),
             batch_max_requests: usize::from(self.batch_max_requests),
             submit_group_commit: self.submit_group_commit,
+            submit_concurrency: usize::from(self.submit_concurrency),
             // A default above the cap is held to the cap (as every wait is).
             wait_default: Duration::from_secs(self.wait_default_secs.min(self.wait_max_secs)),
             wait_max: Duration::from_secs(self.wait_max_secs),

@@ -23,6 +23,7 @@ pub mod sandbox;
 pub mod security;
 pub mod state;
 pub mod submit;
+pub mod submit_gate;
 pub mod ui;
 pub mod views;
 pub mod wait;

@@ -21,8 +21,10 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub pool: Db,
-    /// Plain submissions recorded together (group commit), on Postgres; `None` on SQLite.
+    /// Plain submissions recorded together (group commit), on Postgres with SUBMIT_GROUP_COMMIT on; else `None`.
     pub group_insert: Option<Arc<imagegen_shared::db::group_insert::GroupInsert>>,
+    /// SUBMIT_CONCURRENCY: submissions past it wait their turn.
+    pub submissions: crate::submit_gate::SubmitGate,
     pub queue: JobQueue,
     pub fleet: FleetLimits,
     pub storage: ImageStorage,
@@ -180,11 +182,12 @@ impl AppState {
             key_cache,
             auth_failures,
             group_insert: match &backends.db {
-                Db::Postgres(pool) => Some(imagegen_shared::db::group_insert::GroupInsert::new(
-                    pool.clone(),
-                )),
-                Db::Sqlite(_) => None,
+                Db::Postgres(pool) if settings.submit_group_commit => Some(
+                    imagegen_shared::db::group_insert::GroupInsert::new(pool.clone()),
+                ),
+                _ => None,
             },
+            submissions: crate::submit_gate::SubmitGate::new(settings.submit_concurrency),
             pool: backends.db,
             queue: backends.queue,
             fleet: backends.limits,

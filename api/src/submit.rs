@@ -319,8 +319,28 @@ pub async fn submit_job(
 
 /// `submit_job` with an edit's checked inputs: stored once the job's id is known, recorded in the job's own
 /// transaction, and removed again if the job is not recorded or cannot be queued.
-#[tracing::instrument(skip_all, fields(model = %request.model(), job_id))]
 pub async fn submit_job_with(
+    state: &AppState,
+    submitter: &Submitter,
+    correlation_id: &str,
+    request: GenerationRequest,
+    idempotency: Option<&Idempotency>,
+    inputs: &crate::edits::StagedEdit,
+) -> Result<JobRecord, ApiError> {
+    let _turn = state.submissions.turn().await?;
+    Box::pin(record_job(
+        state,
+        submitter,
+        correlation_id,
+        request,
+        idempotency,
+        inputs,
+    ))
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(model = %request.model(), job_id))]
+async fn record_job(
     state: &AppState,
     submitter: &Submitter,
     correlation_id: &str,
@@ -486,8 +506,28 @@ async fn replay_batch(
 }
 
 /// Records the whole batch in one transaction, then queues its unblocked items.
-#[tracing::instrument(skip_all, fields(items = requests.len(), batch_id))]
 pub async fn submit_batch(
+    state: &AppState,
+    submitter: &Submitter,
+    correlation_id: &str,
+    requests: Vec<GenerationRequest>,
+    inputs: Vec<crate::edits::StagedEdit>,
+    idempotency: Option<&Idempotency>,
+) -> Result<(BatchRecord, Vec<JobRecord>), ApiError> {
+    let _turn = state.submissions.turn().await?;
+    Box::pin(record_batch(
+        state,
+        submitter,
+        correlation_id,
+        requests,
+        inputs,
+        idempotency,
+    ))
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(items = requests.len(), batch_id))]
+async fn record_batch(
     state: &AppState,
     submitter: &Submitter,
     correlation_id: &str,

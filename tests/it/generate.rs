@@ -419,3 +419,42 @@ async fn every_validation_error_has_the_seed_shape(pool: PgPool) {
     let count: i64 = stack.count(&pool, "SELECT count(*) FROM jobs").await;
     assert_eq!(count, 0, "invalid requests record nothing");
 }
+
+/// WORKER_PICTURE_MEMORY_MB bounds the picture bytes a worker holds, never which pictures it takes: with 1 MiB and
+/// 2 MiB pictures arriving for six jobs at once, each answer is read alone, in turn, and every job succeeds.
+#[sqlx::test(migrations = "./migrations")]
+async fn pictures_larger_than_the_worker_picture_memory_are_read_in_turn_and_all_stored(
+    pool: PgPool,
+) {
+    let stack = start(
+        &pool,
+        Options {
+            worker_env: vec![
+                kv("WORKER_PICTURE_MEMORY_MB", "1"),
+                kv("WORKER_CONCURRENCY", "6"),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    stack
+        .emulator_config(json!({"latency_ms": 300, "image_bytes": 2 * 1024 * 1024}))
+        .await;
+    let replies = futures::future::join_all((0..6).map(|i| {
+        stack.post(
+            "/api/v1/generate",
+            generate_body(&format!("a large picture {i}")),
+            &[("Prefer", "wait=60")],
+        )
+    }))
+    .await;
+    for r in replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["status"], "succeeded", "{}", r.body);
+        let image = &r.body["images"][0];
+        assert!(
+            image["size_bytes"].as_u64().unwrap_or(0) >= 2 * 1024 * 1024,
+            "{image}"
+        );
+    }
+}

@@ -31,5 +31,6 @@ mod proxies;
 mod sandbox;
 mod shutdown;
 mod standalone;
+mod submissions;
 mod webhooks;
 mod webhooks_fleet;

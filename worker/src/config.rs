@@ -85,6 +85,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "MAX_IMAGE_BYTES", value_name = "MAX_IMAGE_BYTES", default_value_t = 32 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_image_bytes: u64,
+    /// Most picture bytes this worker holds at once, in MiB: answers and downloads that would pass it wait, unread,
+    /// until stored pictures give memory back (one larger than all of it is read alone).
+    #[arg(long, env = "WORKER_PICTURE_MEMORY_MB", value_name = "WORKER_PICTURE_MEMORY_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub worker_picture_memory_mb: u64,
 }
 
 /// Fleet-wide limit and failover settings.
@@ -213,6 +218,8 @@ pub struct DownloadSettings {
     /// DOWNLOAD_ALLOWED_HOSTS (each provider's own hosts are added when the clients are built).
     pub allowed_hosts: Vec<String>,
     pub max_image_bytes: u64,
+    /// WORKER_PICTURE_MEMORY_MB, in bytes.
+    pub picture_memory_bytes: u64,
     /// OPENAI_RESPONSE_FORMAT.
     pub response_format: ResponseFormat,
 }
@@ -241,6 +248,7 @@ impl WorkerArgs {
             download: DownloadSettings {
                 allowed_hosts: allowed_hosts(&self.download_allowed_hosts)?,
                 max_image_bytes: self.max_image_bytes,
+                picture_memory_bytes: self.worker_picture_memory_mb * 1024 * 1024,
                 response_format: self.openai_response_format,
             },
             edits: self.edits.settings()?,

@@ -6,6 +6,7 @@
 use crate::config::WorkerSettings;
 use crate::download::Downloader;
 use crate::job::{self, InputFetcher, JobContext, ProcessError, RunningJobs};
+use crate::picture_memory::PictureMemory;
 use crate::providers::ImageProvider;
 use crate::providers::azure::AzureClient;
 use crate::providers::bfl::BflClient;
@@ -95,10 +96,13 @@ pub async fn run_with_forceable(
         ImageStorage::from_settings(&settings.storage).map_err(|e| anyhow::anyhow!("{e}"))?;
     storage.verify().await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // One budget for the whole process: inline answers and downloads alike.
+    let memory = PictureMemory::new(settings.download.picture_memory_bytes);
     let routes = build_routes(
         &settings.providers,
         settings.download.response_format,
         settings.download.max_image_bytes,
+        &memory,
     )?;
     let mut allowed = settings.download.allowed_hosts.clone();
     allowed.extend(routes.download_hosts());
@@ -109,7 +113,8 @@ pub async fn run_with_forceable(
         settings.download.max_image_bytes,
         settings.providers.timeout,
     )?
-    .require_https(require_https);
+    .require_https(require_https)
+    .picture_memory(memory);
 
     if let Some(port) = settings.metrics_port {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -242,6 +247,7 @@ fn build_routes(
     settings: &ProviderSettings,
     response_format: ResponseFormat,
     max_image_bytes: u64,
+    memory: &PictureMemory,
 ) -> anyhow::Result<Routes> {
     let timeout = settings.timeout;
     let mut clients: Vec<Arc<dyn ImageProvider>> = Vec::new();
@@ -253,6 +259,7 @@ fn build_routes(
                     timeout,
                     response_format,
                     max_image_bytes,
+                    memory.clone(),
                 )?),
                 None => continue,
             },
@@ -262,6 +269,7 @@ fn build_routes(
                     timeout,
                     response_format,
                     max_image_bytes,
+                    memory.clone(),
                 )?),
                 None => continue,
             },
@@ -273,6 +281,7 @@ fn build_routes(
                         timeout,
                         inline,
                         max_image_bytes,
+                        memory.clone(),
                     )?)
                 }
                 None => continue,

@@ -1,6 +1,7 @@
 //! Downloads of provider result URLs: only to the provider's hosts (an allow-list), over http(s), with a size cap
 //! and a timeout, and never following redirects to somewhere else.
 
+use crate::picture_memory::PictureMemory;
 use crate::providers::inline_b64::InlineImage;
 use bytes::BytesMut;
 use futures::StreamExt;
@@ -37,6 +38,7 @@ pub struct Downloader {
     allowed: Vec<String>,
     max_bytes: u64,
     require_https: bool,
+    memory: Option<PictureMemory>,
 }
 
 /// `*.example.com` matches sub-domains (not the bare domain); anything else must match exactly.
@@ -71,12 +73,19 @@ impl Downloader {
             allowed,
             max_bytes,
             require_https: false,
+            memory: None,
         })
     }
 
     /// MAX_IMAGE_BYTES: the largest picture accepted, downloaded or inline.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// Downloads reserve their pictures' memory from `memory` (WORKER_PICTURE_MEMORY_MB) before reading.
+    pub fn picture_memory(mut self, memory: PictureMemory) -> Self {
+        self.memory = Some(memory);
+        self
     }
 
     /// Refuses plain-http result URLs (production).
@@ -118,6 +127,14 @@ impl Downloader {
         {
             return Err(DownloadError::TooLarge(self.max_bytes));
         }
+        let hold = match &self.memory {
+            Some(memory) => Some(
+                memory
+                    .reserve(response.content_length().unwrap_or(self.max_bytes))
+                    .await,
+            ),
+            None => None,
+        };
         let expected = response.content_length().unwrap_or(0).min(self.max_bytes);
         let mut body = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
         let mut hash = Sha256::new();
@@ -133,6 +150,7 @@ impl Downloader {
         Ok(InlineImage {
             bytes: body.freeze(),
             sha256: hash.finalize().into(),
+            hold,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod consumer;
 pub mod download;
 pub mod job;
+pub mod picture_memory;
 pub mod providers;
 pub mod reconciler;
 pub mod retention;

@@ -86,7 +86,12 @@ async fn store_one(
     image: &GeneratedImage,
 ) -> Result<NewImage, StoreError> {
     // Decoded (or downloaded) and hashed on the way in wherever the answer allowed it: never a second pass.
-    let InlineImage { bytes, sha256 } = match &image.source {
+    // `_hold` keeps the picture's memory reserved until it is stored.
+    let InlineImage {
+        bytes,
+        sha256,
+        hold: _hold,
+    } = match &image.source {
         ImageSource::Decoded(inline) => inline.clone(),
         ImageSource::Base64(b64) => decode_inline(b64, ctx.downloader.max_bytes())?,
         ImageSource::Url(url) => ctx
@@ -162,7 +167,11 @@ pub fn decode_inline(b64: &str, max_bytes: u64) -> Result<InlineImage, StoreErro
         .map(Bytes::from)
         .map_err(|e| StoreError::BadImage(format!("provider sent invalid base64: {e}")))?;
     let sha256 = Sha256::digest(&bytes).into();
-    Ok(InlineImage { bytes, sha256 })
+    Ok(InlineImage {
+        bytes,
+        sha256,
+        hold: None,
+    })
 }
 
 /// How many bytes `b64` decodes to (exact for valid padded base64: 3 bytes per 4 characters, less the padding).

@@ -13,6 +13,7 @@ use super::images_api::{
 };
 use super::images_api_edit::{edit_form, edits_url};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
+use crate::picture_memory::PictureMemory;
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
 use imagegen_shared::config::{AzureAuth, AzurePath, AzureSettings};
@@ -38,6 +39,8 @@ pub struct AzureClient {
     response_format: ResponseFormat,
     /// MAX_IMAGE_BYTES: bounds how much of an answer is read.
     max_image_bytes: u64,
+    /// WORKER_PICTURE_MEMORY_MB: reserved before an answer's pictures are read.
+    memory: PictureMemory,
 }
 
 #[derive(Deserialize, Default)]
@@ -76,12 +79,14 @@ impl AzureClient {
         timeout: Duration,
         response_format: ResponseFormat,
         max_image_bytes: u64,
+        memory: PictureMemory,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             http: http::http_client(timeout)?,
             settings,
             response_format,
             max_image_bytes,
+            memory,
         })
     }
 
@@ -232,6 +237,7 @@ impl AzureClient {
             call.request.partial_images(),
             n,
             self.max_image_bytes,
+            &self.memory,
         )
         .await?;
         let request_id = header_str(&headers, "apim-request-id").map(str::to_owned);

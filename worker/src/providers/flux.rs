@@ -8,6 +8,7 @@ use super::http::{self, AnswerCap, header_str};
 use super::images_api;
 use super::inline_b64::{Extracted, InlineImage, placeholder_index};
 use super::{Call, GeneratedImage, ImageProvider, ImageSource, ProviderError, ProviderOutput};
+use crate::picture_memory::PictureMemory;
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
 use imagegen_shared::config::FluxSettings;
@@ -29,6 +30,8 @@ pub struct FluxClient {
     inline: bool,
     /// MAX_IMAGE_BYTES: bounds how much of an answer is read.
     max_image_bytes: u64,
+    /// WORKER_PICTURE_MEMORY_MB: reserved before an answer's pictures are read.
+    memory: PictureMemory,
 }
 
 #[derive(Serialize)]
@@ -85,6 +88,7 @@ impl FluxClient {
         timeout: Duration,
         inline: bool,
         max_image_bytes: u64,
+        memory: PictureMemory,
     ) -> Result<Self, reqwest::Error> {
         let http = http::http_client(timeout)?;
         let base = http::as_directory(&settings.base_url);
@@ -95,6 +99,7 @@ impl FluxClient {
             settings,
             inline,
             max_image_bytes,
+            memory,
         })
     }
 }
@@ -195,7 +200,7 @@ impl FluxClient {
         // Base64 answers are decoded and hashed while they stream in (`inline_b64`), never held whole.
         let cap = AnswerCap::images(n, self.max_image_bytes);
         let (status, headers, answer) = http::send_streaming(LABEL, request, |response| {
-            images_api::read_answer(LABEL, response, cap, n, self.max_image_bytes)
+            images_api::read_answer(LABEL, response, cap, n, self.max_image_bytes, &self.memory)
         })
         .await?;
         let reader = match answer {

@@ -7,6 +7,7 @@
 
 use super::inline_b64::{B64FieldReader, ExtractError, Extracted, InlineImage, placeholder_index};
 use super::{GeneratedImage, ImageSource, ProviderError};
+use crate::picture_memory::PictureMemory;
 use imagegen_shared::catalogue::{Family, ModelSpec};
 use imagegen_shared::domain::GenerationRequest;
 use serde::{Deserialize, Serialize};
@@ -154,20 +155,24 @@ pub async fn read_images(
     cap: super::http::AnswerCap,
     expected: u8,
     max_image_bytes: u64,
+    memory: &PictureMemory,
 ) -> Result<ParsedImages, ProviderError> {
     let status = response.status().as_u16();
-    let reader = read_answer(label, response, cap, expected, max_image_bytes).await?;
+    let reader = read_answer(label, response, cap, expected, max_image_bytes, memory).await?;
     assemble(label, status, reader, expected)
 }
 
 /// Feeds a 200 answer of `expected` pictures through a [`B64FieldReader`], within `cap`; the caller parses what it
 /// kept (`B64FieldReader::finish`). Any host whose answer carries `b64_json` strings can use it (FLUX hosts do).
+/// Before reading, the pictures' memory is reserved from `memory` (WORKER_PICTURE_MEMORY_MB): what the body's
+/// base64 decodes to at most, or, without a Content-Length, `expected` pictures of MAX_IMAGE_BYTES.
 pub async fn read_answer(
     label: &str,
     mut response: reqwest::Response,
     cap: super::http::AnswerCap,
     expected: u8,
     max_image_bytes: u64,
+    memory: &PictureMemory,
 ) -> Result<B64FieldReader, ProviderError> {
     let status = response.status().as_u16();
     let limit = cap.bytes();
@@ -175,8 +180,14 @@ pub async fn read_answer(
     if length.is_some_and(|len| len > limit as u64) {
         return Err(cap.exceeded(label, status));
     }
+    let needed = match length {
+        Some(len) => len / 4 * 3,
+        None => u64::from(expected.max(1)).saturating_mul(max_image_bytes),
+    };
+    let hold = memory.reserve(needed).await;
     let mut reader = B64FieldReader::new(max_image_bytes)
-        .with_length_hint(length.map(|len| len / u64::from(expected.max(1))));
+        .with_length_hint(length.map(|len| len / u64::from(expected.max(1))))
+        .with_hold(hold);
     let mut read = 0usize;
     while let Some(chunk) = response
         .chunk()
@@ -294,6 +305,7 @@ pub async fn send_images(
     partials: u8,
     n: u8,
     max_image_bytes: u64,
+    memory: &PictureMemory,
 ) -> Result<(u16, reqwest::header::HeaderMap, super::http::Answer), ProviderError> {
     use super::http::{self, AnswerCap};
     match sink {
@@ -307,7 +319,7 @@ pub async fn send_images(
         None => {
             let cap = AnswerCap::images(n, max_image_bytes);
             http::send_streaming(label, request, |response| {
-                read_images(label, response, cap, n, max_image_bytes)
+                read_images(label, response, cap, n, max_image_bytes, memory)
             })
             .await
         }

@@ -4,6 +4,7 @@
 //! as it goes (hashing the bytes too), and keeps only the rest of the JSON (the skeleton: ids, `usage`, revised
 //! prompts, urls), with each picture replaced by `"#<index>"`, for serde to parse as before.
 
+use crate::picture_memory::PictureHold;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -18,6 +19,8 @@ const BLOCK: usize = 16 * 1024;
 pub struct InlineImage {
     pub bytes: Bytes,
     pub sha256: [u8; 32],
+    /// Its share of WORKER_PICTURE_MEMORY_MB, given back when the last copy is dropped (after it is stored).
+    pub hold: Option<PictureHold>,
 }
 
 impl std::fmt::Debug for InlineImage {
@@ -97,6 +100,8 @@ pub struct B64FieldReader {
     max_image_bytes: u64,
     /// A capacity hint for the next picture (from the answer's Content-Length).
     size_hint: usize,
+    /// The answer's memory reservation, shared by its pictures.
+    hold: Option<PictureHold>,
 }
 
 impl B64FieldReader {
@@ -109,7 +114,14 @@ impl B64FieldReader {
             images: Vec::new(),
             max_image_bytes,
             size_hint: 0,
+            hold: None,
         }
+    }
+
+    /// The memory reserved for this answer's pictures, kept by each until it is dropped.
+    pub fn with_hold(mut self, hold: PictureHold) -> Self {
+        self.hold = Some(hold);
+        self
     }
 
     /// Sizes the first picture's buffer from the answer's length (bounded by MAX_IMAGE_BYTES), so that it is not
@@ -358,6 +370,7 @@ impl B64FieldReader {
         self.images.push(InlineImage {
             bytes: p.out.freeze(),
             sha256,
+            hold: self.hold.clone(),
         });
         Ok(())
     }

@@ -9,6 +9,7 @@ use super::images_api::{
 };
 use super::images_api_edit::{edit_form, edits_url};
 use super::{Call, ImageProvider, ProviderError, ProviderOutput};
+use crate::picture_memory::PictureMemory;
 use crate::retry::parse_retry_after;
 use async_trait::async_trait;
 use imagegen_shared::config::OpenAiSettings;
@@ -28,6 +29,8 @@ pub struct OpenAiClient {
     response_format: ResponseFormat,
     /// MAX_IMAGE_BYTES: bounds how much of an answer is read.
     max_image_bytes: u64,
+    /// WORKER_PICTURE_MEMORY_MB: reserved before an answer's pictures are read.
+    memory: PictureMemory,
 }
 
 #[derive(Deserialize, Default)]
@@ -51,6 +54,7 @@ impl OpenAiClient {
         timeout: Duration,
         response_format: ResponseFormat,
         max_image_bytes: u64,
+        memory: PictureMemory,
     ) -> Result<Self, reqwest::Error> {
         let http = http::http_client(timeout)?;
         let base = http::as_directory(&settings.base_url);
@@ -61,6 +65,7 @@ impl OpenAiClient {
             settings,
             response_format,
             max_image_bytes,
+            memory,
         })
     }
 }
@@ -192,6 +197,7 @@ impl OpenAiClient {
             call.request.partial_images(),
             n,
             self.max_image_bytes,
+            &self.memory,
         )
         .await?;
         let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
