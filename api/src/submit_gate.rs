@@ -4,6 +4,7 @@
 //! pool's few connections. A submission past the gate still waits for the pool, but that queue stays short.
 
 use crate::error::ApiError;
+use imagegen_shared::telemetry::GaugeGuard;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub struct SubmitGate {
@@ -22,27 +23,11 @@ impl SubmitGate {
         if let Ok(permit) = self.permits.try_acquire() {
             return Ok(permit);
         }
-        let _counted = Waiting::count();
+        let _waiting = GaugeGuard::count("imagegen_submissions_waiting");
         // The semaphore is never closed.
         self.permits
             .acquire()
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("submission gate: {e}")))
-    }
-}
-
-/// `imagegen_submissions_waiting`, counted down however the wait ends (a client that hangs up drops it).
-struct Waiting;
-
-impl Waiting {
-    fn count() -> Self {
-        metrics::gauge!("imagegen_submissions_waiting").increment(1.0);
-        Waiting
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        metrics::gauge!("imagegen_submissions_waiting").decrement(1.0);
     }
 }

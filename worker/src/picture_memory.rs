@@ -9,6 +9,7 @@
 //! refused, only read alone. A reservation is taken once, before reading, and never grown, so two answers can never
 //! each hold part of the budget while waiting for the other's.
 
+use imagegen_shared::telemetry::GaugeGuard;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -60,7 +61,7 @@ impl PictureMemory {
         let permit = match self.permits.clone().try_acquire_many_owned(units) {
             Ok(permit) => Some(permit),
             Err(_) => {
-                let _waiting = Waiting::count();
+                let _waiting = GaugeGuard::count("imagegen_worker_picture_memory_waiting");
                 // Only a closed semaphore fails, and this one is never closed.
                 self.permits.clone().acquire_many_owned(units).await.ok()
             }
@@ -80,22 +81,6 @@ impl PictureMemory {
     /// Bytes reserved now.
     pub fn reserved(&self) -> u64 {
         u64::from(self.units).saturating_sub(self.permits.available_permits() as u64) * UNIT
-    }
-}
-
-/// `imagegen_worker_picture_memory_waiting`: answers waiting for memory, counted down however the wait ends.
-struct Waiting;
-
-impl Waiting {
-    fn count() -> Self {
-        metrics::gauge!("imagegen_worker_picture_memory_waiting").increment(1.0);
-        Waiting
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        metrics::gauge!("imagegen_worker_picture_memory_waiting").decrement(1.0);
     }
 }
 
