@@ -34,6 +34,23 @@ pub fn init(level: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// One more on the gauge `name` while it lives: counted down however the thing it counts ends (a future dropped
+/// while it waited included).
+pub struct GaugeGuard(&'static str);
+
+impl GaugeGuard {
+    pub fn count(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        GaugeGuard(name)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,22 +66,5 @@ mod tests {
                 .map_err(|e| e.variable),
             Err("LOG_LEVEL")
         );
-    }
-}
-
-/// One more on the gauge `name` while it lives: counted down however the thing it counts ends (a future dropped
-/// while it waited included).
-pub struct GaugeGuard(&'static str);
-
-impl GaugeGuard {
-    pub fn count(name: &'static str) -> Self {
-        metrics::gauge!(name).increment(1.0);
-        GaugeGuard(name)
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        metrics::gauge!(self.0).decrement(1.0);
     }
 }
