@@ -18,15 +18,7 @@ const CONCURRENCY: usize = 50;
 
 /// The sum of a Prometheus counter over its labels, as /metrics shows it now.
 async fn counter(stack: &Stack, name: &str) -> u64 {
-    let text = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = stack.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -164,15 +164,7 @@ async fn providers_docs_health_and_metrics(pool: PgPool) {
     let _ = stack
         .post("/api/v1/jobs", json!({"prompt": "count me"}), &[])
         .await;
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.metrics_text().await;
     for name in [
         "imagegen_http_requests_total",
         "imagegen_http_request_duration_seconds_bucket",

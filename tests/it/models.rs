@@ -225,15 +225,7 @@ async fn a_retired_model_is_served_by_its_replacement_or_refused(pool: PgPool) {
         "{stats}"
     );
 
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.metrics_text().await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("imagegen_deprecated_model_requests_total") && l.contains("dall-e-3")

@@ -23,16 +23,6 @@ async fn submit_together(stack: &Stack, n: usize) -> Vec<String> {
         .collect()
 }
 
-async fn metrics_text(stack: &Stack) -> String {
-    let r = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    r.text().await.expect("metrics text")
-}
-
 #[sqlx::test(migrations = "./migrations")]
 async fn submissions_past_submit_concurrency_wait_their_turn_and_all_are_recorded(pool: PgPool) {
     let options = Options {
@@ -51,7 +41,7 @@ async fn submissions_past_submit_concurrency_wait_their_turn_and_all_are_recorde
         assert_eq!(r.body["status"], "queued", "{}", r.body);
     }
     // The waiting gauge, when any submission waited, is counted back down to zero.
-    let text = metrics_text(&stack).await;
+    let text = stack.metrics_text().await;
     if let Some(line) = text
         .lines()
         .find(|l| l.starts_with("imagegen_submissions_waiting "))
@@ -76,7 +66,7 @@ async fn group_commit_is_on_by_default_and_submit_group_commit_false_switches_it
     .await;
     submit_together(&on, 8).await;
     assert!(
-        metrics_text(&on)
+        on.metrics_text()
             .await
             .contains("imagegen_submit_group_rows_count"),
         "group commit records its flushes"
@@ -93,7 +83,7 @@ async fn group_commit_is_on_by_default_and_submit_group_commit_false_switches_it
     .await;
     submit_together(&off, 8).await;
     assert!(
-        !metrics_text(&off)
+        !off.metrics_text()
             .await
             .contains("imagegen_submit_group_rows"),
         "no flush when it is off"

@@ -10,6 +10,18 @@ impl Stack {
         format!("{}{path}", self.api)
     }
 
+    /// The API's `/metrics` exposition as text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn emulator_config(&self, openai: serde_json::Value) {
         self.emulator_config_for("openai", openai).await;
     }
