@@ -4,7 +4,7 @@
 //! each other, revocation, signed download links) and per-owner limits (requests per minute shared by the fleet,
 //! images per day, jobs at once).
 
-use crate::support::{self, Options, Reply, Stack, generate_body, kv, start};
+use crate::support::{self, Options, Reply, Stack, authentication_on, generate_body, kv, start};
 use imagegen_testkit::idp::{self, AUDIENCE, Kind, TENANT, TestIdp};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -483,13 +483,7 @@ async fn api_keys_authenticate_and_isolate_owners(pool: PgPool) {
     let stack = start(
         &pool,
         Options {
-            api_env: vec![
-                kv("ENABLE_AUTHENTICATION", "true"),
-                kv(
-                    "DOWNLOAD_SIGNING_KEY",
-                    "e2e-signing-key-of-at-least-32-chars",
-                ),
-            ],
+            api_env: authentication_on(),
             ..Options::default()
         },
     )

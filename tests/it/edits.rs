@@ -2,7 +2,9 @@
 //! `GET /api/v1/models`; `POST /api/v1/edits` refuses bad inputs naming the part, with nothing stored or queued, and
 //! runs a good edit as generate runs a job.
 
-use crate::support::{Options, Reply, Stack, flux_options, kv, multipart, png, sha256_hex, start};
+use crate::support::{
+    Options, Reply, Stack, authentication_on, flux_options, kv, multipart, png, sha256_hex, start,
+};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -665,13 +667,7 @@ async fn an_image_id_is_the_callers_own_and_the_edit_keeps_its_copy(pool: PgPool
     let stack = start(
         &pool,
         Options {
-            api_env: vec![
-                kv("ENABLE_AUTHENTICATION", "true"),
-                kv(
-                    "DOWNLOAD_SIGNING_KEY",
-                    "e2e-signing-key-of-at-least-32-chars",
-                ),
-            ],
+            api_env: authentication_on(),
             ..Options::default()
         },
     )

@@ -3,7 +3,9 @@
 //! processes, Redis stopped or flushed. Each needs separate processes or breaks Redis itself, so the standalone run
 //! of scripts/test.sh leaves this module out (`not_standalone!` stays as a guard).
 
-use crate::support::{self, Options, Stack, generate_body, kv, not_standalone, start};
+use crate::support::{
+    self, Options, Stack, authentication_on, generate_body, kv, not_standalone, start,
+};
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -468,13 +470,7 @@ async fn health_errors_need_a_credential_while_authentication_is_on(pool: PgPool
     let stack = start(
         &pool,
         Options {
-            api_env: vec![
-                kv("ENABLE_AUTHENTICATION", "true"),
-                kv(
-                    "DOWNLOAD_SIGNING_KEY",
-                    "proxies-tests-signing-key-of-32-chars-or-more",
-                ),
-            ],
+            api_env: authentication_on(),
             // Nothing listens on port 1: every Redis check fails with "connection refused".
             redis_url: "redis://127.0.0.1:1".to_owned(),
             start_worker: false,

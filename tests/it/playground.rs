@@ -2,7 +2,7 @@
 //! (scripts and styles from this origin only, nothing inline), open even with authentication on, and kept out of
 //! the OpenAPI document. scripts/browser-check.sh drives the page itself in a real browser.
 
-use crate::support::{Options, kv, start};
+use crate::support::{Options, authentication_on, start};
 use sqlx::PgPool;
 
 #[sqlx::test(migrations = "./migrations")]
@@ -10,13 +10,7 @@ async fn the_page_and_its_assets_are_served_open_with_their_own_policy(pool: PgP
     let stack = start(
         &pool,
         Options {
-            api_env: vec![
-                kv("ENABLE_AUTHENTICATION", "true"),
-                kv(
-                    "DOWNLOAD_SIGNING_KEY",
-                    "playground-tests-signing-key-32-chars!",
-                ),
-            ],
+            api_env: authentication_on(),
             ..Options::default()
         },
     )

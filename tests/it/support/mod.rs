@@ -15,7 +15,9 @@ pub use edit_inputs::{filled_png, multipart, png, sha256_hex};
 pub use options::{azure, azure_options, bfl, dalle3_and_flux, flux_options, storage_env};
 pub use process::{BIN, Proc, free_port};
 pub use servers::{PrivatePostgres, PrivateRedis};
-pub use stack::{API_KEY, Options, Stack, database_url, kv, redis_url, start, start_on};
+pub use stack::{
+    API_KEY, Options, Stack, authentication_on, database_url, kv, redis_url, start, start_on,
+};
 
 /// The suite runs twice (scripts/test.sh): api + worker processes on Postgres and Redis, then with
 /// E2E_MODE=standalone, where one `imagegen standalone` process on SQLite and an in-process queue plays both roles.

@@ -96,6 +96,18 @@ pub fn kv(k: &str, v: impl Into<String>) -> (String, String) {
     (k.to_owned(), v.into())
 }
 
+/// The API's settings for ENABLE_AUTHENTICATION with API keys (`Stack::keys`), and the signing key download links
+/// then need.
+pub fn authentication_on() -> Vec<(String, String)> {
+    vec![
+        kv("ENABLE_AUTHENTICATION", "true"),
+        kv(
+            "DOWNLOAD_SIGNING_KEY",
+            "e2e-signing-key-of-at-least-32-chars",
+        ),
+    ]
+}
+
 pub async fn start(pool: &PgPool, options: Options) -> Stack {
     start_on(database_url(pool), options).await
 }
