@@ -11,6 +11,7 @@ use imagegen_shared::budget::{Exceeded, Limit, Period};
 use imagegen_shared::cost::{pricing, usd};
 use imagegen_shared::db::Session;
 use imagegen_shared::db::api_keys::KeyIdentity;
+use imagegen_shared::db::budgets::{GroupReads, OwnerBudget};
 use imagegen_shared::db::costs::Spender;
 use imagegen_shared::domain::GenerationRequest;
 
@@ -40,7 +41,28 @@ pub async fn limits_in(
     key: Option<&KeyIdentity>,
 ) -> Result<Vec<Limit>, ApiError> {
     let row = imagegen_shared::db::budgets::get_in(session, owner).await?;
-    let (day, month) = match &row {
+    Ok(limits_from(state, owner, row.as_ref(), key))
+}
+
+/// [`limits_for`] with the owner's row read together with the other submissions' of this moment (group commit's
+/// plain path, which holds no connection of its own).
+pub async fn limits_gathered(
+    state: &AppState,
+    reads: &GroupReads,
+    owner: &str,
+    key: Option<&KeyIdentity>,
+) -> Result<Vec<Limit>, ApiError> {
+    let row = reads.get(&state.pool, owner).await?;
+    Ok(limits_from(state, owner, row.as_ref(), key))
+}
+
+fn limits_from(
+    state: &AppState,
+    owner: &str,
+    row: Option<&OwnerBudget>,
+    key: Option<&KeyIdentity>,
+) -> Vec<Limit> {
+    let (day, month) = match row {
         Some(r) => (
             r.usd_micros_per_day.or(state.default_budget_per_day),
             r.usd_micros_per_month.or(state.default_budget_per_month),
@@ -67,7 +89,7 @@ pub async fn limits_in(
             k.budget_usd_micros_per_month,
         );
     }
-    Ok(limits)
+    limits
 }
 
 /// The most each request may cost, in micro-dollars (0 for a model the catalogue does not price); an edit's input

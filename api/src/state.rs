@@ -19,10 +19,18 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
+/// Group commit: a plain submission (no Idempotency-Key, active-jobs limit or edit inputs) has its budget row read
+/// and its job inserted together with the other submissions of the moment, one statement each per flush, and
+/// holds no pool connection of its own.
+pub struct GroupCommit {
+    pub insert: Arc<imagegen_shared::db::group_insert::GroupInsert>,
+    pub budget_reads: imagegen_shared::db::budgets::GroupReads,
+}
+
 pub struct Inner {
     pub pool: Db,
-    /// Plain submissions recorded together (group commit), on Postgres with SUBMIT_GROUP_COMMIT on; else `None`.
-    pub group_insert: Option<Arc<imagegen_shared::db::group_insert::GroupInsert>>,
+    /// On Postgres with SUBMIT_GROUP_COMMIT on; else `None`.
+    pub group_commit: Option<GroupCommit>,
     /// SUBMIT_CONCURRENCY: submissions past it wait their turn.
     pub submissions: crate::submit_gate::SubmitGate,
     pub queue: JobQueue,
@@ -181,10 +189,11 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             key_cache,
             auth_failures,
-            group_insert: match &backends.db {
-                Db::Postgres(pool) if settings.submit_group_commit => Some(
-                    imagegen_shared::db::group_insert::GroupInsert::new(pool.clone()),
-                ),
+            group_commit: match &backends.db {
+                Db::Postgres(pool) if settings.submit_group_commit => Some(GroupCommit {
+                    insert: imagegen_shared::db::group_insert::GroupInsert::new(pool.clone()),
+                    budget_reads: imagegen_shared::db::budgets::GroupReads::new(pool.clone()),
+                }),
                 _ => None,
             },
             submissions: crate::submit_gate::SubmitGate::new(settings.submit_concurrency),

@@ -339,6 +339,26 @@ pub async fn submit_job_with(
     .await
 }
 
+/// How a submission reaches Postgres: on a connection of its own (one acquisition for the key lookup, the budget row
+/// and the insert), or, on group commit's plain path, with the other submissions of the moment and no connection.
+enum DbPath<'a> {
+    Own(imagegen_shared::db::Session),
+    Gathered(&'a crate::state::GroupCommit),
+}
+
+/// Group commit's plain path: nothing to claim (no Idempotency-Key), count (no active-jobs limit) or store beside
+/// the row (no edit inputs).
+fn plain_path<'a>(
+    state: &'a AppState,
+    idempotency: Option<&Idempotency>,
+    inputs: &crate::edits::StagedEdit,
+) -> Option<&'a crate::state::GroupCommit> {
+    state
+        .group_commit
+        .as_ref()
+        .filter(|_| idempotency.is_none() && state.max_active_jobs().is_none() && inputs.is_empty())
+}
+
 #[tracing::instrument(skip_all, fields(model = %request.model(), job_id))]
 async fn record_job(
     state: &AppState,
@@ -353,34 +373,48 @@ async fn record_job(
     // One connection for the key lookup, the budget row and the insert: under a burst each acquisition waits behind
     // every other request, so a submission waits for the pool once. It is given back before anything else takes one
     // (a replay's read, a budget counter's rebuild, the undo), so no request holds one while waiting for another.
-    let mut session = state.pool.session().await?;
+    let mut path = match plain_path(state, idempotency, inputs) {
+        Some(group) => DbPath::Gathered(group),
+        None => DbPath::Own(state.pool.session().await?),
+    };
     // A replay returns its job and spends nothing: looked up before any limit or quota is touched.
     if let Some(key) = idempotency
+        && let DbPath::Own(session) = &mut path
         && let Some(existing) =
-            db::idempotency::lookup_in(&mut session, owner, &key.key, &key.request_hash)
+            db::idempotency::lookup_in(session, owner, &key.key, &key.request_hash)
                 .await
                 .map_err(key_error)?
     {
-        drop(session);
+        drop(path);
         return replay_job(state, owner, existing).await;
     }
     let estimate = crate::budgets::estimates(state, &[&request], &[inputs])[0];
-    let limits =
-        crate::budgets::limits_in(state, &mut session, owner, submitter.1.as_ref()).await?;
+    let key = submitter.1.as_ref();
+    let limits = match &mut path {
+        DbPath::Own(session) => crate::budgets::limits_in(state, session, owner, key).await?,
+        DbPath::Gathered(group) => {
+            crate::budgets::limits_gathered(state, &group.budget_reads, owner, key).await?
+        }
+    };
     let reservation = if limits.is_empty() {
         None
     } else {
-        // Reserving may rebuild a counter from Postgres: not while holding the session.
-        drop(session);
-        let r = crate::budgets::reserve_within(state, limits, estimate).await?;
-        session = match state.pool.session().await {
-            Ok(s) => s,
-            Err(e) => {
-                crate::budgets::release(state, r.as_ref()).await;
-                return Err(e.into());
+        match path {
+            DbPath::Gathered(_) => crate::budgets::reserve_within(state, limits, estimate).await?,
+            DbPath::Own(session) => {
+                // Reserving may rebuild a counter from Postgres: not while holding the session.
+                drop(session);
+                let r = crate::budgets::reserve_within(state, limits, estimate).await?;
+                path = match state.pool.session().await {
+                    Ok(s) => DbPath::Own(s),
+                    Err(e) => {
+                        crate::budgets::release(state, r.as_ref()).await;
+                        return Err(e.into());
+                    }
+                };
+                r
             }
-        };
-        r
+        }
     };
     let images = u64::from(request.num_images());
     if let Err(e) = crate::rate_limit::spend_image_quota(state, owner, images).await {
@@ -410,22 +444,17 @@ async fn record_job(
     };
     let claim = idempotency.map(|k| k.claim(owner, state));
     let max_active = state.max_active_jobs();
-    let inserted = match &state.group_insert {
+    let inserted = match path {
+        DbPath::Own(mut session) => {
+            db::jobs::insert_admitted_in(&mut session, &job, claim.as_ref(), max_active).await
+        }
         // Nothing to claim, count or record beside the row: recorded with the submissions arriving now.
-        Some(group) if claim.is_none() && max_active.is_none() && job.inputs.is_empty() => {
-            drop(session);
-            group
-                .insert(job)
-                .await
-                .map(Inserted::New)
-                .map_err(KeyError::Db)
-        }
-        _ => {
-            let inserted =
-                db::jobs::insert_admitted_in(&mut session, &job, claim.as_ref(), max_active).await;
-            drop(session);
-            inserted
-        }
+        DbPath::Gathered(group) => group
+            .insert
+            .insert(job)
+            .await
+            .map(Inserted::New)
+            .map_err(KeyError::Db),
     };
     let record = match inserted {
         Ok(Inserted::New(record)) => record,

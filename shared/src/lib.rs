@@ -10,6 +10,7 @@ pub mod cost;
 pub mod db;
 pub mod domain;
 pub mod edit_inputs;
+pub mod gather;
 pub mod limits;
 pub mod net_guard;
 pub mod queue;

@@ -648,3 +648,31 @@ async fn a_bad_row_fails_only_its_own_submission(pool: PgPool) {
         .expect("list");
     assert_eq!(bobs.len(), 4);
 }
+
+/// Budget rows read together: each owner gets its own row (or none), however many ask at once, and a change made
+/// between two reads is seen by the next.
+#[sqlx::test(migrations = "../migrations")]
+async fn gathered_budget_reads_give_each_owner_its_own_row(pool: PgPool) {
+    use imagegen_shared::db::budgets::{self, GroupReads};
+    let db = Db::from(pool.clone());
+    budgets::set(&db, "alice", Some(1_000), None)
+        .await
+        .expect("set");
+    budgets::set(&db, "carol", None, Some(9_000))
+        .await
+        .expect("set");
+    let reads = GroupReads::new(pool);
+    let owners: Vec<&str> = (0..30).map(|i| ["alice", "bob", "carol"][i % 3]).collect();
+    let rows = futures::future::join_all(owners.iter().map(|o| reads.get(&db, o))).await;
+    for (owner, row) in owners.iter().zip(rows) {
+        let row = row.expect("read");
+        match *owner {
+            "alice" => assert_eq!(row.map(|r| r.usd_micros_per_day), Some(Some(1_000))),
+            "carol" => assert_eq!(row.map(|r| r.usd_micros_per_month), Some(Some(9_000))),
+            _ => assert_eq!(row, None, "bob has no row"),
+        }
+    }
+    budgets::set(&db, "bob", Some(5), None).await.expect("set");
+    let bob = reads.get(&db, "bob").await.expect("read").expect("row");
+    assert_eq!(bob.usd_micros_per_day, Some(5));
+}

@@ -65,12 +65,15 @@ async fn group_commit_is_on_by_default_and_submit_group_commit_false_switches_it
     )
     .await;
     submit_together(&on, 8).await;
-    assert!(
-        on.metrics_text()
-            .await
-            .contains("imagegen_submit_group_rows_count"),
-        "group commit records its flushes"
-    );
+    // Each of the 8 had its budget row read, its row inserted and its message pushed in a gathered flush.
+    let text = on.metrics_text().await;
+    for gather in ["budget_read", "job_insert", "queue_push"] {
+        assert_eq!(
+            gathered_items(&text, gather),
+            Some(8.0),
+            "{gather} gathered every submission: {text}"
+        );
+    }
     drop(on);
     let off = start(
         &pool,
@@ -82,10 +85,23 @@ async fn group_commit_is_on_by_default_and_submit_group_commit_false_switches_it
     )
     .await;
     submit_together(&off, 8).await;
-    assert!(
-        !off.metrics_text()
-            .await
-            .contains("imagegen_submit_group_rows"),
-        "no flush when it is off"
-    );
+    let text = off.metrics_text().await;
+    for gather in ["budget_read", "job_insert"] {
+        assert_eq!(
+            gathered_items(&text, gather),
+            None,
+            "no {gather} flush when it is off"
+        );
+    }
+    // Queue pushes are gathered whatever the setting.
+    assert_eq!(gathered_items(&text, "queue_push"), Some(8.0), "{text}");
+}
+
+/// How many items the gatherer named `gather` has flushed, from the API's /metrics text.
+fn gathered_items(metrics: &str, gather: &str) -> Option<f64> {
+    let prefix = format!("imagegen_gathered_items_sum{{gather=\"{gather}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -3,7 +3,10 @@
 //! process. `None` in a field means the default applies.
 
 use super::{Db, DbError, on_db};
+use crate::gather::Gather;
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OwnerBudget {
@@ -31,6 +34,55 @@ pub async fn get_in(
         .await?
     });
     Ok(row)
+}
+
+/// Submissions' budget reads gathered (see [`crate::gather`]): the owners asked for at the same time are read in
+/// one statement. Still read at every submission, after it arrived, so a change holds at once as before.
+pub struct GroupReads {
+    gather: Arc<Gather<String, Option<Option<OwnerBudget>>>>,
+}
+
+/// The most owners one gathered read asks for.
+const MAX_GROUP_READ: usize = 256;
+
+impl GroupReads {
+    pub fn new(pool: PgPool) -> Self {
+        let gather = Gather::new(
+            "budget_read",
+            MAX_GROUP_READ,
+            Box::new(move |owners| Box::pin(read_group(pool.clone(), owners))),
+        );
+        Self { gather }
+    }
+
+    /// `owner`'s row, read with whatever other owners are asked for now. Should the gathered read fail, the row is
+    /// read again on a connection of its own, so the caller sees that read's own error.
+    pub async fn get(&self, db: &Db, owner: &str) -> Result<Option<OwnerBudget>, DbError> {
+        match self.gather.call(owner.to_owned()).await {
+            Ok(Some(row)) => Ok(row),
+            Ok(None) | Err(_) => get(db, owner).await,
+        }
+    }
+}
+
+/// One gathered read: `None` for every owner when it failed (each then reads on its own).
+async fn read_group(pool: PgPool, owners: Vec<String>) -> Vec<Option<Option<OwnerBudget>>> {
+    let rows = sqlx::query_as::<_, OwnerBudget>(
+        "SELECT owner, usd_micros_per_day, usd_micros_per_month, updated_at FROM budgets WHERE owner = ANY($1)",
+    )
+    .bind(&owners)
+    .fetch_all(&pool)
+    .await;
+    match rows {
+        Ok(rows) => owners
+            .iter()
+            .map(|owner| Some(rows.iter().find(|r| &r.owner == owner).cloned()))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(owners = owners.len(), error = %e, "gathered budget read failed; reading one by one");
+            owners.iter().map(|_| None).collect()
+        }
+    }
 }
 
 pub async fn list(db: &Db) -> Result<Vec<OwnerBudget>, DbError> {

@@ -12,6 +12,7 @@
 use super::message::{ConsumerSettings, Delivery, Handler, JobMessage, QueueError};
 use super::message::{panic_text, report_panic};
 use super::signals::{self, JobEvent, Listen, Signal};
+use crate::gather::Gather;
 use crate::ticker;
 use apalis::layers::catch_panic::{CatchPanicLayer, PanicError};
 use apalis::prelude::{BoxDynError, Data, Event, Service, Status, Task, TaskBuilder, TaskSink};
@@ -77,6 +78,41 @@ pub fn redis_connection(
     Ok((client, manager))
 }
 
+/// One grouped push: every message in one script call (apalis' batch push), then one nudge. The call is all or
+/// nothing, so each caller gets the same outcome.
+async fn push_group(
+    mut storage: RedisStorage<JobMessage>,
+    conn: ConnectionManager,
+    wake_channel: String,
+    messages: Vec<JobMessage>,
+) -> Vec<Result<(), QueueError>> {
+    let n = messages.len();
+    match storage.push_bulk(messages).await {
+        Ok(()) => {
+            wake(&conn, &wake_channel).await;
+            (0..n).map(|_| Ok(())).collect()
+        }
+        Err(e) => {
+            let text = e.to_string();
+            (0..n)
+                .map(|_| Err(QueueError::Push(text.clone())))
+                .collect()
+        }
+    }
+}
+
+async fn wake(conn: &ConnectionManager, channel: &str) {
+    let mut conn = conn.clone();
+    let sent: Result<i64, _> = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg("1")
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "could not nudge workers");
+    }
+}
+
 /// The apalis-redis settings every process of a deployment must agree on.
 fn apalis_config(queue_name: &str, batch_size: usize) -> apalis_redis::Config {
     apalis_redis::Config::default()
@@ -90,9 +126,14 @@ fn apalis_config(queue_name: &str, batch_size: usize) -> apalis_redis::Config {
         .persist_results(true)
 }
 
+/// The most messages one grouped push carries (one script call; its arguments are 7 per message).
+const MAX_PUSH_GROUP: usize = 256;
+
 #[derive(Clone)]
 pub(super) struct RedisQueue {
     storage: RedisStorage<JobMessage>,
+    /// Pushes made at the same time go to Redis as one script call and one nudge (see [`crate::gather`]).
+    pushes: Arc<Gather<JobMessage, Result<(), QueueError>>>,
     conn: ConnectionManager,
     /// For pub/sub; without it (tests that only push) nothing is heard.
     client: Option<redis::Client>,
@@ -108,8 +149,26 @@ impl RedisQueue {
     ) -> Self {
         let config = apalis_config(queue_name, 1);
         let storage = RedisStorage::new(conn.clone()).with_config(config.clone());
+        let pushes = Gather::new(
+            "queue_push",
+            MAX_PUSH_GROUP,
+            Box::new({
+                let storage = storage.clone();
+                let conn = conn.clone();
+                let wake = signals::wake_channel(queue_name);
+                move |messages| {
+                    Box::pin(push_group(
+                        storage.clone(),
+                        conn.clone(),
+                        wake.clone(),
+                        messages,
+                    ))
+                }
+            }),
+        );
         Self {
             storage,
+            pushes,
             conn,
             client,
             config,
@@ -123,13 +182,10 @@ impl RedisQueue {
     }
 
     pub(super) async fn push(&self, message: JobMessage) -> Result<(), QueueError> {
-        let mut storage = self.storage.clone();
-        storage
-            .push(message)
+        self.pushes
+            .call(message)
             .await
-            .map_err(|e| QueueError::Push(e.to_string()))?;
-        self.wake_workers().await;
-        Ok(())
+            .map_err(|e| QueueError::Push(e.to_string()))?
     }
 
     pub(super) async fn push_delayed(
@@ -148,15 +204,7 @@ impl RedisQueue {
     /// Idle apalis workers only look at the queue again on their next heartbeat; this nudge makes them look now.
     /// Best effort: a lost nudge costs at most one heartbeat interval of latency.
     pub(super) async fn wake_workers(&self) {
-        let mut conn = self.conn.clone();
-        let sent: Result<i64, _> = redis::cmd("PUBLISH")
-            .arg(signals::wake_channel(&self.queue_name))
-            .arg("1")
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "could not nudge workers");
-        }
+        wake(&self.conn, &signals::wake_channel(&self.queue_name)).await;
     }
 
     /// Messages ready now plus those scheduled for later.
