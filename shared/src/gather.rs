@@ -1,10 +1,12 @@
-//! Adaptive gathering of concurrent calls into one (issue 19): what callers ask for while a flush is running is
-//! done together in the next flush, one statement or one script instead of one round trip each. Each caller still
-//! gets its own answer.
+//! Adaptive gathering of concurrent calls into one (issue 19): what callers ask for while the flushes in flight are
+//! running is done together in a later flush, one statement or one script instead of one round trip each. Each
+//! caller still gets its own answer.
 //!
-//! Without a timer: a lone call starts a flush at once (it is never delayed); what arrives while a flush runs waits
-//! for the next one (at most `max` items). The flush runs in a task of its own, so a caller that goes away (its
-//! client hung up) does not strand the others.
+//! Without a timer: a call that finds a free flush slot and nobody waiting runs its own flush at once, in its own
+//! task (a lone call is neither delayed nor handed to another thread). Calls that find every slot taken wait; when a
+//! slot frees, a spawned task flushes them, up to `max` items at a time. A waiting call is only ever flushed by such
+//! a task, never by another caller, so a caller that goes away (its client hung up) strands nobody. More than one
+//! slot keeps one slow flush (a descheduled connection on a busy machine) from holding up everyone behind it.
 
 use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -21,29 +23,33 @@ pub struct Unanswered(pub &'static str);
 pub struct Gather<I, O> {
     /// Names the histogram's series (`imagegen_gathered_items{gather=...}`) and errors.
     name: &'static str,
+    /// Most items in one flush.
     max: usize,
+    /// Most flushes running at once.
+    slots: usize,
     flush: FlushFn<I, O>,
     state: Mutex<Gathered<I, O>>,
 }
 
 struct Gathered<I, O> {
     waiting: Vec<(I, oneshot::Sender<O>)>,
-    /// A flush task is running; it takes what is waiting when it is done.
-    flushing: bool,
+    /// Flushes running now (a caller's own or a task's).
+    in_flight: usize,
     /// Flushes so far and items in them (tests and the bench read how well calls were gathered).
     flushes: u64,
     items: u64,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Gather<I, O> {
-    pub fn new(name: &'static str, max: usize, flush: FlushFn<I, O>) -> Arc<Self> {
+    pub fn new(name: &'static str, max: usize, slots: usize, flush: FlushFn<I, O>) -> Arc<Self> {
         Arc::new(Self {
             name,
             max: max.max(1),
+            slots: slots.max(1),
             flush,
             state: Mutex::new(Gathered {
                 waiting: Vec::new(),
-                flushing: false,
+                in_flight: 0,
                 flushes: 0,
                 items: 0,
             }),
@@ -52,16 +58,29 @@ impl<I: Send + 'static, O: Send + 'static> Gather<I, O> {
 
     /// Does `item` with whatever else is asked for now.
     pub async fn call(self: &Arc<Self>, item: I) -> Result<O, Unanswered> {
-        let (answer, answered) = oneshot::channel();
-        let start_flush = {
+        let waiting = {
             let mut state = self.lock();
-            state.waiting.push((item, answer));
-            !std::mem::replace(&mut state.flushing, true)
+            if state.in_flight < self.slots && state.waiting.is_empty() {
+                state.in_flight += 1;
+                Err(item)
+            } else {
+                let (answer, answered) = oneshot::channel();
+                state.waiting.push((item, answer));
+                Ok(answered)
+            }
         };
-        if start_flush {
-            tokio::spawn(self.clone().flush_while_waiting());
+        match waiting {
+            Ok(answered) => answered.await.map_err(|_| Unanswered(self.name)),
+            // Our own flush. The slot goes back however it ends (a caller dropped mid-flush included), and whoever
+            // waits meanwhile is flushed by a task then.
+            Err(item) => {
+                let _slot = Slot(self);
+                self.run(vec![item])
+                    .await
+                    .pop()
+                    .ok_or(Unanswered(self.name))
+            }
         }
-        answered.await.map_err(|_| Unanswered(self.name))
     }
 
     /// (flushes, items) so far.
@@ -74,42 +93,61 @@ impl<I: Send + 'static, O: Send + 'static> Gather<I, O> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn flush_while_waiting(self: Arc<Self>) {
-        // Should a flush panic, the guard still lets the next call start one (and the stranded callers get
-        // `Unanswered` when their senders are dropped).
-        let reset = ResetOnPanic(&self);
+    async fn run(&self, items: Vec<I>) -> Vec<O> {
+        {
+            let mut state = self.lock();
+            state.flushes += 1;
+            state.items += items.len() as u64;
+        }
+        metrics::histogram!("imagegen_gathered_items", "gather" => self.name)
+            .record(items.len() as f64);
+        (self.flush)(items).await
+    }
+
+    /// Takes a slot for the waiting calls if one is free and any wait; the caller holds the lock.
+    fn start_task_if_waiting(self: &Arc<Self>, state: &mut Gathered<I, O>) {
+        if state.waiting.is_empty() || state.in_flight >= self.slots {
+            return;
+        }
+        // Outside a runtime (a runtime shutting down) nothing can run the flush: the waiting calls are dropped and
+        // answered `Unanswered`.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            state.waiting.clear();
+            return;
+        };
+        state.in_flight += 1;
+        runtime.spawn(self.clone().flush_waiting());
+    }
+
+    /// A task's flushes: the waiting calls, `max` at a time, until none wait.
+    async fn flush_waiting(self: Arc<Self>) {
+        let _slot = Slot(&self);
         loop {
             let (items, answers): (Vec<I>, Vec<oneshot::Sender<O>>) = {
                 let mut state = self.lock();
                 if state.waiting.is_empty() {
-                    state.flushing = false;
-                    break;
+                    return;
                 }
                 let n = state.waiting.len().min(self.max);
-                state.flushes += 1;
-                state.items += n as u64;
                 state.waiting.drain(..n).unzip()
             };
-            metrics::histogram!("imagegen_gathered_items", "gather" => self.name)
-                .record(items.len() as f64);
-            let outcomes = (self.flush)(items).await;
+            let outcomes = self.run(items).await;
             for (answer, outcome) in answers.into_iter().zip(outcomes) {
                 let _ = answer.send(outcome);
             }
         }
-        drop(reset);
     }
 }
 
-struct ResetOnPanic<'a, I, O>(&'a Gather<I, O>);
+/// A flush slot taken; given back on drop (a flush that ended, panicked or was dropped), starting a task for the
+/// calls that wait.
+struct Slot<'a, I: Send + 'static, O: Send + 'static>(&'a Arc<Gather<I, O>>);
 
-impl<I, O> Drop for ResetOnPanic<'_, I, O> {
+impl<I: Send + 'static, O: Send + 'static> Drop for Slot<'_, I, O> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.flushing = false;
-            state.waiting.clear();
-        }
+        let mut state = self.0.lock();
+        state.in_flight -= 1;
+        self.0.start_task_if_waiting(&mut state);
     }
 }
 
@@ -119,51 +157,64 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Semaphore;
 
-    /// Doubles each item; each flush first takes a permit from `gate`, so the test decides when flushes end.
+    /// Doubles each item; each flush first takes a permit from `gate`, so the test decides when flushes end, and
+    /// the flush numbered `panic_on` (from 0) panics instead.
     fn doubling(
         max: usize,
+        slots: usize,
         sizes: Arc<Mutex<Vec<usize>>>,
         gate: Arc<Semaphore>,
+        panic_on: Option<usize>,
     ) -> Arc<Gather<u32, u32>> {
+        let flushes = AtomicUsize::new(0);
         Gather::new(
             "test",
             max,
+            slots,
             Box::new(move |items: Vec<u32>| {
                 sizes.lock().unwrap().push(items.len());
+                let panics = panic_on == Some(flushes.fetch_add(1, Ordering::SeqCst));
                 let gate = gate.clone();
                 Box::pin(async move {
                     gate.acquire().await.expect("open").forget();
+                    assert!(!panics, "this flush fails");
                     items.into_iter().map(|i| i * 2).collect()
                 })
             }),
         )
     }
 
+    fn spawn_call(
+        gather: &Arc<Gather<u32, u32>>,
+        i: u32,
+    ) -> tokio::task::JoinHandle<Result<u32, Unanswered>> {
+        let gather = gather.clone();
+        tokio::spawn(async move { gather.call(i).await })
+    }
+
+    async fn until(mut done: impl FnMut() -> bool) {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_lone_call_is_flushed_at_once_and_gets_its_own_answer() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let gather = doubling(8, sizes.clone(), Arc::new(Semaphore::new(1)));
+        let gather = doubling(8, 1, sizes.clone(), Arc::new(Semaphore::new(1)), None);
         assert_eq!(gather.call(21).await, Ok(42));
         assert_eq!(*sizes.lock().unwrap(), vec![1]);
     }
 
     #[tokio::test]
-    async fn calls_made_during_a_flush_share_the_next_one_up_to_the_maximum() {
+    async fn calls_made_while_every_slot_is_busy_share_the_next_flush_up_to_the_maximum() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
-        let gather = doubling(4, sizes.clone(), gate.clone());
-        let call = |i: u32| {
-            let gather = gather.clone();
-            tokio::spawn(async move { gather.call(i).await })
-        };
-        let first = call(0);
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let rest: Vec<_> = (1..=6).map(call).collect();
-        while gather.lock().waiting.len() < 6 {
-            tokio::task::yield_now().await;
-        }
+        let gather = doubling(4, 1, sizes.clone(), gate.clone(), None);
+        let first = spawn_call(&gather, 0);
+        until(|| !sizes.lock().unwrap().is_empty()).await;
+        let rest: Vec<_> = (1..=6).map(|i| spawn_call(&gather, i)).collect();
+        until(|| gather.lock().waiting.len() == 6).await;
         gate.add_permits(3);
         assert_eq!(first.await.unwrap(), Ok(0));
         for (i, call) in rest.into_iter().enumerate() {
@@ -174,23 +225,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_flush_that_panics_answers_unanswered_and_the_next_call_starts_anew() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let gather: Arc<Gather<u32, u32>> = Gather::new(
-            "test",
-            8,
-            Box::new({
-                let calls = calls.clone();
-                move |items: Vec<u32>| {
-                    let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
-                    Box::pin(async move {
-                        assert!(!first, "the first flush fails");
-                        items
-                    })
-                }
-            }),
-        );
-        assert_eq!(gather.call(1).await, Err(Unanswered("test")));
-        assert_eq!(gather.call(2).await, Ok(2));
+    async fn with_two_slots_a_second_call_does_not_wait_for_the_first_flush() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let gather = doubling(8, 2, sizes.clone(), gate.clone(), None);
+        let first = spawn_call(&gather, 1);
+        let second = spawn_call(&gather, 2);
+        until(|| sizes.lock().unwrap().len() == 2).await;
+        let third = spawn_call(&gather, 3);
+        until(|| gather.lock().waiting.len() == 1).await;
+        gate.add_permits(3);
+        assert_eq!(first.await.unwrap(), Ok(2));
+        assert_eq!(second.await.unwrap(), Ok(4));
+        assert_eq!(third.await.unwrap(), Ok(6));
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_mid_flush_strands_nobody() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let gather = doubling(8, 1, sizes.clone(), gate.clone(), None);
+        let gone = spawn_call(&gather, 1);
+        until(|| sizes.lock().unwrap().len() == 1).await;
+        let waiting = spawn_call(&gather, 2);
+        until(|| gather.lock().waiting.len() == 1).await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        gate.add_permits(1);
+        assert_eq!(waiting.await.unwrap(), Ok(4));
+    }
+
+    #[tokio::test]
+    async fn a_flush_that_panics_answers_its_waiting_calls_unanswered_and_the_next_call_starts_anew()
+     {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let gather = doubling(8, 1, sizes.clone(), gate.clone(), Some(1));
+        let first = spawn_call(&gather, 1);
+        until(|| sizes.lock().unwrap().len() == 1).await;
+        let waiting: Vec<_> = (2..=3).map(|i| spawn_call(&gather, i)).collect();
+        until(|| gather.lock().waiting.len() == 2).await;
+        gate.add_permits(3);
+        assert_eq!(first.await.unwrap(), Ok(2));
+        for call in waiting {
+            assert_eq!(call.await.unwrap(), Err(Unanswered("test")));
+        }
+        assert_eq!(gather.call(5).await, Ok(10));
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 2, 1]);
     }
 }

@@ -44,12 +44,15 @@ pub struct GroupReads {
 
 /// The most owners one gathered read asks for.
 const MAX_GROUP_READ: usize = 256;
+/// Gathered reads running at once (each takes a pool connection for one round trip).
+const READ_SLOTS: usize = 4;
 
 impl GroupReads {
     pub fn new(pool: PgPool) -> Self {
         let gather = Gather::new(
             "budget_read",
             MAX_GROUP_READ,
+            READ_SLOTS,
             Box::new(move |owners| Box::pin(read_group(pool.clone(), owners))),
         );
         Self { gather }

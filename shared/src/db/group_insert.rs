@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 /// The most rows one flush writes (18 parameters each, far below Postgres's 65,535).
 pub const MAX_ROWS: usize = 64;
+/// Inserts running at once: two, so one slow commit does not hold up every submission behind it.
+const FLUSH_SLOTS: usize = 2;
 
 /// Gathers plain job inserts into flushes; one per API process.
 pub struct GroupInsert {
@@ -28,6 +30,7 @@ impl GroupInsert {
         let gather = Gather::new(
             "job_insert",
             MAX_ROWS,
+            FLUSH_SLOTS,
             Box::new(move |jobs| Box::pin(flush(pool.clone(), jobs))),
         );
         Arc::new(Self { gather })

@@ -128,6 +128,8 @@ fn apalis_config(queue_name: &str, batch_size: usize) -> apalis_redis::Config {
 
 /// The most messages one grouped push carries (one script call; its arguments are 7 per message).
 const MAX_PUSH_GROUP: usize = 256;
+/// Grouped pushes running at once (pipelined on the one multiplexed connection).
+const PUSH_SLOTS: usize = 4;
 
 #[derive(Clone)]
 pub(super) struct RedisQueue {
@@ -152,6 +154,7 @@ impl RedisQueue {
         let pushes = Gather::new(
             "queue_push",
             MAX_PUSH_GROUP,
+            PUSH_SLOTS,
             Box::new({
                 let storage = storage.clone();
                 let conn = conn.clone();
