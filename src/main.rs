@@ -376,7 +376,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             )
         }
         Command::Api(args) => {
-            telemetry::init(&args.core.log_level)?;
+            let _logs = telemetry::init(&args.core.log_level)?;
             let addr = format!("{}:{}", args.api_host, args.api_port);
             let listener = imagegen_api::bind(&addr)
                 .await
@@ -393,7 +393,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             }
         }
         Command::Worker(args) => {
-            telemetry::init(&args.core.log_level)?;
+            let _logs = telemetry::init(&args.core.log_level)?;
             let signals = Signals::listen();
             let worker = imagegen_worker::consumer::run_forceable(
                 args.settings()?,
@@ -403,7 +403,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             signals.bounded(worker).await
         }
         Command::Migrate(args) => {
-            telemetry::init(&args.core.log_level)?;
+            let _logs = telemetry::init(&args.core.log_level)?;
             let pool = db::connect_lazy(&args.database.database_url, 1)
                 .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
             tracing::info!(database = pool.kind(), "applying migrations");
@@ -414,11 +414,11 @@ async fn run(role: Role) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(args) => {
-            telemetry::init(&args.core.log_level)?;
+            let _logs = telemetry::init(&args.core.log_level)?;
             keys(args).await
         }
         Command::Emulator(args) => {
-            telemetry::init("info")?;
+            let _logs = telemetry::init("info")?;
             imagegen_emulator::run(args, Signals::listen().shutdown())
                 .await
                 .map_err(Into::into)

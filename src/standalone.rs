@@ -142,7 +142,7 @@ pub async fn run(
         run_worker,
         sandbox,
     } = settings;
-    telemetry::init(&api.core.log_level)?;
+    let _logs = telemetry::init(&api.core.log_level)?;
     let stop = CancellationToken::new();
 
     // Sandbox providers: the emulator on a free loopback port, with a key only this process knows.

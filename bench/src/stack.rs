@@ -99,7 +99,11 @@ impl Stack {
                 "LOCAL_STORAGE_PATH".into(),
                 dir.join("images").display().to_string(),
             ),
-            ("LOG_LEVEL".into(), "warn".into()),
+            // BENCH_LOG_LEVEL (e.g. `info`, the services' default) measures what logging costs; warn by default.
+            (
+                "LOG_LEVEL".into(),
+                std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+            ),
             ("API_HOST".into(), "127.0.0.1".into()),
             ("API_PORT".into(), api_port.to_string()),
             ("WAIT_MAX_SECS".into(), "300".into()),

@@ -1,5 +1,7 @@
 //! Logging: JSON lines on stdout, one per event, carrying the fields of the enclosing spans (the API's request span
 //! holds the correlation id, the worker's job span holds job id and correlation id), so every line is traceable.
+//! Lines are written by a thread of their own, not by the task that logs: a slow stdout (a full pipe to a log
+//! collector) then costs that thread, not the runtime's workers, and only holds them up once 128,000 lines wait.
 
 use crate::config::ConfigError;
 use tracing_subscriber::EnvFilter;
@@ -19,10 +21,22 @@ pub fn filter_from_level(level: &str) -> Result<EnvFilter, ConfigError> {
         .map_err(|e| ConfigError::new("LOG_LEVEL", format!("'{directives}': {e}")))
 }
 
+/// Keeps the log writer's thread; dropping it writes out the lines still waiting. Hold it until the process ends.
+#[must_use = "the log lines still waiting are written when this is dropped"]
+pub struct LogGuard {
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
 /// Installs the global subscriber once; later calls (tests) are ignored.
-pub fn init(level: &str) -> Result<(), ConfigError> {
+pub fn init(level: &str) -> Result<LogGuard, ConfigError> {
     let filter = filter_from_level(level)?;
-    let _ = tracing_subscriber::fmt()
+    // Not lossy: when the writer falls that far behind, logging waits rather than dropping lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("imagegen-log")
+        .finish(std::io::stdout());
+    let installed = tracing_subscriber::fmt()
+        .with_writer(writer)
         .json()
         .with_env_filter(filter)
         .with_current_span(false)
@@ -31,7 +45,9 @@ pub fn init(level: &str) -> Result<(), ConfigError> {
         .with_span_events(FmtSpan::NONE)
         .with_target(true)
         .try_init();
-    Ok(())
+    Ok(LogGuard {
+        _writer: installed.is_ok().then_some(guard),
+    })
 }
 
 /// One more on the gauge `name` while it lives: counted down however the thing it counts ends (a future dropped
