@@ -172,7 +172,7 @@ mod tests {
             max,
             slots,
             Box::new(move |items: Vec<u32>| {
-                sizes.lock().unwrap().push(items.len());
+                sizes.lock().expect("sizes").push(items.len());
                 let panics = panic_on == Some(flushes.fetch_add(1, Ordering::SeqCst));
                 let gate = gate.clone();
                 Box::pin(async move {
@@ -203,7 +203,7 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let gather = doubling(8, 1, sizes.clone(), Arc::new(Semaphore::new(1)), None);
         assert_eq!(gather.call(21).await, Ok(42));
-        assert_eq!(*sizes.lock().unwrap(), vec![1]);
+        assert_eq!(*sizes.lock().expect("sizes"), vec![1]);
     }
 
     #[tokio::test]
@@ -212,15 +212,15 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let gather = doubling(4, 1, sizes.clone(), gate.clone(), None);
         let first = spawn_call(&gather, 0);
-        until(|| !sizes.lock().unwrap().is_empty()).await;
+        until(|| !sizes.lock().expect("sizes").is_empty()).await;
         let rest: Vec<_> = (1..=6).map(|i| spawn_call(&gather, i)).collect();
         until(|| gather.lock().waiting.len() == 6).await;
         gate.add_permits(3);
-        assert_eq!(first.await.unwrap(), Ok(0));
+        assert_eq!(first.await.expect("joined"), Ok(0));
         for (i, call) in rest.into_iter().enumerate() {
-            assert_eq!(call.await.unwrap(), Ok(2 * (i as u32 + 1)));
+            assert_eq!(call.await.expect("joined"), Ok(2 * (i as u32 + 1)));
         }
-        assert_eq!(*sizes.lock().unwrap(), vec![1, 4, 2]);
+        assert_eq!(*sizes.lock().expect("sizes"), vec![1, 4, 2]);
         assert_eq!(gather.stats(), (3, 7));
     }
 
@@ -231,14 +231,14 @@ mod tests {
         let gather = doubling(8, 2, sizes.clone(), gate.clone(), None);
         let first = spawn_call(&gather, 1);
         let second = spawn_call(&gather, 2);
-        until(|| sizes.lock().unwrap().len() == 2).await;
+        until(|| sizes.lock().expect("sizes").len() == 2).await;
         let third = spawn_call(&gather, 3);
         until(|| gather.lock().waiting.len() == 1).await;
         gate.add_permits(3);
-        assert_eq!(first.await.unwrap(), Ok(2));
-        assert_eq!(second.await.unwrap(), Ok(4));
-        assert_eq!(third.await.unwrap(), Ok(6));
-        assert_eq!(*sizes.lock().unwrap(), vec![1, 1, 1]);
+        assert_eq!(first.await.expect("joined"), Ok(2));
+        assert_eq!(second.await.expect("joined"), Ok(4));
+        assert_eq!(third.await.expect("joined"), Ok(6));
+        assert_eq!(*sizes.lock().expect("sizes"), vec![1, 1, 1]);
     }
 
     #[tokio::test]
@@ -247,13 +247,13 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let gather = doubling(8, 1, sizes.clone(), gate.clone(), None);
         let gone = spawn_call(&gather, 1);
-        until(|| sizes.lock().unwrap().len() == 1).await;
+        until(|| sizes.lock().expect("sizes").len() == 1).await;
         let waiting = spawn_call(&gather, 2);
         until(|| gather.lock().waiting.len() == 1).await;
         gone.abort();
-        assert!(gone.await.unwrap_err().is_cancelled());
+        assert!(gone.await.expect_err("aborted").is_cancelled());
         gate.add_permits(1);
-        assert_eq!(waiting.await.unwrap(), Ok(4));
+        assert_eq!(waiting.await.expect("joined"), Ok(4));
     }
 
     #[tokio::test]
@@ -263,15 +263,15 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let gather = doubling(8, 1, sizes.clone(), gate.clone(), Some(1));
         let first = spawn_call(&gather, 1);
-        until(|| sizes.lock().unwrap().len() == 1).await;
+        until(|| sizes.lock().expect("sizes").len() == 1).await;
         let waiting: Vec<_> = (2..=3).map(|i| spawn_call(&gather, i)).collect();
         until(|| gather.lock().waiting.len() == 2).await;
         gate.add_permits(3);
-        assert_eq!(first.await.unwrap(), Ok(2));
+        assert_eq!(first.await.expect("joined"), Ok(2));
         for call in waiting {
-            assert_eq!(call.await.unwrap(), Err(Unanswered("test")));
+            assert_eq!(call.await.expect("joined"), Err(Unanswered("test")));
         }
         assert_eq!(gather.call(5).await, Ok(10));
-        assert_eq!(*sizes.lock().unwrap(), vec![1, 2, 1]);
+        assert_eq!(*sizes.lock().expect("sizes"), vec![1, 2, 1]);
     }
 }
