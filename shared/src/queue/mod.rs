@@ -116,13 +116,6 @@ impl JobQueue {
         }
     }
 
-    /// Nudges idle consumers to look at the queue now (the in-process one needs none). Best effort.
-    pub async fn wake_workers(&self) {
-        if let Backend::Redis(q) = &self.backend {
-            q.wake_workers().await;
-        }
-    }
-
     /// Jobs waiting for a worker (ready now or scheduled for a retry).
     pub async fn depth(&self) -> Result<u64, QueueError> {
         match &self.backend {

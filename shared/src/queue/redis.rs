@@ -101,6 +101,8 @@ async fn push_group(
     }
 }
 
+/// Idle apalis workers only look at the queue again on their next heartbeat; this nudge makes them look now.
+/// Best effort: a lost nudge costs at most one heartbeat interval of latency.
 async fn wake(conn: &ConnectionManager, channel: &str) {
     let mut conn = conn.clone();
     let sent: Result<i64, _> = redis::cmd("PUBLISH")
@@ -202,12 +204,6 @@ impl RedisQueue {
             .push_task(task)
             .await
             .map_err(|e| QueueError::Push(e.to_string()))
-    }
-
-    /// Idle apalis workers only look at the queue again on their next heartbeat; this nudge makes them look now.
-    /// Best effort: a lost nudge costs at most one heartbeat interval of latency.
-    pub(super) async fn wake_workers(&self) {
-        wake(&self.conn, &signals::wake_channel(&self.queue_name)).await;
     }
 
     /// Messages ready now plus those scheduled for later.
