@@ -5,6 +5,7 @@
 use crate::auth::Submitter;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::waiters::WaitGuard;
 use axum::http::HeaderMap;
 use imagegen_shared::db::idempotency::{Existing, KeyClaim, KeyError};
 use imagegen_shared::db::jobs::Inserted;
@@ -75,7 +76,7 @@ pub async fn submit_request(
     peer: std::net::SocketAddr,
     endpoint: &'static str,
     body: GenerateBody,
-) -> Result<(JobRecord, Vec<LifecycleNotice>), ApiError> {
+) -> Result<(Submitted, Vec<LifecycleNotice>), ApiError> {
     tracing::Span::current().record("endpoint", endpoint);
     let Accepted {
         mut request,
@@ -84,7 +85,7 @@ pub async fn submit_request(
     let idempotency = Idempotency::from_headers(headers, endpoint, &request)?;
     // After the key's hash: where the client reached us is not part of what it asked.
     request.set_webhook_link_base(crate::routes::base_url(state, headers, peer).base);
-    let job = submit_job(
+    let submitted = submit_job(
         state,
         submitter,
         correlation_id,
@@ -92,8 +93,8 @@ pub async fn submit_request(
         idempotency.as_ref(),
     )
     .await?;
-    tracing::Span::current().record("job_id", tracing::field::display(job.id));
-    Ok((job, notices))
+    tracing::Span::current().record("job_id", tracing::field::display(submitted.job.id));
+    Ok((submitted, notices))
 }
 
 /// Every item of a batch accepted, or every problem named by its item.
@@ -299,13 +300,27 @@ fn key_error(e: KeyError) -> ApiError {
     }
 }
 
+/// A submitted job: newly queued, or the one its Idempotency-Key stands for. A new job comes with a watch on its
+/// events registered before it was queued, so a client that waits for it has missed nothing and need not read it
+/// first (it is queued); a replayed job has none (it may be anywhere in its life).
+pub struct Submitted {
+    pub job: JobRecord,
+    pub watch: Option<WaitGuard>,
+}
+
+impl Submitted {
+    fn replayed(job: JobRecord) -> Self {
+        Self { job, watch: None }
+    }
+}
+
 pub async fn submit_job(
     state: &AppState,
     submitter: &Submitter,
     correlation_id: &str,
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
-) -> Result<JobRecord, ApiError> {
+) -> Result<Submitted, ApiError> {
     submit_job_with(
         state,
         submitter,
@@ -326,7 +341,7 @@ pub async fn submit_job_with(
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
     inputs: &crate::edits::StagedEdit,
-) -> Result<JobRecord, ApiError> {
+) -> Result<Submitted, ApiError> {
     let _turn = state.submissions.turn().await?;
     Box::pin(record_job(
         state,
@@ -367,7 +382,7 @@ async fn record_job(
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
     inputs: &crate::edits::StagedEdit,
-) -> Result<JobRecord, ApiError> {
+) -> Result<Submitted, ApiError> {
     let owner = submitter.0.as_str();
     let model = request.model().clone();
     // One connection for the key lookup, the budget row and the insert: under a burst each acquisition waits behind
@@ -386,7 +401,9 @@ async fn record_job(
                 .map_err(key_error)?
     {
         drop(path);
-        return replay_job(state, owner, existing).await;
+        return replay_job(state, owner, existing)
+            .await
+            .map(Submitted::replayed);
     }
     let estimate = crate::budgets::estimates(state, &[&request], &[inputs])[0];
     let key = submitter.1.as_ref();
@@ -464,7 +481,9 @@ async fn record_job(
             crate::rate_limit::refund_image_quota(state, owner, images).await;
             crate::budgets::release(state, reservation.as_ref()).await;
             return match other.map_err(key_error)? {
-                Inserted::Existing(existing) => replay_job(state, owner, existing).await,
+                Inserted::Existing(existing) => replay_job(state, owner, existing)
+                    .await
+                    .map(Submitted::replayed),
                 Inserted::OverActiveLimit { active } => {
                     Err(crate::rate_limit::active_limit(state, active))
                 }
@@ -477,6 +496,8 @@ async fn record_job(
     if record.status == JobStatus::Moderated {
         return Err(ApiError::ContentBlocked { job_id: record.id });
     }
+    // Registered before the job can run, so its end cannot slip past a client that waits for it.
+    let watch = state.waiters.register(&[record.id]);
     if let Err(e) = state.queue.push(message(&record)).await {
         // Deleting the job also frees its Idempotency-Key (cascade), so the client's retry can succeed.
         match db::jobs::delete_unstarted(&state.pool, record.id).await {
@@ -495,7 +516,10 @@ async fn record_job(
     metrics::counter!("imagegen_jobs_submitted_total", "model" => model.to_string()).increment(1);
     tracing::Span::current().record("job_id", tracing::field::display(record.id));
     tracing::info!(job_id = %record.id, %model, provider = %record.provider, "job queued");
-    Ok(record)
+    Ok(Submitted {
+        job: record,
+        watch: Some(watch),
+    })
 }
 
 /// The job an Idempotency-Key already stands for, whatever state it is in (wait mode re-attaches to it).

@@ -3,33 +3,44 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use imagegen_shared::db::{self, JobRecord};
+use crate::waiters::WaitGuard;
+use imagegen_shared::db::{self, JobParts, JobRecord};
 use imagegen_shared::domain::{BatchId, JobId};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The job once it is terminal, or as it stands when `wait` runs out (or the server is stopping).
+/// The job with its images and charges once it is terminal, or as it stands when `wait` runs out (or the server is
+/// stopping). `watch`: one registered before the job was queued (`submit::Submitted`), which has seen every event
+/// since, so the job is known to be queued and the first read is skipped.
 #[tracing::instrument(level = "debug", skip_all, fields(job_id = %id, wait_ms = wait.as_millis()))]
 pub async fn wait_for_job(
     state: &AppState,
     owner: &str,
     id: JobId,
     wait: Duration,
-) -> Result<Option<JobRecord>, ApiError> {
+    watch: Option<WaitGuard>,
+) -> Result<Option<JobParts>, ApiError> {
     let deadline = Instant::now() + wait;
     // Registered before the first read, so an event that lands during the read is not lost.
-    let guard = state.waiters.register(&[id]);
+    let (guard, mut read_now) = match watch {
+        Some(watch) => (watch, false),
+        None => (state.waiters.register(&[id]), true),
+    };
+    // Boxed: the read's state lives only while it runs, not for the whole wait.
+    let read = || Box::pin(db::job_parts::get_job_parts(&state.pool, owner, id));
     loop {
-        // Boxed: the read's state lives only while it runs, not for the whole wait.
-        let job = Box::pin(db::jobs::get_job(&state.pool, owner, id)).await?;
-        match &job {
-            Some(j) if !j.status.is_terminal() && Instant::now() < deadline => {}
-            _ => return Ok(job),
+        if read_now {
+            let job = read().await?;
+            match &job {
+                Some(j) if !j.job.status.is_terminal() && Instant::now() < deadline => {}
+                _ => return Ok(job),
+            }
         }
+        read_now = true;
         tokio::select! {
             _ = guard.notify.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.stopping.cancelled() => return Ok(job),
+            _ = state.stopping.cancelled() => return Ok(read().await?),
         }
     }
 }

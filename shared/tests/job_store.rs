@@ -676,3 +676,176 @@ async fn gathered_budget_reads_give_each_owner_its_own_row(pool: PgPool) {
     let bob = reads.get(&db, "bob").await.expect("read").expect("row");
     assert_eq!(bob.usd_micros_per_day, Some(5));
 }
+
+fn charge<'a>(job: &'a db::JobRecord, attempt: i32, usd_micros: i64) -> db::costs::NewCharge<'a> {
+    db::costs::NewCharge {
+        job_id: job.id,
+        attempt,
+        owner: job.owner.as_str(),
+        api_key_id: None,
+        provider: "openai",
+        model: "gpt-image-2",
+        cost: imagegen_shared::cost::Cost {
+            usd_micros,
+            basis: imagegen_shared::cost::CostBasis::Tokens,
+            estimated: false,
+        },
+        images: 1,
+    }
+}
+
+/// A charge adds to its job's cost once, however often the same attempt is recorded; one recorded after the job's
+/// budget was settled comes back to be counted directly.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_charge_counts_once_and_a_late_one_comes_back(pool: PgPool) {
+    a_charge_counts_once_and_a_late_one_comes_back_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn a_charge_counts_once_and_a_late_one_comes_back_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    a_charge_counts_once_and_a_late_one_comes_back_on(db).await;
+}
+
+async fn a_charge_counts_once_and_a_late_one_comes_back_on(db: Db) {
+    let job = db::jobs::insert(&db, &new_job("alice"))
+        .await
+        .expect("insert");
+    for _ in 0..2 {
+        let late = db::costs::record_charge(&db, &charge(&job, 1, 40_000))
+            .await
+            .expect("charge");
+        assert!(late.is_none(), "not settled yet");
+    }
+    let row = db::jobs::get_job(&db, "alice", job.id)
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(
+        (row.cost_usd_micros, row.cost_basis.as_str()),
+        (40_000, "tokens"),
+        "the repeated attempt is counted once"
+    );
+    db::jobs::claim_job(&db, job.id, "w1", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    let failure = JobFailure {
+        status: JobStatus::Failed,
+        code: FailureCode::ProviderError,
+        message: "y".into(),
+        moderation: None,
+    };
+    db::jobs::complete_unsuccessful(&db, job.id, "w1", &failure, &[])
+        .await
+        .expect("fail")
+        .expect("ours");
+    db::costs::settle(&db, job.id)
+        .await
+        .expect("settle")
+        .expect("first settlement");
+    let late = db::costs::record_charge(&db, &charge(&job, 2, 5_000))
+        .await
+        .expect("charge")
+        .expect("a charge after the settlement comes back");
+    assert_eq!(
+        (late.owner.as_str(), late.cost_usd_micros),
+        ("alice", 5_000)
+    );
+    let charges = db::costs::charges_of(&db, job.id).await.expect("charges");
+    assert_eq!(
+        charges
+            .iter()
+            .map(|c| (c.attempt, c.usd_micros, c.route.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, 40_000, "openai:gpt-image-2"),
+            (2, 5_000, "openai:gpt-image-2")
+        ]
+    );
+}
+
+/// The one-statement read of a job with its images and charges gives what the three reads give, in order, and
+/// nothing of another owner's job.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_job_is_read_whole_with_its_images_and_charges(pool: PgPool) {
+    a_job_is_read_whole_with_its_images_and_charges_on(Db::from(pool)).await;
+}
+
+#[tokio::test]
+async fn a_job_is_read_whole_with_its_images_and_charges_on_sqlite() {
+    let (db, _dir) = sqlite().await;
+    a_job_is_read_whole_with_its_images_and_charges_on(db).await;
+}
+
+async fn a_job_is_read_whole_with_its_images_and_charges_on(db: Db) {
+    let job = db::jobs::insert(&db, &new_job("alice"))
+        .await
+        .expect("insert");
+    let queued = db::job_parts::get_job_parts(&db, "alice", job.id)
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(queued.job.status, JobStatus::Queued);
+    assert!(queued.images.is_empty() && queued.charges.is_empty());
+    assert!(
+        db::job_parts::get_job_parts(&db, "mallory", job.id)
+            .await
+            .expect("read")
+            .is_none(),
+        "another owner's job does not exist for them"
+    );
+
+    db::jobs::claim_job(&db, job.id, "w1", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    db::costs::record_charge(&db, &charge(&job, 2, 7))
+        .await
+        .expect("charge");
+    db::costs::record_charge(&db, &charge(&job, 1, 11))
+        .await
+        .expect("charge");
+    let mut second = image(1);
+    second.revised_prompt = None;
+    second.seed = Some(42);
+    db::jobs::complete_succeeded(
+        &db,
+        job.id,
+        "w1",
+        &[second, image(0)],
+        &serde_json::json!({}),
+        5,
+        &served(),
+    )
+    .await
+    .expect("complete")
+    .expect("ours");
+
+    let whole = db::job_parts::get_job_parts(&db, "alice", job.id)
+        .await
+        .expect("read")
+        .expect("job");
+    let apart = db::images::images_for_jobs(&db, "alice", &[job.id])
+        .await
+        .expect("images");
+    assert_eq!(whole.job.status, JobStatus::Succeeded);
+    assert_eq!(whole.job.cost_usd_micros, 18);
+    assert_eq!(
+        format!("{:?}", whole.images),
+        format!("{apart:?}"),
+        "every column as the plain read gives it, in position order"
+    );
+    assert_eq!(
+        whole.images.iter().map(|i| i.position).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert_eq!(
+        whole.charges,
+        db::costs::charges_of(&db, job.id).await.expect("charges")
+    );
+    assert_eq!(
+        whole.charges.iter().map(|c| c.attempt).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}

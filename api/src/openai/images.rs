@@ -14,15 +14,16 @@ use crate::error::ApiError;
 use crate::extract::{AppJson, CorrelationId};
 use crate::routes::{base_url, finished_job_response};
 use crate::state::AppState;
-use crate::submit::{lifecycle_headers, submit_request};
+use crate::submit::{Submitted, lifecycle_headers, submit_request};
 use crate::wait::wait_for_job;
+use crate::waiters::WaitGuard;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use imagegen_shared::catalogue::Family;
-use imagegen_shared::db::{self, ImageRecord, JobRecord};
+use imagegen_shared::db::{ImageRecord, JobParts, JobRecord};
 use imagegen_shared::domain::{GenerateBody, JobStatus, ProviderId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -240,7 +241,7 @@ pub async fn generations(
 ) -> Result<Response, ApiError> {
     let stream = body.stream.unwrap_or(false);
     let (body, format) = translate(&state, body)?;
-    let (job, notices) = submit_request(
+    let (Submitted { job, watch }, notices) = submit_request(
         &state,
         &submitter,
         &correlation_id,
@@ -254,9 +255,17 @@ pub async fn generations(
     let job_id = job.id;
     let links = base_url(&state, &headers, peer);
     let mut response = if stream {
-        Sse::new(stream_events(state.clone(), owner, job, format, links)).into_response()
+        Sse::new(stream_events(
+            state.clone(),
+            owner,
+            job,
+            watch,
+            format,
+            links,
+        ))
+        .into_response()
     } else {
-        let job = wait_for_job(&state, &owner, job.id, state.wait_max)
+        let job = wait_for_job(&state, &owner, job.id, state.wait_max, watch)
             .await?
             .ok_or(ApiError::NotFound("Job"))?;
         match answer(&state, &owner, &job, format, &links).await {
@@ -357,7 +366,7 @@ pub async fn edits(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
-    let ((job, notices), format) = crate::routes::edits::submit_multipart(
+    let ((Submitted { job, watch }, notices), format) = crate::routes::edits::submit_multipart(
         &state,
         &submitter,
         &correlation_id,
@@ -371,7 +380,7 @@ pub async fn edits(
     let job_id = job.id;
     let links = base_url(&state, &headers, peer);
     drop(headers);
-    let job = Box::pin(wait_for_job(&state, &owner, job.id, state.wait_max))
+    let job = Box::pin(wait_for_job(&state, &owner, job.id, state.wait_max, watch))
         .await?
         .ok_or(ApiError::NotFound("Job"))?;
     let mut response = match Box::pin(answer(&state, &owner, &job, format, &links)).await {
@@ -398,10 +407,11 @@ fn echoed(job: &JobRecord, key: &str, asked: Option<String>) -> Option<String> {
 async fn answer(
     state: &AppState,
     owner: &str,
-    job: &JobRecord,
+    parts: &JobParts,
     format: Format,
     links: &crate::links::Links,
 ) -> Result<ImagesResponse, ApiError> {
+    let job = &parts.job;
     match job.status {
         JobStatus::Succeeded => {}
         JobStatus::Queued | JobStatus::Running => {
@@ -418,7 +428,7 @@ async fn answer(
         }
         // Failed, moderated or canceled: the same error as wait mode's.
         _ => {
-            finished_job_response(state, links, job).await?;
+            finished_job_response(state, links, parts)?;
             return Err(ApiError::Internal(anyhow::anyhow!(
                 "job {} ended {} without an error",
                 job.id,
@@ -426,10 +436,9 @@ async fn answer(
             )));
         }
     }
-    let mut images = db::images::images_for_jobs(&state.pool, owner, &[job.id]).await?;
-    images.sort_by_key(|i| i.position);
-    let mut data = Vec::with_capacity(images.len());
-    for image in &images {
+    // In position order (`db::job_parts`).
+    let mut data = Vec::with_capacity(parts.images.len());
+    for image in &parts.images {
         data.push(picture(state, owner, image, format, links).await?);
     }
     Ok(images_response(job, data))
@@ -503,6 +512,7 @@ fn stream_events(
     state: AppState,
     owner: String,
     job: JobRecord,
+    watch: Option<WaitGuard>,
     format: Format,
     links: crate::links::Links,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
@@ -521,7 +531,7 @@ fn stream_events(
         } else {
             None
         };
-        let finished = completed_events(&state, &owner, &job, format, &links);
+        let finished = completed_events(&state, &owner, &job, watch, format, &links);
         tokio::pin!(finished);
         let events = loop {
             let frame = async {
@@ -578,10 +588,11 @@ async fn completed_events(
     state: &AppState,
     owner: &str,
     job: &JobRecord,
+    watch: Option<WaitGuard>,
     format: Format,
     links: &crate::links::Links,
 ) -> Result<Vec<Event>, ApiError> {
-    let job = wait_for_job(state, owner, job.id, state.wait_max)
+    let job = wait_for_job(state, owner, job.id, state.wait_max, watch)
         .await?
         .ok_or(ApiError::NotFound("Job"))?;
     let answer = answer(state, owner, &job, format, links).await?;

@@ -149,9 +149,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// A submitted edit: its job and the model's lifecycle notices.
+/// A submitted edit: its job (with the watch a waiting client uses) and the model's lifecycle notices.
 pub type SubmittedEdit = (
-    imagegen_shared::db::JobRecord,
+    crate::submit::Submitted,
     Vec<imagegen_shared::domain::LifecycleNotice>,
 );
 

@@ -5,7 +5,9 @@ use crate::auth::Submitter;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppJson, CorrelationId, WaitPreference, cancel_after};
 use crate::state::AppState;
-use crate::submit::{Idempotency, accept_all, lifecycle_headers, submit_batch, submit_request};
+use crate::submit::{
+    Idempotency, Submitted, accept_all, lifecycle_headers, submit_batch, submit_request,
+};
 use crate::views::{BatchView, JobView, batch_view};
 use crate::wait::{wait_for_batch, wait_for_job};
 use axum::Router;
@@ -61,7 +63,7 @@ pub async fn generate(
     // Memory per waiter: every step is boxed, so a request that waits holds only the small wait future (not the
     // submission's or the answer's state machines, which are far larger), and the request's headers and job row
     // (whose bytes keep hyper's read buffer alive) are dropped before the wait.
-    let (job, notices) = Box::pin(submit_request(
+    let (submitted, notices) = Box::pin(submit_request(
         &state,
         &submitter,
         &correlation_id,
@@ -71,7 +73,7 @@ pub async fn generate(
         body,
     ))
     .await?;
-    answer_job(&state, &submitter.0, headers, peer, job, &notices).await
+    answer_job(&state, &submitter.0, headers, peer, submitted, &notices).await
 }
 
 /// The answer to one submitted job, as generate gives it: wait mode (`Prefer: wait=N`) holds until it ends, else 202;
@@ -83,25 +85,26 @@ pub async fn answer_job(
     owner: &str,
     headers: HeaderMap,
     peer: std::net::SocketAddr,
-    job: imagegen_shared::db::JobRecord,
+    submitted: Submitted,
     notices: &[imagegen_shared::domain::LifecycleNotice],
 ) -> Result<Response, ApiError> {
     let base = base_url(state, &headers, peer);
     let wait = WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max);
     drop(headers);
+    let Submitted { job, watch } = submitted;
     let mut response = match wait {
-        None => accepted(Box::pin(load_job_view(state, &base, &job)).await?),
+        None => {
+            drop(watch);
+            accepted(Box::pin(load_job_view(state, &base, &job)).await?)
+        }
         Some(wait) => {
             let id = job.id;
             drop(job);
-            let job = Box::pin(wait_for_job(state, owner, id, wait))
+            let job = Box::pin(wait_for_job(state, owner, id, wait, watch))
                 .await?
                 .ok_or(ApiError::NotFound("Job"))?;
             // A job that ended without images is an error answer; it carries the notices all the same.
-            match Box::pin(finished_job_response(state, &base, &job)).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
-            }
+            finished_job_response(state, &base, &job).unwrap_or_else(IntoResponse::into_response)
         }
     };
     lifecycle_headers(notices, response.headers_mut());

@@ -1,7 +1,7 @@
 //! `POST /api/v1/jobs` (submit, then poll), `GET /api/v1/jobs/{id}` (with `?wait=N` long-polls and ETags) and
 //! `GET /api/v1/jobs` (the caller's jobs, newest first, cursor-paginated).
 
-use super::{accepted, base_url, load_job_view};
+use super::{accepted, base_url, load_job_view, parts_view};
 use crate::auth::{Owner, Submitter};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::AppQuery;
@@ -59,7 +59,7 @@ pub async fn create_job(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AppJson(body): AppJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let (job, notices) = crate::submit::submit_request(
+    let (submitted, notices) = crate::submit::submit_request(
         &state,
         &submitter,
         &correlation_id,
@@ -70,7 +70,7 @@ pub async fn create_job(
     )
     .await?;
     let mut response =
-        accepted(load_job_view(&state, &base_url(&state, &headers, peer), &job).await?);
+        accepted(load_job_view(&state, &base_url(&state, &headers, peer), &submitted.job).await?);
     crate::submit::lifecycle_headers(&notices, response.headers_mut());
     Ok(response)
 }
@@ -132,12 +132,13 @@ pub async fn get_job(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Response, ApiError> {
     let hold = query.hold(state.wait_max)?;
-    let job = match hold {
-        Some(wait) => wait_for_job(&state, &owner, id, wait).await?,
-        None => db::jobs::get_job(&state.pool, &owner, id).await?,
+    let parts = match hold {
+        Some(wait) => wait_for_job(&state, &owner, id, wait, None).await?,
+        None => db::job_parts::get_job_parts(&state.pool, &owner, id).await?,
     }
     .ok_or(ApiError::NotFound("Job"))?;
-    let tag = etag(&job);
+    let job = &parts.job;
+    let tag = etag(job);
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -145,8 +146,12 @@ pub async fn get_job(
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        axum::Json(load_job_view(&state, &base_url(&state, &headers, peer), &job).await?)
-            .into_response()
+        axum::Json(parts_view(
+            &state,
+            &base_url(&state, &headers, peer),
+            &parts,
+        ))
+        .into_response()
     };
     if let Ok(v) = HeaderValue::from_str(&tag) {
         response.headers_mut().insert(header::ETAG, v);

@@ -24,7 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use imagegen_shared::db::{self, JobRecord};
+use imagegen_shared::db::{self, JobParts, JobRecord};
 use imagegen_shared::domain::{FailureCode, JobStatus};
 
 /// What a client should wait before polling a job that is still running.
@@ -182,10 +182,17 @@ pub async fn load_job_view(
         Vec::new()
     };
     let mut view = job_view(base, job, &images, &state.providers.sandbox);
-    if job.cost_usd_micros > 0 || job.cost_basis != "none" {
+    if db::job_parts::has_charges(job) {
         view.charges = db::costs::charges_of(&state.pool, job.id).await?;
     }
     Ok(view)
+}
+
+/// The view of a job read whole (`db::job_parts`): nothing more to read.
+pub fn parts_view(state: &AppState, base: &Links, parts: &JobParts) -> JobView {
+    let mut view = job_view(base, &parts.job, &parts.images, &state.providers.sandbox);
+    view.charges.clone_from(&parts.charges);
+    view
 }
 
 /// 202 with the job, where to poll it, and when.
@@ -204,11 +211,12 @@ pub fn accepted(view: JobView) -> Response {
 
 /// The answer of wait mode for one job: 200 with images, an error in the seed shape (carrying the job id), or 202
 /// when it is still running.
-pub async fn finished_job_response(
+pub fn finished_job_response(
     state: &AppState,
     base: &Links,
-    job: &JobRecord,
+    parts: &JobParts,
 ) -> Result<Response, ApiError> {
+    let job = &parts.job;
     // The stored code when there is one (a canceled job's says `canceled` or `deadline_exceeded`).
     let failure = |status: StatusCode, default_code: &str| ApiError::JobUnsuccessful {
         status,
@@ -223,12 +231,8 @@ pub async fn finished_job_response(
         job_id: job.id,
     };
     match job.status {
-        JobStatus::Succeeded => {
-            Ok(axum::Json(load_job_view(state, base, job).await?).into_response())
-        }
-        JobStatus::Queued | JobStatus::Running => {
-            Ok(accepted(load_job_view(state, base, job).await?))
-        }
+        JobStatus::Succeeded => Ok(axum::Json(parts_view(state, base, parts)).into_response()),
+        JobStatus::Queued | JobStatus::Running => Ok(accepted(parts_view(state, base, parts))),
         JobStatus::Moderated => Err(failure(
             StatusCode::UNPROCESSABLE_ENTITY,
             FailureCode::ContentPolicyViolation.as_str(),

@@ -3,7 +3,7 @@
 //! reservation once it ends, the sums a missing budget counter is rebuilt from, and the usage reports.
 
 use super::{Db, DbError, on_db};
-use crate::cost::{Charge, Cost, CostBasis};
+use crate::cost::{Charge, Cost};
 use crate::domain::JobId;
 use chrono::{DateTime, Utc};
 
@@ -24,59 +24,91 @@ pub struct NewCharge<'a> {
 /// `Some` when the job's budget was already settled (canceled by its client while the call ran): the charge must
 /// then be added to the budget counters directly (`BudgetLedger::settle` of the returned settlement).
 pub async fn record_charge(db: &Db, c: &NewCharge<'_>) -> Result<Option<Settlement>, DbError> {
-    on_db!(db, |pool, sql| {
-        let mut tx = pool.begin_with(sql.begin).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO charges (job_id, attempt, owner, api_key_id, provider, model, usd_micros, basis, \
-                estimated, images) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id, attempt) DO NOTHING",
-        )
-        .bind(c.job_id)
-        .bind(c.attempt)
-        .bind(c.owner)
-        .bind(c.api_key_id)
-        .bind(c.provider)
-        .bind(c.model)
-        .bind(c.cost.usd_micros)
-        .bind(c.cost.basis.as_str())
-        .bind(c.cost.estimated)
-        .bind(c.images)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let mut late = None;
-        if inserted {
-            let settled: Option<(bool, DateTime<Utc>)> = sqlx::query_as(
-                "UPDATE jobs SET cost_usd_micros = cost_usd_micros + $2, \
-                    cost_basis = CASE WHEN cost_basis = 'none' OR cost_basis = $3 THEN $3 ELSE 'mixed' END, \
-                    cost_estimated = (cost_estimated OR $4) \
-                 WHERE id = $1 RETURNING budget_settled, created_at",
+    let settled: Option<(bool, DateTime<Utc>)> = match db {
+        // One statement, one round trip: the job's cost moves only if the charge row was new.
+        Db::Postgres(pool) => {
+            sqlx::query_as(
+                "WITH charged AS ( \
+                    INSERT INTO charges (job_id, attempt, owner, api_key_id, provider, model, usd_micros, basis, \
+                        estimated, images) \
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id, attempt) DO NOTHING \
+                    RETURNING job_id) \
+                 UPDATE jobs SET cost_usd_micros = cost_usd_micros + $7, \
+                    cost_basis = CASE WHEN cost_basis = 'none' OR cost_basis = $8 THEN $8 ELSE 'mixed' END, \
+                    cost_estimated = (cost_estimated OR $9) \
+                 WHERE id = (SELECT job_id FROM charged) RETURNING budget_settled, created_at",
             )
             .bind(c.job_id)
+            .bind(c.attempt)
+            .bind(c.owner)
+            .bind(c.api_key_id)
+            .bind(c.provider)
+            .bind(c.model)
             .bind(c.cost.usd_micros)
             .bind(c.cost.basis.as_str())
             .bind(c.cost.estimated)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((true, created_at)) = settled {
-                late = Some(Settlement {
-                    owner: c.owner.to_owned(),
-                    api_key_id: c.api_key_id,
-                    created_at,
-                    reserved_usd_micros: 0,
-                    cost_usd_micros: c.cost.usd_micros,
-                });
-            }
+            .bind(c.images)
+            .fetch_optional(pool)
+            .await?
         }
-        tx.commit().await?;
-        Ok(late)
+        // SQLite has no data-modifying CTEs: the same two writes in a transaction.
+        Db::Sqlite(pool) => {
+            let sql = &super::SQLITE;
+            let mut tx = pool.begin_with(sql.begin).await?;
+            let inserted = sqlx::query(
+                "INSERT INTO charges (job_id, attempt, owner, api_key_id, provider, model, usd_micros, basis, \
+                    estimated, images) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id, attempt) DO NOTHING",
+            )
+            .bind(c.job_id)
+            .bind(c.attempt)
+            .bind(c.owner)
+            .bind(c.api_key_id)
+            .bind(c.provider)
+            .bind(c.model)
+            .bind(c.cost.usd_micros)
+            .bind(c.cost.basis.as_str())
+            .bind(c.cost.estimated)
+            .bind(c.images)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            let settled = if inserted {
+                sqlx::query_as(
+                    "UPDATE jobs SET cost_usd_micros = cost_usd_micros + $2, \
+                        cost_basis = CASE WHEN cost_basis = 'none' OR cost_basis = $3 THEN $3 ELSE 'mixed' END, \
+                        cost_estimated = (cost_estimated OR $4) \
+                     WHERE id = $1 RETURNING budget_settled, created_at",
+                )
+                .bind(c.job_id)
+                .bind(c.cost.usd_micros)
+                .bind(c.cost.basis.as_str())
+                .bind(c.cost.estimated)
+                .fetch_optional(&mut *tx)
+                .await?
+            } else {
+                None
+            };
+            tx.commit().await?;
+            settled
+        }
+    };
+    Ok(match settled {
+        Some((true, created_at)) => Some(Settlement {
+            owner: c.owner.to_owned(),
+            api_key_id: c.api_key_id,
+            created_at,
+            reserved_usd_micros: 0,
+            cost_usd_micros: c.cost.usd_micros,
+        }),
+        _ => None,
     })
 }
 
 /// A job's charges in attempt order.
 pub async fn charges_of(db: &Db, job: JobId) -> Result<Vec<Charge>, DbError> {
-    let rows: Vec<(i32, String, String, i64, String, bool, i32)> = on_db!(db, |pool, sql| {
+    let rows: Vec<super::job_parts::ChargeTuple> = on_db!(db, |pool, sql| {
         sqlx::query_as(
             "SELECT attempt, provider, model, usd_micros, basis, estimated, images FROM charges \
              WHERE job_id = $1 ORDER BY attempt",
@@ -85,19 +117,7 @@ pub async fn charges_of(db: &Db, job: JobId) -> Result<Vec<Charge>, DbError> {
         .fetch_all(pool)
         .await?
     });
-    Ok(rows
-        .into_iter()
-        .map(
-            |(attempt, provider, model, usd_micros, basis, estimated, images)| Charge {
-                attempt,
-                route: format!("{provider}:{model}"),
-                usd_micros,
-                basis: CostBasis::parse(&basis),
-                estimated,
-                images,
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(super::job_parts::charge).collect())
 }
 
 /// A finished job's reservation against its cost, to settle the budget counters with.

@@ -341,6 +341,78 @@ pub async fn complete_succeeded(
     generation_time_ms: i64,
     served: &Served,
 ) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        Db::Sqlite(_) => {
+            return complete_succeeded_in_steps(
+                db,
+                id,
+                worker_id,
+                images,
+                provider_meta,
+                generation_time_ms,
+                served,
+            )
+            .await;
+        }
+    };
+    // One statement, so one round trip and its own transaction: the images are inserted and the intents deleted
+    // only if the job's UPDATE matched (every part reads `done`).
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH done AS ( \
+            UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
+                translations = $6, lease_until = NULL, finished_at = now(), updated_at = now() \
+            WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}), \
+         stored AS ( \
+            INSERT INTO images (id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
+                height, revised_prompt, seed) \
+            SELECT p.id, done.id, done.owner, p.position, p.storage_key, p.content_type, p.size_bytes, p.sha256, \
+                p.width, p.height, p.revised_prompt, p.seed \
+            FROM done, UNNEST($7::uuid[], $8::int4[], $9::text[], $10::text[], $11::int8[], $12::text[], \
+                $13::int4[], $14::int4[], $15::text[], $16::int8[]) \
+                AS p(id, position, storage_key, content_type, size_bytes, sha256, width, height, revised_prompt, seed) \
+            RETURNING {IMAGE_COLUMNS}), \
+         unpended AS (DELETE FROM pending_objects WHERE job_id IN (SELECT id FROM done)) \
+         SELECT done.*, (SELECT json_agg(json_build_array({image_tuple}) ORDER BY position) FROM stored) \
+            AS stored_images \
+         FROM done",
+        IMAGE_COLUMNS = super::images::IMAGE_COLUMNS,
+        image_tuple = super::job_parts::IMAGE_TUPLE,
+    )))
+    .bind(id)
+    .bind(worker_id)
+    .bind(Json(provider_meta))
+    .bind(generation_time_ms)
+    .bind(&served.route)
+    .bind(Json(&served.translations))
+    .bind(images.iter().map(|i| i.id.0).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.position).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.storage_key.as_str()).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.content_type.as_str()).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.size_bytes).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.sha256.as_str()).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.width).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.height).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.revised_prompt.as_deref()).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.seed).collect::<Vec<_>>())
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
+    let stored = super::job_parts::images_of(&job, &row, "stored_images")?;
+    Ok(Some((job, stored)))
+}
+
+/// `complete_succeeded` as a transaction of several statements (SQLite has no data-modifying CTEs).
+async fn complete_succeeded_in_steps(
+    db: &Db,
+    id: JobId,
+    worker_id: &str,
+    images: &[NewImage],
+    provider_meta: &serde_json::Value,
+    generation_time_ms: i64,
+    served: &Served,
+) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
     on_db!(db, |pool, sql| {
         let mut tx = pool.begin_with(sql.begin).await?;
         let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(

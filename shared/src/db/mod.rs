@@ -13,6 +13,7 @@ pub mod group_insert;
 pub mod idempotency;
 pub mod images;
 pub mod job_inputs;
+pub mod job_parts;
 pub mod jobs;
 pub mod pending;
 pub mod reconcile;
@@ -21,6 +22,7 @@ pub mod webhooks;
 
 pub use batches::BatchRecord;
 pub use images::{ImageRecord, NewImage};
+pub use job_parts::JobParts;
 pub use jobs::{JobFailure, JobRecord, NewJob, RouteAttempt, Served};
 
 use sqlx::postgres::PgPoolOptions;

@@ -1,0 +1,165 @@
+//! A job with everything its view shows (its images once it succeeded, its charges once it cost something), read in
+//! one statement on Postgres. Wait mode's answer and `GET /api/v1/jobs/{id}` read this instead of the job, then its
+//! images, then its charges: one round trip where there were three (issue 19).
+
+use super::images::ImageRecord;
+use super::jobs::{JOB_COLUMNS, JobRecord};
+use super::{Db, DbError};
+use crate::cost::{Charge, CostBasis};
+use crate::domain::{ImageId, JobId, JobStatus};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::types::Json;
+
+/// A job, its images (empty unless it succeeded) in position order, and its charges in attempt order (empty when it
+/// cost nothing).
+#[derive(Debug, Clone)]
+pub struct JobParts {
+    pub job: JobRecord,
+    pub images: Vec<ImageRecord>,
+    pub charges: Vec<Charge>,
+}
+
+/// Whether a job's charges are worth reading: it cost something, or was priced at all.
+pub fn has_charges(job: &JobRecord) -> bool {
+    job.cost_usd_micros > 0 || job.cost_basis != "none"
+}
+
+/// An image row's columns as `IMAGE_TUPLE` lists them (the job's id and owner come from the job).
+type ImageTuple = (
+    uuid::Uuid,
+    i32,
+    String,
+    String,
+    i64,
+    String,
+    i32,
+    i32,
+    Option<String>,
+    Option<i64>,
+    DateTime<Utc>,
+);
+
+/// What `json_build_array` takes to give an `ImageTuple` (unqualified: the caller's `FROM` names the images).
+pub(crate) const IMAGE_TUPLE: &str = "id, position, storage_key, content_type, size_bytes, sha256, width, height, revised_prompt, seed, created_at";
+
+/// A charge row: attempt, provider, model, usd_micros, basis, estimated, images.
+pub(crate) type ChargeTuple = (i32, String, String, i64, String, bool, i32);
+
+pub(crate) fn charge(
+    (attempt, provider, model, usd_micros, basis, estimated, images): ChargeTuple,
+) -> Charge {
+    Charge {
+        attempt,
+        route: format!("{provider}:{model}"),
+        usd_micros,
+        basis: CostBasis::parse(&basis),
+        estimated,
+        images,
+    }
+}
+
+/// The job as its owner may see it, with its images and charges; `None` for another owner's id or none at all.
+pub async fn get_job_parts(db: &Db, owner: &str, id: JobId) -> Result<Option<JobParts>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        // The embedded database is local: three reads cost no network, and SQLite's JSON differs.
+        Db::Sqlite(_) => return read_apart(db, owner, id).await,
+    };
+    // The subqueries name their own tables' columns; the job's come from `jobs j`. Each part is read only when the
+    // job's row says there is something to read.
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS}, \
+            CASE WHEN j.status = 'succeeded' THEN ( \
+                SELECT json_agg(json_build_array({IMAGE_TUPLE}) ORDER BY position) \
+                FROM images WHERE images.job_id = j.id AND images.owner = j.owner) END AS parts_images, \
+            CASE WHEN j.cost_usd_micros > 0 OR j.cost_basis <> 'none' THEN ( \
+                SELECT json_agg(json_build_array(c.attempt, c.provider, c.model, c.usd_micros, c.basis, \
+                    c.estimated, c.images) ORDER BY c.attempt) \
+                FROM charges c WHERE c.job_id = j.id) END AS parts_charges \
+         FROM jobs j WHERE j.id = $1 AND j.owner = $2"
+    )))
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
+    let images = images_of(&job, &row, "parts_images")?;
+    let charges: Option<Json<Vec<ChargeTuple>>> = row.try_get("parts_charges")?;
+    let charges = charges
+        .map(|Json(rows)| rows.into_iter().map(charge).collect())
+        .unwrap_or_default();
+    Ok(Some(JobParts {
+        job,
+        images,
+        charges,
+    }))
+}
+
+/// The images a row carries as a JSON array of `IMAGE_TUPLE`s in `column` (NULL: none).
+pub(crate) fn images_of(
+    job: &JobRecord,
+    row: &sqlx::postgres::PgRow,
+    column: &str,
+) -> Result<Vec<ImageRecord>, DbError> {
+    let rows: Option<Json<Vec<ImageTuple>>> = row.try_get(column)?;
+    Ok(rows
+        .map(|Json(rows)| rows.into_iter().map(|i| image(job, i)).collect())
+        .unwrap_or_default())
+}
+
+fn image(
+    job: &JobRecord,
+    (
+        id,
+        position,
+        storage_key,
+        content_type,
+        size_bytes,
+        sha256,
+        width,
+        height,
+        revised_prompt,
+        seed,
+        created_at,
+    ): ImageTuple,
+) -> ImageRecord {
+    ImageRecord {
+        id: ImageId(id),
+        job_id: job.id,
+        owner: job.owner.clone(),
+        position,
+        storage_key,
+        content_type,
+        size_bytes,
+        sha256,
+        width,
+        height,
+        revised_prompt,
+        seed,
+        created_at,
+    }
+}
+
+/// The same parts read one by one.
+async fn read_apart(db: &Db, owner: &str, id: JobId) -> Result<Option<JobParts>, DbError> {
+    let Some(job) = super::jobs::get_job(db, owner, id).await? else {
+        return Ok(None);
+    };
+    let images = if job.status == JobStatus::Succeeded {
+        super::images::images_for_jobs(db, owner, &[id]).await?
+    } else {
+        Vec::new()
+    };
+    let charges = if has_charges(&job) {
+        super::costs::charges_of(db, id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(JobParts {
+        job,
+        images,
+        charges,
+    }))
+}
