@@ -294,6 +294,32 @@ impl FleetLimits {
         Ok(())
     }
 
+    /// A permit given back after a call that succeeded, closing the route's breaker too, in one round trip.
+    pub async fn release_succeeded(
+        &self,
+        route: &str,
+        permit_id: &str,
+    ) -> Result<(), redis::RedisError> {
+        let local = self.local_route(route, |r| {
+            r.permits.remove(permit_id);
+            r.breaker = BreakerState::Closed;
+            r.failures = 0;
+        });
+        if local.is_some() {
+            return Ok(());
+        }
+        let (mut conn, prefix) = self.redis();
+        let _: (i64, i64) = redis::pipe()
+            .cmd("ZREM")
+            .arg(Self::permits_key(prefix, route))
+            .arg(permit_id)
+            .cmd("DEL")
+            .arg(Self::breaker_key(prefix, route))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// After a 429 with Retry-After: nobody in the fleet calls this route until then.
     pub async fn pause(&self, route: &str, wait: Duration) -> Result<(), redis::RedisError> {
         let ms = wait.as_millis().max(1) as u64;
@@ -309,22 +335,6 @@ impl FleetLimits {
             .arg(1)
             .arg("PX")
             .arg(ms)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn record_success(&self, route: &str) -> Result<(), redis::RedisError> {
-        let reset = self.local_route(route, |r| {
-            r.breaker = BreakerState::Closed;
-            r.failures = 0;
-        });
-        if reset.is_some() {
-            return Ok(());
-        }
-        let (mut conn, prefix) = self.redis();
-        let _: i64 = redis::cmd("DEL")
-            .arg(Self::breaker_key(prefix, route))
             .query_async(&mut conn)
             .await?;
         Ok(())

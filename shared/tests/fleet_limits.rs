@@ -112,7 +112,10 @@ async fn the_circuit_opens_half_opens_with_one_probe_and_closes() {
         l.admit("r", "probe2", &s).await.expect("redis"),
         Admission::Probe
     );
-    l.record_success("r").await.expect("redis");
+    // The probe succeeds: its permit comes back (the first probe's is still held) and the circuit closes.
+    let held = l.in_flight("r").await.expect("redis");
+    l.release_succeeded("r", "probe2").await.expect("redis");
+    assert_eq!(l.in_flight("r").await.expect("redis"), held - 1);
     assert_eq!(
         l.breaker_state("r").await.expect("redis"),
         BreakerState::Closed

@@ -67,12 +67,14 @@ pub async fn get_job_parts(db: &Db, owner: &str, id: JobId) -> Result<Option<Job
         Db::Sqlite(_) => return read_apart(db, owner, id).await,
     };
     // The subqueries name their own tables' columns; the job's come from `jobs j`. Each part is read only when the
-    // job's row says there is something to read.
+    // job's row says there is something to read. The images are found by job alone (the job is owner-scoped and its
+    // images are its owner's): with an owner condition too, a planner without statistics (a young table) combined
+    // the owner's index, every picture the owner has, with the job's (EXPLAIN: 0.80 ms against 0.23).
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS}, \
             CASE WHEN j.status = 'succeeded' THEN ( \
                 SELECT json_agg(json_build_array({IMAGE_TUPLE}) ORDER BY position) \
-                FROM images WHERE images.job_id = j.id AND images.owner = j.owner) END AS parts_images, \
+                FROM images WHERE images.job_id = j.id) END AS parts_images, \
             CASE WHEN j.cost_usd_micros > 0 OR j.cost_basis <> 'none' THEN ( \
                 SELECT json_agg(json_build_array(c.attempt, c.provider, c.model, c.usd_micros, c.basis, \
                     c.estimated, c.images) ORDER BY c.attempt) \

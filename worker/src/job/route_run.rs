@@ -284,7 +284,15 @@ impl<'a> RouteRun<'a> {
         attempt: RouteAttempt,
     ) -> Called<Result<Made, AttemptError>> {
         let answered = self.call_provider(&permit).await;
-        self.release_permit(&permit).await;
+        if matches!(answered, Called::Done(Ok(_))) {
+            let _ = self
+                .ctx
+                .limits
+                .release_succeeded(self.limit_key(), &permit.id)
+                .await;
+        } else {
+            self.release_permit(&permit).await;
+        }
         let answer = match answered {
             Called::Done(answer) => answer,
             Called::Lost => return Called::Lost,
@@ -292,7 +300,6 @@ impl<'a> RouteRun<'a> {
         };
         Called::Done(match answer {
             Ok(output) => {
-                let _ = self.ctx.limits.record_success(self.limit_key()).await;
                 // The provider charged for this answer whatever happens to its pictures next.
                 self.record_charge(&output, attempt).await;
                 store_all(
