@@ -20,6 +20,27 @@ pub struct NewCharge<'a> {
     pub images: i32,
 }
 
+/// A charge row, once per attempt: `$1` to `$10` as `bind_charge!` binds them.
+const INSERT_CHARGE: &str = "INSERT INTO charges (job_id, attempt, owner, api_key_id, provider, model, usd_micros, \
+    basis, estimated, images) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id, attempt) DO NOTHING";
+
+/// Binds a charge's columns as `$1` to `$10` (`INSERT_CHARGE`) to a query of either database.
+macro_rules! bind_charge {
+    ($query:expr, $c:expr) => {
+        $query
+            .bind($c.job_id)
+            .bind($c.attempt)
+            .bind($c.owner)
+            .bind($c.api_key_id)
+            .bind($c.provider)
+            .bind($c.model)
+            .bind($c.cost.usd_micros)
+            .bind($c.cost.basis.as_str())
+            .bind($c.cost.estimated)
+            .bind($c.images)
+    };
+}
+
 /// Records a charge and adds it to its job's cost, once: a second record of the same attempt changes nothing.
 /// `Some` when the job's budget was already settled (canceled by its client while the call ran): the charge must
 /// then be added to the budget counters directly (`BudgetLedger::settle` of the returned settlement).
@@ -27,27 +48,13 @@ pub async fn record_charge(db: &Db, c: &NewCharge<'_>) -> Result<Option<Settleme
     let settled: Option<(bool, DateTime<Utc>)> = match db {
         // One statement, one round trip: the job's cost moves only if the charge row was new.
         Db::Postgres(pool) => {
-            sqlx::query_as(
-                "WITH charged AS ( \
-                    INSERT INTO charges (job_id, attempt, owner, api_key_id, provider, model, usd_micros, basis, \
-                        estimated, images) \
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id, attempt) DO NOTHING \
-                    RETURNING job_id) \
+            bind_charge!(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "WITH charged AS ({INSERT_CHARGE} RETURNING job_id) \
                  UPDATE jobs SET cost_usd_micros = cost_usd_micros + $7, \
                     cost_basis = CASE WHEN cost_basis = 'none' OR cost_basis = $8 THEN $8 ELSE 'mixed' END, \
                     cost_estimated = (cost_estimated OR $9) \
-                 WHERE id = (SELECT job_id FROM charged) RETURNING budget_settled, created_at",
-            )
-            .bind(c.job_id)
-            .bind(c.attempt)
-            .bind(c.owner)
-            .bind(c.api_key_id)
-            .bind(c.provider)
-            .bind(c.model)
-            .bind(c.cost.usd_micros)
-            .bind(c.cost.basis.as_str())
-            .bind(c.cost.estimated)
-            .bind(c.images)
+                 WHERE id = (SELECT job_id FROM charged) RETURNING budget_settled, created_at"
+            ))), c)
             .fetch_optional(pool)
             .await?
         }
@@ -55,24 +62,10 @@ pub async fn record_charge(db: &Db, c: &NewCharge<'_>) -> Result<Option<Settleme
         Db::Sqlite(pool) => {
             let sql = &super::SQLITE;
             let mut tx = pool.begin_with(sql.begin).await?;
-            let inserted = sqlx::query(
-                "INSERT INTO charges (job_id, attempt, owner, api_key_id, provider, model, usd_micros, basis, \
-                    estimated, images) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id, attempt) DO NOTHING",
-            )
-            .bind(c.job_id)
-            .bind(c.attempt)
-            .bind(c.owner)
-            .bind(c.api_key_id)
-            .bind(c.provider)
-            .bind(c.model)
-            .bind(c.cost.usd_micros)
-            .bind(c.cost.basis.as_str())
-            .bind(c.cost.estimated)
-            .bind(c.images)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+            let inserted = bind_charge!(sqlx::query(INSERT_CHARGE), c)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
                 == 1;
             let settled = if inserted {
                 sqlx::query_as(

@@ -5,7 +5,9 @@ use super::{Db, on_db};
 use crate::domain::{ImageId, JobId};
 use chrono::{DateTime, Utc};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Also read from a JSON array of `IMAGE_COLUMNS`, in that order (`db::job_parts`): serde takes a struct from a
+/// sequence field by field.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct ImageRecord {
     pub id: ImageId,
     pub job_id: JobId,

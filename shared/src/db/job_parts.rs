@@ -6,8 +6,7 @@ use super::images::ImageRecord;
 use super::jobs::{JOB_COLUMNS, JobRecord};
 use super::{Db, DbError};
 use crate::cost::{Charge, CostBasis};
-use crate::domain::{ImageId, JobId, JobStatus};
-use chrono::{DateTime, Utc};
+use crate::domain::{JobId, JobStatus};
 use sqlx::Row;
 use sqlx::types::Json;
 
@@ -24,24 +23,6 @@ pub struct JobParts {
 pub fn has_charges(job: &JobRecord) -> bool {
     job.cost_usd_micros > 0 || job.cost_basis != "none"
 }
-
-/// An image row's columns as `IMAGE_TUPLE` lists them (the job's id and owner come from the job).
-type ImageTuple = (
-    uuid::Uuid,
-    i32,
-    String,
-    String,
-    i64,
-    String,
-    i32,
-    i32,
-    Option<String>,
-    Option<i64>,
-    DateTime<Utc>,
-);
-
-/// What `json_build_array` takes to give an `ImageTuple` (unqualified: the caller's `FROM` names the images).
-pub(crate) const IMAGE_TUPLE: &str = "id, position, storage_key, content_type, size_bytes, sha256, width, height, revised_prompt, seed, created_at";
 
 /// A charge row: attempt, provider, model, usd_micros, basis, estimated, images.
 pub(crate) type ChargeTuple = (i32, String, String, i64, String, bool, i32);
@@ -73,13 +54,14 @@ pub async fn get_job_parts(db: &Db, owner: &str, id: JobId) -> Result<Option<Job
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS}, \
             CASE WHEN j.status = 'succeeded' THEN ( \
-                SELECT json_agg(json_build_array({IMAGE_TUPLE}) ORDER BY position) \
+                SELECT json_agg(json_build_array({IMAGE_COLUMNS}) ORDER BY position) \
                 FROM images WHERE images.job_id = j.id) END AS parts_images, \
             CASE WHEN j.cost_usd_micros > 0 OR j.cost_basis <> 'none' THEN ( \
                 SELECT json_agg(json_build_array(c.attempt, c.provider, c.model, c.usd_micros, c.basis, \
                     c.estimated, c.images) ORDER BY c.attempt) \
                 FROM charges c WHERE c.job_id = j.id) END AS parts_charges \
-         FROM jobs j WHERE j.id = $1 AND j.owner = $2"
+         FROM jobs j WHERE j.id = $1 AND j.owner = $2",
+        IMAGE_COLUMNS = super::images::IMAGE_COLUMNS,
     )))
     .bind(id)
     .bind(owner)
@@ -87,7 +69,7 @@ pub async fn get_job_parts(db: &Db, owner: &str, id: JobId) -> Result<Option<Job
     .await?;
     let Some(row) = row else { return Ok(None) };
     let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
-    let images = images_of(&job, &row, "parts_images")?;
+    let images = images_of(&row, "parts_images")?;
     let charges: Option<Json<Vec<ChargeTuple>>> = row.try_get("parts_charges")?;
     let charges = charges
         .map(|Json(rows)| rows.into_iter().map(charge).collect())
@@ -99,49 +81,13 @@ pub async fn get_job_parts(db: &Db, owner: &str, id: JobId) -> Result<Option<Job
     }))
 }
 
-/// The images a row carries as a JSON array of `IMAGE_TUPLE`s in `column` (NULL: none).
+/// The images a row carries in `column`: a JSON array of arrays of `IMAGE_COLUMNS` (NULL: none).
 pub(crate) fn images_of(
-    job: &JobRecord,
     row: &sqlx::postgres::PgRow,
     column: &str,
 ) -> Result<Vec<ImageRecord>, DbError> {
-    let rows: Option<Json<Vec<ImageTuple>>> = row.try_get(column)?;
-    Ok(rows
-        .map(|Json(rows)| rows.into_iter().map(|i| image(job, i)).collect())
-        .unwrap_or_default())
-}
-
-fn image(
-    job: &JobRecord,
-    (
-        id,
-        position,
-        storage_key,
-        content_type,
-        size_bytes,
-        sha256,
-        width,
-        height,
-        revised_prompt,
-        seed,
-        created_at,
-    ): ImageTuple,
-) -> ImageRecord {
-    ImageRecord {
-        id: ImageId(id),
-        job_id: job.id,
-        owner: job.owner.clone(),
-        position,
-        storage_key,
-        content_type,
-        size_bytes,
-        sha256,
-        width,
-        height,
-        revised_prompt,
-        seed,
-        created_at,
-    }
+    let images: Option<Json<Vec<ImageRecord>>> = row.try_get(column)?;
+    Ok(images.map(|Json(images)| images).unwrap_or_default())
 }
 
 /// The same parts read one by one.

@@ -343,17 +343,39 @@ pub async fn complete_succeeded(
 ) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
     let pool = match db {
         Db::Postgres(pool) => pool,
-        Db::Sqlite(_) => {
-            return complete_succeeded_in_steps(
-                db,
-                id,
-                worker_id,
-                images,
-                provider_meta,
-                generation_time_ms,
-                served,
-            )
-            .await;
+        // SQLite has no data-modifying CTEs: the same writes as a transaction of several statements.
+        Db::Sqlite(pool) => {
+            let sql = &super::SQLITE;
+            let mut tx = pool.begin_with(sql.begin).await?;
+            let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+                "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
+                    translations = $6, lease_until = NULL, finished_at = {now}, updated_at = {now} \
+                 WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}",
+                now = sql.now,
+            )))
+            .bind(id)
+            .bind(worker_id)
+            .bind(Json(provider_meta))
+            .bind(generation_time_ms)
+            .bind(&served.route)
+            .bind(Json(&served.translations))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(job) = job else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let mut stored = Vec::with_capacity(images.len());
+            for image in images {
+                stored.push(super::images::insert_image!(tx, sql, &job.owner, id, image));
+            }
+            // The objects are now reachable through their rows: no longer pending.
+            sqlx::query("DELETE FROM pending_objects WHERE job_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(Some((job, stored)));
         }
     };
     // One statement, so one round trip and its own transaction: the images are inserted and the intents deleted
@@ -373,11 +395,10 @@ pub async fn complete_succeeded(
                 AS p(id, position, storage_key, content_type, size_bytes, sha256, width, height, revised_prompt, seed) \
             RETURNING {IMAGE_COLUMNS}), \
          unpended AS (DELETE FROM pending_objects WHERE job_id IN (SELECT id FROM done)) \
-         SELECT done.*, (SELECT json_agg(json_build_array({image_tuple}) ORDER BY position) FROM stored) \
+         SELECT done.*, (SELECT json_agg(json_build_array({IMAGE_COLUMNS}) ORDER BY position) FROM stored) \
             AS stored_images \
          FROM done",
         IMAGE_COLUMNS = super::images::IMAGE_COLUMNS,
-        image_tuple = super::job_parts::IMAGE_TUPLE,
     )))
     .bind(id)
     .bind(worker_id)
@@ -399,52 +420,8 @@ pub async fn complete_succeeded(
     .await?;
     let Some(row) = row else { return Ok(None) };
     let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
-    let stored = super::job_parts::images_of(&job, &row, "stored_images")?;
+    let stored = super::job_parts::images_of(&row, "stored_images")?;
     Ok(Some((job, stored)))
-}
-
-/// `complete_succeeded` as a transaction of several statements (SQLite has no data-modifying CTEs).
-async fn complete_succeeded_in_steps(
-    db: &Db,
-    id: JobId,
-    worker_id: &str,
-    images: &[NewImage],
-    provider_meta: &serde_json::Value,
-    generation_time_ms: i64,
-    served: &Served,
-) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
-    on_db!(db, |pool, sql| {
-        let mut tx = pool.begin_with(sql.begin).await?;
-        let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
-                translations = $6, lease_until = NULL, finished_at = {now}, updated_at = {now} \
-             WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}",
-            now = sql.now,
-        )))
-        .bind(id)
-        .bind(worker_id)
-        .bind(Json(provider_meta))
-        .bind(generation_time_ms)
-        .bind(&served.route)
-        .bind(Json(&served.translations))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(job) = job else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let mut stored = Vec::with_capacity(images.len());
-        for image in images {
-            stored.push(super::images::insert_image!(tx, sql, &job.owner, id, image));
-        }
-        // The objects are now reachable through their rows: no longer pending.
-        sqlx::query("DELETE FROM pending_objects WHERE job_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some((job, stored)))
-    })
 }
 
 /// Ends a running job without images (failed or moderated), keeping its retry history. `None` when it was no
