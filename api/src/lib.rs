@@ -11,6 +11,8 @@ pub mod edits;
 pub mod error;
 pub mod event_streams;
 pub mod extract;
+pub mod gate;
+pub mod http_server;
 pub mod links;
 pub mod middleware;
 pub mod moderation;
@@ -23,7 +25,6 @@ pub mod sandbox;
 pub mod security;
 pub mod state;
 pub mod submit;
-pub mod submit_gate;
 pub mod ui;
 pub mod views;
 pub mod wait;
@@ -111,11 +112,11 @@ pub async fn serve(
             tracing::info!(%addr, "metrics listening");
             let app = routes::metrics::router().with_state(state.clone());
             let stop = stop.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }))
+            Some(tokio::spawn(http_server::serve(
+                listener,
+                app,
+                stop.cancelled_owned(),
+            )))
         }
         None => None,
     };
@@ -131,25 +132,23 @@ pub async fn serve(
         "api listening");
     // Each request carries its connection's remote address (`ConnectInfo`): download links believe forwarded
     // headers only from TRUSTED_PROXIES.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = router(state);
     let stop_serving = stop.clone();
     let delay = settings.shutdown_delay;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // From now on /health/ready answers 503 and waiting requests answer 202.
-            stop_serving.cancel();
-            if !delay.is_zero() {
-                tracing::info!(
-                    delay_secs = delay.as_secs(),
-                    "shutting down: not ready; still serving while load balancers notice"
-                );
-                tokio::time::sleep(delay).await;
-            }
-            tracing::info!("shutting down: draining connections");
-        })
-        .await
-        .context("serving HTTP")?;
+    http_server::serve(listener, app, async move {
+        shutdown.await;
+        // From now on /health/ready answers 503 and waiting requests answer 202.
+        stop_serving.cancel();
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_secs = delay.as_secs(),
+                "shutting down: not ready; still serving while load balancers notice"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("shutting down: draining connections");
+    })
+    .await;
     stop.cancel();
     let _ = listen.await;
     let _ = webhooks.await;

@@ -1,5 +1,6 @@
 //! Per-request plumbing: the correlation id (taken from `X-Correlation-ID` when sane, else new) on the request, the
-//! response header, every log line (a span) and every error body; HTTP metrics by matched route.
+//! response header, every log line (a span) and every error body; the header-size limit; the security headers;
+//! HTTP metrics by matched route.
 
 use crate::error::{PendingError, code_for_status};
 use crate::extract::CorrelationId;
@@ -23,7 +24,32 @@ fn sane_correlation_id(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-pub async fn correlation(mut req: Request, next: Next) -> Response {
+/// Every request's outer layer: the security headers around the correlation id around the header-size limit. One
+/// middleware rather than three: each `from_fn` layer boxes two futures per request, which a waiting request keeps
+/// for its whole wait.
+pub async fn envelope(mut req: Request, next: Next) -> Response {
+    detach_header_values(req.headers_mut());
+    let docs = req.uri().path().starts_with("/docs");
+    let mut response = correlation(req, next).await;
+    crate::security::add_headers(response.headers_mut(), docs);
+    response
+}
+
+/// Gives each header value its own few bytes instead of a slice of hyper's 8 KiB read buffer. A handler that waits
+/// (wait mode, event streams) keeps its headers, and a slice would keep that whole buffer alive beside the one hyper
+/// reads the connection into next: 8 KiB per waiting request, most of it during a burst of submissions. The body and
+/// URI, the buffer's other users, are gone once the handler's extractors have run.
+fn detach_header_values(headers: &mut axum::http::HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(sensitive);
+            *value = copy;
+        }
+    }
+}
+
+async fn correlation(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(CORRELATION_HEADER)
@@ -35,7 +61,10 @@ pub async fn correlation(mut req: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", correlation_id = %id, method = %req.method(), path = %req.uri().path());
     let openai = crate::openai::error::is_openai_path(req.uri().path());
     let started = Instant::now();
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = match span.in_scope(|| header_limit(&req)) {
+        Some(refusal) => refusal,
+        None => next.run(req).instrument(span.clone()).await,
+    };
     response = finish_errors(response, &id, openai);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
@@ -118,7 +147,8 @@ pub async fn http_metrics(req: Request<Body>, next: Next) -> Response {
 /// beyond this a request is refused with 431 in our error shape before any handler (or credential check) runs.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-pub async fn header_limit(req: Request, next: Next) -> Response {
+/// The refusal (431) of a request whose header section is over MAX_HEADER_BYTES.
+fn header_limit(req: &Request) -> Option<Response> {
     let size: usize = req
         .headers()
         .iter()
@@ -129,9 +159,9 @@ pub async fn header_limit(req: Request, next: Next) -> Response {
             header_bytes = size,
             "request refused: header section too large"
         );
-        return crate::error::ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response();
+        return Some(crate::error::ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response());
     }
-    next.run(req).await
+    None
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,8 +14,9 @@ use std::time::Duration;
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// Counts the request against its owner's minute; refuses it when over RATE_LIMIT_PER_MINUTE.
-pub async fn per_minute(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Counts the request against its owner's minute; refuses it when over RATE_LIMIT_PER_MINUTE. Runs inside
+/// `auth::identify`, once the request's principal is known.
+pub async fn per_minute(state: &AppState, req: Request, next: Next) -> Response {
     let limit = state.rate_limit_per_minute;
     if limit == 0 {
         return next.run(req).await;

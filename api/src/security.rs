@@ -1,10 +1,7 @@
 //! Browser-facing protections: CORS from CORS_ORIGINS (exact origins; `*` only while authentication is off) and
 //! standard security headers on every answer (the docs page keeps what Swagger UI needs).
 
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +70,8 @@ pub fn cors(origins: &str, authentication: bool) -> Result<Option<CorsLayer>, Co
 
 /// Security headers on every answer. The API serves JSON and images only, so nothing may run or frame it; the
 /// Swagger UI page (/docs) is left to its own needs, and the playground (/, /ui) brings its own policy.
-pub async fn headers(req: Request, next: Next) -> Response {
-    let docs = req.uri().path().starts_with("/docs");
-    let mut response = next.run(req).await;
-    let h = response.headers_mut();
+/// `docs`: the answer is for a /docs path. Called by `middleware::envelope` on every answer.
+pub fn add_headers(h: &mut HeaderMap, docs: bool) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -95,7 +90,6 @@ pub async fn headers(req: Request, next: Next) -> Response {
             );
         }
     }
-    response
 }
 
 #[cfg(test)]

@@ -32,7 +32,9 @@ pub struct Inner {
     /// On Postgres with SUBMIT_GROUP_COMMIT on; else `None`.
     pub group_commit: Option<GroupCommit>,
     /// SUBMIT_CONCURRENCY: submissions past it wait their turn.
-    pub submissions: crate::submit_gate::SubmitGate,
+    pub submissions: crate::gate::Gate,
+    /// Wait mode's reads of a job that ended (`wait::wait_for_job`), at most one per pool connection at a time.
+    pub answer_reads: crate::gate::Gate,
     pub queue: JobQueue,
     pub fleet: FleetLimits,
     pub storage: ImageStorage,
@@ -196,7 +198,14 @@ impl AppState {
                 }),
                 _ => None,
             },
-            submissions: crate::submit_gate::SubmitGate::new(settings.submit_concurrency),
+            submissions: crate::gate::Gate::new(
+                settings.submit_concurrency,
+                "imagegen_submissions_waiting",
+            ),
+            answer_reads: crate::gate::Gate::new(
+                backends.db.max_connections(),
+                "imagegen_answer_reads_waiting",
+            ),
             pool: backends.db,
             queue: backends.queue,
             fleet: backends.limits,

@@ -26,8 +26,12 @@ pub async fn wait_for_job(
         Some(watch) => (watch, false),
         None => (state.waiters.register(&[id]), true),
     };
-    // Boxed: the read's state lives only while it runs, not for the whole wait.
-    let read = || Box::pin(db::job_parts::get_job_parts(&state.pool, owner, id));
+    // Gated and boxed: when many jobs end together, their waiters queue for the gate as small futures, and a read's
+    // state (about 8 KiB) lives only while it runs, not while it queues for a connection or for the whole wait.
+    let read = || async {
+        let _turn = state.answer_reads.turn().await?;
+        Ok::<_, ApiError>(Box::pin(db::job_parts::get_job_parts(&state.pool, owner, id)).await?)
+    };
     loop {
         if read_now {
             let job = read().await?;
@@ -40,7 +44,7 @@ pub async fn wait_for_job(
         tokio::select! {
             _ = guard.notify.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.stopping.cancelled() => return Ok(read().await?),
+            _ = state.stopping.cancelled() => return read().await,
         }
     }
 }
@@ -57,7 +61,10 @@ pub async fn wait_for_batch(
     let deadline = Instant::now() + wait;
     let guard = state.waiters.register(jobs);
     loop {
-        let records = Box::pin(db::jobs::jobs_in_batch(&state.pool, owner, batch)).await?;
+        let records = {
+            let _turn = state.answer_reads.turn().await?;
+            Box::pin(db::jobs::jobs_in_batch(&state.pool, owner, batch)).await?
+        };
         if records.iter().all(|j| j.status.is_terminal()) || Instant::now() >= deadline {
             return Ok(records);
         }

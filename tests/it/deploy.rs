@@ -114,6 +114,49 @@ async fn readiness_drops_the_moment_a_shutdown_starts(pool: PgPool) {
     );
 }
 
+/// SIGTERM while a request waits (wait mode, no worker to end its job): the request is answered (202, its job still
+/// queued) before the API exits, and the API exits on its own once it has. The API's server drains what it holds.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_waiting_request_is_answered_before_the_api_exits(pool: PgPool) {
+    not_standalone!("checks the api role's own shutdown");
+    let mut stack = start(
+        &pool,
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let waiting = tokio::spawn(
+        stack
+            .http
+            .post(stack.url("/api/v1/generate"))
+            .header("prefer", "wait=60")
+            .json(&support::generate_body("held at shutdown"))
+            .send(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stack
+        .metrics_text()
+        .await
+        .contains("imagegen_waiting_requests 1")
+    {
+        assert!(std::time::Instant::now() < deadline, "never waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.api_proc.signal("TERM");
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered before the wait ran out")
+        .expect("task")
+        .expect("an answer, not a dropped connection");
+    assert_eq!(answer.status(), 202);
+    let body: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(body["status"], "queued", "{body}");
+    let exit = stack.api_proc.wait_exit(Duration::from_secs(15)).await;
+    assert!(exit.success(), "{exit:?}");
+}
+
 /// The api and worker write JSON lines to stdout and nothing to stderr.
 #[sqlx::test(migrations = "./migrations")]
 async fn api_and_worker_log_json_to_stdout_only(pool: PgPool) {

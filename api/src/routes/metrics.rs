@@ -55,7 +55,7 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn serve_process_metrics(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
+) {
     let handle = crate::state::metrics_handle();
     let app = Router::new().route(
         "/metrics",
@@ -72,7 +72,5 @@ pub async fn serve_process_metrics(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    crate::http_server::serve(listener, app, stop.cancelled_owned()).await
 }

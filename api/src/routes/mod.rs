@@ -32,8 +32,8 @@ pub const POLL_RETRY_AFTER_SECS: u64 = 2;
 
 /// Every route, with `docs` (the OpenAPI document and its UI, `openapi::docs_router`) among the open ones.
 pub fn router(state: AppState, docs: Router<AppState>) -> Router {
-    // The owner's endpoints: credentials checked once (`identify`, outermost), then counted against
-    // RATE_LIMIT_PER_MINUTE. Health, metrics, docs and providers are open and unlimited.
+    // The owner's endpoints: credentials checked once (`identify`), then counted against RATE_LIMIT_PER_MINUTE
+    // (`identify` calls `rate_limit::per_minute`). Health, metrics, docs and providers are open and unlimited.
     let owned = Router::new()
         .merge(generate::router())
         .merge(edits::router(&state))
@@ -46,10 +46,6 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(usage::router())
         .merge(budgets::router())
         .merge(crate::openai::router(&state))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::rate_limit::per_minute,
-        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::identify,
@@ -71,9 +67,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::config::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(middleware::header_limit))
-        .layer(axum::middleware::from_fn(middleware::correlation))
-        .layer(axum::middleware::from_fn(crate::security::headers))
+        .layer(axum::middleware::from_fn(middleware::envelope))
         .with_state(state);
     match cors {
         // Outermost, so preflights are answered before anything else runs.

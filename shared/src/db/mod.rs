@@ -191,6 +191,15 @@ pub enum Session {
 }
 
 impl Db {
+    /// How many connections the pool opens at most.
+    pub fn max_connections(&self) -> usize {
+        let max = match self {
+            Db::Postgres(pool) => pool.options().get_max_connections(),
+            Db::Sqlite(pool) => pool.options().get_max_connections(),
+        };
+        usize::try_from(max).unwrap_or(usize::MAX)
+    }
+
     /// A connection from the pool, held until the session is dropped.
     pub async fn session(&self) -> Result<Session, DbError> {
         Ok(match self {
