@@ -20,7 +20,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        // Boxed: an extractor's future is part of the handler's, which a waiting request holds for its whole wait.
+        match Box::pin(axum::Json::<T>::from_request(req, state)).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(match rejection {
                 JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,

@@ -7,8 +7,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::Route;
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -16,17 +16,18 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Counts the request against its owner's minute; refuses it when over RATE_LIMIT_PER_MINUTE. Runs inside
 /// `auth::identify`, once the request's principal is known.
-pub async fn per_minute(state: &AppState, req: Request, next: Next) -> Response {
+pub async fn per_minute(state: &AppState, req: Request, next: Route) -> Response {
     let limit = state.rate_limit_per_minute;
     if limit == 0 {
-        return next.run(req).await;
+        return run(next, req).await;
     }
     // `auth::identify` ran first. Requests without credentials (signed download links, or refused with 401 by the
     // handler) are not counted against anyone.
     let Some(owner) = req.extensions().get::<Principal>().map(|p| p.owner.clone()) else {
-        return next.run(req).await;
+        return run(next, req).await;
     };
-    let window = match state.owners.count("rpm", &owner, 1, MINUTE).await {
+    // Boxed: this future lives as long as the request (a whole wait) and should not carry the count's state.
+    let window = match Box::pin(state.owners.count("rpm", &owner, 1, MINUTE)).await {
         Ok(w) => w,
         // LIMITS_ON_REDIS_ERROR: refuse (closed) or let through uncounted (open; a submission fails at the queue
         // anyway while Redis is down, reads go on).
@@ -39,7 +40,7 @@ pub async fn per_minute(state: &AppState, req: Request, next: Next) -> Response 
         }
         Err(e) => {
             tracing::warn!(error = %e, "rate limiter unavailable; request not counted");
-            return next.run(req).await;
+            return run(next, req).await;
         }
     };
     if window.count > limit {
@@ -54,7 +55,7 @@ pub async fn per_minute(state: &AppState, req: Request, next: Next) -> Response 
         }
         .into_response();
     }
-    let mut response = next.run(req).await;
+    let mut response = run(next, req).await;
     // A handler's own limit answer (jobs in flight, daily quota) keeps its figures.
     let h = response.headers_mut();
     if !h.contains_key("ratelimit-limit") {
@@ -66,6 +67,14 @@ pub async fn per_minute(state: &AppState, req: Request, next: Next) -> Response 
         h.insert("ratelimit-reset", HeaderValue::from(window.reset_secs));
     }
     response
+}
+
+/// The handler behind the owner's layers answers `req`.
+async fn run(next: Route, req: Request) -> Response {
+    match tower::ServiceExt::oneshot(next, req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// Before jobs are recorded: counts `images` against the owner's daily quota (IMAGE_QUOTA_PER_DAY), refusing when

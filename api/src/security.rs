@@ -70,7 +70,7 @@ pub fn cors(origins: &str, authentication: bool) -> Result<Option<CorsLayer>, Co
 
 /// Security headers on every answer. The API serves JSON and images only, so nothing may run or frame it; the
 /// Swagger UI page (/docs) is left to its own needs, and the playground (/, /ui) brings its own policy.
-/// `docs`: the answer is for a /docs path. Called by `middleware::envelope` on every answer.
+/// `docs`: the answer is for a /docs path. Called by `middleware::Envelope` on every answer.
 pub fn add_headers(h: &mut HeaderMap, docs: bool) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

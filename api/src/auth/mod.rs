@@ -2,7 +2,7 @@
 //! JWT from Entra ID / an OIDC issuer. Off, every caller is `anonymous` and may generate but not administer: keys
 //! minted by anyone while the service is open would outlive the day authentication is turned on.
 //!
-//! `identify` (a middleware on the owner's routes) checks the credential once and leaves the [`Principal`] in the
+//! `identify` (`IdentifyLayer`, a route layer on the owner's routes) checks the credential once and leaves the [`Principal`] in the
 //! request's extensions; the extractors `Owner`, `Submitter` and `Admin` read it.
 
 pub mod failures;
@@ -11,13 +11,17 @@ pub mod oidc;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::Route;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use imagegen_shared::ANONYMOUS_OWNER;
 use imagegen_shared::db::api_keys;
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 
 /// An authenticated caller and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +47,52 @@ impl Principal {
     }
 }
 
-/// Checks the request's credential once for the handlers behind it, then counts the request against its owner's
-/// minute (`rate_limit::per_minute`, called here rather than as a layer of its own: one boxed future fewer per
-/// request). A request without any credential goes on:
+/// `identify` as a route layer. A tower layer rather than `from_fn`: a waiting request holds this layer's future for
+/// its whole wait, and `from_fn`'s holds the request more than once besides the next layer's call.
+#[derive(Clone)]
+pub struct IdentifyLayer(pub AppState);
+
+impl tower::Layer<Route> for IdentifyLayer {
+    type Service = Identify;
+
+    fn layer(&self, inner: Route) -> Identify {
+        Identify {
+            state: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Identify {
+    state: AppState,
+    inner: Route,
+}
+
+impl tower::Service<Request> for Identify {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower::Service::<Request>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The service that was made ready is the one called; a fresh clone stays for the next request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(identify(self.state.clone(), req, inner).map(Ok))
+    }
+}
+
+/// Checks the request's credential once for the handlers behind it (`inner`), then counts the request against its
+/// owner's minute (`rate_limit::per_minute`). A request without any credential goes on:
 /// a signed download link needs none, and the handlers' extractors answer 401 for everything else.
 ///
 /// Failed authentications count against the client's address (`failures`); over AUTH_FAILURES_PER_MINUTE the
 /// address gets 429 before its credential is looked up, unless that credential is one already known to be valid.
-pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn identify(state: AppState, mut req: Request, next: Route) -> Response {
     if !state.authentication {
         req.extensions_mut().insert(Principal::anonymous());
         return crate::rate_limit::per_minute(&state, req, next).await;
@@ -66,21 +108,25 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
         }
         let response = crate::rate_limit::per_minute(&state, req, next).await;
         if response.status() == axum::http::StatusCode::UNAUTHORIZED
-            && let Some(refusal) = state.auth_failures.failed(client).await
+            && let Some(refusal) = Box::pin(state.auth_failures.failed(client)).await
         {
             return refusal.into_response();
         }
         return response;
     }
-    match check(req.headers(), &state, Some(client)).await {
+    // The look-ups are boxed: this middleware's future lives as long as the request (a whole wait), and holds only
+    // the part it is in.
+    match Box::pin(check(req.headers(), &state, Some(client))).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             crate::rate_limit::per_minute(&state, req, next).await
         }
-        Err(e @ ApiError::Unauthorized { .. }) => match state.auth_failures.failed(client).await {
-            Some(refusal) => refusal.into_response(),
-            None => e.into_response(),
-        },
+        Err(e @ ApiError::Unauthorized { .. }) => {
+            match Box::pin(state.auth_failures.failed(client)).await {
+                Some(refusal) => refusal.into_response(),
+                None => e.into_response(),
+            }
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -217,7 +263,9 @@ async fn api_key(
 async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     match parts.extensions.get::<Principal>() {
         Some(p) => Ok(p.clone()),
-        None => authenticate(&parts.headers, state).await,
+        // Boxed: `identify` has almost always put the principal there, and an extractor's future is part of the
+        // handler's, which a waiting request holds for the whole wait.
+        None => Box::pin(authenticate(&parts.headers, state)).await,
     }
 }
 

@@ -52,63 +52,90 @@ pub fn router() -> Router<AppState> {
         (status = 502, description = "The provider failed (`provider_error`)", body = ErrorBody),
         (status = 503, description = "Database or queue unavailable, or the provider is not configured (`service_unavailable`, `provider_not_configured`)", body = ErrorBody),
     ))]
-pub async fn generate(
+pub fn generate(
     State(state): State<AppState>,
     submitter: Submitter,
     CorrelationId(correlation_id): CorrelationId,
     headers: HeaderMap,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AppJson(body): AppJson<GenerateBody>,
-) -> Result<Response, ApiError> {
-    // Memory per waiter: every step is boxed, so a request that waits holds only the small wait future (not the
-    // submission's or the answer's state machines, which are far larger), and the request's headers and job row
-    // (whose bytes keep hyper's read buffer alive) are dropped before the wait.
-    let (submitted, notices) = Box::pin(submit_request(
-        &state,
-        &submitter,
-        &correlation_id,
-        &headers,
-        peer,
-        "generate",
-        body,
-    ))
-    .await?;
-    answer_job(&state, &submitter.0, headers, peer, submitted, &notices).await
+) -> impl Future<Output = Result<Response, ApiError>> + Send {
+    // Memory per waiter: a request that waits holds only what answering needs. The submission (its inputs and its
+    // state machine, which are far larger) runs in a boxed future of its own that is freed before the wait; the
+    // headers and the job row (whose bytes are large) are dropped before it (`answer_job`).
+    let submission = Box::pin(async move {
+        let (submitted, notices) = submit_request(
+            &state,
+            &submitter,
+            &correlation_id,
+            &headers,
+            peer,
+            "generate",
+            body,
+        )
+        .await?;
+        Ok::<_, ApiError>((state, submitter.0, headers, submitted, notices))
+    });
+    async move {
+        let (state, owner, headers, submitted, notices) = submission.await?;
+        answer_job(&state, &owner, headers, peer, submitted, &notices).await
+    }
 }
 
 /// The answer to one submitted job, as generate gives it: wait mode (`Prefer: wait=N`) holds until it ends, else 202;
-/// with the model's lifecycle headers. Edits answer the same way. Takes the headers and job row by value so they
-/// are dropped before waiting (their bytes keep hyper's read buffer alive), and boxes each step, so a waiting
-/// request holds only the small wait future.
-pub async fn answer_job(
-    state: &AppState,
-    owner: &str,
+/// with the model's lifecycle headers. Edits answer the same way. Takes the headers and job row by value and keeps
+/// neither in the future it returns (a waiting request holds the job's id, not its row), and boxes each step, so a
+/// waiting request holds only the small wait future.
+pub fn answer_job<'a>(
+    state: &'a AppState,
+    owner: &'a str,
     headers: HeaderMap,
     peer: std::net::SocketAddr,
     submitted: Submitted,
-    notices: &[imagegen_shared::domain::LifecycleNotice],
-) -> Result<Response, ApiError> {
+    notices: &'a [imagegen_shared::domain::LifecycleNotice],
+) -> impl Future<Output = Result<Response, ApiError>> + Send + 'a {
     let base = base_url(state, &headers, peer);
     let wait = WaitPreference::from_headers(&headers).duration(state.wait_default, state.wait_max);
     drop(headers);
     let Submitted { job, watch } = submitted;
-    let mut response = match wait {
+    let answer = match wait {
         None => {
             drop(watch);
-            accepted(Box::pin(load_job_view(state, &base, &job)).await?)
+            Answer::Now(Box::new(job))
         }
-        Some(wait) => {
-            let id = job.id;
-            drop(job);
-            let job = Box::pin(wait_for_job(state, owner, id, wait, watch))
-                .await?
-                .ok_or(ApiError::NotFound("Job"))?;
-            // A job that ended without images is an error answer; it carries the notices all the same.
-            finished_job_response(state, &base, &job).unwrap_or_else(IntoResponse::into_response)
-        }
+        Some(wait) => Answer::AfterWait {
+            id: job.id,
+            wait,
+            watch,
+        },
     };
-    lifecycle_headers(notices, response.headers_mut());
-    Ok(response)
+    async move {
+        let mut response = match answer {
+            Answer::Now(job) => accepted(Box::pin(load_job_view(state, &base, &job)).await?),
+            Answer::AfterWait { id, wait, watch } => {
+                let job = Box::pin(wait_for_job(state, owner, id, wait, watch))
+                    .await?
+                    .ok_or(ApiError::NotFound("Job"))?;
+                // A job that ended without images is an error answer; it carries the notices all the same.
+                finished_job_response(state, &base, &job)
+                    .unwrap_or_else(IntoResponse::into_response)
+            }
+        };
+        lifecycle_headers(notices, response.headers_mut());
+        Ok(response)
+    }
+}
+
+/// What `answer_job` keeps until it answers.
+enum Answer {
+    /// Respond-async: 202 with the job as recorded.
+    Now(Box<db::JobRecord>),
+    /// Wait mode: the job's id and the waiter registered before it was queued.
+    AfterWait {
+        id: JobId,
+        wait: std::time::Duration,
+        watch: Option<crate::waiters::WaitGuard>,
+    },
 }
 
 /// Generate several sets of images.

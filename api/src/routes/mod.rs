@@ -46,10 +46,7 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(usage::router())
         .merge(budgets::router())
         .merge(crate::openai::router(&state))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::identify,
-        ));
+        .route_layer(crate::auth::IdentifyLayer(state.clone()));
     let mut api = Router::new()
         .merge(owned)
         .merge(providers::router())
@@ -59,15 +56,13 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
     if !state.separate_metrics {
         api = api.merge(metrics::router());
     }
-    let api = api
-        .route_layer(axum::middleware::from_fn(middleware::http_metrics))
-        .merge(docs);
+    let api = api.route_layer(middleware::HttpMetricsLayer).merge(docs);
     let cors = state.cors.clone();
     let app = api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::config::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(middleware::envelope))
+        .layer(middleware::EnvelopeLayer)
         .with_state(state);
     match cors {
         // Outermost, so preflights are answered before anything else runs.
