@@ -13,6 +13,7 @@ pub mod event_streams;
 pub mod extract;
 pub mod gate;
 pub mod http_server;
+pub mod layers;
 pub mod links;
 pub mod middleware;
 pub mod moderation;

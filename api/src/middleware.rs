@@ -4,12 +4,11 @@
 
 use crate::error::{PendingError, code_for_status};
 use crate::extract::CorrelationId;
+use crate::layers::{Around, Inner};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
-use std::convert::Infallible;
-use std::task::{Context, Poll};
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -25,42 +24,13 @@ fn sane_correlation_id(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Every request's outer layer (`Envelope`): the security headers around the correlation id around the header-size
-/// limit.
-///
-/// A tower layer rather than `from_fn` middlewares: a waiting request keeps its layers' futures for its whole wait,
-/// and a `from_fn` future holds the request itself (twice) and the next layer's call besides; this one holds the
-/// inner future and a few small values. At 10,000 waiting requests that is tens of MiB.
+/// Every request's outer layer (`AroundLayer(Envelope)`): the security headers around the correlation id around the
+/// header-size limit. A hand-written layer, as `crate::layers` says why.
 #[derive(Clone, Copy, Default)]
-pub struct EnvelopeLayer;
+pub struct Envelope;
 
-impl<S> tower::Layer<S> for EnvelopeLayer {
-    type Service = Envelope<S>;
-
-    fn layer(&self, inner: S) -> Envelope<S> {
-        Envelope { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct Envelope<S> {
-    inner: S,
-}
-
-impl<S> tower::Service<Request> for Envelope<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
+impl Around for Envelope {
+    fn around<S: Inner>(&self, mut req: Request, inner: S) -> BoxFuture<'static, Response> {
         detach_header_values(req.headers_mut());
         let docs = req.uri().path().starts_with("/docs");
         let id = req
@@ -74,21 +44,14 @@ where
         let span = tracing::info_span!("request", correlation_id = %id, method = %req.method(), path = %req.uri().path());
         let openai = crate::openai::error::is_openai_path(req.uri().path());
         let started = Instant::now();
-        // The service that was made ready is the one called; a fresh clone stays for the next request.
         let inner = match span.in_scope(|| header_limit(&req)) {
             Some(refusal) => Err(refusal),
-            None => {
-                let clone = self.inner.clone();
-                Ok(std::mem::replace(&mut self.inner, clone).call(req))
-            }
+            None => Ok(crate::layers::call(inner, req)),
         };
         Box::pin(async move {
             let mut response = match inner {
                 Err(refusal) => refusal,
-                Ok(inner) => match inner.instrument(span.clone()).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                },
+                Ok(inner) => inner.instrument(span.clone()).await,
             };
             response = finish_errors(response, &id, openai);
             if let Ok(value) = HeaderValue::from_str(&id) {
@@ -102,7 +65,7 @@ where
                     "request"
                 )
             });
-            Ok(response)
+            response
         })
     }
 }
@@ -167,38 +130,13 @@ fn rerender(
     rendered
 }
 
-/// HTTP metrics by matched route (`HttpMetrics`); installed as a route layer so the matched path (not the raw URL) is
-/// the label. A tower layer for the same reason as `EnvelopeLayer`.
+/// HTTP metrics by matched route (`AroundLayer(HttpMetrics)`); installed as a route layer so the matched path (not
+/// the raw URL) is the label.
 #[derive(Clone, Copy, Default)]
-pub struct HttpMetricsLayer;
+pub struct HttpMetrics;
 
-impl<S> tower::Layer<S> for HttpMetricsLayer {
-    type Service = HttpMetrics<S>;
-
-    fn layer(&self, inner: S) -> HttpMetrics<S> {
-        HttpMetrics { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct HttpMetrics<S> {
-    inner: S,
-}
-
-impl<S> tower::Service<Request> for HttpMetrics<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
+impl Around for HttpMetrics {
+    fn around<S: Inner>(&self, req: Request, inner: S) -> BoxFuture<'static, Response> {
         let route = req
             .extensions()
             .get::<MatchedPath>()
@@ -206,16 +144,15 @@ where
             .unwrap_or_else(|| "unmatched".into());
         let method = req.method().to_string();
         let started = Instant::now();
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone).call(req);
+        let response = crate::layers::call(inner, req);
         Box::pin(async move {
-            let response = inner.await?;
+            let response = response.await;
             let status = response.status().as_u16().to_string();
             metrics::counter!("imagegen_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
                 .increment(1);
             metrics::histogram!("imagegen_http_request_duration_seconds", "method" => method, "route" => route)
                 .record(started.elapsed().as_secs_f64());
-            Ok(response)
+            response
         })
     }
 }

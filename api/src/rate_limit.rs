@@ -4,11 +4,11 @@
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::layers::Inner;
 use crate::state::AppState;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use axum::routing::Route;
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -16,15 +16,15 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 /// Counts the request against its owner's minute; refuses it when over RATE_LIMIT_PER_MINUTE. Runs inside
 /// `auth::identify`, once the request's principal is known.
-pub async fn per_minute(state: &AppState, req: Request, next: Route) -> Response {
+pub async fn per_minute<S: Inner>(state: &AppState, req: Request, next: S) -> Response {
     let limit = state.rate_limit_per_minute;
     if limit == 0 {
-        return run(next, req).await;
+        return crate::layers::call(next, req).await;
     }
     // `auth::identify` ran first. Requests without credentials (signed download links, or refused with 401 by the
     // handler) are not counted against anyone.
     let Some(owner) = req.extensions().get::<Principal>().map(|p| p.owner.clone()) else {
-        return run(next, req).await;
+        return crate::layers::call(next, req).await;
     };
     // Boxed: this future lives as long as the request (a whole wait) and should not carry the count's state.
     let window = match Box::pin(state.owners.count("rpm", &owner, 1, MINUTE)).await {
@@ -40,7 +40,7 @@ pub async fn per_minute(state: &AppState, req: Request, next: Route) -> Response
         }
         Err(e) => {
             tracing::warn!(error = %e, "rate limiter unavailable; request not counted");
-            return run(next, req).await;
+            return crate::layers::call(next, req).await;
         }
     };
     if window.count > limit {
@@ -55,7 +55,7 @@ pub async fn per_minute(state: &AppState, req: Request, next: Route) -> Response
         }
         .into_response();
     }
-    let mut response = run(next, req).await;
+    let mut response = crate::layers::call(next, req).await;
     // A handler's own limit answer (jobs in flight, daily quota) keeps its figures.
     let h = response.headers_mut();
     if !h.contains_key("ratelimit-limit") {
@@ -67,14 +67,6 @@ pub async fn per_minute(state: &AppState, req: Request, next: Route) -> Response
         h.insert("ratelimit-reset", HeaderValue::from(window.reset_secs));
     }
     response
-}
-
-/// The handler behind the owner's layers answers `req`.
-async fn run(next: Route, req: Request) -> Response {
-    match tower::ServiceExt::oneshot(next, req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
 }
 
 /// Before jobs are recorded: counts `images` against the owner's daily quota (IMAGE_QUOTA_PER_DAY), refusing when

@@ -2,7 +2,7 @@
 //! JWT from Entra ID / an OIDC issuer. Off, every caller is `anonymous` and may generate but not administer: keys
 //! minted by anyone while the service is open would outlive the day authentication is turned on.
 //!
-//! `identify` (`IdentifyLayer`, a route layer on the owner's routes) checks the credential once and leaves the [`Principal`] in the
+//! `identify` (`Identify`, a route layer on the owner's routes) checks the credential once and leaves the [`Principal`] in the
 //! request's extensions; the extractors `Owner`, `Submitter` and `Admin` read it.
 
 pub mod failures;
@@ -10,18 +10,15 @@ pub mod keys;
 pub mod oidc;
 
 use crate::error::ApiError;
+use crate::layers::{Around, Inner};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::Route;
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use imagegen_shared::ANONYMOUS_OWNER;
 use imagegen_shared::db::api_keys;
-use std::convert::Infallible;
-use std::task::{Context, Poll};
 
 /// An authenticated caller and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,42 +44,13 @@ impl Principal {
     }
 }
 
-/// `identify` as a route layer. A tower layer rather than `from_fn`: a waiting request holds this layer's future for
-/// its whole wait, and `from_fn`'s holds the request more than once besides the next layer's call.
+/// `identify` as a route layer (`AroundLayer(Identify)`; `crate::layers` says why not `from_fn`).
 #[derive(Clone)]
-pub struct IdentifyLayer(pub AppState);
+pub struct Identify(pub AppState);
 
-impl tower::Layer<Route> for IdentifyLayer {
-    type Service = Identify;
-
-    fn layer(&self, inner: Route) -> Identify {
-        Identify {
-            state: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Identify {
-    state: AppState,
-    inner: Route,
-}
-
-impl tower::Service<Request> for Identify {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        tower::Service::<Request>::poll_ready(&mut self.inner, cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        // The service that was made ready is the one called; a fresh clone stays for the next request.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(identify(self.state.clone(), req, inner).map(Ok))
+impl Around for Identify {
+    fn around<S: Inner>(&self, req: Request, inner: S) -> BoxFuture<'static, Response> {
+        Box::pin(identify(self.0.clone(), req, inner))
     }
 }
 
@@ -92,7 +60,7 @@ impl tower::Service<Request> for Identify {
 ///
 /// Failed authentications count against the client's address (`failures`); over AUTH_FAILURES_PER_MINUTE the
 /// address gets 429 before its credential is looked up, unless that credential is one already known to be valid.
-async fn identify(state: AppState, mut req: Request, next: Route) -> Response {
+async fn identify<S: Inner>(state: AppState, mut req: Request, next: S) -> Response {
     if !state.authentication {
         req.extensions_mut().insert(Principal::anonymous());
         return crate::rate_limit::per_minute(&state, req, next).await;

@@ -46,7 +46,9 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .merge(usage::router())
         .merge(budgets::router())
         .merge(crate::openai::router(&state))
-        .route_layer(crate::auth::IdentifyLayer(state.clone()));
+        .route_layer(crate::layers::AroundLayer(crate::auth::Identify(
+            state.clone(),
+        )));
     let mut api = Router::new()
         .merge(owned)
         .merge(providers::router())
@@ -56,13 +58,15 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
     if !state.separate_metrics {
         api = api.merge(metrics::router());
     }
-    let api = api.route_layer(middleware::HttpMetricsLayer).merge(docs);
+    let api = api
+        .route_layer(crate::layers::AroundLayer(middleware::HttpMetrics))
+        .merge(docs);
     let cors = state.cors.clone();
     let app = api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::config::MAX_BODY_BYTES))
-        .layer(middleware::EnvelopeLayer)
+        .layer(crate::layers::AroundLayer(middleware::Envelope))
         .with_state(state);
     match cors {
         // Outermost, so preflights are answered before anything else runs.
