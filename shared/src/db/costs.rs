@@ -41,6 +41,17 @@ macro_rules! bind_charge {
     };
 }
 
+/// `record_charge`'s statement on Postgres, built once (it runs for every provider call that is charged).
+static CHARGE_AND_COST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH charged AS ({INSERT_CHARGE} RETURNING job_id) \
+         UPDATE jobs SET cost_usd_micros = cost_usd_micros + $7, \
+            cost_basis = CASE WHEN cost_basis = 'none' OR cost_basis = $8 THEN $8 ELSE 'mixed' END, \
+            cost_estimated = (cost_estimated OR $9) \
+         WHERE id = (SELECT job_id FROM charged) RETURNING budget_settled, created_at"
+    )
+});
+
 /// Records a charge and adds it to its job's cost, once: a second record of the same attempt changes nothing.
 /// `Some` when the job's budget was already settled (canceled by its client while the call ran): the charge must
 /// then be added to the budget counters directly (`BudgetLedger::settle` of the returned settlement).
@@ -48,13 +59,10 @@ pub async fn record_charge(db: &Db, c: &NewCharge<'_>) -> Result<Option<Settleme
     let settled: Option<(bool, DateTime<Utc>)> = match db {
         // One statement, one round trip: the job's cost moves only if the charge row was new.
         Db::Postgres(pool) => {
-            bind_charge!(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "WITH charged AS ({INSERT_CHARGE} RETURNING job_id) \
-                 UPDATE jobs SET cost_usd_micros = cost_usd_micros + $7, \
-                    cost_basis = CASE WHEN cost_basis = 'none' OR cost_basis = $8 THEN $8 ELSE 'mixed' END, \
-                    cost_estimated = (cost_estimated OR $9) \
-                 WHERE id = (SELECT job_id FROM charged) RETURNING budget_settled, created_at"
-            ))), c)
+            bind_charge!(
+                sqlx::query_as(sqlx::AssertSqlSafe(CHARGE_AND_COST.as_str())),
+                c
+            )
             .fetch_optional(pool)
             .await?
         }

@@ -330,6 +330,45 @@ pub struct RouteAttempt {
     pub on_route: i32,
 }
 
+/// The binds `complete_succeeded`'s job UPDATE takes first ($1 to $6), on either database.
+macro_rules! bind_success {
+    ($query:expr, $id:expr, $worker_id:expr, $meta:expr, $time_ms:expr, $served:expr) => {
+        $query
+            .bind($id)
+            .bind($worker_id)
+            .bind(Json($meta))
+            .bind($time_ms)
+            .bind(&$served.route)
+            .bind(Json(&$served.translations))
+    };
+}
+
+/// `complete_succeeded`'s statement on Postgres, built once (it runs for every job that succeeds). One statement,
+/// so one round trip and its own transaction: the images are inserted and the intents deleted only if the job's
+/// UPDATE matched (every part reads `done`).
+static SUCCEED_AND_STORE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH done AS ( \
+            UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
+                translations = $6, lease_until = NULL, finished_at = now(), updated_at = now() \
+            WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}), \
+         stored AS ( \
+            INSERT INTO images (id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
+                height, revised_prompt, seed) \
+            SELECT p.id, done.id, done.owner, p.position, p.storage_key, p.content_type, p.size_bytes, p.sha256, \
+                p.width, p.height, p.revised_prompt, p.seed \
+            FROM done, UNNEST($7::uuid[], $8::int4[], $9::text[], $10::text[], $11::int8[], $12::text[], \
+                $13::int4[], $14::int4[], $15::text[], $16::int8[]) \
+                AS p(id, position, storage_key, content_type, size_bytes, sha256, width, height, revised_prompt, seed) \
+            RETURNING {IMAGE_COLUMNS}), \
+         unpended AS (DELETE FROM pending_objects WHERE job_id IN (SELECT id FROM done)) \
+         SELECT done.*, (SELECT json_agg(json_build_array({IMAGE_COLUMNS}) ORDER BY position) FROM stored) \
+            AS stored_images \
+         FROM done",
+        IMAGE_COLUMNS = super::images::IMAGE_COLUMNS,
+    )
+});
+
 /// Marks the job succeeded and records its images in one transaction; `None` (and nothing written) when the
 /// job was no longer this worker's, so the caller must delete the objects it stored.
 pub async fn complete_succeeded(
@@ -347,18 +386,12 @@ pub async fn complete_succeeded(
         Db::Sqlite(pool) => {
             let sql = &super::SQLITE;
             let mut tx = pool.begin_with(sql.begin).await?;
-            let job = sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
+            let job = bind_success!(sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
                 "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
                     translations = $6, lease_until = NULL, finished_at = {now}, updated_at = {now} \
                  WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}",
                 now = sql.now,
-            )))
-            .bind(id)
-            .bind(worker_id)
-            .bind(Json(provider_meta))
-            .bind(generation_time_ms)
-            .bind(&served.route)
-            .bind(Json(&served.translations))
+            ))), id, worker_id, provider_meta, generation_time_ms, served)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(job) = job else {
@@ -378,43 +411,38 @@ pub async fn complete_succeeded(
             return Ok(Some((job, stored)));
         }
     };
-    // One statement, so one round trip and its own transaction: the images are inserted and the intents deleted
-    // only if the job's UPDATE matched (every part reads `done`).
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH done AS ( \
-            UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
-                translations = $6, lease_until = NULL, finished_at = now(), updated_at = now() \
-            WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}), \
-         stored AS ( \
-            INSERT INTO images (id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
-                height, revised_prompt, seed) \
-            SELECT p.id, done.id, done.owner, p.position, p.storage_key, p.content_type, p.size_bytes, p.sha256, \
-                p.width, p.height, p.revised_prompt, p.seed \
-            FROM done, UNNEST($7::uuid[], $8::int4[], $9::text[], $10::text[], $11::int8[], $12::text[], \
-                $13::int4[], $14::int4[], $15::text[], $16::int8[]) \
-                AS p(id, position, storage_key, content_type, size_bytes, sha256, width, height, revised_prompt, seed) \
-            RETURNING {IMAGE_COLUMNS}), \
-         unpended AS (DELETE FROM pending_objects WHERE job_id IN (SELECT id FROM done)) \
-         SELECT done.*, (SELECT json_agg(json_build_array({IMAGE_COLUMNS}) ORDER BY position) FROM stored) \
-            AS stored_images \
-         FROM done",
-        IMAGE_COLUMNS = super::images::IMAGE_COLUMNS,
-    )))
-    .bind(id)
-    .bind(worker_id)
-    .bind(Json(provider_meta))
-    .bind(generation_time_ms)
-    .bind(&served.route)
-    .bind(Json(&served.translations))
+    let row = bind_success!(
+        sqlx::query(sqlx::AssertSqlSafe(SUCCEED_AND_STORE.as_str())),
+        id,
+        worker_id,
+        provider_meta,
+        generation_time_ms,
+        served
+    )
     .bind(images.iter().map(|i| i.id.0).collect::<Vec<_>>())
     .bind(images.iter().map(|i| i.position).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.storage_key.as_str()).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.content_type.as_str()).collect::<Vec<_>>())
+    .bind(
+        images
+            .iter()
+            .map(|i| i.storage_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        images
+            .iter()
+            .map(|i| i.content_type.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(images.iter().map(|i| i.size_bytes).collect::<Vec<_>>())
     .bind(images.iter().map(|i| i.sha256.as_str()).collect::<Vec<_>>())
     .bind(images.iter().map(|i| i.width).collect::<Vec<_>>())
     .bind(images.iter().map(|i| i.height).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.revised_prompt.as_deref()).collect::<Vec<_>>())
+    .bind(
+        images
+            .iter()
+            .map(|i| i.revised_prompt.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(images.iter().map(|i| i.seed).collect::<Vec<_>>())
     .fetch_optional(pool)
     .await?;
