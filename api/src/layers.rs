@@ -8,6 +8,7 @@
 
 use axum::extract::Request;
 use axum::response::Response;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -69,14 +70,18 @@ impl<A: Around, S: Inner + Clone> tower::Service<Request> for AroundService<A, S
         // The service that was made ready is the one called; a fresh clone stays for the next request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        futures::FutureExt::map(self.around.around(req, inner), Ok)
+        self.around.around(req, inner).map(Ok)
     }
 }
 
-/// `inner` answers `req` (it is ready: `AroundService` made it so).
-pub async fn call<S: Inner>(mut inner: S, req: Request) -> Response {
-    match inner.call(req).await {
+/// `inner` answers `req` (it is ready: `AroundService` made it so). Not an async fn: that would keep `inner` and the
+/// request's slot beside the service's future for the whole request; this is the service's future alone.
+pub fn call<S: Inner>(
+    mut inner: S,
+    req: Request,
+) -> impl Future<Output = Response> + Send + 'static {
+    inner.call(req).map(|answer| match answer {
         Ok(response) => response,
         Err(never) => match never {},
-    }
+    })
 }

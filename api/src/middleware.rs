@@ -8,7 +8,8 @@ use crate::layers::{Around, Inner};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Either};
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -44,16 +45,14 @@ impl Around for Envelope {
         let span = tracing::info_span!("request", correlation_id = %id, method = %req.method(), path = %req.uri().path());
         let openai = crate::openai::error::is_openai_path(req.uri().path());
         let started = Instant::now();
-        let inner = match span.in_scope(|| header_limit(&req)) {
-            Some(refusal) => Err(refusal),
-            None => Ok(crate::layers::call(inner, req)),
+        let answer = match span.in_scope(|| header_limit(&req)) {
+            Some(refusal) => Either::Left(std::future::ready(refusal)),
+            None => Either::Right(crate::layers::call(inner, req).instrument(span.clone())),
         };
-        Box::pin(async move {
-            let mut response = match inner {
-                Err(refusal) => refusal,
-                Ok(inner) => inner.instrument(span.clone()).await,
-            };
-            response = finish_errors(response, &id, openai);
+        // A combinator, not an async block: the block would keep its captured future's slot beside the one it
+        // awaits, twice the inner future for the whole request.
+        Box::pin(answer.map(move |response| {
+            let mut response = finish_errors(response, &id, openai);
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert(CORRELATION_HEADER, value);
             }
@@ -66,7 +65,7 @@ impl Around for Envelope {
                 )
             });
             response
-        })
+        }))
     }
 }
 
@@ -144,16 +143,14 @@ impl Around for HttpMetrics {
             .unwrap_or_else(|| "unmatched".into());
         let method = req.method().to_string();
         let started = Instant::now();
-        let response = crate::layers::call(inner, req);
-        Box::pin(async move {
-            let response = response.await;
+        Box::pin(crate::layers::call(inner, req).map(move |response| {
             let status = response.status().as_u16().to_string();
             metrics::counter!("imagegen_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
                 .increment(1);
             metrics::histogram!("imagegen_http_request_duration_seconds", "method" => method, "route" => route)
                 .record(started.elapsed().as_secs_f64());
             response
-        })
+        }))
     }
 }
 

@@ -2,50 +2,70 @@
 //! submission, images per day and jobs queued or running at once. Over a limit: 429 with Retry-After and the
 //! `RateLimit-Limit` / `-Remaining` / `-Reset` headers. Health, metrics, docs and the provider list are not limited.
 
-use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::layers::Inner;
+use crate::owner_limits::Window;
 use crate::state::AppState;
-use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// Counts the request against its owner's minute; refuses it when over RATE_LIMIT_PER_MINUTE. Runs inside
-/// `auth::identify`, once the request's principal is known.
-pub async fn per_minute<S: Inner>(state: &AppState, req: Request, next: S) -> Response {
-    let limit = state.rate_limit_per_minute;
-    if limit == 0 {
-        return crate::layers::call(next, req).await;
+/// The owner's count this minute, for the answer's `RateLimit-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted {
+    limit: u64,
+    window: Window,
+}
+
+impl Counted {
+    /// Adds the `RateLimit-*` headers, unless the handler gave its own limit's (jobs in flight, daily quota).
+    pub fn add_headers(&self, h: &mut HeaderMap) {
+        if h.contains_key("ratelimit-limit") {
+            return;
+        }
+        h.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        h.insert(
+            "ratelimit-remaining",
+            HeaderValue::from(self.limit.saturating_sub(self.window.count)),
+        );
+        h.insert("ratelimit-reset", HeaderValue::from(self.window.reset_secs));
     }
-    // `auth::identify` ran first. Requests without credentials (signed download links, or refused with 401 by the
-    // handler) are not counted against anyone.
-    let Some(owner) = req.extensions().get::<Principal>().map(|p| p.owner.clone()) else {
-        return crate::layers::call(next, req).await;
+}
+
+/// Counts a request of `owner` against their minute: the refusal when over RATE_LIMIT_PER_MINUTE, else the count
+/// for the answer's headers (`None`: not counted). Runs inside `auth::Identify` (its `admit`), once the principal is known;
+/// requests without credentials (`owner` is `None`: signed download links, or refused with 401 by the handler) are
+/// not counted against anyone. Decides only: the request goes on in `Identify`, so a waiting request keeps none of
+/// this future.
+pub async fn per_minute(
+    state: &AppState,
+    owner: Option<String>,
+) -> Result<Option<Counted>, Response> {
+    let limit = state.rate_limit_per_minute;
+    let Some(owner) = owner.filter(|_| limit > 0) else {
+        return Ok(None);
     };
-    // Boxed: this future lives as long as the request (a whole wait) and should not carry the count's state.
-    let window = match Box::pin(state.owners.count("rpm", &owner, 1, MINUTE)).await {
+    let window = match state.owners.count("rpm", &owner, 1, MINUTE).await {
         Ok(w) => w,
         // LIMITS_ON_REDIS_ERROR: refuse (closed) or let through uncounted (open; a submission fails at the queue
         // anyway while Redis is down, reads go on).
         Err(e) if state.limits_fail.is_closed() => {
             tracing::warn!(error = %e, "rate limiter unavailable; request refused (fail closed)");
-            return ApiError::Unavailable(
+            return Err(ApiError::Unavailable(
                 "The rate limiter is unavailable; try again shortly".into(),
             )
-            .into_response();
+            .into_response());
         }
         Err(e) => {
             tracing::warn!(error = %e, "rate limiter unavailable; request not counted");
-            return crate::layers::call(next, req).await;
+            return Ok(None);
         }
     };
     if window.count > limit {
         tracing::info!(%owner, limit, "rate limit reached");
-        return ApiError::RateLimited {
+        return Err(ApiError::RateLimited {
             message: format!(
                 "Rate limit of {limit} requests per minute reached; retry after the reset"
             ),
@@ -53,20 +73,9 @@ pub async fn per_minute<S: Inner>(state: &AppState, req: Request, next: S) -> Re
             remaining: 0,
             reset_secs: window.reset_secs,
         }
-        .into_response();
+        .into_response());
     }
-    let mut response = crate::layers::call(next, req).await;
-    // A handler's own limit answer (jobs in flight, daily quota) keeps its figures.
-    let h = response.headers_mut();
-    if !h.contains_key("ratelimit-limit") {
-        h.insert("ratelimit-limit", HeaderValue::from(limit));
-        h.insert(
-            "ratelimit-remaining",
-            HeaderValue::from(limit.saturating_sub(window.count)),
-        );
-        h.insert("ratelimit-reset", HeaderValue::from(window.reset_secs));
-    }
-    response
+    Ok(Some(Counted { limit, window }))
 }
 
 /// Before jobs are recorded: counts `images` against the owner's daily quota (IMAGE_QUOTA_PER_DAY), refusing when

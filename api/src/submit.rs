@@ -77,6 +77,34 @@ pub async fn submit_request(
     endpoint: &'static str,
     body: GenerateBody,
 ) -> Result<(Submitted, Vec<LifecycleNotice>), ApiError> {
+    // The turn first: under a burst, a submission waits here as this small future (its arguments and the gate's),
+    // not as its whole state (the accepted request, the key lookup, the budget and the insert), which is built and
+    // boxed only once it has a turn.
+    let turn = state.submissions.turn().await?;
+    let submitted = Box::pin(submit_request_in_turn(
+        state,
+        submitter,
+        correlation_id,
+        headers,
+        peer,
+        endpoint,
+        body,
+    ))
+    .await;
+    drop(turn);
+    submitted
+}
+
+/// `submit_request` once it has its turn.
+async fn submit_request_in_turn(
+    state: &AppState,
+    submitter: &Submitter,
+    correlation_id: &str,
+    headers: &axum::http::HeaderMap,
+    peer: std::net::SocketAddr,
+    endpoint: &'static str,
+    body: GenerateBody,
+) -> Result<(Submitted, Vec<LifecycleNotice>), ApiError> {
     tracing::Span::current().record("endpoint", endpoint);
     let Accepted {
         mut request,
@@ -85,12 +113,13 @@ pub async fn submit_request(
     let idempotency = Idempotency::from_headers(headers, endpoint, &request)?;
     // After the key's hash: where the client reached us is not part of what it asked.
     request.set_webhook_link_base(crate::routes::base_url(state, headers, peer).base);
-    let submitted = submit_job(
+    let submitted = record_job(
         state,
         submitter,
         correlation_id,
         request,
         idempotency.as_ref(),
+        &crate::edits::StagedEdit::default(),
     )
     .await?;
     tracing::Span::current().record("job_id", tracing::field::display(submitted.job.id));
@@ -314,27 +343,10 @@ impl Submitted {
     }
 }
 
+/// Records and queues one accepted request, in its turn (SUBMIT_CONCURRENCY), with an edit's checked inputs (none for
+/// a generation): stored once the job's id is known, recorded in the job's own transaction, and removed again if the
+/// job is not recorded or cannot be queued.
 pub async fn submit_job(
-    state: &AppState,
-    submitter: &Submitter,
-    correlation_id: &str,
-    request: GenerationRequest,
-    idempotency: Option<&Idempotency>,
-) -> Result<Submitted, ApiError> {
-    submit_job_with(
-        state,
-        submitter,
-        correlation_id,
-        request,
-        idempotency,
-        &crate::edits::StagedEdit::default(),
-    )
-    .await
-}
-
-/// `submit_job` with an edit's checked inputs: stored once the job's id is known, recorded in the job's own
-/// transaction, and removed again if the job is not recorded or cannot be queued.
-pub async fn submit_job_with(
     state: &AppState,
     submitter: &Submitter,
     correlation_id: &str,

@@ -455,7 +455,7 @@ async fn wait_at_scale(opts: &Opts) -> anyhow::Result<Section> {
         ],
     );
     s.note(
-        "N wait-mode requests opened within two seconds (waves of 250 every 50 ms) and held (`Prefer: wait=300`), \
+        "N wait-mode requests opened within two seconds (waves of 50 every 10 ms) and held (`Prefer: wait=300`), \
          emulator latency 5 s, two workers with \
          WORKER_CONCURRENCY=500 each. Peak RSS is the API process's VmHWM after the run; per waiter = (peak - \
          idle) / N.",
@@ -468,6 +468,7 @@ async fn wait_at_scale(opts: &Opts) -> anyhow::Result<Section> {
         let stack = Stack::start(&opts.bin, 2, &extra).await?;
         stack.emulator_config(json!({"latency_ms": 5000})).await?;
         let idle = peak_rss_mib(stack.api_pid).unwrap_or(f64::NAN);
+        let drops_before = crate::load::loopback_drops();
         let http = client(n)?;
         let url = format!("{}/api/v1/generate", stack.api);
         let body =
@@ -475,11 +476,8 @@ async fn wait_at_scale(opts: &Opts) -> anyhow::Result<Section> {
         let t0 = Instant::now();
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
-            // Connections open in waves of 250 every 50 ms (all 10,000 within two seconds): opened in one instant,
-            // their SYNs overflow the kernel's SYN queue (tcp_max_syn_backlog) and time out in the client.
-            if i > 0 && i % 250 == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // All 10,000 within two seconds, in small waves (`load::pace` says why).
+            crate::load::pace(i).await;
             let (h, url, body) = (http.clone(), url.clone(), body.clone());
             tasks.push(tokio::spawn(async move {
                 match h
@@ -515,6 +513,14 @@ async fn wait_at_scale(opts: &Opts) -> anyhow::Result<Section> {
         let (ok, outcomes) = crate::load::tally(tasks).await;
         if !outcomes.is_empty() {
             s.note(format!("{n} waiters, failures by kind: {outcomes:?}"));
+        }
+        if let (Some(before), Some(after)) = (drops_before, crate::load::loopback_drops())
+            && after > before
+        {
+            s.note(format!(
+                "{n} waiters: the kernel dropped {} packets on loopback (a CPU's input queue was full)",
+                after - before
+            ));
         }
         let wall = t0.elapsed().as_secs_f64();
         let peak = peak_rss_mib(stack.api_pid).unwrap_or(f64::NAN);

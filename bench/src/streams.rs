@@ -6,7 +6,7 @@ use crate::report::Section;
 use crate::stack::{Stack, peak_rss_mib};
 use futures::StreamExt;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
     let scales: &[usize] = if opts.quick { &[1000] } else { &[1000, 10_000] };
@@ -22,8 +22,8 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
         ],
     );
     s.note(
-        "N jobs submitted at once (`POST /api/v1/jobs`), then one event stream per job opened in waves of 250 every \
-         50 ms and read to its end; emulator latency 5 s, two workers with WORKER_CONCURRENCY=500. Per stream = \
+        "N jobs submitted at once (`POST /api/v1/jobs`), then one event stream per job opened in waves of 50 every \
+         10 ms and read to its end; emulator latency 5 s, two workers with WORKER_CONCURRENCY=500. Per stream = \
          (peak - RSS after the submissions) / N.",
     );
     for &n in scales {
@@ -61,12 +61,11 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
             ));
         }
         let before = peak_rss_mib(stack.api_pid).unwrap_or(f64::NAN);
+        let drops_before = crate::load::loopback_drops();
         let t0 = Instant::now();
         let mut tasks = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
-            if i > 0 && i % 250 == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            crate::load::pace(i).await;
             let (h, url) = (
                 http.clone(),
                 format!("{}/api/v1/jobs/{id}/events", stack.api),
@@ -107,6 +106,14 @@ pub async fn event_streams(opts: &crate::Opts) -> anyhow::Result<Section> {
         if !outcomes.is_empty() {
             s.note(format!("{n} streams, failures by kind: {outcomes:?}"));
             eprintln!("bench:   failures: {outcomes:?}");
+        }
+        if let (Some(before), Some(after)) = (drops_before, crate::load::loopback_drops())
+            && after > before
+        {
+            s.note(format!(
+                "{n} streams: the kernel dropped {} packets on loopback (a CPU's input queue was full)",
+                after - before
+            ));
         }
         let wall = t0.elapsed().as_secs_f64();
         let peak = peak_rss_mib(stack.api_pid).unwrap_or(f64::NAN);

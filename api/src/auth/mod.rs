@@ -2,7 +2,7 @@
 //! JWT from Entra ID / an OIDC issuer. Off, every caller is `anonymous` and may generate but not administer: keys
 //! minted by anyone while the service is open would outlive the day authentication is turned on.
 //!
-//! `identify` (`Identify`, a route layer on the owner's routes) checks the credential once and leaves the [`Principal`] in the
+//! `Identify` (a route layer on the owner's routes) checks the credential once and leaves the [`Principal`] in the
 //! request's extensions; the extractors `Owner`, `Submitter` and `Admin` read it.
 
 pub mod failures;
@@ -16,9 +16,11 @@ use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Either};
 use imagegen_shared::ANONYMOUS_OWNER;
 use imagegen_shared::db::api_keys;
+use std::future::{Ready, ready};
 
 /// An authenticated caller and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,58 +46,108 @@ impl Principal {
     }
 }
 
-/// `identify` as a route layer (`AroundLayer(Identify)`; `crate::layers` says why not `from_fn`).
+/// The credential check and per-minute limit as a route layer (`AroundLayer(Identify)`; `crate::layers` says why
+/// not `from_fn`).
 #[derive(Clone)]
 pub struct Identify(pub AppState);
 
 impl Around for Identify {
     fn around<S: Inner>(&self, req: Request, inner: S) -> BoxFuture<'static, Response> {
-        Box::pin(identify(self.0.clone(), req, inner))
+        // Three steps chained, not one async fn: a waiting request (wait mode, an event stream) keeps this future for
+        // its whole wait, and in the middle step it holds the handler's future and the few bytes `settle` needs,
+        // not the request or the look-ups' state.
+        let admitted = Box::pin(admit(self.0.clone(), req));
+        Box::pin(admitted.then(move |admitted| {
+            match admitted {
+                Err(refusal) => Either::Left(ready(refusal)),
+                Ok(Admitted {
+                    req,
+                    rate,
+                    unidentified,
+                }) => Either::Right(
+                    crate::layers::call(inner, req)
+                        .then(move |response| settle(response, rate, unidentified)),
+                ),
+            }
+        }))
     }
 }
 
-/// Checks the request's credential once for the handlers behind it (`inner`), then counts the request against its
-/// owner's minute (`rate_limit::per_minute`). A request without any credential goes on:
-/// a signed download link needs none, and the handlers' extractors answer 401 for everything else.
+/// A request `admit` lets through, with what its answer needs afterwards.
+struct Admitted {
+    req: Request,
+    /// The owner's count this minute (`rate_limit::per_minute`), for the answer's headers.
+    rate: Option<crate::rate_limit::Counted>,
+    /// A request without any credential (and its client's address): its 401, if the handler gives one, counts as a
+    /// failed authentication.
+    unidentified: Option<(AppState, Option<std::net::IpAddr>)>,
+}
+
+/// Checks the request's credential once for the handlers behind it, then counts the request against its owner's
+/// minute (`rate_limit::per_minute`). A request without any credential goes on: a signed download link needs none,
+/// and the handlers' extractors answer 401 for everything else.
 ///
 /// Failed authentications count against the client's address (`failures`); over AUTH_FAILURES_PER_MINUTE the
 /// address gets 429 before its credential is looked up, unless that credential is one already known to be valid.
-async fn identify<S: Inner>(state: AppState, mut req: Request, next: S) -> Response {
+async fn admit(state: AppState, mut req: Request) -> Result<Admitted, Response> {
+    let mut unidentified = None;
     if !state.authentication {
         req.extensions_mut().insert(Principal::anonymous());
-        return crate::rate_limit::per_minute(&state, req, next).await;
-    }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
-    let client = failures::client_address(peer, req.headers(), &state.trusted_proxies);
-    if credential(req.headers()).is_none() {
-        if let Some(refusal) = state.auth_failures.refusal(client) {
-            return refusal.into_response();
-        }
-        let response = crate::rate_limit::per_minute(&state, req, next).await;
-        if response.status() == axum::http::StatusCode::UNAUTHORIZED
-            && let Some(refusal) = Box::pin(state.auth_failures.failed(client)).await
-        {
-            return refusal.into_response();
-        }
-        return response;
-    }
-    // The look-ups are boxed: this middleware's future lives as long as the request (a whole wait), and holds only
-    // the part it is in.
-    match Box::pin(check(req.headers(), &state, Some(client))).await {
-        Ok(principal) => {
-            req.extensions_mut().insert(principal);
-            crate::rate_limit::per_minute(&state, req, next).await
-        }
-        Err(e @ ApiError::Unauthorized { .. }) => {
-            match Box::pin(state.auth_failures.failed(client)).await {
-                Some(refusal) => refusal.into_response(),
-                None => e.into_response(),
+    } else {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        let client = failures::client_address(peer, req.headers(), &state.trusted_proxies);
+        if credential(req.headers()).is_none() {
+            if let Some(refusal) = state.auth_failures.refusal(client) {
+                return Err(refusal.into_response());
+            }
+            unidentified = Some(client);
+        } else {
+            match check(req.headers(), &state, Some(client)).await {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                }
+                Err(e @ ApiError::Unauthorized { .. }) => {
+                    return Err(match state.auth_failures.failed(client).await {
+                        Some(refusal) => refusal.into_response(),
+                        None => e.into_response(),
+                    });
+                }
+                Err(e) => return Err(e.into_response()),
             }
         }
-        Err(e) => e.into_response(),
+    }
+    let owner = req.extensions().get::<Principal>().map(|p| p.owner.clone());
+    let rate = crate::rate_limit::per_minute(&state, owner).await?;
+    Ok(Admitted {
+        req,
+        rate,
+        unidentified: unidentified.map(|client| (state, client)),
+    })
+}
+
+/// The handler's answer, with the owner's rate-limit headers; a 401 to a request without credentials counts as a
+/// failed authentication (and may become the 429 of too many).
+fn settle(
+    mut response: Response,
+    rate: Option<crate::rate_limit::Counted>,
+    unidentified: Option<(AppState, Option<std::net::IpAddr>)>,
+) -> Either<Ready<Response>, BoxFuture<'static, Response>> {
+    if let Some(rate) = rate {
+        rate.add_headers(response.headers_mut());
+    }
+    match unidentified {
+        Some((state, client)) if response.status() == axum::http::StatusCode::UNAUTHORIZED => {
+            Either::Right(Box::pin(async move {
+                match state.auth_failures.failed(client).await {
+                    Some(refusal) => refusal.into_response(),
+                    None => response,
+                }
+            }))
+        }
+        _ => Either::Left(ready(response)),
     }
 }
 
@@ -227,11 +279,11 @@ async fn api_key(
     Ok(found)
 }
 
-/// The principal `identify` left, else checked now (routes outside that middleware).
+/// The principal `Identify` left, else checked now (routes outside that middleware).
 async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     match parts.extensions.get::<Principal>() {
         Some(p) => Ok(p.clone()),
-        // Boxed: `identify` has almost always put the principal there, and an extractor's future is part of the
+        // Boxed: `Identify` has almost always put the principal there, and an extractor's future is part of the
         // handler's, which a waiting request holds for the whole wait.
         None => Box::pin(authenticate(&parts.headers, state)).await,
     }

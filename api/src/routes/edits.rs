@@ -9,7 +9,7 @@ use crate::edits::InputSource;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppJson, CorrelationId};
 use crate::state::AppState;
-use crate::submit::{Accepted, Idempotency, accept_with, submit_job_with};
+use crate::submit::{Accepted, Idempotency, accept_with, submit_job};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, header};
@@ -289,7 +289,7 @@ pub async fn submit_edit(
     let identity = staged.identity();
     let idempotency = Idempotency::from_headers(headers, endpoint, &(&request, &identity))?;
     request.set_webhook_link_base(super::base_url(state, headers, peer).base);
-    let job = submit_job_with(
+    let job = submit_job(
         state,
         submitter,
         correlation_id,

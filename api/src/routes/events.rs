@@ -416,7 +416,20 @@ impl Feed {
                     }
                 };
                 tokio::select! {
-                    event = self.subscription.events.recv() => Box::pin(self.accept(event)).await,
+                    event = self.subscription.events.recv() => {
+                        // A job's end is answered with reads of the job and its images. When a thousand jobs end
+                        // together, their streams take turns for them (as wait mode's answers do) rather than each
+                        // building its reads and queueing for the pool.
+                        let state = self.state.clone();
+                        if event.is_terminal() {
+                            match state.answer_reads.turn().await {
+                                Ok(_turn) => Box::pin(self.accept(event)).await,
+                                Err(e) => Err(e),
+                            }
+                        } else {
+                            Box::pin(self.accept(event)).await
+                        }
+                    }
                     () = self.subscription.behind.asked() => Ok(()),
                     frame = partial => {
                         match frame {

@@ -32,8 +32,8 @@ pub const POLL_RETRY_AFTER_SECS: u64 = 2;
 
 /// Every route, with `docs` (the OpenAPI document and its UI, `openapi::docs_router`) among the open ones.
 pub fn router(state: AppState, docs: Router<AppState>) -> Router {
-    // The owner's endpoints: credentials checked once (`identify`), then counted against RATE_LIMIT_PER_MINUTE
-    // (`identify` calls `rate_limit::per_minute`). Health, metrics, docs and providers are open and unlimited.
+    // The owner's endpoints: credentials checked once (`auth::Identify`), then counted against RATE_LIMIT_PER_MINUTE
+    // (`rate_limit::per_minute`). Health, metrics, docs and providers are open and unlimited.
     let owned = Router::new()
         .merge(generate::router())
         .merge(edits::router(&state))
