@@ -3,8 +3,9 @@
 //! - submissions: at most SUBMIT_CONCURRENCY are recorded at once. Under a burst (thousands of wait-mode requests
 //!   within a second) the rest wait here, each a future of a few hundred bytes, instead of each holding a whole
 //!   submission's state (tens of KiB: the key lookup, budget, insert and queue push);
-//! - the answer reads of wait mode: when a thousand jobs end together, a thousand waiters read their job at once;
-//!   at most as many as the pool has connections build their query (8 KiB of state each) at a time.
+//! - the answer reads of wait mode and of event streams: when a thousand jobs end together, a thousand waiters read
+//!   their job at once, and ten thousand streams opening within seconds each read theirs; at most as many as the
+//!   pool has connections build their query (8 to 13 KiB of state each) at a time.
 //!
 //! Past its gate, work still waits for the pool, but that queue stays short.
 

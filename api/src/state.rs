@@ -33,7 +33,8 @@ pub struct Inner {
     pub group_commit: Option<GroupCommit>,
     /// SUBMIT_CONCURRENCY: submissions past it wait their turn.
     pub submissions: crate::gate::Gate,
-    /// Wait mode's reads of a job that ended (`wait::wait_for_job`), at most one per pool connection at a time.
+    /// Reads that answer a waiting client (`wait::wait_for_job`) or an event stream (its first reads, a job's end):
+    /// at most one per pool connection at a time.
     pub answer_reads: crate::gate::Gate,
     pub queue: JobQueue,
     pub fleet: FleetLimits,

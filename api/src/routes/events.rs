@@ -116,10 +116,27 @@ pub async fn job_events(
     let last = last_event_id(&headers)?;
     // Subscribed before anything is read, so nothing published from here on is missed.
     let subscription = state.waiters.streams.subscribe(Stream::Job(id));
+    let links = base_url(&state, &headers, peer);
+    // The first reads take turns: when thousands of streams open at once, each read waiting for the pool holds
+    // ~13 KiB of query state, and only as many as the pool has connections can run anyway. What runs in the turn is
+    // boxed, so a stream waiting for one holds only this small future.
+    let reads = state.clone();
+    let _turn = reads.answer_reads.turn().await?;
+    Box::pin(open_job_feed(state, owner, id, links, subscription, last)).await
+}
+
+/// `job_events` in its turn: the job read, the partial pictures listened to, the first events.
+async fn open_job_feed(
+    state: AppState,
+    owner: String,
+    id: JobId,
+    links: Links,
+    subscription: Subscription,
+    last: Option<String>,
+) -> Result<Response, ApiError> {
     let job = db::jobs::get_job(&state.pool, &owner, id)
         .await?
         .ok_or(ApiError::NotFound("Job"))?;
-    let links = base_url(&state, &headers, peer);
     let stop = CancellationToken::new();
     let partials = if job.request.0.partial_images() > 0 && !job.status.is_terminal() {
         state.queue.partials(id, stop.clone()).await.ok()
@@ -157,11 +174,26 @@ pub async fn batch_events(
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers)?;
     let subscription = state.waiters.streams.subscribe(Stream::Batch(id));
+    let links = base_url(&state, &headers, peer);
+    // The first reads take turns, as a job's stream's do, and what runs in the turn is boxed.
+    let reads = state.clone();
+    let _turn = reads.answer_reads.turn().await?;
+    Box::pin(open_batch_feed(state, owner, id, links, subscription, last)).await
+}
+
+/// `batch_events` in its turn: the batch and its jobs read, the first events.
+async fn open_batch_feed(
+    state: AppState,
+    owner: String,
+    id: BatchId,
+    links: Links,
+    subscription: Subscription,
+    last: Option<String>,
+) -> Result<Response, ApiError> {
     db::batches::get_batch(&state.pool, &owner, id)
         .await?
         .ok_or(ApiError::NotFound("Batch"))?;
     let jobs = db::jobs::jobs_in_batch(&state.pool, &owner, id).await?;
-    let links = base_url(&state, &headers, peer);
     let mut feed = Feed::new(state, owner, links, Stream::Batch(id), subscription, last);
     feed.remaining = jobs.iter().map(|j| j.id).collect();
     feed.batch = Some(id);

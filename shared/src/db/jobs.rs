@@ -182,16 +182,20 @@ pub(crate) use insert_job;
 /// A job as its owner may see it; another owner's id looks exactly like one that does not exist.
 pub async fn get_job(db: &Db, owner: &str, id: JobId) -> Result<Option<JobRecord>, DbError> {
     let row = on_db!(db, |pool, sql| {
-        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND owner = $2"
-        )))
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(pool)
-        .await?
+        sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(GET_JOB_SQL.as_str()))
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(pool)
+            .await?
     });
     Ok(row)
 }
+
+/// `get_job`'s statement, built once: formatted per call, it was a string held by every read waiting for a
+/// connection (10,000 event streams opening at once).
+static GET_JOB_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND owner = $2")
+});
 
 /// A job read by the worker fleet, which acts for every owner.
 pub async fn get_job_unscoped(db: &Db, id: JobId) -> Result<Option<JobRecord>, DbError> {
