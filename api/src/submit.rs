@@ -77,35 +77,8 @@ pub async fn submit_request(
     endpoint: &'static str,
     body: GenerateBody,
 ) -> Result<(Submitted, Vec<LifecycleNotice>), ApiError> {
-    // The turn first: under a burst, a submission waits here as this small future (its arguments and the gate's),
-    // not as its whole state (the accepted request, the key lookup, the budget and the insert), which is built and
-    // boxed only once it has a turn.
-    let turn = state.submissions.turn().await?;
-    let submitted = Box::pin(submit_request_in_turn(
-        state,
-        submitter,
-        correlation_id,
-        headers,
-        peer,
-        endpoint,
-        body,
-    ))
-    .await;
-    drop(turn);
-    submitted
-}
-
-/// `submit_request` once it has its turn.
-async fn submit_request_in_turn(
-    state: &AppState,
-    submitter: &Submitter,
-    correlation_id: &str,
-    headers: &axum::http::HeaderMap,
-    peer: std::net::SocketAddr,
-    endpoint: &'static str,
-    body: GenerateBody,
-) -> Result<(Submitted, Vec<LifecycleNotice>), ApiError> {
     tracing::Span::current().record("endpoint", endpoint);
+    // Checked before any turn: a bad request is answered at once, even under a burst.
     let Accepted {
         mut request,
         notices,
@@ -113,15 +86,22 @@ async fn submit_request_in_turn(
     let idempotency = Idempotency::from_headers(headers, endpoint, &request)?;
     // After the key's hash: where the client reached us is not part of what it asked.
     request.set_webhook_link_base(crate::routes::base_url(state, headers, peer).base);
-    let submitted = record_job(
+    // Then its turn (SUBMIT_CONCURRENCY). Under a burst a submission waits for it as this small future, with the
+    // request boxed; the record's whole state (key lookup, budget, insert, queue push) is built and boxed only
+    // once it has a turn (a future's size is that of its largest state, allocated up front).
+    let request = Box::new(request);
+    let turn = state.submissions.turn().await?;
+    let submitted = Box::pin(record_job(
         state,
         submitter,
         correlation_id,
-        request,
+        *request,
         idempotency.as_ref(),
         &crate::edits::StagedEdit::default(),
-    )
-    .await?;
+    ))
+    .await;
+    drop(turn);
+    let submitted = submitted?;
     tracing::Span::current().record("job_id", tracing::field::display(submitted.job.id));
     Ok((submitted, notices))
 }
