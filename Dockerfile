@@ -7,6 +7,12 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+# make: jemalloc, the binary's allocator, is built from source (tikv-jemalloc-sys); the slim image has gcc, not make.
+# Unpinned: a Debian point release replaces the exact version, and bookworm's make is what we want.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
 
