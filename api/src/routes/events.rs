@@ -452,8 +452,8 @@ impl Feed {
                         // A job's end is answered with reads of the job and its images. When a thousand jobs end
                         // together, their streams take turns for them (as wait mode's answers do) rather than each
                         // building its reads and queueing for the pool.
-                        let state = self.state.clone();
                         if event.is_terminal() {
+                            let state = self.state.clone();
                             match state.answer_reads.turn().await {
                                 Ok(_turn) => Box::pin(self.accept(event)).await,
                                 Err(e) => Err(e),
