@@ -22,6 +22,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# The patched crates ([patch.crates-io], vendor/README.md): the recipe names them but carries no source for them.
+COPY vendor/ vendor/
 # The dependency layer: rebuilt only when the recipe (manifests and lock file) changes.
 RUN cargo chef cook --release --locked --recipe-path recipe.json --package imagegen
 COPY . .

@@ -20,7 +20,9 @@ use apalis::prelude::{EventListenerExt, ParallelizeExt, WorkerBuilder, WorkerBui
 use apalis::prelude::{WorkerContext, WorkerError, layer_fn};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use futures::future::BoxFuture;
+use redis::IntoConnectionInfo;
 use redis::aio::ConnectionManagerConfig;
+use redis::io::tcp::TcpSettings;
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -65,10 +67,17 @@ const PROMOTE_CHUNK: usize = 1000;
 
 /// A Redis connection that reconnects by itself, created without touching the network so a process can start
 /// (and report not-ready) while Redis is down.
+///
+/// TCP_NODELAY: redis-rs leaves Nagle's algorithm on, so a command sent in more than one piece (a grouped push or a
+/// promotion larger than one segment) would send its tail only once Redis acknowledged the head: up to 40 ms. The
+/// same stall was measured on Postgres (docs/performance.md, "Nagle"); on Redis it is a precaution.
 pub fn redis_connection(
     url: &str,
 ) -> Result<(redis::Client, ConnectionManager), redis::RedisError> {
-    let client = redis::Client::open(url)?;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
         .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
