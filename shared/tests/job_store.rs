@@ -649,6 +649,82 @@ async fn a_bad_row_fails_only_its_own_submission(pool: PgPool) {
     assert_eq!(bobs.len(), 4);
 }
 
+/// Claims gathered: jobs claimed together are each claimed once, for this worker, as `claim_job` claims them; a job
+/// running on another worker's live lease, a finished one, one asked for twice at once and an unknown id are not.
+#[sqlx::test(migrations = "../migrations")]
+async fn gathered_claims_give_each_job_once_and_only_claimable_ones(pool: PgPool) {
+    use imagegen_shared::db::group_claim::GroupClaims;
+    let db = Db::from(pool.clone());
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(
+            db::jobs::insert(&db, &new_job("alice"))
+                .await
+                .expect("insert")
+                .id,
+        );
+    }
+    let running_elsewhere = ids[3];
+    db::jobs::claim_job(&db, running_elsewhere, "w-other", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let finished = ids[4];
+    db::jobs::claim_job(&db, finished, "w-other", LEASE)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    db::jobs::complete_succeeded(
+        &db,
+        finished,
+        "w-other",
+        &[image(0)],
+        &serde_json::json!({}),
+        1,
+        &served(),
+    )
+    .await
+    .expect("complete")
+    .expect("completed");
+    let unknown = JobId::new();
+    let claims = GroupClaims::new(pool, "w-here".into(), LEASE);
+    // ids[7] asked for twice in the same breath (its message delivered twice).
+    let mut asked = ids.clone();
+    asked.push(ids[7]);
+    asked.push(unknown);
+    let answers = futures::future::join_all(asked.iter().map(|id| claims.claim(&db, *id))).await;
+    let (flushes, claimed) = claims.stats();
+    assert_eq!(claimed, asked.len() as u64);
+    assert!(
+        flushes < asked.len() as u64,
+        "{flushes} flushes for {claimed} claims: nothing was gathered"
+    );
+    let mut taken = std::collections::HashMap::new();
+    for (id, answer) in asked.iter().zip(answers) {
+        if let Some(job) = answer.expect("claim") {
+            assert_eq!(job.id, *id);
+            assert_eq!(job.status, JobStatus::Running);
+            assert_eq!(job.worker_id.as_deref(), Some("w-here"));
+            assert!(job.lease_until.is_some() && job.started_at.is_some());
+            *taken.entry(*id).or_insert(0) += 1;
+        }
+    }
+    for id in &ids {
+        let expected = usize::from(*id != running_elsewhere && *id != finished);
+        assert_eq!(taken.get(id).copied().unwrap_or(0), expected, "job {id}");
+    }
+    assert!(!taken.contains_key(&unknown));
+    let other = db::jobs::get_job_unscoped(&db, running_elsewhere)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        other.worker_id.as_deref(),
+        Some("w-other"),
+        "a live lease is not taken over"
+    );
+}
+
 /// Budget rows read together: each owner gets its own row (or none), however many ask at once, and a change made
 /// between two reads is seen by the next.
 #[sqlx::test(migrations = "../migrations")]

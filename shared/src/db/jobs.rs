@@ -129,7 +129,7 @@ pub(crate) const JOB_COLUMNS: &str = "id, owner, batch_id, batch_index, correlat
     served_by, translations, provider_attempts, deadline_at, created_at, updated_at, started_at, finished_at, \
     api_key_id, cost_usd_micros, cost_basis, cost_estimated, reserved_usd_micros, max_calls";
 
-fn lease_secs(lease: Duration) -> f64 {
+pub(crate) fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
 }
 

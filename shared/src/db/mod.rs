@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod batches;
 pub mod budgets;
 pub mod costs;
+pub mod group_claim;
 pub mod group_insert;
 pub mod idempotency;
 pub mod images;

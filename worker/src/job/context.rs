@@ -26,6 +26,8 @@ const PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Everything a job needs, shared by all jobs of one worker process.
 pub struct JobContext {
     pub pool: Db,
+    /// Claims gathered into one statement per flush (Postgres); `None` claims one by one.
+    pub claims: Option<db::group_claim::GroupClaims>,
     pub storage: ImageStorage,
     pub routes: Routes,
     pub downloader: Downloader,

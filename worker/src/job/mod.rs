@@ -85,10 +85,15 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     Ok(outcome)
 }
 
-/// Takes the job for this worker with a lease; `None` when it is not ours to run (see `db::jobs::claim_job`).
+/// Takes the job for this worker with a lease; `None` when it is not ours to run (see `db::jobs::claim_job`), with
+/// the other jobs this worker takes now where claims are gathered.
 #[tracing::instrument(skip_all, err)]
 async fn claim(ctx: &JobContext, message: &JobMessage) -> Result<Option<JobRecord>, ProcessError> {
-    Ok(db::jobs::claim_job(&ctx.pool, message.job_id, &ctx.worker_id, ctx.lease).await?)
+    let id = message.job_id;
+    Ok(match &ctx.claims {
+        Some(claims) => claims.claim(&ctx.pool, id).await?,
+        None => db::jobs::claim_job(&ctx.pool, id, &ctx.worker_id, ctx.lease).await?,
+    })
 }
 
 /// Walks the job's routes in order until one ends the job; when none can, the job fails with the last error.
