@@ -373,6 +373,19 @@ pub async fn settle_job(
     Ok(())
 }
 
+/// [`settle_job`], the flag flipped together with the other jobs `settles` is settling now (a worker's).
+pub async fn settle_job_gathered(
+    settles: &crate::db::group_settle::GroupSettles,
+    db: &Db,
+    ledger: &BudgetLedger,
+    job: crate::domain::JobId,
+) -> Result<(), BudgetError> {
+    if let Some(s) = settles.settle(db, job).await? {
+        ledger.settle(&s).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -725,6 +725,78 @@ async fn gathered_claims_give_each_job_once_and_only_claimable_ones(pool: PgPool
     );
 }
 
+/// Settlements gathered: each finished job is settled once, with its own reservation and cost; a running job, one
+/// settled already, one asked for twice at once and an unknown id are not.
+#[sqlx::test(migrations = "../migrations")]
+async fn gathered_settlements_settle_each_finished_job_once(pool: PgPool) {
+    use imagegen_shared::db::group_settle::GroupSettles;
+    let db = Db::from(pool.clone());
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut job = new_job(&format!("owner-{i}"));
+        job.reserved_usd_micros = 1_000 + i;
+        let id = db::jobs::insert(&db, &job).await.expect("insert").id;
+        db::jobs::claim_job(&db, id, "w", LEASE)
+            .await
+            .expect("claim")
+            .expect("claimed");
+        if i != 2 {
+            db::jobs::complete_succeeded(
+                &db,
+                id,
+                "w",
+                &[image(0)],
+                &serde_json::json!({}),
+                1,
+                &served(),
+            )
+            .await
+            .expect("complete")
+            .expect("completed");
+        }
+        ids.push(id);
+    }
+    let still_running = ids[2];
+    let settled_before = ids[5];
+    assert!(
+        db::costs::settle(&db, settled_before)
+            .await
+            .expect("settle")
+            .is_some()
+    );
+    let settles = GroupSettles::new(pool);
+    let mut asked = ids.clone();
+    asked.push(ids[9]);
+    asked.push(JobId::new());
+    let answers = futures::future::join_all(asked.iter().map(|id| settles.settle(&db, *id))).await;
+    let (flushes, settled) = settles.stats();
+    assert_eq!(settled, asked.len() as u64);
+    assert!(
+        flushes < settled,
+        "{flushes} flushes for {settled} settlements: nothing was gathered"
+    );
+    let mut got = std::collections::HashMap::new();
+    for (id, answer) in asked.iter().zip(answers) {
+        if let Some(s) = answer.expect("settle") {
+            let i = ids.iter().position(|x| x == id).expect("one of ours");
+            assert_eq!(s.owner, format!("owner-{i}"));
+            assert_eq!(s.reserved_usd_micros, 1_000 + i as i64);
+            *got.entry(*id).or_insert(0) += 1;
+        }
+    }
+    for id in &ids {
+        let expected = usize::from(*id != still_running && *id != settled_before);
+        assert_eq!(got.get(id).copied().unwrap_or(0), expected, "job {id}");
+    }
+    // Settled means settled: a second round finds nothing left but the running job, which is not finished.
+    for id in &ids {
+        assert!(
+            db::costs::settle(&db, *id).await.expect("settle").is_none(),
+            "job {id}"
+        );
+    }
+}
+
 /// Budget rows read together: each owner gets its own row (or none), however many ask at once, and a change made
 /// between two reads is seen by the next.
 #[sqlx::test(migrations = "../migrations")]

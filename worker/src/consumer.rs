@@ -20,6 +20,7 @@ use imagegen_shared::backends::Backends;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::db::Db;
 use imagegen_shared::db::group_claim::GroupClaims;
+use imagegen_shared::db::group_settle::GroupSettles;
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
 use imagegen_shared::queue::signals::Signal;
@@ -128,18 +129,23 @@ pub async fn run_with_forceable(
     let worker_id = settings.worker_id.clone();
     let concurrency = settings.concurrency;
     let abandon = CancellationToken::new();
-    // Gathered claims on Postgres (db::group_claim); SQLite, one process alone, claims one by one.
-    let claims = match &backends.db {
-        Db::Postgres(pool) => Some(GroupClaims::new(
-            pool.clone(),
-            worker_id.clone(),
-            settings.lease,
-        )),
-        Db::Sqlite(_) => None,
+    // Gathered claims and settlements on Postgres (db::group_claim, db::group_settle); SQLite, one process alone,
+    // does them one by one.
+    let (claims, settles) = match &backends.db {
+        Db::Postgres(pool) => (
+            Some(GroupClaims::new(
+                pool.clone(),
+                worker_id.clone(),
+                settings.lease,
+            )),
+            Some(GroupSettles::new(pool.clone())),
+        ),
+        Db::Sqlite(_) => (None, None),
     };
     let ctx = Arc::new(JobContext {
         pool: backends.db.clone(),
         claims,
+        settles,
         storage,
         routes,
         downloader,

@@ -11,6 +11,7 @@ pub mod budgets;
 pub mod costs;
 pub mod group_claim;
 pub mod group_insert;
+pub mod group_settle;
 pub mod idempotency;
 pub mod images;
 pub mod job_inputs;

@@ -28,6 +28,8 @@ pub struct JobContext {
     pub pool: Db,
     /// Claims gathered into one statement per flush (Postgres); `None` claims one by one.
     pub claims: Option<db::group_claim::GroupClaims>,
+    /// Budget settlements gathered the same way (Postgres); `None` settles one by one.
+    pub settles: Option<db::group_settle::GroupSettles>,
     pub storage: ImageStorage,
     pub routes: Routes,
     pub downloader: Downloader,
