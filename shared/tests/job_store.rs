@@ -649,6 +649,26 @@ async fn a_bad_row_fails_only_its_own_submission(pool: PgPool) {
     assert_eq!(bobs.len(), 4);
 }
 
+/// Runs job `id` to success on `worker`, one picture.
+async fn claim_and_succeed(db: &Db, id: JobId, worker: &str) {
+    db::jobs::claim_job(db, id, worker, LEASE)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    db::jobs::complete_succeeded(
+        db,
+        id,
+        worker,
+        &[image(0)],
+        &serde_json::json!({}),
+        1,
+        &served(),
+    )
+    .await
+    .expect("complete")
+    .expect("completed");
+}
+
 /// Claims gathered: jobs claimed together are each claimed once, for this worker, as `claim_job` claims them; a job
 /// running on another worker's live lease, a finished one, one asked for twice at once and an unknown id are not.
 #[sqlx::test(migrations = "../migrations")]
@@ -670,22 +690,7 @@ async fn gathered_claims_give_each_job_once_and_only_claimable_ones(pool: PgPool
         .expect("claim")
         .expect("claimed");
     let finished = ids[4];
-    db::jobs::claim_job(&db, finished, "w-other", LEASE)
-        .await
-        .expect("claim")
-        .expect("claimed");
-    db::jobs::complete_succeeded(
-        &db,
-        finished,
-        "w-other",
-        &[image(0)],
-        &serde_json::json!({}),
-        1,
-        &served(),
-    )
-    .await
-    .expect("complete")
-    .expect("completed");
+    claim_and_succeed(&db, finished, "w-other").await;
     let unknown = JobId::new();
     let claims = GroupClaims::new(pool, "w-here".into(), LEASE);
     // ids[7] asked for twice in the same breath (its message delivered twice).
@@ -736,23 +741,13 @@ async fn gathered_settlements_settle_each_finished_job_once(pool: PgPool) {
         let mut job = new_job(&format!("owner-{i}"));
         job.reserved_usd_micros = 1_000 + i;
         let id = db::jobs::insert(&db, &job).await.expect("insert").id;
-        db::jobs::claim_job(&db, id, "w", LEASE)
-            .await
-            .expect("claim")
-            .expect("claimed");
-        if i != 2 {
-            db::jobs::complete_succeeded(
-                &db,
-                id,
-                "w",
-                &[image(0)],
-                &serde_json::json!({}),
-                1,
-                &served(),
-            )
-            .await
-            .expect("complete")
-            .expect("completed");
+        if i == 2 {
+            db::jobs::claim_job(&db, id, "w", LEASE)
+                .await
+                .expect("claim")
+                .expect("claimed");
+        } else {
+            claim_and_succeed(&db, id, "w").await;
         }
         ids.push(id);
     }
