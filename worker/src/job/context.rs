@@ -123,8 +123,9 @@ pub fn spawn_lease_keeper(
     lost: CancellationToken,
 ) -> AbortOnDropHandle<()> {
     let keep = async move {
-        let mut tick = tokio::time::interval(ctx.lease / 3);
-        tick.tick().await;
+        // First renewal a third of the lease from now (an `interval`'s immediate first tick is one timer wake more).
+        let every = ctx.lease / 3;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tick.tick().await;
             match db::jobs::extend_lease(&ctx.pool, id, &ctx.worker_id, ctx.lease).await {

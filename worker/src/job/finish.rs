@@ -28,7 +28,10 @@ pub async fn finish_succeeded(
     let give_up = Instant::now() + ctx.lease * 2;
     let mut pause = Duration::ZERO;
     while Instant::now() < give_up {
-        tokio::time::sleep(pause).await;
+        // No sleep before the first try: even a zero sleep waits for the timer wheel's next millisecond.
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         pause = (pause * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
         match db::jobs::complete_succeeded(
             &ctx.pool,

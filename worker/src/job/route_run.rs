@@ -162,17 +162,40 @@ impl<'a> RouteRun<'a> {
                 Admit::Again => continue,
                 Admit::Stop(result) => return Ok(result),
             };
-            let Some(attempt) = self.record_attempt(&permit).await? else {
-                return Ok(RouteResult::Done(Outcome::NotOurs));
+            // Counted, announced and called at once: the attempt's UPDATE and the "attempt started" event go out
+            // with the request instead of a Postgres and a Redis round trip ahead of it (a commit is most of the
+            // time from submit to the provider). Both are polled first, so their commands are sent as the call
+            // starts; the answer is looked at only once the count is written.
+            let started = Progress::Attempt {
+                route: self.key().to_owned(),
+                attempt: self.calls.load(Ordering::Relaxed) + 1,
+            };
+            let (counted, (), answered) = tokio::join!(
+                self.record_attempt(),
+                self.ctx.progress(self.job, started),
+                self.call_provider(&permit),
+            );
+            let attempt = match counted {
+                Ok(Some(attempt)) => attempt,
+                // Not ours any more (taken over), or the count could not be written: whatever the call gave is
+                // dropped, as a job taken over mid-call drops it.
+                counted => {
+                    self.release_permit(&permit).await;
+                    if matches!(answered, Called::Done(Ok(_))) {
+                        tracing::warn!(
+                            "provider answered but the attempt could not be counted; answer dropped"
+                        );
+                    }
+                    return match counted {
+                        Err(e) => Err(e),
+                        Ok(_) => Ok(RouteResult::Done(Outcome::NotOurs)),
+                    };
+                }
             };
             self.used = attempt.on_route;
             self.calls.store(attempt.total, Ordering::Relaxed);
-            let started = Progress::Attempt {
-                route: self.key().to_owned(),
-                attempt: attempt.total,
-            };
-            self.ctx.progress(self.job, started).await;
-            let made = match self.call(permit, attempt).await {
+            let called = self.after_call(permit, attempt, answered).await;
+            let made = match called {
                 Called::Done(made) => made,
                 Called::Lost => return Ok(RouteResult::Done(Outcome::NotOurs)),
                 Called::Abandoned => {
@@ -258,66 +281,72 @@ impl<'a> RouteRun<'a> {
         Ok(Admit::Stop(RouteResult::Done(outcome)))
     }
 
-    /// Counts the attempt before the call, so a crash mid-call still uses it up. `None`: the job is no longer
-    /// ours (the permit is given back).
+    /// Counts the attempt in Postgres, on the job and on this route; `None`: the job is no longer ours. Sent as the
+    /// call starts (see `run`), so a crash mid-call still uses the attempt up; only one within the statement's own
+    /// round trip of the call's start could leave it uncounted.
     #[tracing::instrument(skip_all, err)]
-    async fn record_attempt(&self, permit: &Permit) -> Result<Option<RouteAttempt>, ProcessError> {
-        let attempt =
+    async fn record_attempt(&self) -> Result<Option<RouteAttempt>, ProcessError> {
+        Ok(
             db::jobs::record_attempt(&self.ctx.pool, self.job.id, &self.ctx.worker_id, self.key())
-                .await;
-        if !matches!(attempt, Ok(Some(_))) {
-            self.release_permit(permit).await;
-        }
-        Ok(attempt?)
+                .await?,
+        )
     }
 
     async fn release_permit(&self, permit: &Permit) {
         let _ = self.ctx.limits.release(self.limit_key(), &permit.id).await;
     }
 
-    /// Calls the provider holding `permit`, gives the permit back, tells the breaker, then copies the pictures
-    /// into storage.
+    /// After the provider call made holding `permit`: gives the permit back, tells the breaker, and copies the
+    /// pictures into storage, recording the charge meanwhile.
     #[tracing::instrument(skip_all, fields(attempt = attempt.total))]
-    async fn call(
+    async fn after_call(
         &self,
         permit: Permit,
         attempt: RouteAttempt,
+        answered: Called<Result<ProviderOutput, ProviderError>>,
     ) -> Called<Result<Made, AttemptError>> {
-        let answered = self.call_provider(&permit).await;
-        if matches!(answered, Called::Done(Ok(_))) {
-            let _ = self
-                .ctx
-                .limits
-                .release_succeeded(self.limit_key(), &permit.id)
-                .await;
-        } else {
-            self.release_permit(&permit).await;
-        }
         let answer = match answered {
             Called::Done(answer) => answer,
-            Called::Lost => return Called::Lost,
-            Called::Abandoned => return Called::Abandoned,
+            Called::Lost => {
+                self.release_permit(&permit).await;
+                return Called::Lost;
+            }
+            Called::Abandoned => {
+                self.release_permit(&permit).await;
+                return Called::Abandoned;
+            }
         };
         Called::Done(match answer {
             Ok(output) => {
-                // The provider charged for this answer whatever happens to its pictures next.
-                self.record_charge(&output, attempt).await;
-                store_all(
+                // The permit's release, the charge and the pictures' storage are independent writes (Redis,
+                // Postgres, storage): made at once, not one round trip after another. The provider charged for
+                // this answer whatever happens to its pictures, so the charge is written even if storing fails.
+                let release = async {
+                    let _ = self
+                        .ctx
+                        .limits
+                        .release_succeeded(self.limit_key(), &permit.id)
+                        .await;
+                };
+                let store = store_all(
                     self.ctx.store(),
                     self.job,
                     &self.route.request,
                     self.key(),
                     &output,
-                )
-                .await
-                .map(|images| Made {
-                    images,
-                    meta: output.meta,
-                    usage: output.usage,
-                })
-                .map_err(AttemptError::Store)
+                );
+                let ((), (), stored) =
+                    tokio::join!(release, self.record_charge(&output, attempt), store);
+                stored
+                    .map(|images| Made {
+                        images,
+                        meta: output.meta,
+                        usage: output.usage,
+                    })
+                    .map_err(AttemptError::Store)
             }
             Err(e) => {
+                self.release_permit(&permit).await;
                 if matches!(e, ProviderError::Retryable { .. }) {
                     match self
                         .ctx
@@ -469,8 +498,9 @@ impl<'a> RouteRun<'a> {
         let call = self.route.client.generate(&call);
         tokio::pin!(call);
         let ttl = self.limits.permit_ttl;
-        let mut renew = tokio::time::interval(ttl / 3);
-        renew.tick().await;
+        // The first renewal a third of the TTL from now. Not `interval` and its immediate first tick: awaiting a
+        // timer that is already due still waits for the timer wheel's next millisecond, a stall before every call.
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 3, ttl / 3);
         loop {
             tokio::select! {
                 r = &mut call => break Called::Done(r),
