@@ -50,6 +50,49 @@ async fn delete_removes_object_metadata_and_row(pool: PgPool) {
     again.assert_error(404, "not_found");
 }
 
+/// Several pictures in one answer (stored together: one intent statement, the objects written at once): each is
+/// its own object with its sidecar, whole and as hashed, and no intent is left once the job succeeded.
+#[sqlx::test(migrations = "./migrations")]
+async fn several_pictures_of_one_answer_are_each_stored_whole(pool: PgPool) {
+    let stack = start(&pool, Options::default()).await;
+    let r = stack
+        .post(
+            "/api/v1/generate",
+            serde_json::json!({"prompt": "three kites", "model": "gpt-image-2", "size": "1024x1024",
+                "num_images": 3}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let images = r.body["images"].as_array().expect("images");
+    assert_eq!(images.len(), 3, "{}", r.body);
+    let day = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    let mut ids = std::collections::HashSet::new();
+    for image in images {
+        let id = image["id"].as_str().expect("id");
+        assert!(ids.insert(id.to_owned()), "ids repeat: {}", r.body);
+        let file = stack.storage_dir.join(&day).join(format!("{id}.png"));
+        assert!(
+            file.exists() && file.with_extension("json").exists(),
+            "{id}"
+        );
+        let (status, _, bytes) = download(&stack, image["url"].as_str().expect("url")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            Some(hex::encode(Sha256::digest(&bytes)).as_str()),
+            image["sha256"].as_str()
+        );
+    }
+    let job = r.body["job_id"].as_str().expect("job id");
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pending_objects WHERE job_id::text = $1")
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(pending, 0, "intents left after success");
+}
+
 /// A job stored in S3 or Azure and read back through the API: whole, by range, revalidated, then (signed mode) by
 /// redirect to a pre-signed URL, and deleted.
 async fn a_job_is_stored_and_served_from(pool: &PgPool, backend: &str) {

@@ -55,6 +55,11 @@ impl StoreError {
 /// Copies every picture of one provider answer into storage; on any failure removes what it stored.
 /// `request` is what the serving route was asked (after any translation); `route` names it in the metadata.
 /// Errors are the caller's to log (they are a failed attempt).
+///
+/// Pictures already in memory (base64 answers, every GPT image model's) are stored together: their intents in one
+/// statement, their objects written at once, so an answer of n pictures costs one commit and the slowest write,
+/// not n of each. A picture behind a URL is downloaded and stored one at a time, so a job holds one download in
+/// memory at once (and never waits on picture memory it holds itself).
 #[tracing::instrument(skip_all, fields(images = output.images.len()))]
 pub async fn store_all(
     ctx: StoreContext<'_>,
@@ -63,9 +68,23 @@ pub async fn store_all(
     route: &str,
     output: &ProviderOutput,
 ) -> Result<Vec<NewImage>, StoreError> {
+    let inline = output
+        .images
+        .iter()
+        .all(|i| !matches!(i.source, ImageSource::Url(_)));
+    if inline && output.images.len() > 1 {
+        return store_together(ctx, job, request, route, output).await;
+    }
     let mut stored = Vec::with_capacity(output.images.len());
     for (position, image) in (0i32..).zip(&output.images) {
-        match store_one(ctx, job, request, route, position, image).await {
+        let one = async {
+            let picture = prepare(ctx, job, request, route, position, image).await?;
+            db::pending::record(ctx.pool, &picture.image.storage_key, job.id, ctx.worker_id)
+                .await
+                .map_err(StoreError::Db)?;
+            put(ctx, picture).await
+        };
+        match one.await {
             Ok(img) => stored.push(img),
             Err(e) => {
                 remove_objects(ctx, &stored).await;
@@ -76,21 +95,70 @@ pub async fn store_all(
     Ok(stored)
 }
 
+/// In-memory pictures: checked first (a bad one stores nothing), their intents recorded in one statement, then
+/// written at once.
+async fn store_together(
+    ctx: StoreContext<'_>,
+    job: &JobRecord,
+    request: &GenerationRequest,
+    route: &str,
+    output: &ProviderOutput,
+) -> Result<Vec<NewImage>, StoreError> {
+    let mut pictures = Vec::with_capacity(output.images.len());
+    for (position, image) in (0i32..).zip(&output.images) {
+        pictures.push(prepare(ctx, job, request, route, position, image).await?);
+    }
+    let keys: Vec<String> = pictures
+        .iter()
+        .map(|p| p.image.storage_key.clone())
+        .collect();
+    db::pending::record_all(ctx.pool, &keys, job.id, ctx.worker_id)
+        .await
+        .map_err(StoreError::Db)?;
+    let written = futures::future::join_all(pictures.into_iter().map(|p| put(ctx, p))).await;
+    let (mut stored, mut first_error) = (Vec::with_capacity(written.len()), None);
+    for result in written {
+        match result {
+            Ok(image) => stored.push(image),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        None => Ok(stored),
+        Some(e) => {
+            // What was written is deleted; the failed writes' intents were forgotten by `put`.
+            remove_objects(ctx, &stored).await;
+            Err(e)
+        }
+    }
+}
+
+/// A picture checked and described, ready to be written under its key.
+struct Prepared {
+    bytes: Bytes,
+    metadata: ImageMetadata,
+    image: NewImage,
+    /// Keeps the picture's memory reserved until it is stored.
+    _hold: Option<crate::picture_memory::PictureHold>,
+}
+
+/// Decodes or downloads one picture, checks it is an image, reads its real size and names its object.
 #[tracing::instrument(skip_all, fields(position))]
-async fn store_one(
+async fn prepare(
     ctx: StoreContext<'_>,
     job: &JobRecord,
     request: &GenerationRequest,
     route: &str,
     position: i32,
     image: &GeneratedImage,
-) -> Result<NewImage, StoreError> {
+) -> Result<Prepared, StoreError> {
     // Decoded (or downloaded) and hashed on the way in wherever the answer allowed it: never a second pass.
-    // `_hold` keeps the picture's memory reserved until it is stored.
     let InlineImage {
         bytes,
         sha256,
-        hold: _hold,
+        hold,
     } = match &image.source {
         ImageSource::Decoded(inline) => inline.clone(),
         ImageSource::Base64(b64) => decode_inline(b64, ctx.downloader.max_bytes())?,
@@ -130,26 +198,38 @@ async fn store_one(
         size_bytes,
         created_at,
     };
-    // The intent first: should this worker die before the job's success is recorded, the reconciler finds the object.
-    db::pending::record(ctx.pool, &key, job.id, ctx.worker_id)
+    Ok(Prepared {
+        bytes,
+        metadata,
+        image: NewImage {
+            id,
+            position,
+            storage_key: key,
+            content_type: content_type.to_owned(),
+            size_bytes: i64::try_from(size_bytes).unwrap_or(i64::MAX),
+            sha256,
+            width: i32::try_from(width).unwrap_or(i32::MAX),
+            height: i32::try_from(height).unwrap_or(i32::MAX),
+            revised_prompt: image.revised_prompt.clone(),
+            seed,
+        },
+        _hold: hold,
+    })
+}
+
+/// Writes a prepared picture whose intent is recorded (should this worker die before the job's success is
+/// recorded, the reconciler finds the object); a failed write forgets its intent again.
+async fn put(ctx: StoreContext<'_>, picture: Prepared) -> Result<NewImage, StoreError> {
+    let key = &picture.image.storage_key;
+    if let Err(e) = ctx
+        .storage
+        .put_image(key, picture.bytes, &picture.metadata)
         .await
-        .map_err(StoreError::Db)?;
-    if let Err(e) = ctx.storage.put_image(&key, bytes, &metadata).await {
-        let _ = db::pending::forget(ctx.pool, std::slice::from_ref(&key)).await;
+    {
+        let _ = db::pending::forget(ctx.pool, std::slice::from_ref(key)).await;
         return Err(StoreError::Storage(e));
     }
-    Ok(NewImage {
-        id,
-        position,
-        storage_key: key,
-        content_type: content_type.to_owned(),
-        size_bytes: i64::try_from(size_bytes).unwrap_or(i64::MAX),
-        sha256,
-        width: i32::try_from(width).unwrap_or(i32::MAX),
-        height: i32::try_from(height).unwrap_or(i32::MAX),
-        revised_prompt: image.revised_prompt.clone(),
-        seed,
-    })
+    Ok(picture.image)
 }
 
 /// The bytes of an inline (base64) picture, hashed; one whose decoded size would pass `max_bytes` (MAX_IMAGE_BYTES)

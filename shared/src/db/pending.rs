@@ -21,6 +21,35 @@ pub async fn record(db: &Db, key: &str, job: JobId, worker_id: &str) -> Result<(
     Ok(())
 }
 
+/// [`record`] for several objects of one job, in one statement.
+pub async fn record_all(
+    db: &Db,
+    keys: &[String],
+    job: JobId,
+    worker_id: &str,
+) -> Result<(), DbError> {
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "INSERT INTO pending_objects (storage_key, job_id, worker_id) \
+                 SELECT key, $2, $3 FROM UNNEST($1::text[]) AS key ON CONFLICT DO NOTHING",
+            )
+            .bind(keys)
+            .bind(job)
+            .bind(worker_id)
+            .execute(pool)
+            .await?;
+        }
+        // Standalone: one process, no round trips to save.
+        Db::Sqlite(_) => {
+            for key in keys {
+                record(db, key, job, worker_id).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Forgotten once the object is deleted again (a failed attempt, a discarded late result).
 pub async fn forget(db: &Db, keys: &[String]) -> Result<(), DbError> {
     if keys.is_empty() {
