@@ -164,29 +164,44 @@ impl<'a> RouteRun<'a> {
             };
             // Counted, announced and called at once: the attempt's UPDATE and the "attempt started" event go out
             // with the request instead of a Postgres and a Redis round trip ahead of it (a commit is most of the
-            // time from submit to the provider). Both are polled first, so their commands are sent as the call
+            // time from submit to the provider). The count is polled first, so its commands are sent as the call
             // starts; the answer is looked at only once the count is written.
             let started = Progress::Attempt {
                 route: self.key().to_owned(),
                 attempt: self.calls.load(Ordering::Relaxed) + 1,
             };
-            let (counted, (), answered) = tokio::join!(
-                self.record_attempt(),
-                self.ctx.progress(self.job, started),
-                self.call_provider(&permit),
-            );
-            let attempt = match counted {
-                Ok(Some(attempt)) => attempt,
-                // Not ours any more (taken over), or the count could not be written: whatever the call gave is
-                // dropped, as a job taken over mid-call drops it.
-                counted => {
+            let counted = {
+                let counting = async {
+                    let (counted, ()) =
+                        tokio::join!(self.record_attempt(), self.ctx.progress(self.job, started));
+                    counted
+                };
+                tokio::pin!(counting);
+                let call = self.call_provider(&permit);
+                tokio::pin!(call);
+                let (counted, answered) = tokio::select! {
+                    biased;
+                    counted = &mut counting => (counted, None),
+                    answered = &mut call => (counting.await, Some(answered)),
+                };
+                match counted {
+                    Ok(Some(attempt)) => Ok((
+                        attempt,
+                        match answered {
+                            Some(answered) => answered,
+                            None => call.await,
+                        },
+                    )),
+                    // Not ours any more (taken over), or the count could not be written: a call still running is
+                    // dropped here (as one is when the job is taken over mid-call), and an answer is not used.
+                    not_counted => Err(not_counted),
+                }
+            };
+            let (attempt, answered) = match counted {
+                Ok(counted) => counted,
+                Err(not_counted) => {
                     self.release_permit(&permit).await;
-                    if matches!(answered, Called::Done(Ok(_))) {
-                        tracing::warn!(
-                            "provider answered but the attempt could not be counted; answer dropped"
-                        );
-                    }
-                    return match counted {
+                    return match not_counted {
                         Err(e) => Err(e),
                         Ok(_) => Ok(RouteResult::Done(Outcome::NotOurs)),
                     };
