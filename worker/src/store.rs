@@ -72,13 +72,18 @@ pub async fn store_all(
         .images
         .iter()
         .all(|i| !matches!(i.source, ImageSource::Url(_)));
+    let of = Of {
+        job,
+        request,
+        route,
+    };
     if inline && output.images.len() > 1 {
-        return store_together(ctx, job, request, route, output).await;
+        return store_together(ctx, of, &output.images).await;
     }
     let mut stored = Vec::with_capacity(output.images.len());
     for (position, image) in (0i32..).zip(&output.images) {
         let one = async {
-            let picture = prepare(ctx, job, request, route, position, image).await?;
+            let picture = prepare(ctx, of, position, image).await?;
             db::pending::record(ctx.pool, &picture.image.storage_key, job.id, ctx.worker_id)
                 .await
                 .map_err(StoreError::Db)?;
@@ -99,20 +104,18 @@ pub async fn store_all(
 /// written at once.
 async fn store_together(
     ctx: StoreContext<'_>,
-    job: &JobRecord,
-    request: &GenerationRequest,
-    route: &str,
-    output: &ProviderOutput,
+    of: Of<'_>,
+    images: &[GeneratedImage],
 ) -> Result<Vec<NewImage>, StoreError> {
-    let mut pictures = Vec::with_capacity(output.images.len());
-    for (position, image) in (0i32..).zip(&output.images) {
-        pictures.push(prepare(ctx, job, request, route, position, image).await?);
+    let mut pictures = Vec::with_capacity(images.len());
+    for (position, image) in (0i32..).zip(images) {
+        pictures.push(prepare(ctx, of, position, image).await?);
     }
     let keys: Vec<String> = pictures
         .iter()
         .map(|p| p.image.storage_key.clone())
         .collect();
-    db::pending::record_all(ctx.pool, &keys, job.id, ctx.worker_id)
+    db::pending::record_all(ctx.pool, &keys, of.job.id, ctx.worker_id)
         .await
         .map_err(StoreError::Db)?;
     let written = futures::future::join_all(pictures.into_iter().map(|p| put(ctx, p))).await;
@@ -135,6 +138,14 @@ async fn store_together(
     }
 }
 
+/// Whose pictures these are: the job, what the serving route was asked, and the route.
+#[derive(Clone, Copy)]
+struct Of<'a> {
+    job: &'a JobRecord,
+    request: &'a GenerationRequest,
+    route: &'a str,
+}
+
 /// A picture checked and described, ready to be written under its key.
 struct Prepared {
     bytes: Bytes,
@@ -148,9 +159,11 @@ struct Prepared {
 #[tracing::instrument(skip_all, fields(position))]
 async fn prepare(
     ctx: StoreContext<'_>,
-    job: &JobRecord,
-    request: &GenerationRequest,
-    route: &str,
+    Of {
+        job,
+        request,
+        route,
+    }: Of<'_>,
     position: i32,
     image: &GeneratedImage,
 ) -> Result<Prepared, StoreError> {
