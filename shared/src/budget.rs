@@ -361,26 +361,19 @@ enum Reserve {
 }
 
 /// Settles a job that ended, if nobody has: flips its flag in the database, then moves its counters. Safe to call
-/// from every place a job can end; only the first call does anything.
+/// from every place a job can end; only the first call does anything. `settles`: a worker's gathered settlements,
+/// which flip the flag together with the other jobs it settles now (`None`: this job's flag alone).
 pub async fn settle_job(
     db: &Db,
     ledger: &BudgetLedger,
     job: crate::domain::JobId,
+    settles: Option<&crate::db::group_settle::GroupSettles>,
 ) -> Result<(), BudgetError> {
-    if let Some(s) = costs::settle(db, job).await? {
-        ledger.settle(&s).await?;
-    }
-    Ok(())
-}
-
-/// [`settle_job`], the flag flipped together with the other jobs `settles` is settling now (a worker's).
-pub async fn settle_job_gathered(
-    settles: &crate::db::group_settle::GroupSettles,
-    db: &Db,
-    ledger: &BudgetLedger,
-    job: crate::domain::JobId,
-) -> Result<(), BudgetError> {
-    if let Some(s) = settles.settle(db, job).await? {
+    let settled = match settles {
+        Some(settles) => settles.settle(db, job).await?,
+        None => costs::settle(db, job).await?,
+    };
+    if let Some(s) = settled {
         ledger.settle(&s).await?;
     }
     Ok(())

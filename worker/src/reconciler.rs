@@ -115,7 +115,7 @@ pub async fn sweep_orphans(pool: &Db, storage: &ImageStorage) -> Result<usize, d
 pub async fn settle_unsettled(pool: &Db, budgets: &BudgetLedger) -> Result<usize, BudgetError> {
     let ids = db::costs::unsettled_finished(pool, BATCH).await?;
     for id in &ids {
-        imagegen_shared::budget::settle_job(pool, budgets, *id).await?;
+        imagegen_shared::budget::settle_job(pool, budgets, *id, None).await?;
     }
     Ok(ids.len())
 }

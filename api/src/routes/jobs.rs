@@ -208,7 +208,8 @@ pub async fn cancel_job(
         tracing::warn!(error = %e, "could not publish the cancel event; waiters see it when their wait ends");
     }
     // Its reservation goes back now (a charge its worker still records is counted then).
-    if let Err(e) = imagegen_shared::budget::settle_job(&state.pool, &state.budgets, id).await {
+    if let Err(e) = imagegen_shared::budget::settle_job(&state.pool, &state.budgets, id, None).await
+    {
         tracing::warn!(error = %e, "could not settle the canceled job's budget; the reconciler will");
     }
     Ok(axum::Json(

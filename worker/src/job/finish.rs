@@ -156,14 +156,9 @@ pub async fn publish_finished(ctx: &JobContext, job: &JobRecord, outcome: &Outco
     if let Outcome::Finished(status) = *outcome {
         // Counted by the component that ended the job, here this worker (the API does not count job events).
         metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
-        let settled = match &ctx.settles {
-            Some(settles) => {
-                imagegen_shared::budget::settle_job_gathered(settles, &ctx.pool, &ctx.budgets, id)
-                    .await
-            }
-            None => imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id).await,
-        };
-        if let Err(e) = settled {
+        let settled =
+            imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id, ctx.settles.as_ref());
+        if let Err(e) = settled.await {
             tracing::warn!(error = %e, "could not settle the job's budget; the reconciler will");
         }
         let event = JobEvent::status(id, job.batch_id, status);
