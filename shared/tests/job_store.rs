@@ -992,3 +992,83 @@ async fn a_job_is_read_whole_with_its_images_and_charges_on(db: Db) {
         [1, 2]
     );
 }
+
+/// One connection, so every query below runs on the one that was just given back.
+async fn one_connection(pool: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .expect("connect")
+}
+
+async fn backend_pid(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .expect("pid")
+}
+
+// A connection goes back to the pool without a ping (vendor/README.md, "release"): what a caller left unread, or a
+// rollback sqlx queued, must still be dealt with before anyone else uses it, and the connection must be kept, not
+// thrown away (within the release's time bound).
+#[sqlx::test(migrations = "../migrations")]
+async fn a_connection_given_back_mid_answer_answers_the_next_query_rightly(pool: PgPool) {
+    use futures::TryStreamExt;
+    let pool = one_connection(&pool).await;
+    let pid = backend_pid(&pool).await;
+    {
+        let mut rows =
+            sqlx::query_scalar::<_, i32>("SELECT generate_series(1, 100000)").fetch(&pool);
+        assert_eq!(rows.try_next().await.expect("row"), Some(1));
+        // Dropped here with 99,999 rows unread.
+    }
+    let answer: i32 = sqlx::query_scalar("SELECT 42")
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    assert_eq!(answer, 42);
+    assert_eq!(backend_pid(&pool).await, pid, "the same connection, reused");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_transaction_dropped_unfinished_is_rolled_back_before_its_connection_is_reused(
+    pool: PgPool,
+) {
+    let pool = one_connection(&pool).await;
+    let pid = backend_pid(&pool).await;
+    {
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query("CREATE TABLE half_done (n int)")
+            .execute(&mut *tx)
+            .await
+            .expect("create");
+        // Dropped without commit.
+    }
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('half_done') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    assert!(!exists, "rolled back");
+    assert_eq!(backend_pid(&pool).await, pid, "the same connection, reused");
+}
+
+// The claim's commit skips the disk flush for its own transaction only: the connection it ran on must be back to
+// flushing every commit, or a job recorded on it next could be lost in a crash after its client heard "queued".
+#[sqlx::test(migrations = "../migrations")]
+async fn a_claim_leaves_its_connection_flushing_commits(pool: PgPool) {
+    let pool = one_connection(&pool).await;
+    let db = Db::from(pool.clone());
+    let job = db::jobs::insert(&db, &new_job("alice"))
+        .await
+        .expect("insert");
+    let claimed = db::jobs::claim_job(&db, job.id, "w1", LEASE)
+        .await
+        .expect("claim");
+    assert!(claimed.is_some());
+    let setting: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&pool)
+        .await
+        .expect("setting");
+    assert_eq!(setting, "on");
+}

@@ -24,10 +24,11 @@ const FLUSH_SLOTS: usize = 2;
 static CLAIM_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'running', worker_id = $2, lease_until = {lease}, \
-            started_at = COALESCE(started_at, now()), updated_at = now() \
+            started_at = COALESCE(started_at, now()), updated_at = now() {unflushed} \
          WHERE id = ANY($1) AND (status = 'queued' OR (status = 'running' AND lease_until < now())) \
          RETURNING {JOB_COLUMNS}",
         lease = POSTGRES.now_plus("$3"),
+        unflushed = POSTGRES.unflushed_commit(),
     )
 });
 

@@ -256,6 +256,12 @@ pub async fn jobs_in_batch(
 
 /// Takes a job for this worker: a queued job, or a running one whose lease ran out (its worker died).
 /// `None` means it is finished or another live worker holds it.
+///
+/// The claim's commit does not wait for the disk ([`super::Dialect::unflushed_commit`]): it is on the path from submit to
+/// the provider call, and losing it costs nothing. A claim lost in a Postgres crash leaves the job as it was
+/// (queued, or on its old lease), and the attempt count written beside the provider call, an ordinary commit that
+/// would have flushed the claim with it, fails in the same crash, which drops that call (see the worker's
+/// `route_run`).
 pub async fn claim_job(
     db: &Db,
     id: JobId,
@@ -265,11 +271,12 @@ pub async fn claim_job(
     let row = on_db!(db, |pool, sql| {
         sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'running', worker_id = $2, lease_until = {lease}, \
-                started_at = COALESCE(started_at, {now}), updated_at = {now} \
+                started_at = COALESCE(started_at, {now}), updated_at = {now} {unflushed} \
              WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND lease_until < {now})) \
              RETURNING {JOB_COLUMNS}",
             lease = sql.now_plus("$3"),
             now = sql.now,
+            unflushed = sql.unflushed_commit(),
         )))
         .bind(id)
         .bind(worker_id)

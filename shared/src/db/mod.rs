@@ -71,6 +71,8 @@ pub(crate) struct Dialect {
     pub distinct: &'static str,
     /// Opens a transaction; SQLite's takes the write lock at once so two writers queue instead of failing.
     pub begin: &'static str,
+    /// A `FROM` item for an `UPDATE` whose commit need not wait for the disk (see [`Dialect::unflushed_commit`]).
+    unflushed_commit: &'static str,
     sqlite: bool,
 }
 
@@ -78,6 +80,8 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     now: "now()",
     distinct: "IS DISTINCT FROM",
     begin: "BEGIN",
+    // Local to the statement's own transaction: the pool's connection is back to the server's setting after it.
+    unflushed_commit: "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed_commit",
     sqlite: false,
 };
 
@@ -85,10 +89,20 @@ pub(crate) const SQLITE: Dialect = Dialect {
     now: "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
     distinct: "IS NOT",
     begin: "BEGIN IMMEDIATE",
+    unflushed_commit: "",
     sqlite: true,
 };
 
 impl Dialect {
+    /// Goes between an `UPDATE`'s `SET` and `WHERE` so its commit answers before its WAL record is on disk
+    /// (Postgres' `synchronous_commit = off`, for this transaction only): one disk flush (0.1 to 0.5 ms) off the
+    /// statement's round trip. Only for a write whose loss in a Postgres crash is harmless: the WAL is flushed in
+    /// order, so the next ordinary commit of any session makes it durable too, and a crash before that also fails
+    /// whatever the writer does next with it. SQLite has no such setting; nothing there.
+    pub fn unflushed_commit(&self) -> &'static str {
+        self.unflushed_commit
+    }
+
     /// The current time plus `secs` seconds, `secs` being a placeholder or expression of type double.
     pub fn now_plus(&self, secs: &str) -> String {
         if self.sqlite {

@@ -176,8 +176,8 @@ impl JobQueue {
         }
     }
 
-    /// Job events and work nudges as a stream that reconnects by itself, until `stop`. Every (re)subscription
-    /// starts with [`Signal::Connected`].
+    /// Job events as a stream that reconnects by itself, until `stop`. Every (re)subscription starts with
+    /// [`Signal::Connected`]. Work nudges are not in it: only the queue's own consumer listens for those.
     pub fn signals(&self, stop: CancellationToken) -> mpsc::Receiver<Signal> {
         match &self.backend {
             Backend::Redis(q) => q.signals(stop),

@@ -267,7 +267,9 @@ impl RedisQueue {
 
     pub(super) fn signals(&self, stop: CancellationToken) -> mpsc::Receiver<Signal> {
         match self.client.clone() {
-            Some(client) => signals::subscribe_redis(client, &self.queue_name, Listen::All, stop),
+            Some(client) => {
+                signals::subscribe_redis(client, &self.queue_name, Listen::Events, stop)
+            }
             // Nothing to listen with: the subscriber sees the stream end at once.
             None => mpsc::channel(1).1,
         }

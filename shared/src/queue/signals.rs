@@ -98,7 +98,7 @@ pub enum Signal {
     Disconnected,
     /// A job changed state.
     Event(JobEvent),
-    /// Work was queued: an idle consumer should look now.
+    /// Work was queued: an idle consumer should look now (heard only by the consumer's own subscription).
     Wake,
 }
 
@@ -124,8 +124,9 @@ pub(super) async fn publish(
 /// Which channels a Redis subscription listens to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Listen {
-    /// Job events and work nudges (API waiters, a worker's cancels).
-    All,
+    /// Job events only (API waiters, a worker's cancels): nobody there acts on a nudge, and each one heard would
+    /// wake the process for nothing, once per job queued.
+    Events,
     /// Work nudges only (the Redis consumer's wake-up).
     Wake,
 }
@@ -189,7 +190,7 @@ async fn redis_signals(
     let events_channel = channel(&queue_name);
     let wake = wake_channel(&queue_name);
     let channels: Vec<&String> = match listen {
-        Listen::All => vec![&events_channel, &wake],
+        Listen::Events => vec![&events_channel],
         Listen::Wake => vec![&wake],
     };
     let mut delay = Duration::from_millis(200);

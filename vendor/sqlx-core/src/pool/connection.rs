@@ -14,6 +14,8 @@ use super::inner::{is_beyond_max_lifetime, DecrementSizeGuard, PoolInner};
 use crate::pool::options::PoolConnectionMetadata;
 
 const CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(5);
+// PATCH (vendor/README.md, "release"): how long a released connection may take to finish what it has pending.
+const RETURN_TO_POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection managed by a [`Pool`][crate::pool::Pool].
 ///
@@ -311,19 +313,42 @@ impl<DB: Database> Floating<DB, Live<DB>> {
         // returned to the pool; also of course, if it was dropped due to an error
         // this is simply a band-aid as SQLx-next connections should be able
         // to recover from cancellations
-        if let Err(error) = self.raw.ping().await {
-            tracing::warn!(
-                %error,
-                "error occurred while testing the connection on-release",
-            );
+        //
+        // PATCH (vendor/README.md, "release"): a Postgres connection counts the ReadyForQuery
+        // messages it still owes, so `flush` (send what is buffered, read until every one has come)
+        // brings it back to a clean state with no round trip when nothing is pending; the ping
+        // added a Sync and its answer to every release. And the whole step is bounded: a peer that
+        // went silent no longer holds the pool's permit forever (transact-rs/sqlx#4349).
+        let settled = crate::rt::timeout(RETURN_TO_POOL_TIMEOUT, async {
+            if DB::NAME == "PostgreSQL" {
+                self.raw.flush().await
+            } else {
+                self.raw.ping().await
+            }
+        })
+        .await;
+        match settled {
+            Ok(Ok(())) => {
+                // if the connection is still viable, release it to the pool
+                self.release();
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    %error,
+                    "error occurred while testing the connection on-release",
+                );
 
-            // Connection is broken, don't try to gracefully close.
-            self.close_hard().await;
-            false
-        } else {
-            // if the connection is still viable, release it to the pool
-            self.release();
-            true
+                // Connection is broken, don't try to gracefully close.
+                self.close_hard().await;
+                false
+            }
+            Err(_) => {
+                tracing::warn!("connection did not settle on-release in time; discarded");
+                // Dropped without any I/O: its guard gives the permit back.
+                drop(self);
+                false
+            }
         }
     }
 
