@@ -44,6 +44,17 @@ pub async fn limits_in(
     Ok(limits_from(state, owner, row.as_ref(), key))
 }
 
+/// Whether nothing but `owner`'s budget row could limit a submission made with `key` (no default budget, no budget
+/// on the key). Then the row need not be read before the insert: group commit's insert checks it itself
+/// (`Check::UnlessBudgeted`) and hands the job back if the owner has a budget after all.
+pub fn only_owner_row_limits(state: &AppState, key: Option<&KeyIdentity>) -> bool {
+    state.default_budget_per_day.is_none()
+        && state.default_budget_per_month.is_none()
+        && key.is_none_or(|k| {
+            k.budget_usd_micros_per_day.is_none() && k.budget_usd_micros_per_month.is_none()
+        })
+}
+
 /// [`limits_for`] with the owner's row read together with the other submissions' of this moment (group commit's
 /// plain path, which holds no connection of its own).
 pub async fn limits_gathered(

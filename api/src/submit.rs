@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::waiters::WaitGuard;
 use axum::http::HeaderMap;
+use imagegen_shared::db::group_insert::{Check, GroupInserted};
 use imagegen_shared::db::idempotency::{Existing, KeyClaim, KeyError};
 use imagegen_shared::db::jobs::Inserted;
 use imagegen_shared::db::{self, BatchRecord, JobRecord, NewJob};
@@ -399,7 +400,16 @@ async fn record_job(
     }
     let estimate = crate::budgets::estimates(state, &[&request], &[inputs])[0];
     let key = submitter.1.as_ref();
+    // On the plain path, when nothing but the owner's budget row could limit the job, the INSERT checks that row
+    // itself instead of a read before it (one round trip less); an owner who has a budget is then read as usual.
+    let mut check = match &path {
+        DbPath::Gathered(_) if crate::budgets::only_owner_row_limits(state, key) => {
+            Check::UnlessBudgeted
+        }
+        _ => Check::Read,
+    };
     let limits = match &mut path {
+        _ if check == Check::UnlessBudgeted => Vec::new(),
         DbPath::Own(session) => crate::budgets::limits_in(state, session, owner, key).await?,
         DbPath::Gathered(group) => {
             crate::budgets::limits_gathered(state, &group.budget_reads, owner, key).await?
@@ -445,8 +455,10 @@ async fn record_job(
     }
     let input_keys = crate::edits::keys(&job.inputs);
     // A blocked prompt is never run: its reservation goes back now.
-    let reservation = if job.status == JobStatus::Moderated {
+    let mut reservation = if job.status == JobStatus::Moderated {
         crate::budgets::release(state, reservation.as_ref()).await;
+        // Recorded whatever the owner's budget: it never runs.
+        check = Check::Read;
         None
     } else {
         reservation
@@ -458,12 +470,35 @@ async fn record_job(
             db::jobs::insert_admitted_in(&mut session, &job, claim.as_ref(), max_active).await
         }
         // Nothing to claim, count or record beside the row: recorded with the submissions arriving now.
-        DbPath::Gathered(group) => group
-            .insert
-            .insert(job)
-            .await
-            .map(Inserted::New)
-            .map_err(KeyError::Db),
+        DbPath::Gathered(group) => match group.insert.insert_checked(job, check).await {
+            Ok(GroupInserted::New(record)) => Ok(Inserted::New(record)),
+            Ok(GroupInserted::Budgeted(mut job)) => {
+                // The owner has a budget after all: read it, reserve within it, then record the job.
+                let reserved = async {
+                    let limits =
+                        crate::budgets::limits_gathered(state, &group.budget_reads, owner, key)
+                            .await?;
+                    crate::budgets::reserve_within(state, limits, estimate).await
+                };
+                match reserved.await {
+                    Ok(r) => {
+                        job.reserved_usd_micros = if r.is_some() { estimate } else { 0 };
+                        reservation = r;
+                        group
+                            .insert
+                            .insert(*job)
+                            .await
+                            .map(Inserted::New)
+                            .map_err(KeyError::Db)
+                    }
+                    Err(e) => {
+                        crate::rate_limit::refund_image_quota(state, owner, images).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => Err(KeyError::Db(e)),
+        },
     };
     let record = match inserted {
         Ok(Inserted::New(record)) => record,

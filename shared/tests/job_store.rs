@@ -649,6 +649,53 @@ async fn a_bad_row_fails_only_its_own_submission(pool: PgPool) {
     assert_eq!(bobs.len(), 4);
 }
 
+/// A row inserted unless its owner has a budget: written for an owner without a budget row or with an empty one,
+/// handed back unwritten for an owner with a limit, whatever else its flush carries.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_row_checked_against_its_owners_budget_is_written_only_without_one(pool: PgPool) {
+    use imagegen_shared::db::group_insert::{Check, GroupInsert, GroupInserted};
+    let db = Db::from(pool.clone());
+    db::budgets::set(&db, "limited", Some(12_000), None)
+        .await
+        .expect("budget");
+    db::budgets::set(&db, "empty-row", None, None)
+        .await
+        .expect("budget");
+    let group = GroupInsert::new(pool);
+    let jobs: Vec<NewJob> = ["limited", "free", "empty-row", "limited"]
+        .iter()
+        .map(|owner| new_job(owner))
+        .collect();
+    // The last "limited" row was read and reserved for: written whatever the budget.
+    let checks = [
+        Check::UnlessBudgeted,
+        Check::UnlessBudgeted,
+        Check::UnlessBudgeted,
+        Check::Read,
+    ];
+    let outcomes = futures::future::join_all(
+        jobs.iter()
+            .zip(checks)
+            .map(|(job, check)| group.insert_checked(job.clone(), check)),
+    )
+    .await;
+    let written: Vec<bool> = outcomes
+        .iter()
+        .map(|o| match o.as_ref().expect("no error") {
+            GroupInserted::New(_) => true,
+            GroupInserted::Budgeted(_) => false,
+        })
+        .collect();
+    assert_eq!(written, [false, true, true, true]);
+    if let Ok(GroupInserted::Budgeted(back)) = &outcomes[0] {
+        assert_eq!(back.id, jobs[0].id, "the job handed back as given");
+    }
+    let stored = db::jobs::get_job(&db, "limited", jobs[0].id)
+        .await
+        .expect("read");
+    assert!(stored.is_none(), "nothing written for the budgeted owner");
+}
+
 /// Runs job `id` to success on `worker`, one picture.
 async fn claim_and_succeed(db: &Db, id: JobId, worker: &str) {
     db::jobs::claim_job(db, id, worker, LEASE)

@@ -241,3 +241,95 @@ async fn budgets_hold_across_two_api_processes(pool: PgPool) {
         all.body
     );
 }
+
+/// Flushes of the API's gathered budget reads so far (`imagegen_gathered_items{gather="budget_read"}`).
+async fn budget_reads(stack: &Stack) -> u64 {
+    let text = stack.metrics_text().await;
+    text.lines()
+        .find(|l| l.starts_with("imagegen_gathered_items_count{gather=\"budget_read\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |n| n as u64)
+}
+
+/// Without a default budget, only an owner's own budget row can limit a plain submission, so the insert checks the
+/// row itself instead of a read before it: an owner without a budget is recorded with no budget read at all, and
+/// an owner an admin gave a budget is still held to it.
+#[sqlx::test(migrations = "./migrations")]
+async fn without_a_default_budget_the_insert_checks_the_owners_budget(pool: PgPool) {
+    not_standalone!("group commit is Postgres's");
+    let idp = TestIdp::start().await;
+    let stack = start(
+        &pool,
+        Options {
+            api_env: vec![
+                kv("ENABLE_AUTHENTICATION", "true"),
+                kv(
+                    "DOWNLOAD_SIGNING_KEY",
+                    "budget-tests-signing-key-of-32-chars-or-more",
+                ),
+                kv("OIDC_ISSUER", idp.issuer.clone()),
+                kv("OIDC_AUDIENCE", AUDIENCE),
+            ],
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let admin = idp.token("rsa-1", &idp.claims("admin-oid", &["Images.Admin"]));
+    let mut keys = Vec::new();
+    for owner in ["team-a", "team-b"] {
+        let created = call(
+            &stack,
+            &stack.url("/api/v1/admin/keys"),
+            "POST",
+            &admin,
+            Some(json!({"owner": owner})),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        keys.push(created.body["key"].as_str().expect("key").to_owned());
+    }
+    let set = call(
+        &stack,
+        &stack.url("/api/v1/admin/budgets/team-a"),
+        "PUT",
+        &admin,
+        Some(json!({"usd_per_day": 0.012})),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let body = json!({"prompt": "budget", "model": "gpt-image-1-mini", "quality": "low"});
+    let jobs_url = stack.url("/api/v1/jobs");
+
+    let reads = budget_reads(&stack).await;
+    for _ in 0..4 {
+        let r = call(&stack, &jobs_url, "POST", &keys[1], Some(body.clone())).await;
+        assert_eq!(r.status, 202, "team-b has no budget: {}", r.body);
+    }
+    assert_eq!(
+        budget_reads(&stack).await,
+        reads,
+        "no budget row read first"
+    );
+
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..4 {
+        let r = call(&stack, &jobs_url, "POST", &keys[0], Some(body.clone())).await;
+        statuses.push(r.status);
+        last = Some(r);
+    }
+    assert_eq!(statuses, [202, 202, 202, 402], "$0.005 each against $0.012");
+    let refusal = last.expect("answers");
+    refusal.assert_error(402, "budget_exceeded");
+    assert_eq!(refusal.body["budget"]["scope"], "owner", "{}", refusal.body);
+    assert_eq!(
+        refusal.body["budget"]["limit_usd"], 0.012,
+        "{}",
+        refusal.body
+    );
+    assert!(
+        budget_reads(&stack).await > reads,
+        "team-a's budget was read once the insert handed its jobs back"
+    );
+}
