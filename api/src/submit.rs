@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::waiters::WaitGuard;
 use axum::http::HeaderMap;
-use imagegen_shared::db::group_insert::{Check, GroupInserted};
+use imagegen_shared::db::group_insert::{Check, Commit, GroupInserted};
 use imagegen_shared::db::idempotency::{Existing, KeyClaim, KeyError};
 use imagegen_shared::db::jobs::Inserted;
 use imagegen_shared::db::{self, BatchRecord, JobRecord, NewJob};
@@ -65,8 +65,26 @@ pub fn accept_with(
     })
 }
 
+/// When the client first hears that its job exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// At once: a 202, or a stream whose headers name the job. The job is on disk before that.
+    AtOnce,
+    /// With its outcome (wait mode): the plain path's INSERT then commits without waiting for the disk, since the
+    /// outcome's own write flushes it (`group_insert::Commit::Unflushed`); a wait that ends first makes it durable
+    /// before answering (`wait::wait_for_job`).
+    WithOutcome,
+}
+
+/// Where a submission came in: the endpoint its `Idempotency-Key` is bound to, and when its client hears of the job.
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    pub endpoint: &'static str,
+    pub heard: Heard,
+}
+
 /// One request, from the client's body to a queued job: checked against the model catalogue (`accept`, with the
-/// `Cancel-After` header), bound to its `Idempotency-Key` for `endpoint`, recorded and queued. Generate and jobs both
+/// `Cancel-After` header), bound to its `Idempotency-Key` for `via.endpoint`, recorded and queued. Generate and jobs both
 /// submit through here; the notices are the caller's to put on its answer (`lifecycle_headers`).
 #[tracing::instrument(skip_all, fields(endpoint, job_id))]
 pub async fn submit_request(
@@ -75,9 +93,10 @@ pub async fn submit_request(
     correlation_id: &str,
     headers: &axum::http::HeaderMap,
     peer: std::net::SocketAddr,
-    endpoint: &'static str,
+    via: Via,
     body: GenerateBody,
 ) -> Result<(Submitted, Vec<LifecycleNotice>), ApiError> {
+    let Via { endpoint, heard } = via;
     tracing::Span::current().record("endpoint", endpoint);
     // Checked before any turn: a bad request is answered at once, even under a burst.
     let Accepted {
@@ -99,6 +118,7 @@ pub async fn submit_request(
         *request,
         idempotency.as_ref(),
         &crate::edits::StagedEdit::default(),
+        heard,
     ))
     .await;
     drop(turn);
@@ -343,6 +363,7 @@ pub async fn submit_job(
         request,
         idempotency,
         inputs,
+        Heard::AtOnce,
     ))
     .await
 }
@@ -375,6 +396,7 @@ async fn record_job(
     request: GenerationRequest,
     idempotency: Option<&Idempotency>,
     inputs: &crate::edits::StagedEdit,
+    heard: Heard,
 ) -> Result<Submitted, ApiError> {
     let owner = submitter.0.as_str();
     let model = request.model().clone();
@@ -465,13 +487,19 @@ async fn record_job(
     };
     let claim = idempotency.map(|k| k.claim(owner, state));
     let max_active = state.max_active_jobs();
+    // A blocked prompt is answered at once, naming its job: on disk first.
+    let commit = if heard == Heard::WithOutcome && job.status != JobStatus::Moderated {
+        Commit::Unflushed
+    } else {
+        Commit::Flushed
+    };
     let inserted = match path {
         DbPath::Own(mut session) => {
             db::jobs::insert_admitted_in(&mut session, &job, claim.as_ref(), max_active).await
         }
         // Nothing to claim, count or record beside the row: recorded with the submissions arriving now.
-        DbPath::Gathered(group) => match group.insert.insert_checked(job, check).await {
-            Ok(GroupInserted::New(record)) => Ok(Inserted::New(record)),
+        DbPath::Gathered(group) => match group.insert.insert_checked(job, check, commit).await {
+            Ok(GroupInserted::New(record)) => Ok(Inserted::New(*record)),
             Ok(GroupInserted::Budgeted(mut job)) => {
                 // The owner has a budget after all: read it, reserve within it, then record the job.
                 let reserved = async {

@@ -37,6 +37,7 @@ pub async fn wait_for_job(
             let job = read().await?;
             match &job {
                 Some(j) if !j.job.status.is_terminal() && Instant::now() < deadline => {}
+                Some(j) if !j.job.status.is_terminal() => return durable(state, job).await,
                 _ => return Ok(job),
             }
         }
@@ -44,9 +45,18 @@ pub async fn wait_for_job(
         tokio::select! {
             _ = guard.notify.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.stopping.cancelled() => return read().await,
+            _ = state.stopping.cancelled() => return durable(state, read().await?).await,
         }
     }
+}
+
+/// A wait that ends before its job does names a job the client may only now hear of, possibly recorded without a
+/// flush (`submit::Heard::WithOutcome`): on disk before the answer. A job that ended was flushed by its outcome.
+async fn durable(state: &AppState, job: Option<JobParts>) -> Result<Option<JobParts>, ApiError> {
+    if job.as_ref().is_some_and(|j| !j.job.status.is_terminal()) {
+        db::make_durable(&state.pool).await?;
+    }
+    Ok(job)
 }
 
 /// Every job of a batch, once all are terminal or the wait runs out.

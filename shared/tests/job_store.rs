@@ -653,7 +653,7 @@ async fn a_bad_row_fails_only_its_own_submission(pool: PgPool) {
 /// handed back unwritten for an owner with a limit, whatever else its flush carries.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_row_checked_against_its_owners_budget_is_written_only_without_one(pool: PgPool) {
-    use imagegen_shared::db::group_insert::{Check, GroupInsert, GroupInserted};
+    use imagegen_shared::db::group_insert::{Check, Commit, GroupInsert, GroupInserted};
     let db = Db::from(pool.clone());
     db::budgets::set(&db, "limited", Some(12_000), None)
         .await
@@ -676,7 +676,7 @@ async fn a_row_checked_against_its_owners_budget_is_written_only_without_one(poo
     let outcomes = futures::future::join_all(
         jobs.iter()
             .zip(checks)
-            .map(|(job, check)| group.insert_checked(job.clone(), check)),
+            .map(|(job, check)| group.insert_checked(job.clone(), check, Commit::Flushed)),
     )
     .await;
     let written: Vec<bool> = outcomes
@@ -694,6 +694,40 @@ async fn a_row_checked_against_its_owners_budget_is_written_only_without_one(poo
         .await
         .expect("read");
     assert!(stored.is_none(), "nothing written for the budgeted owner");
+}
+
+/// Rows recorded without a flush (wait mode's) are recorded like any others, and the connection that wrote them
+/// flushes every commit again afterwards: a 202 recorded on it next must be on disk before its client hears of it.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_unflushed_group_insert_records_its_rows_and_leaves_its_connection_flushing(
+    pool: PgPool,
+) {
+    use imagegen_shared::db::group_insert::{Check, Commit, GroupInsert, GroupInserted};
+    let pool = one_connection(&pool).await;
+    let group = GroupInsert::new(pool.clone());
+    let jobs: Vec<NewJob> = (0..3).map(|_| new_job("alice")).collect();
+    let outcomes =
+        futures::future::join_all(jobs.iter().map(|job| {
+            group.insert_checked(job.clone(), Check::UnlessBudgeted, Commit::Unflushed)
+        }))
+        .await;
+    for outcome in outcomes {
+        assert!(matches!(outcome, Ok(GroupInserted::New(_))), "{outcome:?}");
+    }
+    let db = Db::from(pool.clone());
+    assert_eq!(
+        db::jobs::list_jobs(&db, "alice", None, 10)
+            .await
+            .expect("list")
+            .len(),
+        3
+    );
+    let setting: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&pool)
+        .await
+        .expect("setting");
+    assert_eq!(setting, "on");
+    db::make_durable(&db).await.expect("durable");
 }
 
 /// Runs job `id` to success on `worker`, one picture.

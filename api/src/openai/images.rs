@@ -247,7 +247,15 @@ pub async fn generations(
         &correlation_id,
         &headers,
         peer,
-        "v1/images/generations",
+        crate::submit::Via {
+            endpoint: "v1/images/generations",
+            // A stream's headers name the job at once; otherwise the client hears of it with its images.
+            heard: if stream {
+                crate::submit::Heard::AtOnce
+            } else {
+                crate::submit::Heard::WithOutcome
+            },
+        },
         body,
     )
     .await?;

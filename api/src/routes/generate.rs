@@ -64,13 +64,22 @@ pub fn generate(
     // state machine, which are far larger) runs in a boxed future of its own that is freed before the wait; the
     // headers and the job row (whose bytes are large) are dropped before it (`answer_job`).
     let submission = Box::pin(async move {
+        let heard = match WaitPreference::from_headers(&headers)
+            .duration(state.wait_default, state.wait_max)
+        {
+            Some(_) => crate::submit::Heard::WithOutcome,
+            None => crate::submit::Heard::AtOnce,
+        };
         let (submitted, notices) = submit_request(
             &state,
             &submitter,
             &correlation_id,
             &headers,
             peer,
-            "generate",
+            crate::submit::Via {
+                endpoint: "generate",
+                heard,
+            },
             body,
         )
         .await?;

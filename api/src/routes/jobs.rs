@@ -65,7 +65,10 @@ pub async fn create_job(
         &correlation_id,
         &headers,
         peer,
-        "jobs",
+        crate::submit::Via {
+            endpoint: "jobs",
+            heard: crate::submit::Heard::AtOnce,
+        },
         body,
     )
     .await?;

@@ -35,17 +35,32 @@ pub enum Check {
     UnlessBudgeted,
 }
 
+/// Whether a row's commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The client hears of the job at once (a 202, a stream): it is on disk before that.
+    Flushed,
+    /// The client hears of the job only with its outcome (wait mode), so the commit need not wait for the disk:
+    /// the outcome's own write is an ordinary commit, and the WAL is flushed in order, so it takes the job with it.
+    /// A wait that ends before the outcome calls [`super::make_durable`] before answering. A flush writes
+    /// unflushed only when every row of it may be.
+    Unflushed,
+}
+
 /// What became of one row.
 #[derive(Debug)]
 pub enum GroupInserted {
-    New(JobRecord),
+    New(Box<JobRecord>),
     /// Not written: its owner has a budget ([`Check::UnlessBudgeted`]). The job comes back as it was given.
     Budgeted(Box<NewJob>),
 }
 
+/// One row to write, as the caller asked.
+type Row = (NewJob, Check, Commit);
+
 /// Gathers plain job inserts into flushes; one per API process.
 pub struct GroupInsert {
-    gather: Arc<Gather<(NewJob, Check), Result<GroupInserted, DbError>>>,
+    gather: Arc<Gather<Row, Result<GroupInserted, DbError>>>,
 }
 
 impl GroupInsert {
@@ -61,8 +76,11 @@ impl GroupInsert {
 
     /// Records `job` (plain: no key, limit or inputs) with whatever else is being submitted now.
     pub async fn insert(&self, job: NewJob) -> Result<JobRecord, DbError> {
-        match self.insert_checked(job, Check::Read).await? {
-            GroupInserted::New(record) => Ok(record),
+        match self
+            .insert_checked(job, Check::Read, Commit::Flushed)
+            .await?
+        {
+            GroupInserted::New(record) => Ok(*record),
             GroupInserted::Budgeted(job) => Err(DbError::Corrupt(format!(
                 "job {} refused by a budget it was not checked against",
                 job.id
@@ -70,14 +88,15 @@ impl GroupInsert {
         }
     }
 
-    /// Records `job` as [`GroupInsert::insert`] does, but under `check`.
+    /// Records `job` as [`GroupInsert::insert`] does, but under `check`, committed as `commit` says.
     pub async fn insert_checked(
         &self,
         job: NewJob,
         check: Check,
+        commit: Commit,
     ) -> Result<GroupInserted, DbError> {
         self.gather
-            .call((job, check))
+            .call((job, check, commit))
             .await
             .map_err(|e| DbError::Corrupt(e.to_string()))?
     }
@@ -88,23 +107,28 @@ impl GroupInsert {
     }
 }
 
-async fn flush(pool: PgPool, jobs: Vec<(NewJob, Check)>) -> Vec<Result<GroupInserted, DbError>> {
-    let rows: Vec<(&NewJob, Check)> = jobs.iter().map(|(job, check)| (job, *check)).collect();
-    match insert_rows(&pool, &rows).await {
+async fn flush(pool: PgPool, jobs: Vec<Row>) -> Vec<Result<GroupInserted, DbError>> {
+    let rows: Vec<(&NewJob, Check)> = jobs.iter().map(|(job, check, _)| (job, *check)).collect();
+    let commit = if jobs.iter().all(|(_, _, c)| *c == Commit::Unflushed) {
+        Commit::Unflushed
+    } else {
+        Commit::Flushed
+    };
+    match insert_rows(&pool, &rows, commit).await {
         Ok(records) => {
             let mut by_id: std::collections::HashMap<_, _> =
                 records.into_iter().map(|r| (r.id, r)).collect();
             jobs.into_iter()
-                .map(|(job, check)| outcome(by_id.remove(&job.id), job, check))
+                .map(|(job, check, _)| outcome(by_id.remove(&job.id), job, check))
                 .collect()
         }
         Err(e) if jobs.len() == 1 => vec![Err(e)],
         Err(e) => {
             tracing::debug!(rows = jobs.len(), error = %e, "group insert failed; inserting its rows one by one");
             let mut outcomes = Vec::with_capacity(jobs.len());
-            for (job, check) in jobs {
+            for (job, check, commit) in jobs {
                 outcomes.push(
-                    insert_rows(&pool, &[(&job, check)])
+                    insert_rows(&pool, &[(&job, check)], commit)
                         .await
                         .and_then(|mut rows| outcome(rows.pop(), job, check)),
                 );
@@ -121,7 +145,7 @@ fn outcome(
     check: Check,
 ) -> Result<GroupInserted, DbError> {
     match (returned, check) {
-        (Some(record), _) => Ok(GroupInserted::New(record)),
+        (Some(record), _) => Ok(GroupInserted::New(Box::new(record))),
         (None, Check::UnlessBudgeted) => Ok(GroupInserted::Budgeted(Box::new(job))),
         (None, Check::Read) => Err(DbError::Corrupt(format!(
             "job {} missing from its group insert",
@@ -136,6 +160,7 @@ fn outcome(
 pub(crate) async fn insert_rows(
     pool: &PgPool,
     jobs: &[(&NewJob, Check)],
+    commit: Commit,
 ) -> Result<Vec<JobRecord>, DbError> {
     // The VALUES list is a FROM item here, so every column whose value is not a typed parameter carries its type.
     let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
@@ -177,8 +202,13 @@ pub(crate) async fn insert_rows(
     query.push(
         ") AS v (id, owner, batch_id, batch_index, correlation_id, status, provider, request, max_attempts, \
             moderation, error_code, error_message, finished_at, deadline_at, api_key_id, reserved_usd_micros, \
-            budget_settled, max_calls, unless_budgeted) \
-         WHERE NOT (v.unless_budgeted AND EXISTS (SELECT 1 FROM budgets b WHERE b.owner = v.owner \
+            budget_settled, max_calls, unless_budgeted) ",
+    );
+    if commit == Commit::Unflushed {
+        query.push(", ").push(super::UNFLUSHED_COMMIT_ITEM);
+    }
+    query.push(
+        " WHERE NOT (v.unless_budgeted AND EXISTS (SELECT 1 FROM budgets b WHERE b.owner = v.owner \
             AND (b.usd_micros_per_day IS NOT NULL OR b.usd_micros_per_month IS NOT NULL))) \
          RETURNING ",
     );

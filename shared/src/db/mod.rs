@@ -61,6 +61,15 @@ impl From<SqlitePool> for Db {
     }
 }
 
+/// A `FROM` item that turns `synchronous_commit` off for the statement's own transaction only (`set_config`'s
+/// `is_local`): the pool's connection is back to the server's setting after it. Postgres only.
+macro_rules! unflushed_commit_item {
+    () => {
+        "(SELECT set_config('synchronous_commit', 'off', true)) AS unflushed_commit"
+    };
+}
+pub(crate) const UNFLUSHED_COMMIT_ITEM: &str = unflushed_commit_item!();
+
 /// Where the SQL of the two databases differs. Timestamps in SQLite are RFC 3339 text with millisecond precision
 /// and a `+00:00` offset, written only by SQL (never bound from Rust), so text order is time order.
 #[derive(Debug)]
@@ -80,8 +89,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     now: "now()",
     distinct: "IS DISTINCT FROM",
     begin: "BEGIN",
-    // Local to the statement's own transaction: the pool's connection is back to the server's setting after it.
-    unflushed_commit: "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed_commit",
+    unflushed_commit: concat!("FROM ", unflushed_commit_item!()),
     sqlite: false,
 };
 
@@ -358,6 +366,19 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> 
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy(url)?;
     Ok(Db::Postgres(pool))
+}
+
+/// Waits until every commit made so far, on any connection, is on disk: one small transaction of its own whose commit
+/// flushes the WAL up to its own record, and so past every earlier one. For jobs recorded without a flush
+/// ([`group_insert::Commit::Unflushed`]) before their client hears of them otherwise. SQLite: nothing to do.
+pub async fn make_durable(db: &Db) -> Result<(), DbError> {
+    if let Db::Postgres(pool) = db {
+        // A transaction id makes the commit a real one (a read-only transaction commits without a WAL flush).
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The file path of a `sqlite:` URL, `None` for any other URL.
