@@ -25,14 +25,9 @@ async fn call(
     Reply::from(req.send().await.expect("request")).await
 }
 
-/// BUDGET_USD_PER_DAY of $0.012 and requests that may cost $0.005 each: concurrent submissions from two owners
-/// through two API processes admit three per owner (the third overshoots by less than one request), refuse the
-/// rest with 402, settle to the real cost when the jobs end, and follow an admin's change at once.
-#[sqlx::test(migrations = "./migrations")]
-async fn budgets_hold_across_two_api_processes(pool: PgPool) {
-    not_standalone!("needs a second API process");
-    let idp = TestIdp::start().await;
-    let auth = vec![
+/// An API with authentication on, trusting `idp` (whose admin token manages keys and budgets).
+fn authenticated(idp: &TestIdp) -> Vec<(String, String)> {
+    vec![
         kv("ENABLE_AUTHENTICATION", "true"),
         kv(
             "DOWNLOAD_SIGNING_KEY",
@@ -40,8 +35,36 @@ async fn budgets_hold_across_two_api_processes(pool: PgPool) {
         ),
         kv("OIDC_ISSUER", idp.issuer.clone()),
         kv("OIDC_AUDIENCE", AUDIENCE),
-        kv("BUDGET_USD_PER_DAY", "0.012"),
-    ];
+    ]
+}
+
+/// An API key for each of team-a and team-b, created by `admin`.
+async fn team_keys(stack: &Stack, admin: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for owner in ["team-a", "team-b"] {
+        let created = call(
+            stack,
+            &stack.url("/api/v1/admin/keys"),
+            "POST",
+            admin,
+            Some(json!({"owner": owner})),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        keys.push(created.body["key"].as_str().expect("key").to_owned());
+    }
+    keys
+}
+
+/// BUDGET_USD_PER_DAY of $0.012 and requests that may cost $0.005 each: concurrent submissions from two owners
+/// through two API processes admit three per owner (the third overshoots by less than one request), refuse the
+/// rest with 402, settle to the real cost when the jobs end, and follow an admin's change at once.
+#[sqlx::test(migrations = "./migrations")]
+async fn budgets_hold_across_two_api_processes(pool: PgPool) {
+    not_standalone!("needs a second API process");
+    let idp = TestIdp::start().await;
+    let mut auth = authenticated(&idp);
+    auth.push(kv("BUDGET_USD_PER_DAY", "0.012"));
     let mut stack = start(
         &pool,
         Options {
@@ -58,19 +81,7 @@ async fn budgets_hold_across_two_api_processes(pool: PgPool) {
     let other = format!("http://{}", second.listening_addr().await);
     let admin = idp.token("rsa-1", &idp.claims("admin-oid", &["Images.Admin"]));
 
-    let mut keys = Vec::new();
-    for owner in ["team-a", "team-b"] {
-        let created = call(
-            &stack,
-            &stack.url("/api/v1/admin/keys"),
-            "POST",
-            &admin,
-            Some(json!({"owner": owner})),
-        )
-        .await;
-        assert_eq!(created.status, 201, "{}", created.body);
-        keys.push(created.body["key"].as_str().expect("key").to_owned());
-    }
+    let keys = team_keys(&stack, &admin).await;
     let body = |i: usize| json!({"prompt": format!("budget {i}"), "model": "gpt-image-1-mini", "quality": "low"});
     let submissions = (0..12).map(|i| {
         let key = keys[i % 2].clone();
@@ -261,34 +272,14 @@ async fn without_a_default_budget_the_insert_checks_the_owners_budget(pool: PgPo
     let stack = start(
         &pool,
         Options {
-            api_env: vec![
-                kv("ENABLE_AUTHENTICATION", "true"),
-                kv(
-                    "DOWNLOAD_SIGNING_KEY",
-                    "budget-tests-signing-key-of-32-chars-or-more",
-                ),
-                kv("OIDC_ISSUER", idp.issuer.clone()),
-                kv("OIDC_AUDIENCE", AUDIENCE),
-            ],
+            api_env: authenticated(&idp),
             start_worker: false,
             ..Options::default()
         },
     )
     .await;
     let admin = idp.token("rsa-1", &idp.claims("admin-oid", &["Images.Admin"]));
-    let mut keys = Vec::new();
-    for owner in ["team-a", "team-b"] {
-        let created = call(
-            &stack,
-            &stack.url("/api/v1/admin/keys"),
-            "POST",
-            &admin,
-            Some(json!({"owner": owner})),
-        )
-        .await;
-        assert_eq!(created.status, 201, "{}", created.body);
-        keys.push(created.body["key"].as_str().expect("key").to_owned());
-    }
+    let keys = team_keys(&stack, &admin).await;
     let set = call(
         &stack,
         &stack.url("/api/v1/admin/budgets/team-a"),
