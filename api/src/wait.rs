@@ -53,8 +53,8 @@ pub async fn wait_for_job(
 /// A wait that ends before its job does names a job the client may only now hear of, possibly recorded without a
 /// flush (`submit::Heard::WithOutcome`): on disk before the answer. A job that ended was flushed by its outcome.
 async fn durable(state: &AppState, job: Option<JobParts>) -> Result<Option<JobParts>, ApiError> {
-    if job.as_ref().is_some_and(|j| !j.job.status.is_terminal()) {
-        db::make_durable(&state.pool).await?;
+    if let Some(j) = job.as_ref().filter(|j| !j.job.status.is_terminal()) {
+        db::jobs::make_durable(&state.pool, j.job.id).await?;
     }
     Ok(job)
 }

@@ -727,7 +727,9 @@ async fn an_unflushed_group_insert_records_its_rows_and_leaves_its_connection_fl
         .await
         .expect("setting");
     assert_eq!(setting, "on");
-    db::make_durable(&db).await.expect("durable");
+    db::jobs::make_durable(&db, jobs[0].id)
+        .await
+        .expect("durable");
 }
 
 /// Runs job `id` to success on `worker`, one picture.

@@ -396,6 +396,94 @@ async fn postgres_stopped_and_started_under_load() {
     result.assert_clean(60 + 20);
 }
 
+/// Wait mode records its job without waiting for the disk (the client is to hear of it with its outcome, whose
+/// commit flushes it). A wait that runs out answers 202 with the job before that, so it must make the job durable
+/// first. Postgres' WAL writer (the only process that flushes commits made without a flush) is stopped, the waits
+/// run out, then it is killed, which Postgres handles as a crash (every process restarted, whatever WAL is not on
+/// disk gone): every job answered is there after the recovery.
+#[tokio::test]
+async fn a_job_answered_before_its_outcome_survives_a_postgres_crash() {
+    let pg = support::PrivatePostgres::start();
+    let admin: PgPool = sqlx::PgPool::connect(&pg.url("postgres"))
+        .await
+        .expect("connect");
+    sqlx::query("CREATE DATABASE imagegen")
+        .execute(&admin)
+        .await
+        .expect("create db");
+    let wal_writer: i32 =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")
+            .fetch_one(&admin)
+            .await
+            .expect("the WAL writer's pid");
+    admin.close().await;
+    let url = pg.url("imagegen");
+    let out = std::process::Command::new(support::BIN)
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stack = support::start_on(
+        url.clone(),
+        Options {
+            start_worker: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), wal_writer.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {wal_writer}");
+    };
+    signal("STOP");
+    let posts = (0..8).map(|i| {
+        stack.post(
+            "/api/v1/generate",
+            json!({"prompt": format!("answered before its outcome {i}")}),
+            &[("Prefer", "wait=1")],
+        )
+    });
+    let answers = futures::future::join_all(posts).await;
+    let mut ids = Vec::new();
+    for r in &answers {
+        assert_eq!(r.status, 202, "the wait ran out: {}", r.body);
+        ids.push(r.body["job_id"].as_str().expect("job_id").to_owned());
+    }
+    signal("KILL");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let found: i64 = loop {
+        // Connections fail while Postgres recovers.
+        let counted = async {
+            let pool = sqlx::PgPool::connect(&url).await?;
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE id::text = ANY($1)")
+                .bind(&ids)
+                .fetch_one(&pool)
+                .await
+        };
+        match counted.await {
+            Ok(n) => break n,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "Postgres did not recover: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(
+        found,
+        ids.len() as i64,
+        "every job answered survived the crash"
+    );
+}
+
 /// SIGKILL a worker while it runs edit jobs (multipart uploads with a mask): the jobs it held are taken up by
 /// another worker, whose calls send the same stored inputs. Every provider call of every job (the emulator records
 /// each edit call with the SHA-256 of its inputs) carried exactly the image and mask that job was submitted with.

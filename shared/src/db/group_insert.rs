@@ -42,7 +42,7 @@ pub enum Commit {
     Flushed,
     /// The client hears of the job only with its outcome (wait mode), so the commit need not wait for the disk:
     /// the outcome's own write is an ordinary commit, and the WAL is flushed in order, so it takes the job with it.
-    /// A wait that ends before the outcome calls [`super::make_durable`] before answering. A flush writes
+    /// A wait that ends before the outcome calls [`super::jobs::make_durable`] before answering. A flush writes
     /// unflushed only when every row of it may be.
     Unflushed,
 }

@@ -254,6 +254,20 @@ pub async fn jobs_in_batch(
     Ok(rows)
 }
 
+/// Puts job `id` on disk, and every commit made before now with it, for a job recorded without a flush
+/// ([`super::group_insert::Commit::Unflushed`]) whose client is about to hear of it. The job's row is rewritten as it
+/// is (an UPDATE that changes nothing still writes WAL): a transaction that writes no WAL commits without a flush, and
+/// the WAL is flushed in order, so this commit's flush takes the job's INSERT with it. SQLite: nothing to do.
+pub async fn make_durable(db: &Db, id: JobId) -> Result<(), DbError> {
+    if let Db::Postgres(pool) = db {
+        sqlx::query("UPDATE jobs SET updated_at = updated_at WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Takes a job for this worker: a queued job, or a running one whose lease ran out (its worker died).
 /// `None` means it is finished or another live worker holds it.
 ///

@@ -368,19 +368,6 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> 
     Ok(Db::Postgres(pool))
 }
 
-/// Waits until every commit made so far, on any connection, is on disk: one small transaction of its own whose commit
-/// flushes the WAL up to its own record, and so past every earlier one. For jobs recorded without a flush
-/// ([`group_insert::Commit::Unflushed`]) before their client hears of them otherwise. SQLite: nothing to do.
-pub async fn make_durable(db: &Db) -> Result<(), DbError> {
-    if let Db::Postgres(pool) = db {
-        // A transaction id makes the commit a real one (a read-only transaction commits without a WAL flush).
-        sqlx::query("SELECT pg_current_xact_id()")
-            .execute(pool)
-            .await?;
-    }
-    Ok(())
-}
-
 /// The file path of a `sqlite:` URL, `None` for any other URL.
 pub fn sqlite_path(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("sqlite:")?;
