@@ -90,11 +90,6 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
-        Self::start_with(&[])
-    }
-
-    /// A server with `settings` (`name = value` lines) added to its postgresql.conf.
-    pub fn start_with(settings: &[&str]) -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries (scripts/services.sh installs them)")
             .flatten()
@@ -118,15 +113,6 @@ impl PrivatePostgres {
             ),
             false,
         );
-        if !settings.is_empty() {
-            let conf = pg.dir.join("data/postgresql.conf");
-            let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
-            for line in settings {
-                text.push_str(line);
-                text.push('\n');
-            }
-            std::fs::write(&conf, text).expect("postgresql.conf");
-        }
         pg.up();
         pg
     }
@@ -157,18 +143,6 @@ impl PrivatePostgres {
                 self.bin.display(),
                 self.dir.display(),
                 self.port
-            ),
-            false,
-        );
-    }
-
-    /// Stops the server as a crash would: no shutdown checkpoint, and whatever WAL is not on disk is gone.
-    pub fn crash(&self) {
-        self.as_postgres(
-            &format!(
-                "{}/pg_ctl -D {}/data -m immediate -w stop >/dev/null",
-                self.bin.display(),
-                self.dir.display()
             ),
             false,
         );
