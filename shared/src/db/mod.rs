@@ -105,8 +105,8 @@ impl Dialect {
     /// Goes between an `UPDATE`'s `SET` and `WHERE` so its commit answers before its WAL record is on disk
     /// (Postgres' `synchronous_commit = off`, for this transaction only): one disk flush (0.1 to 0.5 ms) off the
     /// statement's round trip. Only for a write whose loss in a Postgres crash is harmless: the WAL is flushed in
-    /// order, so the next ordinary commit of any session makes it durable too, and a crash before that also fails
-    /// whatever the writer does next with it. SQLite has no such setting; nothing there.
+    /// order, so the next ordinary commit that writes WAL (any session's) makes it durable too, and a crash before
+    /// that also fails whatever the writer does next with it. SQLite has no such setting; nothing there.
     pub fn unflushed_commit(&self) -> &'static str {
         self.unflushed_commit
     }
