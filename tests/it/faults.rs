@@ -334,9 +334,8 @@ async fn a_flaky_provider_under_load(pool: PgPool) {
     assert!(result.succeeded >= LOAD * 9 / 10, "{result:?}");
 }
 
-#[tokio::test]
-async fn postgres_stopped_and_started_under_load() {
-    let pg = support::PrivatePostgres::start();
+/// A database `imagegen` on `pg`, migrated by the binary under test; its URL.
+async fn migrated_imagegen_db(pg: &support::PrivatePostgres) -> String {
     let admin: PgPool = sqlx::PgPool::connect(&pg.url("postgres"))
         .await
         .expect("connect");
@@ -357,6 +356,13 @@ async fn postgres_stopped_and_started_under_load() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    url
+}
+
+#[tokio::test]
+async fn postgres_stopped_and_started_under_load() {
+    let pg = support::PrivatePostgres::start();
+    let url = migrated_imagegen_db(&pg).await;
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
     let options = Options {
         worker_env: fast_recovery(),
@@ -404,31 +410,12 @@ async fn postgres_stopped_and_started_under_load() {
 #[tokio::test]
 async fn a_job_answered_before_its_outcome_survives_a_postgres_crash() {
     let pg = support::PrivatePostgres::start();
-    let admin: PgPool = sqlx::PgPool::connect(&pg.url("postgres"))
-        .await
-        .expect("connect");
-    sqlx::query("CREATE DATABASE imagegen")
-        .execute(&admin)
-        .await
-        .expect("create db");
+    let url = migrated_imagegen_db(&pg).await;
     let wal_writer: i32 =
         sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")
-            .fetch_one(&admin)
+            .fetch_one(&sqlx::PgPool::connect(&url).await.expect("connect"))
             .await
             .expect("the WAL writer's pid");
-    admin.close().await;
-    let url = pg.url("imagegen");
-    let out = std::process::Command::new(support::BIN)
-        .arg("migrate")
-        .env_clear()
-        .env("DATABASE_URL", &url)
-        .output()
-        .expect("migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let stack = support::start_on(
         url.clone(),
         Options {
