@@ -20,8 +20,9 @@ fn now_ms() -> u64 {
 }
 
 /// Admission in one round trip. KEYS: pause, breaker, permits. ARGV: now_ms, probe window ms, permit id, permit
-/// expiry ms, concurrency (0 = unlimited), permits key lifetime ms.
-/// Returns {code, pause_ms}: 0 granted, 1 probe, 2 saturated, 3 paused, 4 open.
+/// expiry ms, concurrency (0 = unlimited), permits key lifetime ms, plain only ('1': take no probe).
+/// Returns {code, pause_ms}: 0 granted, 1 probe, 2 saturated, 3 paused, 4 open, 5 a probe is due but plain only
+/// was asked (nothing changed).
 const ADMIT: &str = r"
 local paused = redis.call('PTTL', KEYS[1])
 if paused > 0 then return {3, paused} end
@@ -31,6 +32,7 @@ local state = redis.call('HGET', KEYS[2], 'state')
 if state and state ~= 'closed' then
   local until_ms = tonumber(redis.call('HGET', KEYS[2], 'until') or '0')
   if now < until_ms then return {4, 0} end
+  if ARGV[7] == '1' then return {5, 0} end
   probe = 1
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -229,6 +231,37 @@ impl FleetLimits {
         if let Some(admission) = self.local_route(route, |r| r.admit(now_ms(), permit_id, s)) {
             return Ok(admission);
         }
+        Ok(self
+            .ask(route, permit_id, s, false)
+            .await?
+            .unwrap_or(Admission::Open))
+    }
+
+    /// Takes a permit ahead of knowing that the call will be made (the worker asks beside its claim, before it has
+    /// read the job): `true` only when it was granted plainly, the route neither paused nor saturated and its
+    /// circuit closed. Anything else is left untouched for [`FleetLimits::admit`] to decide, so a half-open circuit's
+    /// single probe is never spent on a guess. In-memory limits answer without a round trip, so nothing is asked
+    /// ahead there (`false`). A permit taken must be used or released.
+    pub async fn admit_ahead(
+        &self,
+        route: &str,
+        permit_id: &str,
+        s: &LimitSettings,
+    ) -> Result<bool, redis::RedisError> {
+        if let Backend::Local(_) = self.backend {
+            return Ok(false);
+        }
+        Ok(self.ask(route, permit_id, s, true).await? == Some(Admission::Granted))
+    }
+
+    /// Runs ADMIT; `None` when a probe was due and `plain_only` took nothing.
+    async fn ask(
+        &self,
+        route: &str,
+        permit_id: &str,
+        s: &LimitSettings,
+        plain_only: bool,
+    ) -> Result<Option<Admission>, redis::RedisError> {
         let (mut conn, prefix) = self.redis();
         let ttl_ms = s.permit_ttl.as_millis() as u64;
         let (code, pause_ms): (i64, i64) = redis::Script::new(ADMIT)
@@ -241,14 +274,18 @@ impl FleetLimits {
             .arg(ttl_ms)
             .arg(s.concurrency)
             .arg(ttl_ms * 4)
+            .arg(if plain_only { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         Ok(match code {
-            0 => Admission::Granted,
-            1 => Admission::Probe,
-            2 => Admission::Saturated,
-            3 => Admission::Paused(Duration::from_millis(pause_ms.max(1) as u64)),
-            _ => Admission::Open,
+            0 => Some(Admission::Granted),
+            1 => Some(Admission::Probe),
+            2 => Some(Admission::Saturated),
+            3 => Some(Admission::Paused(Duration::from_millis(
+                pause_ms.max(1) as u64
+            ))),
+            5 => None,
+            _ => Some(Admission::Open),
         })
     }
 

@@ -125,3 +125,50 @@ async fn the_circuit_opens_half_opens_with_one_probe_and_closes() {
         Admission::Granted
     );
 }
+
+#[tokio::test]
+async fn a_permit_asked_ahead_is_only_ever_a_plain_grant() {
+    let l = limits();
+    let s = settings(1, 1000);
+    assert!(l.admit_ahead("r", "a", &s).await.expect("redis"));
+    assert!(
+        !l.admit_ahead("r", "b", &s).await.expect("redis"),
+        "saturated"
+    );
+    assert_eq!(l.in_flight("r").await.expect("redis"), 1);
+    l.release("r", "a").await.expect("release");
+    l.pause("r", Duration::from_millis(200))
+        .await
+        .expect("pause");
+    assert!(!l.admit_ahead("r", "c", &s).await.expect("redis"), "paused");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A circuit due for its probe: asking ahead leaves the probe to the ordinary admission.
+    assert!(!l.record_failure("r", &s).await.expect("redis"));
+    assert!(l.record_failure("r", &s).await.expect("redis"));
+    assert!(!l.admit_ahead("r", "d", &s).await.expect("redis"), "open");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        !l.admit_ahead("r", "e", &s).await.expect("redis"),
+        "a probe is not a guess's to take"
+    );
+    assert_eq!(
+        l.breaker_state("r").await.expect("redis"),
+        BreakerState::Open
+    );
+    assert_eq!(l.in_flight("r").await.expect("redis"), 0);
+    assert_eq!(
+        l.admit("r", "probe", &s).await.expect("redis"),
+        Admission::Probe
+    );
+}
+
+#[tokio::test]
+async fn in_memory_limits_take_nothing_ahead() {
+    let l = FleetLimits::local();
+    let s = settings(1, 1000);
+    assert!(!l.admit_ahead("r", "a", &s).await.expect("no round trip"));
+    assert_eq!(
+        l.admit("r", "b", &s).await.expect("local"),
+        Admission::Granted
+    );
+}

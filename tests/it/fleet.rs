@@ -534,3 +534,53 @@ async fn health_errors_need_a_credential_while_authentication_is_on(pool: PgPool
         }
     }
 }
+
+/// A worker asks the fleet limits for a permit beside its claim, for the provider its last job went to first. With
+/// one permit per provider and a TTL far longer than the test, a permit taken ahead and neither used nor given back
+/// would hold its provider for a minute: the next job there would not be answered in time. Jobs alternate between
+/// the two providers (each switch is a guess that misses) and repeat one (guesses that hit).
+#[sqlx::test(migrations = "./migrations")]
+async fn a_permit_asked_beside_the_claim_is_used_or_given_back(pool: PgPool) {
+    not_standalone!("fleet limits on Redis");
+    let metrics_port = support::free_port();
+    let mut options = support::dalle3_and_flux();
+    options.worker_env.extend([
+        kv("PROVIDER_CONCURRENCY", "dalle3=1,flux_schnell=1"),
+        kv("PROVIDER_PERMIT_TTL_SECS", "60"),
+        kv("WORKER_METRICS_PORT", metrics_port.to_string()),
+    ]);
+    let stack = start(&pool, options).await;
+    let providers = [
+        "openai", "openai", "flux", "flux", "openai", "flux", "openai",
+    ];
+    for (i, provider) in providers.iter().enumerate() {
+        let prompt = format!("permit {i}");
+        let body = match *provider {
+            "flux" => json!({"prompt": prompt, "provider": "flux_schnell"}),
+            _ => generate_body(&prompt),
+        };
+        let r = stack
+            .post("/api/v1/generate", body, &[("Prefer", "wait=15")])
+            .await;
+        assert_eq!(r.status, 200, "job {i} on {provider}: {}", r.body);
+        assert_eq!(r.body["provider"], *provider, "{}", r.body);
+    }
+    let text = stack
+        .http
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .expect("worker metrics")
+        .text()
+        .await
+        .expect("worker metrics text");
+    let count = |outcome: &str| {
+        let prefix = format!("imagegen_fleet_permits_ahead_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |v| v.trim().parse::<f64>().expect("a number"))
+    };
+    // The first job has nothing to guess from; of the six after it, two repeat the provider before them and four
+    // switch.
+    assert_eq!((count("used"), count("given_back")), (2.0, 4.0), "{text}");
+}

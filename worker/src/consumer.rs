@@ -5,7 +5,7 @@
 
 use crate::config::WorkerSettings;
 use crate::download::Downloader;
-use crate::job::{self, InputFetcher, JobContext, ProcessError, RunningJobs};
+use crate::job::{self, AheadGuess, InputFetcher, JobContext, ProcessError, RunningJobs};
 use crate::picture_memory::PictureMemory;
 use crate::providers::ImageProvider;
 use crate::providers::azure::AzureClient;
@@ -160,6 +160,7 @@ pub async fn run_with_forceable(
         backoff: Backoff::default(),
         abandon: abandon.clone(),
         inputs: InputFetcher::new(&settings.edits).context("the edit input client")?,
+        ahead: AheadGuess::default(),
     });
 
     let stopping = CancellationToken::new();

@@ -48,6 +48,8 @@ pub struct JobContext {
     pub running: RunningJobs,
     /// Fetches edit inputs named by URL (EDIT_*: limits and address policy).
     pub inputs: super::input_fetch::InputFetcher,
+    /// Which provider to ask a fleet permit for beside the next claim.
+    pub ahead: super::ahead::AheadGuess,
 }
 
 impl JobContext {

@@ -10,6 +10,7 @@
 //! on_failure), `failure` (what a failed attempt means), `finish` (the terminal writes and hand-backs), `inputs`
 //! (an edit's stored inputs, read once per run) and `input_fetch` (inputs named by URL, fetched and stored once).
 
+mod ahead;
 mod context;
 mod failure;
 mod finish;
@@ -18,10 +19,12 @@ mod inputs;
 mod outcome;
 mod route_run;
 
+pub use ahead::AheadGuess;
 pub use context::{JobContext, RunningJobs};
 pub use input_fetch::{CapError, FetchError, InputFetcher, read_capped};
 pub use outcome::{Outcome, ProcessError};
 
+use ahead::AheadPermit;
 use context::spawn_lease_keeper;
 use failure::AttemptError;
 use finish::{finish_past_deadline, finish_unsuccessful, publish_finished};
@@ -45,7 +48,17 @@ pub async fn handle(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome
 
 async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, ProcessError> {
     let id = message.job_id;
-    let Some(job) = claim(&ctx, &message).await? else {
+    // The claim and a fleet permit for the likely first route, asked at once (see `ahead`).
+    let (claimed, mut ahead) = tokio::join!(claim(&ctx, &message), ahead::ask(&ctx));
+    let claimed = match claimed {
+        // An edit's input fetch could outlast the permit: it asks when it is ready to call.
+        Ok(Some(job)) if job.request.0.edit().is_none() => Some(job),
+        claimed => {
+            ahead::give_back(&ctx, ahead.take()).await;
+            claimed?
+        }
+    };
+    let Some(job) = claimed else {
         return match db::jobs::get_job_unscoped(&ctx.pool, id).await? {
             Some(job) if job.status == JobStatus::Running => Err(ProcessError::Busy(id)),
             Some(job) => {
@@ -61,6 +74,7 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     tracing::info!(provider = %job.provider, attempts = job.attempts, "job claimed");
     // Not started by its deadline: it ends canceled without any provider call.
     if job.attempts == 0 && job.deadline_at.is_some_and(|d| d <= chrono::Utc::now()) {
+        ahead::give_back(&ctx, ahead.take()).await;
         let outcome = finish_past_deadline(&ctx, &job).await?;
         publish_finished(&ctx, &job, &outcome).await;
         return Ok(outcome);
@@ -78,7 +92,9 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
         calls: &calls,
         edit: None,
     };
-    let result = generate(&job_run).await;
+    let result = generate(&job_run, &mut ahead).await;
+    // A permit taken ahead that no route used (the job ended before its first call).
+    ahead::give_back(&ctx, ahead.take()).await;
     keeper.abort();
     let outcome = result?;
     publish_finished(&ctx, &job, &outcome).await;
@@ -96,8 +112,12 @@ async fn claim(ctx: &JobContext, message: &JobMessage) -> Result<Option<JobRecor
     })
 }
 
-/// Walks the job's routes in order until one ends the job; when none can, the job fails with the last error.
-async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
+/// Walks the job's routes in order until one ends the job; when none can, the job fails with the last error. A
+/// permit taken `ahead` goes to the first route if it is for that route's provider.
+async fn generate(
+    job_run: &JobRun<'_>,
+    ahead: &mut Option<AheadPermit>,
+) -> Result<Outcome, ProcessError> {
     let (ctx, job) = (job_run.ctx, job_run.job);
     let request = &job.request.0;
     // Read once for all routes and retries of this run, so each sends the same bytes (URL inputs fetched and stored
@@ -142,6 +162,9 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
         };
         return finish_unsuccessful(ctx, job, &failure, &history).await;
     }
+    let first = chain[0].provider();
+    ctx.ahead.remember(first);
+    let mut ahead = AheadPermit::take_for(ahead, first);
     let mut last: Option<AttemptError> = None;
     let budget = job.call_budget();
     let mut previous: Option<&str> = None;
@@ -161,7 +184,8 @@ async fn generate(job_run: &JobRun<'_>) -> Result<Outcome, ProcessError> {
             };
             ctx.progress(job, failover).await;
         }
-        match RouteRun::new(job_run, route, &mut history).run().await? {
+        let run = RouteRun::new(job_run, route, &mut history).with_ahead(ahead.take());
+        match run.run().await? {
             RouteResult::Done(outcome) => return Ok(outcome),
             RouteResult::Next(err) => {
                 if err.is_some() {

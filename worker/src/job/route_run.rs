@@ -5,6 +5,7 @@
 //! `RouteRun::new(&job_run, route, &mut history).run()` walks one route; the job's `generate` step (in
 //! `job/mod.rs`) walks its routes in order until one returns [`RouteResult::Done`].
 
+use super::ahead::{self, AheadPermit};
 use super::context::JobContext;
 use super::failure::AttemptError;
 use super::finish::{defer, finish_succeeded, finish_unsuccessful, release};
@@ -75,6 +76,8 @@ pub struct RouteRun<'a> {
     used: i32,
     /// Since when admission has found the route saturated.
     saturated_since: Option<Instant>,
+    /// A permit taken ahead for this route's provider, used by the first attempt instead of asking.
+    ahead: Option<AheadPermit>,
 }
 
 /// The answer of `admit`.
@@ -147,20 +150,41 @@ impl<'a> RouteRun<'a> {
             history,
             used,
             saturated_since: None,
+            ahead: None,
+        }
+    }
+
+    /// Starts with `permit` (taken ahead for this route's provider) instead of asking the fleet limits.
+    pub fn with_ahead(self, permit: Option<AheadPermit>) -> Self {
+        Self {
+            ahead: permit,
+            ..self
         }
     }
 
     /// Attempts the route until it produces images, its attempts run out, or the job stops here.
     #[tracing::instrument(name = "route", skip_all, fields(route = %self.route.key))]
     pub async fn run(mut self) -> Result<RouteResult, ProcessError> {
+        let result = self.attempts().await;
+        // Not used (the route had no attempt left): its place goes back to the fleet now.
+        ahead::give_back(self.ctx, self.ahead.take()).await;
+        result
+    }
+
+    async fn attempts(&mut self) -> Result<RouteResult, ProcessError> {
         loop {
             if self.used >= self.job.max_attempts || self.budget_spent() {
                 return Ok(RouteResult::Next(None));
             }
-            let permit = match self.admit().await? {
-                Admit::Granted(permit) => permit,
-                Admit::Again => continue,
-                Admit::Stop(result) => return Ok(result),
+            let permit = match self.ahead.take() {
+                Some(ahead) => Permit {
+                    id: ahead.use_for_call(),
+                },
+                None => match self.admit().await? {
+                    Admit::Granted(permit) => permit,
+                    Admit::Again => continue,
+                    Admit::Stop(result) => return Ok(result),
+                },
             };
             // Counted, announced and called at once: the attempt's UPDATE and the "attempt started" event go out
             // with the request instead of a Postgres and a Redis round trip ahead of it (a commit is most of the
