@@ -6,7 +6,8 @@
 //! A job whose route is saturated or paused does not hold a worker slot: it goes back to the queue with a delay.
 //!
 //! The consumer calls [`handle`] per queue message with the process's [`JobContext`]. The steps live in their own
-//! modules: `context` (shared state, running jobs, the lease keeper), `route_run` (one route: admit, call,
+//! modules: `ahead` (a fleet permit asked beside the claim, for the provider the last job went to first),
+//! `context` (shared state, running jobs, the lease keeper), `route_run` (one route: admit, call,
 //! on_failure), `failure` (what a failed attempt means), `finish` (the terminal writes and hand-backs), `inputs`
 //! (an edit's stored inputs, read once per run) and `input_fetch` (inputs named by URL, fetched and stored once).
 
