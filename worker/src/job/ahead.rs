@@ -38,10 +38,9 @@ pub struct AheadPermit {
 }
 
 impl AheadPermit {
-    /// The permit in `slot` if it was taken for `provider` (the job's first route's); otherwise it stays there, to
-    /// be given back.
-    pub fn take_for(slot: &mut Option<AheadPermit>, provider: ProviderId) -> Option<AheadPermit> {
-        slot.take_if(|p| p.provider == provider)
+    /// Whether it was taken for `provider` (to be used by a route of that provider, or given back).
+    pub fn is_for(&self, provider: ProviderId) -> bool {
+        self.provider == provider
     }
 
     /// The permit's id, for the call it admits.

@@ -165,7 +165,14 @@ async fn generate(
     }
     let first = chain[0].provider();
     ctx.ahead.remember(first);
-    let mut ahead = AheadPermit::take_for(ahead, first);
+    // A guess that missed goes back now, not when the job ends.
+    let mut ahead = match ahead.take() {
+        Some(permit) if permit.is_for(first) => Some(permit),
+        missed => {
+            ahead::give_back(ctx, missed).await;
+            None
+        }
+    };
     let mut last: Option<AttemptError> = None;
     let budget = job.call_budget();
     let mut previous: Option<&str> = None;
