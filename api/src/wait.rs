@@ -1,5 +1,6 @@
 //! Holding a request until its jobs end: register with the waiters, read Postgres, and read again only when an
-//! event (or a resubscription) says something changed, or when the wait is over.
+//! event (or a resubscription) says something changed, or when the wait is over. A success's event carries the job
+//! as the worker wrote it, and a waiter on that job answers with it instead of reading it back.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -34,6 +35,7 @@ pub async fn wait_for_job(
     };
     loop {
         if read_now {
+            metrics::counter!("imagegen_wait_reads_total", "from" => "database").increment(1);
             let job = read().await?;
             match &job {
                 Some(j) if !j.job.status.is_terminal() && Instant::now() < deadline => {}
@@ -43,7 +45,13 @@ pub async fn wait_for_job(
         }
         read_now = true;
         tokio::select! {
-            _ = guard.notify.notified() => {}
+            _ = guard.waiter.notify.notified() => {
+                // A success's event brings the job as the worker wrote it: nothing to read back.
+                if let Some(job) = guard.waiter.answer(owner, id) {
+                    metrics::counter!("imagegen_wait_reads_total", "from" => "event").increment(1);
+                    return Ok(Some(job));
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.stopping.cancelled() => return durable(state, read().await?).await,
         }
@@ -79,7 +87,7 @@ pub async fn wait_for_batch(
             return Ok(records);
         }
         tokio::select! {
-            _ = guard.notify.notified() => {}
+            _ = guard.waiter.notify.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.stopping.cancelled() => return Ok(records),
         }

@@ -3,16 +3,38 @@
 //! re-read Postgres: an event missed while disconnected costs one read, never a hang.
 
 use crate::event_streams::EventStreams;
+use imagegen_shared::db::JobParts;
 use imagegen_shared::domain::JobId;
-use imagegen_shared::queue::signals::Signal;
+use imagegen_shared::queue::signals::{Answer, Signal};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// The waiters of one job: (waiter id, its notifier).
-type JobWaiters = Vec<(u64, Arc<Notify>)>;
+/// The waiters of one job: (waiter id, the waiter).
+type JobWaiters = Vec<(u64, Arc<Waiter>)>;
+
+/// One waiting request: woken when its job (or one of its batch's) ends, and handed the job as its success wrote
+/// it when the event carried that (a waiter on one job only: a batch reads its jobs together).
+pub struct Waiter {
+    pub notify: Notify,
+    one_job: bool,
+    answer: Mutex<Option<Answer>>,
+}
+
+impl Waiter {
+    /// The job `id` of `owner` as its success's event brought it, if it did since the last look.
+    pub fn answer(&self, owner: &str, id: JobId) -> Option<JobParts> {
+        let answer = self
+            .answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let job = &answer.0.job;
+        (job.id == id && job.owner.as_str() == owner).then(|| Arc::unwrap_or_clone(answer.0))
+    }
+}
 
 #[derive(Default)]
 pub struct Waiters {
@@ -31,7 +53,7 @@ pub struct WaitGuard {
     waiters: Arc<Waiters>,
     id: u64,
     jobs: Vec<JobId>,
-    pub notify: Arc<Notify>,
+    pub waiter: Arc<Waiter>,
 }
 
 impl Drop for WaitGuard {
@@ -51,32 +73,40 @@ impl Drop for WaitGuard {
 impl Waiters {
     pub fn register(self: &Arc<Self>, jobs: &[JobId]) -> WaitGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
+        let waiter = Arc::new(Waiter {
+            notify: Notify::new(),
+            one_job: jobs.len() == 1,
+            answer: Mutex::new(None),
+        });
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for job in jobs {
-            map.entry(*job).or_default().push((id, notify.clone()));
+            map.entry(*job).or_default().push((id, waiter.clone()));
         }
         WaitGuard {
             waiters: self.clone(),
             id,
             jobs: jobs.to_vec(),
-            notify,
+            waiter,
         }
     }
 
-    pub fn wake(&self, job: JobId) {
+    /// Wakes the waiters of `job`, handing `answer` (a success's job as written) to those waiting on it alone.
+    pub fn wake(&self, job: JobId, answer: Option<&Answer>) {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = map.get(&job) {
-            for (_, n) in list {
-                n.notify_one();
+            for (_, w) in list {
+                if let Some(answer) = answer.filter(|_| w.one_job) {
+                    *w.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer.clone());
+                }
+                w.notify.notify_one();
             }
         }
     }
 
     pub fn wake_all(&self) {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, n) in map.values().flatten() {
-            n.notify_one();
+        for (_, w) in map.values().flatten() {
+            w.notify.notify_one();
         }
     }
 
@@ -122,11 +152,12 @@ impl Waiters {
                     self.subscribed.store(false, Ordering::Relaxed);
                     tracing::warn!("job event subscription lost; reconnecting");
                 }
-                Some(Signal::Event(event)) => {
+                Some(Signal::Event(mut event)) => {
                     // Not counted here: imagegen_jobs_finished_total is counted once, by whoever ended the job.
-                    // Waiters care only for the end; progress is for event streams.
+                    // Waiters care only for the end; progress is for event streams, which never see the answer.
+                    let answer = event.answer.take();
                     if event.is_terminal() {
-                        self.wake(event.job_id);
+                        self.wake(event.job_id, answer.as_ref());
                     }
                     if event.is_terminal() || event.progress.is_none() {
                         self.webhook_bell.notify_one();
@@ -155,12 +186,12 @@ mod tests {
         let ga = w.register(&[a]);
         let gab = w.register(&[a, b]);
         assert_eq!(w.len(), 3);
-        w.wake(b);
-        tokio::time::timeout(Duration::from_millis(100), gab.notify.notified())
+        w.wake(b, None);
+        tokio::time::timeout(Duration::from_millis(100), gab.waiter.notify.notified())
             .await
             .expect("batch waiter woken");
         assert!(
-            tokio::time::timeout(Duration::from_millis(20), ga.notify.notified())
+            tokio::time::timeout(Duration::from_millis(20), ga.waiter.notify.notified())
                 .await
                 .is_err()
         );

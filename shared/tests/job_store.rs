@@ -126,9 +126,9 @@ async fn a_job_is_claimed_once_and_completed_once_on(db: Db) {
     let done = db::jobs::complete_succeeded(&db, job.id, "w1", &[image(0)], &meta, 1200, &served())
         .await
         .expect("complete");
-    let (job_row, images) = done.expect("first completion wins");
-    assert_eq!(job_row.status, JobStatus::Succeeded);
-    assert_eq!(images.len(), 1);
+    let done = done.expect("first completion wins");
+    assert_eq!(done.parts.job.status, JobStatus::Succeeded);
+    assert_eq!(done.parts.images.len(), 1);
     // A second completion (late duplicate) changes nothing and writes no images.
     let again = db::jobs::complete_succeeded(&db, job.id, "w1", &[image(1)], &meta, 1, &served())
         .await
@@ -830,7 +830,21 @@ async fn gathered_settlements_settle_each_finished_job_once(pool: PgPool) {
                 .expect("claim")
                 .expect("claimed");
         } else {
-            claim_and_succeed(&db, id, "w").await;
+            // Failed, not succeeded: a success settles its job's budget itself.
+            db::jobs::claim_job(&db, id, "w", LEASE)
+                .await
+                .expect("claim")
+                .expect("claimed");
+            let failure = JobFailure {
+                status: JobStatus::Failed,
+                code: FailureCode::ProviderError,
+                message: "x".into(),
+                moderation: None,
+            };
+            db::jobs::complete_unsuccessful(&db, id, "w", &failure, &[])
+                .await
+                .expect("fail")
+                .expect("ours");
         }
         ids.push(id);
     }
@@ -1035,7 +1049,7 @@ async fn a_job_is_read_whole_with_its_images_and_charges_on(db: Db) {
     let mut second = image(1);
     second.revised_prompt = None;
     second.seed = Some(42);
-    db::jobs::complete_succeeded(
+    let succeeded = db::jobs::complete_succeeded(
         &db,
         job.id,
         "w1",
@@ -1073,6 +1087,34 @@ async fn a_job_is_read_whole_with_its_images_and_charges_on(db: Db) {
     assert_eq!(
         whole.charges.iter().map(|c| c.attempt).collect::<Vec<_>>(),
         [1, 2]
+    );
+
+    // The success hands back what the read finds (its end event carries it to the waiters in place of that read),
+    // through JSON as the event carries it, and settles the job's budget in the same write, once.
+    assert_eq!(
+        format!("{:?}", succeeded.parts),
+        format!("{whole:?}"),
+        "the success's own answer is the job as read back"
+    );
+    let carried: db::JobParts =
+        serde_json::from_str(&serde_json::to_string(&succeeded.parts).expect("serialise"))
+            .expect("deserialise");
+    assert_eq!(format!("{carried:?}"), format!("{whole:?}"));
+    let settlement = succeeded.settlement.expect("settled by the success");
+    assert_eq!(
+        (
+            settlement.owner.as_str(),
+            settlement.reserved_usd_micros,
+            settlement.cost_usd_micros
+        ),
+        ("alice", 0, 18)
+    );
+    assert!(
+        db::costs::settle(&db, job.id)
+            .await
+            .expect("settle")
+            .is_none(),
+        "nobody settles it again"
     );
 }
 

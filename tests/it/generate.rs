@@ -110,6 +110,28 @@ async fn wait_mode_returns_stored_images(pool: PgPool) {
         (job.body["status"].as_str(), job.body["attempts"].as_i64()),
         (Some("succeeded"), Some(1))
     );
+    // The answer was the job as the worker's success wrote it, carried by its end event: no read of it before the
+    // answer, and nothing in it that a read afterwards says otherwise.
+    let metrics = stack.metrics_text().await;
+    let reads = |from: &str| {
+        let prefix = format!("imagegen_wait_reads_total{{from=\"{from}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(
+        (reads("event").as_deref(), reads("database")),
+        (Some("1"), None),
+        "{metrics}"
+    );
+    let read = job.body.as_object().expect("job");
+    let answered = b.as_object().expect("answer");
+    let shared: Vec<&String> = read.keys().filter(|k| answered.contains_key(*k)).collect();
+    assert!(shared.len() > 10, "{shared:?}");
+    for key in shared {
+        assert_eq!(answered[key], read[key], "{key}");
+    }
 }
 
 #[sqlx::test(migrations = "./migrations")]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 /// Also read from a JSON array of `IMAGE_COLUMNS`, in that order (`db::job_parts`): serde takes a struct from a
 /// sequence field by field.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct ImageRecord {
     pub id: ImageId,
     pub job_id: JobId,

@@ -12,7 +12,7 @@ use sqlx::types::Json;
 
 /// A job, its images (empty unless it succeeded) in position order, and its charges in attempt order (empty when it
 /// cost nothing).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobParts {
     pub job: JobRecord,
     pub images: Vec<ImageRecord>,
@@ -51,14 +51,34 @@ static JOB_PARTS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
             CASE WHEN j.status = 'succeeded' THEN ( \
                 SELECT json_agg(json_build_array({IMAGE_COLUMNS}) ORDER BY position) \
                 FROM images WHERE images.job_id = j.id) END AS parts_images, \
-            CASE WHEN j.cost_usd_micros > 0 OR j.cost_basis <> 'none' THEN ( \
-                SELECT json_agg(json_build_array(c.attempt, c.provider, c.model, c.usd_micros, c.basis, \
-                    c.estimated, c.images) ORDER BY c.attempt) \
-                FROM charges c WHERE c.job_id = j.id) END AS parts_charges \
+            {CHARGES} AS parts_charges \
          FROM jobs j WHERE j.id = $1 AND j.owner = $2",
         IMAGE_COLUMNS = super::images::IMAGE_COLUMNS,
+        CHARGES = charges_of_sql("j"),
     )
 });
+
+/// The charges of the job row `job` as a JSON array of [`ChargeTuple`]s in attempt order, read only when the row
+/// says it cost something (NULL otherwise); the success statement returns the same (`jobs::complete_succeeded`).
+pub(crate) fn charges_of_sql(job: &str) -> String {
+    format!(
+        "CASE WHEN {job}.cost_usd_micros > 0 OR {job}.cost_basis <> 'none' THEN ( \
+            SELECT json_agg(json_build_array(c.attempt, c.provider, c.model, c.usd_micros, c.basis, \
+                c.estimated, c.images) ORDER BY c.attempt) \
+            FROM charges c WHERE c.job_id = {job}.id) END"
+    )
+}
+
+/// The charges a row carries in `column` (see [`charges_of_sql`]).
+pub(crate) fn charges_in(
+    row: &sqlx::postgres::PgRow,
+    column: &str,
+) -> Result<Vec<Charge>, DbError> {
+    let charges: Option<Json<Vec<ChargeTuple>>> = row.try_get(column)?;
+    Ok(charges
+        .map(|Json(rows)| rows.into_iter().map(charge).collect())
+        .unwrap_or_default())
+}
 
 /// The job as its owner may see it, with its images and charges; `None` for another owner's id or none at all.
 pub async fn get_job_parts(db: &Db, owner: &str, id: JobId) -> Result<Option<JobParts>, DbError> {
@@ -75,10 +95,7 @@ pub async fn get_job_parts(db: &Db, owner: &str, id: JobId) -> Result<Option<Job
     let Some(row) = row else { return Ok(None) };
     let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
     let images = images_of(&row, "parts_images")?;
-    let charges: Option<Json<Vec<ChargeTuple>>> = row.try_get("parts_charges")?;
-    let charges = charges
-        .map(|Json(rows)| rows.into_iter().map(charge).collect())
-        .unwrap_or_default();
+    let charges = charges_in(&row, "parts_charges")?;
     Ok(Some(JobParts {
         job,
         images,

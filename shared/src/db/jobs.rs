@@ -7,17 +7,22 @@
 //! shows here.
 
 use super::DbError;
+use super::costs::Settlement;
 use super::images::{ImageRecord, NewImage};
+use super::job_parts::JobParts;
 use super::{Conn, Db, on_conn, on_db};
+use crate::cost::Charge;
 use crate::domain::{
     AttemptRecord, BatchId, CorrelationId, FailureCode, GenerationRequest, JobId, JobStatus,
     Moderation, OwnerId, ProviderId,
 };
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use sqlx::types::Json;
 use std::time::Duration;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Serde for the answer a job event carries (`queue::signals::JobEvent::answer`): the row as Postgres returned it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     pub id: JobId,
     pub owner: OwnerId,
@@ -373,9 +378,11 @@ macro_rules! bind_success {
 /// UPDATE matched (every part reads `done`).
 static SUCCEED_AND_STORE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH done AS ( \
+        "WITH prev AS (SELECT budget_settled FROM jobs WHERE id = $1), \
+         done AS ( \
             UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
-                translations = $6, lease_until = NULL, finished_at = now(), updated_at = now() \
+                translations = $6, lease_until = NULL, finished_at = now(), updated_at = now(), \
+                budget_settled = TRUE \
             WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}), \
          stored AS ( \
             INSERT INTO images (id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
@@ -388,14 +395,50 @@ static SUCCEED_AND_STORE: std::sync::LazyLock<String> = std::sync::LazyLock::new
             RETURNING {IMAGE_COLUMNS}), \
          unpended AS (DELETE FROM pending_objects WHERE job_id IN (SELECT id FROM done)) \
          SELECT done.*, (SELECT json_agg(json_build_array({IMAGE_COLUMNS}) ORDER BY position) FROM stored) \
-            AS stored_images \
+            AS stored_images, \
+            {CHARGES} AS parts_charges, \
+            (SELECT NOT budget_settled FROM prev) AS settles_budget \
          FROM done",
         IMAGE_COLUMNS = super::images::IMAGE_COLUMNS,
+        CHARGES = super::job_parts::charges_of_sql("done"),
     )
 });
 
-/// Marks the job succeeded and records its images in one transaction; `None` (and nothing written) when the
-/// job was no longer this worker's, so the caller must delete the objects it stored.
+/// What a success wrote: the job with its images and charges, as its owner's next read would find it, and the
+/// settlement of its budget, made by the same write (`None` only for a job whose budget was settled already).
+#[derive(Debug)]
+pub struct Succeeded {
+    pub parts: JobParts,
+    pub settlement: Option<Settlement>,
+}
+
+impl Succeeded {
+    fn of(job: JobRecord, images: Vec<ImageRecord>, charges: Vec<Charge>, settles: bool) -> Self {
+        let settlement = settles.then(|| Settlement {
+            owner: job.owner.as_str().to_owned(),
+            api_key_id: job.api_key_id,
+            created_at: job.created_at,
+            reserved_usd_micros: job.reserved_usd_micros,
+            cost_usd_micros: job.cost_usd_micros,
+        });
+        let charges = if super::job_parts::has_charges(&job) {
+            charges
+        } else {
+            Vec::new()
+        };
+        Self {
+            parts: JobParts {
+                job,
+                images,
+                charges,
+            },
+            settlement,
+        }
+    }
+}
+
+/// Marks the job succeeded, records its images and settles its budget in one transaction; `None` (and nothing
+/// written) when the job was no longer this worker's, so the caller must delete the objects it stored.
 pub async fn complete_succeeded(
     db: &Db,
     id: JobId,
@@ -404,16 +447,22 @@ pub async fn complete_succeeded(
     provider_meta: &serde_json::Value,
     generation_time_ms: i64,
     served: &Served,
-) -> Result<Option<(JobRecord, Vec<ImageRecord>)>, DbError> {
+) -> Result<Option<Succeeded>, DbError> {
     let pool = match db {
         Db::Postgres(pool) => pool,
         // SQLite has no data-modifying CTEs: the same writes as a transaction of several statements.
         Db::Sqlite(pool) => {
             let sql = &super::SQLITE;
             let mut tx = pool.begin_with(sql.begin).await?;
+            let settled: Option<bool> =
+                sqlx::query_scalar("SELECT budget_settled FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let job = bind_success!(sqlx::query_as::<_, JobRecord>(sqlx::AssertSqlSafe(format!(
                 "UPDATE jobs SET status = 'succeeded', provider_meta = $3, generation_time_ms = $4, served_by = $5, \
-                    translations = $6, lease_until = NULL, finished_at = {now}, updated_at = {now} \
+                    translations = $6, lease_until = NULL, finished_at = {now}, updated_at = {now}, \
+                    budget_settled = TRUE \
                  WHERE id = $1 AND worker_id = $2 AND status = 'running' RETURNING {JOB_COLUMNS}",
                 now = sql.now,
             ))), id, worker_id, provider_meta, generation_time_ms, served)
@@ -427,13 +476,28 @@ pub async fn complete_succeeded(
             for image in images {
                 stored.push(super::images::insert_image!(tx, sql, &job.owner, id, image));
             }
+            // In position order, as a read gives them.
+            stored.sort_by_key(|i| i.position);
             // The objects are now reachable through their rows: no longer pending.
             sqlx::query("DELETE FROM pending_objects WHERE job_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            let charges: Vec<super::job_parts::ChargeTuple> = sqlx::query_as(
+                "SELECT attempt, provider, model, usd_micros, basis, estimated, images FROM charges \
+                 WHERE job_id = $1 ORDER BY attempt",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
             tx.commit().await?;
-            return Ok(Some((job, stored)));
+            let charges = charges.into_iter().map(super::job_parts::charge).collect();
+            return Ok(Some(Succeeded::of(
+                job,
+                stored,
+                charges,
+                settled == Some(false),
+            )));
         }
     };
     let row = bind_success!(
@@ -474,7 +538,14 @@ pub async fn complete_succeeded(
     let Some(row) = row else { return Ok(None) };
     let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
     let stored = super::job_parts::images_of(&row, "stored_images")?;
-    Ok(Some((job, stored)))
+    let charges = super::job_parts::charges_in(&row, "parts_charges")?;
+    let settles: Option<bool> = row.try_get("settles_budget")?;
+    Ok(Some(Succeeded::of(
+        job,
+        stored,
+        charges,
+        settles == Some(true),
+    )))
 }
 
 /// Ends a running job without images (failed or moderated), keeping its retry history. `None` when it was no

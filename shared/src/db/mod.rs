@@ -25,7 +25,7 @@ pub mod webhooks;
 pub use batches::BatchRecord;
 pub use images::{ImageRecord, NewImage};
 pub use job_parts::JobParts;
-pub use jobs::{JobFailure, JobRecord, NewJob, RouteAttempt, Served};
+pub use jobs::{JobFailure, JobRecord, NewJob, RouteAttempt, Served, Succeeded};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

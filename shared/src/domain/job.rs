@@ -42,7 +42,8 @@ impl fmt::Display for JobStatus {
 
 /// Why a job ended without images: the job's `error_code`. Stored as text; a code this version does not know (a
 /// row written by a newer one) reads as `Unknown` and is shown as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
 pub enum FailureCode {
     /// Our keyword filter refused the prompt; the job never reached a provider.
     ContentBlocked,

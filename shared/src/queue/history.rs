@@ -71,6 +71,9 @@ if #KEYS > 1 then
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   out = out .. ',"batch_event_id":"' .. bid .. '"'
 end
+if #ARGV[6] > 0 then
+  out = out .. ',"answer":' .. ARGV[6]
+end
 redis.call('PUBLISH', ARGV[1], out .. ',' .. string.sub(ev, 2))
 return {id, bid}
 "#,
@@ -87,9 +90,15 @@ pub(super) async fn publish_redis(
     let mut bare = event.clone();
     bare.id = None;
     bare.batch_event_id = None;
-    let payload = serde_json::to_string(&bare).map_err(|e| {
+    let serialise = |e: serde_json::Error| {
         redis::RedisError::from((redis::ErrorKind::Client, "serialise event", e.to_string()))
-    })?;
+    };
+    // The answer is published beside the event, not appended to its history (`ARGV[6]`, empty for none).
+    let answer = match bare.answer.take() {
+        Some(answer) => serde_json::to_string(&*answer.0).map_err(serialise)?,
+        None => String::new(),
+    };
+    let payload = serde_json::to_string(&bare).map_err(serialise)?;
     let mut invocation = PUBLISH.prepare_invoke();
     invocation.key(Stream::Job(event.job_id).key(queue_name));
     if let Some(batch) = event.batch_id {
@@ -101,6 +110,7 @@ pub(super) async fn publish_redis(
         .arg(HISTORY_TTL.as_secs())
         .arg(JOB_EVENTS)
         .arg(BATCH_EVENTS)
+        .arg(answer)
         .invoke_async(&mut conn.clone())
         .await?;
     bare.id = Some(id);
@@ -180,10 +190,13 @@ impl LocalHistory {
         let mut event = event.clone();
         event.id = Some(id.clone());
         event.batch_event_id = event.batch_id.map(|_| id);
+        // The answer goes to this moment's waiters only; the history keeps the bare event.
+        let answer = event.answer.take();
         inner.append(Stream::Job(event.job_id), event.clone(), JOB_EVENTS);
         if let Some(batch) = event.batch_id {
             inner.append(Stream::Batch(batch), event.clone(), BATCH_EVENTS);
         }
+        event.answer = answer;
         event
     }
 

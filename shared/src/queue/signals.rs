@@ -6,10 +6,12 @@
 //! On Redis they travel over pub/sub (`{queue}:events`, `{queue}:wake`); in process over a broadcast channel.
 //! Subscribe with [`super::JobQueue::signals`], publish with [`super::JobQueue::publish_event`].
 
+use crate::db::JobParts;
 use crate::domain::{BatchId, JobId, JobStatus};
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,54 @@ pub struct JobEvent {
     /// This event's id in its batch's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_event_id: Option<String>,
+    /// A success's end event: the job as the worker's success wrote it, so the API's waiters answer without reading
+    /// it back. Travels beside the event on publish only: never kept in a history nor shown to event streams.
+    #[serde(skip)]
+    pub answer: Option<Answer>,
+}
+
+/// A succeeded job with its images and charges, exactly as `db::jobs::complete_succeeded` wrote them (the same
+/// parts `db::job_parts::get_job_parts` would read back). Shared by every waiter of the job; equal only to itself.
+#[derive(Debug, Clone)]
+pub struct Answer(pub Arc<JobParts>);
+
+impl Answer {
+    pub fn new(parts: JobParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl PartialEq for Answer {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Answer {}
+
+/// An event as published on Redis: the event's fields, and a success's answer beside them.
+#[derive(Deserialize)]
+struct Published {
+    #[serde(flatten)]
+    event: JobEvent,
+    #[serde(default)]
+    answer: Option<JobParts>,
+}
+
+/// The event a published message carries, with its answer; an answer this process cannot read (written by another
+/// version) is dropped and the event kept: its waiters read the job instead.
+fn parse_published(payload: &[u8]) -> Result<JobEvent, serde_json::Error> {
+    match serde_json::from_slice::<Published>(payload) {
+        Ok(Published { mut event, answer }) => {
+            event.answer = answer.map(Answer::new);
+            Ok(event)
+        }
+        Err(e) => {
+            let event = serde_json::from_slice::<JobEvent>(payload)?;
+            tracing::debug!(error = %e, "job event's answer not readable; its waiters read the job");
+            Ok(event)
+        }
+    }
 }
 
 impl JobEvent {
@@ -48,6 +98,7 @@ impl JobEvent {
             progress: None,
             id: None,
             batch_event_id: None,
+            answer: None,
         }
     }
 
@@ -213,7 +264,7 @@ async fn redis_signals(
                         _ = stop.cancelled() => return,
                         msg = messages.next() => match msg {
                             Some(msg) if msg.get_channel_name() == events_channel => {
-                                match serde_json::from_slice::<JobEvent>(msg.get_payload_bytes()) {
+                                match parse_published(msg.get_payload_bytes()) {
                                     Ok(event) => Signal::Event(event),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "ignoring malformed job event");

@@ -5,10 +5,10 @@
 use super::context::JobContext;
 use super::outcome::{Outcome, ProcessError};
 use crate::store::remove_objects;
-use imagegen_shared::db::{self, DbError, JobFailure, JobRecord, NewImage, Served};
+use imagegen_shared::db::{self, DbError, JobFailure, JobRecord, NewImage, Served, Succeeded};
 use imagegen_shared::domain::{AttemptRecord, JobStatus};
 use imagegen_shared::queue::JobMessage;
-use imagegen_shared::queue::signals::{JobEvent, Progress};
+use imagegen_shared::queue::signals::{Answer, JobEvent, Progress};
 use std::time::{Duration, Instant};
 
 /// Writes the final state; Postgres errors here are retried, since the provider call (which costs money) already
@@ -44,9 +44,9 @@ pub async fn finish_succeeded(
         )
         .await
         {
-            Ok(Some(_)) => {
+            Ok(Some(succeeded)) => {
                 tracing::info!(images = images.len(), generation_time_ms = elapsed_ms, served_by = %served.route, "job succeeded");
-                return Ok(Outcome::Finished(JobStatus::Succeeded));
+                return Ok(Outcome::Succeeded(Box::new(succeeded)));
             }
             Ok(None) => {
                 tracing::warn!(
@@ -149,22 +149,37 @@ pub async fn release(ctx: &JobContext, job: &JobRecord) -> Result<Outcome, Proce
 }
 
 /// Tells waiters (wait mode, batch streams) that the job finished (they re-read Postgres anyway if this is lost),
-/// and settles its budget reservation to its cost (the reconciler settles any this misses).
+/// and settles its budget reservation to its cost (the reconciler settles any this misses). A success settled the
+/// budget in its own write and sends its waiters the job as it wrote it, so they need not read it back.
 #[tracing::instrument(skip_all)]
-pub async fn publish_finished(ctx: &JobContext, job: &JobRecord, outcome: &Outcome) {
+pub async fn publish_finished(ctx: &JobContext, job: &JobRecord, outcome: Outcome) {
     let id = job.id;
-    if let Outcome::Finished(status) = *outcome {
-        // Counted by the component that ended the job, here this worker (the API does not count job events).
-        metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
-        let settled =
-            imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id, ctx.settles.as_ref());
-        if let Err(e) = settled.await {
-            tracing::warn!(error = %e, "could not settle the job's budget; the reconciler will");
+    let (status, answer, settlement) = match outcome {
+        Outcome::Succeeded(succeeded) => {
+            let Succeeded { parts, settlement } = *succeeded;
+            (JobStatus::Succeeded, Some(parts), Some(settlement))
         }
-        let event = JobEvent::status(id, job.batch_id, status);
-        if let Err(e) = ctx.queue.publish_event(&event).await {
-            // Waiters re-read Postgres when their wait ends or their subscription reconnects.
-            tracing::warn!(error = %e, "could not publish job event");
+        Outcome::Finished(status) => (status, None, None),
+        Outcome::NotOurs | Outcome::Deferred => return,
+    };
+    // Counted by the component that ended the job, here this worker (the API does not count job events).
+    metrics::counter!("imagegen_jobs_finished_total", "status" => status.as_str()).increment(1);
+    // Settled before the event goes out, so a client that hears of the end finds its budget's counters moved.
+    let settled = match settlement {
+        Some(Some(settlement)) => ctx.budgets.settle(&settlement).await,
+        Some(None) => Ok(()),
+        None => {
+            imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id, ctx.settles.as_ref())
+                .await
         }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, "could not settle the job's budget; the reconciler will");
+    }
+    let mut event = JobEvent::status(id, job.batch_id, status);
+    event.answer = answer.map(Answer::new);
+    if let Err(e) = ctx.queue.publish_event(&event).await {
+        // Waiters re-read Postgres when their wait ends or their subscription reconnects.
+        tracing::warn!(error = %e, "could not publish job event");
     }
 }

@@ -77,8 +77,9 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     if job.attempts == 0 && job.deadline_at.is_some_and(|d| d <= chrono::Utc::now()) {
         ahead::give_back(&ctx, ahead.take()).await;
         let outcome = finish_past_deadline(&ctx, &job).await?;
-        publish_finished(&ctx, &job, &outcome).await;
-        return Ok(outcome);
+        let summary = outcome.summary();
+        publish_finished(&ctx, &job, outcome).await;
+        return Ok(summary);
     }
     let lost = CancellationToken::new();
     let _registered = ctx.running.register(id, lost.clone());
@@ -98,8 +99,9 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
     ahead::give_back(&ctx, ahead.take()).await;
     keeper.abort();
     let outcome = result?;
-    publish_finished(&ctx, &job, &outcome).await;
-    Ok(outcome)
+    let summary = outcome.summary();
+    publish_finished(&ctx, &job, outcome).await;
+    Ok(summary)
 }
 
 /// Takes the job for this worker with a lease; `None` when it is not ours to run (see `db::jobs::claim_job`), with
