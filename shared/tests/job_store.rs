@@ -934,8 +934,8 @@ fn charge<'a>(job: &'a db::JobRecord, attempt: i32, usd_micros: i64) -> db::cost
     }
 }
 
-/// A charge adds to its job's cost once, however often the same attempt is recorded; one recorded after the job's
-/// budget was settled comes back to be counted directly.
+/// A charge adds to its job's cost once, however often the same attempt is recorded (alone or with its pictures'
+/// storage intents); one recorded after the job's budget was settled comes back to be counted directly.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_charge_counts_once_and_a_late_one_comes_back(pool: PgPool) {
     a_charge_counts_once_and_a_late_one_comes_back_on(Db::from(pool)).await;
@@ -951,11 +951,20 @@ async fn a_charge_counts_once_and_a_late_one_comes_back_on(db: Db) {
     let job = db::jobs::insert(&db, &new_job("alice"))
         .await
         .expect("insert");
-    for _ in 0..2 {
+    // Recorded alone, and with the intents of the answer's pictures (one statement on Postgres): once either way.
+    let keys = vec!["2026/11/30/a.png".to_owned(), "2026/11/30/b.png".to_owned()];
+    for round in 0..2 {
         let late = db::costs::record_charge(&db, &charge(&job, 1, 40_000))
             .await
             .expect("charge");
         assert!(late.is_none(), "not settled yet");
+        let late = db::costs::record_charge_and_intents(&db, &charge(&job, 1, 40_000), &keys, "w1")
+            .await
+            .expect("charge and intents");
+        assert!(late.is_none(), "not settled yet");
+        let mut pending = db::pending::orphans(&db, 10).await.expect("pending");
+        pending.sort();
+        assert_eq!(pending, keys, "each intent recorded once (round {round})");
     }
     let row = db::jobs::get_job(&db, "alice", job.id)
         .await
@@ -992,6 +1001,11 @@ async fn a_charge_counts_once_and_a_late_one_comes_back_on(db: Db) {
         (late.owner.as_str(), late.cost_usd_micros),
         ("alice", 5_000)
     );
+    let late = db::costs::record_charge_and_intents(&db, &charge(&job, 3, 1_000), &[], "w1")
+        .await
+        .expect("charge")
+        .expect("with intents too");
+    assert_eq!(late.cost_usd_micros, 1_000);
     let charges = db::costs::charges_of(&db, job.id).await.expect("charges");
     assert_eq!(
         charges
@@ -1000,7 +1014,8 @@ async fn a_charge_counts_once_and_a_late_one_comes_back_on(db: Db) {
             .collect::<Vec<_>>(),
         [
             (1, 40_000, "openai:gpt-image-2"),
-            (2, 5_000, "openai:gpt-image-2")
+            (2, 5_000, "openai:gpt-image-2"),
+            (3, 1_000, "openai:gpt-image-2")
         ]
     );
 }

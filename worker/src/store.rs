@@ -56,10 +56,11 @@ impl StoreError {
 /// `request` is what the serving route was asked (after any translation); `route` names it in the metadata.
 /// Errors are the caller's to log (they are a failed attempt).
 ///
-/// Pictures already in memory (base64 answers, every GPT image model's) are stored together: their intents in one
-/// statement, their objects written at once, so an answer of n pictures costs one commit and the slowest write,
-/// not n of each. A picture behind a URL is downloaded and stored one at a time, so a job holds one download in
-/// memory at once (and never waits on picture memory it holds itself).
+/// Pictures already in memory (base64 answers, every GPT image model's) are stored together: checked first
+/// ([`check_inline`]), their intents recorded in one statement, their objects written at once ([`write_all`]), so an
+/// answer of n pictures costs one commit and the slowest write, not n of each. A picture behind a URL is downloaded
+/// and stored one at a time, so a job holds one download in memory at once (and never waits on picture memory it
+/// holds itself).
 #[tracing::instrument(skip_all, fields(images = output.images.len()))]
 pub async fn store_all(
     ctx: StoreContext<'_>,
@@ -68,18 +69,18 @@ pub async fn store_all(
     route: &str,
     output: &ProviderOutput,
 ) -> Result<Vec<NewImage>, StoreError> {
-    let inline = output
-        .images
-        .iter()
-        .all(|i| !matches!(i.source, ImageSource::Url(_)));
+    if let Some(checked) = check_inline(ctx, job, request, route, output).await {
+        let checked = checked?;
+        db::pending::record_all(ctx.pool, &checked.keys(), job.id, ctx.worker_id)
+            .await
+            .map_err(StoreError::Db)?;
+        return write_all(ctx, checked).await;
+    }
     let of = Of {
         job,
         request,
         route,
     };
-    if inline && output.images.len() > 1 {
-        return store_together(ctx, of, &output.images).await;
-    }
     let mut stored = Vec::with_capacity(output.images.len());
     for (position, image) in (0i32..).zip(&output.images) {
         let one = async {
@@ -100,25 +101,60 @@ pub async fn store_all(
     Ok(stored)
 }
 
-/// In-memory pictures: checked first (a bad one stores nothing), their intents recorded in one statement, then
-/// written at once.
-async fn store_together(
-    ctx: StoreContext<'_>,
-    of: Of<'_>,
-    images: &[GeneratedImage],
-) -> Result<Vec<NewImage>, StoreError> {
-    let mut pictures = Vec::with_capacity(images.len());
-    for (position, image) in (0i32..).zip(images) {
-        pictures.push(prepare(ctx, of, position, image).await?);
+/// An answer's in-memory pictures, checked and named, nothing written yet: their intents are to be recorded (under
+/// [`Checked::keys`]) before [`write_all`] writes them.
+pub struct Checked {
+    pictures: Vec<Prepared>,
+}
+
+impl Checked {
+    /// The storage keys the pictures will be written under, in position order.
+    pub fn keys(&self) -> Vec<String> {
+        self.pictures
+            .iter()
+            .map(|p| p.image.storage_key.clone())
+            .collect()
     }
-    let keys: Vec<String> = pictures
+}
+
+/// Checks every picture of an answer held in memory (a bad one stores nothing): `None` when a picture is behind a
+/// URL (`store_all` downloads those one at a time).
+pub async fn check_inline(
+    ctx: StoreContext<'_>,
+    job: &JobRecord,
+    request: &GenerationRequest,
+    route: &str,
+    output: &ProviderOutput,
+) -> Option<Result<Checked, StoreError>> {
+    if output
+        .images
         .iter()
-        .map(|p| p.image.storage_key.clone())
-        .collect();
-    db::pending::record_all(ctx.pool, &keys, of.job.id, ctx.worker_id)
-        .await
-        .map_err(StoreError::Db)?;
-    let written = futures::future::join_all(pictures.into_iter().map(|p| put(ctx, p))).await;
+        .any(|i| matches!(i.source, ImageSource::Url(_)))
+    {
+        return None;
+    }
+    let of = Of {
+        job,
+        request,
+        route,
+    };
+    let mut pictures = Vec::with_capacity(output.images.len());
+    for (position, image) in (0i32..).zip(&output.images) {
+        match prepare(ctx, of, position, image).await {
+            Ok(picture) => pictures.push(picture),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(Checked { pictures }))
+}
+
+/// Writes checked pictures whose intents are recorded, all at once; on any failure removes what it wrote.
+pub async fn write_all(
+    ctx: StoreContext<'_>,
+    checked: Checked,
+) -> Result<Vec<NewImage>, StoreError> {
+    let written =
+        futures::future::join_all(checked.pictures.into_iter().map(|p| put(ctx, p))).await;
     let (mut stored, mut first_error) = (Vec::with_capacity(written.len()), None);
     for result in written {
         match result {

@@ -52,6 +52,48 @@ static CHARGE_AND_COST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
     )
 });
 
+/// `CHARGE_AND_COST` with the storage intents of the answer's pictures (`$11` their keys, `$12` the worker) in the
+/// same statement: one round trip and one commit where the charge and the intents were two.
+static CHARGE_COST_AND_INTENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH charged AS ({INSERT_CHARGE} RETURNING job_id), \
+         intents AS (INSERT INTO pending_objects (storage_key, job_id, worker_id) \
+            SELECT key, $1, $12 FROM UNNEST($11::text[]) AS key ON CONFLICT DO NOTHING) \
+         UPDATE jobs SET cost_usd_micros = cost_usd_micros + $7, \
+            cost_basis = CASE WHEN cost_basis = 'none' OR cost_basis = $8 THEN $8 ELSE 'mixed' END, \
+            cost_estimated = (cost_estimated OR $9) \
+         WHERE id = (SELECT job_id FROM charged) RETURNING budget_settled, created_at"
+    )
+});
+
+/// Records a charge as [`record_charge`] does and, in the same transaction, the intents of the pictures its answer
+/// is about to store under `keys` ([`super::pending::record_all`]): both or neither.
+pub async fn record_charge_and_intents(
+    db: &Db,
+    c: &NewCharge<'_>,
+    keys: &[String],
+    worker_id: &str,
+) -> Result<Option<Settlement>, DbError> {
+    let pool = match db {
+        Db::Postgres(pool) => pool,
+        // Standalone: one process, no round trip to save.
+        Db::Sqlite(_) => {
+            let late = record_charge(db, c).await?;
+            super::pending::record_all(db, keys, c.job_id, worker_id).await?;
+            return Ok(late);
+        }
+    };
+    let settled: Option<(bool, DateTime<Utc>)> = bind_charge!(
+        sqlx::query_as(sqlx::AssertSqlSafe(CHARGE_COST_AND_INTENTS.as_str())),
+        c
+    )
+    .bind(keys)
+    .bind(worker_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(late_settlement(c, settled))
+}
+
 /// Records a charge and adds it to its job's cost, once: a second record of the same attempt changes nothing.
 /// `Some` when the job's budget was already settled (canceled by its client while the call ran): the charge must
 /// then be added to the budget counters directly (`BudgetLedger::settle` of the returned settlement).
@@ -95,7 +137,16 @@ pub async fn record_charge(db: &Db, c: &NewCharge<'_>) -> Result<Option<Settleme
             settled
         }
     };
-    Ok(match settled {
+    Ok(late_settlement(c, settled))
+}
+
+/// What a charge recorded after its job's budget was settled adds to the counters (`None`: it counts through the
+/// job's own settlement, or it was recorded before).
+fn late_settlement(
+    c: &NewCharge<'_>,
+    settled: Option<(bool, DateTime<Utc>)>,
+) -> Option<Settlement> {
+    match settled {
         Some((true, created_at)) => Some(Settlement {
             owner: c.owner.to_owned(),
             api_key_id: c.api_key_id,
@@ -104,7 +155,7 @@ pub async fn record_charge(db: &Db, c: &NewCharge<'_>) -> Result<Option<Settleme
             cost_usd_micros: c.cost.usd_micros,
         }),
         _ => None,
-    })
+    }
 }
 
 /// A job's charges in attempt order.

@@ -1,7 +1,8 @@
 //! The queue's signals beside its messages: job events (a job changed state) and work nudges (work was queued).
 //! Workers publish an event when a job reaches a terminal state (the API when a client cancels); each API process
 //! holds one subscription and wakes its waiters, each worker stops a canceled job it runs. Events are hints: a
-//! waiter always re-reads the database, so a lost event costs a read, never a wrong answer.
+//! waiter re-reads the database, so a lost event costs a read, never a wrong answer. The one exception is what a
+//! success's event carries ([`Answer`]): the job as that success committed it, which a read would find unchanged.
 //!
 //! On Redis they travel over pub/sub (`{queue}:events`, `{queue}:wake`); in process over a broadcast channel.
 //! Subscribe with [`super::JobQueue::signals`], publish with [`super::JobQueue::publish_event`].

@@ -12,19 +12,17 @@ use super::finish::{defer, finish_succeeded, finish_unsuccessful, release};
 use super::outcome::{Outcome, ProcessError};
 use crate::providers::{Call, ProviderError, ProviderOutput};
 use crate::routing::Route;
-use crate::store::store_all;
 use imagegen_shared::catalogue::SizeParam;
-use imagegen_shared::cost::pricing::{Answer, price_answer};
-use imagegen_shared::db::costs::NewCharge;
 use imagegen_shared::db::{self, JobRecord, NewImage, RouteAttempt, Served};
 use imagegen_shared::domain::AttemptRecord;
-use imagegen_shared::domain::ImageSize;
 use imagegen_shared::limits::{Admission, LimitSettings};
 use imagegen_shared::queue::JobMessage;
 use imagegen_shared::queue::signals::Progress;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+mod charge;
 
 /// How long a job waits in its worker for a fleet permit before it goes back to the queue, and how often it asks.
 const SATURATED_WAIT: Duration = Duration::from_secs(1);
@@ -357,9 +355,9 @@ impl<'a> RouteRun<'a> {
         };
         Called::Done(match answer {
             Ok(output) => {
-                // The permit's release, the charge and the pictures' storage are independent writes (Redis,
-                // Postgres, storage): made at once, not one round trip after another. The provider charged for
-                // this answer whatever happens to its pictures, so the charge is written even if storing fails.
+                // The permit's release (Redis) and the charge with the pictures' storage (Postgres, storage) are
+                // independent: made at once, not one round trip after another. The provider charged for this
+                // answer whatever happens to its pictures, so the charge is written even if storing fails.
                 let release = async {
                     let _ = self
                         .ctx
@@ -367,15 +365,7 @@ impl<'a> RouteRun<'a> {
                         .release_succeeded(self.limit_key(), &permit.id)
                         .await;
                 };
-                let store = store_all(
-                    self.ctx.store(),
-                    self.job,
-                    &self.route.request,
-                    self.key(),
-                    &output,
-                );
-                let ((), (), stored) =
-                    tokio::join!(release, self.record_charge(&output, attempt), store);
+                let ((), stored) = tokio::join!(release, self.charge_and_store(&output, attempt));
                 stored
                     .map(|images| Made {
                         images,
@@ -408,68 +398,6 @@ impl<'a> RouteRun<'a> {
                 Err(AttemptError::Provider(e))
             }
         })
-    }
-
-    /// Records what the answer cost (before its pictures are stored: the money is spent either way). A charge
-    /// that cannot be written is logged, never fails the job: the pictures are worth more than the record.
-    async fn record_charge(&self, output: &ProviderOutput, attempt: RouteAttempt) {
-        let request = &self.route.request;
-        // What the provider said it made (`answered`: the options a GPT image answer echoes).
-        let answered = |key: &str| {
-            output
-                .meta
-                .get("answered")
-                .and_then(|a| a.get(key))
-                .or_else(|| output.meta.get(key))
-                .and_then(serde_json::Value::as_str)
-        };
-        let echoed = answered("size").and_then(|s| s.parse::<ImageSize>().ok());
-        let size = request
-            .size()
-            .exact()
-            .or(echoed)
-            .unwrap_or(ImageSize::new(1024, 1024));
-        let answer = Answer {
-            usage: output.usage.as_ref(),
-            credits: output
-                .meta
-                .get("cost_credits")
-                .and_then(serde_json::Value::as_f64),
-            quality: answered("quality")
-                .and_then(|q| q.parse().ok())
-                .or(request.quality()),
-            sizes: vec![size; output.images.len()],
-        };
-        let cost = price_answer(&self.route.model, imagegen_shared::domain::today(), &answer);
-        let provider = self.route.provider();
-        let charge = NewCharge {
-            job_id: self.job.id,
-            attempt: attempt.total,
-            owner: self.job.owner.as_str(),
-            api_key_id: self.job.api_key_id,
-            provider: provider.as_str(),
-            model: self.route.model.id.as_str(),
-            cost,
-            images: i32::try_from(output.images.len()).unwrap_or(i32::MAX),
-        };
-        match db::costs::record_charge(&self.ctx.pool, &charge).await {
-            Ok(None) => {}
-            // The job's budget was settled meanwhile (its client canceled it): the counters get the charge now.
-            Ok(Some(late)) => {
-                if let Err(e) = self.ctx.budgets.settle(&late).await {
-                    tracing::warn!(error = %e, "could not count a late charge against the budget");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, usd_micros = cost.usd_micros, "could not record a provider charge");
-                return;
-            }
-        }
-        // A float total in USD (the metrics crate's counters are integers; Prometheus' rate() reads it alike).
-        metrics::gauge!("imagegen_cost_usd_total", "provider" => provider.as_str(), "model" => self.route.model.id.to_string())
-            .increment(imagegen_shared::cost::usd(cost.usd_micros));
-        metrics::counter!("imagegen_images_generated_total", "provider" => provider.as_str(), "model" => self.route.model.id.to_string())
-            .increment(output.images.len() as u64);
     }
 
     /// The provider call, renewing the fleet permit meanwhile, so a long call keeps its place and a dead worker's
