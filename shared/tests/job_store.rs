@@ -752,6 +752,24 @@ async fn claim_and_succeed(db: &Db, id: JobId, worker: &str) {
     .expect("completed");
 }
 
+/// Runs job `id` on `worker` to a failure (no pictures, budget not settled).
+async fn claim_and_fail(db: &Db, id: JobId, worker: &str) {
+    db::jobs::claim_job(db, id, worker, LEASE)
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let failure = JobFailure {
+        status: JobStatus::Failed,
+        code: FailureCode::ProviderError,
+        message: "the provider failed".into(),
+        moderation: None,
+    };
+    db::jobs::complete_unsuccessful(db, id, worker, &failure, &[])
+        .await
+        .expect("fail")
+        .expect("ours");
+}
+
 /// Claims gathered: jobs claimed together are each claimed once, for this worker, as `claim_job` claims them; a job
 /// running on another worker's live lease, a finished one, one asked for twice at once and an unknown id are not.
 #[sqlx::test(migrations = "../migrations")]
@@ -831,20 +849,7 @@ async fn gathered_settlements_settle_each_finished_job_once(pool: PgPool) {
                 .expect("claimed");
         } else {
             // Failed, not succeeded: a success settles its job's budget itself.
-            db::jobs::claim_job(&db, id, "w", LEASE)
-                .await
-                .expect("claim")
-                .expect("claimed");
-            let failure = JobFailure {
-                status: JobStatus::Failed,
-                code: FailureCode::ProviderError,
-                message: "x".into(),
-                moderation: None,
-            };
-            db::jobs::complete_unsuccessful(&db, id, "w", &failure, &[])
-                .await
-                .expect("fail")
-                .expect("ours");
+            claim_and_fail(&db, id, "w").await;
         }
         ids.push(id);
     }
@@ -975,20 +980,7 @@ async fn a_charge_counts_once_and_a_late_one_comes_back_on(db: Db) {
         (40_000, "tokens"),
         "the repeated attempt is counted once"
     );
-    db::jobs::claim_job(&db, job.id, "w1", LEASE)
-        .await
-        .expect("claim")
-        .expect("claimable");
-    let failure = JobFailure {
-        status: JobStatus::Failed,
-        code: FailureCode::ProviderError,
-        message: "y".into(),
-        moderation: None,
-    };
-    db::jobs::complete_unsuccessful(&db, job.id, "w1", &failure, &[])
-        .await
-        .expect("fail")
-        .expect("ours");
+    claim_and_fail(&db, job.id, "w1").await;
     db::costs::settle(&db, job.id)
         .await
         .expect("settle")

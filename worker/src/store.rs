@@ -69,18 +69,18 @@ pub async fn store_all(
     route: &str,
     output: &ProviderOutput,
 ) -> Result<Vec<NewImage>, StoreError> {
-    if let Some(checked) = check_inline(ctx, job, request, route, output).await {
+    let of = Of {
+        job,
+        request,
+        route,
+    };
+    if let Some(checked) = check(ctx, of, &output.images).await {
         let checked = checked?;
         db::pending::record_all(ctx.pool, &checked.keys(), job.id, ctx.worker_id)
             .await
             .map_err(StoreError::Db)?;
         return write_all(ctx, checked).await;
     }
-    let of = Of {
-        job,
-        request,
-        route,
-    };
     let mut stored = Vec::with_capacity(output.images.len());
     for (position, image) in (0i32..).zip(&output.images) {
         let one = async {
@@ -126,20 +126,27 @@ pub async fn check_inline(
     route: &str,
     output: &ProviderOutput,
 ) -> Option<Result<Checked, StoreError>> {
-    if output
-        .images
-        .iter()
-        .any(|i| matches!(i.source, ImageSource::Url(_)))
-    {
-        return None;
-    }
     let of = Of {
         job,
         request,
         route,
     };
-    let mut pictures = Vec::with_capacity(output.images.len());
-    for (position, image) in (0i32..).zip(&output.images) {
+    check(ctx, of, &output.images).await
+}
+
+async fn check(
+    ctx: StoreContext<'_>,
+    of: Of<'_>,
+    images: &[GeneratedImage],
+) -> Option<Result<Checked, StoreError>> {
+    if images
+        .iter()
+        .any(|i| matches!(i.source, ImageSource::Url(_)))
+    {
+        return None;
+    }
+    let mut pictures = Vec::with_capacity(images.len());
+    for (position, image) in (0i32..).zip(images) {
         match prepare(ctx, of, position, image).await {
             Ok(picture) => pictures.push(picture),
             Err(e) => return Some(Err(e)),
