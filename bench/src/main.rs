@@ -418,8 +418,8 @@ async fn queue_overhead(opts: &Opts) -> anyhow::Result<Section> {
         "{n} sequential wait-mode `POST /api/v1/generate` requests, one worker, emulator latency 0. The emulator \
          records when each call (matched by X-Correlation-ID) arrived and was answered; clocks are the same \
          machine's. 'submit -> provider call' covers validation, INSERT, queue push, the worker's wake-up, claim and \
-         attempt count; 'provider answer -> client' covers decoding, sha256, the storage write, the success \
-         transaction, the job event and the waiter's re-read."
+         attempt count; 'provider answer -> client' covers decoding, sha256, the charge with the storage intent, \
+         the storage write, the success transaction and the job event that carries the job to its waiter."
     ));
     for (label, v) in [
         ("submit -> provider call starts", &to_provider),
