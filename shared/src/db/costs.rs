@@ -158,16 +158,17 @@ fn late_settlement(
     }
 }
 
+/// A job's charges (`$1`) in attempt order, as [`super::job_parts::ChargeTuple`]s.
+pub(crate) const CHARGES_OF_JOB: &str = "SELECT attempt, provider, model, usd_micros, basis, estimated, images \
+    FROM charges WHERE job_id = $1 ORDER BY attempt";
+
 /// A job's charges in attempt order.
 pub async fn charges_of(db: &Db, job: JobId) -> Result<Vec<Charge>, DbError> {
     let rows: Vec<super::job_parts::ChargeTuple> = on_db!(db, |pool, sql| {
-        sqlx::query_as(
-            "SELECT attempt, provider, model, usd_micros, basis, estimated, images FROM charges \
-             WHERE job_id = $1 ORDER BY attempt",
-        )
-        .bind(job)
-        .fetch_all(pool)
-        .await?
+        sqlx::query_as(CHARGES_OF_JOB)
+            .bind(job)
+            .fetch_all(pool)
+            .await?
     });
     Ok(rows.into_iter().map(super::job_parts::charge).collect())
 }

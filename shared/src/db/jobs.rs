@@ -483,13 +483,11 @@ pub async fn complete_succeeded(
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            let charges: Vec<super::job_parts::ChargeTuple> = sqlx::query_as(
-                "SELECT attempt, provider, model, usd_micros, basis, estimated, images FROM charges \
-                 WHERE job_id = $1 ORDER BY attempt",
-            )
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
+            let charges: Vec<super::job_parts::ChargeTuple> =
+                sqlx::query_as(super::costs::CHARGES_OF_JOB)
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
             tx.commit().await?;
             let charges = charges.into_iter().map(super::job_parts::charge).collect();
             return Ok(Some(Succeeded::of(
