@@ -1,7 +1,7 @@
 //! The job store against a real Postgres (one fresh database per test): the conditional transitions that make a
 //! job finish exactly once.
 
-use imagegen_shared::db::{self, Db, JobFailure, NewImage, NewJob};
+use imagegen_shared::db::{self, Db, JobFailure, NewImage, NewJob, RouteAttempt};
 use imagegen_shared::domain::{
     FailureCode, GenerationRequest, ImageId, JobId, JobStatus, ProviderId,
 };
@@ -831,6 +831,245 @@ async fn gathered_claims_give_each_job_once_and_only_claimable_ones(pool: PgPool
     );
 }
 
+/// Attempt counts gathered: each call is counted once, in total and on its own route, as `record_attempt` counts
+/// it; a job on another worker, a finished one and an unknown id are not counted, and a job counted twice in the
+/// same breath (run twice at once) has both calls counted.
+#[sqlx::test(migrations = "../migrations")]
+async fn gathered_attempt_counts_count_each_call_once_on_its_route(pool: PgPool) {
+    use imagegen_shared::db::group_attempt::GroupAttempts;
+    let db = Db::from(pool.clone());
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let id = db::jobs::insert(&db, &new_job("alice"))
+            .await
+            .expect("insert")
+            .id;
+        match i {
+            3 => claim_and_succeed(&db, id, "w-here").await,
+            4 => {
+                db::jobs::claim_job(&db, id, "w-other", LEASE)
+                    .await
+                    .expect("claim")
+                    .expect("claimed");
+            }
+            _ => {
+                db::jobs::claim_job(&db, id, "w-here", LEASE)
+                    .await
+                    .expect("claim")
+                    .expect("claimed");
+            }
+        }
+        ids.push(id);
+    }
+    // One call counted before: the gathered count goes on from it.
+    db::jobs::record_attempt(&db, ids[0], "w-here", "openai")
+        .await
+        .expect("count")
+        .expect("ours");
+    let route = |i: usize| {
+        if i.is_multiple_of(2) {
+            "openai"
+        } else {
+            "flux"
+        }
+    };
+    let mut asked: Vec<(JobId, &str)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, route(i)))
+        .collect();
+    asked.push((ids[7], "openai"));
+    asked.push((JobId::new(), "openai"));
+    let attempts = GroupAttempts::new(pool, "w-here".into());
+    let answers = futures::future::join_all(
+        asked
+            .iter()
+            .map(|(id, route)| attempts.record(&db, *id, route)),
+    )
+    .await;
+    let (flushes, counted) = attempts.stats();
+    assert_eq!(counted, asked.len() as u64);
+    assert!(
+        flushes < asked.len() as u64,
+        "{flushes} flushes for {counted} counts: nothing was gathered"
+    );
+    let mut twice = Vec::new();
+    for (i, ((id, _), answer)) in asked.iter().zip(answers).enumerate() {
+        let answer = answer.expect("count");
+        match i {
+            3 | 4 | 25 => assert_eq!(answer, None, "call {i}: not this worker's job"),
+            0 => assert_eq!(
+                answer,
+                Some(RouteAttempt {
+                    total: 2,
+                    on_route: 2
+                })
+            ),
+            // Job 7's two calls, one per route: one after the other, the second sees both.
+            7 | 24 => {
+                let answer = answer.expect("ours");
+                assert_eq!(answer.on_route, 1, "call {i}");
+                twice.push(answer.total);
+            }
+            _ => assert_eq!(
+                answer,
+                Some(RouteAttempt {
+                    total: 1,
+                    on_route: 1
+                }),
+                "call {i}"
+            ),
+        }
+        let job = db::jobs::get_job_unscoped(&db, *id).await.expect("read");
+        if i == 25 {
+            assert!(job.is_none());
+            continue;
+        }
+        let job = job.expect("row");
+        let expected: &[(&str, i32)] = match i {
+            0 => &[("openai", 2)],
+            3 | 4 => &[],
+            7 | 24 => &[("flux", 1), ("openai", 1)],
+            _ => &[(route(i), 1)],
+        };
+        let expected: std::collections::BTreeMap<String, i32> =
+            expected.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+        assert_eq!(
+            job.provider_attempts.0, expected,
+            "job {i}'s counts per route"
+        );
+        assert_eq!(
+            job.attempts,
+            expected.values().sum::<i32>(),
+            "job {i}'s count"
+        );
+    }
+    twice.sort_unstable();
+    assert_eq!(twice, [1, 2], "job 7's two calls are both counted");
+}
+
+/// Successes gathered: each job is finished once, with its own images, charges and settlement, exactly as
+/// `complete_succeeded` would answer and a later read finds it; its intents are cleared. A job running on another
+/// worker, one finished already and a job finished twice at once (its second success) are not written.
+#[sqlx::test(migrations = "../migrations")]
+async fn gathered_successes_finish_each_job_once_as_a_read_finds_it(pool: PgPool) {
+    use imagegen_shared::db::group_success::GroupSuccesses;
+    let db = Db::from(pool.clone());
+    let (elsewhere, finished, twice) = (3, 4, 7);
+    let mut jobs = Vec::new();
+    let mut pictures = Vec::new();
+    for i in 0..16_usize {
+        let job = db::jobs::insert(&db, &new_job(&format!("owner-{i}")))
+            .await
+            .expect("insert");
+        let images: Vec<NewImage> = (0..(i % 3) as i32)
+            .rev()
+            .map(|position| {
+                let mut image = image(position);
+                image.storage_key = format!("2026/11/30/{i}-{position}.png");
+                image
+            })
+            .collect();
+        if i == finished {
+            claim_and_succeed(&db, job.id, "w-here").await;
+        } else {
+            let worker = if i == elsewhere { "w-other" } else { "w-here" };
+            db::jobs::claim_job(&db, job.id, worker, LEASE)
+                .await
+                .expect("claim")
+                .expect("claimed");
+            let keys: Vec<String> = images.iter().map(|p| p.storage_key.clone()).collect();
+            db::pending::record_all(&db, &keys, job.id, worker)
+                .await
+                .expect("intents");
+        }
+        if i.is_multiple_of(2) {
+            db::costs::record_charge(&db, &charge(&job, 1, 100 + i as i64))
+                .await
+                .expect("charge");
+        }
+        jobs.push(job);
+        pictures.push(images);
+    }
+    let mut asked: Vec<usize> = (0..jobs.len()).collect();
+    asked.push(twice);
+    let successes = GroupSuccesses::new(pool, "w-here".into());
+    let answers = futures::future::join_all(asked.iter().map(|&i| {
+        let meta = serde_json::json!({ "job": i });
+        let (successes, db, id, images) = (&successes, &db, jobs[i].id, &pictures[i]);
+        async move {
+            successes
+                .complete(db, id, images, &meta, 10 + i as i64, &served())
+                .await
+        }
+    }))
+    .await;
+    let (flushes, written) = successes.stats();
+    assert_eq!(written, asked.len() as u64);
+    assert!(
+        flushes < asked.len() as u64,
+        "{flushes} flushes for {written} successes: nothing was gathered"
+    );
+    let mut finished_by_us = std::collections::HashMap::new();
+    for (i, answer) in asked.iter().zip(answers) {
+        let Some(succeeded) = answer.expect("success") else {
+            continue;
+        };
+        *finished_by_us.entry(*i).or_insert(0) += 1;
+        let read = db::job_parts::get_job_parts(&db, &format!("owner-{i}"), jobs[*i].id)
+            .await
+            .expect("read")
+            .expect("job");
+        assert_eq!(
+            format!("{:?}", succeeded.parts),
+            format!("{read:?}"),
+            "job {i}: the answer is the job as read back"
+        );
+        assert_eq!(read.job.status, JobStatus::Succeeded);
+        assert_eq!(
+            read.job.provider_meta.map(|m| m.0),
+            Some(serde_json::json!({ "job": i }))
+        );
+        assert_eq!(read.job.generation_time_ms, Some(10 + *i as i64));
+        assert_eq!(
+            read.images.iter().map(|p| p.position).collect::<Vec<_>>(),
+            (0..(*i as i32) % 3).collect::<Vec<_>>(),
+            "job {i}'s own images, in position order"
+        );
+        assert_eq!(
+            read.charges.len(),
+            usize::from(i % 2 == 0),
+            "job {i}'s charges"
+        );
+        let settlement = succeeded
+            .settlement
+            .expect("the success settles the budget");
+        assert_eq!(settlement.owner, format!("owner-{i}"));
+    }
+    for i in 0..jobs.len() {
+        let expected = usize::from(i != elsewhere && i != finished);
+        assert_eq!(
+            finished_by_us.get(&i).copied().unwrap_or(0),
+            expected,
+            "job {i}"
+        );
+    }
+    let other = db::jobs::get_job_unscoped(&db, jobs[elsewhere].id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (other.status, other.worker_id.as_deref()),
+        (JobStatus::Running, Some("w-other")),
+        "another worker's job is left alone"
+    );
+    let pending = db::pending::orphans(&db, 100).await.expect("pending");
+    assert!(
+        pending.is_empty(),
+        "every finished job's intents are cleared: {pending:?}"
+    );
+}
+
 /// Settlements gathered: each finished job is settled once, with its own reservation and cost; a running job, one
 /// settled already, one asked for twice at once and an unknown id are not.
 #[sqlx::test(migrations = "../migrations")]
@@ -1009,6 +1248,102 @@ async fn a_charge_counts_once_and_a_late_one_comes_back_on(db: Db) {
             (2, 5_000, "openai:gpt-image-2"),
             (3, 1_000, "openai:gpt-image-2")
         ]
+    );
+}
+
+/// Charges gathered: each charge adds to its own job's cost once, with its pictures' storage intents; a charge
+/// recorded before is not counted again, one after its job's budget was settled comes back, and two charges of
+/// one job in the same breath are both counted.
+#[sqlx::test(migrations = "../migrations")]
+async fn gathered_charges_count_each_charge_once_with_its_intents(pool: PgPool) {
+    use imagegen_shared::db::group_charge::GroupCharges;
+    let db = Db::from(pool.clone());
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        jobs.push(
+            db::jobs::insert(&db, &new_job(&format!("owner-{i}")))
+                .await
+                .expect("insert"),
+        );
+    }
+    let (charged_before, settled, twice) = (3, 5, 7);
+    db::costs::record_charge(&db, &charge(&jobs[charged_before], 1, 1_003))
+        .await
+        .expect("charge");
+    claim_and_fail(&db, jobs[settled].id, "w1").await;
+    db::costs::settle(&db, jobs[settled].id)
+        .await
+        .expect("settle")
+        .expect("settled");
+    let keys = |i: usize| -> Vec<String> {
+        if i.is_multiple_of(2) {
+            vec![
+                format!("2026/11/30/{i}-0.png"),
+                format!("2026/11/30/{i}-1.png"),
+            ]
+        } else {
+            Vec::new()
+        }
+    };
+    let mut asked: Vec<(usize, i32)> = (0..jobs.len()).map(|i| (i, 1)).collect();
+    asked.push((twice, 2));
+    let charges = GroupCharges::new(pool, "w1".into());
+    let answers = futures::future::join_all(asked.iter().map(|&(i, attempt)| {
+        let (charges, db, job, keys) = (&charges, &db, &jobs[i], keys(i));
+        async move {
+            let c = charge(job, attempt, 1_000 + i as i64);
+            charges.record(db, &c, &keys).await
+        }
+    }))
+    .await;
+    let (flushes, counted) = charges.stats();
+    assert_eq!(counted, asked.len() as u64);
+    assert!(
+        flushes < asked.len() as u64,
+        "{flushes} flushes for {counted} charges: nothing was gathered"
+    );
+    for ((i, _), answer) in asked.iter().zip(answers) {
+        let late = answer.expect("charge");
+        if *i == settled {
+            let late = late.expect("a charge after the settlement comes back");
+            assert_eq!(
+                (late.owner.as_str(), late.cost_usd_micros),
+                ("owner-5", 1_005)
+            );
+        } else {
+            assert!(late.is_none(), "job {i}: not settled");
+        }
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        let row = db::jobs::get_job_unscoped(&db, job.id)
+            .await
+            .expect("read")
+            .expect("row");
+        let expected = if i == twice {
+            2 * (1_000 + i as i64)
+        } else {
+            1_000 + i as i64
+        };
+        assert_eq!(row.cost_usd_micros, expected, "job {i}'s cost");
+        let attempts: Vec<i32> = db::costs::charges_of(&db, job.id)
+            .await
+            .expect("charges")
+            .iter()
+            .map(|c| c.attempt)
+            .collect();
+        assert_eq!(
+            attempts,
+            if i == twice { vec![1, 2] } else { vec![1] },
+            "job {i}"
+        );
+    }
+    let mut pending = db::pending::orphans(&db, 100).await.expect("pending");
+    pending.sort();
+    let mut expected: Vec<String> = (0..jobs.len()).flat_map(keys).collect();
+    expected.sort();
+    assert_eq!(
+        pending, expected,
+        "each picture's intent recorded once, with its job's charge"
     );
 }
 

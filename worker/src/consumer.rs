@@ -5,7 +5,9 @@
 
 use crate::config::WorkerSettings;
 use crate::download::Downloader;
-use crate::job::{self, AheadGuess, InputFetcher, JobContext, ProcessError, RunningJobs};
+use crate::job::{
+    self, AheadGuess, GatheredWrites, InputFetcher, JobContext, ProcessError, RunningJobs,
+};
 use crate::picture_memory::PictureMemory;
 use crate::providers::ImageProvider;
 use crate::providers::azure::AzureClient;
@@ -19,8 +21,6 @@ use anyhow::Context;
 use imagegen_shared::backends::Backends;
 use imagegen_shared::config::ProviderSettings;
 use imagegen_shared::db::Db;
-use imagegen_shared::db::group_claim::GroupClaims;
-use imagegen_shared::db::group_settle::GroupSettles;
 use imagegen_shared::domain::JobStatus;
 use imagegen_shared::domain::ProviderId;
 use imagegen_shared::queue::signals::Signal;
@@ -129,23 +129,14 @@ pub async fn run_with_forceable(
     let worker_id = settings.worker_id.clone();
     let concurrency = settings.concurrency;
     let abandon = CancellationToken::new();
-    // Gathered claims and settlements on Postgres (db::group_claim, db::group_settle); SQLite, one process alone,
-    // does them one by one.
-    let (claims, settles) = match &backends.db {
-        Db::Postgres(pool) => (
-            Some(GroupClaims::new(
-                pool.clone(),
-                worker_id.clone(),
-                settings.lease,
-            )),
-            Some(GroupSettles::new(pool.clone())),
-        ),
-        Db::Sqlite(_) => (None, None),
+    // Writes gathered across jobs on Postgres; SQLite, one process alone, does them one by one.
+    let gathered = match &backends.db {
+        Db::Postgres(pool) => Some(GatheredWrites::new(pool, &worker_id, settings.lease)),
+        Db::Sqlite(_) => None,
     };
     let ctx = Arc::new(JobContext {
         pool: backends.db.clone(),
-        claims,
-        settles,
+        gathered,
         storage,
         routes,
         downloader,

@@ -142,7 +142,7 @@ pub async fn record_charge(db: &Db, c: &NewCharge<'_>) -> Result<Option<Settleme
 
 /// What a charge recorded after its job's budget was settled adds to the counters (`None`: it counts through the
 /// job's own settlement, or it was recorded before).
-fn late_settlement(
+pub(crate) fn late_settlement(
     c: &NewCharge<'_>,
     settled: Option<(bool, DateTime<Utc>)>,
 ) -> Option<Settlement> {

@@ -413,7 +413,12 @@ pub struct Succeeded {
 }
 
 impl Succeeded {
-    fn of(job: JobRecord, images: Vec<ImageRecord>, charges: Vec<Charge>, settles: bool) -> Self {
+    pub(crate) fn of(
+        job: JobRecord,
+        images: Vec<ImageRecord>,
+        charges: Vec<Charge>,
+        settles: bool,
+    ) -> Self {
         let settlement = settles.then(|| Settlement {
             owner: job.owner.as_str().to_owned(),
             api_key_id: job.api_key_id,

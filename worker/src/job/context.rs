@@ -26,10 +26,8 @@ const PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Everything a job needs, shared by all jobs of one worker process.
 pub struct JobContext {
     pub pool: Db,
-    /// Claims gathered into one statement per flush (Postgres); `None` claims one by one.
-    pub claims: Option<db::group_claim::GroupClaims>,
-    /// Budget settlements gathered the same way (Postgres); `None` settles one by one.
-    pub settles: Option<db::group_settle::GroupSettles>,
+    /// The job writes gathered with the other jobs' of the moment (Postgres); `None` writes one by one.
+    pub gathered: Option<GatheredWrites>,
     pub storage: ImageStorage,
     pub routes: Routes,
     pub downloader: Downloader,
@@ -50,6 +48,32 @@ pub struct JobContext {
     pub inputs: super::input_fetch::InputFetcher,
     /// Which provider to ask a fleet permit for beside the next claim.
     pub ahead: super::ahead::AheadGuess,
+}
+
+/// A job's writes that this worker gathers, each into one statement per flush with the same write of the other
+/// jobs finishing that step at the same moment (`db::group_*`; issue 19). SQLite, one process alone, has none.
+pub struct GatheredWrites {
+    pub claims: db::group_claim::GroupClaims,
+    /// Attempt counts, made as provider calls start.
+    pub attempts: db::group_attempt::GroupAttempts,
+    /// Charges, with the storage intents of their answers' pictures.
+    pub charges: db::group_charge::GroupCharges,
+    pub successes: db::group_success::GroupSuccesses,
+    /// Budget settlements of jobs that end otherwise (a success settles its own).
+    pub settles: db::group_settle::GroupSettles,
+}
+
+impl GatheredWrites {
+    pub fn new(pool: &sqlx::PgPool, worker_id: &str, lease: Duration) -> Self {
+        let (pool, worker) = (pool.clone(), worker_id.to_owned());
+        Self {
+            claims: db::group_claim::GroupClaims::new(pool.clone(), worker.clone(), lease),
+            attempts: db::group_attempt::GroupAttempts::new(pool.clone(), worker.clone()),
+            charges: db::group_charge::GroupCharges::new(pool.clone(), worker.clone()),
+            successes: db::group_success::GroupSuccesses::new(pool.clone(), worker),
+            settles: db::group_settle::GroupSettles::new(pool),
+        }
+    }
 }
 
 impl JobContext {

@@ -33,17 +33,27 @@ pub async fn finish_succeeded(
             tokio::time::sleep(pause).await;
         }
         pause = (pause * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
-        match db::jobs::complete_succeeded(
-            &ctx.pool,
-            job.id,
-            &ctx.worker_id,
-            &images,
-            meta,
-            elapsed_ms,
-            served,
-        )
-        .await
-        {
+        let written = match &ctx.gathered {
+            Some(gathered) => {
+                gathered
+                    .successes
+                    .complete(&ctx.pool, job.id, &images, meta, elapsed_ms, served)
+                    .await
+            }
+            None => {
+                db::jobs::complete_succeeded(
+                    &ctx.pool,
+                    job.id,
+                    &ctx.worker_id,
+                    &images,
+                    meta,
+                    elapsed_ms,
+                    served,
+                )
+                .await
+            }
+        };
+        match written {
             Ok(Some(succeeded)) => {
                 tracing::info!(images = images.len(), generation_time_ms = elapsed_ms, served_by = %served.route, "job succeeded");
                 return Ok(Outcome::Succeeded(Box::new(succeeded)));
@@ -169,8 +179,13 @@ pub async fn publish_finished(ctx: &JobContext, job: &JobRecord, outcome: Outcom
         Some(Some(settlement)) => ctx.budgets.settle(&settlement).await,
         Some(None) => Ok(()),
         None => {
-            imagegen_shared::budget::settle_job(&ctx.pool, &ctx.budgets, id, ctx.settles.as_ref())
-                .await
+            imagegen_shared::budget::settle_job(
+                &ctx.pool,
+                &ctx.budgets,
+                id,
+                ctx.gathered.as_ref().map(|g| &g.settles),
+            )
+            .await
         }
     };
     if let Err(e) = settled {

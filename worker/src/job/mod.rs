@@ -21,7 +21,7 @@ mod outcome;
 mod route_run;
 
 pub use ahead::AheadGuess;
-pub use context::{JobContext, RunningJobs};
+pub use context::{GatheredWrites, JobContext, RunningJobs};
 pub use input_fetch::{CapError, FetchError, InputFetcher, read_capped};
 pub use outcome::{Outcome, ProcessError};
 
@@ -109,8 +109,8 @@ async fn run(ctx: Arc<JobContext>, message: JobMessage) -> Result<Outcome, Proce
 #[tracing::instrument(skip_all, err)]
 async fn claim(ctx: &JobContext, message: &JobMessage) -> Result<Option<JobRecord>, ProcessError> {
     let id = message.job_id;
-    Ok(match &ctx.claims {
-        Some(claims) => claims.claim(&ctx.pool, id).await?,
+    Ok(match &ctx.gathered {
+        Some(gathered) => gathered.claims.claim(&ctx.pool, id).await?,
         None => db::jobs::claim_job(&ctx.pool, id, &ctx.worker_id, ctx.lease).await?,
     })
 }

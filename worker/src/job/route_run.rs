@@ -187,7 +187,8 @@ impl<'a> RouteRun<'a> {
             // Counted, announced and called at once: the attempt's UPDATE and the "attempt started" event go out
             // with the request instead of a Postgres and a Redis round trip ahead of it (a commit is most of the
             // time from submit to the provider). The count is polled first, so its commands are sent as the call
-            // starts; the answer is looked at only once the count is written.
+            // starts (or, gathered with other calls' counts, once a flush slot frees); the answer is looked at only
+            // once the count is written.
             let started = Progress::Attempt {
                 route: self.key().to_owned(),
                 attempt: self.calls.load(Ordering::Relaxed) + 1,
@@ -320,13 +321,14 @@ impl<'a> RouteRun<'a> {
 
     /// Counts the attempt in Postgres, on the job and on this route; `None`: the job is no longer ours. Sent as the
     /// call starts (see `run`), so a crash mid-call still uses the attempt up; only one within the statement's own
-    /// round trip of the call's start could leave it uncounted.
+    /// round trip of the call's start (and, gathered, the wait for a flush slot) could leave it uncounted.
     #[tracing::instrument(skip_all, err)]
     async fn record_attempt(&self) -> Result<Option<RouteAttempt>, ProcessError> {
-        Ok(
-            db::jobs::record_attempt(&self.ctx.pool, self.job.id, &self.ctx.worker_id, self.key())
-                .await?,
-        )
+        let (db, id) = (&self.ctx.pool, self.job.id);
+        Ok(match &self.ctx.gathered {
+            Some(gathered) => gathered.attempts.record(db, id, self.key()).await?,
+            None => db::jobs::record_attempt(db, id, &self.ctx.worker_id, self.key()).await?,
+        })
     }
 
     async fn release_permit(&self, permit: &Permit) {

@@ -24,8 +24,7 @@ impl RouteRun<'_> {
         match check_inline(ctx, job, request, self.key(), output).await {
             Some(Ok(checked)) => {
                 let keys = checked.keys();
-                let written =
-                    costs::record_charge_and_intents(ctx.pool, &charge, &keys, ctx.worker_id).await;
+                let written = self.write_charge(&charge, &keys).await;
                 match written {
                     Ok(late) => {
                         self.charged(&charge, Ok(late), output).await;
@@ -38,19 +37,36 @@ impl RouteRun<'_> {
                 }
             }
             Some(Err(bad)) => {
-                let written = costs::record_charge(ctx.pool, &charge).await;
+                let written = self.write_charge(&charge, &[]).await;
                 self.charged(&charge, written.as_ref().map(Option::clone), output)
                     .await;
                 Err(bad)
             }
             None => {
                 let charged = async {
-                    let written = costs::record_charge(ctx.pool, &charge).await;
+                    let written = self.write_charge(&charge, &[]).await;
                     self.charged(&charge, written.as_ref().map(Option::clone), output)
                         .await;
                 };
                 let stored = store_all(ctx, job, request, self.key(), output);
                 tokio::join!(charged, stored).1
+            }
+        }
+    }
+
+    /// Writes `charge` and the storage intents of the pictures about to be stored under `keys` (none: the charge
+    /// alone), gathered with the other charges of the moment where they are (Postgres).
+    async fn write_charge(
+        &self,
+        charge: &NewCharge<'_>,
+        keys: &[String],
+    ) -> Result<Option<Settlement>, DbError> {
+        let db = &self.ctx.pool;
+        match (&self.ctx.gathered, keys.is_empty()) {
+            (Some(gathered), _) => gathered.charges.record(db, charge, keys).await,
+            (None, true) => costs::record_charge(db, charge).await,
+            (None, false) => {
+                costs::record_charge_and_intents(db, charge, keys, &self.ctx.worker_id).await
             }
         }
     }
