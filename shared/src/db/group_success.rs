@@ -9,7 +9,7 @@
 //! SQLite keeps the single transaction. A failed flush writes its successes again one by one, so each caller sees its
 //! own answer or error.
 
-use super::images::{IMAGE_COLUMNS, NewImage};
+use super::images::{IMAGE_COLUMNS, NewImage, bind_new_images};
 use super::job_parts::{charges_in, charges_of_sql, images_of};
 use super::jobs::{JOB_COLUMNS, JobRecord, Served, Succeeded, complete_succeeded};
 use super::{Db, DbError};
@@ -153,12 +153,12 @@ async fn flush(pool: PgPool, worker_id: String, successes: Vec<Success>) -> Vec<
         .filter(|(_, first)| **first)
         .map(|(s, _)| s)
         .collect();
-    let images: Vec<(JobId, &NewImage)> = taken
+    let images: Vec<&NewImage> = taken.iter().flat_map(|s| &s.images).collect();
+    let image_jobs: Vec<JobId> = taken
         .iter()
-        .flat_map(|s| s.images.iter().map(|i| (s.id, i)))
+        .flat_map(|s| s.images.iter().map(|_| s.id))
         .collect();
-    let image = |f: fn(&NewImage) -> i32| images.iter().map(|(_, i)| f(i)).collect::<Vec<_>>();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(SUCCEED_MANY_SQL.as_str()))
+    let query = sqlx::query(sqlx::AssertSqlSafe(SUCCEED_MANY_SQL.as_str()))
         .bind(taken.iter().map(|s| s.id).collect::<Vec<_>>())
         .bind(taken.iter().map(|s| Json(&s.meta)).collect::<Vec<_>>())
         .bind(taken.iter().map(|s| s.time_ms).collect::<Vec<_>>())
@@ -174,38 +174,9 @@ async fn flush(pool: PgPool, worker_id: String, successes: Vec<Success>) -> Vec<
                 .map(|s| Json(&s.served.translations))
                 .collect::<Vec<_>>(),
         )
-        .bind(&worker_id)
-        .bind(images.iter().map(|(_, i)| i.id.0).collect::<Vec<_>>())
-        .bind(image(|i| i.position))
-        .bind(
-            images
-                .iter()
-                .map(|(_, i)| i.storage_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            images
-                .iter()
-                .map(|(_, i)| i.content_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(images.iter().map(|(_, i)| i.size_bytes).collect::<Vec<_>>())
-        .bind(
-            images
-                .iter()
-                .map(|(_, i)| i.sha256.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(image(|i| i.width))
-        .bind(image(|i| i.height))
-        .bind(
-            images
-                .iter()
-                .map(|(_, i)| i.revised_prompt.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(images.iter().map(|(_, i)| i.seed).collect::<Vec<_>>())
-        .bind(images.iter().map(|(job, _)| *job).collect::<Vec<_>>())
+        .bind(&worker_id);
+    let rows = bind_new_images(query, &images)
+        .bind(image_jobs)
         .fetch_all(&pool)
         .await;
     let rows = match rows {

@@ -38,6 +38,31 @@ pub struct NewImage {
     pub seed: Option<i64>,
 }
 
+/// Binds the pictures' columns as ten arrays, in `NewImage`'s field order from `id` to `seed`: the `UNNEST` of a
+/// success's image INSERT (`jobs::complete_succeeded`, `group_success`).
+pub(crate) fn bind_new_images<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    images: &[&'q NewImage],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let column = |f: fn(&'q NewImage) -> &'q str| images.iter().map(|i| f(i)).collect::<Vec<_>>();
+    query
+        .bind(images.iter().map(|i| i.id.0).collect::<Vec<_>>())
+        .bind(images.iter().map(|i| i.position).collect::<Vec<_>>())
+        .bind(column(|i| &i.storage_key))
+        .bind(column(|i| &i.content_type))
+        .bind(images.iter().map(|i| i.size_bytes).collect::<Vec<_>>())
+        .bind(column(|i| &i.sha256))
+        .bind(images.iter().map(|i| i.width).collect::<Vec<_>>())
+        .bind(images.iter().map(|i| i.height).collect::<Vec<_>>())
+        .bind(
+            images
+                .iter()
+                .map(|i| i.revised_prompt.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(images.iter().map(|i| i.seed).collect::<Vec<_>>())
+}
+
 pub(crate) const IMAGE_COLUMNS: &str = "id, job_id, owner, position, storage_key, content_type, size_bytes, sha256, width, \
     height, revised_prompt, seed, created_at";
 

@@ -503,41 +503,18 @@ pub async fn complete_succeeded(
             )));
         }
     };
-    let row = bind_success!(
+    let images: Vec<&NewImage> = images.iter().collect();
+    let query = bind_success!(
         sqlx::query(sqlx::AssertSqlSafe(SUCCEED_AND_STORE.as_str())),
         id,
         worker_id,
         provider_meta,
         generation_time_ms,
         served
-    )
-    .bind(images.iter().map(|i| i.id.0).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.position).collect::<Vec<_>>())
-    .bind(
-        images
-            .iter()
-            .map(|i| i.storage_key.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        images
-            .iter()
-            .map(|i| i.content_type.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(images.iter().map(|i| i.size_bytes).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.sha256.as_str()).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.width).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.height).collect::<Vec<_>>())
-    .bind(
-        images
-            .iter()
-            .map(|i| i.revised_prompt.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(images.iter().map(|i| i.seed).collect::<Vec<_>>())
-    .fetch_optional(pool)
-    .await?;
+    );
+    let row = super::images::bind_new_images(query, &images)
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let job = <JobRecord as sqlx::FromRow<_>>::from_row(&row)?;
     let stored = super::job_parts::images_of(&row, "stored_images")?;
