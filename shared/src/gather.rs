@@ -139,6 +139,13 @@ impl<I: Send + 'static, O: Send + 'static> Gather<I, O> {
     }
 }
 
+/// For each item, whether it is the first in `items` with its key: a flush that writes one row per key takes the
+/// first and leaves the others to be done alone, after it.
+pub fn first_of_each<T, K: std::hash::Hash + Eq>(items: &[T], key: impl Fn(&T) -> K) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.iter().map(|item| seen.insert(key(item))).collect()
+}
+
 /// A flush slot taken; given back on drop (a flush that ended, panicked or was dropped), starting a task for the
 /// calls that wait.
 struct Slot<'a, I: Send + 'static, O: Send + 'static>(&'a Arc<Gather<I, O>>);

@@ -67,13 +67,16 @@ static CHARGE_COST_AND_INTENTS: std::sync::LazyLock<String> = std::sync::LazyLoc
 });
 
 /// Records a charge as [`record_charge`] does and, in the same transaction, the intents of the pictures its answer
-/// is about to store under `keys` ([`super::pending::record_all`]): both or neither.
+/// is about to store under `keys` ([`super::pending::record_all`]): both or neither. No keys: the charge alone.
 pub async fn record_charge_and_intents(
     db: &Db,
     c: &NewCharge<'_>,
     keys: &[String],
     worker_id: &str,
 ) -> Result<Option<Settlement>, DbError> {
+    if keys.is_empty() {
+        return record_charge(db, c).await;
+    }
     let pool = match db {
         Db::Postgres(pool) => pool,
         // Standalone: one process, no round trip to save.

@@ -5,15 +5,15 @@
 //!
 //! The count is an ordinary commit (it is what keeps a crash mid-call from handing out a free call), so one flush
 //! here is one disk flush for all its calls. Adaptive, without a timer ([`crate::gather`]): a lone count runs at
-//! once, as the single statement. Postgres only; SQLite keeps the single count. A failed flush counts its calls again one by one, so each
-//! caller sees its own answer or error.
+//! once, as the single statement. Postgres only; SQLite keeps the single count. A failed flush counts its calls
+//! again one by one, so each caller sees its own answer or error.
 
 use super::jobs::{RouteAttempt, record_attempt};
 use super::{Db, DbError, POSTGRES};
 use crate::domain::JobId;
-use crate::gather::Gather;
+use crate::gather::{Gather, first_of_each};
 use sqlx::PgPool;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 /// The most calls one flush counts.
@@ -86,8 +86,7 @@ async fn flush(pool: PgPool, worker_id: String, calls: Vec<Call>) -> Vec<Option<
     }
     // One row per job: an UPDATE joined to the same job twice changes it once. A job's calls are made one after
     // another, so a second one in the same flush is a job run twice at once; it counts alone, after this flush.
-    let mut seen = HashSet::with_capacity(calls.len());
-    let first: Vec<bool> = calls.iter().map(|(id, _)| seen.insert(*id)).collect();
+    let first = first_of_each(&calls, |(id, _)| *id);
     let (ids, routes): (Vec<JobId>, Vec<&str>) = calls
         .iter()
         .zip(&first)

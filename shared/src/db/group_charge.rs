@@ -8,16 +8,14 @@
 //! SQLite keeps the single statement. A failed flush writes its charges again one by one, so each caller sees its own
 //! answer or error.
 
-use super::costs::{
-    NewCharge, Settlement, late_settlement, record_charge, record_charge_and_intents,
-};
+use super::costs::{NewCharge, Settlement, late_settlement, record_charge_and_intents};
 use super::{Db, DbError};
 use crate::cost::Cost;
 use crate::domain::JobId;
-use crate::gather::Gather;
+use crate::gather::{Gather, first_of_each};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The most charges one flush writes.
@@ -115,22 +113,13 @@ impl GroupCharges {
         };
         match self.gather.call(gathered).await {
             Ok(Some(written)) => written,
-            Ok(None) | Err(_) => record_alone(db, c, keys, &self.worker_id).await,
+            Ok(None) | Err(_) => record_charge_and_intents(db, c, keys, &self.worker_id).await,
         }
     }
 
     /// (flushes, charges) so far.
     pub fn stats(&self) -> (u64, u64) {
         self.gather.stats()
-    }
-}
-
-/// The charge alone, or with its intents when it has any: the single statements.
-async fn record_alone(db: &Db, c: &NewCharge<'_>, keys: &[String], worker_id: &str) -> Written {
-    if keys.is_empty() {
-        record_charge(db, c).await
-    } else {
-        record_charge_and_intents(db, c, keys, worker_id).await
     }
 }
 
@@ -141,13 +130,12 @@ async fn flush(pool: PgPool, worker_id: String, charges: Vec<Gathered>) -> Vec<O
     // it runs, so that the charges arriving meanwhile gather).
     if let [c] = charges.as_slice() {
         return vec![Some(
-            record_alone(&Db::from(pool), &c.charge(), &c.keys, &worker_id).await,
+            record_charge_and_intents(&Db::from(pool), &c.charge(), &c.keys, &worker_id).await,
         )];
     }
     // One row per job: an UPDATE joined to the same job twice adds only one of its charges. A job's calls are made
     // one after another, so a second charge in the same flush is a job run twice at once; it is written alone.
-    let mut seen = HashSet::with_capacity(charges.len());
-    let first: Vec<bool> = charges.iter().map(|c| seen.insert(c.job_id)).collect();
+    let first = first_of_each(&charges, |c| c.job_id);
     let taken = || {
         charges
             .iter()

@@ -14,10 +14,10 @@ use super::job_parts::{charges_in, charges_of_sql, images_of};
 use super::jobs::{JOB_COLUMNS, JobRecord, Served, Succeeded, complete_succeeded};
 use super::{Db, DbError};
 use crate::domain::JobId;
-use crate::gather::Gather;
+use crate::gather::{Gather, first_of_each};
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 /// The most successes one flush writes.
@@ -145,8 +145,7 @@ async fn flush(pool: PgPool, worker_id: String, successes: Vec<Success>) -> Vec<
         return vec![Some(one.await)];
     }
     // One row per job: a job finished twice at once is a job run twice; its second success is written alone.
-    let mut seen = HashSet::with_capacity(successes.len());
-    let first: Vec<bool> = successes.iter().map(|s| seen.insert(s.id)).collect();
+    let first = first_of_each(&successes, |s| s.id);
     let taken: Vec<&Success> = successes
         .iter()
         .zip(&first)

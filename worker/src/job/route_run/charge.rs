@@ -62,12 +62,9 @@ impl RouteRun<'_> {
         keys: &[String],
     ) -> Result<Option<Settlement>, DbError> {
         let db = &self.ctx.pool;
-        match (&self.ctx.gathered, keys.is_empty()) {
-            (Some(gathered), _) => gathered.charges.record(db, charge, keys).await,
-            (None, true) => costs::record_charge(db, charge).await,
-            (None, false) => {
-                costs::record_charge_and_intents(db, charge, keys, &self.ctx.worker_id).await
-            }
+        match &self.ctx.gathered {
+            Some(gathered) => gathered.charges.record(db, charge, keys).await,
+            None => costs::record_charge_and_intents(db, charge, keys, &self.ctx.worker_id).await,
         }
     }
 
